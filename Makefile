@@ -1,0 +1,37 @@
+# Pulse — the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+export PULSE_API_KEY ?= pulse-dev-key
+export PULSE_HTTP_ADDR ?= 127.0.0.1:8080
+
+.PHONY: run test services build lint fmt clean-tests
+
+## Run the whole system locally (every role in one process, mail captured in the dev outbox).
+run: services
+	cargo build --release -p pulse
+	@echo
+	@echo "Pulse API:   http://$(PULSE_HTTP_ADDR)   (OpenAPI: http://$(PULSE_HTTP_ADDR)/openapi.json)"
+	@echo "Dev API key: $(PULSE_API_KEY)"
+	@echo "Mail goes to the dev outbox: curl -H 'Authorization: Bearer $(PULSE_API_KEY)' http://$(PULSE_HTTP_ADDR)/v1/dev/outbox"
+	@echo
+	./target/release/pulse serve all
+
+## Run the whole test suite against the real PostgreSQL, RabbitMQ, Redis and an SMTP server.
+test: services clean-tests
+	cargo test --workspace --all-targets
+
+## Start PostgreSQL, RabbitMQ and Redis when they are not running (installing them if missing).
+services:
+	@deploy/local/services.sh
+
+clean-tests:
+	@deploy/local/clean-test-leftovers.sh
+
+build:
+	cargo build --workspace --all-targets
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all

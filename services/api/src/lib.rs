@@ -1,0 +1,101 @@
+//! The api role: the control plane over HTTP. Owns the `/v1` routes for sequences, manual
+//! enrollment, the enrollments view, the send history (the ledger), the dev outbox and the
+//! OpenAPI document. It writes only through the shared enrollment rules and never sends mail.
+
+mod enrollments;
+mod outbox;
+mod sends;
+mod sequences;
+
+use axum::{Json, Router, extract::FromRef, routing::get};
+use sqlx::PgPool;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub db: PgPool,
+}
+
+impl FromRef<ApiState> for PgPool {
+    fn from_ref(s: &ApiState) -> PgPool {
+        s.db.clone()
+    }
+}
+
+/// The control-plane routes.
+pub fn router(db: PgPool) -> Router {
+    Router::new()
+        .route(
+            "/v1/sequences",
+            get(sequences::list).post(sequences::create),
+        )
+        .route("/v1/sequences/{id}", get(sequences::get_one))
+        .route(
+            "/v1/sequences/{id}/enrollments",
+            get(enrollments::list).post(enrollments::create),
+        )
+        .route("/v1/sequences/{id}/sends", get(sends::for_sequence))
+        .route("/v1/enrollments/{id}/sends", get(sends::for_enrollment))
+        .route("/v1/dev/outbox", get(outbox::list))
+        .route("/openapi.json", get(openapi_json))
+        .with_state(ApiState { db })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Pulse", description = "Multi-step email sequences you can take control of."),
+    paths(
+        sequences::create, sequences::list, sequences::get_one,
+        enrollments::create, enrollments::list,
+        sends::for_sequence, sends::for_enrollment,
+        outbox::list,
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of every route Pulse serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(pulse_ingest::IngestApi::openapi());
+    doc
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+/// Pagination parameters shared by the list routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub(crate) struct Page {
+    /// Most items returned (1–1000, default 100).
+    pub limit: Option<i64>,
+}
+
+impl Page {
+    pub(crate) fn limit(&self) -> Result<i64, pulse_shared::http::ApiError> {
+        match self.limit {
+            None => Ok(100),
+            Some(n @ 1..=1000) => Ok(n),
+            Some(_) => Err(pulse_shared::http::ApiError::invalid(
+                "limit",
+                "must be 1 to 1000",
+            )),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Composition of the roles into one process: which roles run, the HTTP server they share
+//! (`/v1` routes, `/healthz`, `/readyz`), startup (migrations, API-key provisioning) and
+//! graceful shutdown. The binary and the end-to-end tests both start Pulse through [`serve`].
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use pulse_shared::{Settings, db, http, pause::PauseFlags};
+use sqlx::PgPool;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body accepted (a full event batch fits comfortably).
+const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// A role of the system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    All,
+    Ingest,
+    Scheduler,
+    Sender,
+    Api,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] pulse_shared::db::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{role} failed: {message}")]
+    Role { role: &'static str, message: String },
+}
+
+/// The roles to run, with `All` expanded.
+fn expand(roles: &[Role]) -> Vec<Role> {
+    if roles.is_empty() || roles.contains(&Role::All) {
+        vec![Role::Ingest, Role::Scheduler, Role::Sender, Role::Api]
+    } else {
+        roles.to_vec()
+    }
+}
+
+/// Prepares the database: migrations (unless disabled) and the `PULSE_API_KEY` key.
+pub async fn prepare(settings: &Settings) -> Result<PgPool, ServeError> {
+    let pool = db::pool(&settings.database_url, 8)?;
+    if settings.migrate_on_start {
+        db::ensure_database(&settings.database_url).await?;
+        db::migrate(&pool).await?;
+    }
+    if let Some(key) = &settings.api_key {
+        db::provision_key(&pool, db::DEFAULT_WORKSPACE, "default", key).await?;
+    }
+    Ok(pool)
+}
+
+/// Binds the HTTP listener early so callers learn the real address (port 0 in tests).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Runs `roles` until `shutdown` is cancelled, then drains them. Returns the first role failure.
+pub async fn serve(
+    settings: Settings,
+    roles: Vec<Role>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let roles = expand(&roles);
+    let db = prepare(&settings).await?;
+    let mut tasks: JoinSet<Result<(), ServeError>> = JoinSet::new();
+
+    let mut app = Router::new();
+    if roles.contains(&Role::Api) {
+        app = app.merge(pulse_api::router(db.clone()));
+    }
+    if roles.contains(&Role::Ingest) {
+        app = app.merge(pulse_ingest::router(db.clone()));
+    }
+    let flags = PauseFlags::connect(
+        &settings.redis_url,
+        &settings.redis_prefix,
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| ServeError::Role {
+        role: "startup",
+        message: e.to_string(),
+    })?;
+    let app = app
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .merge(
+            Router::new()
+                .route("/readyz", get(ready))
+                .with_state(Health { db, flags }),
+        )
+        .fallback(http::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: settings.http_addr,
+        source,
+    })?;
+    tracing::info!(%addr, roles = ?roles, "pulse serving");
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
+            .map_err(|e| ServeError::Role {
+                role: "http",
+                message: e.to_string(),
+            })
+    });
+    if roles.contains(&Role::Scheduler) {
+        let (s, t) = (settings.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            pulse_scheduler::run(s, t)
+                .await
+                .map_err(|e| ServeError::Role {
+                    role: "scheduler",
+                    message: e.to_string(),
+                })
+        });
+    }
+    if roles.contains(&Role::Sender) {
+        let (s, t) = (settings.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            pulse_sender::run(s, t).await.map_err(|e| ServeError::Role {
+                role: "sender",
+                message: e.to_string(),
+            })
+        });
+    }
+
+    // The first role to stop (failure or shutdown) stops the others; all are drained.
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.unwrap_or_else(|e| {
+            Err(ServeError::Role {
+                role: "task",
+                message: e.to_string(),
+            })
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "a role stopped with an error; shutting down");
+            first_error.get_or_insert(e);
+        }
+        shutdown.cancel();
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+#[derive(Clone)]
+struct Health {
+    db: PgPool,
+    flags: PauseFlags,
+}
+
+/// Ready when PostgreSQL and Redis answer.
+async fn ready(State(h): State<Health>) -> (StatusCode, Json<serde_json::Value>) {
+    let postgres = sqlx::query("SELECT 1")
+        .execute(&h.db)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let redis = h.flags.ping().await.map_err(|e| e.to_string());
+    let show = |r: &Result<(), String>| match r {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    let status = if postgres.is_ok() && redis.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({"postgres": show(&postgres), "redis": show(&redis)})),
+    )
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutdown signal received; draining");
+        token.cancel();
+    });
+}

@@ -1,0 +1,246 @@
+//! The scheduler role: finds step runs that are due, freezes their rendered content, publishes
+//! them to RabbitMQ with publisher confirms and marks them QUEUED — all inside one transaction
+//! whose claim uses `FOR UPDATE SKIP LOCKED`, so any number of schedulers can run without a
+//! leader and without publishing a step twice.
+//!
+//! A crash after publishing and before committing leaves the rows SCHEDULED and the messages in
+//! the queue; the sender's claim (which requires QUEUED) drops those as stale, and the next claim
+//! here publishes them again. The scheduler never sends mail and never holds a message back as a
+//! delay: only work that is due now reaches RabbitMQ.
+
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use lapin::{
+    BasicProperties, Channel, options::BasicPublishOptions, options::ConfirmSelectOptions,
+};
+use pulse_shared::{
+    Settings,
+    db::{self, StoreError},
+    domain::template::{self, LeadFields},
+    ledger,
+    messaging::{self, MessagingError, SendMessage},
+};
+use sqlx::{PgPool, Row};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Messaging(#[from] MessagingError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("encoding a message: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Runs the scheduler until `shutdown` is cancelled, reconnecting to RabbitMQ and PostgreSQL
+/// with backoff whenever either fails.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), SchedulerError> {
+    let db = db::pool(&settings.database_url, 4)?;
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match session(&settings, &db, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "scheduler session failed; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    tracing::info!("scheduler stopped");
+    Ok(())
+}
+
+async fn session(
+    settings: &Settings,
+    db: &PgPool,
+    shutdown: &CancellationToken,
+) -> Result<(), SchedulerError> {
+    let conn = messaging::connect(&settings.amqp_url).await?;
+    let channel = conn.create_channel().await.map_err(MessagingError::from)?;
+    messaging::declare(&channel, &settings.queue).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(MessagingError::from)?;
+    tracing::info!(queue = %settings.queue, "scheduler connected");
+    let batch = settings.scheduler.batch_size;
+    while !shutdown.is_cancelled() {
+        let published = claim_and_publish(db, &channel, &settings.queue, batch).await?;
+        if published > 0 {
+            tracing::debug!(published, "published due steps");
+        }
+        if (published as i64) < batch {
+            tokio::select! {
+                _ = tokio::time::sleep(settings.scheduler.poll_interval) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+    let _ = conn.close(200, "scheduler shutting down".into()).await;
+    Ok(())
+}
+
+/// A claimed step run, rendered.
+struct Rendered {
+    id: Uuid,
+    message: SendMessage,
+    subject: String,
+    body: String,
+    from_addr: String,
+    to_addr: String,
+    message_id: String,
+}
+
+/// Claims up to `batch` due step runs, publishes them and marks them QUEUED in one transaction.
+/// Returns how many were published.
+pub async fn claim_and_publish(
+    db: &PgPool,
+    channel: &Channel,
+    queue: &str,
+    batch: i64,
+) -> Result<usize, SchedulerError> {
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query(
+        "SELECT sr.id, sr.enrollment_id, sr.step_id, sr.generation, sr.sequence_id,
+                sr.workspace_id, st.subject, st.body, s.sender_from,
+                l.email, l.first_name, l.last_name, l.timezone, l.attributes
+         FROM step_runs sr
+         JOIN sequences s ON s.id = sr.sequence_id
+         JOIN enrollments e ON e.id = sr.enrollment_id
+         JOIN sequence_steps st ON st.id = sr.step_id
+         JOIN leads l ON l.id = e.lead_id
+         WHERE sr.state = 'SCHEDULED' AND sr.due_at <= now()
+           AND s.status = 'ACTIVE' AND e.status = 'ACTIVE'
+         ORDER BY sr.due_at
+         LIMIT $1
+         FOR UPDATE OF sr SKIP LOCKED",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+
+    let mut rendered = Vec::with_capacity(rows.len());
+    let mut broken: Vec<(Uuid, String)> = Vec::new();
+    for row in &rows {
+        match render(row) {
+            Ok(r) => rendered.push(r),
+            Err(reason) => broken.push((row.get("id"), reason)),
+        }
+    }
+
+    // Publish everything, then wait for all confirms together: one round trip per batch.
+    let mut confirms = Vec::with_capacity(rendered.len());
+    for r in &rendered {
+        let payload = serde_json::to_vec(&r.message)?;
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(r.message.key.as_str().into());
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &payload,
+                props,
+            )
+            .await
+            .map_err(MessagingError::from)?;
+        confirms.push(confirm);
+    }
+    let confirmations = try_join_all(confirms).await.map_err(MessagingError::from)?;
+    // A nack, or an ack that carries a returned (unroutable) message, means it went nowhere.
+    let all_routed = confirmations
+        .into_iter()
+        .all(|c| c.is_ack() && c.take_message().is_none());
+    if !all_routed {
+        // Roll back: the rows stay SCHEDULED and are published again; duplicates that did reach
+        // the queue are dropped by the sender's claim.
+        return Err(MessagingError::NotConfirmed.into());
+    }
+
+    let col = |f: fn(&Rendered) -> String| rendered.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "UPDATE step_runs sr SET state = 'QUEUED', queued_at = now(), updated_at = now(),
+             subject = u.subject, body = u.body, from_addr = u.from_addr, to_addr = u.to_addr,
+             message_id = u.message_id
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+              AS u(id, subject, body, from_addr, to_addr, message_id)
+         WHERE sr.id = u.id",
+    )
+    .bind(rendered.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(col(|r| r.subject.clone()))
+    .bind(col(|r| r.body.clone()))
+    .bind(col(|r| r.from_addr.clone()))
+    .bind(col(|r| r.to_addr.clone()))
+    .bind(col(|r| r.message_id.clone()))
+    .execute(&mut *tx)
+    .await?;
+    for (id, reason) in &broken {
+        tracing::error!(step_run = %id, %reason, "step cannot be rendered; marking it FAILED");
+        sqlx::query(
+            "UPDATE step_runs SET state = 'FAILED', last_error = $2, updated_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(rendered.len())
+}
+
+fn render(row: &sqlx::postgres::PgRow) -> Result<Rendered, String> {
+    let attributes: serde_json::Value = row.get("attributes");
+    let email: String = row.get("email");
+    let first_name: Option<String> = row.get("first_name");
+    let last_name: Option<String> = row.get("last_name");
+    let timezone: Option<String> = row.get("timezone");
+    let lead = LeadFields {
+        email: &email,
+        first_name: first_name.as_deref(),
+        last_name: last_name.as_deref(),
+        timezone: timezone.as_deref(),
+        attributes: Some(&attributes),
+    };
+    let subject = template::render(row.get("subject"), &lead)?;
+    let body = template::render(row.get("body"), &lead)?;
+    let from_addr: String = row.get("sender_from");
+    let sender = pulse_shared::domain::validate::mailbox(&from_addr)?;
+    let enrollment: Uuid = row.get("enrollment_id");
+    let step: Uuid = row.get("step_id");
+    let generation: i32 = row.get("generation");
+    let key = ledger::idempotency_key(enrollment, step, generation);
+    let message_id = ledger::message_id(&key, sender.email.domain());
+    let id: Uuid = row.get("id");
+    Ok(Rendered {
+        id,
+        message: SendMessage {
+            key,
+            step_run_id: id,
+            enrollment_id: enrollment,
+            sequence_id: row.get("sequence_id"),
+            workspace_id: row.get("workspace_id"),
+        },
+        subject,
+        body,
+        from_addr,
+        to_addr: email,
+        message_id,
+    })
+}

@@ -1,0 +1,212 @@
+//! Where mail goes: an SMTP relay through lettre, or the capture outbox in PostgreSQL when no
+//! relay is configured. Owns connections to the relay and the classification of its replies
+//! (accepted, transient, permanent). It never touches the ledger or decides about retries.
+//!
+//! lettre 0.11.23 writes the message body and the final `.` as two writes on a socket without
+//! `TCP_NODELAY`, so the relay's delayed ACK costs ~40 ms per message. This module opens the TCP
+//! connection itself with `TCP_NODELAY` set and hands it to lettre
+//! (`AsyncSmtpConnection::connect_with_transport`), keeping its own small pool of connections.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lettre::{
+    Message,
+    message::{Mailbox, header::ContentType},
+    transport::smtp::{client::AsyncSmtpConnection, extension::ClientId},
+};
+use pulse_shared::{ledger::Reply, smtp_url::SmtpUrl};
+use sqlx::PgPool;
+use tokio::sync::{Mutex, Semaphore};
+use uuid::Uuid;
+
+/// One email, ready to go.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub workspace: Uuid,
+    pub from: String,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    pub message_id: String,
+}
+
+/// Why a send did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying later: SMTP 4xx, connection refused or reset, timeouts.
+    #[error("transient: {}", .0.text)]
+    Transient(Reply),
+    /// Never worth retrying: SMTP 5xx, an address or message that cannot be sent.
+    #[error("permanent: {}", .0.text)]
+    Permanent(Reply),
+}
+
+impl SendError {
+    fn transient(text: impl Into<String>) -> Self {
+        SendError::Transient(Reply {
+            code: None,
+            text: text.into(),
+        })
+    }
+    fn permanent(text: impl Into<String>) -> Self {
+        SendError::Permanent(Reply {
+            code: None,
+            text: text.into(),
+        })
+    }
+}
+
+#[derive(Clone)]
+pub enum Transport {
+    Smtp(Arc<SmtpPool>),
+    Capture(PgPool),
+}
+
+impl Transport {
+    pub async fn send(&self, mail: &Outgoing) -> Result<Reply, SendError> {
+        let message = build(mail)?;
+        match self {
+            Transport::Smtp(pool) => pool.send(&message).await,
+            Transport::Capture(db) => capture(db, mail, &message).await,
+        }
+    }
+}
+
+fn build(mail: &Outgoing) -> Result<Message, SendError> {
+    let from: Mailbox = mail
+        .from
+        .parse()
+        .map_err(|e| SendError::permanent(format!("bad sender {:?}: {e}", mail.from)))?;
+    let to: Mailbox = mail
+        .to
+        .parse()
+        .map_err(|e| SendError::permanent(format!("bad recipient {:?}: {e}", mail.to)))?;
+    Message::builder()
+        .from(from)
+        .to(to)
+        .subject(mail.subject.clone())
+        .message_id(Some(mail.message_id.clone()))
+        .header(ContentType::TEXT_PLAIN)
+        .body(mail.body.clone())
+        .map_err(|e| SendError::permanent(format!("cannot build message: {e}")))
+}
+
+async fn capture(db: &PgPool, mail: &Outgoing, message: &Message) -> Result<Reply, SendError> {
+    let raw = String::from_utf8_lossy(&message.formatted()).into_owned();
+    sqlx::query(
+        "INSERT INTO dev_outbox (workspace_id, message_id, mail_from, rcpt_to, subject, body, raw)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(mail.workspace)
+    .bind(&mail.message_id)
+    .bind(&mail.from)
+    .bind(&mail.to)
+    .bind(&mail.subject)
+    .bind(&mail.body)
+    .bind(raw)
+    .execute(db)
+    .await
+    .map_err(|e| SendError::transient(format!("capture outbox: {e}")))?;
+    Ok(Reply {
+        code: Some(250),
+        text: "captured in the dev outbox".into(),
+    })
+}
+
+/// Idle time after which a pooled connection is probed before use.
+const IDLE_PROBE_AFTER: Duration = Duration::from_secs(5);
+
+/// A bounded pool of SMTP connections to one relay, with `TCP_NODELAY` on every socket.
+pub struct SmtpPool {
+    relay: SmtpUrl,
+    hello: ClientId,
+    timeout: Duration,
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    permits: Semaphore,
+}
+
+impl SmtpPool {
+    pub fn new(relay: SmtpUrl, size: usize, timeout: Duration) -> Self {
+        Self {
+            relay,
+            hello: ClientId::default(),
+            timeout,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(size),
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let addr = (self.relay.host.as_str(), self.relay.port);
+        let stream = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| SendError::transient("timed out connecting to the SMTP relay"))?
+            .map_err(|e| SendError::transient(format!("cannot connect to the SMTP relay: {e}")))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| SendError::transient(format!("setting TCP_NODELAY: {e}")))?;
+        tokio::time::timeout(
+            self.timeout,
+            AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello),
+        )
+        .await
+        .map_err(|_| SendError::transient("timed out waiting for the SMTP greeting"))?
+        .map_err(classify)
+    }
+
+    /// An idle connection that still answers; one idle for a while is probed with NOOP first,
+    /// since relays close idle connections and a send must not fail for that.
+    async fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        loop {
+            let (mut conn, since) = self.idle.lock().await.pop()?;
+            if since.elapsed() < IDLE_PROBE_AFTER || conn.test_connected().await {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn send(&self, message: &Message) -> Result<Reply, SendError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| SendError::transient("SMTP pool closed"))?;
+        let mut conn = match self.take_idle().await {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        let envelope = message.envelope();
+        let bytes = message.formatted();
+        let result = tokio::time::timeout(self.timeout, conn.send(envelope, &bytes)).await;
+        match result {
+            Ok(Ok(response)) => {
+                if !conn.has_broken() {
+                    self.idle.lock().await.push((conn, Instant::now()));
+                }
+                Ok(Reply {
+                    code: Some(i32::from(u16::from(response.code()))),
+                    text: response.message().collect::<Vec<_>>().join(" "),
+                })
+            }
+            // lettre aborts the connection on any error; it is not returned to the pool.
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(SendError::transient("SMTP relay timed out")),
+        }
+    }
+}
+
+fn classify(e: lettre::transport::smtp::Error) -> SendError {
+    let code = e.status().map(|c| i32::from(u16::from(c)));
+    let reply = Reply {
+        code,
+        text: e.to_string(),
+    };
+    if e.is_permanent() {
+        SendError::Permanent(reply)
+    } else {
+        SendError::Transient(reply)
+    }
+}

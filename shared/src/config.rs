@@ -1,0 +1,186 @@
+//! Settings for every role, read from `PULSE_*` environment variables.
+//!
+//! Owns the names and defaults of the configuration. The defaults work on a developer machine
+//! with PostgreSQL, RabbitMQ and Redis on their standard local ports. This module never opens a
+//! connection; it only describes where things are.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+/// A configuration value that could not be understood.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for {var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+/// Everything a Pulse role needs to know to start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub redis_url: String,
+    /// `smtp://host:port`; `None` sends to the capture outbox in PostgreSQL.
+    pub smtp_url: Option<String>,
+    pub http_addr: SocketAddr,
+    /// Provisioned at startup for the default workspace when set.
+    pub api_key: Option<String>,
+    /// Name of the RabbitMQ queue carrying due sends (tests use their own).
+    pub queue: String,
+    /// Prefix of every Redis key Pulse writes (tests use their own).
+    pub redis_prefix: String,
+    /// Apply migrations when a role starts.
+    pub migrate_on_start: bool,
+    pub scheduler: SchedulerSettings,
+    pub sender: SenderSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct SchedulerSettings {
+    /// Most step runs claimed and published in one transaction.
+    pub batch_size: i64,
+    /// Sleep between claims when the last claim found less than a full batch.
+    pub poll_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct SenderSettings {
+    /// RabbitMQ prefetch: deliveries held by one sender at once.
+    pub prefetch: u16,
+    /// Sends in progress at once in one sender.
+    pub concurrency: usize,
+    /// SMTP connections kept open to the relay.
+    pub smtp_pool_size: usize,
+    /// Timeout of one SMTP command.
+    pub smtp_timeout: Duration,
+    /// Transient failures (4xx, connection errors) retried before a send is FAILED.
+    pub max_attempts: i32,
+    /// First retry delay; doubles each attempt, with jitter, up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// A SENDING ledger entry older than this belongs to a worker that died mid-send.
+    pub sending_lease: Duration,
+}
+
+impl Settings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the settings through `lookup`, so tests can supply their own environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str, default: &str| lookup(k).unwrap_or_else(|| default.to_owned());
+        let non_empty = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        Settings {
+            database_url: get(
+                "PULSE_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/pulse",
+            ),
+            amqp_url: get("PULSE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            redis_url: get("PULSE_REDIS_URL", "redis://127.0.0.1:6379/"),
+            smtp_url: non_empty("PULSE_SMTP_URL"),
+            http_addr: parse(&lookup, "PULSE_HTTP_ADDR", "127.0.0.1:8080")?,
+            api_key: non_empty("PULSE_API_KEY"),
+            queue: get("PULSE_QUEUE", "pulse.sends"),
+            redis_prefix: get("PULSE_REDIS_PREFIX", "pulse"),
+            migrate_on_start: parse(&lookup, "PULSE_MIGRATE_ON_START", "true")?,
+            scheduler: SchedulerSettings {
+                batch_size: parse(&lookup, "PULSE_SCHEDULER_BATCH", "500")?,
+                poll_interval: millis(&lookup, "PULSE_SCHEDULER_POLL_MS", "200")?,
+            },
+            sender: SenderSettings {
+                prefetch: parse(&lookup, "PULSE_SENDER_PREFETCH", "256")?,
+                concurrency: parse(&lookup, "PULSE_SENDER_CONCURRENCY", "64")?,
+                smtp_pool_size: parse(&lookup, "PULSE_SMTP_POOL", "16")?,
+                smtp_timeout: millis(&lookup, "PULSE_SMTP_TIMEOUT_MS", "30000")?,
+                max_attempts: parse(&lookup, "PULSE_SEND_MAX_ATTEMPTS", "8")?,
+                retry_base: millis(&lookup, "PULSE_RETRY_BASE_MS", "30000")?,
+                retry_max: millis(&lookup, "PULSE_RETRY_MAX_MS", "3600000")?,
+                sending_lease: millis(&lookup, "PULSE_SENDING_LEASE_MS", "600000")?,
+            },
+        }
+        .validated()
+    }
+
+    fn validated(self) -> Result<Self, ConfigError> {
+        let positive = |var: &'static str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError {
+                    var,
+                    reason: "must be greater than zero".into(),
+                })
+            }
+        };
+        positive("PULSE_SCHEDULER_BATCH", self.scheduler.batch_size > 0)?;
+        positive("PULSE_SENDER_PREFETCH", self.sender.prefetch > 0)?;
+        positive("PULSE_SENDER_CONCURRENCY", self.sender.concurrency > 0)?;
+        positive("PULSE_SMTP_POOL", self.sender.smtp_pool_size > 0)?;
+        positive("PULSE_SEND_MAX_ATTEMPTS", self.sender.max_attempts > 0)?;
+        if let Some(url) = &self.smtp_url {
+            crate::smtp_url::SmtpUrl::parse(url).map_err(|reason| ConfigError {
+                var: "PULSE_SMTP_URL",
+                reason,
+            })?;
+        }
+        Ok(self)
+    }
+}
+
+fn parse<T: FromStr>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: &str,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    let raw = lookup(var).unwrap_or_else(|| default.to_owned());
+    raw.trim().parse().map_err(|e: T::Err| ConfigError {
+        var,
+        reason: format!("{raw:?}: {e}"),
+    })
+}
+
+fn millis(
+    lookup: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    parse::<u64>(lookup, var, default).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_locally() {
+        let s = Settings::from_lookup(|_| None).unwrap();
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert!(s.smtp_url.is_none());
+        assert!(s.api_key.is_none());
+        assert_eq!(s.queue, "pulse.sends");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err =
+            Settings::from_lookup(|k| (k == "PULSE_HTTP_ADDR").then(|| "nope".into())).unwrap_err();
+        assert_eq!(err.var, "PULSE_HTTP_ADDR");
+        let err = Settings::from_lookup(|k| (k == "PULSE_SENDER_PREFETCH").then(|| "0".into()))
+            .unwrap_err();
+        assert_eq!(err.var, "PULSE_SENDER_PREFETCH");
+        let err = Settings::from_lookup(|k| (k == "PULSE_SMTP_URL").then(|| "http://x".into()))
+            .unwrap_err();
+        assert_eq!(err.var, "PULSE_SMTP_URL");
+    }
+
+    #[test]
+    fn empty_smtp_url_means_capture() {
+        let s = Settings::from_lookup(|k| (k == "PULSE_SMTP_URL").then(|| " ".into())).unwrap();
+        assert!(s.smtp_url.is_none());
+    }
+}

@@ -1,0 +1,96 @@
+//! PostgreSQL access shared by every role: the pool, migrations, API-key provisioning and the
+//! workspace of a key. Owns the connection settings; it never holds business rules.
+
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The workspace `PULSE_API_KEY` belongs to.
+pub const DEFAULT_WORKSPACE: Uuid = Uuid::from_u128(1);
+
+/// A failure talking to PostgreSQL, or a row that breaks the schema's promises.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// Opens a pool. Connecting is lazy, so a role starts (and reports not ready) while PostgreSQL
+/// is down instead of failing.
+pub fn pool(database_url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy(database_url)?)
+}
+
+/// Creates the database named in `database_url` when it does not exist yet.
+pub async fn ensure_database(database_url: &str) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateDatabase;
+    if !sqlx::Postgres::database_exists(database_url).await? {
+        sqlx::Postgres::create_database(database_url).await?;
+        tracing::info!("database created");
+    }
+    Ok(())
+}
+
+/// Applies every pending migration in `migrations/`.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::migrate!("../migrations").run(pool).await?;
+    Ok(())
+}
+
+/// The SHA-256 of an API key; only the hash is stored.
+pub fn key_hash(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+/// Makes sure `workspace` exists and `key` opens it. Idempotent.
+pub async fn provision_key(
+    pool: &PgPool,
+    workspace: Uuid,
+    workspace_name: &str,
+    key: &str,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO workspaces (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+        .bind(workspace)
+        .bind(workspace_name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO api_keys (id, workspace_id, key_sha256, label) VALUES ($1, $2, $3, 'provisioned')
+         ON CONFLICT (key_sha256) DO NOTHING",
+    )
+    .bind(Uuid::new_v4())
+    .bind(workspace)
+    .bind(key_hash(key))
+    .execute(&mut *tx)
+    .await?;
+    let owner: Uuid = sqlx::query_scalar("SELECT workspace_id FROM api_keys WHERE key_sha256 = $1")
+        .bind(key_hash(key))
+        .fetch_one(&mut *tx)
+        .await?;
+    if owner != workspace {
+        return Err(StoreError::Corrupt(
+            "that API key already belongs to another workspace".into(),
+        ));
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The workspace an API key opens, if any.
+pub async fn workspace_for_key(pool: &PgPool, key: &str) -> Result<Option<Uuid>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT workspace_id FROM api_keys WHERE key_sha256 = $1")
+            .bind(key_hash(key))
+            .fetch_optional(pool)
+            .await?,
+    )
+}

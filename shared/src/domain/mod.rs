@@ -1,0 +1,5 @@
+//! Domain rules that need no I/O: timing, templates, input validation.
+
+pub mod template;
+pub mod timing;
+pub mod validate;

@@ -1,0 +1,177 @@
+//! Subject and body templates. Owns the template language: `{{ lead.first_name }}` and
+//! `{{ lead.first_name | default: "there" }}` over the lead's fields (`email`, `first_name`,
+//! `last_name`, `timezone`) and attributes (`lead.attributes.company`). Templates are checked when
+//! a sequence is saved so that rendering at queue time cannot fail.
+
+use serde_json::Value;
+
+/// The lead fields a template can read.
+#[derive(Clone, Debug, Default)]
+pub struct LeadFields<'a> {
+    pub email: &'a str,
+    pub first_name: Option<&'a str>,
+    pub last_name: Option<&'a str>,
+    pub timezone: Option<&'a str>,
+    pub attributes: Option<&'a Value>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Piece<'t> {
+    Text(&'t str),
+    Var {
+        path: Vec<&'t str>,
+        default: Option<String>,
+    },
+}
+
+/// Checks a template; the error says what is wrong and where.
+pub fn validate(template: &str) -> Result<(), String> {
+    parse(template).map(|_| ())
+}
+
+/// Renders a template for a lead. A field with no value renders as its default, or empty.
+pub fn render(template: &str, lead: &LeadFields<'_>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len() + 32);
+    for piece in parse(template)? {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Var { path, default } => match lookup(&path, lead) {
+                Some(v) if !v.is_empty() => out.push_str(&v),
+                _ => out.push_str(default.as_deref().unwrap_or("")),
+            },
+        }
+    }
+    Ok(out)
+}
+
+fn lookup(path: &[&str], lead: &LeadFields<'_>) -> Option<String> {
+    match path {
+        ["lead", "email"] => Some(lead.email.to_owned()),
+        ["lead", "first_name"] => lead.first_name.map(str::to_owned),
+        ["lead", "last_name"] => lead.last_name.map(str::to_owned),
+        ["lead", "timezone"] => lead.timezone.map(str::to_owned),
+        ["lead", "attributes", key] => match lead.attributes?.get(*key)? {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        },
+        _ => None,
+    }
+}
+
+fn parse(template: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            pieces.push(Piece::Text(&rest[..open]));
+        }
+        let after = &rest[open + 2..];
+        let close = after.find("}}").ok_or_else(|| {
+            format!(
+                "unclosed {{{{ at byte {}",
+                template.len() - rest.len() + open
+            )
+        })?;
+        pieces.push(parse_var(after[..close].trim())?);
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest));
+    }
+    Ok(pieces)
+}
+
+fn parse_var(expr: &str) -> Result<Piece<'_>, String> {
+    let (path_src, default) = match expr.split_once('|') {
+        None => (expr.trim(), None),
+        Some((p, filter)) => {
+            let filter = filter.trim();
+            let arg = filter
+                .strip_prefix("default")
+                .map(str::trim_start)
+                .and_then(|f| f.strip_prefix(':'))
+                .map(str::trim)
+                .ok_or_else(|| format!("unknown filter {filter:?} (only `default: \"…\"`)"))?;
+            let text = arg
+                .strip_prefix('"')
+                .and_then(|a| a.strip_suffix('"'))
+                .ok_or_else(|| format!("default needs a quoted text, got {arg:?}"))?;
+            (p.trim(), Some(text.to_owned()))
+        }
+    };
+    let path: Vec<&str> = path_src.split('.').collect();
+    let known = matches!(
+        path.as_slice(),
+        ["lead", "email" | "first_name" | "last_name" | "timezone"]
+    ) || matches!(path.as_slice(), ["lead", "attributes", k] if !k.is_empty());
+    if !known {
+        return Err(format!(
+            "unknown variable {path_src:?}; use lead.email, lead.first_name, lead.last_name, \
+             lead.timezone or lead.attributes.<name>"
+        ));
+    }
+    Ok(Piece::Var { path, default })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ada() -> (Value, &'static str) {
+        (
+            json!({"company": "Analytical", "seats": 3, "gone": null}),
+            "ada@example.com",
+        )
+    }
+
+    #[test]
+    fn renders_fields_attributes_and_defaults() {
+        let (attrs, email) = ada();
+        let lead = LeadFields {
+            email,
+            first_name: Some("Ada"),
+            attributes: Some(&attrs),
+            ..Default::default()
+        };
+        assert_eq!(
+            render("Hi {{ lead.first_name }}!", &lead).unwrap(),
+            "Hi Ada!"
+        );
+        assert_eq!(
+            render(
+                "{{lead.attributes.company}} x{{ lead.attributes.seats }}",
+                &lead
+            )
+            .unwrap(),
+            "Analytical x3"
+        );
+        assert_eq!(
+            render("Hi {{ lead.last_name | default: \"friend\" }}", &lead).unwrap(),
+            "Hi friend"
+        );
+        assert_eq!(render("[{{ lead.attributes.gone }}]", &lead).unwrap(), "[]");
+        assert_eq!(
+            render("to {{ lead.email }}", &lead).unwrap(),
+            "to ada@example.com"
+        );
+        assert_eq!(render("no vars", &lead).unwrap(), "no vars");
+    }
+
+    #[test]
+    fn rejects_bad_templates() {
+        for bad in [
+            "Hi {{ lead.first_name",
+            "{{ lead.password }}",
+            "{{ user.name }}",
+            "{{ lead.attributes. }}",
+            "{{ lead.first_name | upper }}",
+            "{{ lead.first_name | default: there }}",
+            "{{ }}",
+        ] {
+            assert!(validate(bad).is_err(), "{bad} accepted");
+        }
+        assert!(validate("Hi {{ lead.first_name | default: \"you\" }}").is_ok());
+    }
+}

@@ -1,0 +1,244 @@
+//! Leads and enrollments: the dedupe rules of DESIGN.md. Owns lead upserts, enrolling a lead in
+//! a sequence (one ACTIVE enrollment per sequence and lead, enforced by a partial unique index),
+//! and scheduling an enrollment's first step. Used by ingest (triggers) and the api (manual).
+//! It never decides *whether* a trigger matches; callers pass the sequence.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::{
+    db::StoreError,
+    domain::{timing::Timing, validate},
+    model::{LeadInput, enrollment_status, outcome},
+};
+
+/// A lead whose fields have been checked.
+#[derive(Clone, Debug)]
+pub struct ValidLead {
+    pub email: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub timezone: Option<String>,
+    pub attributes: Map<String, Value>,
+}
+
+/// A field of the request that is wrong, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl ValidLead {
+    /// Checks `input`; `at` is the JSON path of the lead in the request, for error messages.
+    pub fn parse(input: &LeadInput, at: &str) -> Result<Self, FieldError> {
+        let email =
+            validate::email(&input.email).map_err(|m| FieldError::new(format!("{at}.email"), m))?;
+        let timezone = match input.timezone.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(tz) => Some(
+                validate::timezone(tz)
+                    .map_err(|m| FieldError::new(format!("{at}.timezone"), m))?
+                    .name()
+                    .to_owned(),
+            ),
+        };
+        let clean = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        Ok(ValidLead {
+            email,
+            first_name: clean(&input.first_name),
+            last_name: clean(&input.last_name),
+            timezone,
+            attributes: input.attributes.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// Creates the lead or updates the fields the caller supplied; returns its id.
+pub async fn upsert_lead(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    lead: &ValidLead,
+) -> Result<Uuid, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO leads (id, workspace_id, email, first_name, last_name, timezone, attributes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (workspace_id, email) DO UPDATE SET
+             first_name = COALESCE(EXCLUDED.first_name, leads.first_name),
+             last_name  = COALESCE(EXCLUDED.last_name, leads.last_name),
+             timezone   = COALESCE(EXCLUDED.timezone, leads.timezone),
+             attributes = leads.attributes || EXCLUDED.attributes,
+             updated_at = now()
+         RETURNING id",
+    )
+    .bind(Uuid::new_v4())
+    .bind(workspace)
+    .bind(&lead.email)
+    .bind(&lead.first_name)
+    .bind(&lead.last_name)
+    .bind(&lead.timezone)
+    .bind(Value::Object(lead.attributes.clone()))
+    .fetch_one(conn)
+    .await?)
+}
+
+/// What `enroll` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enrolled {
+    pub enrollment_id: Option<Uuid>,
+    /// One of [`crate::model::outcome`].
+    pub outcome: &'static str,
+}
+
+/// Enrolls `lead` in `sequence` unless it already has an enrollment there. An ACTIVE one is
+/// reported as `already_active`; an ended one as `ended_not_reenrolled` (re-enrollment is an
+/// explicit action). The caller has checked that the sequence is ACTIVE, inside `conn`'s
+/// transaction.
+pub async fn enroll(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    sequence: Uuid,
+    lead: Uuid,
+    source: &str,
+    now: DateTime<Utc>,
+) -> Result<Enrolled, StoreError> {
+    if let Some(found) = latest_enrollment(conn, sequence, lead).await? {
+        return Ok(found);
+    }
+    let id = Uuid::new_v4();
+    // No arbiter: a concurrent enrollment of the same pair conflicts on the partial unique
+    // index (or on the generation key) and this insert then does nothing.
+    let inserted = sqlx::query(
+        "INSERT INTO enrollments (id, workspace_id, sequence_id, lead_id, source, generation)
+         VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(workspace)
+    .bind(sequence)
+    .bind(lead)
+    .bind(source)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return latest_enrollment(conn, sequence, lead)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("enrollment conflict without a row".into()));
+    }
+    schedule_first_step(conn, workspace, sequence, id, 1, now).await?;
+    Ok(Enrolled {
+        enrollment_id: Some(id),
+        outcome: outcome::CREATED,
+    })
+}
+
+async fn latest_enrollment(
+    conn: &mut PgConnection,
+    sequence: Uuid,
+    lead: Uuid,
+) -> Result<Option<Enrolled>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, status FROM enrollments WHERE sequence_id = $1 AND lead_id = $2
+         ORDER BY generation DESC LIMIT 1",
+    )
+    .bind(sequence)
+    .bind(lead)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| {
+        let status: String = r.get("status");
+        Enrolled {
+            enrollment_id: Some(r.get("id")),
+            outcome: if status == enrollment_status::ACTIVE {
+                outcome::ALREADY_ACTIVE
+            } else {
+                outcome::ENDED_NOT_REENROLLED
+            },
+        }
+    }))
+}
+
+/// Creates the step run of the sequence's first step for a new enrollment generation.
+async fn schedule_first_step(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    sequence: Uuid,
+    enrollment: Uuid,
+    generation: i32,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let step = sqlx::query(
+        "SELECT id, position, timing FROM sequence_steps WHERE sequence_id = $1
+         ORDER BY position LIMIT 1",
+    )
+    .bind(sequence)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::Corrupt(format!("sequence {sequence} has no steps")))?;
+    let timing: Timing = serde_json::from_value(step.get("timing"))
+        .map_err(|e| StoreError::Corrupt(format!("step timing: {e}")))?;
+    let due = timing.due_after(now).map_err(StoreError::Corrupt)?;
+    insert_step_run(
+        conn,
+        NewStepRun {
+            workspace,
+            sequence,
+            enrollment,
+            step: step.get("id"),
+            position: step.get("position"),
+            generation,
+            due_at: due,
+        },
+    )
+    .await
+}
+
+/// A step run to create in state SCHEDULED.
+pub struct NewStepRun {
+    pub workspace: Uuid,
+    pub sequence: Uuid,
+    pub enrollment: Uuid,
+    pub step: Uuid,
+    pub position: i32,
+    pub generation: i32,
+    pub due_at: DateTime<Utc>,
+}
+
+/// Inserts a SCHEDULED step run; an existing one for the same (enrollment, step, generation)
+/// is left alone, so scheduling twice is harmless.
+pub async fn insert_step_run(conn: &mut PgConnection, run: NewStepRun) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO step_runs (id, workspace_id, sequence_id, enrollment_id, step_id, position,
+                                generation, due_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (enrollment_id, step_id, generation) DO NOTHING",
+    )
+    .bind(Uuid::new_v4())
+    .bind(run.workspace)
+    .bind(run.sequence)
+    .bind(run.enrollment)
+    .bind(run.step)
+    .bind(run.position)
+    .bind(run.generation)
+    .bind(run.due_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

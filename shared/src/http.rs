@@ -1,0 +1,227 @@
+//! HTTP plumbing shared by the ingest and api routers: the JSON error type, bearer-key
+//! authentication, and extractors whose rejections are JSON errors naming the bad field.
+//! Owns the error vocabulary of the API; it never holds a route.
+
+use axum::{
+    Json,
+    extract::{
+        FromRef, FromRequest, FromRequestParts, Request,
+        rejection::{BytesRejection, PathRejection, QueryRejection},
+    },
+    http::{StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{db::StoreError, enroll::FieldError};
+
+/// An API failure. Client mistakes are 4xx with a message that says what to change; only a
+/// failure of Pulse itself is a 500, and its details go to the log, not the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Malformed {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(#[from] FieldError),
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than the limit")]
+    TooLarge,
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The JSON body of every error response.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: `malformed`, `invalid`, `unauthorized`, `not_found`,
+    /// `conflict`, `too_large`, `internal`.
+    pub code: &'static str,
+    pub message: String,
+    /// JSON path of the offending field, when one is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid(FieldError::new(field, message))
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, Option<String>) {
+        match self {
+            ApiError::Malformed { field, .. } => {
+                (StatusCode::BAD_REQUEST, "malformed", field.clone())
+            }
+            ApiError::Invalid(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                Some(e.field.clone()),
+            ),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", None),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(source) = &self {
+            tracing::error!(error = %source, "request failed inside Pulse");
+        }
+        let (status, code, field) = self.parts();
+        let message = match &self {
+            ApiError::Invalid(e) => e.message.clone(),
+            other => other.to_string(),
+        };
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code,
+                    message,
+                    field,
+                },
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(Box::new(e))
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(Box::new(e))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::Malformed {
+            field: None,
+            message: format!("bad path: {}", e.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::Malformed {
+            field: None,
+            message: e.body_text(),
+        }
+    }
+}
+
+/// A route's answer: a JSON body or an [`ApiError`].
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body whose errors name the offending field (`events[2].lead.email`).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e {
+                BytesRejection::FailedToBufferBody(_)
+                    if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+                {
+                    ApiError::TooLarge
+                }
+                other => ApiError::Malformed {
+                    field: None,
+                    message: other.body_text(),
+                },
+            })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize(de) {
+            Ok(value) => Ok(ApiJson(value)),
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = (path != ".").then_some(path);
+                Err(ApiError::Malformed {
+                    field,
+                    message: e.into_inner().to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// Path parameters, with JSON rejections.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// Query parameters, with JSON rejections.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// The workspace of the caller's API key (`Authorization: Bearer <key>`).
+#[derive(Clone, Copy, Debug)]
+pub struct Auth {
+    pub workspace: Uuid,
+}
+
+impl<S> FromRequestParts<S> for Auth
+where
+    PgPool: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        let pool = PgPool::from_ref(state);
+        crate::db::workspace_for_key(&pool, key)
+            .await?
+            .map(|workspace| Auth { workspace })
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// JSON 404 for unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("route")
+}

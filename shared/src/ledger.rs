@@ -1,0 +1,419 @@
+//! The send ledger: one row per idempotency key `(enrollment, step, generation)`, the
+//! server-side record of what actually went out. Owns the ledger protocol of DESIGN.md:
+//!
+//! 1. `claim` — insert the key as SENDING (or take over a DEFERRED one). Commits on its own,
+//!    *before* the sender re-checks the enrollment, so a pause or cancel that commits first is
+//!    always seen by the re-check, and one that commits later can find the SENDING claim.
+//! 2. `release` — nothing was sent (the re-check said no): remove the claim.
+//! 3. `record_sent` / `record_deferred` / `record_failed` — one transaction each, with the
+//!    step run and, for a send, the next step or the enrollment's completion.
+//!
+//! A SENDING row older than the lease belongs to a worker that died mid-send: it becomes
+//! UNKNOWN and is never sent again automatically. Rows are never deleted except by `release`.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row};
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::{
+    db::StoreError,
+    domain::timing::Timing,
+    enroll::{NewStepRun, insert_step_run},
+    model::enrollment_status,
+};
+
+/// The idempotency key of one step of one enrollment generation.
+pub fn idempotency_key(enrollment: Uuid, step: Uuid, generation: i32) -> String {
+    format!("{enrollment}:{step}:{generation}")
+}
+
+/// The deterministic Message-ID of a key, so a relay's logs can settle what went out.
+pub fn message_id(key: &str, sender_domain: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("<pulse.{hex}@{sender_domain}>")
+}
+
+/// The outcome of trying to claim a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker owns the send; `attempts` counts this one.
+    Claimed { attempts: i32 },
+    /// The key is already SENT, FAILED or UNKNOWN: nothing to do.
+    Settled { state: String },
+    /// Another worker holds a fresh SENDING claim.
+    InFlight,
+    /// A stale SENDING claim was found and marked UNKNOWN (an operator decides).
+    BecameUnknown,
+    /// The step run is not QUEUED (held by a pause, cancelled, or already handled).
+    StaleMessage,
+}
+
+/// Claims `key` for the QUEUED step run `step_run`.
+pub async fn claim(
+    db: &PgPool,
+    step_run: Uuid,
+    key: &str,
+    lease: Duration,
+) -> Result<Claim, StoreError> {
+    let claimed: Option<i32> = sqlx::query_scalar(
+        // The lock (by id alone) waits for a scheduler that published this run but has not
+        // committed QUEUED yet, and returns the committed row; only then is the state checked.
+        // A state predicate inside the locking query would be judged on the old snapshot and
+        // skip the wait.
+        "WITH run AS (SELECT * FROM step_runs WHERE id = $1 FOR SHARE)
+         INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
+                                  sequence_id, lead_id, step_run_id, position, state, message_id)
+         SELECT sr.enrollment_id, sr.step_id, sr.generation, $2, sr.workspace_id, sr.sequence_id,
+                e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id
+         FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
+         WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
+         ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
+             SET state = 'SENDING', attempts = send_ledger.attempts + 1, claimed_at = now(),
+                 updated_at = now(), step_run_id = EXCLUDED.step_run_id
+             WHERE send_ledger.state = 'DEFERRED'
+         RETURNING attempts",
+    )
+    .bind(step_run)
+    .bind(key)
+    .fetch_optional(db)
+    .await?;
+    if let Some(attempts) = claimed {
+        return Ok(Claim::Claimed { attempts });
+    }
+    let existing = sqlx::query(
+        "SELECT state, claimed_at < now() - make_interval(secs => $2) AS stale
+         FROM send_ledger WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(db)
+    .await?;
+    let Some(existing) = existing else {
+        return Ok(Claim::StaleMessage);
+    };
+    let state: String = existing.get("state");
+    match state.as_str() {
+        "SENDING" if existing.get::<bool, _>("stale") => {
+            mark_unknown(db, key).await?;
+            Ok(Claim::BecameUnknown)
+        }
+        "SENDING" => Ok(Claim::InFlight),
+        // DEFERRED but the step run is not QUEUED: a stale duplicate delivery.
+        "DEFERRED" => Ok(Claim::StaleMessage),
+        _ => Ok(Claim::Settled { state }),
+    }
+}
+
+async fn mark_unknown(db: &PgPool, key: &str) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    let run: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE send_ledger SET state = 'UNKNOWN', updated_at = now(),
+             smtp_reply = 'worker stopped after claiming; the relay may or may not have accepted it'
+         WHERE idempotency_key = $1 AND state = 'SENDING' RETURNING step_run_id",
+    )
+    .bind(key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(run) = run {
+        sqlx::query(
+            "UPDATE step_runs SET state = 'UNKNOWN', updated_at = now(),
+                 last_error = 'send outcome unknown: see the send ledger'
+             WHERE id = $1",
+        )
+        .bind(run)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The claimed step run's content snapshot and the state of everything it depends on, read
+/// after the claim committed.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub subject: String,
+    pub body: String,
+    pub from_addr: String,
+    pub to_addr: String,
+    pub message_id: String,
+    pub enrollment_status: String,
+    pub sequence_status: String,
+    pub lead_suppressed: bool,
+}
+
+/// Loads the snapshot of a claimed step run.
+pub async fn snapshot(db: &PgPool, step_run: Uuid) -> Result<Snapshot, StoreError> {
+    let row = sqlx::query(
+        "SELECT sr.subject, sr.body, sr.from_addr, sr.to_addr, sr.message_id,
+                e.status AS enrollment_status, s.status AS sequence_status,
+                (l.unsubscribed_at IS NOT NULL OR l.bounced_at IS NOT NULL) AS suppressed
+         FROM step_runs sr
+         JOIN enrollments e ON e.id = sr.enrollment_id
+         JOIN sequences s ON s.id = sr.sequence_id
+         JOIN leads l ON l.id = e.lead_id
+         WHERE sr.id = $1",
+    )
+    .bind(step_run)
+    .fetch_one(db)
+    .await?;
+    let text = |col: &str| -> Result<String, StoreError> {
+        row.try_get::<Option<String>, _>(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("queued step run {step_run} has no {col}")))
+    };
+    Ok(Snapshot {
+        subject: text("subject")?,
+        body: text("body")?,
+        from_addr: text("from_addr")?,
+        to_addr: text("to_addr")?,
+        message_id: text("message_id")?,
+        enrollment_status: row.try_get("enrollment_status")?,
+        sequence_status: row.try_get("sequence_status")?,
+        lead_suppressed: row.try_get("suppressed")?,
+    })
+}
+
+/// What to do with a step run whose claim is released unsent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Back to SCHEDULED, due as before: the sequence is paused; resume picks it up.
+    Hold,
+    /// The enrollment ended or the sequence was deleted: the step will never be sent.
+    Cancel,
+    /// The lead is unsubscribed or bounced.
+    Skip,
+}
+
+/// Removes a claim that was not sent, and settles the step run as `how` says.
+pub async fn release(
+    db: &PgPool,
+    key: &str,
+    step_run: Uuid,
+    how: Release,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let state = match how {
+        Release::Hold => "SCHEDULED",
+        Release::Cancel => "CANCELLED",
+        Release::Skip => "SKIPPED",
+    };
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM send_ledger WHERE idempotency_key = $1 AND state = 'SENDING'")
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE step_runs SET state = $2, last_error = $3, updated_at = now()
+         WHERE id = $1 AND state = 'QUEUED'",
+    )
+    .bind(step_run)
+    .bind(state)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Puts a step run back to SCHEDULED without touching the ledger (a paused sequence seen before
+/// any claim was made).
+pub async fn hold(db: &PgPool, step_run: Uuid) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE step_runs SET state = 'SCHEDULED', updated_at = now()
+         WHERE id = $1 AND state = 'QUEUED'",
+    )
+    .bind(step_run)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The relay's answer to a send.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub code: Option<i32>,
+    pub text: String,
+}
+
+/// Records a send the relay accepted, and in the same transaction schedules the next step (or
+/// completes the enrollment).
+pub async fn record_sent(
+    db: &PgPool,
+    key: &str,
+    step_run: Uuid,
+    reply: &Reply,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "UPDATE send_ledger SET state = 'SENT', smtp_code = $2, smtp_reply = $3, sent_at = $4,
+             updated_at = now()
+         WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .bind(reply.code)
+    .bind(&reply.text)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let run = sqlx::query(
+        "UPDATE step_runs SET state = 'SENT', sent_at = $2, last_error = NULL, updated_at = now()
+         WHERE id = $1
+         RETURNING workspace_id, sequence_id, enrollment_id, position, generation",
+    )
+    .bind(step_run)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    let enrollment: Uuid = run.get("enrollment_id");
+    let sequence: Uuid = run.get("sequence_id");
+    let position: i32 = run.get("position");
+    let next = sqlx::query(
+        "SELECT id, position, timing FROM sequence_steps
+         WHERE sequence_id = $1 AND position > $2 ORDER BY position LIMIT 1",
+    )
+    .bind(sequence)
+    .bind(position)
+    .fetch_optional(&mut *tx)
+    .await?;
+    // Lock the enrollment: a concurrent cancel either happened before (no next step) or waits.
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM enrollments WHERE id = $1 FOR UPDATE")
+            .bind(enrollment)
+            .fetch_one(&mut *tx)
+            .await?;
+    if status == enrollment_status::ACTIVE {
+        match next {
+            Some(step) => {
+                let timing: Timing = serde_json::from_value(step.get("timing"))
+                    .map_err(|e| StoreError::Corrupt(format!("step timing: {e}")))?;
+                let next_position: i32 = step.get("position");
+                insert_step_run(
+                    &mut tx,
+                    NewStepRun {
+                        workspace: run.get("workspace_id"),
+                        sequence,
+                        enrollment,
+                        step: step.get("id"),
+                        position: next_position,
+                        generation: run.get("generation"),
+                        due_at: timing.due_after(now).map_err(StoreError::Corrupt)?,
+                    },
+                )
+                .await?;
+                sqlx::query(
+                    "UPDATE enrollments SET current_step = $2, updated_at = now() WHERE id = $1",
+                )
+                .bind(enrollment)
+                .bind(next_position)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query(
+                    "UPDATE enrollments SET status = 'COMPLETED', end_reason = 'all steps sent',
+                         ended_at = now(), updated_at = now()
+                     WHERE id = $1",
+                )
+                .bind(enrollment)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records a transient failure: nothing went out; the step run is due again at `retry_at`.
+pub async fn record_deferred(
+    db: &PgPool,
+    key: &str,
+    step_run: Uuid,
+    reply: &Reply,
+    retry_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "UPDATE send_ledger SET state = 'DEFERRED', smtp_code = $2, smtp_reply = $3,
+             updated_at = now()
+         WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .bind(reply.code)
+    .bind(&reply.text)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE step_runs SET state = 'SCHEDULED', due_at = $2, attempts = attempts + 1,
+             last_error = $3, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(step_run)
+    .bind(retry_at)
+    .bind(&reply.text)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records a permanent failure: the step run and the enrollment are FAILED with the reply.
+pub async fn record_failed(
+    db: &PgPool,
+    key: &str,
+    step_run: Uuid,
+    reply: &Reply,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "UPDATE send_ledger SET state = 'FAILED', smtp_code = $2, smtp_reply = $3,
+             updated_at = now()
+         WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .bind(reply.code)
+    .bind(&reply.text)
+    .execute(&mut *tx)
+    .await?;
+    let enrollment: Uuid = sqlx::query_scalar(
+        "UPDATE step_runs SET state = 'FAILED', attempts = attempts + 1, last_error = $2,
+             updated_at = now()
+         WHERE id = $1 RETURNING enrollment_id",
+    )
+    .bind(step_run)
+    .bind(&reply.text)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE enrollments SET status = 'FAILED', end_reason = $2, ended_at = now(),
+             updated_at = now()
+         WHERE id = $1 AND status = 'ACTIVE'",
+    )
+    .bind(enrollment)
+    .bind(format!("send failed: {}", reply.text))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_message_ids_are_deterministic() {
+        let (e, s) = (Uuid::from_u128(7), Uuid::from_u128(9));
+        let k = idempotency_key(e, s, 2);
+        assert_eq!(k, idempotency_key(e, s, 2));
+        assert_ne!(k, idempotency_key(e, s, 3), "a new generation is a new key");
+        let m = message_id(&k, "example.com");
+        assert_eq!(m, message_id(&k, "example.com"));
+        assert!(m.starts_with("<pulse.") && m.ends_with("@example.com>"));
+        assert_ne!(m, message_id(&idempotency_key(e, s, 3), "example.com"));
+    }
+}

@@ -1,0 +1,17 @@
+//! `pulse-shared`: everything two or more Pulse roles need — configuration, domain rules, the
+//! database, messaging, pause flags, the send ledger and HTTP plumbing. Nothing here runs a loop
+//! or owns a route; the services do.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod enroll;
+pub mod http;
+pub mod ledger;
+pub mod messaging;
+pub mod model;
+pub mod pause;
+pub mod smtp_url;
+pub mod telemetry;
+
+pub use config::Settings;

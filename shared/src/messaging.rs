@@ -1,0 +1,75 @@
+//! RabbitMQ: the message the scheduler hands to senders, the connection and the topology.
+//! Owns queue names and arguments. RabbitMQ only ever carries work that is due now; nothing
+//! here delays a message or holds one unacked as a timer.
+
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable},
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The body of a due-send message: ids only; the content snapshot lives in PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMessage {
+    /// The send-ledger idempotency key, `enrollment:step:generation`.
+    pub key: String,
+    pub step_run_id: Uuid,
+    pub enrollment_id: Uuid,
+    pub sequence_id: Uuid,
+    pub workspace_id: Uuid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessagingError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker did not confirm a publish (nack or return)")]
+    NotConfirmed,
+}
+
+/// Opens a connection to RabbitMQ.
+pub async fn connect(url: &str) -> Result<Connection, MessagingError> {
+    Ok(Connection::connect(url, ConnectionProperties::default()).await?)
+}
+
+/// The dead-letter queue of `queue`: messages that cannot be parsed or handled.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// Declares the send queue and its dead-letter queue, both durable. Idempotent.
+pub async fn declare(channel: &Channel, queue: &str) -> Result<(), MessagingError> {
+    let dead = dead_letter_queue(queue);
+    channel
+        .queue_declare(
+            dead.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dead.as_str().into()),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! A real SMTP server for tests: listens on a loopback port, speaks enough ESMTP for lettre,
+//! records every accepted message, and can be told to refuse chosen recipients with a given
+//! reply code, a given number of times.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+
+/// One accepted message.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    pub data: String,
+    pub message_id: Option<String>,
+    pub subject: Option<String>,
+    pub at: Instant,
+}
+
+impl Received {
+    /// The body after the header block.
+    pub fn body(&self) -> &str {
+        self.data
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+}
+
+/// A rule for a recipient: reply `code` to RCPT TO, `times` times (None: always).
+#[derive(Clone, Debug)]
+struct Refusal {
+    code: u16,
+    times: Option<usize>,
+}
+
+#[derive(Default)]
+struct State {
+    received: Vec<Received>,
+    refusals: HashMap<String, Refusal>,
+    rcpt_attempts: HashMap<String, usize>,
+}
+
+pub struct SmtpServer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SmtpServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let _ = session(socket, st).await;
+                });
+            }
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.addr)
+    }
+
+    /// Replies `code` to RCPT TO for `rcpt`, `times` times (None: every time).
+    pub fn refuse(&self, rcpt: &str, code: u16, times: Option<usize>) {
+        self.lock()
+            .refusals
+            .insert(rcpt.to_lowercase(), Refusal { code, times });
+    }
+
+    /// How many times RCPT TO named `rcpt`.
+    pub fn rcpt_attempts(&self, rcpt: &str) -> usize {
+        self.lock()
+            .rcpt_attempts
+            .get(&rcpt.to_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.lock().received.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().received.len()
+    }
+
+    /// Waits until at least `n` messages were accepted, or fails after `timeout`.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<Vec<Received>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.count();
+            if got >= n {
+                return Ok(self.received());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("SMTP server received {got} of {n} messages within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let (read, mut write) = socket.into_split();
+    let mut lines = BufReader::new(read);
+    write.write_all(b"220 pulse-test ESMTP\r\n").await?;
+    let mut from = String::new();
+    let mut rcpts: Vec<String> = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_owned();
+        let upper = cmd.to_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            "250-pulse-test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n".into()
+        } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
+            "250 OK\r\n".into()
+        } else if upper.starts_with("RSET") {
+            from.clear();
+            rcpts.clear();
+            "250 OK\r\n".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            from = address(&cmd[10..]);
+            rcpts.clear();
+            "250 OK\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let rcpt = address(&cmd[8..]).to_lowercase();
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            *st.rcpt_attempts.entry(rcpt.clone()).or_default() += 1;
+            let refusal = st.refusals.get_mut(&rcpt).and_then(|r| match r.times {
+                Some(0) => None,
+                Some(ref mut n) => {
+                    *n -= 1;
+                    Some(r.code)
+                }
+                None => Some(r.code),
+            });
+            match refusal {
+                Some(code) => format!("{code} {} refused by test rule\r\n", rcpt),
+                None => {
+                    rcpts.push(rcpt);
+                    "250 OK\r\n".into()
+                }
+            }
+        } else if upper == "DATA" {
+            if rcpts.is_empty() {
+                "503 no valid recipients\r\n".into()
+            } else {
+                write.write_all(b"354 go ahead\r\n").await?;
+                let mut data = String::new();
+                loop {
+                    line.clear();
+                    if lines.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if line == ".\r\n" || line == ".\n" {
+                        break;
+                    }
+                    let l = line.strip_prefix('.').unwrap_or(&line);
+                    data.push_str(l);
+                }
+                let header = |name: &str| {
+                    data.split("\r\n\r\n").next().and_then(|h| {
+                        h.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                        })
+                    })
+                };
+                let received = Received {
+                    mail_from: from.clone(),
+                    rcpt_to: std::mem::take(&mut rcpts),
+                    message_id: header("Message-ID"),
+                    subject: header("Subject"),
+                    data: data.clone(),
+                    at: Instant::now(),
+                };
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                st.received.push(received);
+                format!("250 2.0.0 queued as {}\r\n", st.received.len())
+            }
+        } else if upper.starts_with("QUIT") {
+            write.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else {
+            "502 command not implemented\r\n".into()
+        };
+        write.write_all(reply.as_bytes()).await?;
+    }
+}
+
+fn address(arg: &str) -> String {
+    let arg = arg.trim();
+    let inner = arg.split('>').next().unwrap_or(arg);
+    inner.trim_start_matches('<').trim().to_owned()
+}

@@ -1,0 +1,353 @@
+//! Trigger ingest: dedupe of enrollments and event ids, batch validation, paused and ended rules.
+
+use pulse::Role;
+use pulse_tests::{TestEnv, sequence_body};
+use serde_json::{Value, json};
+
+fn event(id: &str, email: &str, kind: &str, extra: Value) -> Value {
+    let mut e = json!({"id": id, "type": kind, "lead": {"email": email, "first_name": "Ada"}});
+    if let (Some(obj), Some(more)) = (e.as_object_mut(), extra.as_object()) {
+        obj.extend(more.clone());
+    }
+    e
+}
+
+async fn active_enrollments(env: &TestEnv) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM enrollments WHERE status = 'ACTIVE'")
+            .fetch_one(&env.db)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn overlapping_triggers_and_repeats_make_one_enrollment() -> anyhow::Result<()> {
+    let env = TestEnv::start("ingest", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let mut body = sequence_body(
+        "Trial",
+        &[("Hi", "Hello", json!({"type": "immediately"}))],
+        "trial",
+    );
+    body["triggers"] = json!([
+        {"type": "tag_applied", "tag": "trial"},
+        {"type": "tag_applied", "tag": "trial"},
+        {"type": "list_added", "list": "webinar"},
+        {"type": "lead_score", "min_score": 50}
+    ]);
+    let seq = env.create_sequence(body).await?;
+    let seq_id = seq["id"].clone();
+
+    let (status, res) = env
+        .post(
+            "/v1/events",
+            json!({"events": [
+                event("e1", "ada@example.com", "tag_applied", json!({"tag": "trial"})),
+                event("e2", "ADA@example.com", "list_added", json!({"list": "webinar"})),
+                event("e3", "ada@example.com", "lead_score_changed", json!({"score": 80})),
+                event("e4", "ada@example.com", "tag_applied", json!({"tag": "trial"})),
+                event("e1", "ada@example.com", "tag_applied", json!({"tag": "trial"})),
+                event("e5", "ada@example.com", "lead_score_changed", json!({"score": 10})),
+                event("e6", "ada@example.com", "tag_applied", json!({"tag": "other"})),
+            ]}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{res}");
+    let r = &res["results"];
+    assert_eq!(r[0]["status"], "processed");
+    assert_eq!(
+        r[0]["enrollments"],
+        json!([{"sequence_id": seq_id, "enrollment_id": r[0]["enrollments"][0]["enrollment_id"], "outcome": "created"}])
+    );
+    let enrollment = r[0]["enrollments"][0]["enrollment_id"].clone();
+    for i in [1, 2, 3] {
+        assert_eq!(r[i]["status"], "processed");
+        assert_eq!(
+            r[i]["enrollments"][0]["outcome"], "already_active",
+            "event {i}: {}",
+            r[i]
+        );
+        assert_eq!(r[i]["enrollments"][0]["enrollment_id"], enrollment);
+        assert_eq!(
+            r[i]["enrollments"].as_array().map(Vec::len),
+            Some(1),
+            "one entry per sequence"
+        );
+    }
+    assert_eq!(r[4]["status"], "duplicate_event");
+    assert_eq!(
+        r[4]["enrollments"][0]["outcome"], "created",
+        "the original outcome is repeated"
+    );
+    assert_eq!(
+        r[5]["enrollments"],
+        json!([]),
+        "score below the threshold matches nothing"
+    );
+    assert_eq!(
+        r[6]["enrollments"],
+        json!([]),
+        "another tag matches nothing"
+    );
+    assert_eq!(active_enrollments(&env).await?, 1);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM step_runs")
+        .fetch_one(&env.db)
+        .await?;
+    assert_eq!(runs, 1, "exactly one first step scheduled");
+
+    // The lead carries what the events said.
+    let (tags, lists, score): (Vec<String>, Vec<String>, Option<i32>) =
+        sqlx::query_as("SELECT tags, lists, score FROM leads WHERE email = 'ada@example.com'")
+            .fetch_one(&env.db)
+            .await?;
+    assert_eq!(tags, vec!["trial", "other"]);
+    assert_eq!(lists, vec!["webinar"]);
+    assert_eq!(score, Some(10));
+    env.stop().await
+}
+
+#[tokio::test]
+async fn ended_and_paused_sequences_do_not_enroll() -> anyhow::Result<()> {
+    let env = TestEnv::start("ingest", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let a = env
+        .create_sequence(sequence_body(
+            "A",
+            &[("Hi", "x", json!({"type": "immediately"}))],
+            "t",
+        ))
+        .await?;
+    let b = env
+        .create_sequence(sequence_body(
+            "B",
+            &[("Hi", "x", json!({"type": "immediately"}))],
+            "t",
+        ))
+        .await?;
+    let (status, res) = env
+        .post(
+            "/v1/events",
+            json!({"events": [event("e1", "ada@example.com", "tag_applied", json!({"tag": "t"}))]}),
+        )
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        res["results"][0]["enrollments"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    sqlx::query("UPDATE enrollments SET status = 'COMPLETED' WHERE sequence_id = $1::uuid")
+        .bind(a["id"].as_str())
+        .execute(&env.db)
+        .await?;
+    sqlx::query("UPDATE sequences SET status = 'PAUSED' WHERE id = $1::uuid")
+        .bind(b["id"].as_str())
+        .execute(&env.db)
+        .await?;
+    let (_, res) = env
+        .post(
+            "/v1/events",
+            json!({"events": [
+                event("e2", "ada@example.com", "tag_applied", json!({"tag": "t"})),
+                event("e3", "bob@example.com", "tag_applied", json!({"tag": "t"})),
+            ]}),
+        )
+        .await?;
+    let outcomes = |i: usize| -> Vec<(String, String)> {
+        let mut v: Vec<_> = res["results"][i]["enrollments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["sequence_id"].as_str().unwrap_or_default().to_owned(),
+                    e["outcome"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (a_id, b_id) = (
+        a["id"].as_str().unwrap_or_default().to_owned(),
+        b["id"].as_str().unwrap_or_default().to_owned(),
+    );
+    let mut want_ada = vec![
+        (a_id.clone(), "ended_not_reenrolled".to_owned()),
+        (b_id.clone(), "sequence_paused".to_owned()),
+    ];
+    want_ada.sort();
+    assert_eq!(outcomes(0), want_ada);
+    let mut want_bob = vec![
+        (a_id, "created".to_owned()),
+        (b_id, "sequence_paused".to_owned()),
+    ];
+    want_bob.sort();
+    assert_eq!(outcomes(1), want_bob);
+    let bob_in_b: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM enrollments e JOIN leads l ON l.id = e.lead_id
+         WHERE l.email = 'bob@example.com' AND e.sequence_id = $1::uuid",
+    )
+    .bind(b["id"].as_str())
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(bob_in_b, 0, "a paused sequence enrolls nobody");
+    env.stop().await
+}
+
+#[tokio::test]
+async fn a_bad_event_rejects_the_batch_with_no_partial_write() -> anyhow::Result<()> {
+    let env = TestEnv::start("ingest", &[Role::Api, Role::Ingest], |_| {}).await?;
+    env.create_sequence(sequence_body(
+        "A",
+        &[("Hi", "x", json!({"type": "immediately"}))],
+        "t",
+    ))
+    .await?;
+    let good = event("e1", "ada@example.com", "tag_applied", json!({"tag": "t"}));
+    let cases = [
+        (
+            event("e2", "not-an-email", "tag_applied", json!({"tag": "t"})),
+            422,
+            "events[1].lead.email",
+        ),
+        (
+            event("e2", "b@example.com", "tag_applied", json!({})),
+            422,
+            "events[1].tag",
+        ),
+        (
+            event(
+                "e2",
+                "b@example.com",
+                "tag_applied",
+                json!({"tag": "t", "list": "l"}),
+            ),
+            422,
+            "events[1].list",
+        ),
+        (
+            event("e2", "b@example.com", "lead_score_changed", json!({})),
+            422,
+            "events[1].score",
+        ),
+        (
+            event("", "b@example.com", "tag_applied", json!({"tag": "t"})),
+            422,
+            "events[1].id",
+        ),
+        (
+            event("e2", "b@example.com", "page_viewed", json!({})),
+            400,
+            "events[1].type",
+        ),
+        (
+            event(
+                "e2",
+                "b@example.com",
+                "lead_score_changed",
+                json!({"score": "high"}),
+            ),
+            400,
+            "events[1].score",
+        ),
+        (
+            {
+                let mut e = event("e2", "b@example.com", "tag_applied", json!({"tag": "t"}));
+                e["lead"]["timezone"] = json!("Nope/Nope");
+                e
+            },
+            422,
+            "events[1].lead.timezone",
+        ),
+    ];
+    for (bad, want_status, want_field) in cases {
+        let (status, err) = env
+            .post("/v1/events", json!({"events": [good.clone(), bad.clone()]}))
+            .await?;
+        assert_eq!(status, want_status, "{bad} -> {err}");
+        assert_eq!(err["error"]["field"], want_field, "{bad} -> {err}");
+    }
+    let written: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM leads) + (SELECT count(*) FROM processed_events)",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(written, 0, "nothing from a rejected batch is written");
+    // The good event is then processed normally, not as a duplicate.
+    let (status, res) = env.post("/v1/events", json!({"events": [good]})).await?;
+    assert_eq!(
+        (status, res["results"][0]["status"].as_str()),
+        (200, Some("processed"))
+    );
+
+    let (status, err) = env.post("/v1/events", json!({"events": []})).await?;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (422, Some("events"))
+    );
+    let many: Vec<Value> = (0..1001)
+        .map(|i| {
+            event(
+                &format!("m{i}"),
+                "a@example.com",
+                "tag_applied",
+                json!({"tag": "t"}),
+            )
+        })
+        .collect();
+    let (status, err) = env.post("/v1/events", json!({"events": many})).await?;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (422, Some("events"))
+    );
+    let huge = "x".repeat(9 * 1024 * 1024);
+    let resp = env
+        .http
+        .post(format!("{}/v1/events", env.base))
+        .bearer_auth(&env.key)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 413);
+    env.stop().await
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_events_enroll_once() -> anyhow::Result<()> {
+    let env = TestEnv::start("ingest", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let mut body = sequence_body("A", &[("Hi", "x", json!({"type": "immediately"}))], "t");
+    body["triggers"] =
+        json!([{"type": "tag_applied", "tag": "t"}, {"type": "list_added", "list": "l"}]);
+    env.create_sequence(body).await?;
+    // 40 requests at once for 10 leads: same event ids, and different events for the same lead.
+    let mut calls = Vec::new();
+    for round in 0..4 {
+        for lead in 0..10 {
+            let events = json!({"events": [
+                event(&format!("tag-{lead}"), &format!("l{lead}@example.com"), "tag_applied", json!({"tag": "t"})),
+                event(&format!("list-{lead}-{round}"), &format!("l{lead}@example.com"), "list_added", json!({"list": "l"})),
+            ]});
+            calls.push(env.post("/v1/events", events));
+        }
+    }
+    for result in futures::future::join_all(calls).await {
+        let (status, res) = result?;
+        assert_eq!(status, 200, "{res}");
+    }
+    assert_eq!(active_enrollments(&env).await?, 10);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM step_runs")
+        .fetch_one(&env.db)
+        .await?;
+    assert_eq!(runs, 10);
+    let created: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM processed_events, jsonb_array_elements(result->'enrollments') o
+         WHERE o->>'outcome' = 'created'",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(
+        created, 10,
+        "exactly one event per lead reports the creation"
+    );
+    env.stop().await
+}

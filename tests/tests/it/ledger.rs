@@ -1,0 +1,264 @@
+//! The ledger protocol and pause flags, driven directly against PostgreSQL and Redis.
+
+use std::time::Duration;
+
+use pulse::Role;
+use pulse_shared::{
+    ledger::{self, Claim, Reply},
+    pause::{Gate, PauseFlags},
+};
+use pulse_tests::{TestEnv, sequence_body};
+use serde_json::json;
+use uuid::Uuid;
+
+/// A sequence with one enrolled lead; returns (sequence id, step run id, key).
+async fn one_run(env: &TestEnv) -> anyhow::Result<(Uuid, Uuid, String)> {
+    let seq = env
+        .create_sequence(sequence_body(
+            "L",
+            &[
+                ("Hi", "x", json!({"type": "immediately"})),
+                ("Again", "y", json!({"type": "delay", "delay": "P1D"})),
+            ],
+            "t",
+        ))
+        .await?;
+    let seq_id: Uuid = seq["id"].as_str().unwrap_or_default().parse()?;
+    let (status, _) = env
+        .post(
+            &format!("/v1/sequences/{seq_id}/enrollments"),
+            json!({"lead": {"email": "ada@example.com"}}),
+        )
+        .await?;
+    assert_eq!(status, 201);
+    let (run, enrollment, step, generation): (Uuid, Uuid, Uuid, i32) =
+        sqlx::query_as("SELECT id, enrollment_id, step_id, generation FROM step_runs")
+            .fetch_one(&env.db)
+            .await?;
+    Ok((
+        seq_id,
+        run,
+        ledger::idempotency_key(enrollment, step, generation),
+    ))
+}
+
+const QUEUE_IT: &str = "UPDATE step_runs SET state = 'QUEUED', subject = 's', body = 'b',
+    from_addr = 'tests@example.com', to_addr = 'ada@example.com', message_id = '<m@example.com>'
+    WHERE id = $1";
+
+const LEASE: Duration = Duration::from_secs(600);
+
+#[tokio::test]
+async fn claim_waits_for_the_scheduler_commit() -> anyhow::Result<()> {
+    let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
+    let (_, run, key) = one_run(&env).await?;
+
+    // The scheduler has published and not yet committed QUEUED: the claim must wait, then win.
+    let mut scheduler = env.db.begin().await?;
+    sqlx::query(QUEUE_IT)
+        .bind(run)
+        .execute(&mut *scheduler)
+        .await?;
+    let (db, k) = (env.db.clone(), key.clone());
+    let claim = tokio::spawn(async move { ledger::claim(&db, run, &k, LEASE).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !claim.is_finished(),
+        "the claim must wait for the scheduler's transaction"
+    );
+    scheduler.commit().await?;
+    assert_eq!(claim.await??, Claim::Claimed { attempts: 1 });
+
+    // A scheduler that crashed before committing: the claim sees SCHEDULED and takes nothing.
+    let (db2, run2) = (env.db.clone(), run);
+    sqlx::query("DELETE FROM send_ledger")
+        .execute(&env.db)
+        .await?;
+    sqlx::query("UPDATE step_runs SET state = 'SCHEDULED' WHERE id = $1")
+        .bind(run)
+        .execute(&env.db)
+        .await?;
+    let mut crashed = env.db.begin().await?;
+    sqlx::query(QUEUE_IT)
+        .bind(run)
+        .execute(&mut *crashed)
+        .await?;
+    let claim = tokio::spawn(async move { ledger::claim(&db2, run2, &key, LEASE).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    crashed.rollback().await?;
+    assert_eq!(claim.await??, Claim::StaleMessage);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM send_ledger")
+        .fetch_one(&env.db)
+        .await?;
+    assert_eq!(rows, 0);
+    env.stop().await
+}
+
+#[tokio::test]
+async fn a_key_is_claimed_once_and_settles() -> anyhow::Result<()> {
+    let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
+    let (_, run, key) = one_run(&env).await?;
+    sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
+
+    // Many workers race for the same key: exactly one wins.
+    let mut racers = Vec::new();
+    for _ in 0..16 {
+        let (db, k) = (env.db.clone(), key.clone());
+        racers.push(tokio::spawn(async move {
+            ledger::claim(&db, run, &k, LEASE).await
+        }));
+    }
+    let mut won = 0;
+    for r in racers {
+        match r.await?? {
+            Claim::Claimed { .. } => won += 1,
+            Claim::InFlight => {}
+            other => anyhow::bail!("unexpected claim outcome {other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+
+    let reply = Reply {
+        code: Some(250),
+        text: "ok".into(),
+    };
+    ledger::record_sent(&env.db, &key, run, &reply, chrono::Utc::now()).await?;
+    assert_eq!(
+        ledger::claim(&env.db, run, &key, LEASE).await?,
+        Claim::Settled {
+            state: "SENT".into()
+        }
+    );
+    // Even if the step run looked QUEUED again (a redelivery), the key stays settled.
+    sqlx::query("UPDATE step_runs SET state = 'QUEUED' WHERE id = $1")
+        .bind(run)
+        .execute(&env.db)
+        .await?;
+    assert_eq!(
+        ledger::claim(&env.db, run, &key, LEASE).await?,
+        Claim::Settled {
+            state: "SENT".into()
+        }
+    );
+    // Recording the send scheduled step 2, once.
+    let next: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM step_runs WHERE position = 2 AND state = 'SCHEDULED'",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(next, 1);
+    env.stop().await
+}
+
+#[tokio::test]
+async fn a_stale_claim_becomes_unknown_and_a_deferred_one_is_retaken() -> anyhow::Result<()> {
+    let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
+    let (_, run, key) = one_run(&env).await?;
+    sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
+    assert_eq!(
+        ledger::claim(&env.db, run, &key, LEASE).await?,
+        Claim::Claimed { attempts: 1 }
+    );
+
+    // A transient failure: DEFERRED, step run due again later; the next claim takes it over.
+    let reply = Reply {
+        code: Some(451),
+        text: "try later".into(),
+    };
+    ledger::record_deferred(&env.db, &key, run, &reply, chrono::Utc::now()).await?;
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM step_runs WHERE id = $1")
+            .bind(run)
+            .fetch_one(&env.db)
+            .await?;
+    assert_eq!((state.as_str(), attempts), ("SCHEDULED", 1));
+    sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
+    assert_eq!(
+        ledger::claim(&env.db, run, &key, LEASE).await?,
+        Claim::Claimed { attempts: 2 }
+    );
+
+    // The worker dies mid-send: after the lease the claim is UNKNOWN, never resent.
+    sqlx::query("UPDATE send_ledger SET claimed_at = now() - interval '1 hour'")
+        .execute(&env.db)
+        .await?;
+    assert_eq!(
+        ledger::claim(&env.db, run, &key, LEASE).await?,
+        Claim::BecameUnknown
+    );
+    let (ledger_state, run_state): (String, String) = sqlx::query_as(
+        "SELECT l.state, r.state FROM send_ledger l JOIN step_runs r ON r.id = l.step_run_id",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(
+        (ledger_state.as_str(), run_state.as_str()),
+        ("UNKNOWN", "UNKNOWN")
+    );
+    sqlx::query("UPDATE step_runs SET state = 'QUEUED' WHERE id = $1")
+        .bind(run)
+        .execute(&env.db)
+        .await?;
+    assert_eq!(
+        ledger::claim(&env.db, run, &key, LEASE).await?,
+        Claim::Settled {
+            state: "UNKNOWN".into()
+        }
+    );
+    env.stop().await
+}
+
+#[tokio::test]
+async fn pause_flags_fail_closed_when_redis_loses_them() -> anyhow::Result<()> {
+    let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
+    let (seq, _, _) = one_run(&env).await?;
+    let flags = PauseFlags::connect(
+        &env.settings.redis_url,
+        &env.settings.redis_prefix,
+        Duration::from_secs(5),
+    )
+    .await?;
+    assert_eq!(flags.gate(&env.db, seq).await?, Gate::Open);
+
+    // The writer's order: PostgreSQL first, then the flag.
+    sqlx::query("UPDATE sequences SET status = 'PAUSED' WHERE id = $1")
+        .bind(seq)
+        .execute(&env.db)
+        .await?;
+    flags.set(seq, "PAUSED").await?;
+    assert_eq!(flags.gate(&env.db, seq).await?, Gate::Paused);
+
+    // Redis restarts empty: the flag is gone, and the gate must still say paused.
+    let client = redis::Client::open(env.settings.redis_url.as_str())?;
+    let mut r = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", env.settings.redis_prefix))
+        .query_async(&mut r)
+        .await?;
+    assert!(!keys.is_empty());
+    redis::cmd("DEL")
+        .arg(&keys)
+        .query_async::<()>(&mut r)
+        .await?;
+    assert_eq!(flags.gate(&env.db, seq).await?, Gate::Paused);
+
+    // A refill never overwrites a newer writer: resume lands first, the refill's SET NX loses.
+    sqlx::query("UPDATE sequences SET status = 'ACTIVE' WHERE id = $1")
+        .bind(seq)
+        .execute(&env.db)
+        .await?;
+    flags.set(seq, "ACTIVE").await?;
+    assert_eq!(flags.gate(&env.db, seq).await?, Gate::Open);
+    sqlx::query("UPDATE sequences SET status = 'DELETED' WHERE id = $1")
+        .bind(seq)
+        .execute(&env.db)
+        .await?;
+    flags.set(seq, "DELETED").await?;
+    assert_eq!(flags.gate(&env.db, seq).await?, Gate::Closed);
+    assert_eq!(
+        flags.gate(&env.db, Uuid::new_v4()).await?,
+        Gate::Closed,
+        "unknown sequence"
+    );
+    env.stop().await
+}

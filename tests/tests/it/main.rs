@@ -1,0 +1,7 @@
+//! Integration and end-to-end tests: every test starts its own isolated Pulse against the real
+//! PostgreSQL, RabbitMQ and Redis, and the send tests against a real SMTP server.
+
+mod api;
+mod ingest;
+mod ledger;
+mod send_path;
