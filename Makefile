@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PULSE_API_KEY ?= pulse-dev-key
 export PULSE_HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test services build lint fmt clean-tests
+.PHONY: run test services build lint fmt clean-tests bench-smtp
 
 ## Run the whole system locally (every role in one process, mail captured in the dev outbox).
 run: services
@@ -35,3 +35,7 @@ lint:
 
 fmt:
 	cargo fmt --all
+
+## SMTP sending rate: stock lettre vs Pulse's TCP_NODELAY transport, same server, same run.
+bench-smtp:
+	cargo run --release -q -p pulse-tests --bin smtp_bench -- 2000 8
