@@ -45,6 +45,10 @@ struct Refusal {
 
 #[derive(Default)]
 struct State {
+    /// Wait this long before answering the end of DATA (a slow relay).
+    data_delay: Duration,
+    /// DATA blocks received, answered or not (a send in flight shows here first).
+    data_started: usize,
     received: Vec<Received>,
     refusals: HashMap<String, Refusal>,
     rcpt_attempts: HashMap<String, usize>,
@@ -88,6 +92,16 @@ impl SmtpServer {
         self.lock()
             .refusals
             .insert(rcpt.to_lowercase(), Refusal { code, times });
+    }
+
+    /// Makes the server wait `delay` before answering each message's final dot.
+    pub fn delay_data_reply(&self, delay: Duration) {
+        self.lock().data_delay = delay;
+    }
+
+    /// Messages whose DATA has been fully received, including any not answered yet.
+    pub fn data_started(&self) -> usize {
+        self.lock().data_started
     }
 
     /// How many times RCPT TO named `rcpt`.
@@ -189,6 +203,12 @@ async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
                     let l = line.strip_prefix('.').unwrap_or(&line);
                     data.push_str(l);
                 }
+                let delay = {
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    st.data_started += 1;
+                    st.data_delay
+                };
+                tokio::time::sleep(delay).await;
                 let header = |name: &str| {
                     data.split("\r\n\r\n").next().and_then(|h| {
                         h.lines().find_map(|l| {

@@ -1,0 +1,168 @@
+//! The `pulse` binary as a user runs it: configured by environment variables only, migrating,
+//! serving every role, refusing bad configuration with a message, and draining on SIGTERM.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use pulse_shared::Settings;
+use pulse_tests::{SmtpServer, isolated_settings, sequence_body};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pulse");
+
+fn command(settings: &Settings) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PULSE_DATABASE_URL", &settings.database_url)
+        .env("PULSE_AMQP_URL", &settings.amqp_url)
+        .env("PULSE_REDIS_URL", &settings.redis_url)
+        .env("PULSE_HTTP_ADDR", settings.http_addr.to_string())
+        .env("PULSE_QUEUE", &settings.queue)
+        .env("PULSE_REDIS_PREFIX", &settings.redis_prefix)
+        .env(
+            "PULSE_API_KEY",
+            settings.api_key.clone().unwrap_or_default(),
+        )
+        .env("PULSE_SCHEDULER_POLL_MS", "50")
+        .env("RUST_LOG", "info");
+    if let Some(url) = &settings.smtp_url {
+        cmd.env("PULSE_SMTP_URL", url);
+    }
+    cmd
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("pulse did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_variable_named() -> anyhow::Result<()> {
+    let settings = isolated_settings("bin");
+    let out = command(&settings)
+        .env("PULSE_HTTP_ADDR", "not-an-address")
+        .args(["serve", "all"])
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PULSE_HTTP_ADDR"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = command(&settings)
+        .env("PULSE_SMTP_URL", "http://relay")
+        .args(["serve", "all"])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PULSE_SMTP_URL"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_sends_and_drains_an_in_flight_send_on_sigterm() -> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let mut settings = isolated_settings("bin");
+    settings.http_addr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    settings.smtp_url = Some(smtp.url());
+
+    // `pulse migrate` creates the database and applies the schema.
+    let out = command(&settings).arg("migrate").output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut child = command(&settings)
+        .args(["serve", "all"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let base = format!("http://{}", settings.http_addr);
+    let http = reqwest::Client::new();
+    let key = settings.api_key.clone().unwrap_or_default();
+    let mut ready = false;
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(ready, "pulse serve all never became ready");
+
+    let seq = sequence_body(
+        "Bin",
+        &[("Hello", "From the binary", json!({"type": "immediately"}))],
+        "t",
+    );
+    let resp = http
+        .post(format!("{base}/v1/sequences"))
+        .bearer_auth(&key)
+        .json(&seq)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 201);
+    let event = json!({"events": [{"id": "e1", "type": "tag_applied", "tag": "t", "lead": {"email": "ada@example.com"}}]});
+    let resp = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(&key)
+        .json(&event)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    smtp.wait_for(1, Duration::from_secs(15)).await?;
+
+    // A slow relay: SIGTERM arrives while a send waits for its reply; it must be finished and
+    // recorded before the process exits.
+    smtp.delay_data_reply(Duration::from_millis(1500));
+    let event = json!({"events": [{"id": "e2", "type": "tag_applied", "tag": "t", "lead": {"email": "bob@example.com"}}]});
+    http.post(format!("{base}/v1/events"))
+        .bearer_auth(&key)
+        .json(&event)
+        .send()
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while smtp.data_started() < 2 {
+        anyhow::ensure!(Instant::now() < deadline, "the second send never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = wait_exit(&mut child, Duration::from_secs(20))?;
+    assert!(exit.success(), "pulse exited with {exit}");
+    assert_eq!(smtp.count(), 2, "the in-flight send completed");
+
+    let db = pulse_shared::db::pool(&settings.database_url, 2)?;
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM send_ledger ORDER BY created_at")
+            .fetch_all(&db)
+            .await?;
+    assert_eq!(
+        states,
+        vec!["SENT", "SENT"],
+        "the in-flight send was recorded before exit"
+    );
+    db.close().await;
+    pulse_tests::cleanup(&settings).await
+}
