@@ -85,10 +85,13 @@ pub async fn provision_key(
     Ok(())
 }
 
-/// The workspace an API key opens, if any.
-pub async fn workspace_for_key(pool: &PgPool, key: &str) -> Result<Option<Uuid>, StoreError> {
+/// The workspace an API key opens and the key's label, if the key exists.
+pub async fn workspace_for_key(
+    pool: &PgPool,
+    key: &str,
+) -> Result<Option<(Uuid, String)>, StoreError> {
     Ok(
-        sqlx::query_scalar("SELECT workspace_id FROM api_keys WHERE key_sha256 = $1")
+        sqlx::query_as("SELECT workspace_id, label FROM api_keys WHERE key_sha256 = $1")
             .bind(key_hash(key))
             .fetch_optional(pool)
             .await?,

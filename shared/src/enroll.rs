@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use crate::{
     db::StoreError,
-    domain::{timing::Timing, validate},
+    domain::validate,
     model::{LeadInput, enrollment_status, outcome},
+    schedule::{self, Target},
 };
 
 /// A lead whose fields have been checked.
@@ -142,7 +143,18 @@ pub async fn enroll(
             .await?
             .ok_or_else(|| StoreError::Corrupt("enrollment conflict without a row".into()));
     }
-    schedule_first_step(conn, workspace, sequence, id, 1, now).await?;
+    start(
+        conn,
+        Target {
+            workspace,
+            sequence,
+            enrollment: id,
+            lead,
+            generation: 1,
+        },
+        now,
+    )
+    .await?;
     Ok(Enrolled {
         enrollment_id: Some(id),
         outcome: outcome::CREATED,
@@ -175,70 +187,84 @@ async fn latest_enrollment(
     }))
 }
 
-/// Creates the step run of the sequence's first step for a new enrollment generation.
-async fn schedule_first_step(
+/// Schedules the first live step of a new enrollment generation.
+async fn start(
+    conn: &mut PgConnection,
+    target: Target,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let first = schedule::step_after(conn, target.sequence, 0)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("sequence {} has no steps", target.sequence)))?;
+    schedule::schedule_step(conn, target, &first, now).await?;
+    Ok(())
+}
+
+/// Starts `lead` again from step 1 as a new enrollment generation, unless it is ACTIVE already
+/// (`already_active`) or was never enrolled (`never_enrolled`). The old generation's step runs
+/// and ledger entries are untouched; the new generation's idempotency keys differ from them.
+/// The caller has checked that the sequence is ACTIVE, inside `conn`'s transaction.
+pub async fn reenroll(
     conn: &mut PgConnection,
     workspace: Uuid,
     sequence: Uuid,
-    enrollment: Uuid,
-    generation: i32,
+    lead: Uuid,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let step = sqlx::query(
-        "SELECT id, position, timing FROM sequence_steps WHERE sequence_id = $1
-         ORDER BY position LIMIT 1",
+) -> Result<Enrolled, StoreError> {
+    let latest = sqlx::query(
+        "SELECT id, status, generation FROM enrollments WHERE sequence_id = $1 AND lead_id = $2
+         ORDER BY generation DESC LIMIT 1 FOR UPDATE",
     )
     .bind(sequence)
+    .bind(lead)
     .fetch_optional(&mut *conn)
+    .await?;
+    let Some(latest) = latest else {
+        return Ok(Enrolled {
+            enrollment_id: None,
+            outcome: outcome::NEVER_ENROLLED,
+        });
+    };
+    if latest.get::<String, _>("status") == enrollment_status::ACTIVE {
+        return Ok(Enrolled {
+            enrollment_id: Some(latest.get("id")),
+            outcome: outcome::ALREADY_ACTIVE,
+        });
+    }
+    let generation = latest.get::<i32, _>("generation") + 1;
+    let id = Uuid::new_v4();
+    let inserted = sqlx::query(
+        "INSERT INTO enrollments (id, workspace_id, sequence_id, lead_id, source, generation)
+         VALUES ($1, $2, $3, $4, 're-enroll', $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(workspace)
+    .bind(sequence)
+    .bind(lead)
+    .bind(generation)
+    .execute(&mut *conn)
     .await?
-    .ok_or_else(|| StoreError::Corrupt(format!("sequence {sequence} has no steps")))?;
-    let timing: Timing = serde_json::from_value(step.get("timing"))
-        .map_err(|e| StoreError::Corrupt(format!("step timing: {e}")))?;
-    let due = timing.due_after(now).map_err(StoreError::Corrupt)?;
-    insert_step_run(
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(Enrolled {
+            enrollment_id: None,
+            outcome: outcome::ALREADY_ACTIVE,
+        });
+    }
+    start(
         conn,
-        NewStepRun {
+        Target {
             workspace,
             sequence,
-            enrollment,
-            step: step.get("id"),
-            position: step.get("position"),
+            enrollment: id,
+            lead,
             generation,
-            due_at: due,
         },
+        now,
     )
-    .await
-}
-
-/// A step run to create in state SCHEDULED.
-pub struct NewStepRun {
-    pub workspace: Uuid,
-    pub sequence: Uuid,
-    pub enrollment: Uuid,
-    pub step: Uuid,
-    pub position: i32,
-    pub generation: i32,
-    pub due_at: DateTime<Utc>,
-}
-
-/// Inserts a SCHEDULED step run; an existing one for the same (enrollment, step, generation)
-/// is left alone, so scheduling twice is harmless.
-pub async fn insert_step_run(conn: &mut PgConnection, run: NewStepRun) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO step_runs (id, workspace_id, sequence_id, enrollment_id, step_id, position,
-                                generation, due_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (enrollment_id, step_id, generation) DO NOTHING",
-    )
-    .bind(Uuid::new_v4())
-    .bind(run.workspace)
-    .bind(run.sequence)
-    .bind(run.enrollment)
-    .bind(run.step)
-    .bind(run.position)
-    .bind(run.generation)
-    .bind(run.due_at)
-    .execute(conn)
     .await?;
-    Ok(())
+    Ok(Enrolled {
+        enrollment_id: Some(id),
+        outcome: outcome::REENROLLED,
+    })
 }

@@ -149,35 +149,58 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// A JSON body whose errors name the offending field (`events[2].lead.email`).
 pub struct ApiJson<T>(pub T);
 
+/// An optional JSON body: an empty body is `None`; anything else must parse like [`ApiJson`].
+pub struct MaybeJson<T>(pub Option<T>);
+
+async fn body_bytes<S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(_)
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                ApiError::TooLarge
+            }
+            other => ApiError::Malformed {
+                field: None,
+                message: other.body_text(),
+            },
+        })
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        ApiError::Malformed {
+            field,
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| match e {
-                BytesRejection::FailedToBufferBody(_)
-                    if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-                {
-                    ApiError::TooLarge
-                }
-                other => ApiError::Malformed {
-                    field: None,
-                    message: other.body_text(),
-                },
-            })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize(de) {
-            Ok(value) => Ok(ApiJson(value)),
-            Err(e) => {
-                let path = e.path().to_string();
-                let field = (path != ".").then_some(path);
-                Err(ApiError::Malformed {
-                    field,
-                    message: e.into_inner().to_string(),
-                })
-            }
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(MaybeJson(None));
         }
+        parse_json(&bytes).map(|v| MaybeJson(Some(v)))
     }
 }
 
@@ -191,10 +214,13 @@ pub struct ApiPath<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
-/// The workspace of the caller's API key (`Authorization: Bearer <key>`).
-#[derive(Clone, Copy, Debug)]
+/// The workspace of the caller's API key (`Authorization: Bearer <key>`), and who is acting:
+/// the `X-Pulse-Actor` header when a tool names its user (at most 100 characters), else the
+/// key's label. The actor is what the audit trail records.
+#[derive(Clone, Debug)]
 pub struct Auth {
     pub workspace: Uuid,
+    pub actor: String,
 }
 
 impl<S> FromRequestParts<S> for Auth
@@ -214,10 +240,20 @@ where
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::Unauthorized)?;
         let pool = PgPool::from_ref(state);
-        crate::db::workspace_for_key(&pool, key)
+        let (workspace, label) = crate::db::workspace_for_key(&pool, key)
             .await?
-            .map(|workspace| Auth { workspace })
-            .ok_or(ApiError::Unauthorized)
+            .ok_or(ApiError::Unauthorized)?;
+        let named = parts
+            .headers
+            .get("x-pulse-actor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && a.chars().count() <= 100);
+        let actor = match named {
+            Some(name) => format!("{name} (key {label})"),
+            None => format!("key {label}"),
+        };
+        Ok(Auth { workspace, actor })
     }
 }
 

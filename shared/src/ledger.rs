@@ -19,9 +19,8 @@ use uuid::Uuid;
 
 use crate::{
     db::StoreError,
-    domain::timing::Timing,
-    enroll::{NewStepRun, insert_step_run},
     model::enrollment_status,
+    schedule::{self, Target},
 };
 
 /// The idempotency key of one step of one enrollment generation.
@@ -218,16 +217,31 @@ pub async fn release(
     Ok(())
 }
 
-/// Puts a step run back to SCHEDULED without touching the ledger (a paused sequence seen before
-/// any claim was made).
-pub async fn hold(db: &PgPool, step_run: Uuid) -> Result<(), StoreError> {
+/// Puts a step run back to SCHEDULED without touching the ledger, before any claim was made: a
+/// paused sequence (`until` None: due as before) or a spent rate budget (due at `until`).
+///
+/// The message may arrive before the scheduler has committed QUEUED. The row lock waits for
+/// that commit, and the update, a later statement, then sees it; a single `UPDATE … WHERE state =
+/// 'QUEUED'` would judge the old snapshot, change nothing, and leave the run QUEUED for ever.
+pub async fn hold(
+    db: &PgPool,
+    step_run: Uuid,
+    until: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT 1 FROM step_runs WHERE id = $1 FOR UPDATE")
+        .bind(step_run)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
-        "UPDATE step_runs SET state = 'SCHEDULED', updated_at = now()
+        "UPDATE step_runs SET state = 'SCHEDULED', due_at = COALESCE($2, due_at), updated_at = now()
          WHERE id = $1 AND state = 'QUEUED'",
     )
     .bind(step_run)
-    .execute(db)
+    .bind(until)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -260,25 +274,16 @@ pub async fn record_sent(
     .execute(&mut *tx)
     .await?;
     let run = sqlx::query(
-        "UPDATE step_runs SET state = 'SENT', sent_at = $2, last_error = NULL, updated_at = now()
-         WHERE id = $1
-         RETURNING workspace_id, sequence_id, enrollment_id, position, generation",
+        "UPDATE step_runs sr SET state = 'SENT', sent_at = $2, last_error = NULL, updated_at = now()
+         FROM enrollments e WHERE sr.id = $1 AND e.id = sr.enrollment_id
+         RETURNING sr.workspace_id, sr.sequence_id, sr.enrollment_id, sr.position, sr.generation,
+                   e.lead_id",
     )
     .bind(step_run)
     .bind(now)
     .fetch_one(&mut *tx)
     .await?;
     let enrollment: Uuid = run.get("enrollment_id");
-    let sequence: Uuid = run.get("sequence_id");
-    let position: i32 = run.get("position");
-    let next = sqlx::query(
-        "SELECT id, position, timing FROM sequence_steps
-         WHERE sequence_id = $1 AND position > $2 ORDER BY position LIMIT 1",
-    )
-    .bind(sequence)
-    .bind(position)
-    .fetch_optional(&mut *tx)
-    .await?;
     // Lock the enrollment: a concurrent cancel either happened before (no next step) or waits.
     let status: String =
         sqlx::query_scalar("SELECT status FROM enrollments WHERE id = $1 FOR UPDATE")
@@ -286,43 +291,14 @@ pub async fn record_sent(
             .fetch_one(&mut *tx)
             .await?;
     if status == enrollment_status::ACTIVE {
-        match next {
-            Some(step) => {
-                let timing: Timing = serde_json::from_value(step.get("timing"))
-                    .map_err(|e| StoreError::Corrupt(format!("step timing: {e}")))?;
-                let next_position: i32 = step.get("position");
-                insert_step_run(
-                    &mut tx,
-                    NewStepRun {
-                        workspace: run.get("workspace_id"),
-                        sequence,
-                        enrollment,
-                        step: step.get("id"),
-                        position: next_position,
-                        generation: run.get("generation"),
-                        due_at: timing.due_after(now).map_err(StoreError::Corrupt)?,
-                    },
-                )
-                .await?;
-                sqlx::query(
-                    "UPDATE enrollments SET current_step = $2, updated_at = now() WHERE id = $1",
-                )
-                .bind(enrollment)
-                .bind(next_position)
-                .execute(&mut *tx)
-                .await?;
-            }
-            None => {
-                sqlx::query(
-                    "UPDATE enrollments SET status = 'COMPLETED', end_reason = 'all steps sent',
-                         ended_at = now(), updated_at = now()
-                     WHERE id = $1",
-                )
-                .bind(enrollment)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        let target = Target {
+            workspace: run.get("workspace_id"),
+            sequence: run.get("sequence_id"),
+            enrollment,
+            lead: run.get("lead_id"),
+            generation: run.get("generation"),
+        };
+        schedule::advance(&mut tx, target, run.get("position"), now).await?;
     }
     tx.commit().await?;
     Ok(())

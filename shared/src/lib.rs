@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod messaging;
 pub mod model;
 pub mod pause;
+pub mod schedule;
 pub mod smtp_url;
 pub mod telemetry;
 

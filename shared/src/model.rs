@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use crate::domain::timing::Timing;
+pub use crate::domain::{timing::Timing, window::SendWindow};
 
 /// Sequence lifecycle states.
 pub mod sequence_status {
@@ -39,16 +39,169 @@ pub struct CreateSequence {
     #[serde(default)]
     pub triggers: Vec<TriggerSpec>,
     pub sender: SenderIdentity,
+    /// Days and hours sends may go out, in the lead's time zone (else the sequence's).
+    #[serde(default)]
+    pub send_window: Option<SendWindow>,
+    /// No step is sent after this time; enrollments that reach it end.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_date: Option<DateTime<Utc>>,
+    /// Most sends of this sequence per minute, enforced when sending (also paces a resume).
+    #[serde(default)]
+    pub max_sends_per_minute: Option<i32>,
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepInput {
+    /// Keep and edit this existing step (edits only; omit for a new step).
+    #[serde(default)]
+    pub id: Option<Uuid>,
     /// Template, e.g. `Hello {{ lead.first_name }}`.
     pub subject: String,
     /// Template, e.g. `Hi {{ lead.first_name | default: "there" }}, …`.
     pub body: String,
     pub timing: Timing,
+    /// This step is not sent after this time; an enrollment that reaches it later ends.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_date: Option<DateTime<Utc>>,
+}
+
+/// `PATCH /v1/sequences/{id}`: every field is optional; `null` clears a setting. `steps`, when
+/// given, is the whole new list in order: steps with an `id` are kept (and edited), steps without
+/// one are added, existing steps left out are deleted.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditSequence {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub sender: Option<SenderIdentity>,
+    #[serde(default)]
+    pub steps: Option<Vec<StepInput>>,
+    #[serde(default)]
+    pub triggers: Option<Vec<TriggerSpec>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<SendWindow>)]
+    pub send_window: Option<Option<SendWindow>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_date: Option<Option<DateTime<Utc>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>)]
+    pub max_sends_per_minute: Option<Option<i32>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from a field left out (`None`).
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A sequence after a control action, with anything the operator should know.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SequenceChange {
+    pub sequence: Sequence,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    /// Recorded as the enrollment's end reason.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/sequences/{id}/re-enroll`: either `lead_emails` or `all_not_active: true`.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReenrollRequest {
+    #[serde(default)]
+    pub lead_emails: Option<Vec<String>>,
+    #[serde(default)]
+    pub all_not_active: Option<bool>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReenrollResult {
+    pub lead_email: String,
+    pub enrollment_id: Option<Uuid>,
+    /// `reenrolled`, `already_active`, `never_enrolled` or `unknown_lead`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReenrollResponse {
+    pub reenrolled: usize,
+    pub already_active: usize,
+    pub never_enrolled: usize,
+    pub unknown_lead: usize,
+    pub results: Vec<ReenrollResult>,
+}
+
+/// What resuming a paused sequence now would do with one pending step.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResumeItem {
+    pub step_run_id: Uuid,
+    pub enrollment_id: Uuid,
+    pub lead_email: String,
+    pub step_position: i32,
+    pub due_at: DateTime<Utc>,
+    /// `send` (at `send_at`) or `skip` (an end date passes first; the enrollment ends).
+    pub outcome: String,
+    pub send_at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResumePreview {
+    pub sequence_id: Uuid,
+    pub as_of: DateTime<Utc>,
+    pub sends: usize,
+    pub skips: usize,
+    /// Steps already in RabbitMQ when the sequence was paused: a sender holds them on arrival
+    /// (they appear in `items` once held) or sends them right after a resume.
+    pub queued: i64,
+    pub items: Vec<ResumeItem>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub sequence_id: Uuid,
+    pub enrollment_id: Option<Uuid>,
+    pub actor: String,
+    /// `created`, `edited`, `paused`, `resumed`, `deleted`, `enrollment_cancelled`, `re_enrolled`.
+    pub action: String,
+    #[schema(value_type = Object)]
+    pub before: Option<Value>,
+    #[schema(value_type = Object)]
+    pub after: Option<Value>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    pub events: Vec<AuditEvent>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct SequenceVersion {
+    pub version: i32,
+    pub actor: String,
+    #[schema(value_type = Object)]
+    pub snapshot: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionList {
+    pub versions: Vec<SequenceVersion>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -67,7 +220,7 @@ pub enum TriggerSpec {
     LeadScore { min_score: i32 },
 }
 
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Sequence {
     pub id: Uuid,
     pub name: String,
@@ -78,20 +231,26 @@ pub struct Sequence {
     pub version: i32,
     pub steps: Vec<Step>,
     pub triggers: Vec<TriggerSpec>,
+    pub send_window: Option<SendWindow>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_date: Option<DateTime<Utc>>,
+    pub max_sends_per_minute: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Step {
     pub id: Uuid,
     pub position: i32,
     pub subject: String,
     pub body: String,
     pub timing: Timing,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_date: Option<DateTime<Utc>>,
 }
 
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct SequenceList {
     pub sequences: Vec<Sequence>,
 }
@@ -180,6 +339,8 @@ pub mod outcome {
     pub const ALREADY_ACTIVE: &str = "already_active";
     pub const ENDED_NOT_REENROLLED: &str = "ended_not_reenrolled";
     pub const SEQUENCE_PAUSED: &str = "sequence_paused";
+    pub const REENROLLED: &str = "reenrolled";
+    pub const NEVER_ENROLLED: &str = "never_enrolled";
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -205,6 +366,26 @@ pub struct Enrollment {
     pub next_due_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// Each step this enrollment has reached: who got what, and when.
+    #[sqlx(skip)]
+    pub steps: Vec<EnrollmentStep>,
+}
+
+/// One step of one enrollment.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct EnrollmentStep {
+    #[serde(skip)]
+    pub enrollment_id: Uuid,
+    pub step_id: Uuid,
+    pub position: i32,
+    /// `SCHEDULED`, `QUEUED`, `SENT`, `SKIPPED`, `CANCELLED`, `FAILED`, `UNKNOWN`.
+    pub state: String,
+    pub due_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    /// The sequence version whose content was sent.
+    pub sequence_version: Option<i32>,
+    /// Why the step was skipped, cancelled, deferred or failed.
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -230,6 +411,8 @@ pub struct Send {
     pub smtp_code: Option<i32>,
     pub smtp_reply: Option<String>,
     pub attempts: i32,
+    /// The sequence version whose content went out.
+    pub sequence_version: Option<i32>,
     pub sent_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
 }
@@ -237,6 +420,9 @@ pub struct Send {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct SendList {
     pub sends: Vec<Send>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// A message captured by the built-in outbox (no SMTP relay configured).

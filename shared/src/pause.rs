@@ -1,4 +1,5 @@
-//! Pause flags in Redis: a cache of each sequence's status that senders read on the hot path.
+//! Pause flags and rate state in Redis: a cache of each sequence's status that senders read on
+//! the hot path, and per-sequence send counters for `max_sends_per_minute`.
 //!
 //! PostgreSQL is the truth; Redis may lose every key at any moment (it runs without
 //! persistence). The rules that make that safe:
@@ -9,6 +10,7 @@
 //!
 //! This module never decides what to do with a paused message; the sender does.
 
+use chrono::{DateTime, TimeZone, Utc};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -118,6 +120,33 @@ impl PauseFlags {
         // Read back: if a writer got there first, its value wins.
         let now: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
         Ok(Gate::from_status(Some(now.as_deref().unwrap_or(&status))))
+    }
+
+    /// Takes a send slot of `sequence` in the current minute. `None`: go ahead. `Some(t)`: the
+    /// minute's budget is spent; `t` is the start of the minute this send should move to (the
+    /// overflow is spread over the following minutes, `per_minute` each).
+    pub async fn take_send_slot(
+        &self,
+        sequence: Uuid,
+        per_minute: i32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, PauseError> {
+        let mut conn = self.conn.clone();
+        let minute = now.timestamp().div_euclid(60);
+        let key = format!("{}:rate:{sequence}:{minute}", self.prefix);
+        let (count,): (i64,) = redis::pipe()
+            .atomic()
+            .incr(&key, 1)
+            .expire(&key, 120)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        let per_minute = i64::from(per_minute.max(1));
+        if count <= per_minute {
+            return Ok(None);
+        }
+        let minutes_ahead = (count - 1) / per_minute;
+        Ok(Utc.timestamp_opt((minute + minutes_ahead) * 60, 0).single())
     }
 
     /// Redis round trip, for readiness checks.

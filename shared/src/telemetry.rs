@@ -5,13 +5,17 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Installs the global subscriber once; later calls (tests) are no-ops.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,amq_protocol=warn"));
+    init_with_default("info,sqlx=warn,lapin=warn,amq_protocol=warn");
+}
+
+/// Like [`init`], with `default` as the filter when `RUST_LOG` is not set.
+pub fn init_with_default(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let json = std::env::var("PULSE_LOG_FORMAT").is_ok_and(|v| v == "json");
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if json {
         registry.with(fmt::layer().json()).try_init()
     } else {
-        registry.with(fmt::layer()).try_init()
+        registry.with(fmt::layer().with_test_writer()).try_init()
     };
 }

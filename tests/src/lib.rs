@@ -84,6 +84,7 @@ impl TestEnv {
         roles: &[Role],
         tweak: impl FnOnce(&mut Settings),
     ) -> anyhow::Result<Self> {
+        pulse_shared::telemetry::init_with_default("warn,lapin=error,amq_protocol=error");
         let mut settings = isolated_settings(tag);
         tweak(&mut settings);
         let db = create_database(&settings).await?;

@@ -6,7 +6,8 @@ use pulse_shared::{
     enroll::{self, ValidLead},
     http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth},
     model::{
-        Enrollment, EnrollmentList, ManualEnrollment, enrollment_status, outcome, sequence_status,
+        Enrollment, EnrollmentList, EnrollmentStep, ManualEnrollment, enrollment_status, outcome,
+        sequence_status,
     },
 };
 use serde::Deserialize;
@@ -93,8 +94,8 @@ pub async fn create(
     }
 }
 
-async fn fetch(db: &PgPool, workspace: Uuid, id: Uuid) -> Result<Enrollment, ApiError> {
-    sqlx::query_as(&format!(
+pub(crate) async fn fetch(db: &PgPool, workspace: Uuid, id: Uuid) -> Result<Enrollment, ApiError> {
+    let enrollment: Enrollment = sqlx::query_as(&format!(
         "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN leads l ON l.id = e.lead_id
          WHERE e.id = $1 AND e.workspace_id = $2"
     ))
@@ -102,20 +103,63 @@ async fn fetch(db: &PgPool, workspace: Uuid, id: Uuid) -> Result<Enrollment, Api
     .bind(workspace)
     .fetch_optional(db)
     .await?
-    .ok_or(ApiError::NotFound("enrollment"))
+    .ok_or(ApiError::NotFound("enrollment"))?;
+    let mut one = vec![enrollment];
+    attach_steps(db, &mut one).await?;
+    one.pop().ok_or(ApiError::NotFound("enrollment"))
+}
+
+/// Fills in each enrollment's steps: who got what, and when.
+async fn attach_steps(db: &PgPool, enrollments: &mut [Enrollment]) -> Result<(), ApiError> {
+    let ids: Vec<Uuid> = enrollments.iter().map(|e| e.id).collect();
+    let steps: Vec<EnrollmentStep> = sqlx::query_as(
+        "SELECT enrollment_id, step_id, position, state, due_at, sent_at, sequence_version,
+                last_error AS note
+         FROM step_runs WHERE enrollment_id = ANY($1) ORDER BY created_at, position",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    for e in enrollments.iter_mut() {
+        e.steps = steps
+            .iter()
+            .filter(|s| s.enrollment_id == e.id)
+            .cloned()
+            .collect();
+    }
+    Ok(())
+}
+
+/// One enrollment with each step's state and time.
+#[utoipa::path(
+    get, path = "/v1/enrollments/{id}", tag = "enrollments",
+    params(("id" = Uuid, Path, description = "Enrollment id")),
+    responses((status = 200, body = Enrollment), (status = 404, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn get_one(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Enrollment>> {
+    Ok(Json(fetch(&state.db, auth.workspace, id).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct EnrollmentFilter {
     /// Only enrollments in this status.
     pub status: Option<String>,
+    /// Only enrollments at this step position.
+    pub step: Option<i32>,
+    /// Only this lead's enrollments (email).
+    pub lead: Option<String>,
     /// Most items returned (1–1000, default 100).
     pub limit: Option<i64>,
     /// Continue after this enrollment id (from the previous page's `next`).
     pub after: Option<Uuid>,
 }
 
-/// The enrollments of a sequence, oldest first.
+/// The enrollments of a sequence, oldest first, each with its steps' states and times.
 #[utoipa::path(
     get, path = "/v1/sequences/{id}/enrollments", tag = "enrollments",
     params(("id" = Uuid, Path, description = "Sequence id"), EnrollmentFilter),
@@ -142,12 +186,19 @@ pub async fn list(
         limit: filter.limit,
     }
     .limit()?;
-    crate::sends::ensure_sequence(&state.db, auth.workspace, sequence).await?;
-    let enrollments: Vec<Enrollment> = sqlx::query_as(&format!(
+    let lead = filter
+        .lead
+        .as_deref()
+        .map(|l| pulse_shared::domain::validate::email(l).map_err(|m| ApiError::invalid("lead", m)))
+        .transpose()?;
+    crate::sequences::exists(&state.db, auth.workspace, sequence).await?;
+    let mut enrollments: Vec<Enrollment> = sqlx::query_as(&format!(
         "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN leads l ON l.id = e.lead_id
          WHERE e.workspace_id = $1 AND e.sequence_id = $2 AND ($3::text IS NULL OR e.status = $3)
            AND ($4::uuid IS NULL OR (e.created_at, e.id) >
                 (SELECT created_at, id FROM enrollments WHERE id = $4))
+           AND ($6::int IS NULL OR e.current_step = $6)
+           AND ($7::text IS NULL OR l.email = $7)
          ORDER BY e.created_at, e.id LIMIT $5"
     ))
     .bind(auth.workspace)
@@ -155,8 +206,11 @@ pub async fn list(
     .bind(status)
     .bind(filter.after)
     .bind(limit)
+    .bind(filter.step)
+    .bind(lead)
     .fetch_all(&state.db)
     .await?;
+    attach_steps(&state.db, &mut enrollments).await?;
     let next = (enrollments.len() as i64 == limit)
         .then(|| enrollments.last().map(|e| e.id))
         .flatten();

@@ -1,13 +1,24 @@
-//! The api role: the control plane over HTTP. Owns the `/v1` routes for sequences, manual
-//! enrollment, the enrollments view, the send history (the ledger), the dev outbox and the
-//! OpenAPI document. It writes only through the shared enrollment rules and never sends mail.
+//! The api role: the control plane over HTTP. Owns the `/v1` routes for sequences (create,
+//! edit, versions), control actions (pause, resume and its preview, delete, cancel, re-enroll,
+//! audit), manual enrollment, the enrollments view, the send history (the ledger), the dev
+//! outbox and the OpenAPI document. It schedules only through the shared rules and never sends
+//! mail.
 
+mod control;
+mod edit;
 mod enrollments;
 mod outbox;
 mod sends;
 mod sequences;
 
-use axum::{Json, Router, extract::FromRef, routing::get};
+use std::time::Duration;
+
+use axum::{
+    Json, Router,
+    extract::FromRef,
+    routing::{get, post},
+};
+use pulse_shared::pause::PauseFlags;
 use sqlx::PgPool;
 use utoipa::{
     Modify, OpenApi,
@@ -17,6 +28,9 @@ use utoipa::{
 #[derive(Clone)]
 pub struct ApiState {
     pub db: PgPool,
+    pub flags: PauseFlags,
+    /// How long pause, cancel and delete wait for sends already in flight to settle.
+    pub drain_timeout: Duration,
 }
 
 impl FromRef<ApiState> for PgPool {
@@ -26,31 +40,50 @@ impl FromRef<ApiState> for PgPool {
 }
 
 /// The control-plane routes.
-pub fn router(db: PgPool) -> Router {
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route(
             "/v1/sequences",
             get(sequences::list).post(sequences::create),
         )
-        .route("/v1/sequences/{id}", get(sequences::get_one))
+        .route(
+            "/v1/sequences/{id}",
+            get(sequences::get_one)
+                .patch(edit::edit)
+                .delete(control::delete),
+        )
+        .route("/v1/sequences/{id}/versions", get(edit::versions))
+        .route("/v1/sequences/{id}/pause", post(control::pause))
+        .route("/v1/sequences/{id}/resume", post(control::resume))
+        .route(
+            "/v1/sequences/{id}/resume-preview",
+            get(control::resume_preview),
+        )
+        .route("/v1/sequences/{id}/re-enroll", post(control::reenroll))
+        .route("/v1/sequences/{id}/audit", get(control::audit_list))
         .route(
             "/v1/sequences/{id}/enrollments",
             get(enrollments::list).post(enrollments::create),
         )
         .route("/v1/sequences/{id}/sends", get(sends::for_sequence))
+        .route("/v1/enrollments/{id}", get(enrollments::get_one))
+        .route("/v1/enrollments/{id}/cancel", post(control::cancel))
         .route("/v1/enrollments/{id}/sends", get(sends::for_enrollment))
+        .route("/v1/sends", get(sends::search))
         .route("/v1/dev/outbox", get(outbox::list))
         .route("/openapi.json", get(openapi_json))
-        .with_state(ApiState { db })
+        .with_state(state)
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Pulse", description = "Multi-step email sequences you can take control of."),
     paths(
-        sequences::create, sequences::list, sequences::get_one,
-        enrollments::create, enrollments::list,
-        sends::for_sequence, sends::for_enrollment,
+        sequences::create, sequences::list, sequences::get_one, edit::edit, edit::versions,
+        control::pause, control::resume, control::resume_preview, control::delete,
+        control::cancel, control::reenroll, control::audit_list,
+        enrollments::create, enrollments::list, enrollments::get_one,
+        sends::search, sends::for_sequence, sends::for_enrollment,
         outbox::list,
     ),
     modifiers(&BearerAuth)

@@ -1,40 +1,118 @@
-//! The send history: the ledger, per sequence or per enrollment. It survives a sequence's
+//! The send history: the ledger — what actually went out (or was attempted), per sequence, per
+//! enrollment, or across the workspace by lead, state and time range. It survives a sequence's
 //! deletion; nothing here writes.
 
 use axum::{Json, extract::State};
+use chrono::{DateTime, Utc};
 use pulse_shared::{
+    domain::validate,
     http::{ApiError, ApiPath, ApiQuery, ApiResult, Auth},
     model::{Send, SendList},
 };
-use sqlx::PgPool;
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{ApiState, Page};
 
 const SEND_QUERY: &str = "SELECT sl.idempotency_key, sl.enrollment_id, sl.sequence_id,
         l.email AS lead_email, sl.step_id, sl.position AS step_position, sl.generation, sl.state,
-        sl.message_id, sl.smtp_code, sl.smtp_reply, sl.attempts, sl.sent_at, sl.updated_at
-    FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id
+        sl.message_id, sl.smtp_code, sl.smtp_reply, sl.attempts, sr.sequence_version, sl.sent_at,
+        sl.updated_at
+    FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id JOIN step_runs sr ON sr.id = sl.step_run_id
     WHERE sl.workspace_id = $1";
 
-pub(crate) async fn ensure_sequence(
-    db: &PgPool,
-    workspace: Uuid,
-    id: Uuid,
-) -> Result<(), ApiError> {
-    let found: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM sequences WHERE id = $1 AND workspace_id = $2")
-            .bind(id)
-            .bind(workspace)
-            .fetch_optional(db)
-            .await?;
-    found.map(|_| ()).ok_or(ApiError::NotFound("sequence"))
+const STATES: [&str; 5] = ["SENDING", "SENT", "DEFERRED", "FAILED", "UNKNOWN"];
+
+/// Filters of the send history.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct SendFilter {
+    /// Only this sequence's sends.
+    pub sequence_id: Option<Uuid>,
+    /// Only sends to this lead (email).
+    pub lead: Option<String>,
+    /// Only sends in this ledger state.
+    pub state: Option<String>,
+    /// Only entries first attempted at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only entries first attempted before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// Most items returned (1–1000, default 100).
+    pub limit: Option<i64>,
+    /// Continue after this idempotency key (from the previous page's `next`).
+    pub after: Option<String>,
+}
+
+async fn query(state: &ApiState, workspace: Uuid, f: SendFilter) -> Result<SendList, ApiError> {
+    let limit = Page { limit: f.limit }.limit()?;
+    let lead = f
+        .lead
+        .as_deref()
+        .map(|l| validate::email(l).map_err(|m| ApiError::invalid("lead", m)))
+        .transpose()?;
+    let st = match f.state.as_deref().map(str::to_uppercase) {
+        Some(s) if !STATES.contains(&s.as_str()) => {
+            return Err(ApiError::invalid(
+                "state",
+                format!("{s:?} is not one of {}", STATES.join(", ")),
+            ));
+        }
+        other => other,
+    };
+    let sends: Vec<Send> = sqlx::query_as(&format!(
+        "{SEND_QUERY}
+           AND ($2::uuid IS NULL OR sl.sequence_id = $2)
+           AND ($3::text IS NULL OR l.email = $3)
+           AND ($4::text IS NULL OR sl.state = $4)
+           AND ($5::timestamptz IS NULL OR sl.created_at >= $5)
+           AND ($6::timestamptz IS NULL OR sl.created_at < $6)
+           AND ($7::text IS NULL OR (sl.created_at, sl.idempotency_key) >
+                (SELECT created_at, idempotency_key FROM send_ledger WHERE idempotency_key = $7))
+         ORDER BY sl.created_at, sl.idempotency_key LIMIT $8"
+    ))
+    .bind(workspace)
+    .bind(f.sequence_id)
+    .bind(lead)
+    .bind(st)
+    .bind(f.since)
+    .bind(f.until)
+    .bind(f.after)
+    .bind(limit)
+    .fetch_all(&state.db)
+    .await?;
+    let next = (sends.len() as i64 == limit)
+        .then(|| sends.last().map(|s| s.idempotency_key.clone()))
+        .flatten();
+    Ok(SendList { sends, next })
+}
+
+/// What went out: the ledger across the workspace, oldest first, filtered by sequence, lead,
+/// state and time range.
+#[utoipa::path(
+    get, path = "/v1/sends", tag = "sends",
+    params(SendFilter),
+    responses((status = 200, body = SendList), (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn search(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiQuery(filter): ApiQuery<SendFilter>,
+) -> ApiResult<Json<SendList>> {
+    Ok(Json(query(&state, auth.workspace, filter).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct SequenceSends {
+    /// Most items returned (1–1000, default 100).
+    pub limit: Option<i64>,
+    /// Continue after this idempotency key (from the previous page's `next`).
+    pub after: Option<String>,
 }
 
 /// What went out (or was attempted) for a sequence, oldest first.
 #[utoipa::path(
     get, path = "/v1/sequences/{id}/sends", tag = "sends",
-    params(("id" = Uuid, Path, description = "Sequence id"), Page),
+    params(("id" = Uuid, Path, description = "Sequence id"), SequenceSends),
     responses((status = 200, body = SendList), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
@@ -42,19 +120,16 @@ pub async fn for_sequence(
     State(state): State<ApiState>,
     auth: Auth,
     ApiPath(id): ApiPath<Uuid>,
-    ApiQuery(page): ApiQuery<Page>,
+    ApiQuery(page): ApiQuery<SequenceSends>,
 ) -> ApiResult<Json<SendList>> {
-    let limit = page.limit()?;
-    ensure_sequence(&state.db, auth.workspace, id).await?;
-    let sends: Vec<Send> = sqlx::query_as(&format!(
-        "{SEND_QUERY} AND sl.sequence_id = $2 ORDER BY sl.created_at, sl.idempotency_key LIMIT $3"
-    ))
-    .bind(auth.workspace)
-    .bind(id)
-    .bind(limit)
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(SendList { sends }))
+    crate::sequences::exists(&state.db, auth.workspace, id).await?;
+    let filter = SendFilter {
+        sequence_id: Some(id),
+        limit: page.limit,
+        after: page.after,
+        ..Default::default()
+    };
+    Ok(Json(query(&state, auth.workspace, filter).await?))
 }
 
 /// What went out (or was attempted) for one enrollment, in step order.
@@ -83,5 +158,5 @@ pub async fn for_enrollment(
     .bind(id)
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(SendList { sends }))
+    Ok(Json(SendList { sends, next: None }))
 }

@@ -1,15 +1,20 @@
-//! Creating and reading sequences, their steps and triggers.
+//! Creating and reading sequences, and the validation and storage of steps, triggers and
+//! settings that creating and editing share.
 
 use axum::{Json, extract::State, http::StatusCode};
+use chrono::{DateTime, Utc};
 use pulse_shared::{
-    domain::{template, validate},
+    domain::{template, validate, window::SendWindow},
     http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
-    model::{CreateSequence, SenderIdentity, Sequence, SequenceList, Step, Timing, TriggerSpec},
+    model::{
+        CreateSequence, SenderIdentity, Sequence, SequenceList, Step, StepInput, Timing,
+        TriggerSpec,
+    },
 };
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::ApiState;
+use crate::{ApiState, control::audit};
 
 /// Most steps in one sequence.
 const MAX_STEPS: usize = 50;
@@ -30,26 +35,127 @@ pub async fn create(
     auth: Auth,
     ApiJson(req): ApiJson<CreateSequence>,
 ) -> ApiResult<(StatusCode, Json<Sequence>)> {
-    let name = req.name.trim();
+    let name = check_name(&req.name)?;
+    let timezone = check_timezone(req.timezone.as_deref().unwrap_or("UTC"))?;
+    let sender = check_sender(&req.sender)?;
+    check_steps(&req.steps, false)?;
+    check_triggers(&req.triggers)?;
+    check_settings(req.send_window.as_ref(), req.max_sends_per_minute)?;
+
+    let id = Uuid::new_v4();
+    let mut tx = state.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO sequences (id, workspace_id, name, timezone, sender_from, send_window,
+                                end_date, max_sends_per_minute)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(auth.workspace)
+    .bind(&name)
+    .bind(&timezone)
+    .bind(&sender)
+    .bind(req.send_window.as_ref().map(to_json).transpose()?)
+    .bind(req.end_date)
+    .bind(req.max_sends_per_minute)
+    .execute(&mut *tx)
+    .await?;
+    for (i, step) in req.steps.iter().enumerate() {
+        insert_step(&mut tx, id, i as i32 + 1, step).await?;
+    }
+    replace_triggers(&mut tx, auth.workspace, id, &req.triggers).await?;
+    let created = load_one(&mut tx, auth.workspace, id).await?;
+    record_version(&mut tx, &created, &auth.actor).await?;
+    audit(
+        &mut tx,
+        auth.workspace,
+        id,
+        None,
+        &auth.actor,
+        "created",
+        None,
+        Some(to_json(&created)?),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(sequence = %id, steps = req.steps.len(), "sequence created");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// List the workspace's sequences, newest first (deleted ones included, for audit).
+#[utoipa::path(
+    get, path = "/v1/sequences", tag = "sequences",
+    responses((status = 200, body = SequenceList)),
+    security(("bearer" = []))
+)]
+pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<SequenceList>> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM sequences WHERE workspace_id = $1 ORDER BY created_at DESC, id LIMIT 1000",
+    )
+    .bind(auth.workspace)
+    .fetch_all(&state.db)
+    .await?;
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(SequenceList {
+        sequences: load(&mut conn, auth.workspace, &ids).await?,
+    }))
+}
+
+/// Read one sequence with its steps, triggers and settings.
+#[utoipa::path(
+    get, path = "/v1/sequences/{id}", tag = "sequences",
+    params(("id" = Uuid, Path, description = "Sequence id")),
+    responses((status = 200, body = Sequence), (status = 404, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn get_one(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Sequence>> {
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(load_one(&mut conn, auth.workspace, id).await?))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(value).map_err(|e| ApiError::Internal(Box::new(e)))
+}
+
+pub(crate) fn check_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::invalid("name", "must be 1 to 200 characters"));
     }
-    let timezone = match req.timezone.as_deref() {
-        None => "UTC".to_owned(),
-        Some(tz) => validate::timezone(tz)
-            .map_err(|m| ApiError::invalid("timezone", m))?
-            .name()
-            .to_owned(),
-    };
-    let sender =
-        validate::mailbox(&req.sender.from).map_err(|m| ApiError::invalid("sender.from", m))?;
-    if req.steps.is_empty() || req.steps.len() > MAX_STEPS {
+    Ok(name.to_owned())
+}
+
+pub(crate) fn check_timezone(tz: &str) -> Result<String, ApiError> {
+    Ok(validate::timezone(tz)
+        .map_err(|m| ApiError::invalid("timezone", m))?
+        .name()
+        .to_owned())
+}
+
+pub(crate) fn check_sender(sender: &SenderIdentity) -> Result<String, ApiError> {
+    Ok(validate::mailbox(&sender.from)
+        .map_err(|m| ApiError::invalid("sender.from", m))?
+        .to_string())
+}
+
+/// Checks a step list; `editing` allows step ids (kept steps).
+pub(crate) fn check_steps(steps: &[StepInput], editing: bool) -> Result<(), ApiError> {
+    if steps.is_empty() || steps.len() > MAX_STEPS {
         return Err(ApiError::invalid(
             "steps",
             format!("must have 1 to {MAX_STEPS} steps"),
         ));
     }
-    for (i, step) in req.steps.iter().enumerate() {
+    for (i, step) in steps.iter().enumerate() {
+        if step.id.is_some() && !editing {
+            return Err(ApiError::invalid(
+                format!("steps[{i}].id"),
+                "a new sequence's steps have no id",
+            ));
+        }
         if step.subject.trim().is_empty() {
             return Err(ApiError::invalid(
                 format!("steps[{i}].subject"),
@@ -64,7 +170,11 @@ pub async fn create(
             .validate()
             .map_err(|m| ApiError::invalid(format!("steps[{i}].timing"), m))?;
     }
-    for (i, trigger) in req.triggers.iter().enumerate() {
+    Ok(())
+}
+
+pub(crate) fn check_triggers(triggers: &[TriggerSpec]) -> Result<(), ApiError> {
+    for (i, trigger) in triggers.iter().enumerate() {
         let blank = match trigger {
             TriggerSpec::TagApplied { tag } => tag.trim().is_empty().then_some("tag"),
             TriggerSpec::ListAdded { list } => list.trim().is_empty().then_some("list"),
@@ -77,36 +187,60 @@ pub async fn create(
             ));
         }
     }
+    Ok(())
+}
 
+pub(crate) fn check_settings(
+    window: Option<&SendWindow>,
+    rate: Option<i32>,
+) -> Result<(), ApiError> {
+    if let Some(w) = window {
+        w.validate()
+            .map_err(|(field, m)| ApiError::invalid(format!("send_window.{field}"), m))?;
+    }
+    if rate.is_some_and(|r| r < 1) {
+        return Err(ApiError::invalid(
+            "max_sends_per_minute",
+            "must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn insert_step(
+    conn: &mut PgConnection,
+    sequence: Uuid,
+    position: i32,
+    step: &StepInput,
+) -> Result<Uuid, ApiError> {
     let id = Uuid::new_v4();
-    let mut tx = state.db.begin().await?;
     sqlx::query(
-        "INSERT INTO sequences (id, workspace_id, name, timezone, sender_from) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO sequence_steps (id, sequence_id, position, timing, subject, body, end_date)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(id)
-    .bind(auth.workspace)
-    .bind(name)
-    .bind(&timezone)
-    .bind(sender.to_string())
-    .execute(&mut *tx)
+    .bind(sequence)
+    .bind(position)
+    .bind(to_json(&step.timing)?)
+    .bind(&step.subject)
+    .bind(&step.body)
+    .bind(step.end_date)
+    .execute(conn)
     .await?;
-    for (i, step) in req.steps.iter().enumerate() {
-        let timing =
-            serde_json::to_value(&step.timing).map_err(|e| ApiError::Internal(Box::new(e)))?;
-        sqlx::query(
-            "INSERT INTO sequence_steps (id, sequence_id, position, timing, subject, body)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(Uuid::new_v4())
-        .bind(id)
-        .bind(i as i32 + 1)
-        .bind(timing)
-        .bind(&step.subject)
-        .bind(&step.body)
-        .execute(&mut *tx)
+    Ok(id)
+}
+
+pub(crate) async fn replace_triggers(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    sequence: Uuid,
+    triggers: &[TriggerSpec],
+) -> Result<(), ApiError> {
+    sqlx::query("DELETE FROM triggers WHERE sequence_id = $1")
+        .bind(sequence)
+        .execute(&mut *conn)
         .await?;
-    }
-    for (position, trigger) in req.triggers.iter().enumerate() {
+    for (position, trigger) in triggers.iter().enumerate() {
         let (kind, tag, list, min_score) = match trigger {
             TriggerSpec::TagApplied { tag } => ("tag_applied", Some(tag.trim()), None, None),
             TriggerSpec::ListAdded { list } => ("list_added", None, Some(list.trim()), None),
@@ -117,85 +251,77 @@ pub async fn create(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(Uuid::new_v4())
-        .bind(auth.workspace)
-        .bind(id)
+        .bind(workspace)
+        .bind(sequence)
         .bind(position as i32 + 1)
         .bind(kind)
         .bind(tag)
         .bind(list)
         .bind(min_score)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     }
-    tx.commit().await?;
-    tracing::info!(sequence = %id, steps = req.steps.len(), "sequence created");
-    let created = load(&state.db, auth.workspace, &[id])
-        .await?
-        .pop()
-        .ok_or(ApiError::NotFound("sequence"))?;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok(())
 }
 
-/// List the workspace's sequences, newest first.
-#[utoipa::path(
-    get, path = "/v1/sequences", tag = "sequences",
-    responses((status = 200, body = SequenceList)),
-    security(("bearer" = []))
-)]
-pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<SequenceList>> {
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM sequences WHERE workspace_id = $1 ORDER BY created_at DESC, id LIMIT 1000",
+/// Stores `sequence` as its current version in the edit history.
+pub(crate) async fn record_version(
+    conn: &mut PgConnection,
+    sequence: &Sequence,
+    actor: &str,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO sequence_versions (sequence_id, version, snapshot, actor) VALUES ($1, $2, $3, $4)",
     )
-    .bind(auth.workspace)
-    .fetch_all(&state.db)
+    .bind(sequence.id)
+    .bind(sequence.version)
+    .bind(to_json(sequence)?)
+    .bind(actor)
+    .execute(conn)
     .await?;
-    Ok(Json(SequenceList {
-        sequences: load(&state.db, auth.workspace, &ids).await?,
-    }))
+    Ok(())
 }
 
-/// Read one sequence with its steps and triggers.
-#[utoipa::path(
-    get, path = "/v1/sequences/{id}", tag = "sequences",
-    params(("id" = Uuid, Path, description = "Sequence id")),
-    responses((status = 200, body = Sequence), (status = 404, body = pulse_shared::http::ErrorBody)),
-    security(("bearer" = []))
-)]
-pub async fn get_one(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<Sequence>> {
-    load(&state.db, auth.workspace, &[id])
+/// One sequence of `workspace`, or 404.
+pub(crate) async fn load_one(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    id: Uuid,
+) -> Result<Sequence, ApiError> {
+    load(conn, workspace, &[id])
         .await?
         .pop()
-        .map(Json)
         .ok_or(ApiError::NotFound("sequence"))
 }
 
-/// Loads sequences of `workspace` with their steps and triggers, in the order of `ids`.
-async fn load(db: &PgPool, workspace: Uuid, ids: &[Uuid]) -> Result<Vec<Sequence>, ApiError> {
+/// Loads sequences of `workspace` with their live steps and triggers, in the order of `ids`.
+pub(crate) async fn load(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<Sequence>, ApiError> {
     let rows = sqlx::query(
-        "SELECT id, name, status, timezone, sender_from, version, created_at, updated_at
+        "SELECT id, name, status, timezone, sender_from, version, send_window, end_date,
+                max_sends_per_minute, created_at, updated_at
          FROM sequences WHERE workspace_id = $1 AND id = ANY($2)",
     )
     .bind(workspace)
     .bind(ids)
-    .fetch_all(db)
+    .fetch_all(&mut *conn)
     .await?;
     let steps = sqlx::query(
-        "SELECT id, sequence_id, position, subject, body, timing FROM sequence_steps
-         WHERE sequence_id = ANY($1) ORDER BY position",
+        "SELECT id, sequence_id, position, subject, body, timing, end_date FROM sequence_steps
+         WHERE sequence_id = ANY($1) AND deleted_at IS NULL ORDER BY position",
     )
     .bind(ids)
-    .fetch_all(db)
+    .fetch_all(&mut *conn)
     .await?;
     let triggers = sqlx::query(
         "SELECT sequence_id, kind, tag, list, min_score FROM triggers
          WHERE sequence_id = ANY($1) ORDER BY position",
     )
     .bind(ids)
-    .fetch_all(db)
+    .fetch_all(&mut *conn)
     .await?;
     let corrupt = |what: String| ApiError::Internal(what.into());
     let mut out = Vec::with_capacity(rows.len());
@@ -216,6 +342,7 @@ async fn load(db: &PgPool, workspace: Uuid, ids: &[Uuid]) -> Result<Vec<Sequence
                 subject: s.get("subject"),
                 body: s.get("body"),
                 timing,
+                end_date: s.get::<Option<DateTime<Utc>>, _>("end_date"),
             });
         }
         let mut seq_triggers = Vec::new();
@@ -237,6 +364,7 @@ async fn load(db: &PgPool, workspace: Uuid, ids: &[Uuid]) -> Result<Vec<Sequence
                 other => return Err(corrupt(format!("unknown trigger kind {other}"))),
             });
         }
+        let window: Option<serde_json::Value> = row.get("send_window");
         out.push(Sequence {
             id: *id,
             name: row.get("name"),
@@ -248,9 +376,43 @@ async fn load(db: &PgPool, workspace: Uuid, ids: &[Uuid]) -> Result<Vec<Sequence
             version: row.get("version"),
             steps: seq_steps,
             triggers: seq_triggers,
+            send_window: window
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| corrupt(format!("send window: {e}")))?,
+            end_date: row.get("end_date"),
+            max_sends_per_minute: row.get("max_sends_per_minute"),
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),
         });
     }
     Ok(out)
+}
+
+/// The status of a sequence of `workspace`, locked for the rest of the transaction
+/// (`FOR UPDATE` for control actions, so they serialize with each other and with enrollments).
+pub(crate) async fn lock_status(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    id: Uuid,
+) -> Result<String, ApiError> {
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM sequences WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(workspace)
+    .fetch_optional(conn)
+    .await?;
+    status.ok_or(ApiError::NotFound("sequence"))
+}
+
+/// For read-only helpers that only have a pool.
+pub(crate) async fn exists(db: &PgPool, workspace: Uuid, id: Uuid) -> Result<(), ApiError> {
+    let found: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM sequences WHERE id = $1 AND workspace_id = $2")
+            .bind(id)
+            .bind(workspace)
+            .fetch_optional(db)
+            .await?;
+    found.map(|_| ()).ok_or(ApiError::NotFound("sequence"))
 }

@@ -76,13 +76,6 @@ pub async fn serve(
     let db = prepare(&settings).await?;
     let mut tasks: JoinSet<Result<(), ServeError>> = JoinSet::new();
 
-    let mut app = Router::new();
-    if roles.contains(&Role::Api) {
-        app = app.merge(pulse_api::router(db.clone()));
-    }
-    if roles.contains(&Role::Ingest) {
-        app = app.merge(pulse_ingest::router(db.clone()));
-    }
     let flags = PauseFlags::connect(
         &settings.redis_url,
         &settings.redis_prefix,
@@ -93,6 +86,18 @@ pub async fn serve(
         role: "startup",
         message: e.to_string(),
     })?;
+    let mut app = Router::new();
+    if roles.contains(&Role::Api) {
+        app = app.merge(pulse_api::router(pulse_api::ApiState {
+            db: db.clone(),
+            flags: flags.clone(),
+            // A send claimed before a pause settles within one SMTP timeout.
+            drain_timeout: settings.sender.smtp_timeout + Duration::from_secs(5),
+        }));
+    }
+    if roles.contains(&Role::Ingest) {
+        app = app.merge(pulse_ingest::router(db.clone()));
+    }
     let app = app
         .route(
             "/healthz",

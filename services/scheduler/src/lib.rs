@@ -5,7 +5,8 @@
 //!
 //! A crash after publishing and before committing leaves the rows SCHEDULED and the messages in
 //! the queue; the sender's claim (which requires QUEUED) drops those as stale, and the next claim
-//! here publishes them again. The scheduler never sends mail and never holds a message back as a
+//! here publishes them again. A step whose own or sequence end date has passed is skipped here
+//! and its enrollment ended with that reason. The scheduler never sends mail and never holds a message back as a
 //! delay: only work that is due now reaches RabbitMQ.
 
 use std::time::Duration;
@@ -20,6 +21,7 @@ use pulse_shared::{
     domain::template::{self, LeadFields},
     ledger,
     messaging::{self, MessagingError, SendMessage},
+    schedule,
 };
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
@@ -98,6 +100,7 @@ struct Rendered {
     from_addr: String,
     to_addr: String,
     message_id: String,
+    version: i32,
 }
 
 /// Claims up to `batch` due step runs, publishes them and marks them QUEUED in one transaction.
@@ -111,7 +114,8 @@ pub async fn claim_and_publish(
     let mut tx = db.begin().await?;
     let rows = sqlx::query(
         "SELECT sr.id, sr.enrollment_id, sr.step_id, sr.generation, sr.sequence_id,
-                sr.workspace_id, st.subject, st.body, s.sender_from,
+                sr.workspace_id, sr.position, st.subject, st.body, s.sender_from, s.version,
+                s.max_sends_per_minute, s.end_date AS sequence_end, st.end_date AS step_end,
                 l.email, l.first_name, l.last_name, l.timezone, l.attributes
          FROM step_runs sr
          JOIN sequences s ON s.id = sr.sequence_id
@@ -133,7 +137,13 @@ pub async fn claim_and_publish(
 
     let mut rendered = Vec::with_capacity(rows.len());
     let mut broken: Vec<(Uuid, String)> = Vec::new();
+    let mut expired: Vec<(Uuid, Uuid, String)> = Vec::new();
+    let now = chrono::Utc::now();
     for row in &rows {
+        if let Some(reason) = past_end(row, now) {
+            expired.push((row.get("id"), row.get("enrollment_id"), reason));
+            continue;
+        }
         match render(row) {
             Ok(r) => rendered.push(r),
             Err(reason) => broken.push((row.get("id"), reason)),
@@ -178,9 +188,10 @@ pub async fn claim_and_publish(
     sqlx::query(
         "UPDATE step_runs sr SET state = 'QUEUED', queued_at = now(), updated_at = now(),
              subject = u.subject, body = u.body, from_addr = u.from_addr, to_addr = u.to_addr,
-             message_id = u.message_id
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-              AS u(id, subject, body, from_addr, to_addr, message_id)
+             message_id = u.message_id, sequence_version = u.version
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::int[])
+              AS u(id, subject, body, from_addr, to_addr, message_id, version)
          WHERE sr.id = u.id",
     )
     .bind(rendered.iter().map(|r| r.id).collect::<Vec<_>>())
@@ -189,8 +200,19 @@ pub async fn claim_and_publish(
     .bind(col(|r| r.from_addr.clone()))
     .bind(col(|r| r.to_addr.clone()))
     .bind(col(|r| r.message_id.clone()))
+    .bind(rendered.iter().map(|r| r.version).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
+    for (run, enrollment, reason) in &expired {
+        sqlx::query(
+            "UPDATE step_runs SET state = 'SKIPPED', last_error = $2, updated_at = now() WHERE id = $1",
+        )
+        .bind(run)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        schedule::end_enrollment(&mut tx, *enrollment, "COMPLETED", reason).await?;
+    }
     for (id, reason) in &broken {
         tracing::error!(step_run = %id, %reason, "step cannot be rendered; marking it FAILED");
         sqlx::query(
@@ -236,11 +258,34 @@ fn render(row: &sqlx::postgres::PgRow) -> Result<Rendered, String> {
             enrollment_id: enrollment,
             sequence_id: row.get("sequence_id"),
             workspace_id: row.get("workspace_id"),
+            max_per_minute: row.get("max_sends_per_minute"),
         },
         subject,
         body,
         from_addr,
         to_addr: email,
         message_id,
+        version: row.get("version"),
+    })
+}
+
+/// Why a due step must not go out any more: its own or its sequence's end date has passed.
+fn past_end(row: &sqlx::postgres::PgRow, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    let position: i32 = row.get("position");
+    let ended = |col: &str| {
+        row.get::<Option<chrono::DateTime<chrono::Utc>>, _>(col)
+            .filter(|end| *end < now)
+    };
+    if let Some(end) = ended("step_end") {
+        return Some(format!(
+            "step {position} ended {} before it could be sent",
+            end.to_rfc3339()
+        ));
+    }
+    ended("sequence_end").map(|end| {
+        format!(
+            "the sequence ended {} before step {position} could be sent",
+            end.to_rfc3339()
+        )
     })
 }

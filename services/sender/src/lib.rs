@@ -1,7 +1,8 @@
 //! The sender role: consumes due sends from RabbitMQ and turns each into exactly one email.
 //!
 //! For each message, in this order (DESIGN.md, "The send path"):
-//! 1. the Redis pause flag — paused: the step run goes back to SCHEDULED (held, not lost);
+//! 1. the Redis pause flag — paused: the step run goes back to SCHEDULED (held, not lost); and
+//!    the sequence's sending rate — over it: the step run is due again in a later minute;
 //! 2. the ledger claim — only the worker that claims the key may send it;
 //! 3. the re-check of enrollment, sequence and lead, read after the claim committed;
 //! 4. the SMTP send, with the key's deterministic Message-ID;
@@ -195,8 +196,18 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     let run = msg.step_run_id;
 
     if ctx.flags.gate(&ctx.db, msg.sequence_id).await? == Gate::Paused {
-        ledger::hold(&ctx.db, run).await?;
+        ledger::hold(&ctx.db, run, None).await?;
         tracing::debug!(step_run = %run, "sequence paused; step held");
+        return Ok(());
+    }
+    if let Some(limit) = msg.max_per_minute
+        && let Some(slot) = ctx
+            .flags
+            .take_send_slot(msg.sequence_id, limit, Utc::now())
+            .await?
+    {
+        ledger::hold(&ctx.db, run, Some(slot)).await?;
+        tracing::debug!(step_run = %run, %slot, "sequence rate reached; step moved to a later minute");
         return Ok(());
     }
 

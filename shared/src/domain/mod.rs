@@ -3,3 +3,4 @@
 pub mod template;
 pub mod timing;
 pub mod validate;
+pub mod window;

@@ -95,6 +95,37 @@ async fn claim_waits_for_the_scheduler_commit() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn hold_waits_for_the_scheduler_commit() -> anyhow::Result<()> {
+    let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
+    let (_, run, _) = one_run(&env).await?;
+    // A paused (or rate-limited) sequence's message arrives before the scheduler committed
+    // QUEUED: the hold must wait and then put the run back to SCHEDULED, not leave it QUEUED.
+    let mut scheduler = env.db.begin().await?;
+    sqlx::query(QUEUE_IT)
+        .bind(run)
+        .execute(&mut *scheduler)
+        .await?;
+    let db = env.db.clone();
+    let later = chrono::Utc::now() + chrono::Duration::minutes(5);
+    let hold = tokio::spawn(async move { ledger::hold(&db, run, Some(later)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !hold.is_finished(),
+        "the hold must wait for the scheduler's transaction"
+    );
+    scheduler.commit().await?;
+    hold.await??;
+    let (state, due): (String, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT state, due_at FROM step_runs WHERE id = $1")
+            .bind(run)
+            .fetch_one(&env.db)
+            .await?;
+    assert_eq!(state, "SCHEDULED");
+    assert!((due - later).num_milliseconds().abs() < 5);
+    env.stop().await
+}
+
+#[tokio::test]
 async fn a_key_is_claimed_once_and_settles() -> anyhow::Result<()> {
     let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
     let (_, run, key) = one_run(&env).await?;

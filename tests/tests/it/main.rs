@@ -2,6 +2,7 @@
 //! PostgreSQL, RabbitMQ and Redis, and the send tests against a real SMTP server.
 
 mod api;
+mod control;
 mod ingest;
 mod ledger;
 mod send_path;

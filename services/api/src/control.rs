@@ -1,0 +1,629 @@
+//! Taking control of a live sequence: pause, resume (with its preview), delete, cancel one
+//! enrollment, re-enroll, and the audit trail every one of them writes.
+//!
+//! Each action commits PostgreSQL first (the truth), then updates the Redis flag, then waits for
+//! sends already claimed in the ledger (`SENDING`) to settle. Senders re-check the sequence and
+//! enrollment *after* claiming, so once the action has committed and the claims made before it
+//! have settled, nothing more can go out: that is when the call returns. This module never sends
+//! and never touches RabbitMQ; messages already queued are held or dropped by the senders.
+
+use std::time::Duration;
+
+use axum::{Json, extract::State};
+use chrono::{DateTime, Utc};
+use pulse_shared::{
+    domain::validate,
+    enroll,
+    http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, MaybeJson},
+    model::{
+        AuditEvent, AuditList, CancelRequest, Enrollment, ReenrollRequest, ReenrollResponse,
+        ReenrollResult, ResumeItem, ResumePreview, SequenceChange, enrollment_status, outcome,
+        sequence_status,
+    },
+    schedule::{self, Planned},
+};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::{
+    ApiState, Page,
+    sequences::{load_one, lock_status},
+};
+
+/// Records a control action.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn audit(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    sequence: Uuid,
+    enrollment: Option<Uuid>,
+    actor: &str,
+    action: &str,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO audit_events (workspace_id, sequence_id, enrollment_id, actor, action, before, after)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(workspace)
+    .bind(sequence)
+    .bind(enrollment)
+    .bind(actor)
+    .bind(action)
+    .bind(before)
+    .bind(after)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Which in-flight sends to wait for.
+enum Scope {
+    Sequence(Uuid),
+    Enrollment(Uuid),
+}
+
+/// Waits until no recent SENDING claim remains in `scope`, for at most `timeout`. Returns how
+/// many were still in flight at the end (claims older than `timeout` belong to dead workers and
+/// are not waited for).
+async fn wait_in_flight(db: &PgPool, scope: Scope, timeout: Duration) -> Result<i64, ApiError> {
+    let (sql, id) = match scope {
+        Scope::Sequence(id) => (
+            "SELECT count(*) FROM send_ledger WHERE sequence_id = $1 AND state = 'SENDING'
+               AND claimed_at > now() - make_interval(secs => $2)",
+            id,
+        ),
+        Scope::Enrollment(id) => (
+            "SELECT count(*) FROM send_ledger WHERE enrollment_id = $1 AND state = 'SENDING'
+               AND claimed_at > now() - make_interval(secs => $2)",
+            id,
+        ),
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n: i64 = sqlx::query_scalar(sql)
+            .bind(id)
+            .bind(timeout.as_secs_f64())
+            .fetch_one(db)
+            .await?;
+        if n == 0 || tokio::time::Instant::now() >= deadline {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn in_flight_warning(n: i64, timeout: Duration) -> Option<String> {
+    (n > 0).then(|| {
+        format!(
+            "{n} send(s) claimed before this call were still waiting for the mail server after \
+             {}s; check the send history for their outcome",
+            timeout.as_secs()
+        )
+    })
+}
+
+async fn set_flag(state: &ApiState, sequence: Uuid, status: &str) {
+    // PostgreSQL already holds the new status and senders re-check it after claiming, so a
+    // failed flag update costs efficiency, not correctness.
+    if let Err(e) = state.flags.set(sequence, status).await {
+        tracing::warn!(%sequence, error = %e, "pause flag not updated in Redis; senders fall back to PostgreSQL");
+    }
+}
+
+async fn change(
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    warnings: Vec<String>,
+) -> ApiResult<Json<SequenceChange>> {
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(SequenceChange {
+        sequence: load_one(&mut conn, auth.workspace, id).await?,
+        warnings,
+    }))
+}
+
+/// Pause a sequence: it sends nothing from the moment this call returns.
+///
+/// No new enrollments; pending steps are held (not sent, not skipped, not lost), including steps
+/// already queued in RabbitMQ or prefetched by a sender. Sends claimed before the pause are
+/// waited for (up to the SMTP timeout) before the call returns.
+#[utoipa::path(
+    post, path = "/v1/sequences/{id}/pause", tag = "control",
+    params(("id" = Uuid, Path, description = "Sequence id")),
+    responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn pause(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<SequenceChange>> {
+    let mut tx = state.db.begin().await?;
+    let status = lock_status(&mut tx, auth.workspace, id).await?;
+    let mut warnings = Vec::new();
+    match status.as_str() {
+        sequence_status::ACTIVE => {
+            sqlx::query("UPDATE sequences SET status = 'PAUSED', updated_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            audit(
+                &mut tx,
+                auth.workspace,
+                id,
+                None,
+                &auth.actor,
+                "paused",
+                Some(json!({"status": status})),
+                Some(json!({"status": "PAUSED"})),
+            )
+            .await?;
+        }
+        sequence_status::PAUSED => warnings.push("the sequence was already paused".to_owned()),
+        _ => return Err(ApiError::Conflict("the sequence is deleted".into())),
+    }
+    tx.commit().await?;
+    set_flag(&state, id, sequence_status::PAUSED).await;
+    let left = wait_in_flight(&state.db, Scope::Sequence(id), state.drain_timeout).await?;
+    warnings.extend(in_flight_warning(left, state.drain_timeout));
+    tracing::info!(sequence = %id, actor = %auth.actor, "sequence paused");
+    change(&state, &auth, id, warnings).await
+}
+
+/// Plans what resuming `sequence` at `now` does with each pending step: steps due during the
+/// pause move to the next valid time (now, or the send window's next opening), spaced by the
+/// sequence's rate; a step whose next valid time lies past its own or the sequence's end date is
+/// skipped and its enrollment ends.
+async fn resume_plan(
+    conn: &mut PgConnection,
+    sequence: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(Vec<ResumeItem>, i64), ApiError> {
+    let seq = sqlx::query(
+        "SELECT timezone, send_window, end_date, max_sends_per_minute FROM sequences WHERE id = $1",
+    )
+    .bind(sequence)
+    .fetch_one(&mut *conn)
+    .await?;
+    let rules = schedule::rules_from_row(&seq)?;
+    let rate: Option<i32> = seq.get("max_sends_per_minute");
+    let rows = sqlx::query(
+        "SELECT sr.id, sr.enrollment_id, sr.position, sr.due_at, l.email, l.timezone AS lead_tz,
+                st.end_date AS step_end
+         FROM step_runs sr
+         JOIN enrollments e ON e.id = sr.enrollment_id
+         JOIN leads l ON l.id = e.lead_id
+         JOIN sequence_steps st ON st.id = sr.step_id
+         WHERE sr.sequence_id = $1 AND sr.state = 'SCHEDULED' AND e.status = 'ACTIVE'
+         ORDER BY sr.due_at, sr.id",
+    )
+    .bind(sequence)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    let mut overdue = 0i64;
+    for row in &rows {
+        let due: DateTime<Utc> = row.get("due_at");
+        let base = if due <= now {
+            let spread = rate.map_or(0, |r| overdue / i64::from(r.max(1)));
+            overdue += 1;
+            now + chrono::Duration::minutes(spread)
+        } else {
+            due
+        };
+        let lead_tz = row
+            .get::<Option<String>, _>("lead_tz")
+            .and_then(|t| t.parse::<chrono_tz::Tz>().ok());
+        let position: i32 = row.get("position");
+        let planned = schedule::plan(base, &rules, lead_tz, position, row.get("step_end"));
+        let (outcome, send_at, reason) = match planned {
+            Planned::At(t) => ("send", Some(t), None),
+            Planned::Expired(r) => ("skip", None, Some(r)),
+        };
+        items.push(ResumeItem {
+            step_run_id: row.get("id"),
+            enrollment_id: row.get("enrollment_id"),
+            lead_email: row.get("email"),
+            step_position: position,
+            due_at: due,
+            outcome: outcome.into(),
+            send_at,
+            reason,
+        });
+    }
+    let queued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM step_runs WHERE sequence_id = $1 AND state = 'QUEUED'",
+    )
+    .bind(sequence)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((items, queued))
+}
+
+/// What resuming this paused sequence now would send, to whom and when, and what an end date
+/// would skip. Nothing is changed.
+#[utoipa::path(
+    get, path = "/v1/sequences/{id}/resume-preview", tag = "control",
+    params(("id" = Uuid, Path, description = "Sequence id")),
+    responses((status = 200, body = ResumePreview), (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Not paused", body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn resume_preview(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<ResumePreview>> {
+    let mut conn = state.db.acquire().await?;
+    let sequence = load_one(&mut conn, auth.workspace, id).await?;
+    if sequence.status != sequence_status::PAUSED {
+        return Err(ApiError::Conflict(format!(
+            "the sequence is {}, not paused",
+            sequence.status.to_lowercase()
+        )));
+    }
+    let now = Utc::now();
+    let (items, queued) = resume_plan(&mut conn, id, now).await?;
+    Ok(Json(ResumePreview {
+        sequence_id: id,
+        as_of: now,
+        sends: items.iter().filter(|i| i.outcome == "send").count(),
+        skips: items.iter().filter(|i| i.outcome == "skip").count(),
+        queued,
+        items,
+    }))
+}
+
+/// Resume a paused sequence. Pending steps pick up where they left off; steps due during the
+/// pause go out at the next valid time, paced by `max_sends_per_minute`, or are skipped (ending
+/// the enrollment with the reason) when an end date passes first.
+#[utoipa::path(
+    post, path = "/v1/sequences/{id}/resume", tag = "control",
+    params(("id" = Uuid, Path, description = "Sequence id")),
+    responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn resume(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<SequenceChange>> {
+    let mut tx = state.db.begin().await?;
+    let status = lock_status(&mut tx, auth.workspace, id).await?;
+    let mut warnings = Vec::new();
+    match status.as_str() {
+        sequence_status::PAUSED => {
+            let (items, _) = resume_plan(&mut tx, id, Utc::now()).await?;
+            let (mut moved, mut skipped) = (0, 0);
+            for item in &items {
+                match (&item.send_at, &item.reason) {
+                    (Some(at), _) => {
+                        if *at != item.due_at {
+                            moved += 1;
+                        }
+                        sqlx::query(
+                            "UPDATE step_runs SET due_at = $2, updated_at = now() WHERE id = $1",
+                        )
+                        .bind(item.step_run_id)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    (None, reason) => {
+                        skipped += 1;
+                        let reason = reason.as_deref().unwrap_or("end date passed");
+                        sqlx::query(
+                            "UPDATE step_runs SET state = 'SKIPPED', last_error = $2, updated_at = now()
+                             WHERE id = $1",
+                        )
+                        .bind(item.step_run_id)
+                        .bind(reason)
+                        .execute(&mut *tx)
+                        .await?;
+                        schedule::end_enrollment(
+                            &mut tx,
+                            item.enrollment_id,
+                            enrollment_status::COMPLETED,
+                            reason,
+                        )
+                        .await?;
+                    }
+                }
+            }
+            sqlx::query("UPDATE sequences SET status = 'ACTIVE', updated_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            audit(
+                &mut tx,
+                auth.workspace,
+                id,
+                None,
+                &auth.actor,
+                "resumed",
+                Some(json!({"status": "PAUSED"})),
+                Some(json!({"status": "ACTIVE", "rescheduled": moved, "skipped": skipped})),
+            )
+            .await?;
+        }
+        sequence_status::ACTIVE => warnings.push("the sequence was not paused".to_owned()),
+        _ => return Err(ApiError::Conflict("the sequence is deleted".into())),
+    }
+    tx.commit().await?;
+    set_flag(&state, id, sequence_status::ACTIVE).await;
+    tracing::info!(sequence = %id, actor = %auth.actor, "sequence resumed");
+    change(&state, &auth, id, warnings).await
+}
+
+/// Delete a sequence, permanently: nothing unsent is ever sent, active enrollments are
+/// cancelled, and the sequence, its enrollments and its send ledger stay readable for audit.
+#[utoipa::path(
+    delete, path = "/v1/sequences/{id}", tag = "control",
+    params(("id" = Uuid, Path, description = "Sequence id")),
+    responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<SequenceChange>> {
+    let mut tx = state.db.begin().await?;
+    let status = lock_status(&mut tx, auth.workspace, id).await?;
+    let mut warnings = Vec::new();
+    if status == sequence_status::DELETED {
+        warnings.push("the sequence was already deleted".to_owned());
+    } else {
+        sqlx::query("UPDATE sequences SET status = 'DELETED', updated_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let cancelled = sqlx::query(
+            "UPDATE enrollments SET status = 'CANCELLED', end_reason = 'sequence deleted',
+                 ended_at = now(), updated_at = now()
+             WHERE sequence_id = $1 AND status = 'ACTIVE'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "UPDATE step_runs SET state = 'CANCELLED', last_error = 'sequence deleted', updated_at = now()
+             WHERE sequence_id = $1 AND state = 'SCHEDULED'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            auth.workspace,
+            id,
+            None,
+            &auth.actor,
+            "deleted",
+            Some(json!({"status": status})),
+            Some(json!({"status": "DELETED", "enrollments_cancelled": cancelled})),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    set_flag(&state, id, sequence_status::DELETED).await;
+    let left = wait_in_flight(&state.db, Scope::Sequence(id), state.drain_timeout).await?;
+    warnings.extend(in_flight_warning(left, state.drain_timeout));
+    tracing::info!(sequence = %id, actor = %auth.actor, "sequence deleted");
+    change(&state, &auth, id, warnings).await
+}
+
+/// Cancel one enrollment: nothing more is sent to that lead from this sequence, not even a step
+/// already queued. The lead can be re-enrolled later.
+#[utoipa::path(
+    post, path = "/v1/enrollments/{id}/cancel", tag = "control",
+    params(("id" = Uuid, Path, description = "Enrollment id")),
+    request_body(content = CancelRequest, description = "Optional reason"),
+    responses((status = 200, body = Enrollment), (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Already ended otherwise", body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn cancel(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+    MaybeJson(body): MaybeJson<CancelRequest>,
+) -> ApiResult<Json<Enrollment>> {
+    let reason = body
+        .and_then(|b| b.reason)
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+        return Err(ApiError::invalid("reason", "at most 500 characters"));
+    }
+    let mut tx = state.db.begin().await?;
+    let row = sqlx::query(
+        "SELECT status, sequence_id FROM enrollments WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(auth.workspace)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound("enrollment"))?;
+    let status: String = row.get("status");
+    let sequence: Uuid = row.get("sequence_id");
+    match status.as_str() {
+        enrollment_status::ACTIVE => {
+            let reason = reason.unwrap_or_else(|| format!("cancelled by {}", auth.actor));
+            schedule::end_enrollment(&mut tx, id, enrollment_status::CANCELLED, &reason).await?;
+            audit(
+                &mut tx,
+                auth.workspace,
+                sequence,
+                Some(id),
+                &auth.actor,
+                "enrollment_cancelled",
+                Some(json!({"status": status})),
+                Some(json!({"status": "CANCELLED", "reason": reason})),
+            )
+            .await?;
+        }
+        enrollment_status::CANCELLED => {}
+        other => {
+            return Err(ApiError::Conflict(format!(
+                "the enrollment already ended ({other})"
+            )));
+        }
+    }
+    tx.commit().await?;
+    wait_in_flight(&state.db, Scope::Enrollment(id), state.drain_timeout).await?;
+    tracing::info!(enrollment = %id, actor = %auth.actor, "enrollment cancelled");
+    Ok(Json(
+        crate::enrollments::fetch(&state.db, auth.workspace, id).await?,
+    ))
+}
+
+/// Most leads named in one re-enroll call.
+const MAX_REENROLL: usize = 10_000;
+
+/// Re-enroll leads that completed, were cancelled or were ineligible: each starts again from
+/// step 1 as a new enrollment generation whose sends never collide with the old one's. Leads
+/// still ACTIVE are reported, not duplicated.
+#[utoipa::path(
+    post, path = "/v1/sequences/{id}/re-enroll", tag = "control",
+    params(("id" = Uuid, Path, description = "Sequence id")),
+    request_body = ReenrollRequest,
+    responses((status = 200, body = ReenrollResponse), (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Paused or deleted", body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn reenroll(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(req): ApiJson<ReenrollRequest>,
+) -> ApiResult<Json<ReenrollResponse>> {
+    let emails = match (&req.lead_emails, req.all_not_active) {
+        (Some(list), None | Some(false)) => {
+            if list.is_empty() || list.len() > MAX_REENROLL {
+                return Err(ApiError::invalid(
+                    "lead_emails",
+                    format!("1 to {MAX_REENROLL} addresses"),
+                ));
+            }
+            let mut clean = Vec::with_capacity(list.len());
+            for (i, e) in list.iter().enumerate() {
+                clean.push(
+                    validate::email(e)
+                        .map_err(|m| ApiError::invalid(format!("lead_emails[{i}]"), m))?,
+                );
+            }
+            clean.sort();
+            clean.dedup();
+            Some(clean)
+        }
+        (None, Some(true)) => None,
+        _ => {
+            return Err(ApiError::invalid(
+                "lead_emails",
+                "give either lead_emails or \"all_not_active\": true",
+            ));
+        }
+    };
+    let mut tx = state.db.begin().await?;
+    match lock_status(&mut tx, auth.workspace, id).await?.as_str() {
+        sequence_status::ACTIVE => {}
+        sequence_status::PAUSED => {
+            return Err(ApiError::Conflict(
+                "the sequence is paused: resume it before re-enrolling".into(),
+            ));
+        }
+        _ => return Err(ApiError::Conflict("the sequence is deleted".into())),
+    }
+    let leads: Vec<(Uuid, String)> =
+        match &emails {
+            Some(emails) => {
+                sqlx::query_as(
+                    "SELECT id, email FROM leads WHERE workspace_id = $1 AND email = ANY($2)",
+                )
+                .bind(auth.workspace)
+                .bind(emails)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => sqlx::query_as(
+                "SELECT DISTINCT l.id, l.email FROM enrollments e JOIN leads l ON l.id = e.lead_id
+             WHERE e.sequence_id = $1
+               AND NOT EXISTS (SELECT 1 FROM enrollments a WHERE a.sequence_id = $1
+                               AND a.lead_id = e.lead_id AND a.status = 'ACTIVE')
+             ORDER BY l.email",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?,
+        };
+    let now = Utc::now();
+    let mut results = Vec::new();
+    for (lead, email) in &leads {
+        let done = enroll::reenroll(&mut tx, auth.workspace, id, *lead, now).await?;
+        results.push(ReenrollResult {
+            lead_email: email.clone(),
+            enrollment_id: done.enrollment_id,
+            outcome: done.outcome.into(),
+        });
+    }
+    for email in emails.iter().flatten() {
+        if !leads.iter().any(|(_, e)| e == email) {
+            results.push(ReenrollResult {
+                lead_email: email.clone(),
+                enrollment_id: None,
+                outcome: "unknown_lead".into(),
+            });
+        }
+    }
+    let count = |o: &str| results.iter().filter(|r| r.outcome == o).count();
+    let response = ReenrollResponse {
+        reenrolled: count(outcome::REENROLLED),
+        already_active: count(outcome::ALREADY_ACTIVE),
+        never_enrolled: count(outcome::NEVER_ENROLLED),
+        unknown_lead: count("unknown_lead"),
+        results,
+    };
+    audit(&mut tx, auth.workspace, id, None, &auth.actor, "re_enrolled",
+        Some(json!({"lead_emails": emails, "all_not_active": emails.is_none()})),
+        Some(json!({"reenrolled": response.reenrolled, "already_active": response.already_active,
+                    "never_enrolled": response.never_enrolled, "unknown_lead": response.unknown_lead}))).await?;
+    tx.commit().await?;
+    tracing::info!(sequence = %id, actor = %auth.actor, reenrolled = response.reenrolled, "leads re-enrolled");
+    Ok(Json(response))
+}
+
+/// The sequence's audit trail, oldest first: who did what, when, before and after.
+#[utoipa::path(
+    get, path = "/v1/sequences/{id}/audit", tag = "control",
+    params(("id" = Uuid, Path, description = "Sequence id"), Page),
+    responses((status = 200, body = AuditList), (status = 404, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn audit_list(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(page): ApiQuery<Page>,
+) -> ApiResult<Json<AuditList>> {
+    let limit = page.limit()?;
+    crate::sequences::exists(&state.db, auth.workspace, id).await?;
+    let events: Vec<AuditEvent> = sqlx::query_as(
+        "SELECT id, sequence_id, enrollment_id, actor, action, before, after, at FROM audit_events
+         WHERE workspace_id = $1 AND sequence_id = $2 ORDER BY id LIMIT $3",
+    )
+    .bind(auth.workspace)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(AuditList { events }))
+}

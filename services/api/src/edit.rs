@@ -1,0 +1,349 @@
+//! Editing a live sequence (`PATCH /v1/sequences/{id}`) and its version history.
+//!
+//! What an edit does to enrollments in flight:
+//! * **Content** (subject, body): steps not yet queued render with the new content; queued and
+//!   sent steps keep the snapshot they were queued with. Every send records its version.
+//! * **Timing, end dates, send window, time zone**: every SCHEDULED step run of the sequence is
+//!   recomputed from its anchor (the previous send, or the enrollment for step 1) under the new
+//!   rules; one whose new time passes an end date is skipped and its enrollment ends. Step runs
+//!   waiting on a retry keep their retry time.
+//! * **Deleted step**: its SCHEDULED runs are SKIPPED and each enrollment moves on to the first
+//!   live step after the furthest step it has been through (or completes).
+//! * **Reorder**: an enrollment waiting on a step keeps waiting on it; after it, it continues
+//!   with whatever step follows in the new order. Steps moved before it are not sent to it.
+//! * **Added step**: enrollments reach it when they get to its position; completed enrollments
+//!   do not (re-enroll them if they should).
+//! * **Triggers**: future events only.
+//!
+//! Edits are refused on a deleted sequence. On an ACTIVE sequence the response warns about steps
+//! already queued with the old content, and about edits the help page says to make paused.
+
+use axum::{Json, extract::State};
+use chrono::{DateTime, Utc};
+use pulse_shared::{
+    http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
+    model::{EditSequence, SequenceChange, SequenceVersion, VersionList, sequence_status},
+    schedule::{self, Planned, Target},
+};
+use serde_json::json;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::{
+    ApiState,
+    control::audit,
+    sequences::{
+        check_name, check_sender, check_settings, check_steps, check_timezone, check_triggers,
+        insert_step, load_one, lock_status, record_version, replace_triggers, to_json,
+    },
+};
+
+/// Edit a sequence: rename, edit steps (content, timing, end date), add, delete and reorder
+/// steps, change triggers and settings. `null` clears a setting. See the module docs (and
+/// `docs/control.md`) for what each kind of edit does to enrollments in flight.
+#[utoipa::path(
+    patch, path = "/v1/sequences/{id}", tag = "sequences",
+    params(("id" = Uuid, Path, description = "Sequence id")),
+    request_body = EditSequence,
+    responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn edit(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(req): ApiJson<EditSequence>,
+) -> ApiResult<Json<SequenceChange>> {
+    let name = req.name.as_deref().map(check_name).transpose()?;
+    let timezone = req.timezone.as_deref().map(check_timezone).transpose()?;
+    let sender = req.sender.as_ref().map(check_sender).transpose()?;
+    if let Some(steps) = &req.steps {
+        check_steps(steps, true)?;
+    }
+    if let Some(triggers) = &req.triggers {
+        check_triggers(triggers)?;
+    }
+    check_settings(
+        req.send_window.as_ref().and_then(Option::as_ref),
+        req.max_sends_per_minute.flatten(),
+    )?;
+
+    let mut tx = state.db.begin().await?;
+    let status = lock_status(&mut tx, auth.workspace, id).await?;
+    if status == sequence_status::DELETED {
+        return Err(ApiError::Conflict("the sequence is deleted".into()));
+    }
+    let before = load_one(&mut tx, auth.workspace, id).await?;
+
+    sqlx::query(
+        "UPDATE sequences SET
+             name = COALESCE($2, name),
+             timezone = COALESCE($3, timezone),
+             sender_from = COALESCE($4, sender_from),
+             send_window = CASE WHEN $5 THEN $6 ELSE send_window END,
+             end_date = CASE WHEN $7 THEN $8 ELSE end_date END,
+             max_sends_per_minute = CASE WHEN $9 THEN $10 ELSE max_sends_per_minute END,
+             version = version + 1, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&name)
+    .bind(&timezone)
+    .bind(&sender)
+    .bind(req.send_window.is_some())
+    .bind(
+        req.send_window
+            .clone()
+            .flatten()
+            .as_ref()
+            .map(to_json)
+            .transpose()?,
+    )
+    .bind(req.end_date.is_some())
+    .bind(req.end_date.flatten())
+    .bind(req.max_sends_per_minute.is_some())
+    .bind(req.max_sends_per_minute.flatten())
+    .execute(&mut *tx)
+    .await?;
+
+    let mut deleted_steps = Vec::new();
+    let mut timing_changed = false;
+    if let Some(steps) = &req.steps {
+        let live: Vec<Uuid> = before.steps.iter().map(|s| s.id).collect();
+        let mut kept = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            if let Some(sid) = step.id {
+                if !live.contains(&sid) {
+                    return Err(ApiError::invalid(
+                        format!("steps[{i}].id"),
+                        "not a step of this sequence",
+                    ));
+                }
+                if kept.contains(&sid) {
+                    return Err(ApiError::invalid(format!("steps[{i}].id"), "listed twice"));
+                }
+                kept.push(sid);
+            }
+        }
+        deleted_steps = live.iter().copied().filter(|s| !kept.contains(s)).collect();
+        // Free every position (moving live steps far up, out of the way of the unique index),
+        // then lay the steps out in their new order.
+        sqlx::query(
+            "UPDATE sequence_steps SET position = position + 100000
+             WHERE sequence_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE sequence_steps SET deleted_at = now() WHERE id = ANY($1)")
+            .bind(&deleted_steps)
+            .execute(&mut *tx)
+            .await?;
+        for (i, step) in steps.iter().enumerate() {
+            let position = i as i32 + 1;
+            match step.id {
+                Some(sid) => {
+                    let old = before.steps.iter().find(|s| s.id == sid);
+                    timing_changed |=
+                        old.is_some_and(|o| o.timing != step.timing || o.end_date != step.end_date);
+                    sqlx::query(
+                        "UPDATE sequence_steps SET position = $2, subject = $3, body = $4, timing = $5,
+                             end_date = $6,
+                             version = version + CASE WHEN subject <> $3 OR body <> $4
+                                 OR timing <> $5 OR end_date IS DISTINCT FROM $6 THEN 1 ELSE 0 END
+                         WHERE id = $1",
+                    )
+                    .bind(sid)
+                    .bind(position)
+                    .bind(&step.subject)
+                    .bind(&step.body)
+                    .bind(to_json(&step.timing)?)
+                    .bind(step.end_date)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    insert_step(&mut tx, id, position, step).await?;
+                }
+            }
+        }
+    }
+    if let Some(triggers) = &req.triggers {
+        replace_triggers(&mut tx, auth.workspace, id, triggers).await?;
+    }
+
+    let now = Utc::now();
+    let skipped = skip_deleted(&mut tx, id, &deleted_steps, now).await?;
+    let rules_changed =
+        timing_changed || timezone.is_some() || req.send_window.is_some() || req.end_date.is_some();
+    let retimed = if rules_changed {
+        retime(&mut tx, id).await?
+    } else {
+        0
+    };
+
+    let after = load_one(&mut tx, auth.workspace, id).await?;
+    record_version(&mut tx, &after, &auth.actor).await?;
+    audit(&mut tx, auth.workspace, id, None, &auth.actor, "edited",
+        Some(to_json(&before)?),
+        Some(json!({"sequence": to_json(&after)?, "steps_skipped": skipped, "steps_retimed": retimed}))).await?;
+
+    let mut warnings = Vec::new();
+    if status == sequence_status::ACTIVE {
+        let queued: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM step_runs WHERE sequence_id = $1 AND state = 'QUEUED'",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if queued > 0 && req.steps.is_some() {
+            warnings.push(format!(
+                "{queued} step(s) were already queued and go out with the previous content; \
+                 pause before editing if you need certainty"
+            ));
+        }
+        let structural = req.triggers.is_some()
+            || timing_changed
+            || !deleted_steps.is_empty()
+            || req.steps.as_ref().is_some_and(|s| {
+                s.len() != before.steps.len()
+                    || s.iter().zip(&before.steps).any(|(n, o)| n.id != Some(o.id))
+            });
+        if structural {
+            warnings.push(
+                "timing, step order, added or deleted steps and trigger changes are safer made \
+                 while the sequence is paused"
+                    .to_owned(),
+            );
+        }
+    }
+    tx.commit().await?;
+    tracing::info!(sequence = %id, version = after.version, actor = %auth.actor, "sequence edited");
+    Ok(Json(SequenceChange {
+        sequence: after,
+        warnings,
+    }))
+}
+
+/// Skips SCHEDULED runs of deleted steps and moves their enrollments on. Returns how many.
+async fn skip_deleted(
+    conn: &mut PgConnection,
+    sequence: Uuid,
+    deleted: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<u64, ApiError> {
+    if deleted.is_empty() {
+        return Ok(0);
+    }
+    let runs = sqlx::query(
+        "UPDATE step_runs sr SET state = 'SKIPPED', last_error = 'step deleted', updated_at = now()
+         FROM enrollments e
+         WHERE sr.step_id = ANY($1) AND sr.state = 'SCHEDULED' AND e.id = sr.enrollment_id
+           AND e.status = 'ACTIVE'
+         RETURNING sr.workspace_id, sr.enrollment_id, sr.generation, e.lead_id",
+    )
+    .bind(deleted)
+    .fetch_all(&mut *conn)
+    .await?;
+    for run in &runs {
+        let enrollment: Uuid = run.get("enrollment_id");
+        let generation: i32 = run.get("generation");
+        // The furthest live step this enrollment has been through, and when it last sent.
+        let (reached, last_sent): (Option<i32>, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT max(st.position) FILTER (WHERE st.deleted_at IS NULL), max(sr.sent_at)
+             FROM step_runs sr JOIN sequence_steps st ON st.id = sr.step_id
+             WHERE sr.enrollment_id = $1 AND sr.generation = $2",
+        )
+        .bind(enrollment)
+        .bind(generation)
+        .fetch_one(&mut *conn)
+        .await?;
+        let target = Target {
+            workspace: run.get("workspace_id"),
+            sequence,
+            enrollment,
+            lead: run.get("lead_id"),
+            generation,
+        };
+        schedule::advance(conn, target, reached.unwrap_or(0), last_sent.unwrap_or(now)).await?;
+    }
+    Ok(runs.len() as u64)
+}
+
+/// Recomputes every SCHEDULED first-attempt run of the sequence under its current steps and
+/// rules. Returns how many runs were looked at.
+async fn retime(conn: &mut PgConnection, sequence: Uuid) -> Result<u64, ApiError> {
+    let runs = sqlx::query(
+        "SELECT sr.id, sr.enrollment_id, sr.generation, sr.position, st.timing, st.end_date,
+                e.lead_id, e.created_at,
+                (SELECT max(p.sent_at) FROM step_runs p
+                  WHERE p.enrollment_id = sr.enrollment_id AND p.generation = sr.generation
+                    AND p.state = 'SENT') AS last_sent
+         FROM step_runs sr
+         JOIN sequence_steps st ON st.id = sr.step_id
+         JOIN enrollments e ON e.id = sr.enrollment_id
+         WHERE sr.sequence_id = $1 AND sr.state = 'SCHEDULED' AND sr.attempts = 0
+           AND e.status = 'ACTIVE'",
+    )
+    .bind(sequence)
+    .fetch_all(&mut *conn)
+    .await?;
+    for run in &runs {
+        let timing: pulse_shared::model::Timing = serde_json::from_value(run.get("timing"))
+            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        let anchor: DateTime<Utc> = run
+            .get::<Option<DateTime<Utc>>, _>("last_sent")
+            .unwrap_or_else(|| run.get("created_at"));
+        let (rules, lead_tz) = schedule::load_rules(conn, sequence, run.get("lead_id")).await?;
+        let due = timing
+            .due_after(anchor)
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let position: i32 = run.get("position");
+        match schedule::plan(due, &rules, lead_tz, position, run.get("end_date")) {
+            Planned::At(at) => {
+                sqlx::query("UPDATE step_runs SET due_at = $2, updated_at = now() WHERE id = $1")
+                    .bind(run.get::<Uuid, _>("id"))
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Planned::Expired(reason) => {
+                sqlx::query(
+                    "UPDATE step_runs SET state = 'SKIPPED', last_error = $2, updated_at = now() WHERE id = $1",
+                )
+                .bind(run.get::<Uuid, _>("id"))
+                .bind(&reason)
+                .execute(&mut *conn)
+                .await?;
+                schedule::end_enrollment(conn, run.get("enrollment_id"), "COMPLETED", &reason)
+                    .await?;
+            }
+        }
+    }
+    Ok(runs.len() as u64)
+}
+
+/// The sequence's edit history, oldest first: every version as it was saved, and by whom.
+#[utoipa::path(
+    get, path = "/v1/sequences/{id}/versions", tag = "sequences",
+    params(("id" = Uuid, Path, description = "Sequence id")),
+    responses((status = 200, body = VersionList), (status = 404, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn versions(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<VersionList>> {
+    crate::sequences::exists(&state.db, auth.workspace, id).await?;
+    let versions: Vec<SequenceVersion> = sqlx::query_as(
+        "SELECT version, actor, snapshot, created_at FROM sequence_versions
+         WHERE sequence_id = $1 ORDER BY version",
+    )
+    .bind(id)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(VersionList { versions }))
+}

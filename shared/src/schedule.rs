@@ -1,0 +1,297 @@
+//! Due times under a sequence's rules, and the step runs that carry them. Owns: which step comes
+//! next (live steps in position order), when it is due (its timing from an anchor, moved into
+//! the send window in the lead's time zone, else the sequence's), and what happens when that time
+//! lies past the step's or the sequence's end date (the step is skipped and the enrollment ends
+//! with that reason). Used by enrollment, by the sender after each send, by resume and by edits;
+//! it never publishes or sends.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::{
+    db::StoreError,
+    domain::{
+        timing::Timing,
+        window::{self, SendWindow},
+    },
+};
+
+/// The parts of a sequence that shape due times.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub timezone: Tz,
+    pub window: Option<SendWindow>,
+    pub end_date: Option<DateTime<Utc>>,
+}
+
+/// A live step of a sequence.
+#[derive(Clone, Debug)]
+pub struct StepSpec {
+    pub id: Uuid,
+    pub position: i32,
+    pub timing: Timing,
+    pub end_date: Option<DateTime<Utc>>,
+}
+
+/// When a step would go out, or why it never will.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Planned {
+    At(DateTime<Utc>),
+    Expired(String),
+}
+
+/// Moves `due` into the window and checks it against the end dates.
+pub fn plan(
+    due: DateTime<Utc>,
+    rules: &Rules,
+    lead_tz: Option<Tz>,
+    step_position: i32,
+    step_end: Option<DateTime<Utc>>,
+) -> Planned {
+    let at = window::next_valid(
+        due,
+        rules.window.as_ref(),
+        lead_tz.unwrap_or(rules.timezone),
+    );
+    if let Some(end) = step_end.filter(|end| at > *end) {
+        return Planned::Expired(format!(
+            "step {step_position} ends {} and could not be sent before then",
+            end.to_rfc3339()
+        ));
+    }
+    if let Some(end) = rules.end_date.filter(|end| at > *end) {
+        return Planned::Expired(format!(
+            "the sequence ends {} and step {step_position} could not be sent before then",
+            end.to_rfc3339()
+        ));
+    }
+    Planned::At(at)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn tz(name: &str) -> Result<Tz, StoreError> {
+    name.parse::<Tz>().map_err(|e| corrupt("time zone", e))
+}
+
+/// The rules of `sequence` and the time zone of `lead`.
+pub async fn load_rules(
+    conn: &mut PgConnection,
+    sequence: Uuid,
+    lead: Uuid,
+) -> Result<(Rules, Option<Tz>), StoreError> {
+    let row = sqlx::query(
+        "SELECT s.timezone, s.send_window, s.end_date, l.timezone AS lead_tz
+         FROM sequences s, leads l WHERE s.id = $1 AND l.id = $2",
+    )
+    .bind(sequence)
+    .bind(lead)
+    .fetch_one(conn)
+    .await?;
+    let rules = rules_from_row(&row)?;
+    let lead_tz = row
+        .try_get::<Option<String>, _>("lead_tz")?
+        .map(|t| tz(&t))
+        .transpose()?;
+    Ok((rules, lead_tz))
+}
+
+/// Reads `timezone`, `send_window` and `end_date` columns of a sequence row.
+pub fn rules_from_row(row: &sqlx::postgres::PgRow) -> Result<Rules, StoreError> {
+    let window: Option<serde_json::Value> = row.try_get("send_window")?;
+    Ok(Rules {
+        timezone: tz(row.try_get::<&str, _>("timezone")?)?,
+        window: window
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| corrupt("send window", e))?,
+        end_date: row.try_get("end_date")?,
+    })
+}
+
+fn step_from_row(row: &sqlx::postgres::PgRow) -> Result<StepSpec, StoreError> {
+    Ok(StepSpec {
+        id: row.try_get("id")?,
+        position: row.try_get("position")?,
+        timing: serde_json::from_value(row.try_get("timing")?)
+            .map_err(|e| corrupt("step timing", e))?,
+        end_date: row.try_get("end_date")?,
+    })
+}
+
+/// The first live step after `position` (use 0 for the first step).
+pub async fn step_after(
+    conn: &mut PgConnection,
+    sequence: Uuid,
+    position: i32,
+) -> Result<Option<StepSpec>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, position, timing, end_date FROM sequence_steps
+         WHERE sequence_id = $1 AND position > $2 AND deleted_at IS NULL
+         ORDER BY position LIMIT 1",
+    )
+    .bind(sequence)
+    .bind(position)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(step_from_row).transpose()
+}
+
+/// Whose step run to create.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub workspace: Uuid,
+    pub sequence: Uuid,
+    pub enrollment: Uuid,
+    pub lead: Uuid,
+    pub generation: i32,
+}
+
+/// Schedules `step` for `target`, due by its timing from `anchor` under the sequence's rules.
+/// An expired step is recorded SKIPPED and ends the enrollment. Returns what was planned.
+pub async fn schedule_step(
+    conn: &mut PgConnection,
+    target: Target,
+    step: &StepSpec,
+    anchor: DateTime<Utc>,
+) -> Result<Planned, StoreError> {
+    let (rules, lead_tz) = load_rules(conn, target.sequence, target.lead).await?;
+    let due = step.timing.due_after(anchor).map_err(StoreError::Corrupt)?;
+    let planned = plan(due, &rules, lead_tz, step.position, step.end_date);
+    let (state, due_at, reason) = match &planned {
+        Planned::At(at) => ("SCHEDULED", *at, None),
+        Planned::Expired(reason) => ("SKIPPED", due, Some(reason.as_str())),
+    };
+    sqlx::query(
+        "INSERT INTO step_runs (id, workspace_id, sequence_id, enrollment_id, step_id, position,
+                                generation, due_at, state, last_error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (enrollment_id, step_id, generation) DO NOTHING",
+    )
+    .bind(Uuid::new_v4())
+    .bind(target.workspace)
+    .bind(target.sequence)
+    .bind(target.enrollment)
+    .bind(step.id)
+    .bind(step.position)
+    .bind(target.generation)
+    .bind(due_at)
+    .bind(state)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE enrollments SET current_step = $2, updated_at = now() WHERE id = $1")
+        .bind(target.enrollment)
+        .bind(step.position)
+        .execute(&mut *conn)
+        .await?;
+    if let Planned::Expired(reason) = &planned {
+        end_enrollment(conn, target.enrollment, "COMPLETED", reason).await?;
+    }
+    Ok(planned)
+}
+
+/// Schedules the live step after `position`, or completes the enrollment when there is none.
+pub async fn advance(
+    conn: &mut PgConnection,
+    target: Target,
+    position: i32,
+    anchor: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    match step_after(conn, target.sequence, position).await? {
+        Some(step) => {
+            schedule_step(conn, target, &step, anchor).await?;
+        }
+        None => {
+            end_enrollment(conn, target.enrollment, "COMPLETED", "all steps sent").await?;
+        }
+    }
+    Ok(())
+}
+
+/// Ends an ACTIVE enrollment with `status` and `reason`; pending step runs are cancelled.
+pub async fn end_enrollment(
+    conn: &mut PgConnection,
+    enrollment: Uuid,
+    status: &str,
+    reason: &str,
+) -> Result<bool, StoreError> {
+    let ended = sqlx::query(
+        "UPDATE enrollments SET status = $2, end_reason = $3, ended_at = now(), updated_at = now()
+         WHERE id = $1 AND status = 'ACTIVE'",
+    )
+    .bind(enrollment)
+    .bind(status)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if ended {
+        sqlx::query(
+            "UPDATE step_runs SET state = 'CANCELLED', last_error = $2, updated_at = now()
+             WHERE enrollment_id = $1 AND state = 'SCHEDULED'",
+        )
+        .bind(enrollment)
+        .bind(reason)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(end: Option<&str>) -> Rules {
+        Rules {
+            timezone: chrono_tz::UTC,
+            window: Some(SendWindow {
+                days: vec!["mon".into()],
+                start: "09:00".into(),
+                end: "10:00".into(),
+            }),
+            end_date: end.map(|e| e.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn planning_honours_window_and_end_dates() {
+        let sunday = "2026-01-18T12:00:00Z".parse().unwrap();
+        let monday_9 = "2026-01-19T09:00:00Z".parse().unwrap();
+        assert_eq!(
+            plan(sunday, &rules(None), None, 1, None),
+            Planned::At(monday_9)
+        );
+        // The lead's zone wins over the sequence's.
+        let paris_9 = "2026-01-19T08:00:00Z".parse().unwrap();
+        assert_eq!(
+            plan(
+                sunday,
+                &rules(None),
+                Some(chrono_tz::Europe::Paris),
+                1,
+                None
+            ),
+            Planned::At(paris_9)
+        );
+        // The next valid time is past an end date: expired, with the reason.
+        let step_end = Some("2026-01-18T23:00:00Z".parse().unwrap());
+        assert!(
+            matches!(plan(sunday, &rules(None), None, 2, step_end), Planned::Expired(r) if r.contains("step 2 ends"))
+        );
+        assert!(matches!(
+            plan(sunday, &rules(Some("2026-01-19T08:59:00Z")), None, 1, None),
+            Planned::Expired(r) if r.contains("the sequence ends")
+        ));
+        assert_eq!(
+            plan(sunday, &rules(Some("2026-01-19T09:00:00Z")), None, 1, None),
+            Planned::At(monday_9)
+        );
+    }
+}
