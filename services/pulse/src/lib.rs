@@ -2,6 +2,8 @@
 //! (`/v1` routes, `/healthz`, `/readyz`), startup (migrations, API-key provisioning) and
 //! graceful shutdown. The binary and the end-to-end tests both start Pulse through [`serve`].
 
+pub mod cli;
+
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};

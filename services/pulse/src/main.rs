@@ -1,9 +1,14 @@
 //! `pulse`: the one binary. `pulse serve [ROLE…]` runs roles (all by default), `pulse migrate`
-//! applies migrations. Configuration comes from `PULSE_*` environment variables.
+//! applies migrations, and the operator commands (`sequences`, `enrollments`, `re-enroll`,
+//! `sends`, `audit`, `resume-preview`) call the API. Services are configured by `PULSE_*`
+//! environment variables.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pulse::Role;
+use pulse::{
+    Role,
+    cli::{self, Client, Enrollments, Request, Sequences},
+};
 use pulse_shared::{Settings, db, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -27,28 +32,136 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// List, show, pause, resume or delete sequences.
+    Sequences {
+        #[command(flatten)]
+        client: Client,
+        #[command(subcommand)]
+        action: Sequences,
+    },
+    /// List enrollments or cancel one.
+    Enrollments {
+        #[command(flatten)]
+        client: Client,
+        #[command(subcommand)]
+        action: Enrollments,
+    },
+    /// Re-enroll leads in a sequence from step 1.
+    ReEnroll {
+        #[command(flatten)]
+        client: Client,
+        sequence: String,
+        /// A lead's email (repeatable).
+        #[arg(long = "lead")]
+        leads: Vec<String>,
+        /// Everyone who is not currently active in the sequence.
+        #[arg(long)]
+        all_not_active: bool,
+    },
+    /// What actually went out: the send ledger.
+    Sends {
+        #[command(flatten)]
+        client: Client,
+        #[arg(long)]
+        sequence: Option<String>,
+        #[arg(long)]
+        lead: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        limit: Option<i64>,
+    },
+    /// Who did what to a sequence, and when.
+    Audit {
+        #[command(flatten)]
+        client: Client,
+        sequence: String,
+    },
+    /// What resuming a paused sequence now would send, and what it would skip.
+    ResumePreview {
+        #[command(flatten)]
+        client: Client,
+        sequence: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
     let cli = Cli::parse();
-    let settings = Settings::from_env().context("reading configuration")?;
-    match cli.command {
+    let (client, request) = match cli.command {
+        Command::Serve { roles } => {
+            telemetry::init();
+            let settings = Settings::from_env().context("reading configuration")?;
+            let shutdown = CancellationToken::new();
+            pulse::cancel_on_signal(shutdown.clone());
+            let listener = pulse::bind(settings.http_addr).await?;
+            pulse::serve(settings, roles, listener, shutdown).await?;
+            return Ok(());
+        }
         Command::Migrate => {
+            telemetry::init();
+            let settings = Settings::from_env().context("reading configuration")?;
             db::ensure_database(&settings.database_url)
                 .await
                 .context("creating the database")?;
             let pool = db::pool(&settings.database_url, 2)?;
             db::migrate(&pool).await.context("applying migrations")?;
             tracing::info!("migrations applied");
+            return Ok(());
         }
-        Command::Serve { roles } => {
-            let shutdown = CancellationToken::new();
-            pulse::cancel_on_signal(shutdown.clone());
-            let listener = pulse::bind(settings.http_addr).await?;
-            pulse::serve(settings, roles, listener, shutdown).await?;
+        Command::Sequences { client, action } => (client, Request::Sequences(action)),
+        Command::Enrollments { client, action } => (client, Request::Enrollments(action)),
+        Command::ReEnroll {
+            client,
+            sequence,
+            leads,
+            all_not_active,
+        } => (
+            client,
+            Request::Reenroll {
+                sequence,
+                leads,
+                all_not_active,
+            },
+        ),
+        Command::Sends {
+            client,
+            sequence,
+            lead,
+            state,
+            since,
+            until,
+            limit,
+        } => (
+            client,
+            Request::Sends {
+                sequence,
+                lead,
+                state,
+                since,
+                until,
+                limit,
+            },
+        ),
+        Command::Audit { client, sequence } => (client, Request::Audit { sequence }),
+        Command::ResumePreview { client, sequence } => {
+            (client, Request::ResumePreview { sequence })
+        }
+    };
+    match cli::run(&client, request).await {
+        Ok(out) => {
+            println!("{out}");
+            Ok(())
+        }
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            std::process::exit(failure.code);
         }
     }
-    Ok(())
 }

@@ -236,6 +236,17 @@ async fn every_route_needs_a_key_and_sees_only_its_workspace() -> anyhow::Result
         (Method::GET, format!("/v1/enrollments/{id}/sends")),
         (Method::POST, "/v1/events".to_owned()),
         (Method::GET, "/v1/dev/outbox".to_owned()),
+        (Method::PATCH, format!("/v1/sequences/{id}")),
+        (Method::DELETE, format!("/v1/sequences/{id}")),
+        (Method::GET, format!("/v1/sequences/{id}/versions")),
+        (Method::POST, format!("/v1/sequences/{id}/pause")),
+        (Method::POST, format!("/v1/sequences/{id}/resume")),
+        (Method::GET, format!("/v1/sequences/{id}/resume-preview")),
+        (Method::POST, format!("/v1/sequences/{id}/re-enroll")),
+        (Method::GET, format!("/v1/sequences/{id}/audit")),
+        (Method::GET, format!("/v1/enrollments/{id}")),
+        (Method::POST, format!("/v1/enrollments/{id}/cancel")),
+        (Method::GET, "/v1/sends".to_owned()),
     ];
     for (method, path) in &routes {
         let (status, err) = env
@@ -424,6 +435,17 @@ async fn openapi_describes_every_route() -> anyhow::Result<()> {
         ("/v1/enrollments/{id}/sends", "get"),
         ("/v1/events", "post"),
         ("/v1/dev/outbox", "get"),
+        ("/v1/sequences/{id}", "patch"),
+        ("/v1/sequences/{id}", "delete"),
+        ("/v1/sequences/{id}/versions", "get"),
+        ("/v1/sequences/{id}/pause", "post"),
+        ("/v1/sequences/{id}/resume", "post"),
+        ("/v1/sequences/{id}/resume-preview", "get"),
+        ("/v1/sequences/{id}/re-enroll", "post"),
+        ("/v1/sequences/{id}/audit", "get"),
+        ("/v1/enrollments/{id}", "get"),
+        ("/v1/enrollments/{id}/cancel", "post"),
+        ("/v1/sends", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

@@ -875,3 +875,123 @@ async fn re_enroll_starts_a_new_generation_from_step_one() -> anyhow::Result<()>
     assert_eq!(status, 409, "no re-enrollment into a paused sequence");
     env.stop().await
 }
+
+#[tokio::test]
+async fn send_windows_follow_each_leads_zone_across_a_dst_change() -> anyhow::Result<()> {
+    let (env, _smtp) = start(&[Role::Api, Role::Ingest]).await?;
+    // Step 1 is due Friday 2027-03-26 at 18:30 UTC: after hours in Paris (19:30 CET) and Tokyo
+    // (Saturday 03:30), but 14:30 in New York, inside its window. Europe moves its clocks on
+    // Sunday 28 March, so Monday 09:00 in Paris is 07:00 UTC (it was 08:00 the week before).
+    let mut body = sequence_body(
+        "Window",
+        &[(
+            "One",
+            "1",
+            json!({"type": "on_date", "at": "2027-03-26T18:30:00Z"}),
+        )],
+        "t",
+    );
+    body["timezone"] = json!("Asia/Tokyo");
+    body["send_window"] =
+        json!({"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"});
+    let seq = env.create_sequence(body).await?;
+    let events = json!({"events": [
+        {"id": "p", "type": "tag_applied", "tag": "t", "lead": {"email": "paris@example.com", "timezone": "Europe/Paris"}},
+        {"id": "n", "type": "tag_applied", "tag": "t", "lead": {"email": "ny@example.com", "timezone": "America/New_York"}},
+        {"id": "z", "type": "tag_applied", "tag": "t", "lead": {"email": "nozone@example.com"}}
+    ]});
+    env.post("/v1/events", events).await?;
+    let (_, view) = env
+        .get(&format!("/v1/sequences/{}/enrollments", id(&seq)))
+        .await?;
+    let due = |email: &str| -> String {
+        view["enrollments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["lead_email"] == email)
+            .and_then(|e| e["next_due_at"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().ok();
+    assert_eq!(
+        at(&due("paris@example.com")),
+        at("2027-03-29T07:00:00Z"),
+        "Paris, after its DST change"
+    );
+    assert_eq!(
+        at(&due("ny@example.com")),
+        at("2027-03-26T18:30:00Z"),
+        "New York: inside its window"
+    );
+    // No lead zone: the sequence's (Tokyo, no DST): Monday 09:00 JST = Monday 00:00 UTC.
+    assert_eq!(
+        at(&due("nozone@example.com")),
+        at("2027-03-29T00:00:00Z"),
+        "the sequence's zone"
+    );
+    env.stop().await
+}
+
+#[tokio::test]
+async fn end_dates_stop_steps_that_cannot_go_out_in_time() -> anyhow::Result<()> {
+    let (env, smtp) = start(&[Role::Api, Role::Ingest, Role::Scheduler, Role::Sender]).await?;
+    // A sequence that already ended enrolls, but its first step is skipped with the reason.
+    let mut ended = sequence_body(
+        "Ended",
+        &[("One", "1", json!({"type": "immediately"}))],
+        "old",
+    );
+    ended["end_date"] = json!("2020-01-01T00:00:00Z");
+    env.create_sequence(ended).await?;
+    // A live sequence whose step 2 gets an end date in the past while leads wait on it.
+    let seq = env
+        .create_sequence(sequence_body(
+            "Live",
+            &[
+                ("One", "1", json!({"type": "immediately"})),
+                ("Two", "2", json!({"type": "delay", "delay": "PT2S"})),
+            ],
+            "t",
+        ))
+        .await?;
+    env.post(
+        "/v1/events",
+        json!({"events": [
+            {"id": "a", "type": "tag_applied", "tag": "old", "lead": {"email": "a@example.com"}},
+            tag_event("b", "b@example.com")
+        ]}),
+    )
+    .await?;
+    smtp.wait_for(1, Duration::from_secs(10)).await?;
+    sqlx::query("UPDATE sequence_steps SET end_date = now() - interval '1 second' WHERE position = 2 AND sequence_id = $1::uuid")
+        .bind(id(&seq))
+        .execute(&env.db)
+        .await?;
+    eventually(
+        Duration::from_secs(10),
+        "both enrollments ended",
+        || async {
+            Ok((count(
+                &env,
+                "SELECT count(*) FROM enrollments WHERE status = 'COMPLETED'",
+            )
+            .await?
+                == 2)
+                .then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = smtp.received();
+    assert_eq!(got.len(), 1, "only b's step 1");
+    assert_eq!(got[0].subject.as_deref(), Some("One"));
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT end_reason FROM enrollments ORDER BY end_reason")
+            .fetch_all(&env.db)
+            .await?;
+    assert!(reasons[0].contains("step 2 ended"), "{reasons:?}");
+    assert!(reasons[1].contains("the sequence ends"), "{reasons:?}");
+    env.stop().await
+}

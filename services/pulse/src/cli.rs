@@ -1,0 +1,497 @@
+//! The operator CLI: `pulse sequences …`, `pulse enrollments …`, `pulse re-enroll`, `pulse sends`,
+//! `pulse audit`, `pulse resume-preview`. A thin client of the HTTP API (the same routes a script
+//! would use): base URL from `--url`/`PULSE_URL`, key from `--key`/`PULSE_API_KEY`, the acting
+//! user from `$USER` for the audit trail. Human-readable tables by default, `--json` for scripts.
+//!
+//! Exit codes: 0 done; 1 the API refused the request (4xx, message printed); 2 bad usage;
+//! 3 Pulse could not be reached or failed (5xx).
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Args, Debug)]
+pub struct Client {
+    /// Base URL of the Pulse API.
+    #[arg(
+        long,
+        env = "PULSE_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// API key.
+    #[arg(long, env = "PULSE_API_KEY", hide_env_values = true, global = true)]
+    pub key: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Sequences {
+    /// List sequences.
+    List,
+    /// Show one sequence: steps, triggers, settings.
+    Show { id: String },
+    /// Pause: nothing is sent from the moment this returns.
+    Pause { id: String },
+    /// Resume a paused sequence (see resume-preview first).
+    Resume { id: String },
+    /// Delete permanently (irreversible; prefer pause). Needs --yes.
+    Delete {
+        id: String,
+        /// Confirm that deleting is irreversible.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Enrollments {
+    /// The enrollments of a sequence: who got what, and when.
+    List {
+        sequence: String,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        step: Option<i32>,
+        #[arg(long)]
+        lead: Option<String>,
+        #[arg(long)]
+        limit: Option<i64>,
+    },
+    /// Cancel one enrollment: nothing more is sent to that lead from this sequence.
+    Cancel {
+        enrollment: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// What an operator command asks the API.
+#[derive(Debug)]
+pub enum Request {
+    Sequences(Sequences),
+    Enrollments(Enrollments),
+    Reenroll {
+        sequence: String,
+        leads: Vec<String>,
+        all_not_active: bool,
+    },
+    Sends {
+        sequence: Option<String>,
+        lead: Option<String>,
+        state: Option<String>,
+        since: Option<String>,
+        until: Option<String>,
+        limit: Option<i64>,
+    },
+    Audit {
+        sequence: String,
+    },
+    ResumePreview {
+        sequence: String,
+    },
+}
+
+/// A failed command: the message for the operator and the exit code.
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+fn fail(code: i32, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let q: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs one operator command; returns what to print.
+pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
+    use reqwest::Method;
+    let (method, path, body) = match &request {
+        Request::Sequences(Sequences::List) => (Method::GET, "/v1/sequences".to_owned(), None),
+        Request::Sequences(Sequences::Show { id }) => {
+            (Method::GET, format!("/v1/sequences/{}", encode(id)), None)
+        }
+        Request::Sequences(Sequences::Pause { id }) => (
+            Method::POST,
+            format!("/v1/sequences/{}/pause", encode(id)),
+            None,
+        ),
+        Request::Sequences(Sequences::Resume { id }) => (
+            Method::POST,
+            format!("/v1/sequences/{}/resume", encode(id)),
+            None,
+        ),
+        Request::Sequences(Sequences::Delete { id, yes }) => {
+            if !yes {
+                return Err(fail(
+                    2,
+                    "deleting a sequence is irreversible (pausing keeps it resumable); pass --yes to delete",
+                ));
+            }
+            (
+                Method::DELETE,
+                format!("/v1/sequences/{}", encode(id)),
+                None,
+            )
+        }
+        Request::Enrollments(Enrollments::List {
+            sequence,
+            status,
+            step,
+            lead,
+            limit,
+        }) => (
+            Method::GET,
+            format!(
+                "/v1/sequences/{}/enrollments{}",
+                encode(sequence),
+                query(&[
+                    ("status", status.clone()),
+                    ("step", step.map(|s| s.to_string())),
+                    ("lead", lead.clone()),
+                    ("limit", limit.map(|l| l.to_string()))
+                ])
+            ),
+            None,
+        ),
+        Request::Enrollments(Enrollments::Cancel { enrollment, reason }) => (
+            Method::POST,
+            format!("/v1/enrollments/{}/cancel", encode(enrollment)),
+            Some(json!({"reason": reason})),
+        ),
+        Request::Reenroll {
+            sequence,
+            leads,
+            all_not_active,
+        } => {
+            let body = match (leads.is_empty(), all_not_active) {
+                (false, false) => json!({"lead_emails": leads}),
+                (true, true) => json!({"all_not_active": true}),
+                _ => {
+                    return Err(fail(
+                        2,
+                        "give either --lead EMAIL (repeatable) or --all-not-active",
+                    ));
+                }
+            };
+            (
+                Method::POST,
+                format!("/v1/sequences/{}/re-enroll", encode(sequence)),
+                Some(body),
+            )
+        }
+        Request::Sends {
+            sequence,
+            lead,
+            state,
+            since,
+            until,
+            limit,
+        } => (
+            Method::GET,
+            format!(
+                "/v1/sends{}",
+                query(&[
+                    ("sequence_id", sequence.clone()),
+                    ("lead", lead.clone()),
+                    ("state", state.clone()),
+                    ("since", since.clone()),
+                    ("until", until.clone()),
+                    ("limit", limit.map(|l| l.to_string()))
+                ])
+            ),
+            None,
+        ),
+        Request::Audit { sequence } => (
+            Method::GET,
+            format!("/v1/sequences/{}/audit", encode(sequence)),
+            None,
+        ),
+        Request::ResumePreview { sequence } => (
+            Method::GET,
+            format!("/v1/sequences/{}/resume-preview", encode(sequence)),
+            None,
+        ),
+    };
+    let key = client
+        .key
+        .as_deref()
+        .ok_or_else(|| fail(2, "no API key: pass --key or set PULSE_API_KEY"))?;
+    let http = reqwest::Client::new();
+    let mut req = http
+        .request(
+            method,
+            format!("{}{path}", client.url.trim_end_matches('/')),
+        )
+        .bearer_auth(key);
+    if let Ok(user) = std::env::var("USER") {
+        req = req.header("X-Pulse-Actor", user);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| fail(3, format!("cannot reach Pulse at {}: {e}", client.url)))?;
+    let status = resp.status();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| fail(3, format!("reading the response: {e}")))?;
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if !status.is_success() {
+        let message = value["error"]["message"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_owned();
+        let field = value["error"]["field"]
+            .as_str()
+            .map(|f| format!(" ({f})"))
+            .unwrap_or_default();
+        let code = if status.is_client_error() { 1 } else { 3 };
+        return Err(fail(code, format!("{}: {message}{field}", status.as_u16())));
+    }
+    if client.json {
+        return Ok(serde_json::to_string_pretty(&value).unwrap_or_default());
+    }
+    Ok(render(&request, &value))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    let empty = rows.is_empty();
+    out.extend(rows.into_iter().map(line));
+    if empty {
+        out.push("(none)".into());
+    }
+    out.join("\n")
+}
+
+fn warnings(v: &Value) -> String {
+    v["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| format!("\nwarning: {}", s(w)))
+        .collect()
+}
+
+fn sequence_line(seq: &Value) -> String {
+    format!(
+        "{} {} is {} (version {})",
+        s(&seq["id"]),
+        s(&seq["name"]),
+        s(&seq["status"]),
+        s(&seq["version"])
+    )
+}
+
+fn render(request: &Request, v: &Value) -> String {
+    let items = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+    match request {
+        Request::Sequences(Sequences::List) => table(
+            &["ID", "NAME", "STATUS", "STEPS", "VERSION"],
+            items("sequences")
+                .iter()
+                .map(|q| {
+                    vec![
+                        s(&q["id"]),
+                        s(&q["name"]),
+                        s(&q["status"]),
+                        q["steps"].as_array().map_or(0, Vec::len).to_string(),
+                        s(&q["version"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Sequences(Sequences::Show { .. }) => {
+            let steps = table(
+                &["#", "TIMING", "SUBJECT"],
+                v["steps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|st| {
+                        let t = &st["timing"];
+                        let timing = match t["type"].as_str() {
+                            Some("delay") => format!("delay {}", s(&t["delay"])),
+                            Some("on_date") => format!("on {}", s(&t["at"])),
+                            other => other.unwrap_or("-").to_owned(),
+                        };
+                        vec![s(&st["position"]), timing, s(&st["subject"])]
+                    })
+                    .collect(),
+            );
+            format!(
+                "{}\nsender {}  timezone {}\n\n{steps}",
+                sequence_line(v),
+                s(&v["sender"]["from"]),
+                s(&v["timezone"])
+            )
+        }
+        Request::Sequences(_) => format!("{}{}", sequence_line(&v["sequence"]), warnings(v)),
+        Request::Enrollments(Enrollments::List { .. }) => table(
+            &["ID", "LEAD", "STATUS", "STEP", "NEXT DUE", "STEPS"],
+            items("enrollments")
+                .iter()
+                .map(|e| {
+                    let steps: Vec<String> = e["steps"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|st| format!("{}:{}", s(&st["position"]), s(&st["state"])))
+                        .collect();
+                    vec![
+                        s(&e["id"]),
+                        s(&e["lead_email"]),
+                        s(&e["status"]),
+                        s(&e["current_step"]),
+                        s(&e["next_due_at"]),
+                        steps.join(" "),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Enrollments(Enrollments::Cancel { .. }) => {
+            format!(
+                "{} ({}) is {}: {}",
+                s(&v["id"]),
+                s(&v["lead_email"]),
+                s(&v["status"]),
+                s(&v["end_reason"])
+            )
+        }
+        Request::Reenroll { .. } => format!(
+            "re-enrolled {}, already active {}, never enrolled {}, unknown {}\n\n{}",
+            s(&v["reenrolled"]),
+            s(&v["already_active"]),
+            s(&v["never_enrolled"]),
+            s(&v["unknown_lead"]),
+            table(
+                &["LEAD", "OUTCOME", "ENROLLMENT"],
+                items("results")
+                    .iter()
+                    .map(|r| vec![
+                        s(&r["lead_email"]),
+                        s(&r["outcome"]),
+                        s(&r["enrollment_id"])
+                    ])
+                    .collect()
+            )
+        ),
+        Request::Sends { .. } => table(
+            &[
+                "SENT AT",
+                "LEAD",
+                "STEP",
+                "GEN",
+                "STATE",
+                "SMTP",
+                "MESSAGE-ID",
+            ],
+            items("sends")
+                .iter()
+                .map(|x| {
+                    vec![
+                        s(&x["sent_at"]),
+                        s(&x["lead_email"]),
+                        s(&x["step_position"]),
+                        s(&x["generation"]),
+                        s(&x["state"]),
+                        format!("{} {}", s(&x["smtp_code"]), s(&x["smtp_reply"])),
+                        s(&x["message_id"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Audit { .. } => table(
+            &["AT", "ACTOR", "ACTION", "ENROLLMENT"],
+            items("events")
+                .iter()
+                .map(|e| {
+                    vec![
+                        s(&e["at"]),
+                        s(&e["actor"]),
+                        s(&e["action"]),
+                        s(&e["enrollment_id"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::ResumePreview { .. } => format!(
+            "resuming now would send {} and skip {} ({} already queued)\n\n{}",
+            s(&v["sends"]),
+            s(&v["skips"]),
+            s(&v["queued"]),
+            table(
+                &["LEAD", "STEP", "WAS DUE", "OUTCOME", "SEND AT / REASON"],
+                items("items")
+                    .iter()
+                    .map(|i| vec![
+                        s(&i["lead_email"]),
+                        s(&i["step_position"]),
+                        s(&i["due_at"]),
+                        s(&i["outcome"]),
+                        if i["send_at"].is_null() {
+                            s(&i["reason"])
+                        } else {
+                            s(&i["send_at"])
+                        }
+                    ])
+                    .collect(),
+            )
+        ),
+    }
+}

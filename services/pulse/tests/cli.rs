@@ -1,0 +1,150 @@
+//! The operator CLI against a running Pulse: tables, `--json`, the audit actor, exit codes.
+
+use std::process::Command;
+
+use pulse::Role;
+use pulse_tests::{TestEnv, sequence_body};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pulse");
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn pulse(env: &TestEnv, args: &[&str]) -> anyhow::Result<Out> {
+    let (url, key) = (env.base.clone(), env.key.clone());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(&args)
+            .env("PULSE_URL", url)
+            .env("PULSE_API_KEY", key)
+            .env("USER", "alice")
+            .output()
+    })
+    .await??;
+    Ok(Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_take_control_from_the_command_line() -> anyhow::Result<()> {
+    let env = TestEnv::start("cli", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "Cli welcome",
+            &[("Hi", "x", json!({"type": "immediately"}))],
+            "t",
+        ))
+        .await?;
+    let id = seq["id"].as_str().unwrap_or_default().to_owned();
+    env.post(
+        "/v1/events",
+        json!({"events": [
+            {"id": "a", "type": "tag_applied", "tag": "t", "lead": {"email": "ada@example.com"}}
+        ]}),
+    )
+    .await?;
+
+    let out = pulse(&env, &["sequences", "list"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("Cli welcome") && out.stdout.contains("ACTIVE"),
+        "{}",
+        out.stdout
+    );
+
+    let out = pulse(&env, &["sequences", "pause", &id]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("is PAUSED"), "{}", out.stdout);
+
+    let out = pulse(&env, &["resume-preview", &id, "--json"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let preview: Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(preview["sends"], 1);
+
+    let out = pulse(&env, &["sequences", "resume", &id]).await?;
+    assert!(out.stdout.contains("is ACTIVE"), "{}", out.stdout);
+
+    let out = pulse(&env, &["enrollments", "list", &id, "--json"]).await?;
+    let list: Value = serde_json::from_str(&out.stdout)?;
+    let enrollment = list["enrollments"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let out = pulse(
+        &env,
+        &[
+            "enrollments",
+            "cancel",
+            &enrollment,
+            "--reason",
+            "wrong person",
+        ],
+    )
+    .await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("CANCELLED") && out.stdout.contains("wrong person"),
+        "{}",
+        out.stdout
+    );
+
+    let out = pulse(&env, &["re-enroll", &id, "--lead", "ada@example.com"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("re-enrolled 1"), "{}", out.stdout);
+
+    let out = pulse(&env, &["audit", &id]).await?;
+    assert!(
+        out.stdout.contains("alice"),
+        "the acting user is recorded: {}",
+        out.stdout
+    );
+    for action in ["paused", "resumed", "enrollment_cancelled", "re_enrolled"] {
+        assert!(out.stdout.contains(action), "{action}: {}", out.stdout);
+    }
+    let out = pulse(&env, &["sends", "--sequence", &id]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("SENT AT"), "{}", out.stdout);
+
+    // Exit codes scripts rely on.
+    let out = pulse(&env, &["sequences", "delete", &id]).await?;
+    assert_eq!(out.code, 2, "delete needs --yes");
+    assert!(out.stderr.contains("irreversible"));
+    let out = pulse(&env, &["sequences", "show", "not-a-uuid"]).await?;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.starts_with("error: 400"), "{}", out.stderr);
+    let out = pulse(&env, &["enrollments", "list", &id, "--status", "DONE"]).await?;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("(status)"),
+        "the field is named: {}",
+        out.stderr
+    );
+    let out = pulse(&env, &["sequences", "delete", &id, "--yes"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("is DELETED"));
+    let out = pulse(&env, &["sequences", "pause", &id]).await?;
+    assert_eq!(out.code, 1, "pausing a deleted sequence is refused");
+    let out = tokio::task::spawn_blocking(|| {
+        Command::new(BIN)
+            .args([
+                "sequences",
+                "list",
+                "--url",
+                "http://127.0.0.1:9",
+                "--key",
+                "k",
+            ])
+            .output()
+    })
+    .await??;
+    assert_eq!(out.status.code(), Some(3), "unreachable");
+    env.stop().await
+}
