@@ -41,6 +41,11 @@ pub struct SchedulerSettings {
     pub batch_size: i64,
     /// Sleep between claims when the last claim found less than a full batch.
     pub poll_interval: Duration,
+    /// How often stale work is looked for (see `queued_lease` and `SenderSettings::sending_lease`).
+    pub sweep_interval: Duration,
+    /// A step run QUEUED this long without being handled lost its message (a broker that lost
+    /// it, a dead-lettered delivery): it is published again.
+    pub queued_lease: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +65,9 @@ pub struct SenderSettings {
     pub retry_max: Duration,
     /// A SENDING ledger entry older than this belongs to a worker that died mid-send.
     pub sending_lease: Duration,
+    /// Deliveries of one message that failed on a dependency before it is dead-lettered (its
+    /// step run is then published again after `queued_lease`).
+    pub max_deliveries: u32,
 }
 
 impl Settings {
@@ -88,6 +96,8 @@ impl Settings {
             scheduler: SchedulerSettings {
                 batch_size: parse(&lookup, "PULSE_SCHEDULER_BATCH", "500")?,
                 poll_interval: millis(&lookup, "PULSE_SCHEDULER_POLL_MS", "200")?,
+                sweep_interval: millis(&lookup, "PULSE_SWEEP_INTERVAL_MS", "10000")?,
+                queued_lease: millis(&lookup, "PULSE_QUEUED_LEASE_MS", "600000")?,
             },
             sender: SenderSettings {
                 prefetch: parse(&lookup, "PULSE_SENDER_PREFETCH", "256")?,
@@ -98,6 +108,7 @@ impl Settings {
                 retry_base: millis(&lookup, "PULSE_RETRY_BASE_MS", "30000")?,
                 retry_max: millis(&lookup, "PULSE_RETRY_MAX_MS", "3600000")?,
                 sending_lease: millis(&lookup, "PULSE_SENDING_LEASE_MS", "600000")?,
+                max_deliveries: parse(&lookup, "PULSE_MAX_DELIVERIES", "10")?,
             },
         }
         .validated()

@@ -130,6 +130,145 @@ async fn mark_unknown(db: &PgPool, key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What a sweep found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// SENDING claims older than the lease, now UNKNOWN.
+    pub unknown: u64,
+    /// QUEUED step runs older than the lease with no claim, back to SCHEDULED.
+    pub requeued: u64,
+}
+
+/// Finds stale work: a SENDING claim older than `sending_lease` belongs to a worker that died
+/// mid-send and becomes UNKNOWN (never resent automatically; an operator resolves it); a step run
+/// QUEUED longer than `queued_lease` with no claim lost its message and goes back to SCHEDULED to
+/// be published again (a duplicate delivery, should the message still exist, is absorbed by the
+/// ledger). Safe to run from any number of schedulers at once.
+pub async fn sweep(
+    db: &PgPool,
+    sending_lease: Duration,
+    queued_lease: Duration,
+) -> Result<Swept, StoreError> {
+    let unknown = sqlx::query(
+        "WITH stale AS (
+             UPDATE send_ledger SET state = 'UNKNOWN', updated_at = now(),
+                 smtp_reply = 'worker stopped after claiming; the relay may or may not have accepted it'
+             WHERE state = 'SENDING' AND claimed_at < now() - make_interval(secs => $1)
+             RETURNING step_run_id)
+         UPDATE step_runs sr SET state = 'UNKNOWN', updated_at = now(),
+             last_error = 'send outcome unknown: see the send ledger'
+         FROM stale WHERE sr.id = stale.step_run_id",
+    )
+    .bind(sending_lease.as_secs_f64())
+    .execute(db)
+    .await?
+    .rows_affected();
+    let requeued = sqlx::query(
+        "UPDATE step_runs sr SET state = 'SCHEDULED', updated_at = now(),
+             last_error = 'published again: the queued message was not handled in time'
+         WHERE sr.state = 'QUEUED' AND sr.queued_at < now() - make_interval(secs => $1)
+           AND NOT EXISTS (SELECT 1 FROM send_ledger sl
+                           WHERE sl.step_run_id = sr.id AND sl.state = 'SENDING')",
+    )
+    .bind(queued_lease.as_secs_f64())
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(Swept { unknown, requeued })
+}
+
+/// How an operator settles an UNKNOWN send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// The relay's logs show it went out: record it SENT and move the enrollment on.
+    Sent,
+    /// It did not go out: send it again (a new attempt under the same key).
+    Resend,
+}
+
+/// Settles an UNKNOWN key; returns the step run's enrollment and sequence, or `None` when the key
+/// is not UNKNOWN (or does not exist).
+pub async fn resolve(
+    db: &PgPool,
+    workspace: Uuid,
+    key: &str,
+    how: Resolution,
+    note: &str,
+) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+    let mut tx = db.begin().await?;
+    let row = sqlx::query(
+        "SELECT sl.step_run_id, sl.enrollment_id, sl.sequence_id FROM send_ledger sl
+         WHERE sl.idempotency_key = $1 AND sl.workspace_id = $2 AND sl.state = 'UNKNOWN' FOR UPDATE",
+    )
+    .bind(key)
+    .bind(workspace)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let run: Uuid = row.get("step_run_id");
+    match how {
+        Resolution::Sent => {
+            sqlx::query(
+                "UPDATE send_ledger SET state = 'SENT', sent_at = claimed_at, smtp_reply = $2,
+                     updated_at = now() WHERE idempotency_key = $1",
+            )
+            .bind(key)
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+            let sent = sqlx::query(
+                "UPDATE step_runs sr SET state = 'SENT', sent_at = sl.claimed_at, last_error = NULL,
+                     updated_at = now()
+                 FROM send_ledger sl, enrollments e
+                 WHERE sr.id = $1 AND sl.step_run_id = sr.id AND e.id = sr.enrollment_id
+                 RETURNING sr.workspace_id, sr.sequence_id, sr.enrollment_id, sr.position,
+                           sr.generation, e.lead_id, e.status, sl.claimed_at",
+            )
+            .bind(run)
+            .fetch_one(&mut *tx)
+            .await?;
+            if sent.get::<String, _>("status") == enrollment_status::ACTIVE {
+                let target = Target {
+                    workspace: sent.get("workspace_id"),
+                    sequence: sent.get("sequence_id"),
+                    enrollment: sent.get("enrollment_id"),
+                    lead: sent.get("lead_id"),
+                    generation: sent.get("generation"),
+                };
+                schedule::advance(
+                    &mut tx,
+                    target,
+                    sent.get("position"),
+                    sent.get("claimed_at"),
+                )
+                .await?;
+            }
+        }
+        Resolution::Resend => {
+            sqlx::query(
+                "UPDATE send_ledger SET state = 'DEFERRED', smtp_reply = $2, updated_at = now()
+                 WHERE idempotency_key = $1",
+            )
+            .bind(key)
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE step_runs SET state = 'SCHEDULED', due_at = now(), last_error = $2,
+                     updated_at = now() WHERE id = $1",
+            )
+            .bind(run)
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(Some((row.get("enrollment_id"), row.get("sequence_id"))))
+}
+
 /// The claimed step run's content snapshot and the state of everything it depends on, read
 /// after the claim committed.
 #[derive(Clone, Debug)]
@@ -186,7 +325,7 @@ pub enum Release {
     Skip,
 }
 
-/// Removes a claim that was not sent, and settles the step run as `how` says.
+/// Undoes a claim that was not sent (see [`unclaim`]), and settles the step run as `how` says.
 pub async fn release(
     db: &PgPool,
     key: &str,
@@ -200,10 +339,7 @@ pub async fn release(
         Release::Skip => "SKIPPED",
     };
     let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM send_ledger WHERE idempotency_key = $1 AND state = 'SENDING'")
-        .bind(key)
-        .execute(&mut *tx)
-        .await?;
+    unclaim_in(&mut tx, key).await?;
     sqlx::query(
         "UPDATE step_runs SET state = $2, last_error = $3, updated_at = now()
          WHERE id = $1 AND state = 'QUEUED'",
@@ -214,6 +350,28 @@ pub async fn release(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Undoes a claim taken before any SMTP attempt (the re-check could not be read): a first claim
+/// is removed; a DEFERRED key that was taken over goes back to DEFERRED, this non-attempt not
+/// counted. A later delivery can then claim it again instead of finding it "in flight".
+pub async fn unclaim(db: &PgPool, key: &str) -> Result<(), StoreError> {
+    let mut conn = db.acquire().await?;
+    unclaim_in(&mut conn, key).await
+}
+
+async fn unclaim_in(conn: &mut sqlx::PgConnection, key: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "WITH first AS (
+             DELETE FROM send_ledger WHERE idempotency_key = $1 AND state = 'SENDING' AND attempts = 1
+             RETURNING 1)
+         UPDATE send_ledger SET state = 'DEFERRED', attempts = attempts - 1, updated_at = now()
+         WHERE idempotency_key = $1 AND state = 'SENDING' AND attempts > 1",
+    )
+    .bind(key)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

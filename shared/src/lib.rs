@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod enroll;
+pub mod health;
 pub mod http;
 pub mod ledger;
 pub mod messaging;

@@ -425,6 +425,18 @@ pub struct SendList {
     pub next: Option<String>,
 }
 
+/// `POST /v1/sends/{key}/resolve`: how an operator settles an UNKNOWN send.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveSend {
+    /// `sent` (the relay's logs show it went out: record it and move the enrollment on) or
+    /// `resend` (it did not: send it again under the same key).
+    pub outcome: String,
+    /// Recorded with the resolution (e.g. what the relay's log said).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
 /// A message captured by the built-in outbox (no SMTP relay configured).
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct OutboxMessage {

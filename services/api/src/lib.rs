@@ -70,6 +70,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/enrollments/{id}/cancel", post(control::cancel))
         .route("/v1/enrollments/{id}/sends", get(sends::for_enrollment))
         .route("/v1/sends", get(sends::search))
+        .route("/v1/sends/{key}/resolve", post(sends::resolve))
         .route("/v1/dev/outbox", get(outbox::list))
         .route("/openapi.json", get(openapi_json))
         .with_state(state)
@@ -83,7 +84,7 @@ pub fn router(state: ApiState) -> Router {
         control::pause, control::resume, control::resume_preview, control::delete,
         control::cancel, control::reenroll, control::audit_list,
         enrollments::create, enrollments::list, enrollments::get_one,
-        sends::search, sends::for_sequence, sends::for_enrollment,
+        sends::search, sends::resolve, sends::for_sequence, sends::for_enrollment,
         outbox::list,
     ),
     modifiers(&BearerAuth)

@@ -6,10 +6,12 @@ use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use pulse_shared::{
     domain::validate,
-    http::{ApiError, ApiPath, ApiQuery, ApiResult, Auth},
-    model::{Send, SendList},
+    http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth},
+    ledger::{self, Resolution},
+    model::{ResolveSend, Send, SendList},
 };
 use serde::Deserialize;
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::{ApiState, Page};
@@ -158,5 +160,78 @@ pub async fn for_enrollment(
     .bind(id)
     .fetch_all(&state.db)
     .await?;
+    Ok(Json(SendList { sends, next: None }))
+}
+
+/// Settle an UNKNOWN send (a worker died after claiming it, so the relay may or may not have
+/// accepted it): `sent` records it SENT and moves the enrollment on; `resend` sends it again
+/// under the same key. Check the relay's logs for the Message-ID first.
+#[utoipa::path(
+    post, path = "/v1/sends/{key}/resolve", tag = "sends",
+    params(("key" = String, Path, description = "Idempotency key")),
+    request_body = ResolveSend,
+    responses((status = 200, body = SendList, description = "The send after resolution"),
+              (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Not UNKNOWN", body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn resolve(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(key): ApiPath<String>,
+    ApiJson(req): ApiJson<ResolveSend>,
+) -> ApiResult<Json<SendList>> {
+    let how = match req.outcome.as_str() {
+        "sent" => Resolution::Sent,
+        "resend" => Resolution::Resend,
+        other => {
+            return Err(ApiError::invalid(
+                "outcome",
+                format!("{other:?} is not \"sent\" or \"resend\""),
+            ));
+        }
+    };
+    let note = format!(
+        "resolved as {} by {}{}",
+        req.outcome,
+        auth.actor,
+        req.note
+            .as_deref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default()
+    );
+    let current: Option<String> = sqlx::query_scalar(
+        "SELECT state FROM send_ledger WHERE idempotency_key = $1 AND workspace_id = $2",
+    )
+    .bind(&key)
+    .bind(auth.workspace)
+    .fetch_optional(&state.db)
+    .await?;
+    let current = current.ok_or(ApiError::NotFound("send"))?;
+    let Some((enrollment, sequence)) =
+        ledger::resolve(&state.db, auth.workspace, &key, how, &note).await?
+    else {
+        return Err(ApiError::Conflict(format!(
+            "the send is {current}, not UNKNOWN"
+        )));
+    };
+    let mut conn = state.db.acquire().await?;
+    crate::control::audit(
+        &mut conn,
+        auth.workspace,
+        sequence,
+        Some(enrollment),
+        &auth.actor,
+        "send_resolved",
+        Some(json!({"key": key, "state": "UNKNOWN"})),
+        Some(json!({"outcome": req.outcome, "note": note})),
+    )
+    .await?;
+    let sends: Vec<Send> = sqlx::query_as(&format!("{SEND_QUERY} AND sl.idempotency_key = $2"))
+        .bind(auth.workspace)
+        .bind(&key)
+        .fetch_all(&state.db)
+        .await?;
     Ok(Json(SendList { sends, next: None }))
 }

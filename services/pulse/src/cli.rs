@@ -1,5 +1,5 @@
 //! The operator CLI: `pulse sequences …`, `pulse enrollments …`, `pulse re-enroll`, `pulse sends`,
-//! `pulse audit`, `pulse resume-preview`. A thin client of the HTTP API (the same routes a script
+//! `pulse resolve`, `pulse audit`, `pulse resume-preview`. A thin client of the HTTP API (the same routes a script
 //! would use): base URL from `--url`/`PULSE_URL`, key from `--key`/`PULSE_API_KEY`, the acting
 //! user from `$USER` for the audit trail. Human-readable tables by default, `--json` for scripts.
 //!
@@ -88,6 +88,12 @@ pub enum Request {
     },
     Audit {
         sequence: String,
+    },
+    Resolve {
+        key: String,
+        sent: bool,
+        resend: bool,
+        note: Option<String>,
     },
     ResumePreview {
         sequence: String,
@@ -234,6 +240,23 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             format!("/v1/sequences/{}/audit", encode(sequence)),
             None,
         ),
+        Request::Resolve {
+            key,
+            sent,
+            resend,
+            note,
+        } => {
+            let outcome = match (sent, resend) {
+                (true, false) => "sent",
+                (false, true) => "resend",
+                _ => return Err(fail(2, "give exactly one of --sent or --resend")),
+            };
+            (
+                Method::POST,
+                format!("/v1/sends/{}/resolve", encode(key)),
+                Some(json!({"outcome": outcome, "note": note})),
+            )
+        }
         Request::ResumePreview { sequence } => (
             Method::GET,
             format!("/v1/sequences/{}/resume-preview", encode(sequence)),
@@ -431,7 +454,7 @@ fn render(request: &Request, v: &Value) -> String {
                     .collect()
             )
         ),
-        Request::Sends { .. } => table(
+        Request::Sends { .. } | Request::Resolve { .. } => table(
             &[
                 "SENT AT",
                 "LEAD",

@@ -7,10 +7,13 @@ pub mod cli;
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
-use pulse_shared::{Settings, db, http, pause::PauseFlags};
+use pulse_shared::{Settings, db, health::Health, http, pause::PauseFlags};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
+
+/// Longest a readiness check may take before it counts as a failure.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest request body accepted (a full event batch fits comfortably).
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -77,6 +80,7 @@ pub async fn serve(
     let roles = expand(&roles);
     let db = prepare(&settings).await?;
     let mut tasks: JoinSet<Result<(), ServeError>> = JoinSet::new();
+    let health = Health::default();
 
     let flags = PauseFlags::connect(
         &settings.redis_url,
@@ -108,7 +112,11 @@ pub async fn serve(
         .merge(
             Router::new()
                 .route("/readyz", get(ready))
-                .with_state(Health { db, flags }),
+                .with_state(Probe {
+                    db,
+                    flags,
+                    health: health.clone(),
+                }),
         )
         .fallback(http::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
@@ -129,9 +137,9 @@ pub async fn serve(
             })
     });
     if roles.contains(&Role::Scheduler) {
-        let (s, t) = (settings.clone(), shutdown.clone());
+        let (s, h, t) = (settings.clone(), health.clone(), shutdown.clone());
         tasks.spawn(async move {
-            pulse_scheduler::run(s, t)
+            pulse_scheduler::run(s, h, t)
                 .await
                 .map_err(|e| ServeError::Role {
                     role: "scheduler",
@@ -140,12 +148,14 @@ pub async fn serve(
         });
     }
     if roles.contains(&Role::Sender) {
-        let (s, t) = (settings.clone(), shutdown.clone());
+        let (s, h, t) = (settings.clone(), health.clone(), shutdown.clone());
         tasks.spawn(async move {
-            pulse_sender::run(s, t).await.map_err(|e| ServeError::Role {
-                role: "sender",
-                message: e.to_string(),
-            })
+            pulse_sender::run(s, h, t)
+                .await
+                .map_err(|e| ServeError::Role {
+                    role: "sender",
+                    message: e.to_string(),
+                })
         });
     }
 
@@ -168,32 +178,45 @@ pub async fn serve(
 }
 
 #[derive(Clone)]
-struct Health {
+struct Probe {
     db: PgPool,
     flags: PauseFlags,
+    health: Health,
 }
 
-/// Ready when PostgreSQL and Redis answer.
-async fn ready(State(h): State<Health>) -> (StatusCode, Json<serde_json::Value>) {
-    let postgres = sqlx::query("SELECT 1")
-        .execute(&h.db)
+/// Ready when PostgreSQL and Redis answer and every RabbitMQ session (scheduler, sender) is up.
+async fn ready(State(h): State<Probe>) -> (StatusCode, Json<serde_json::Value>) {
+    // A probe must answer promptly: a check that hangs counts as a failure.
+    let postgres = tokio::time::timeout(READY_TIMEOUT, sqlx::query("SELECT 1").execute(&h.db))
         .await
-        .map(|_| ())
-        .map_err(|e| e.to_string());
-    let redis = h.flags.ping().await.map_err(|e| e.to_string());
-    let show = |r: &Result<(), String>| match r {
-        Ok(_) => "ok".to_owned(),
-        Err(e) => e.clone(),
-    };
-    let status = if postgres.is_ok() && redis.is_ok() {
+        .map_err(|_| "PostgreSQL did not answer in time".to_owned())
+        .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+    let redis = tokio::time::timeout(READY_TIMEOUT, h.flags.ping())
+        .await
+        .map_err(|_| "Redis did not answer in time".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let mut body = serde_json::Map::new();
+    let mut ok = true;
+    for (name, result) in [("postgres", postgres), ("redis", redis)] {
+        ok &= result.is_ok();
+        body.insert(
+            name.into(),
+            result.err().unwrap_or_else(|| "ok".into()).into(),
+        );
+    }
+    for (part, problem) in h.health.parts() {
+        ok &= problem.is_none();
+        body.insert(
+            format!("rabbitmq_{part}"),
+            problem.unwrap_or_else(|| "ok".into()).into(),
+        );
+    }
+    let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(serde_json::json!({"postgres": show(&postgres), "redis": show(&redis)})),
-    )
+    (status, Json(body.into()))
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -77,6 +77,21 @@ enum Command {
         #[arg(long)]
         limit: Option<i64>,
     },
+    /// Settle an UNKNOWN send after checking the relay's logs for its Message-ID.
+    Resolve {
+        #[command(flatten)]
+        client: Client,
+        /// Idempotency key of the send (see `pulse sends --state UNKNOWN --json`).
+        key: String,
+        /// It went out: record it SENT and move the enrollment on.
+        #[arg(long)]
+        sent: bool,
+        /// It did not go out: send it again.
+        #[arg(long)]
+        resend: bool,
+        #[arg(long)]
+        note: Option<String>,
+    },
     /// Who did what to a sequence, and when.
     Audit {
         #[command(flatten)]
@@ -150,6 +165,21 @@ async fn main() -> anyhow::Result<()> {
             },
         ),
         Command::Audit { client, sequence } => (client, Request::Audit { sequence }),
+        Command::Resolve {
+            client,
+            key,
+            sent,
+            resend,
+            note,
+        } => (
+            client,
+            Request::Resolve {
+                key,
+                sent,
+                resend,
+                note,
+            },
+        ),
         Command::ResumePreview { client, sequence } => {
             (client, Request::ResumePreview { sequence })
         }

@@ -166,3 +166,132 @@ async fn serves_sends_and_drains_an_in_flight_send_on_sigterm() -> anyhow::Resul
     db.close().await;
     pulse_tests::cleanup(&settings).await
 }
+
+async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("pulse never became ready")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_smtp_acceptance_and_the_ledger_is_unknown_and_never_resent()
+-> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let mut settings = isolated_settings("crash");
+    settings.http_addr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    settings.smtp_url = Some(smtp.url());
+    let out = command(&settings).arg("migrate").output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serve = |crash: bool| -> std::io::Result<Child> {
+        let mut cmd = command(&settings);
+        cmd.args(["serve", "all"])
+            .env("PULSE_SENDING_LEASE_MS", "1000")
+            .env("PULSE_SWEEP_INTERVAL_MS", "200")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if crash {
+            cmd.env("PULSE_FAILPOINT_CRASH_AFTER_SMTP", "1");
+        }
+        cmd.spawn()
+    };
+    let base = format!("http://{}", settings.http_addr);
+    let http = reqwest::Client::new();
+    let key = settings.api_key.clone().unwrap_or_default();
+
+    let mut child = serve(true)?;
+    wait_ready(&http, &base).await?;
+    let seq = sequence_body(
+        "Crash",
+        &[
+            ("One", "1", json!({"type": "immediately"})),
+            ("Two", "2", json!({"type": "immediately"})),
+        ],
+        "t",
+    );
+    let resp = http
+        .post(format!("{base}/v1/sequences"))
+        .bearer_auth(&key)
+        .json(&seq)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 201);
+    let event = json!({"events": [{"id": "e1", "type": "tag_applied", "tag": "t", "lead": {"email": "ada@example.com"}}]});
+    http.post(format!("{base}/v1/events"))
+        .bearer_auth(&key)
+        .json(&event)
+        .send()
+        .await?;
+    let exit = wait_exit(&mut child, Duration::from_secs(20))?;
+    assert!(!exit.success(), "the failpoint killed the process");
+    assert_eq!(
+        smtp.count(),
+        1,
+        "the relay accepted the message before the crash"
+    );
+
+    // Back up without the failpoint: the claim is found stale and reported, never resent.
+    let mut child = serve(false)?;
+    wait_ready(&http, &base).await?;
+    let mut unknown = Vec::new();
+    for _ in 0..200 {
+        let list: serde_json::Value = http
+            .get(format!("{base}/v1/sends?state=UNKNOWN"))
+            .bearer_auth(&key)
+            .send()
+            .await?
+            .json()
+            .await?;
+        unknown = list["sends"].as_array().cloned().unwrap_or_default();
+        if !unknown.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        unknown.len(),
+        1,
+        "the operator sees the one send whose outcome is unknown"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(smtp.count(), 1, "never resent automatically");
+    let received_id = smtp.received()[0].message_id.clone().unwrap_or_default();
+    assert_eq!(
+        unknown[0]["message_id"],
+        received_id.as_str(),
+        "the Message-ID settles it against the relay's log"
+    );
+
+    let key_of = unknown[0]["idempotency_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let resp = http
+        .post(format!("{base}/v1/sends/{key_of}/resolve"))
+        .bearer_auth(&key)
+        .json(&json!({"outcome": "sent", "note": "found in the relay log"}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    smtp.wait_for(2, Duration::from_secs(10)).await?;
+    assert_eq!(
+        smtp.received()[1].subject.as_deref(),
+        Some("Two"),
+        "the enrollment moved on"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(wait_exit(&mut child, Duration::from_secs(20))?.success());
+    pulse_tests::cleanup(&settings).await
+}

@@ -5,11 +5,10 @@
 //!
 //! A crash after publishing and before committing leaves the rows SCHEDULED and the messages in
 //! the queue; the sender's claim (which requires QUEUED) drops those as stale, and the next claim
-//! here publishes them again. A step whose own or sequence end date has passed is skipped here
+//! here publishes them again. Every `PULSE_SWEEP_INTERVAL_MS` it also sweeps stale work (see
+//! `ledger::sweep`). A step whose own or sequence end date has passed is skipped here
 //! and its enrollment ended with that reason. The scheduler never sends mail and never holds a message back as a
 //! delay: only work that is due now reaches RabbitMQ.
-
-use std::time::Duration;
 
 use futures::future::try_join_all;
 use lapin::{
@@ -19,6 +18,7 @@ use pulse_shared::{
     Settings,
     db::{self, StoreError},
     domain::template::{self, LeadFields},
+    health::{Health, supervise},
     ledger,
     messaging::{self, MessagingError, SendMessage},
     schedule,
@@ -40,23 +40,17 @@ pub enum SchedulerError {
 }
 
 /// Runs the scheduler until `shutdown` is cancelled, reconnecting to RabbitMQ and PostgreSQL
-/// with backoff whenever either fails.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), SchedulerError> {
+/// with backoff whenever either fails, and reporting its RabbitMQ session in `health`.
+pub async fn run(
+    settings: Settings,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(), SchedulerError> {
     let db = db::pool(&settings.database_url, 4)?;
-    let mut delay = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        match session(&settings, &db, &shutdown).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "scheduler session failed; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    supervise("scheduler", &health, &shutdown, || {
+        session(&settings, &db, &health, &shutdown)
+    })
+    .await;
     tracing::info!("scheduler stopped");
     Ok(())
 }
@@ -64,6 +58,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
 async fn session(
     settings: &Settings,
     db: &PgPool,
+    health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<(), SchedulerError> {
     let conn = messaging::connect(&settings.amqp_url).await?;
@@ -73,9 +68,27 @@ async fn session(
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(MessagingError::from)?;
+    health.ready("scheduler");
     tracing::info!(queue = %settings.queue, "scheduler connected");
     let batch = settings.scheduler.batch_size;
+    let mut next_sweep = tokio::time::Instant::now();
     while !shutdown.is_cancelled() {
+        if tokio::time::Instant::now() >= next_sweep {
+            let swept = ledger::sweep(
+                db,
+                settings.sender.sending_lease,
+                settings.scheduler.queued_lease,
+            )
+            .await?;
+            if swept != ledger::Swept::default() {
+                tracing::warn!(
+                    unknown = swept.unknown,
+                    requeued = swept.requeued,
+                    "stale work found"
+                );
+            }
+            next_sweep = tokio::time::Instant::now() + settings.scheduler.sweep_interval;
+        }
         let published = claim_and_publish(db, &channel, &settings.queue, batch).await?;
         if published > 0 {
             tracing::debug!(published, "published due steps");

@@ -12,21 +12,30 @@
 //! new due time in PostgreSQL. It never sends without a claim, and never releases a claim it
 //! cannot prove unsent.
 
+#[cfg(feature = "failpoints")]
+mod failpoints;
 pub mod transport;
 
 use std::{sync::Arc, time::Duration};
 
+use tokio::{sync::Semaphore, task::JoinSet};
+
 use chrono::Utc;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use lapin::{
+    Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
-    types::FieldTable,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicQosOptions,
+    },
+    types::{AMQPValue, FieldTable},
 };
 use pulse_shared::{
     Settings,
     config::SenderSettings,
     db::{self, StoreError},
+    health::{Health, supervise},
     ledger::{self, Claim, Release, Reply},
     messaging::{self, MessagingError, SendMessage},
     model::{enrollment_status, sequence_status},
@@ -89,25 +98,20 @@ impl Context {
     }
 }
 
-/// Runs the sender until `shutdown` is cancelled. On shutdown it stops taking new deliveries,
-/// finishes the sends in progress, and closes the channel (unstarted prefetched deliveries go
-/// back to the queue).
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), SenderError> {
+/// Runs the sender until `shutdown` is cancelled, reconnecting to RabbitMQ with backoff and
+/// reporting its session in `health`. On shutdown it stops taking new deliveries, finishes the
+/// sends in progress, and closes the channel (unstarted prefetched deliveries go back to the
+/// queue).
+pub async fn run(
+    settings: Settings,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(), SenderError> {
     let ctx = Context::build(&settings).await?;
-    let mut delay = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        match session(&settings, &ctx, &shutdown).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "sender session failed; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    supervise("sender", &health, &shutdown, || {
+        session(&settings, &ctx, &health, &shutdown)
+    })
+    .await;
     tracing::info!("sender stopped");
     Ok(())
 }
@@ -115,6 +119,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
 async fn session(
     settings: &Settings,
     ctx: &Context,
+    health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<(), SenderError> {
     let conn = messaging::connect(&settings.amqp_url).await?;
@@ -133,17 +138,53 @@ async fn session(
         )
         .await
         .map_err(MessagingError::from)?;
+    health.ready("sender");
     tracing::info!(queue = %settings.queue, prefetch = ctx.settings.prefetch, "sender consuming");
-    let result = consumer
-        .take_until(shutdown.cancelled())
-        .map_err(MessagingError::from)
-        .try_for_each_concurrent(ctx.settings.concurrency, |delivery| async move {
-            handle(ctx, delivery).await;
-            Ok(())
-        })
-        .await;
+    let result = consume(ctx, &channel, &settings.queue, consumer, shutdown).await;
     let _ = conn.close(200, "sender shutting down".into()).await;
-    result.map_err(SenderError::from)
+    result
+}
+
+/// Hands each delivery to its own task, at most `concurrency` at once, until the consumer fails
+/// or `shutdown` comes; then waits for every task. A send in progress is never dropped halfway
+/// (that would leave its claim SENDING, an UNKNOWN for an operator): it finishes and records its
+/// outcome even when the channel it came on is gone (the ack then fails and the broker's
+/// redelivery is absorbed by the ledger).
+async fn consume(
+    ctx: &Context,
+    channel: &Channel,
+    queue: &str,
+    mut consumer: lapin::Consumer,
+    shutdown: &CancellationToken,
+) -> Result<(), SenderError> {
+    let permits = Arc::new(Semaphore::new(ctx.settings.concurrency));
+    let mut tasks = JoinSet::new();
+    let result = loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break Ok(()),
+            },
+            _ = shutdown.cancelled() => break Ok(()),
+        };
+        let next = tokio::select! {
+            n = consumer.next() => n,
+            _ = shutdown.cancelled() => break Ok(()),
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(e)) => break Err(MessagingError::from(e).into()),
+            None => break Ok(()),
+        };
+        let (ctx, channel, queue) = (ctx.clone(), channel.clone(), queue.to_owned());
+        tasks.spawn(async move {
+            handle(&ctx, &channel, &queue, delivery).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    };
+    while tasks.join_next().await.is_some() {}
+    result
 }
 
 /// Why a message could not be handled.
@@ -152,40 +193,124 @@ enum HandleError {
     /// The message itself is unusable: dead-letter it.
     #[error("unusable message: {0}")]
     Poison(String),
-    /// A dependency failed; the message goes back to the queue.
+    /// A dependency failed; the message is delivered again, a bounded number of times.
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Pause(#[from] PauseError),
 }
 
-async fn handle(ctx: &Context, delivery: Delivery) {
-    let result = process(ctx, &delivery.data).await;
-    let acked = match result {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-        Err(HandleError::Poison(reason)) => {
-            tracing::error!(%reason, "dead-lettering an unusable message");
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: false,
-                    ..Default::default()
-                })
-                .await
-        }
+/// Header counting the deliveries of a message that failed on a dependency.
+const DELIVERY_HEADER: &str = "x-pulse-delivery";
+/// Header saying why a message was dead-lettered.
+const DEAD_REASON_HEADER: &str = "x-pulse-dead-reason";
+
+fn delivery_number(delivery: &Delivery) -> u32 {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| match h.inner().get(DELIVERY_HEADER) {
+            Some(AMQPValue::LongUInt(n)) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(1)
+}
+
+async fn handle(ctx: &Context, channel: &Channel, queue: &str, delivery: Delivery) {
+    let settled = match process(ctx, &delivery.data).await {
+        Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+        Err(HandleError::Poison(reason)) => dead_letter(channel, queue, &delivery, &reason).await,
         Err(e) => {
-            tracing::warn!(error = %e, "send not handled; returning the message to the queue");
+            let n = delivery_number(&delivery);
             // Do not spin on a dependency that is down.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
+            if n >= ctx.settings.max_deliveries {
+                dead_letter(
+                    channel,
+                    queue,
+                    &delivery,
+                    &format!("failed {n} deliveries: {e}"),
+                )
                 .await
+            } else {
+                tracing::warn!(error = %e, delivery = n, "send not handled; delivering the message again");
+                redeliver(channel, queue, &delivery, n + 1).await
+            }
         }
     };
-    if let Err(e) = acked {
+    if let Err(e) = settled {
         tracing::warn!(error = %e, "ack failed; the broker will redeliver and the ledger absorbs it");
+    }
+}
+
+/// Publishes a copy with the next delivery number, then acks the original; if the copy cannot be
+/// published the original goes back to the queue. (Should both be lost with the broker, the
+/// sweeper publishes the step again after the queued lease.)
+async fn redeliver(
+    channel: &Channel,
+    queue: &str,
+    delivery: &Delivery,
+    n: u32,
+) -> lapin::Result<()> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(DELIVERY_HEADER.into(), AMQPValue::LongUInt(n));
+    let props = delivery.properties.clone().with_headers(headers);
+    let copied = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            props,
+        )
+        .await;
+    match copied {
+        Ok(_) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+        Err(_) => delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+    }
+}
+
+/// Moves a message to the dead-letter queue with the reason in a header, then acks it. If that
+/// publish fails, the message is rejected and the queue's dead-letter exchange takes it.
+async fn dead_letter(
+    channel: &Channel,
+    queue: &str,
+    delivery: &Delivery,
+    reason: &str,
+) -> lapin::Result<()> {
+    tracing::error!(%reason, "dead-lettering a message");
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        DEAD_REASON_HEADER.into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    let props = delivery.properties.clone().with_headers(headers);
+    let dead = messaging::dead_letter_queue(queue);
+    let published = channel
+        .basic_publish(
+            "".into(),
+            dead.as_str().into(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            props,
+        )
+        .await;
+    match published {
+        Ok(_) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+        Err(_) => delivery
+            .nack(BasicNackOptions {
+                requeue: false,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
     }
 }
 
@@ -220,7 +345,16 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         }
     };
 
-    let snap = ledger::snapshot(&ctx.db, run).await?;
+    let snap = match ledger::snapshot(&ctx.db, run).await {
+        Ok(snap) => snap,
+        Err(e) => {
+            // Nothing was sent: give the claim back so the next delivery can take it.
+            if let Err(undo) = ledger::unclaim(&ctx.db, &msg.key).await {
+                tracing::warn!(key = %msg.key, error = %undo, "claim not given back; it becomes UNKNOWN after the lease");
+            }
+            return Err(e.into());
+        }
+    };
     let refusal = if snap.sequence_status == sequence_status::PAUSED {
         Some((Release::Hold, "sequence paused".to_owned()))
     } else if snap.sequence_status != sequence_status::ACTIVE {
@@ -254,6 +388,8 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     };
     match ctx.transport.send(&mail).await {
         Ok(reply) => {
+            #[cfg(feature = "failpoints")]
+            failpoints::crash_after_smtp();
             record_with_retries(|| ledger::record_sent(&ctx.db, &msg.key, run, &reply, Utc::now()))
                 .await?;
             tracing::info!(key = %msg.key, code = ?reply.code, "sent");

@@ -39,7 +39,7 @@ fn id(v: &Value) -> String {
 fn spawn_sender(env: &TestEnv, token: &CancellationToken) -> tokio::task::JoinHandle<()> {
     let (s, t) = (env.settings.clone(), token.clone());
     tokio::spawn(async move {
-        if let Err(e) = pulse_sender::run(s, t).await {
+        if let Err(e) = pulse_sender::run(s, Default::default(), t).await {
             panic!("sender failed: {e}");
         }
     })

@@ -3,6 +3,7 @@
 
 mod api;
 mod control;
+mod faults;
 mod ingest;
 mod ledger;
 mod send_path;

@@ -401,7 +401,7 @@ async fn transient_failures_retry_and_permanent_ones_fail_alone() -> anyhow::Res
 fn spawn_sender(settings: &Settings, token: &CancellationToken) -> tokio::task::JoinHandle<()> {
     let (s, t) = (settings.clone(), token.clone());
     tokio::spawn(async move {
-        if let Err(e) = pulse_sender::run(s, t).await {
+        if let Err(e) = pulse_sender::run(s, Default::default(), t).await {
             panic!("sender failed: {e}");
         }
     })
@@ -410,7 +410,7 @@ fn spawn_sender(settings: &Settings, token: &CancellationToken) -> tokio::task::
 fn spawn_scheduler(settings: &Settings, token: &CancellationToken) -> tokio::task::JoinHandle<()> {
     let (s, t) = (settings.clone(), token.clone());
     tokio::spawn(async move {
-        if let Err(e) = pulse_scheduler::run(s, t).await {
+        if let Err(e) = pulse_scheduler::run(s, Default::default(), t).await {
             panic!("scheduler failed: {e}");
         }
     })

@@ -1,0 +1,365 @@
+//! Deterministic fault tests that need no server restart: lost messages, poison messages,
+//! dead workers' claims, and the operator's resolution of UNKNOWN sends.
+
+use std::time::Duration;
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
+use pulse::Role;
+use pulse_shared::messaging::{self, SendMessage};
+use pulse_tests::{SmtpServer, TestEnv, eventually, sequence_body};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+async fn start(
+    roles: &[Role],
+    tweak: impl FnOnce(&mut pulse_shared::Settings),
+) -> anyhow::Result<(TestEnv, SmtpServer)> {
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("fault", roles, |s| {
+        s.smtp_url = Some(url);
+        s.scheduler.sweep_interval = Duration::from_millis(200);
+        tweak(s);
+    })
+    .await?;
+    Ok((env, smtp))
+}
+
+async fn count(env: &TestEnv, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(&env.db).await?)
+}
+
+fn spawn_sender(env: &TestEnv, token: &CancellationToken) -> tokio::task::JoinHandle<()> {
+    let (s, t) = (env.settings.clone(), token.clone());
+    tokio::spawn(async move {
+        if let Err(e) = pulse_sender::run(s, Default::default(), t).await {
+            panic!("sender failed: {e}");
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_message_the_broker_lost_is_published_again_and_sent_once() -> anyhow::Result<()> {
+    let (env, smtp) = start(&[Role::Api, Role::Ingest, Role::Scheduler], |s| {
+        s.scheduler.queued_lease = Duration::from_secs(1);
+    })
+    .await?;
+    env.create_sequence(sequence_body(
+        "L",
+        &[("One", "1", json!({"type": "immediately"}))],
+        "t",
+    ))
+    .await?;
+    env.post("/v1/events", json!({"events": [{"id": "e", "type": "tag_applied", "tag": "t", "lead": {"email": "a@example.com"}}]})).await?;
+    eventually(Duration::from_secs(10), "the step queued", || async {
+        Ok((count(
+            &env,
+            "SELECT count(*) FROM step_runs WHERE state = 'QUEUED'",
+        )
+        .await?
+            == 1)
+            .then_some(()))
+    })
+    .await?;
+    // The broker loses the message (a crash without persistence, an operator's purge).
+    let conn = messaging::connect(&env.settings.amqp_url).await?;
+    let ch = conn.create_channel().await?;
+    let purged = ch
+        .queue_purge(
+            env.settings.queue.as_str().into(),
+            QueuePurgeOptions::default(),
+        )
+        .await?;
+    assert_eq!(purged, 1);
+    conn.close(200, "done".into()).await?;
+
+    let token = CancellationToken::new();
+    let sender = spawn_sender(&env, &token);
+    smtp.wait_for(1, Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        smtp.count(),
+        1,
+        "found by the sweeper, published again, sent once"
+    );
+    token.cancel();
+    sender.await?;
+    env.stop().await
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_with_a_reason_and_the_sender_goes_on()
+-> anyhow::Result<()> {
+    let (env, smtp) = start(&[Role::Api, Role::Ingest, Role::Scheduler], |s| {
+        s.sender.max_deliveries = 3;
+        s.scheduler.queued_lease = Duration::from_secs(3600);
+    })
+    .await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "P",
+            &[(
+                "One",
+                "1",
+                json!({"type": "on_date", "at": "2099-01-01T00:00:00Z"}),
+            )],
+            "t",
+        ))
+        .await?;
+    env.post(
+        &format!(
+            "/v1/sequences/{}/enrollments",
+            seq["id"].as_str().unwrap_or_default()
+        ),
+        json!({"lead": {"email": "a@example.com"}}),
+    )
+    .await?;
+    // A queued step run whose snapshot cannot be read: every delivery fails on the database.
+    sqlx::query(
+        "UPDATE step_runs SET state = 'QUEUED', message_id = '<m@example.com>', subject = NULL",
+    )
+    .execute(&env.db)
+    .await?;
+    let (run, enrollment, step, sequence, workspace): (
+        uuid::Uuid,
+        uuid::Uuid,
+        uuid::Uuid,
+        uuid::Uuid,
+        uuid::Uuid,
+    ) = sqlx::query_as(
+        "SELECT id, enrollment_id, step_id, sequence_id, workspace_id FROM step_runs",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    let bad = SendMessage {
+        key: pulse_shared::ledger::idempotency_key(enrollment, step, 1),
+        step_run_id: run,
+        enrollment_id: enrollment,
+        sequence_id: sequence,
+        workspace_id: workspace,
+        max_per_minute: None,
+    };
+    let conn = messaging::connect(&env.settings.amqp_url).await?;
+    let ch = conn.create_channel().await?;
+    messaging::declare(&ch, &env.settings.queue).await?;
+    for payload in [serde_json::to_vec(&bad)?, b"{not json".to_vec()] {
+        ch.basic_publish(
+            "".into(),
+            env.settings.queue.as_str().into(),
+            Default::default(),
+            &payload,
+            Default::default(),
+        )
+        .await?
+        .await?;
+    }
+
+    let token = CancellationToken::new();
+    let sender = spawn_sender(&env, &token);
+    let dead = messaging::dead_letter_queue(&env.settings.queue);
+    eventually(
+        Duration::from_secs(20),
+        "both messages dead-lettered",
+        || async {
+            let q = ch
+                .queue_declare(
+                    dead.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await?;
+            Ok((q.message_count() == 2).then_some(()))
+        },
+    )
+    .await?;
+    let mut reasons = Vec::new();
+    while let Some(msg) = ch
+        .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+        .await?
+    {
+        let reason = msg
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| match h.inner().get("x-pulse-dead-reason") {
+                Some(lapin::types::AMQPValue::LongString(s)) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        reasons.push(reason);
+    }
+    reasons.sort();
+    assert!(
+        reasons.iter().any(|r| r.contains("failed 3 deliveries")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unusable message") || r.contains("at line 1")),
+        "the parse error: {reasons:?}"
+    );
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM send_ledger").await?,
+        0,
+        "each failed claim was given back"
+    );
+
+    // The sender keeps going.
+    env.create_sequence(sequence_body(
+        "Ok",
+        &[("Fine", "1", json!({"type": "immediately"}))],
+        "ok",
+    ))
+    .await?;
+    env.post("/v1/events", json!({"events": [{"id": "ok", "type": "tag_applied", "tag": "ok", "lead": {"email": "b@example.com"}}]})).await?;
+    smtp.wait_for(1, Duration::from_secs(10)).await?;
+    conn.close(200, "done".into()).await?;
+    token.cancel();
+    sender.await?;
+    env.stop().await
+}
+
+#[tokio::test]
+async fn a_dead_workers_claim_becomes_unknown_is_never_resent_and_an_operator_settles_it()
+-> anyhow::Result<()> {
+    let (env, smtp) = start(
+        &[Role::Api, Role::Ingest, Role::Scheduler, Role::Sender],
+        |s| {
+            s.sender.sending_lease = Duration::from_secs(1);
+        },
+    )
+    .await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "U",
+            &[
+                (
+                    "One",
+                    "1",
+                    json!({"type": "on_date", "at": "2099-01-01T00:00:00Z"}),
+                ),
+                ("Two", "2", json!({"type": "immediately"})),
+            ],
+            "t",
+        ))
+        .await?;
+    let sid = seq["id"].as_str().unwrap_or_default().to_owned();
+    for lead in ["a@example.com", "b@example.com"] {
+        env.post(
+            &format!("/v1/sequences/{sid}/enrollments"),
+            json!({"lead": {"email": lead}}),
+        )
+        .await?;
+    }
+    // Two workers died after claiming step 1 (queued, claimed SENDING, never recorded).
+    sqlx::query("UPDATE step_runs SET state = 'QUEUED', message_id = '<m-' || id || '@example.com>', subject = 'One', body = '1', from_addr = 'tests@example.com', to_addr = 'x@example.com'")
+        .execute(&env.db)
+        .await?;
+    let runs: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM step_runs")
+        .fetch_all(&env.db)
+        .await?;
+    for run in &runs {
+        let key: String = sqlx::query_scalar("SELECT enrollment_id || ':' || step_id || ':' || generation FROM step_runs WHERE id = $1")
+            .bind(run)
+            .fetch_one(&env.db)
+            .await?;
+        let claim =
+            pulse_shared::ledger::claim(&env.db, *run, &key, Duration::from_secs(600)).await?;
+        assert_eq!(claim, pulse_shared::ledger::Claim::Claimed { attempts: 1 });
+    }
+    let listed = eventually(
+        Duration::from_secs(10),
+        "the sweeper to mark them UNKNOWN",
+        || async {
+            let (_, sends) = env.get("/v1/sends?state=UNKNOWN").await?;
+            let n = sends["sends"].as_array().map_or(0, Vec::len);
+            Ok((n == 2).then_some(sends))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        smtp.count(),
+        0,
+        "an UNKNOWN send is never resent automatically"
+    );
+    let keys: Vec<String> = listed["sends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["idempotency_key"].as_str().map(str::to_owned))
+        .collect();
+
+    // The relay's log shows the first went out: mark it sent; the enrollment moves on to step 2.
+    let (status, resolved) = env
+        .post(
+            &format!("/v1/sends/{}/resolve", keys[0]),
+            json!({"outcome": "sent", "note": "in relay log"}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{resolved}");
+    assert_eq!(resolved["sends"][0]["state"], "SENT");
+    // The second never went out: resend it.
+    let (status, resolved) = env
+        .post(
+            &format!("/v1/sends/{}/resolve", keys[1]),
+            json!({"outcome": "resend"}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{resolved}");
+    let got = smtp.wait_for(3, Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(smtp.count(), 3, "one resent step 1, and step 2 for both");
+    assert_eq!(
+        got.iter()
+            .filter(|m| m.subject.as_deref() == Some("One"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|m| m.subject.as_deref() == Some("Two"))
+            .count(),
+        2
+    );
+
+    let (status, _) = env
+        .post(
+            &format!("/v1/sends/{}/resolve", keys[0]),
+            json!({"outcome": "resend"}),
+        )
+        .await?;
+    assert_eq!(status, 409, "only UNKNOWN sends are resolved");
+    let (status, err) = env
+        .post(
+            &format!("/v1/sends/{}/resolve", keys[0]),
+            json!({"outcome": "maybe"}),
+        )
+        .await?;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (422, Some("outcome"))
+    );
+    let (status, _) = env
+        .post("/v1/sends/nope/resolve", json!({"outcome": "sent"}))
+        .await?;
+    assert_eq!(status, 404);
+    let (_, audit) = env.get(&format!("/v1/sequences/{sid}/audit")).await?;
+    assert_eq!(
+        audit["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["action"] == "send_resolved")
+            .count(),
+        2
+    );
+    env.stop().await
+}
