@@ -495,6 +495,36 @@ pub async fn record_deferred(
     Ok(())
 }
 
+/// Records a send whose outcome is unknown (the message was on the wire, the answer was lost):
+/// ledger and step run UNKNOWN, never retried automatically; an operator settles it.
+pub async fn record_unknown(
+    db: &PgPool,
+    key: &str,
+    step_run: Uuid,
+    reply: &Reply,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "UPDATE send_ledger SET state = 'UNKNOWN', smtp_code = $2, smtp_reply = $3, updated_at = now()
+         WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .bind(reply.code)
+    .bind(&reply.text)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE step_runs SET state = 'UNKNOWN', attempts = attempts + 1,
+             last_error = 'send outcome unknown: see the send ledger', updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(step_run)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Records a permanent failure: the step run and the enrollment are FAILED with the reply.
 pub async fn record_failed(
     db: &PgPool,

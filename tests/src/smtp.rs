@@ -43,8 +43,23 @@ struct Refusal {
     times: Option<usize>,
 }
 
+/// What the server does once a message's DATA is complete, for a chosen recipient.
+#[derive(Clone, Copy, Debug)]
+pub enum AfterData {
+    /// Refuse it with this code; nothing is accepted.
+    Reply(u16),
+    /// Close the connection without answering; nothing is accepted.
+    Drop,
+    /// Accept (record) it, then close the connection before answering: the relay has it, the
+    /// client cannot know.
+    AcceptThenDrop,
+    /// Wait this long, then accept and answer (a stalled relay).
+    Stall(Duration),
+}
+
 #[derive(Default)]
 struct State {
+    after_data: HashMap<String, (AfterData, Option<usize>)>,
     /// Wait this long before answering the end of DATA (a slow relay).
     data_delay: Duration,
     /// DATA blocks received, answered or not (a send in flight shows here first).
@@ -92,6 +107,13 @@ impl SmtpServer {
         self.lock()
             .refusals
             .insert(rcpt.to_lowercase(), Refusal { code, times });
+    }
+
+    /// Applies `rule` at the end of DATA for messages to `rcpt`, `times` times (None: always).
+    pub fn after_data(&self, rcpt: &str, rule: AfterData, times: Option<usize>) {
+        self.lock()
+            .after_data
+            .insert(rcpt.to_lowercase(), (rule, times));
     }
 
     /// Makes the server wait `delay` before answering each message's final dot.
@@ -203,12 +225,37 @@ async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
                     let l = line.strip_prefix('.').unwrap_or(&line);
                     data.push_str(l);
                 }
-                let delay = {
+                let (delay, rule) = {
                     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                     st.data_started += 1;
-                    st.data_delay
+                    let rule = rcpts
+                        .first()
+                        .and_then(|r| st.after_data.get_mut(r))
+                        .and_then(|(rule, times)| match times {
+                            Some(0) => None,
+                            Some(n) => {
+                                *n -= 1;
+                                Some(*rule)
+                            }
+                            None => Some(*rule),
+                        });
+                    (st.data_delay, rule)
                 };
                 tokio::time::sleep(delay).await;
+                match rule {
+                    Some(AfterData::Reply(code)) => {
+                        rcpts.clear();
+                        write
+                            .write_all(
+                                format!("{code} refused after DATA by test rule\r\n").as_bytes(),
+                            )
+                            .await?;
+                        continue;
+                    }
+                    Some(AfterData::Drop) => return Ok(()),
+                    Some(AfterData::Stall(d)) => tokio::time::sleep(d).await,
+                    Some(AfterData::AcceptThenDrop) | None => {}
+                }
                 let header = |name: &str| {
                     data.split("\r\n\r\n").next().and_then(|h| {
                         h.lines().find_map(|l| {
@@ -225,9 +272,15 @@ async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
                     data: data.clone(),
                     at: Instant::now(),
                 };
-                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                st.received.push(received);
-                format!("250 2.0.0 queued as {}\r\n", st.received.len())
+                let queued = {
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    st.received.push(received);
+                    st.received.len()
+                };
+                if matches!(rule, Some(AfterData::AcceptThenDrop)) {
+                    return Ok(());
+                }
+                format!("250 2.0.0 queued as {queued}\r\n")
             }
         } else if upper.starts_with("QUIT") {
             write.write_all(b"221 bye\r\n").await?;

@@ -411,6 +411,10 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
             record_with_retries(|| ledger::record_failed(&ctx.db, &msg.key, run, &reply)).await?;
             tracing::warn!(key = %msg.key, attempts, reply = %reply.text, "send failed");
         }
+        Err(SendError::Unknown(reply)) => {
+            record_with_retries(|| ledger::record_unknown(&ctx.db, &msg.key, run, &reply)).await?;
+            tracing::warn!(key = %msg.key, reply = %reply.text, "send outcome unknown; left for an operator");
+        }
         Err(SendError::Permanent(reply)) => {
             record_with_retries(|| ledger::record_failed(&ctx.db, &msg.key, run, &reply)).await?;
             tracing::warn!(key = %msg.key, reply = %reply.text, "send failed permanently");

@@ -6,6 +6,8 @@
 //! `TCP_NODELAY`, so the relay's delayed ACK costs ~40 ms per message. This module opens the TCP
 //! connection itself with `TCP_NODELAY` set and hands it to lettre
 //! (`AsyncSmtpConnection::connect_with_transport`), keeping its own small pool of connections.
+//! It drives the SMTP phases itself (lettre's `command` and `message`) so that it knows whether
+//! a failure happened before the message body was sent (nothing went out) or after (unknown).
 
 use std::{
     sync::Arc,
@@ -15,7 +17,11 @@ use std::{
 use lettre::{
     Message,
     message::{Mailbox, header::ContentType},
-    transport::smtp::{client::AsyncSmtpConnection, extension::ClientId},
+    transport::smtp::{
+        client::AsyncSmtpConnection,
+        commands::{Data, Mail, Rcpt},
+        extension::{ClientId, Extension, MailBodyParameter, MailParameter},
+    },
 };
 use pulse_shared::{ledger::Reply, smtp_url::SmtpUrl};
 use sqlx::PgPool;
@@ -42,6 +48,10 @@ pub enum SendError {
     /// Never worth retrying: SMTP 5xx, an address or message that cannot be sent.
     #[error("permanent: {}", .0.text)]
     Permanent(Reply),
+    /// The message was on the wire and the answer never came (connection lost, timeout): the
+    /// relay may or may not have accepted it. Never retried automatically.
+    #[error("outcome unknown: {}", .0.text)]
+    Unknown(Reply),
 }
 
 impl SendError {
@@ -178,22 +188,78 @@ impl SmtpPool {
             Some(conn) => conn,
             None => self.connect().await?,
         };
+        let result = self.transact(&mut conn, message).await;
+        if result.is_ok() && !conn.has_broken() {
+            self.idle.lock().await.push((conn, Instant::now()));
+        } else {
+            conn.abort().await;
+        }
+        result
+    }
+
+    /// One SMTP transaction, phase by phase, so that a failure is classified by what the relay
+    /// can have received: before the message body is sent (MAIL, RCPT, DATA refused or the
+    /// connection lost) nothing went out; after it, a lost answer leaves the outcome unknown.
+    async fn transact(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        message: &Message,
+    ) -> Result<Reply, SendError> {
         let envelope = message.envelope();
         let bytes = message.formatted();
-        let result = tokio::time::timeout(self.timeout, conn.send(envelope, &bytes)).await;
-        match result {
-            Ok(Ok(response)) => {
-                if !conn.has_broken() {
-                    self.idle.lock().await.push((conn, Instant::now()));
+        let before_body = async {
+            let info = conn.server_info();
+            let mut mail_params = Vec::new();
+            let ascii_addresses = envelope.from().is_none_or(|a| a.to_string().is_ascii())
+                && envelope.to().iter().all(|a| a.to_string().is_ascii());
+            if !ascii_addresses {
+                if !info.supports_feature(Extension::SmtpUtfEight) {
+                    return Err(SendError::permanent(
+                        "the relay does not support SMTPUTF8 addresses",
+                    ));
                 }
-                Ok(Reply {
-                    code: Some(i32::from(u16::from(response.code()))),
-                    text: response.message().collect::<Vec<_>>().join(" "),
-                })
+                mail_params.push(MailParameter::SmtpUtfEight);
             }
-            // lettre aborts the connection on any error; it is not returned to the pool.
-            Ok(Err(e)) => Err(classify(e)),
-            Err(_) => Err(SendError::transient("SMTP relay timed out")),
+            if !bytes.is_ascii() {
+                if !info.supports_feature(Extension::EightBitMime) {
+                    return Err(SendError::permanent("the relay does not support 8BITMIME"));
+                }
+                mail_params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+            }
+            conn.command(Mail::new(envelope.from().cloned(), mail_params))
+                .await
+                .map_err(classify)?;
+            for to in envelope.to() {
+                conn.command(Rcpt::new(to.clone(), Vec::new()))
+                    .await
+                    .map_err(classify)?;
+            }
+            conn.command(Data).await.map_err(classify)?;
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, before_body)
+            .await
+            .map_err(|_| {
+                SendError::transient("the SMTP relay timed out before the message was sent")
+            })??;
+        match tokio::time::timeout(self.timeout, conn.message(&bytes)).await {
+            Ok(Ok(response)) => Ok(Reply {
+                code: Some(i32::from(u16::from(response.code()))),
+                text: response.message().collect::<Vec<_>>().join(" "),
+            }),
+            // The relay answered, and refused: nothing was accepted.
+            Ok(Err(e)) if e.status().is_some() => Err(classify(e)),
+            Ok(Err(e)) => Err(SendError::Unknown(Reply {
+                code: None,
+                text: format!("connection lost after the message was sent: {e}"),
+            })),
+            Err(_) => Err(SendError::Unknown(Reply {
+                code: None,
+                text: format!(
+                    "no answer within {}s after the message was sent",
+                    self.timeout.as_secs_f64()
+                ),
+            })),
         }
     }
 }

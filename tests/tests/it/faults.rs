@@ -363,3 +363,101 @@ async fn a_dead_workers_claim_becomes_unknown_is_never_resent_and_an_operator_se
     );
     env.stop().await
 }
+
+#[tokio::test]
+async fn every_smtp_failure_is_retried_failed_or_reported_and_never_doubled() -> anyhow::Result<()>
+{
+    use pulse_tests::smtp::AfterData;
+    let (env, smtp) = start(&[Role::All], |s| {
+        s.sender.smtp_timeout = Duration::from_millis(800);
+        s.sender.retry_base = Duration::from_millis(100);
+    })
+    .await?;
+    // Before the message is sent: a 421 at RCPT is transient (retried).
+    smtp.refuse("busy@example.com", 421, Some(1));
+    // The relay refuses the message after DATA: transient (451) or permanent (554).
+    smtp.after_data("later@example.com", AfterData::Reply(451), Some(1));
+    smtp.after_data("rejected@example.com", AfterData::Reply(554), None);
+    // After the message is sent, the answer is lost: unknown, never resent automatically.
+    smtp.after_data("dropped@example.com", AfterData::Drop, None);
+    smtp.after_data("accepted@example.com", AfterData::AcceptThenDrop, None);
+    smtp.after_data(
+        "stalled@example.com",
+        AfterData::Stall(Duration::from_millis(2000)),
+        None,
+    );
+    env.create_sequence(sequence_body(
+        "F",
+        &[("One", "1", json!({"type": "immediately"}))],
+        "t",
+    ))
+    .await?;
+    let leads = [
+        "busy", "later", "rejected", "dropped", "accepted", "stalled", "fine",
+    ];
+    let events: Vec<serde_json::Value> = leads
+        .iter()
+        .map(|l| json!({"id": l, "type": "tag_applied", "tag": "t", "lead": {"email": format!("{l}@example.com")}}))
+        .collect();
+    env.post("/v1/events", json!({"events": events})).await?;
+
+    let settled = eventually(Duration::from_secs(20), "every send settled", || async {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT split_part(l.email, '@', 1), sl.state FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id ORDER BY 1",
+        )
+        .fetch_all(&env.db)
+        .await?;
+        let done = rows.len() == leads.len() && rows.iter().all(|(_, s)| s != "SENDING" && s != "DEFERRED");
+        Ok(done.then_some(rows))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let state = |who: &str| {
+        settled
+            .iter()
+            .find(|(l, _)| l == who)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(state("busy"), "SENT");
+    assert_eq!(state("later"), "SENT");
+    assert_eq!(state("fine"), "SENT");
+    assert_eq!(state("rejected"), "FAILED");
+    for who in ["dropped", "accepted", "stalled"] {
+        assert_eq!(
+            state(who),
+            "UNKNOWN",
+            "{who}: the relay may have it; never retried blindly"
+        );
+    }
+    let received = |who: &str| {
+        smtp.received()
+            .iter()
+            .filter(|m| m.rcpt_to == vec![format!("{who}@example.com")])
+            .count()
+    };
+    for (who, n) in [
+        ("busy", 1),
+        ("later", 1),
+        ("fine", 1),
+        ("rejected", 0),
+        ("dropped", 0),
+        ("accepted", 1),
+        ("stalled", 1),
+    ] {
+        assert_eq!(received(who), n, "{who}");
+    }
+    assert_eq!(
+        smtp.rcpt_attempts("dropped@example.com"),
+        1,
+        "an unknown outcome is not retried"
+    );
+    assert_eq!(smtp.rcpt_attempts("accepted@example.com"), 1);
+    let (_, unknown) = env.get("/v1/sends?state=UNKNOWN").await?;
+    assert_eq!(
+        unknown["sends"].as_array().map(Vec::len),
+        Some(3),
+        "visible to the operator"
+    );
+    env.stop().await
+}
