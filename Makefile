@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PULSE_API_KEY ?= pulse-dev-key
 export PULSE_HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test services build lint fmt clean-tests bench-smtp
+.PHONY: run test services build lint fmt clean-tests bench-smtp chaos
 
 ## Run the whole system locally (every role in one process, mail captured in the dev outbox).
 run: services
@@ -39,3 +39,9 @@ fmt:
 ## SMTP sending rate: stock lettre vs Pulse's TCP_NODELAY transport, same server, same run.
 bench-smtp:
 	cargo run --release -q -p pulse-tests --bin smtp_bench -- 2000 8
+
+## The chaos suite: roles as separate processes, faults injected in rounds, every send classified.
+CHAOS_ARGS ?= --rounds 20
+chaos: services
+	CARGO_TARGET_DIR=target/chaos cargo build --release -q -p pulse --features failpoints
+	CARGO_TARGET_DIR=target/chaos cargo run --release -q -p pulse-tests --bin chaos -- $(CHAOS_ARGS)

@@ -96,7 +96,7 @@ pub async fn claim(
     let state: String = existing.get("state");
     match state.as_str() {
         "SENDING" if existing.get::<bool, _>("stale") => {
-            mark_unknown(db, key).await?;
+            expire_claims(db, Some(key), lease).await?;
             Ok(Claim::BecameUnknown)
         }
         "SENDING" => Ok(Claim::InFlight),
@@ -106,28 +106,25 @@ pub async fn claim(
     }
 }
 
-async fn mark_unknown(db: &PgPool, key: &str) -> Result<(), StoreError> {
-    let mut tx = db.begin().await?;
-    let run: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE send_ledger SET state = 'UNKNOWN', updated_at = now(),
-             smtp_reply = 'worker stopped after claiming; the relay may or may not have accepted it'
-         WHERE idempotency_key = $1 AND state = 'SENDING' RETURNING step_run_id",
+/// Marks SENDING claims older than `lease` UNKNOWN, with their step runs (all of them, or only
+/// `key`'s). Returns how many.
+async fn expire_claims(db: &PgPool, key: Option<&str>, lease: Duration) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "WITH stale AS (
+             UPDATE send_ledger SET state = 'UNKNOWN', updated_at = now(),
+                 smtp_reply = 'worker stopped after claiming; the relay may or may not have accepted it'
+             WHERE state = 'SENDING' AND claimed_at < now() - make_interval(secs => $1)
+               AND ($2::text IS NULL OR idempotency_key = $2)
+             RETURNING step_run_id)
+         UPDATE step_runs sr SET state = 'UNKNOWN', updated_at = now(),
+             last_error = 'send outcome unknown: see the send ledger'
+         FROM stale WHERE sr.id = stale.step_run_id",
     )
+    .bind(lease.as_secs_f64())
     .bind(key)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(run) = run {
-        sqlx::query(
-            "UPDATE step_runs SET state = 'UNKNOWN', updated_at = now(),
-                 last_error = 'send outcome unknown: see the send ledger'
-             WHERE id = $1",
-        )
-        .bind(run)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(())
+    .execute(db)
+    .await?
+    .rows_affected())
 }
 
 /// What a sweep found.
@@ -149,20 +146,7 @@ pub async fn sweep(
     sending_lease: Duration,
     queued_lease: Duration,
 ) -> Result<Swept, StoreError> {
-    let unknown = sqlx::query(
-        "WITH stale AS (
-             UPDATE send_ledger SET state = 'UNKNOWN', updated_at = now(),
-                 smtp_reply = 'worker stopped after claiming; the relay may or may not have accepted it'
-             WHERE state = 'SENDING' AND claimed_at < now() - make_interval(secs => $1)
-             RETURNING step_run_id)
-         UPDATE step_runs sr SET state = 'UNKNOWN', updated_at = now(),
-             last_error = 'send outcome unknown: see the send ledger'
-         FROM stale WHERE sr.id = stale.step_run_id",
-    )
-    .bind(sending_lease.as_secs_f64())
-    .execute(db)
-    .await?
-    .rows_affected();
+    let unknown = expire_claims(db, None, sending_lease).await?;
     let requeued = sqlx::query(
         "UPDATE step_runs sr SET state = 'SCHEDULED', updated_at = now(),
              last_error = 'published again: the queued message was not handled in time'
@@ -462,6 +446,26 @@ pub async fn record_sent(
     Ok(())
 }
 
+/// Writes the relay's answer and a failure state (DEFERRED, FAILED, UNKNOWN) on a ledger key.
+async fn set_outcome(
+    conn: &mut sqlx::PgConnection,
+    key: &str,
+    state: &str,
+    reply: &Reply,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE send_ledger SET state = $2, smtp_code = $3, smtp_reply = $4, updated_at = now()
+         WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .bind(state)
+    .bind(reply.code)
+    .bind(&reply.text)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Records a transient failure: nothing went out; the step run is due again at `retry_at`.
 pub async fn record_deferred(
     db: &PgPool,
@@ -471,16 +475,7 @@ pub async fn record_deferred(
     retry_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let mut tx = db.begin().await?;
-    sqlx::query(
-        "UPDATE send_ledger SET state = 'DEFERRED', smtp_code = $2, smtp_reply = $3,
-             updated_at = now()
-         WHERE idempotency_key = $1",
-    )
-    .bind(key)
-    .bind(reply.code)
-    .bind(&reply.text)
-    .execute(&mut *tx)
-    .await?;
+    set_outcome(&mut tx, key, "DEFERRED", reply).await?;
     sqlx::query(
         "UPDATE step_runs SET state = 'SCHEDULED', due_at = $2, attempts = attempts + 1,
              last_error = $3, updated_at = now()
@@ -504,15 +499,7 @@ pub async fn record_unknown(
     reply: &Reply,
 ) -> Result<(), StoreError> {
     let mut tx = db.begin().await?;
-    sqlx::query(
-        "UPDATE send_ledger SET state = 'UNKNOWN', smtp_code = $2, smtp_reply = $3, updated_at = now()
-         WHERE idempotency_key = $1",
-    )
-    .bind(key)
-    .bind(reply.code)
-    .bind(&reply.text)
-    .execute(&mut *tx)
-    .await?;
+    set_outcome(&mut tx, key, "UNKNOWN", reply).await?;
     sqlx::query(
         "UPDATE step_runs SET state = 'UNKNOWN', attempts = attempts + 1,
              last_error = 'send outcome unknown: see the send ledger', updated_at = now()
@@ -533,16 +520,7 @@ pub async fn record_failed(
     reply: &Reply,
 ) -> Result<(), StoreError> {
     let mut tx = db.begin().await?;
-    sqlx::query(
-        "UPDATE send_ledger SET state = 'FAILED', smtp_code = $2, smtp_reply = $3,
-             updated_at = now()
-         WHERE idempotency_key = $1",
-    )
-    .bind(key)
-    .bind(reply.code)
-    .bind(&reply.text)
-    .execute(&mut *tx)
-    .await?;
+    set_outcome(&mut tx, key, "FAILED", reply).await?;
     let enrollment: Uuid = sqlx::query_scalar(
         "UPDATE step_runs SET state = 'FAILED', attempts = attempts + 1, last_error = $2,
              updated_at = now()

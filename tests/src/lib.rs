@@ -259,3 +259,28 @@ pub fn sequence_body(name: &str, steps: &[(&str, &str, Value)], tag: &str) -> Va
         "sender": {"from": "Pulse Tests <tests@example.com>"}
     })
 }
+
+/// Runs a sender in this process against `settings` until `token` is cancelled.
+pub fn spawn_sender(settings: &Settings, token: &CancellationToken) -> JoinHandle<()> {
+    let (s, t) = (settings.clone(), token.clone());
+    tokio::spawn(async move {
+        if let Err(e) = pulse_sender::run(s, Default::default(), t).await {
+            panic!("sender failed: {e}");
+        }
+    })
+}
+
+/// Runs a scheduler in this process against `settings` until `token` is cancelled.
+pub fn spawn_scheduler(settings: &Settings, token: &CancellationToken) -> JoinHandle<()> {
+    let (s, t) = (settings.clone(), token.clone());
+    tokio::spawn(async move {
+        if let Err(e) = pulse_scheduler::run(s, Default::default(), t).await {
+            panic!("scheduler failed: {e}");
+        }
+    })
+}
+
+/// A `SELECT count(*) …`.
+pub async fn count(db: &PgPool, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(db).await?)
+}

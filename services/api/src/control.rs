@@ -126,6 +126,21 @@ async fn change(
     }))
 }
 
+/// After a pause or delete has committed: the flag, then the wait for sends claimed before it,
+/// then the sequence as it now is.
+async fn stop_sends(
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    status: &str,
+    mut warnings: Vec<String>,
+) -> ApiResult<Json<SequenceChange>> {
+    set_flag(state, id, status).await;
+    let left = wait_in_flight(&state.db, Scope::Sequence(id), state.drain_timeout).await?;
+    warnings.extend(in_flight_warning(left, state.drain_timeout));
+    change(state, auth, id, warnings).await
+}
+
 /// Pause a sequence: it sends nothing from the moment this call returns.
 ///
 /// No new enrollments; pending steps are held (not sent, not skipped, not lost), including steps
@@ -168,11 +183,8 @@ pub async fn pause(
         _ => return Err(ApiError::Conflict("the sequence is deleted".into())),
     }
     tx.commit().await?;
-    set_flag(&state, id, sequence_status::PAUSED).await;
-    let left = wait_in_flight(&state.db, Scope::Sequence(id), state.drain_timeout).await?;
-    warnings.extend(in_flight_warning(left, state.drain_timeout));
     tracing::info!(sequence = %id, actor = %auth.actor, "sequence paused");
-    change(&state, &auth, id, warnings).await
+    stop_sends(&state, &auth, id, sequence_status::PAUSED, warnings).await
 }
 
 /// Plans what resuming `sequence` at `now` does with each pending step: steps due during the
@@ -413,11 +425,8 @@ pub async fn delete(
         .await?;
     }
     tx.commit().await?;
-    set_flag(&state, id, sequence_status::DELETED).await;
-    let left = wait_in_flight(&state.db, Scope::Sequence(id), state.drain_timeout).await?;
-    warnings.extend(in_flight_warning(left, state.drain_timeout));
     tracing::info!(sequence = %id, actor = %auth.actor, "sequence deleted");
-    change(&state, &auth, id, warnings).await
+    stop_sends(&state, &auth, id, sequence_status::DELETED, warnings).await
 }
 
 /// Cancel one enrollment: nothing more is sent to that lead from this sequence, not even a step

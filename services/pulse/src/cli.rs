@@ -68,36 +68,62 @@ pub enum Enrollments {
     },
 }
 
+/// Filters of `pulse sends`.
+#[derive(Args, Debug)]
+pub struct SendsFilter {
+    #[arg(long)]
+    pub sequence: Option<String>,
+    #[arg(long)]
+    pub lead: Option<String>,
+    #[arg(long)]
+    pub state: Option<String>,
+    /// RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub limit: Option<i64>,
+}
+
+/// Arguments of `pulse re-enroll`.
+#[derive(Args, Debug)]
+pub struct ReenrollArgs {
+    pub sequence: String,
+    /// A lead's email (repeatable).
+    #[arg(long = "lead")]
+    pub leads: Vec<String>,
+    /// Everyone who is not currently active in the sequence.
+    #[arg(long)]
+    pub all_not_active: bool,
+}
+
+/// Arguments of `pulse resolve`.
+#[derive(Args, Debug)]
+pub struct ResolveArgs {
+    /// Idempotency key of the send (see `pulse sends --state UNKNOWN --json`).
+    pub key: String,
+    /// It went out: record it SENT and move the enrollment on.
+    #[arg(long)]
+    pub sent: bool,
+    /// It did not go out: send it again.
+    #[arg(long)]
+    pub resend: bool,
+    #[arg(long)]
+    pub note: Option<String>,
+}
+
 /// What an operator command asks the API.
 #[derive(Debug)]
 pub enum Request {
     Sequences(Sequences),
     Enrollments(Enrollments),
-    Reenroll {
-        sequence: String,
-        leads: Vec<String>,
-        all_not_active: bool,
-    },
-    Sends {
-        sequence: Option<String>,
-        lead: Option<String>,
-        state: Option<String>,
-        since: Option<String>,
-        until: Option<String>,
-        limit: Option<i64>,
-    },
-    Audit {
-        sequence: String,
-    },
-    Resolve {
-        key: String,
-        sent: bool,
-        resend: bool,
-        note: Option<String>,
-    },
-    ResumePreview {
-        sequence: String,
-    },
+    Reenroll(ReenrollArgs),
+    Sends(SendsFilter),
+    Audit { sequence: String },
+    Resolve(ResolveArgs),
+    ResumePreview { sequence: String },
 }
 
 /// A failed command: the message for the operator and the exit code.
@@ -192,11 +218,11 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             format!("/v1/enrollments/{}/cancel", encode(enrollment)),
             Some(json!({"reason": reason})),
         ),
-        Request::Reenroll {
+        Request::Reenroll(ReenrollArgs {
             sequence,
             leads,
             all_not_active,
-        } => {
+        }) => {
             let body = match (leads.is_empty(), all_not_active) {
                 (false, false) => json!({"lead_emails": leads}),
                 (true, true) => json!({"all_not_active": true}),
@@ -213,14 +239,14 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
                 Some(body),
             )
         }
-        Request::Sends {
+        Request::Sends(SendsFilter {
             sequence,
             lead,
             state,
             since,
             until,
             limit,
-        } => (
+        }) => (
             Method::GET,
             format!(
                 "/v1/sends{}",
@@ -240,12 +266,12 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             format!("/v1/sequences/{}/audit", encode(sequence)),
             None,
         ),
-        Request::Resolve {
+        Request::Resolve(ResolveArgs {
             key,
             sent,
             resend,
             note,
-        } => {
+        }) => {
             let outcome = match (sent, resend) {
                 (true, false) => "sent",
                 (false, true) => "resend",
@@ -436,7 +462,7 @@ fn render(request: &Request, v: &Value) -> String {
                 s(&v["end_reason"])
             )
         }
-        Request::Reenroll { .. } => format!(
+        Request::Reenroll(_) => format!(
             "re-enrolled {}, already active {}, never enrolled {}, unknown {}\n\n{}",
             s(&v["reenrolled"]),
             s(&v["already_active"]),
@@ -454,7 +480,7 @@ fn render(request: &Request, v: &Value) -> String {
                     .collect()
             )
         ),
-        Request::Sends { .. } | Request::Resolve { .. } => table(
+        Request::Sends(_) | Request::Resolve(_) => table(
             &[
                 "SENT AT",
                 "LEAD",

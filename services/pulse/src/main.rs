@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pulse::{
     Role,
-    cli::{self, Client, Enrollments, Request, Sequences},
+    cli::{self, Client, Enrollments, ReenrollArgs, Request, ResolveArgs, SendsFilter, Sequences},
 };
 use pulse_shared::{Settings, db, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -50,47 +50,22 @@ enum Command {
     ReEnroll {
         #[command(flatten)]
         client: Client,
-        sequence: String,
-        /// A lead's email (repeatable).
-        #[arg(long = "lead")]
-        leads: Vec<String>,
-        /// Everyone who is not currently active in the sequence.
-        #[arg(long)]
-        all_not_active: bool,
+        #[command(flatten)]
+        args: ReenrollArgs,
     },
     /// What actually went out: the send ledger.
     Sends {
         #[command(flatten)]
         client: Client,
-        #[arg(long)]
-        sequence: Option<String>,
-        #[arg(long)]
-        lead: Option<String>,
-        #[arg(long)]
-        state: Option<String>,
-        /// RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-        /// RFC 3339 time.
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long)]
-        limit: Option<i64>,
+        #[command(flatten)]
+        filter: SendsFilter,
     },
     /// Settle an UNKNOWN send after checking the relay's logs for its Message-ID.
     Resolve {
         #[command(flatten)]
         client: Client,
-        /// Idempotency key of the send (see `pulse sends --state UNKNOWN --json`).
-        key: String,
-        /// It went out: record it SENT and move the enrollment on.
-        #[arg(long)]
-        sent: bool,
-        /// It did not go out: send it again.
-        #[arg(long)]
-        resend: bool,
-        #[arg(long)]
-        note: Option<String>,
+        #[command(flatten)]
+        args: ResolveArgs,
     },
     /// Who did what to a sequence, and when.
     Audit {
@@ -132,54 +107,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Sequences { client, action } => (client, Request::Sequences(action)),
         Command::Enrollments { client, action } => (client, Request::Enrollments(action)),
-        Command::ReEnroll {
-            client,
-            sequence,
-            leads,
-            all_not_active,
-        } => (
-            client,
-            Request::Reenroll {
-                sequence,
-                leads,
-                all_not_active,
-            },
-        ),
-        Command::Sends {
-            client,
-            sequence,
-            lead,
-            state,
-            since,
-            until,
-            limit,
-        } => (
-            client,
-            Request::Sends {
-                sequence,
-                lead,
-                state,
-                since,
-                until,
-                limit,
-            },
-        ),
+        Command::ReEnroll { client, args } => (client, Request::Reenroll(args)),
+        Command::Sends { client, filter } => (client, Request::Sends(filter)),
         Command::Audit { client, sequence } => (client, Request::Audit { sequence }),
-        Command::Resolve {
-            client,
-            key,
-            sent,
-            resend,
-            note,
-        } => (
-            client,
-            Request::Resolve {
-                key,
-                sent,
-                resend,
-                note,
-            },
-        ),
+        Command::Resolve { client, args } => (client, Request::Resolve(args)),
         Command::ResumePreview { client, sequence } => {
             (client, Request::ResumePreview { sequence })
         }

@@ -253,28 +253,14 @@ async fn redeliver(
     delivery: &Delivery,
     n: u32,
 ) -> lapin::Result<()> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(DELIVERY_HEADER.into(), AMQPValue::LongUInt(n));
-    let props = delivery.properties.clone().with_headers(headers);
-    let copied = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            &delivery.data,
-            props,
-        )
-        .await;
-    match copied {
-        Ok(_) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
-        Err(_) => delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await
-            .map(|_| ()),
-    }
+    forward(
+        channel,
+        queue,
+        delivery,
+        (DELIVERY_HEADER, AMQPValue::LongUInt(n)),
+        true,
+    )
+    .await
 }
 
 /// Moves a message to the dead-letter queue with the reason in a header, then acks it. If that
@@ -286,27 +272,43 @@ async fn dead_letter(
     reason: &str,
 ) -> lapin::Result<()> {
     tracing::error!(%reason, "dead-lettering a message");
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(
-        DEAD_REASON_HEADER.into(),
-        AMQPValue::LongString(reason.into()),
-    );
-    let props = delivery.properties.clone().with_headers(headers);
     let dead = messaging::dead_letter_queue(queue);
-    let published = channel
+    forward(
+        channel,
+        &dead,
+        delivery,
+        (DEAD_REASON_HEADER, AMQPValue::LongString(reason.into())),
+        false,
+    )
+    .await
+}
+
+/// Publishes a copy of `delivery` to `to` with one more header and acks the original; if the
+/// copy cannot be published, nacks the original (`requeue` says where the broker puts it).
+async fn forward(
+    channel: &Channel,
+    to: &str,
+    delivery: &Delivery,
+    (name, value): (&str, AMQPValue),
+    requeue: bool,
+) -> lapin::Result<()> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(name.into(), value);
+    let props = delivery.properties.clone().with_headers(headers);
+    let copied = channel
         .basic_publish(
             "".into(),
-            dead.as_str().into(),
+            to.into(),
             BasicPublishOptions::default(),
             &delivery.data,
             props,
         )
         .await;
-    match published {
+    match copied {
         Ok(_) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
         Err(_) => delivery
             .nack(BasicNackOptions {
-                requeue: false,
+                requeue,
                 ..Default::default()
             })
             .await

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use pulse::Role;
-use pulse_tests::{SmtpServer, TestEnv, eventually, sequence_body};
+use pulse_tests::{SmtpServer, TestEnv, count, eventually, sequence_body, spawn_sender};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -28,21 +28,8 @@ async fn enroll(env: &TestEnv, emails: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn count(env: &TestEnv, sql: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(sql).fetch_one(&env.db).await?)
-}
-
 fn id(v: &Value) -> String {
     v["id"].as_str().unwrap_or_default().to_owned()
-}
-
-fn spawn_sender(env: &TestEnv, token: &CancellationToken) -> tokio::task::JoinHandle<()> {
-    let (s, t) = (env.settings.clone(), token.clone());
-    tokio::spawn(async move {
-        if let Err(e) = pulse_sender::run(s, Default::default(), t).await {
-            panic!("sender failed: {e}");
-        }
-    })
 }
 
 #[tokio::test]
@@ -96,12 +83,12 @@ async fn pause_holds_everything_including_queued_and_prefetched_then_resume_send
         "the test must pause with work pending (sent {at_pause})"
     );
     let held = count(
-        &env,
+        &env.db,
         "SELECT count(*) FROM step_runs WHERE state = 'SCHEDULED'",
     )
     .await?;
     let queued = count(
-        &env,
+        &env.db,
         "SELECT count(*) FROM step_runs WHERE state = 'QUEUED'",
     )
     .await?;
@@ -255,7 +242,7 @@ async fn resume_skips_forward_into_the_window_and_honours_end_dates() -> anyhow:
         "a step not yet due keeps its time"
     );
     let before_resume = count(
-        &env,
+        &env.db,
         "SELECT count(*) FROM step_runs WHERE state = 'SKIPPED'",
     )
     .await?;
@@ -325,8 +312,8 @@ async fn the_sender_enforces_the_rate_at_send_time() -> anyhow::Result<()> {
     enroll(&env, &emails.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     // Settled: nothing in flight, nothing due now; every step either sent or due later.
     eventually(Duration::from_secs(15), "the sender to settle", || async {
-        let busy = count(&env, "SELECT count(*) FROM step_runs WHERE state = 'QUEUED' OR (state = 'SCHEDULED' AND due_at <= now())").await?;
-        let sent = count(&env, "SELECT count(*) FROM step_runs WHERE state = 'SENT'").await?;
+        let busy = count(&env.db, "SELECT count(*) FROM step_runs WHERE state = 'QUEUED' OR (state = 'SCHEDULED' AND due_at <= now())").await?;
+        let sent = count(&env.db, "SELECT count(*) FROM step_runs WHERE state = 'SENT'").await?;
         Ok((busy == 0 && sent >= 5).then_some(()))
     })
     .await?;
@@ -375,7 +362,7 @@ async fn cancel_stops_one_lead_even_with_a_step_queued() -> anyhow::Result<()> {
     enroll(&env, &["keep@example.com", "stop@example.com"]).await?;
     eventually(Duration::from_secs(10), "steps queued", || async {
         Ok((count(
-            &env,
+            &env.db,
             "SELECT count(*) FROM step_runs WHERE state = 'QUEUED'",
         )
         .await?
@@ -412,7 +399,7 @@ async fn cancel_stops_one_lead_even_with_a_step_queued() -> anyhow::Result<()> {
     assert_eq!(resp.status().as_u16(), 200);
 
     let token = CancellationToken::new();
-    let sender = spawn_sender(&env, &token);
+    let sender = spawn_sender(&env.settings, &token);
     smtp.wait_for(2, Duration::from_secs(10)).await?;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let got = smtp.received();
@@ -466,7 +453,7 @@ async fn content_is_frozen_when_queued_and_edits_reach_the_rest() -> anyhow::Res
     enroll(&env, &["ada@example.com"]).await?;
     eventually(Duration::from_secs(10), "step 1 queued", || async {
         Ok((count(
-            &env,
+            &env.db,
             "SELECT count(*) FROM step_runs WHERE state = 'QUEUED'",
         )
         .await?
@@ -497,7 +484,7 @@ async fn content_is_frozen_when_queued_and_edits_reach_the_rest() -> anyhow::Res
     );
 
     let token = CancellationToken::new();
-    let sender = spawn_sender(&env, &token);
+    let sender = spawn_sender(&env.settings, &token);
     let got = smtp.wait_for(2, Duration::from_secs(10)).await?;
     assert_eq!(
         got[0].subject.as_deref(),
@@ -690,7 +677,7 @@ async fn delete_stops_everything_and_keeps_the_records() -> anyhow::Result<()> {
     let sid = id(&seq);
     enroll(&env, &["a@example.com", "b@example.com"]).await?;
     let token = CancellationToken::new();
-    let sender = spawn_sender(&env, &token);
+    let sender = spawn_sender(&env.settings, &token);
     smtp.wait_for(2, Duration::from_secs(10)).await?;
     let (status, deleted) = env
         .call(
@@ -769,7 +756,7 @@ async fn re_enroll_starts_a_new_generation_from_step_one() -> anyhow::Result<()>
     smtp.wait_for(4, Duration::from_secs(10)).await?;
     eventually(Duration::from_secs(10), "both completed", || async {
         Ok((count(
-            &env,
+            &env.db,
             "SELECT count(*) FROM enrollments WHERE status = 'COMPLETED'",
         )
         .await?
@@ -974,7 +961,7 @@ async fn end_dates_stop_steps_that_cannot_go_out_in_time() -> anyhow::Result<()>
         "both enrollments ended",
         || async {
             Ok((count(
-                &env,
+                &env.db,
                 "SELECT count(*) FROM enrollments WHERE status = 'COMPLETED'",
             )
             .await?

@@ -6,7 +6,7 @@ use std::time::Duration;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
 use pulse::Role;
 use pulse_shared::messaging::{self, SendMessage};
-use pulse_tests::{SmtpServer, TestEnv, eventually, sequence_body};
+use pulse_tests::{SmtpServer, TestEnv, count, eventually, sequence_body, spawn_sender};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -25,19 +25,6 @@ async fn start(
     Ok((env, smtp))
 }
 
-async fn count(env: &TestEnv, sql: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(sql).fetch_one(&env.db).await?)
-}
-
-fn spawn_sender(env: &TestEnv, token: &CancellationToken) -> tokio::task::JoinHandle<()> {
-    let (s, t) = (env.settings.clone(), token.clone());
-    tokio::spawn(async move {
-        if let Err(e) = pulse_sender::run(s, Default::default(), t).await {
-            panic!("sender failed: {e}");
-        }
-    })
-}
-
 #[tokio::test]
 async fn a_message_the_broker_lost_is_published_again_and_sent_once() -> anyhow::Result<()> {
     let (env, smtp) = start(&[Role::Api, Role::Ingest, Role::Scheduler], |s| {
@@ -53,7 +40,7 @@ async fn a_message_the_broker_lost_is_published_again_and_sent_once() -> anyhow:
     env.post("/v1/events", json!({"events": [{"id": "e", "type": "tag_applied", "tag": "t", "lead": {"email": "a@example.com"}}]})).await?;
     eventually(Duration::from_secs(10), "the step queued", || async {
         Ok((count(
-            &env,
+            &env.db,
             "SELECT count(*) FROM step_runs WHERE state = 'QUEUED'",
         )
         .await?
@@ -74,7 +61,7 @@ async fn a_message_the_broker_lost_is_published_again_and_sent_once() -> anyhow:
     conn.close(200, "done".into()).await?;
 
     let token = CancellationToken::new();
-    let sender = spawn_sender(&env, &token);
+    let sender = spawn_sender(&env.settings, &token);
     smtp.wait_for(1, Duration::from_secs(10)).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -155,7 +142,7 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_sender_goes_on(
     }
 
     let token = CancellationToken::new();
-    let sender = spawn_sender(&env, &token);
+    let sender = spawn_sender(&env.settings, &token);
     let dead = messaging::dead_letter_queue(&env.settings.queue);
     eventually(
         Duration::from_secs(20),
@@ -206,7 +193,7 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_sender_goes_on(
         "the parse error: {reasons:?}"
     );
     assert_eq!(
-        count(&env, "SELECT count(*) FROM send_ledger").await?,
+        count(&env.db, "SELECT count(*) FROM send_ledger").await?,
         0,
         "each failed claim was given back"
     );

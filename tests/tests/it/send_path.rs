@@ -8,7 +8,7 @@ use std::{
 use lapin::{BasicProperties, options::BasicPublishOptions};
 use pulse::Role;
 use pulse_shared::{Settings, messaging::SendMessage, pause::PauseFlags};
-use pulse_tests::{SmtpServer, TestEnv, eventually, sequence_body};
+use pulse_tests::{SmtpServer, TestEnv, eventually, sequence_body, spawn_scheduler, spawn_sender};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -395,25 +395,6 @@ async fn transient_failures_retry_and_permanent_ones_fail_alone() -> anyhow::Res
     assert_eq!(status, "FAILED");
     assert!(reason.unwrap_or_default().contains("550"));
     env.stop().await
-}
-
-/// Starts a sender in this process against `env`'s queue and database.
-fn spawn_sender(settings: &Settings, token: &CancellationToken) -> tokio::task::JoinHandle<()> {
-    let (s, t) = (settings.clone(), token.clone());
-    tokio::spawn(async move {
-        if let Err(e) = pulse_sender::run(s, Default::default(), t).await {
-            panic!("sender failed: {e}");
-        }
-    })
-}
-
-fn spawn_scheduler(settings: &Settings, token: &CancellationToken) -> tokio::task::JoinHandle<()> {
-    let (s, t) = (settings.clone(), token.clone());
-    tokio::spawn(async move {
-        if let Err(e) = pulse_scheduler::run(s, Default::default(), t).await {
-            panic!("scheduler failed: {e}");
-        }
-    })
 }
 
 async fn wait_queued(env: &TestEnv, n: i64) -> anyhow::Result<()> {
