@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PULSE_API_KEY ?= pulse-dev-key
 export PULSE_HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test services build lint fmt clean-tests bench-smtp chaos
+.PHONY: run test services build lint fmt clean-tests bench-smtp chaos bench
 
 ## Run the whole system locally (every role in one process, mail captured in the dev outbox).
 run: services
@@ -45,3 +45,10 @@ CHAOS_ARGS ?= --rounds 20
 chaos: services
 	CARGO_TARGET_DIR=target/chaos cargo build --release -q -p pulse --features failpoints
 	CARGO_TARGET_DIR=target/chaos cargo run --release -q -p pulse-tests --bin chaos -- $(CHAOS_ARGS)
+
+## Throughput and latency against what the machine allows, measured in the same run (release).
+BENCH_ARGS ?=
+bench: services
+	cargo build --release -q -p pulse
+	cargo build --release -q -p pulse-tests --bin bench
+	PULSE_BIN=target/release/pulse target/release/bench $(BENCH_ARGS)

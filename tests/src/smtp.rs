@@ -139,6 +139,11 @@ impl SmtpServer {
         self.lock().received.clone()
     }
 
+    /// Forgets every message received so far.
+    pub fn clear(&self) {
+        self.lock().received.clear();
+    }
+
     pub fn count(&self) -> usize {
         self.lock().received.len()
     }

@@ -71,7 +71,9 @@ impl Context {
     /// Connects to PostgreSQL and Redis and picks the transport from `PULSE_SMTP_URL`.
     pub async fn build(settings: &Settings) -> Result<Self, SenderError> {
         let s = &settings.sender;
-        let db = db::pool(&settings.database_url, s.concurrency as u32 + 2)?;
+        // Database work per send is short (most of a send waits on SMTP): a few connections
+        // serve many concurrent sends, and several senders stay under PostgreSQL's limit.
+        let db = db::pool(&settings.database_url, (s.concurrency as u32).min(16) + 2)?;
         let flags = PauseFlags::connect(
             &settings.redis_url,
             &settings.redis_prefix,
@@ -350,8 +352,9 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     let snap = match ledger::snapshot(&ctx.db, run).await {
         Ok(snap) => snap,
         Err(e) => {
-            // Nothing was sent: give the claim back so the next delivery can take it.
-            if let Err(undo) = ledger::unclaim(&ctx.db, &msg.key).await {
+            // Nothing was sent: give the claim back so the next delivery can take it (retried
+            // like an outcome, so a database restart does not turn it into an UNKNOWN).
+            if let Err(undo) = record_with_retries(|| ledger::unclaim(&ctx.db, &msg.key)).await {
                 tracing::warn!(key = %msg.key, error = %undo, "claim not given back; it becomes UNKNOWN after the lease");
             }
             return Err(e.into());
@@ -375,7 +378,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         None
     };
     if let Some((how, reason)) = refusal {
-        ledger::release(&ctx.db, &msg.key, run, how, &reason).await?;
+        record_with_retries(|| ledger::release(&ctx.db, &msg.key, run, how, &reason)).await?;
         tracing::info!(key = %msg.key, %reason, "send released unsent");
         return Ok(());
     }

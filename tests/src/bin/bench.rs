@@ -1,0 +1,692 @@
+//! The benchmark harness (`make bench`): Pulse's speed as numbers anyone can rerun, each next to
+//! what the machine itself allows, measured in the same run.
+//!
+//! * reference — a bare lapin publish-with-confirms and consume-with-ack loop on the same broker,
+//!   and a bare SMTP client (lettre over TCP_NODELAY) against the same sink;
+//! * ingest — trigger events/s over HTTP, in batches with overlapping triggers and repeated ids;
+//! * scheduler — due steps/s claimed and published with confirms, and the claim query's time as
+//!   the schedule table grows;
+//! * end to end — N enrollments all due now, sends/s until the SMTP sink accepted every one (with
+//!   1 and 2 senders), checked exactly once;
+//! * latency — due → accepted p50/p99 at a fixed offered rate below saturation;
+//! * memory — peak RSS of each role process.
+//!
+//! Roles run as separate release processes (`PULSE_BIN`, default `target/release/pulse`); the SMTP
+//! sink runs in this process. Options: `--sends N`, `--rate R`, `--seconds S`, `--events N`,
+//! `--rows 10000,100000,1000000`, `--json PATH`. Loopback only, bounded, stops by itself.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures::{StreamExt, stream};
+use lapin::{BasicProperties, options::*, types::FieldTable};
+use pulse_sender::transport::{Outgoing, SmtpPool, Transport};
+use pulse_shared::{Settings, db::DEFAULT_WORKSPACE, messaging, smtp_url::SmtpUrl};
+use pulse_tests::{SmtpServer, create_database, isolated_settings};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+struct Options {
+    sends: usize,
+    rate: usize,
+    seconds: usize,
+    events: usize,
+    rows: Vec<i64>,
+    json: String,
+    bin: String,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut o = Options {
+        sends: 20_000,
+        rate: 1000,
+        seconds: 10,
+        events: 20_000,
+        rows: vec![10_000, 100_000, 1_000_000],
+        json: "target/bench/latest.json".into(),
+        bin: std::env::var("PULSE_BIN").unwrap_or_else(|_| "target/release/pulse".into()),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--sends" => o.sends = value()?.parse()?,
+            "--rate" => o.rate = value()?.parse()?,
+            "--seconds" => o.seconds = value()?.parse()?,
+            "--events" => o.events = value()?.parse()?,
+            "--rows" => {
+                o.rows = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--json" => o.json = value()?,
+            "--bin" => o.bin = value()?,
+            other => anyhow::bail!("unknown option {other}; see the module docs"),
+        }
+    }
+    anyhow::ensure!(
+        o.sends > 0 && o.rate > 0 && o.seconds > 0 && o.events > 0,
+        "counts must be positive"
+    );
+    Ok(o)
+}
+
+/// A role process; its peak RSS is read before it is stopped.
+struct Role {
+    child: Child,
+}
+
+impl Role {
+    fn start(bin: &str, roles: &[&str], env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .args(roles)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Ok(Self {
+            child: cmd.spawn().with_context(|| format!("starting {bin}"))?,
+        })
+    }
+
+    /// Peak resident set size in MiB (VmHWM).
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+
+    fn stop(mut self) -> Option<f64> {
+        let rss = self.peak_rss_mib();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return rss;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        rss
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn env_for(s: &Settings, port: u16, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("PULSE_DATABASE_URL", s.database_url.clone()),
+        ("PULSE_AMQP_URL", s.amqp_url.clone()),
+        ("PULSE_REDIS_URL", s.redis_url.clone()),
+        ("PULSE_SMTP_URL", s.smtp_url.clone().unwrap_or_default()),
+        ("PULSE_QUEUE", s.queue.clone()),
+        ("PULSE_REDIS_PREFIX", s.redis_prefix.clone()),
+        ("PULSE_API_KEY", s.api_key.clone().unwrap_or_default()),
+        ("PULSE_HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("PULSE_MIGRATE_ON_START", "false".into()),
+        ("RUST_LOG", "warn".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn progress(what: &str, done: usize, total: usize, started: Instant) {
+    eprint!(
+        "\r  {what}: {done}/{total} ({:.0}/s)   ",
+        done as f64 / started.elapsed().as_secs_f64().max(1e-3)
+    );
+}
+
+/// Creates a one-step sequence whose subject carries the lead's email, and returns its ids.
+async fn sequence(db: &PgPool) -> anyhow::Result<(Uuid, Uuid)> {
+    let (seq, step) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlx::query("INSERT INTO sequences (id, workspace_id, name, sender_from) VALUES ($1, $2, 'bench', 'Bench <bench@example.com>')")
+        .bind(seq)
+        .bind(DEFAULT_WORKSPACE)
+        .execute(db)
+        .await?;
+    sqlx::query(
+        "INSERT INTO sequence_steps (id, sequence_id, position, timing, subject, body)
+         VALUES ($1, $2, 1, '{\"type\":\"immediately\"}', 'b {{ lead.email }}', 'benchmark')",
+    )
+    .bind(step)
+    .bind(seq)
+    .execute(db)
+    .await?;
+    Ok((seq, step))
+}
+
+/// Inserts `n` leads, enrollments and step runs of `seq`, due from `t0` at `per_second`
+/// (all at `t0` when None). Returns the emails in due order.
+async fn bulk_enroll(
+    db: &PgPool,
+    seq: (Uuid, Uuid),
+    tag: &str,
+    n: usize,
+    t0: chrono::DateTime<chrono::Utc>,
+    per_second: Option<usize>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "WITH l AS (
+             INSERT INTO leads (id, workspace_id, email)
+             SELECT gen_random_uuid(), $1, $4 || '-' || i || '@example.com' FROM generate_series(0, $5 - 1) i
+             RETURNING id, email),
+         e AS (
+             INSERT INTO enrollments (id, workspace_id, sequence_id, lead_id, source)
+             SELECT gen_random_uuid(), $1, $2, id, 'bench' FROM l RETURNING id, lead_id)
+         INSERT INTO step_runs (id, workspace_id, sequence_id, enrollment_id, step_id, position, generation, due_at)
+         SELECT gen_random_uuid(), $1, $2, e.id, $3, 1, 1,
+                $6 + make_interval(secs => CASE WHEN $7 > 0
+                    THEN split_part(split_part(l.email, '@', 1), '-', 2)::float8 / $7 ELSE 0 END)
+         FROM e JOIN l ON l.id = e.lead_id",
+    )
+    .bind(DEFAULT_WORKSPACE)
+    .bind(seq.0)
+    .bind(seq.1)
+    .bind(tag)
+    .bind(n as i64)
+    .bind(t0)
+    .bind(per_second.unwrap_or(0) as f64)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let o = options()?;
+    anyhow::ensure!(
+        std::path::Path::new(&o.bin).exists(),
+        "{} not found: `make bench` builds it",
+        o.bin
+    );
+    let smtp = SmtpServer::start().await?;
+    let mut s = isolated_settings("bench");
+    s.smtp_url = Some(smtp.url());
+    let db = create_database(&s).await?;
+    pulse_shared::db::provision_key(
+        &db,
+        DEFAULT_WORKSPACE,
+        "default",
+        s.api_key.as_deref().unwrap_or_default(),
+    )
+    .await?;
+    let mut results: BTreeMap<&str, Value> = BTreeMap::new();
+    let mut rss: BTreeMap<String, f64> = BTreeMap::new();
+    println!(
+        "Pulse benchmark: {} sends, {} events, offered {} /s for {} s ({} cores)",
+        o.sends,
+        o.events,
+        o.rate,
+        o.seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // ---- references
+    let (publish_ref, consume_ref) = amqp_reference(&s, o.sends).await?;
+    println!("reference  RabbitMQ publish with confirms   {publish_ref:>8.0} msg/s");
+    println!("reference  RabbitMQ consume with ack        {consume_ref:>8.0} msg/s");
+    let smtp_ref = smtp_reference(&smtp, o.sends.min(20_000)).await?;
+    println!("reference  bare SMTP client → sink          {smtp_ref:>8.0} msg/s");
+    let broker_ref = publish_ref.min(consume_ref);
+    results.insert("reference", json!({"amqp_publish_confirm_per_s": publish_ref, "amqp_consume_ack_per_s": consume_ref, "smtp_per_s": smtp_ref}));
+
+    // ---- ingest
+    let port = free_port()?;
+    let api = Role::start(&o.bin, &["api", "ingest"], &env_for(&s, port, &[]))?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base).await?;
+    let events_per_s = ingest(&base, s.api_key.as_deref().unwrap_or_default(), o.events).await?;
+    println!("ingest     events accepted and deduplicated {events_per_s:>8.0} /s");
+    results.insert(
+        "ingest",
+        json!({"events_per_s": events_per_s, "events": o.events}),
+    );
+    rss.insert("api+ingest".into(), api.stop().unwrap_or_default());
+    sqlx::query("UPDATE sequences SET status = 'PAUSED'")
+        .execute(&db)
+        .await?;
+
+    // ---- scheduler alone: claim + publish
+    let seq = sequence(&db).await?;
+    bulk_enroll(&db, seq, "sched", o.sends, chrono::Utc::now(), None).await?;
+    let started = Instant::now();
+    let scheduler = Role::start(&o.bin, &["scheduler"], &env_for(&s, free_port()?, &[]))?;
+    wait_state(&db, seq.0, "QUEUED", o.sends, "queued", started).await?;
+    let sched_per_s = o.sends as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "scheduler  steps claimed and published      {sched_per_s:>8.0} /s  ({:.2} of the broker's publish rate)",
+        sched_per_s / publish_ref
+    );
+    results.insert("scheduler", json!({"steps_per_s": sched_per_s}));
+
+    // ---- sender alone, then end to end with 1 and 2 senders
+    let started = Instant::now();
+    let sender = Role::start(&o.bin, &["sender"], &env_for(&s, free_port()?, &[]))?;
+    smtp_wait(&smtp, o.sends, started).await?;
+    let sender_per_s = o.sends as f64 / started.elapsed().as_secs_f64();
+    println!("sender     one worker, queue pre-filled     {sender_per_s:>8.0} /s");
+    rss.insert("sender".into(), sender.stop().unwrap_or_default());
+    check_exactly_once(&smtp, &db, o.sends)?;
+    let mut e2e = BTreeMap::new();
+    for senders in [1usize, 2] {
+        let before = smtp.count();
+        let seq = sequence(&db).await?;
+        bulk_enroll(
+            &db,
+            seq,
+            &format!("e2e{senders}"),
+            o.sends,
+            chrono::Utc::now() + chrono::Duration::seconds(2),
+            None,
+        )
+        .await?;
+        let workers: Vec<Role> = (0..senders)
+            .map(|_| {
+                Role::start(
+                    &o.bin,
+                    &["sender"],
+                    &env_for(&s, free_port().unwrap_or(0), &[]),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(2)).await;
+        let started = Instant::now();
+        smtp_wait(&smtp, before + o.sends, started).await?;
+        let per_s = o.sends as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "end to end {senders} sender(s), all due now        {per_s:>8.0} sends/s  ({:.2} of the bare broker loop)",
+            per_s / broker_ref
+        );
+        e2e.insert(format!("senders_{senders}"), per_s);
+        for w in workers {
+            let r = w.stop().unwrap_or_default();
+            let peak = rss.entry("sender".into()).or_default();
+            *peak = peak.max(r);
+        }
+        check_exactly_once(&smtp, &db, before + o.sends)?;
+    }
+    results.insert("end_to_end", json!(e2e));
+
+    // ---- latency at a fixed offered rate
+    let n = o.rate * o.seconds;
+    let seq = sequence(&db).await?;
+    let t0 = chrono::Utc::now() + chrono::Duration::seconds(3);
+    bulk_enroll(&db, seq, "lat", n, t0, Some(o.rate)).await?;
+    let before = smtp.count();
+    let sender = Role::start(&o.bin, &["sender"], &env_for(&s, free_port()?, &[]))?;
+    smtp_wait(&smtp, before + n, Instant::now()).await?;
+    let epoch = Instant::now() - (chrono::Utc::now() - t0).to_std().unwrap_or_default();
+    let mut lat: Vec<f64> = smtp
+        .received()
+        .iter()
+        .filter_map(|m| {
+            let i: f64 = m
+                .subject
+                .as_deref()?
+                .strip_prefix("b lat-")?
+                .split('@')
+                .next()?
+                .parse()
+                .ok()?;
+            let due = epoch + Duration::from_secs_f64(i / o.rate as f64);
+            Some(m.at.saturating_duration_since(due).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "latency    due → accepted at {} /s offered   p50 {:>6.0} ms  p99 {:>6.0} ms",
+        o.rate,
+        pct(0.5),
+        pct(0.99)
+    );
+    results.insert("latency", json!({"offered_per_s": o.rate, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "samples": lat.len()}));
+    let r = sender.stop().unwrap_or_default();
+    let peak = rss.entry("sender".into()).or_default();
+    *peak = peak.max(r);
+    rss.insert("scheduler".into(), scheduler.stop().unwrap_or_default());
+
+    // ---- claim time as the schedule table grows
+    let mut claims = BTreeMap::new();
+    let seq = sequence(&db).await?;
+    let mut have = 0i64;
+    for rows in &o.rows {
+        let add = rows - have;
+        if add > 0 {
+            bulk_enroll(
+                &db,
+                seq,
+                &format!("grow{have}"),
+                add as usize,
+                chrono::Utc::now() + chrono::Duration::days(30),
+                None,
+            )
+            .await?;
+            have = *rows;
+        }
+        sqlx::query("ANALYZE step_runs").execute(&db).await?;
+        let ms = claim_ms(&db).await?;
+        println!("scheduler  claim of 500 due with {rows:>9} scheduled rows  {ms:>6.1} ms");
+        claims.insert(rows.to_string(), ms);
+    }
+    results.insert("claim_ms_by_rows", json!(claims));
+    for (role, mib) in &rss {
+        println!("memory     peak RSS {role:<11} {mib:>6.1} MiB");
+    }
+    results.insert("peak_rss_mib", json!(rss));
+
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let report = json!({"commit": commit, "at": chrono::Utc::now(), "options": {"sends": o.sends, "rate": o.rate, "seconds": o.seconds, "events": o.events}, "results": results});
+    if let Some(dir) = std::path::Path::new(&o.json).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&o.json, serde_json::to_string_pretty(&report)?)?;
+    println!("written to {}", o.json);
+    db.close().await;
+    pulse_tests::cleanup(&s).await
+}
+
+async fn wait_ready(base: &str) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{base} never became ready")
+}
+
+async fn wait_state(
+    db: &PgPool,
+    seq: Uuid,
+    state: &str,
+    n: usize,
+    what: &str,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM step_runs WHERE sequence_id = $1 AND state = $2",
+        )
+        .bind(seq)
+        .bind(state)
+        .fetch_one(db)
+        .await?;
+        progress(what, done as usize, n, started);
+        if done as usize >= n {
+            eprintln!();
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {n} {what} in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn smtp_wait(smtp: &SmtpServer, n: usize, started: Instant) -> anyhow::Result<()> {
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let got = smtp.count();
+        progress("accepted", got, n, started);
+        if got >= n {
+            eprintln!();
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {got} of {n} accepted in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every accepted message is distinct (by Message-ID) and the ledger agrees.
+fn check_exactly_once(smtp: &SmtpServer, _db: &PgPool, expected: usize) -> anyhow::Result<()> {
+    let received = smtp.received();
+    let ids: HashSet<String> = received
+        .iter()
+        .filter_map(|m| m.message_id.clone())
+        .collect();
+    anyhow::ensure!(
+        received.len() == expected,
+        "{} accepted, {expected} expected",
+        received.len()
+    );
+    anyhow::ensure!(ids.len() == expected, "{} duplicates", expected - ids.len());
+    Ok(())
+}
+
+/// The claim query of the scheduler, 500 due rows, median of 5 (rolled back).
+async fn claim_ms(db: &PgPool) -> anyhow::Result<f64> {
+    let seq = sequence(db).await?;
+    bulk_enroll(
+        db,
+        seq,
+        &format!("due{}", Uuid::new_v4().simple()),
+        500,
+        chrono::Utc::now(),
+        None,
+    )
+    .await?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let mut tx = db.begin().await?;
+        let started = Instant::now();
+        sqlx::query(
+            "SELECT sr.id FROM step_runs sr
+             JOIN sequences s ON s.id = sr.sequence_id
+             JOIN enrollments e ON e.id = sr.enrollment_id
+             JOIN sequence_steps st ON st.id = sr.step_id
+             JOIN leads l ON l.id = e.lead_id
+             WHERE sr.state = 'SCHEDULED' AND sr.due_at <= now() AND s.status = 'ACTIVE' AND e.status = 'ACTIVE'
+             ORDER BY sr.due_at LIMIT 500 FOR UPDATE OF sr SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        tx.rollback().await?;
+    }
+    sqlx::query("UPDATE step_runs SET state = 'CANCELLED' WHERE sequence_id = $1")
+        .bind(seq.0)
+        .execute(db)
+        .await?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[2])
+}
+
+async fn ingest(base: &str, key: &str, n: usize) -> anyhow::Result<f64> {
+    let http = reqwest::Client::new();
+    let seq = json!({"name": "ingest bench", "steps": [{"subject": "x", "body": "y", "timing": {"type": "immediately"}}],
+        "triggers": [{"type": "tag_applied", "tag": "t"}, {"type": "list_added", "list": "l"}],
+        "sender": {"from": "bench@example.com"}});
+    http.post(format!("{base}/v1/sequences"))
+        .bearer_auth(key)
+        .json(&seq)
+        .send()
+        .await?
+        .error_for_status()?;
+    // Batches of 500; every tenth event repeats an earlier id; half the leads get both triggers.
+    let batches: Vec<Value> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(500)
+        .map(|chunk| {
+            let events: Vec<Value> = chunk.iter().map(|i| {
+                let id = if i % 10 == 9 { i - 9 } else { *i };
+                let lead = json!({"email": format!("i{}@example.com", i / 2)});
+                if i % 2 == 0 {
+                    json!({"id": format!("e{id}"), "type": "tag_applied", "tag": "t", "lead": lead})
+                } else {
+                    json!({"id": format!("e{id}"), "type": "list_added", "list": "l", "lead": lead})
+                }
+            }).collect();
+            json!({"events": events})
+        })
+        .collect();
+    let started = Instant::now();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let results: Vec<anyhow::Result<()>> = stream::iter(batches)
+        .map(|b| {
+            let (http, done) = (http.clone(), done.clone());
+            async move {
+                let len = b["events"].as_array().map_or(0, Vec::len);
+                http.post(format!("{base}/v1/events"))
+                    .bearer_auth(key)
+                    .json(&b)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                let d = done.fetch_add(len, std::sync::atomic::Ordering::Relaxed) + len;
+                progress("events", d, n, started);
+                Ok(())
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    eprintln!();
+    for r in results {
+        r?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn amqp_reference(s: &Settings, n: usize) -> anyhow::Result<(f64, f64)> {
+    let conn = messaging::connect(&s.amqp_url).await?;
+    let ch = conn.create_channel().await?;
+    let queue = format!("{}.reference", s.queue);
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let payload = vec![b'x'; 300];
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(1000);
+    for i in 0..n {
+        pending.push(
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &payload,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?,
+        );
+        if pending.len() == 1000 || i + 1 == n {
+            for c in futures::future::try_join_all(pending.drain(..)).await? {
+                anyhow::ensure!(c.is_ack(), "reference publish nacked");
+            }
+        }
+    }
+    let publish = n as f64 / started.elapsed().as_secs_f64();
+    ch.basic_qos(500, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut got = 0;
+    while got < n {
+        let d = consumer.next().await.context("consumer ended")??;
+        d.ack(BasicAckOptions::default()).await?;
+        got += 1;
+    }
+    let consume = n as f64 / started.elapsed().as_secs_f64();
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    conn.close(200, "reference done".into()).await?;
+    Ok((publish, consume))
+}
+
+async fn smtp_reference(smtp: &SmtpServer, n: usize) -> anyhow::Result<f64> {
+    let before = smtp.count();
+    let relay = SmtpUrl {
+        host: smtp.addr.ip().to_string(),
+        port: smtp.addr.port(),
+    };
+    let pool = Transport::Smtp(Arc::new(SmtpPool::new(relay, 32, Duration::from_secs(30))));
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = stream::iter(0..n)
+        .map(|i| {
+            let pool = pool.clone();
+            async move {
+                let mail = Outgoing {
+                    workspace: Uuid::nil(),
+                    from: "ref@example.com".into(),
+                    to: format!("ref{i}@example.com"),
+                    subject: "reference".into(),
+                    body: "reference".into(),
+                    message_id: format!("<ref.{i}@example.com>"),
+                };
+                pool.send(&mail)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    let per_s = n as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(smtp.count() == before + n, "the reference lost messages");
+    smtp.clear();
+    Ok(per_s)
+}
