@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::{
     db::StoreError,
     model::enrollment_status,
-    schedule::{self, Target},
+    schedule::{self, Rules, StepSpec, Target},
 };
 
 /// The idempotency key of one step of one enrollment generation.
@@ -265,18 +265,40 @@ pub struct Snapshot {
     pub enrollment_status: String,
     pub sequence_status: String,
     pub lead_suppressed: bool,
+    /// What follows this step, read in the same query, for [`record_sent`]'s fast path.
+    pub followup: Followup,
+}
+
+/// The step after a claimed one and the rules that time it, as read with the snapshot. If the
+/// sequence and that step are unchanged when the send is recorded (same versions), recording and
+/// scheduling the next step take one statement; otherwise the full transaction recomputes.
+#[derive(Clone, Debug)]
+pub struct Followup {
+    pub sequence: Uuid,
+    pub sequence_version: i32,
+    pub rules: Rules,
+    pub lead_tz: Option<chrono_tz::Tz>,
+    /// The next live step and its version; `None` when this is the last step.
+    pub next: Option<(StepSpec, i32)>,
 }
 
 /// Loads the snapshot of a claimed step run.
 pub async fn snapshot(db: &PgPool, step_run: Uuid) -> Result<Snapshot, StoreError> {
     let row = sqlx::query(
-        "SELECT sr.subject, sr.body, sr.from_addr, sr.to_addr, sr.message_id,
+        "SELECT sr.subject, sr.body, sr.from_addr, sr.to_addr, sr.message_id, sr.sequence_id,
                 e.status AS enrollment_status, s.status AS sequence_status,
-                (l.unsubscribed_at IS NOT NULL OR l.bounced_at IS NOT NULL) AS suppressed
+                (l.unsubscribed_at IS NOT NULL OR l.bounced_at IS NOT NULL) AS suppressed,
+                s.version AS sequence_version, s.timezone, s.send_window, s.end_date,
+                l.timezone AS lead_tz, nx.id AS next_id, nx.position AS next_position,
+                nx.timing AS next_timing, nx.end_date AS next_end_date, nx.version AS next_version
          FROM step_runs sr
          JOIN enrollments e ON e.id = sr.enrollment_id
          JOIN sequences s ON s.id = sr.sequence_id
          JOIN leads l ON l.id = e.lead_id
+         LEFT JOIN LATERAL (
+             SELECT id, position, timing, end_date, version FROM sequence_steps
+             WHERE sequence_id = sr.sequence_id AND position > sr.position AND deleted_at IS NULL
+             ORDER BY position LIMIT 1) nx ON true
          WHERE sr.id = $1",
     )
     .bind(step_run)
@@ -285,6 +307,19 @@ pub async fn snapshot(db: &PgPool, step_run: Uuid) -> Result<Snapshot, StoreErro
     let text = |col: &str| -> Result<String, StoreError> {
         row.try_get::<Option<String>, _>(col)?
             .ok_or_else(|| StoreError::Corrupt(format!("queued step run {step_run} has no {col}")))
+    };
+    let next = match row.try_get::<Option<Uuid>, _>("next_id")? {
+        None => None,
+        Some(id) => Some((
+            StepSpec {
+                id,
+                position: row.try_get("next_position")?,
+                timing: serde_json::from_value(row.try_get("next_timing")?)
+                    .map_err(|e| StoreError::Corrupt(format!("step timing: {e}")))?,
+                end_date: row.try_get("next_end_date")?,
+            },
+            row.try_get("next_version")?,
+        )),
     };
     Ok(Snapshot {
         subject: text("subject")?,
@@ -295,6 +330,15 @@ pub async fn snapshot(db: &PgPool, step_run: Uuid) -> Result<Snapshot, StoreErro
         enrollment_status: row.try_get("enrollment_status")?,
         sequence_status: row.try_get("sequence_status")?,
         lead_suppressed: row.try_get("suppressed")?,
+        followup: Followup {
+            sequence: row.try_get("sequence_id")?,
+            sequence_version: row.try_get("sequence_version")?,
+            rules: schedule::rules_from_row(&row)?,
+            lead_tz: row
+                .try_get::<Option<String>, _>("lead_tz")?
+                .and_then(|t| t.parse::<chrono_tz::Tz>().ok()),
+            next,
+        },
     })
 }
 
@@ -394,15 +438,22 @@ pub struct Reply {
     pub text: String,
 }
 
-/// Records a send the relay accepted, and in the same transaction schedules the next step (or
-/// completes the enrollment).
+/// Records a send the relay accepted, and atomically schedules the next step (or completes the
+/// enrollment). With the snapshot's `followup` this is one statement when nothing changed since
+/// the snapshot; otherwise (or without one) a transaction that recomputes from current data.
 pub async fn record_sent(
     db: &PgPool,
     key: &str,
     step_run: Uuid,
     reply: &Reply,
     now: DateTime<Utc>,
+    followup: Option<&Followup>,
 ) -> Result<(), StoreError> {
+    if let Some(f) = followup
+        && record_sent_unchanged(db, key, step_run, reply, now, f).await?
+    {
+        return Ok(());
+    }
     let mut tx = db.begin().await?;
     sqlx::query(
         "UPDATE send_ledger SET state = 'SENT', smtp_code = $2, smtp_reply = $3, sent_at = $4,
@@ -444,6 +495,91 @@ pub async fn record_sent(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// The one-statement record: every write is conditioned on the sequence and the next step still
+/// having the versions the snapshot read, so it either applies whole or not at all (`false`:
+/// something was edited meanwhile). A cancel committed meanwhile is honoured: the enrollment is
+/// only moved on while ACTIVE (its row lock makes a concurrent cancel wait or win).
+async fn record_sent_unchanged(
+    db: &PgPool,
+    key: &str,
+    step_run: Uuid,
+    reply: &Reply,
+    now: DateTime<Utc>,
+    f: &Followup,
+) -> Result<bool, StoreError> {
+    let (next_id, next_position, next_version, due, skipped) = match &f.next {
+        None => (None, None, None, None, None),
+        Some((step, version)) => {
+            let due = step.timing.due_after(now).map_err(StoreError::Corrupt)?;
+            match schedule::plan(due, &f.rules, f.lead_tz, step.position, step.end_date) {
+                schedule::Planned::At(at) => (
+                    Some(step.id),
+                    Some(step.position),
+                    Some(*version),
+                    Some(at),
+                    None,
+                ),
+                schedule::Planned::Expired(reason) => (
+                    Some(step.id),
+                    Some(step.position),
+                    Some(*version),
+                    Some(due),
+                    Some(reason),
+                ),
+            }
+        }
+    };
+    let fresh: bool = sqlx::query_scalar(
+        "WITH fresh AS (
+             SELECT 1 FROM sequences s WHERE s.id = $6 AND s.version = $7
+               AND ($8::uuid IS NULL OR EXISTS (
+                   SELECT 1 FROM sequence_steps st
+                   WHERE st.id = $8 AND st.deleted_at IS NULL AND st.version = $9))),
+         ledger AS (
+             UPDATE send_ledger SET state = 'SENT', smtp_code = $2, smtp_reply = $3, sent_at = $4,
+                 updated_at = now()
+             WHERE idempotency_key = $1 AND EXISTS (SELECT 1 FROM fresh)),
+         run AS (
+             UPDATE step_runs SET state = 'SENT', sent_at = $4, last_error = NULL, updated_at = now()
+             WHERE id = $5 AND EXISTS (SELECT 1 FROM fresh)
+             RETURNING workspace_id, sequence_id, enrollment_id, generation),
+         enr AS (
+             UPDATE enrollments e SET
+                 current_step = COALESCE($10, e.current_step),
+                 status = CASE WHEN $8::uuid IS NULL OR $12::text IS NOT NULL THEN 'COMPLETED' ELSE e.status END,
+                 end_reason = CASE WHEN $8::uuid IS NULL THEN 'all steps sent' ELSE $12 END,
+                 ended_at = CASE WHEN $8::uuid IS NULL OR $12::text IS NOT NULL THEN now() END,
+                 updated_at = now()
+             FROM run WHERE e.id = run.enrollment_id AND e.status = 'ACTIVE'
+             RETURNING e.id),
+         ins AS (
+             INSERT INTO step_runs (id, workspace_id, sequence_id, enrollment_id, step_id, position,
+                                    generation, due_at, state, last_error)
+             SELECT $13, run.workspace_id, run.sequence_id, run.enrollment_id, $8, $10,
+                    run.generation, $11,
+                    CASE WHEN $12::text IS NULL THEN 'SCHEDULED' ELSE 'SKIPPED' END, $12
+             FROM run, enr WHERE $8::uuid IS NOT NULL
+             ON CONFLICT (enrollment_id, step_id, generation) DO NOTHING)
+         SELECT EXISTS (SELECT 1 FROM fresh)",
+    )
+    .bind(key)
+    .bind(reply.code)
+    .bind(&reply.text)
+    .bind(now)
+    .bind(step_run)
+    .bind(f.sequence)
+    .bind(f.sequence_version)
+    .bind(next_id)
+    .bind(next_version)
+    .bind(next_position)
+    .bind(due)
+    .bind(skipped)
+    .bind(Uuid::new_v4())
+    .fetch_one(db)
+    .await?;
+    Ok(fresh)
 }
 
 /// Writes the relay's answer and a failure state (DEFERRED, FAILED, UNKNOWN) on a ledger key.

@@ -383,6 +383,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         return Ok(());
     }
 
+    let followup = snap.followup;
     let mail = Outgoing {
         workspace: msg.workspace_id,
         from: snap.from_addr,
@@ -395,8 +396,10 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         Ok(reply) => {
             #[cfg(feature = "failpoints")]
             failpoints::crash_after_smtp();
-            record_with_retries(|| ledger::record_sent(&ctx.db, &msg.key, run, &reply, Utc::now()))
-                .await?;
+            record_with_retries(|| {
+                ledger::record_sent(&ctx.db, &msg.key, run, &reply, Utc::now(), Some(&followup))
+            })
+            .await?;
             tracing::info!(key = %msg.key, code = ?reply.code, "sent");
         }
         Err(SendError::Transient(reply)) if attempts < ctx.settings.max_attempts => {

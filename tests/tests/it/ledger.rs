@@ -153,7 +153,7 @@ async fn a_key_is_claimed_once_and_settles() -> anyhow::Result<()> {
         code: Some(250),
         text: "ok".into(),
     };
-    ledger::record_sent(&env.db, &key, run, &reply, chrono::Utc::now()).await?;
+    ledger::record_sent(&env.db, &key, run, &reply, chrono::Utc::now(), None).await?;
     assert_eq!(
         ledger::claim(&env.db, run, &key, LEASE).await?,
         Claim::Settled {
@@ -290,6 +290,115 @@ async fn pause_flags_fail_closed_when_redis_loses_them() -> anyhow::Result<()> {
         flags.gate(&env.db, Uuid::new_v4()).await?,
         Gate::Closed,
         "unknown sequence"
+    );
+    env.stop().await
+}
+
+#[tokio::test]
+async fn recording_a_send_follows_an_edit_made_while_it_was_in_flight() -> anyhow::Result<()> {
+    let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "Edit",
+            &[
+                ("A", "a", json!({"type": "immediately"})),
+                ("B", "b", json!({"type": "immediately"})),
+                ("C", "c", json!({"type": "delay", "delay": "P1D"})),
+            ],
+            "t",
+        ))
+        .await?;
+    let sid = seq["id"].as_str().unwrap_or_default().to_owned();
+    let steps = seq["steps"].as_array().cloned().unwrap_or_default();
+    let reply = Reply {
+        code: Some(250),
+        text: "ok".into(),
+    };
+    let next_after_first = |lead: &'static str| {
+        let db = env.db.clone();
+        async move {
+            let row: (i32, String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+                "SELECT sr.position, sr.state, sr.due_at FROM step_runs sr
+                 JOIN enrollments e ON e.id = sr.enrollment_id JOIN leads l ON l.id = e.lead_id
+                 WHERE l.email = $1 AND sr.position > 1",
+            )
+            .bind(lead)
+            .fetch_one(&db)
+            .await?;
+            anyhow::Ok(row)
+        }
+    };
+    for lead in ["fast@example.com", "edited@example.com"] {
+        env.post(
+            &format!("/v1/sequences/{sid}/enrollments"),
+            json!({"lead": {"email": lead}}),
+        )
+        .await?;
+    }
+    let runs: Vec<(Uuid, Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT sr.id, sr.enrollment_id, sr.step_id, l.email FROM step_runs sr
+         JOIN enrollments e ON e.id = sr.enrollment_id JOIN leads l ON l.id = e.lead_id ORDER BY l.email",
+    )
+    .fetch_all(&env.db)
+    .await?;
+    let mut snaps = Vec::new();
+    for (run, enrollment, step, _) in &runs {
+        sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
+        let key = ledger::idempotency_key(*enrollment, *step, 1);
+        assert_eq!(
+            ledger::claim(&env.db, *run, &key, LEASE).await?,
+            Claim::Claimed { attempts: 1 }
+        );
+        snaps.push((*run, key, ledger::snapshot(&env.db, *run).await?));
+    }
+    // runs are ordered edited@, fast@.
+    let (run, key, snap) = &snaps[1];
+    ledger::record_sent(
+        &env.db,
+        key,
+        *run,
+        &reply,
+        chrono::Utc::now(),
+        Some(&snap.followup),
+    )
+    .await?;
+    let (position, state, due) = next_after_first("fast@example.com").await?;
+    assert_eq!(
+        (position, state.as_str()),
+        (2, "SCHEDULED"),
+        "unchanged sequence: B, at once"
+    );
+    assert!(due <= chrono::Utc::now());
+
+    // While the other send is in flight, step B is deleted: recording must not schedule it.
+    let keep = |s: &serde_json::Value| json!({"id": s["id"], "subject": s["subject"], "body": s["body"], "timing": s["timing"]});
+    let (status, _) = env
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/sequences/{sid}"),
+            Some(json!({"steps": [keep(&steps[0]), keep(&steps[2])]})),
+        )
+        .await?;
+    assert_eq!(status, 200);
+    let (run, key, snap) = &snaps[0];
+    ledger::record_sent(
+        &env.db,
+        key,
+        *run,
+        &reply,
+        chrono::Utc::now(),
+        Some(&snap.followup),
+    )
+    .await?;
+    let (position, state, due) = next_after_first("edited@example.com").await?;
+    assert_eq!(
+        (position, state.as_str()),
+        (2, "SCHEDULED"),
+        "C, now at position 2"
+    );
+    assert!(
+        due > chrono::Utc::now() + chrono::Duration::hours(23),
+        "timed as C (a day), not B"
     );
     env.stop().await
 }
