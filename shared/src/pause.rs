@@ -4,16 +4,24 @@
 //! PostgreSQL is the truth; Redis may lose every key at any moment (it runs without
 //! persistence). The rules that make that safe:
 //! * a writer (pause, resume, delete) commits PostgreSQL first, then `SET`s the flag;
-//! * a reader that finds no flag reads PostgreSQL and refills with `SET NX`, so a refill that
-//!   raced a writer can never overwrite the newer value;
-//! * a missing flag therefore never means "active": it means "ask PostgreSQL" (fail closed).
+//! * only `ACTIVE` is taken on Redis's word (and even then senders re-check PostgreSQL after
+//!   claiming, so a stale `ACTIVE` cannot send for a paused sequence);
+//! * anything else, or no flag at all, is confirmed in PostgreSQL (fail closed). A missing flag
+//!   is refilled with `SET NX`, so a refill that raced a writer never overwrites the newer value;
+//!   a flag PostgreSQL contradicts is deleted, so a resume whose flag write failed (Redis was
+//!   restarting) cannot leave a sequence held for the flag's lifetime.
+//!
+//! The connection heals itself: any connection-level error drops it and the next call opens a
+//! new one, so a Redis restart costs the calls made while Redis is down and nothing more.
 //!
 //! This module never decides what to do with a paused message; the sender does.
 
 use chrono::{DateTime, TimeZone, Utc};
-use redis::aio::ConnectionManager;
+use redis::{AsyncConnectionConfig, aio::MultiplexedConnection};
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::RwLock;
 use uuid::Uuid;
 
 use crate::model::sequence_status;
@@ -50,28 +58,69 @@ impl Gate {
 
 #[derive(Clone)]
 pub struct PauseFlags {
-    conn: ConnectionManager,
+    client: redis::Client,
+    conn: Arc<RwLock<Option<MultiplexedConnection>>>,
     prefix: String,
 }
+
+/// How long one Redis connection attempt or command may take.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl PauseFlags {
     /// Connects to Redis, retrying for up to `patience`.
     pub async fn connect(url: &str, prefix: &str, patience: Duration) -> Result<Self, PauseError> {
-        let client = redis::Client::open(url)?;
+        let flags = Self {
+            client: redis::Client::open(url)?,
+            conn: Arc::new(RwLock::new(None)),
+            prefix: prefix.to_owned(),
+        };
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            match ConnectionManager::new(client.clone()).await {
-                Ok(conn) => {
-                    return Ok(Self {
-                        conn,
-                        prefix: prefix.to_owned(),
-                    });
-                }
+            match flags.connection().await {
+                Ok(_) => return Ok(flags),
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "redis not reachable yet; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The shared connection, opened on first use and after any connection-level failure.
+    async fn connection(&self) -> Result<MultiplexedConnection, PauseError> {
+        if let Some(conn) = self.conn.read().await.clone() {
+            return Ok(conn);
+        }
+        let mut slot = self.conn.write().await;
+        if let Some(conn) = slot.clone() {
+            return Ok(conn);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs one command; a connection-level failure drops the connection for the next call.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, PauseError> {
+        let mut conn = self.connection().await?;
+        match cmd.query_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error()
+                {
+                    *self.conn.write().await = None;
+                }
+                Err(e.into())
             }
         }
     }
@@ -82,24 +131,22 @@ impl PauseFlags {
 
     /// Records a sequence's new status. Call after the PostgreSQL change has committed.
     pub async fn set(&self, sequence: Uuid, status: &str) -> Result<(), PauseError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("SET")
-            .arg(self.key(sequence))
-            .arg(status)
-            .arg("EX")
-            .arg(FLAG_TTL_SECS)
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(self.key(sequence))
+                .arg(status)
+                .arg("EX")
+                .arg(FLAG_TTL_SECS),
+        )
+        .await
     }
 
-    /// Whether `sequence` may send, from the flag or, when the flag is missing, from PostgreSQL.
+    /// Whether `sequence` may send: `ACTIVE` from the flag, anything else from PostgreSQL.
     pub async fn gate(&self, db: &PgPool, sequence: Uuid) -> Result<Gate, PauseError> {
-        let mut conn = self.conn.clone();
         let key = self.key(sequence);
-        let cached: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-        if let Some(status) = cached {
-            return Ok(Gate::from_status(Some(&status)));
+        let cached: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
+        if cached.as_deref() == Some(sequence_status::ACTIVE) {
+            return Ok(Gate::Open);
         }
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM sequences WHERE id = $1")
@@ -109,17 +156,25 @@ impl PauseFlags {
         let Some(status) = status else {
             return Ok(Gate::Closed);
         };
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(&status)
-            .arg("NX")
-            .arg("EX")
-            .arg(FLAG_TTL_SECS)
-            .query_async::<()>(&mut conn)
-            .await?;
-        // Read back: if a writer got there first, its value wins.
-        let now: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-        Ok(Gate::from_status(Some(now.as_deref().unwrap_or(&status))))
+        match cached {
+            None => {
+                self.query::<()>(
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(&status)
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(FLAG_TTL_SECS),
+                )
+                .await?;
+            }
+            Some(flag) if flag != status => {
+                tracing::warn!(%sequence, %flag, %status, "stale pause flag; PostgreSQL wins");
+                self.query::<()>(redis::cmd("DEL").arg(&key)).await?;
+            }
+            Some(_) => {}
+        }
+        Ok(Gate::from_status(Some(&status)))
     }
 
     /// Takes a send slot of `sequence` in the current minute. `None`: go ahead. `Some(t)`: the
@@ -131,16 +186,23 @@ impl PauseFlags {
         per_minute: i32,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, PauseError> {
-        let mut conn = self.conn.clone();
         let minute = now.timestamp().div_euclid(60);
         let key = format!("{}:rate:{sequence}:{minute}", self.prefix);
-        let (count,): (i64,) = redis::pipe()
+        let mut conn = self.connection().await?;
+        let counted: Result<(i64,), _> = redis::pipe()
             .atomic()
             .incr(&key, 1)
             .expire(&key, 120)
             .ignore()
             .query_async(&mut conn)
-            .await?;
+            .await;
+        let (count,) = match counted {
+            Ok(c) => c,
+            Err(e) => {
+                *self.conn.write().await = None;
+                return Err(e.into());
+            }
+        };
         let per_minute = i64::from(per_minute.max(1));
         if count <= per_minute {
             return Ok(None);
@@ -151,8 +213,6 @@ impl PauseFlags {
 
     /// Redis round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), PauseError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING").query_async::<()>(&mut conn).await?;
-        Ok(())
+        self.query::<()>(&redis::cmd("PING")).await
     }
 }

@@ -284,3 +284,10 @@ pub fn spawn_scheduler(settings: &Settings, token: &CancellationToken) -> JoinHa
 pub async fn count(db: &PgPool, sql: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sql).fetch_one(db).await?)
 }
+
+/// A loopback port free at the time of asking (for roles started as processes).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -145,25 +145,33 @@ async fn survives_a_redis_restart() -> anyhow::Result<()> {
 async fn an_empty_redis_never_lets_a_paused_sequence_send() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let (env, smtp) = start().await?;
-    let seq: String = sqlx::query_scalar("SELECT id::text FROM sequences")
-        .fetch_one(&env.db)
+    // A second sequence whose steps are not due yet, so leads can enroll before the pause.
+    let later = env
+        .create_sequence(sequence_body(
+            "Later",
+            &[(
+                "Later {{ lead.email }}",
+                "1",
+                json!({"type": "on_date", "at": "2099-01-01T00:00:00Z"}),
+            )],
+            "later",
+        ))
         .await?;
+    let seq = later["id"].as_str().unwrap_or_default().to_owned();
+    let events: Vec<Value> = (0..10)
+        .map(|i| json!({"id": format!("l{i}"), "type": "tag_applied", "tag": "later", "lead": {"email": format!("later{i}@example.com")}}))
+        .collect();
+    let (status, _) = env.post("/v1/events", json!({"events": events})).await?;
+    assert_eq!(status, 200);
     let (status, _) = env
         .post(&format!("/v1/sequences/{seq}/pause"), json!({}))
         .await?;
     assert_eq!(status, 200);
-    // Enrollments are refused while paused: open PostgreSQL's status alone (the Redis flag still
-    // says paused) so ten leads enroll and their due steps reach the senders, which hold them.
-    sqlx::query("UPDATE sequences SET status = 'ACTIVE' WHERE id = $1::uuid")
+    // The steps come due while paused, and Redis restarts with no pause flags at all.
+    sqlx::query("UPDATE step_runs SET due_at = now() WHERE sequence_id = $1::uuid")
         .bind(&seq)
         .execute(&env.db)
         .await?;
-    enroll(&env, 0, 10).await?;
-    sqlx::query("UPDATE sequences SET status = 'PAUSED' WHERE id = $1::uuid")
-        .bind(&seq)
-        .execute(&env.db)
-        .await?;
-    // Redis restarts and comes back with no pause flags at all.
     restart("redis").await??;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -174,7 +182,18 @@ async fn an_empty_redis_never_lets_a_paused_sequence_send() -> anyhow::Result<()
     let (status, _) = env
         .post(&format!("/v1/sequences/{seq}/resume"), json!({}))
         .await?;
-    assert_eq!(status, 200);
-    assert_exactly_once(&env, &smtp, 10).await?;
+    assert_eq!(status, 200, "resume works once Redis is back");
+    smtp.wait_for(10, Duration::from_secs(20)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids: std::collections::HashSet<String> = smtp
+        .received()
+        .iter()
+        .filter_map(|m| m.message_id.clone())
+        .collect();
+    assert_eq!(
+        (smtp.count(), ids.len()),
+        (10, 10),
+        "each held step sent once after resume"
+    );
     env.stop().await
 }

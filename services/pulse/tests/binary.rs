@@ -7,7 +7,7 @@ use std::{
 };
 
 use pulse_shared::Settings;
-use pulse_tests::{SmtpServer, isolated_settings, sequence_body};
+use pulse_tests::{SmtpServer, free_port, isolated_settings, sequence_body};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pulse");
@@ -32,12 +32,6 @@ fn command(settings: &Settings) -> Command {
         cmd.env("PULSE_SMTP_URL", url);
     }
     cmd
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
@@ -97,17 +91,7 @@ async fn serves_sends_and_drains_an_in_flight_send_on_sigterm() -> anyhow::Resul
     let base = format!("http://{}", settings.http_addr);
     let http = reqwest::Client::new();
     let key = settings.api_key.clone().unwrap_or_default();
-    let mut ready = false;
-    for _ in 0..300 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::ensure!(ready, "pulse serve all never became ready");
+    wait_ready(&http, &base).await?;
 
     let seq = sequence_body(
         "Bin",

@@ -27,7 +27,7 @@ use futures::{StreamExt, stream};
 use lapin::{BasicProperties, options::*, types::FieldTable};
 use pulse_sender::transport::{Outgoing, SmtpPool, Transport};
 use pulse_shared::{Settings, db::DEFAULT_WORKSPACE, messaging, smtp_url::SmtpUrl};
-use pulse_tests::{SmtpServer, create_database, isolated_settings};
+use pulse_tests::{SmtpServer, create_database, free_port, isolated_settings};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -152,12 +152,6 @@ fn env_for(s: &Settings, port: u16, extra: &[(&str, &str)]) -> Vec<(String, Stri
     .collect();
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     env
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn progress(what: &str, done: usize, total: usize, started: Instant) {

@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::Context;
-use pulse_tests::{SmtpServer, create_database, isolated_settings, smtp::AfterData};
+use pulse_tests::{SmtpServer, create_database, free_port, isolated_settings, smtp::AfterData};
 use serde_json::{Value, json};
 
 const FAULTS: [&str; 8] = [
@@ -138,12 +138,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn restart_server(what: &str) -> anyhow::Result<()> {

@@ -280,6 +280,23 @@ async fn pause_flags_fail_closed_when_redis_loses_them() -> anyhow::Result<()> {
         .await?;
     flags.set(seq, "ACTIVE").await?;
     assert_eq!(flags.gate(&env.db, seq).await?, Gate::Open);
+    // A resume whose flag write failed (Redis was restarting) leaves a stale PAUSED flag:
+    // PostgreSQL wins, and the stale flag is removed rather than holding sends for its lifetime.
+    flags.set(seq, "PAUSED").await?;
+    assert_eq!(
+        flags.gate(&env.db, seq).await?,
+        Gate::Open,
+        "PostgreSQL says ACTIVE"
+    );
+    let left: Option<String> = redis::cmd("GET")
+        .arg(format!(
+            "{}:sequence:{seq}:status",
+            env.settings.redis_prefix
+        ))
+        .query_async(&mut r)
+        .await?;
+    assert_eq!(left, None, "the stale flag is gone");
+    assert_eq!(flags.gate(&env.db, seq).await?, Gate::Open);
     sqlx::query("UPDATE sequences SET status = 'DELETED' WHERE id = $1")
         .bind(seq)
         .execute(&env.db)
