@@ -476,6 +476,13 @@ async fn run_round(
     }
 
     quiesce(h, &seq_id).await?;
+    if fault == "crash-after-smtp" {
+        // The failpoint must not outlive its round (it would crash a sender in the next one).
+        let bin = h.opts.bin.clone();
+        let victim = &mut h.senders[round % 2];
+        victim.kill();
+        victim.start(&bin, &[])?;
+    }
     h.revive()?;
     classify(h, &tag, &seq_id, &leads, paused_window).await
 }
