@@ -124,37 +124,18 @@ pub async fn enroll(
         return Ok(found);
     }
     let id = Uuid::new_v4();
-    // No arbiter: a concurrent enrollment of the same pair conflicts on the partial unique
-    // index (or on the generation key) and this insert then does nothing.
-    let inserted = sqlx::query(
-        "INSERT INTO enrollments (id, workspace_id, sequence_id, lead_id, source, generation)
-         VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(workspace)
-    .bind(sequence)
-    .bind(lead)
-    .bind(source)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    let target = Target {
+        workspace,
+        sequence,
+        enrollment: id,
+        lead,
+        generation: 1,
+    };
+    if !insert_and_start(conn, target, source, now).await? {
         return latest_enrollment(conn, sequence, lead)
             .await?
             .ok_or_else(|| StoreError::Corrupt("enrollment conflict without a row".into()));
     }
-    start(
-        conn,
-        Target {
-            workspace,
-            sequence,
-            enrollment: id,
-            lead,
-            generation: 1,
-        },
-        now,
-    )
-    .await?;
     Ok(Enrolled {
         enrollment_id: Some(id),
         outcome: outcome::CREATED,
@@ -187,17 +168,36 @@ async fn latest_enrollment(
     }))
 }
 
-/// Schedules the first live step of a new enrollment generation.
-async fn start(
+/// Inserts the enrollment `target` names and schedules its first live step. `false`: a concurrent
+/// enrollment of the same lead won (the partial unique index, or the generation key) and nothing
+/// was written. No conflict arbiter, so either index makes the insert do nothing.
+async fn insert_and_start(
     conn: &mut PgConnection,
     target: Target,
+    source: &str,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO enrollments (id, workspace_id, sequence_id, lead_id, source, generation)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(target.enrollment)
+    .bind(target.workspace)
+    .bind(target.sequence)
+    .bind(target.lead)
+    .bind(source)
+    .bind(target.generation)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(false);
+    }
     let first = schedule::step_after(conn, target.sequence, 0)
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("sequence {} has no steps", target.sequence)))?;
     schedule::schedule_step(conn, target, &first, now).await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Starts `lead` again from step 1 as a new enrollment generation, unless it is ACTIVE already
@@ -233,36 +233,19 @@ pub async fn reenroll(
     }
     let generation = latest.get::<i32, _>("generation") + 1;
     let id = Uuid::new_v4();
-    let inserted = sqlx::query(
-        "INSERT INTO enrollments (id, workspace_id, sequence_id, lead_id, source, generation)
-         VALUES ($1, $2, $3, $4, 're-enroll', $5) ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(workspace)
-    .bind(sequence)
-    .bind(lead)
-    .bind(generation)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    let target = Target {
+        workspace,
+        sequence,
+        enrollment: id,
+        lead,
+        generation,
+    };
+    if !insert_and_start(conn, target, "re-enroll", now).await? {
         return Ok(Enrolled {
             enrollment_id: None,
             outcome: outcome::ALREADY_ACTIVE,
         });
     }
-    start(
-        conn,
-        Target {
-            workspace,
-            sequence,
-            enrollment: id,
-            lead,
-            generation,
-        },
-        now,
-    )
-    .await?;
     Ok(Enrolled {
         enrollment_id: Some(id),
         outcome: outcome::REENROLLED,
