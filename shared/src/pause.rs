@@ -110,19 +110,21 @@ impl PauseFlags {
     /// Runs one command; a connection-level failure drops the connection for the next call.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, PauseError> {
         let mut conn = self.connection().await?;
-        match cmd.query_async(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_timeout()
-                    || e.is_unrecoverable_error()
-                {
-                    *self.conn.write().await = None;
-                }
-                Err(e.into())
-            }
+        let result = cmd.query_async(&mut conn).await;
+        self.settle(result).await
+    }
+
+    /// Passes a result through, dropping the connection first if the error says it is broken.
+    async fn settle<T>(&self, result: redis::RedisResult<T>) -> Result<T, PauseError> {
+        if let Err(e) = &result
+            && (e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_unrecoverable_error())
+        {
+            *self.conn.write().await = None;
         }
+        Ok(result?)
     }
 
     fn key(&self, sequence: Uuid) -> String {
@@ -189,20 +191,14 @@ impl PauseFlags {
         let minute = now.timestamp().div_euclid(60);
         let key = format!("{}:rate:{sequence}:{minute}", self.prefix);
         let mut conn = self.connection().await?;
-        let counted: Result<(i64,), _> = redis::pipe()
+        let counted = redis::pipe()
             .atomic()
             .incr(&key, 1)
             .expire(&key, 120)
             .ignore()
             .query_async(&mut conn)
             .await;
-        let (count,) = match counted {
-            Ok(c) => c,
-            Err(e) => {
-                *self.conn.write().await = None;
-                return Err(e.into());
-            }
-        };
+        let (count,): (i64,) = self.settle(counted).await?;
         let per_minute = i64::from(per_minute.max(1));
         if count <= per_minute {
             return Ok(None);
