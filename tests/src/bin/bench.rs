@@ -291,7 +291,7 @@ async fn main() -> anyhow::Result<()> {
     let sender_per_s = o.sends as f64 / started.elapsed().as_secs_f64();
     println!("sender     one worker, queue pre-filled     {sender_per_s:>8.0} /s");
     rss.insert("sender".into(), sender.stop().unwrap_or_default());
-    check_exactly_once(&smtp, &db, o.sends)?;
+    check_exactly_once(&smtp, &db, o.sends).await?;
     let mut e2e = BTreeMap::new();
     for senders in [1usize, 2] {
         let before = smtp.count();
@@ -328,7 +328,7 @@ async fn main() -> anyhow::Result<()> {
             let peak = rss.entry("sender".into()).or_default();
             *peak = peak.max(r);
         }
-        check_exactly_once(&smtp, &db, before + o.sends)?;
+        check_exactly_once(&smtp, &db, before + o.sends).await?;
     }
     results.insert("end_to_end", json!(e2e));
 
@@ -479,8 +479,9 @@ async fn smtp_wait(smtp: &SmtpServer, n: usize, started: Instant) -> anyhow::Res
     }
 }
 
-/// Every accepted message is distinct (by Message-ID) and the ledger agrees.
-fn check_exactly_once(smtp: &SmtpServer, _db: &PgPool, expected: usize) -> anyhow::Result<()> {
+/// Every accepted message is distinct (by Message-ID), and the ledger recorded exactly the
+/// Message-IDs the sink accepted, each SENT.
+async fn check_exactly_once(smtp: &SmtpServer, db: &PgPool, expected: usize) -> anyhow::Result<()> {
     let received = smtp.received();
     let ids: HashSet<String> = received
         .iter()
@@ -492,6 +493,15 @@ fn check_exactly_once(smtp: &SmtpServer, _db: &PgPool, expected: usize) -> anyho
         received.len()
     );
     anyhow::ensure!(ids.len() == expected, "{} duplicates", expected - ids.len());
+    let sent: Vec<String> =
+        sqlx::query_scalar("SELECT message_id FROM send_ledger WHERE state = 'SENT'")
+            .fetch_all(db)
+            .await?;
+    let recorded: HashSet<String> = sent.into_iter().collect();
+    anyhow::ensure!(
+        recorded == ids,
+        "the ledger's SENT keys differ from what the sink accepted"
+    );
     Ok(())
 }
 
