@@ -56,6 +56,8 @@ pub struct SenderSettings {
     pub concurrency: usize,
     /// SMTP connections kept open to the relay.
     pub smtp_pool_size: usize,
+    /// Most deliveries whose ledger claims, re-checks or records share one statement.
+    pub db_batch: usize,
     /// Timeout of one SMTP command.
     pub smtp_timeout: Duration,
     /// Transient failures (4xx, connection errors) retried before a send is FAILED.
@@ -100,9 +102,10 @@ impl Settings {
                 queued_lease: millis(&lookup, "PULSE_QUEUED_LEASE_MS", "600000")?,
             },
             sender: SenderSettings {
-                prefetch: parse(&lookup, "PULSE_SENDER_PREFETCH", "256")?,
-                concurrency: parse(&lookup, "PULSE_SENDER_CONCURRENCY", "64")?,
-                smtp_pool_size: parse(&lookup, "PULSE_SMTP_POOL", "16")?,
+                prefetch: parse(&lookup, "PULSE_SENDER_PREFETCH", "512")?,
+                concurrency: parse(&lookup, "PULSE_SENDER_CONCURRENCY", "256")?,
+                smtp_pool_size: parse(&lookup, "PULSE_SMTP_POOL", "32")?,
+                db_batch: parse(&lookup, "PULSE_SENDER_DB_BATCH", "128")?,
                 smtp_timeout: millis(&lookup, "PULSE_SMTP_TIMEOUT_MS", "30000")?,
                 max_attempts: parse(&lookup, "PULSE_SEND_MAX_ATTEMPTS", "8")?,
                 retry_base: millis(&lookup, "PULSE_RETRY_BASE_MS", "30000")?,
@@ -129,6 +132,7 @@ impl Settings {
         positive("PULSE_SENDER_PREFETCH", self.sender.prefetch > 0)?;
         positive("PULSE_SENDER_CONCURRENCY", self.sender.concurrency > 0)?;
         positive("PULSE_SMTP_POOL", self.sender.smtp_pool_size > 0)?;
+        positive("PULSE_SENDER_DB_BATCH", self.sender.db_batch > 0)?;
         positive("PULSE_SEND_MAX_ATTEMPTS", self.sender.max_attempts > 0)?;
         if let Some(url) = &self.smtp_url {
             crate::smtp_url::SmtpUrl::parse(url).map_err(|reason| ConfigError {

@@ -106,6 +106,66 @@ pub async fn claim(
     }
 }
 
+/// One delivery's claim request, for [`claim_many`].
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    pub step_run: Uuid,
+    pub key: String,
+}
+
+/// Claims many keys in one statement, with [`claim`]'s rules (each run is locked by id, then its
+/// state is checked on the committed row). Requests the statement does not claim, and repeats
+/// of a key or run already in the batch, are then settled one by one by [`claim`], so each gets
+/// the same answer it would have got alone.
+pub async fn claim_many(
+    db: &PgPool,
+    requests: &[ClaimRequest],
+    lease: Duration,
+) -> Result<Vec<Result<Claim, StoreError>>, StoreError> {
+    let mut keys = std::collections::HashSet::new();
+    let mut runs_seen = std::collections::HashSet::new();
+    let (mut runs, mut batch_keys) = (Vec::new(), Vec::new());
+    for r in requests {
+        let new_key = keys.insert(r.key.as_str());
+        let new_run = runs_seen.insert(r.step_run);
+        if new_key && new_run {
+            runs.push(r.step_run);
+            batch_keys.push(r.key.clone());
+        }
+    }
+    let claimed: Vec<(String, i32)> = sqlx::query_as(
+        // Same lock-by-id-then-check rule as `claim`; the rows are locked in id order.
+        "WITH req AS (SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS r(run_id, claim_key)),
+              run AS (SELECT sr.*, req.claim_key FROM step_runs sr JOIN req ON sr.id = req.run_id
+                      ORDER BY sr.id FOR SHARE OF sr)
+         INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
+                                  sequence_id, lead_id, step_run_id, position, state, message_id)
+         SELECT sr.enrollment_id, sr.step_id, sr.generation, sr.claim_key, sr.workspace_id,
+                sr.sequence_id, e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id
+         FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
+         WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
+         ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
+             SET state = 'SENDING', attempts = send_ledger.attempts + 1, claimed_at = now(),
+                 updated_at = now(), step_run_id = EXCLUDED.step_run_id
+             WHERE send_ledger.state = 'DEFERRED'
+         RETURNING idempotency_key, attempts",
+    )
+    .bind(&runs)
+    .bind(&batch_keys)
+    .fetch_all(db)
+    .await?;
+    let mut claimed: std::collections::HashMap<String, i32> = claimed.into_iter().collect();
+    let mut out = Vec::with_capacity(requests.len());
+    for r in requests {
+        // `remove`: a repeat of a claimed key is not claimed twice.
+        out.push(match claimed.remove(&r.key) {
+            Some(attempts) => Ok(Claim::Claimed { attempts }),
+            None => claim(db, r.step_run, &r.key, lease).await,
+        });
+    }
+    Ok(out)
+}
+
 /// Marks SENDING claims older than `lease` UNKNOWN, with their step runs (all of them, or only
 /// `key`'s). Returns how many.
 async fn expire_claims(db: &PgPool, key: Option<&str>, lease: Duration) -> Result<u64, StoreError> {
@@ -284,8 +344,21 @@ pub struct Followup {
 
 /// Loads the snapshot of a claimed step run.
 pub async fn snapshot(db: &PgPool, step_run: Uuid) -> Result<Snapshot, StoreError> {
-    let row = sqlx::query(
-        "SELECT sr.subject, sr.body, sr.from_addr, sr.to_addr, sr.message_id, sr.sequence_id,
+    let mut all = snapshot_many(db, &[step_run]).await?;
+    all.pop().unwrap_or_else(|| {
+        Err(StoreError::Corrupt(format!(
+            "step run {step_run} not found"
+        )))
+    })
+}
+
+/// Loads the snapshots of many claimed step runs in one query, one result per id, in order.
+pub async fn snapshot_many(
+    db: &PgPool,
+    step_runs: &[Uuid],
+) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT sr.id, sr.subject, sr.body, sr.from_addr, sr.to_addr, sr.message_id, sr.sequence_id,
                 e.status AS enrollment_status, s.status AS sequence_status,
                 (l.unsubscribed_at IS NOT NULL OR l.bounced_at IS NOT NULL) AS suppressed,
                 s.version AS sequence_version, s.timezone, s.send_window, s.end_date,
@@ -299,11 +372,25 @@ pub async fn snapshot(db: &PgPool, step_run: Uuid) -> Result<Snapshot, StoreErro
              SELECT id, position, timing, end_date, version FROM sequence_steps
              WHERE sequence_id = sr.sequence_id AND position > sr.position AND deleted_at IS NULL
              ORDER BY position LIMIT 1) nx ON true
-         WHERE sr.id = $1",
+         WHERE sr.id = ANY($1)",
     )
-    .bind(step_run)
-    .fetch_one(db)
+    .bind(step_runs)
+    .fetch_all(db)
     .await?;
+    let mut by_id = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        by_id.insert(row.try_get::<Uuid, _>("id")?, row);
+    }
+    Ok(step_runs
+        .iter()
+        .map(|id| match by_id.get(id) {
+            Some(row) => snapshot_from_row(row, *id),
+            None => Err(StoreError::Corrupt(format!("step run {id} not found"))),
+        })
+        .collect())
+}
+
+fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snapshot, StoreError> {
     let text = |col: &str| -> Result<String, StoreError> {
         row.try_get::<Option<String>, _>(col)?
             .ok_or_else(|| StoreError::Corrupt(format!("queued step run {step_run} has no {col}")))
@@ -333,7 +420,7 @@ pub async fn snapshot(db: &PgPool, step_run: Uuid) -> Result<Snapshot, StoreErro
         followup: Followup {
             sequence: row.try_get("sequence_id")?,
             sequence_version: row.try_get("sequence_version")?,
-            rules: schedule::rules_from_row(&row)?,
+            rules: schedule::rules_from_row(row)?,
             lead_tz: row
                 .try_get::<Option<String>, _>("lead_tz")?
                 .and_then(|t| t.parse::<chrono_tz::Tz>().ok()),
@@ -449,10 +536,20 @@ pub async fn record_sent(
     now: DateTime<Utc>,
     followup: Option<&Followup>,
 ) -> Result<(), StoreError> {
-    if let Some(f) = followup
-        && record_sent_unchanged(db, key, step_run, reply, now, f).await?
-    {
-        return Ok(());
+    if let Some(f) = followup {
+        let sent = SentRecord {
+            key: key.to_owned(),
+            step_run,
+            reply: reply.clone(),
+            at: now,
+            followup: f.clone(),
+        };
+        if record_sent_unchanged(db, std::slice::from_ref(&sent))
+            .await?
+            .contains(key)
+        {
+            return Ok(());
+        }
     }
     let mut tx = db.begin().await?;
     sqlx::query(
@@ -497,89 +594,157 @@ pub async fn record_sent(
     Ok(())
 }
 
-/// The one-statement record: every write is conditioned on the sequence and the next step still
-/// having the versions the snapshot read, so it either applies whole or not at all (`false`:
-/// something was edited meanwhile). A cancel committed meanwhile is honoured: the enrollment is
-/// only moved on while ACTIVE (its row lock makes a concurrent cancel wait or win).
+/// A send the relay accepted, with what the snapshot read about the step after it.
+#[derive(Clone, Debug)]
+pub struct SentRecord {
+    pub key: String,
+    pub step_run: Uuid,
+    pub reply: Reply,
+    pub at: DateTime<Utc>,
+    pub followup: Followup,
+}
+
+/// Records many accepted sends: one statement for every send whose sequence and next step are
+/// unchanged since its snapshot, then [`record_sent`]'s transaction for each of the others. One
+/// result per record, in order.
+pub async fn record_sent_many(
+    db: &PgPool,
+    records: &[SentRecord],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let applied = record_sent_unchanged(db, records).await?;
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        out.push(if applied.contains(r.key.as_str()) {
+            Ok(())
+        } else {
+            record_sent(db, &r.key, r.step_run, &r.reply, r.at, None).await
+        });
+    }
+    Ok(out)
+}
+
+/// The one-statement record, for many sends at once: each send's writes are conditioned on its
+/// sequence and next step still having the versions its snapshot read, so each applies whole or
+/// not at all. Returns the keys that applied (the others were edited meanwhile, or their next
+/// step could not be planned). A cancel committed meanwhile is honoured: an enrollment is only
+/// moved on while ACTIVE (its row lock makes a concurrent cancel wait or win).
 async fn record_sent_unchanged(
     db: &PgPool,
-    key: &str,
-    step_run: Uuid,
-    reply: &Reply,
-    now: DateTime<Utc>,
-    f: &Followup,
-) -> Result<bool, StoreError> {
-    let (next_id, next_position, next_version, due, skipped) = match &f.next {
-        None => (None, None, None, None, None),
-        Some((step, version)) => {
-            let due = step.timing.due_after(now).map_err(StoreError::Corrupt)?;
-            match schedule::plan(due, &f.rules, f.lead_tz, step.position, step.end_date) {
-                schedule::Planned::At(at) => (
-                    Some(step.id),
-                    Some(step.position),
-                    Some(*version),
-                    Some(at),
-                    None,
-                ),
-                schedule::Planned::Expired(reason) => (
-                    Some(step.id),
-                    Some(step.position),
-                    Some(*version),
-                    Some(due),
-                    Some(reason),
-                ),
+    records: &[SentRecord],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let n = records.len();
+    let mut keys = Vec::with_capacity(n);
+    let mut codes = Vec::with_capacity(n);
+    let mut replies = Vec::with_capacity(n);
+    let mut sent_at = Vec::with_capacity(n);
+    let mut runs = Vec::with_capacity(n);
+    let mut sequences = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut next_ids = Vec::with_capacity(n);
+    let mut next_versions = Vec::with_capacity(n);
+    let mut next_positions = Vec::with_capacity(n);
+    let mut dues = Vec::with_capacity(n);
+    let mut skips = Vec::with_capacity(n);
+    let mut new_ids = Vec::with_capacity(n);
+    for r in records {
+        let f = &r.followup;
+        let (next_id, next_position, next_version, due, skipped) = match &f.next {
+            None => (None, None, None, None, None),
+            Some((step, version)) => {
+                // A step that cannot be planned here goes through the full transaction.
+                let Ok(due) = step.timing.due_after(r.at) else {
+                    continue;
+                };
+                match schedule::plan(due, &f.rules, f.lead_tz, step.position, step.end_date) {
+                    schedule::Planned::At(at) => (
+                        Some(step.id),
+                        Some(step.position),
+                        Some(*version),
+                        Some(at),
+                        None,
+                    ),
+                    schedule::Planned::Expired(reason) => (
+                        Some(step.id),
+                        Some(step.position),
+                        Some(*version),
+                        Some(due),
+                        Some(reason),
+                    ),
+                }
             }
-        }
-    };
-    let fresh: bool = sqlx::query_scalar(
-        "WITH fresh AS (
-             SELECT 1 FROM sequences s WHERE s.id = $6 AND s.version = $7
-               AND ($8::uuid IS NULL OR EXISTS (
-                   SELECT 1 FROM sequence_steps st
-                   WHERE st.id = $8 AND st.deleted_at IS NULL AND st.version = $9))),
+        };
+        keys.push(r.key.clone());
+        codes.push(r.reply.code);
+        replies.push(r.reply.text.clone());
+        sent_at.push(r.at);
+        runs.push(r.step_run);
+        sequences.push(f.sequence);
+        versions.push(f.sequence_version);
+        next_ids.push(next_id);
+        next_versions.push(next_version);
+        next_positions.push(next_position);
+        dues.push(due);
+        skips.push(skipped);
+        new_ids.push(Uuid::new_v4());
+    }
+    let applied: Vec<String> = sqlx::query_scalar(
+        "WITH req AS (
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::timestamptz[],
+                                  $5::uuid[], $6::uuid[], $7::int4[], $8::uuid[], $9::int4[],
+                                  $10::int4[], $11::timestamptz[], $12::text[], $13::uuid[])
+                 AS r(key, code, reply, sent_at, run_id, seq_id, seq_version, next_id,
+                      next_version, next_position, due, skipped, new_id)),
+         fresh AS (
+             SELECT req.* FROM req JOIN sequences s ON s.id = req.seq_id AND s.version = req.seq_version
+             WHERE req.next_id IS NULL OR EXISTS (
+                 SELECT 1 FROM sequence_steps st
+                 WHERE st.id = req.next_id AND st.deleted_at IS NULL AND st.version = req.next_version)),
          ledger AS (
-             UPDATE send_ledger SET state = 'SENT', smtp_code = $2, smtp_reply = $3, sent_at = $4,
-                 updated_at = now()
-             WHERE idempotency_key = $1 AND EXISTS (SELECT 1 FROM fresh)),
+             UPDATE send_ledger sl SET state = 'SENT', smtp_code = f.code, smtp_reply = f.reply,
+                 sent_at = f.sent_at, updated_at = now()
+             FROM fresh f WHERE sl.idempotency_key = f.key),
          run AS (
-             UPDATE step_runs SET state = 'SENT', sent_at = $4, last_error = NULL, updated_at = now()
-             WHERE id = $5 AND EXISTS (SELECT 1 FROM fresh)
-             RETURNING workspace_id, sequence_id, enrollment_id, generation),
+             UPDATE step_runs sr SET state = 'SENT', sent_at = f.sent_at, last_error = NULL,
+                 updated_at = now()
+             FROM fresh f WHERE sr.id = f.run_id
+             RETURNING sr.id, sr.workspace_id, sr.sequence_id, sr.enrollment_id, sr.generation),
          enr AS (
              UPDATE enrollments e SET
-                 current_step = COALESCE($10, e.current_step),
-                 status = CASE WHEN $8::uuid IS NULL OR $12::text IS NOT NULL THEN 'COMPLETED' ELSE e.status END,
-                 end_reason = CASE WHEN $8::uuid IS NULL THEN 'all steps sent' ELSE $12 END,
-                 ended_at = CASE WHEN $8::uuid IS NULL OR $12::text IS NOT NULL THEN now() END,
+                 current_step = COALESCE(f.next_position, e.current_step),
+                 status = CASE WHEN f.next_id IS NULL OR f.skipped IS NOT NULL THEN 'COMPLETED' ELSE e.status END,
+                 end_reason = CASE WHEN f.next_id IS NULL THEN 'all steps sent' ELSE f.skipped END,
+                 ended_at = CASE WHEN f.next_id IS NULL OR f.skipped IS NOT NULL THEN now() END,
                  updated_at = now()
-             FROM run WHERE e.id = run.enrollment_id AND e.status = 'ACTIVE'
+             FROM run JOIN fresh f ON f.run_id = run.id
+             WHERE e.id = run.enrollment_id AND e.status = 'ACTIVE'
              RETURNING e.id),
          ins AS (
              INSERT INTO step_runs (id, workspace_id, sequence_id, enrollment_id, step_id, position,
                                     generation, due_at, state, last_error)
-             SELECT $13, run.workspace_id, run.sequence_id, run.enrollment_id, $8, $10,
-                    run.generation, $11,
-                    CASE WHEN $12::text IS NULL THEN 'SCHEDULED' ELSE 'SKIPPED' END, $12
-             FROM run, enr WHERE $8::uuid IS NOT NULL
+             SELECT f.new_id, run.workspace_id, run.sequence_id, run.enrollment_id, f.next_id,
+                    f.next_position, run.generation, f.due,
+                    CASE WHEN f.skipped IS NULL THEN 'SCHEDULED' ELSE 'SKIPPED' END, f.skipped
+             FROM run JOIN fresh f ON f.run_id = run.id JOIN enr ON enr.id = run.enrollment_id
+             WHERE f.next_id IS NOT NULL
              ON CONFLICT (enrollment_id, step_id, generation) DO NOTHING)
-         SELECT EXISTS (SELECT 1 FROM fresh)",
+         SELECT key FROM fresh",
     )
-    .bind(key)
-    .bind(reply.code)
-    .bind(&reply.text)
-    .bind(now)
-    .bind(step_run)
-    .bind(f.sequence)
-    .bind(f.sequence_version)
-    .bind(next_id)
-    .bind(next_version)
-    .bind(next_position)
-    .bind(due)
-    .bind(skipped)
-    .bind(Uuid::new_v4())
-    .fetch_one(db)
+    .bind(&keys)
+    .bind(&codes)
+    .bind(&replies)
+    .bind(&sent_at)
+    .bind(&runs)
+    .bind(&sequences)
+    .bind(&versions)
+    .bind(&next_ids)
+    .bind(&next_versions)
+    .bind(&next_positions)
+    .bind(&dues)
+    .bind(&skips)
+    .bind(&new_ids)
+    .fetch_all(db)
     .await?;
-    Ok(fresh)
+    Ok(applied.into_iter().collect())
 }
 
 /// Writes the relay's answer and a failure state (DEFERRED, FAILED, UNKNOWN) on a ledger key.

@@ -2,6 +2,7 @@
 //! database, messaging, pause flags, the send ledger and HTTP plumbing. Nothing here runs a loop
 //! or owns a route; the services do.
 
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -33,10 +33,11 @@ use lapin::{
 };
 use pulse_shared::{
     Settings,
+    batch::{BatchOp, Batcher},
     config::SenderSettings,
     db::{self, StoreError},
     health::{Health, supervise},
-    ledger::{self, Claim, Release, Reply},
+    ledger::{self, Claim, ClaimRequest, Release, Reply, SentRecord, Snapshot},
     messaging::{self, MessagingError, SendMessage},
     model::{enrollment_status, sequence_status},
     pause::{Gate, PauseError, PauseFlags},
@@ -45,6 +46,7 @@ use pulse_shared::{
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use transport::{Outgoing, SendError, SmtpPool, Transport};
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {
@@ -65,6 +67,94 @@ pub struct Context {
     pub flags: PauseFlags,
     pub transport: Transport,
     pub settings: SenderSettings,
+    batches: Batches,
+}
+
+/// The ledger statements every send makes, each shared by the deliveries that want it at the
+/// same moment (see `pulse_shared::batch`): claims, re-check snapshots and sent records.
+#[derive(Clone)]
+struct Batches {
+    claims: Batcher<Claims>,
+    snapshots: Batcher<Snapshots>,
+    sent: Batcher<Sent>,
+}
+
+/// Batches of one kind running at once: enough that one waiting on a row lock (a scheduler
+/// that has not committed yet) does not hold up the others.
+const BATCHES_IN_FLIGHT: usize = 3;
+
+impl Batches {
+    fn spawn(db: &PgPool, s: &SenderSettings) -> Self {
+        let lease = s.sending_lease;
+        Self {
+            claims: Batcher::spawn(
+                Claims {
+                    db: db.clone(),
+                    lease,
+                },
+                s.db_batch,
+                BATCHES_IN_FLIGHT,
+            ),
+            snapshots: Batcher::spawn(Snapshots(db.clone()), s.db_batch, BATCHES_IN_FLIGHT),
+            sent: Batcher::spawn(Sent(db.clone()), s.db_batch, BATCHES_IN_FLIGHT),
+        }
+    }
+}
+
+struct Claims {
+    db: PgPool,
+    lease: Duration,
+}
+
+impl BatchOp for Claims {
+    type Item = ClaimRequest;
+    type Output = Claim;
+    async fn many(
+        &self,
+        items: &[ClaimRequest],
+    ) -> Result<Vec<Result<Claim, StoreError>>, StoreError> {
+        ledger::claim_many(&self.db, items, self.lease).await
+    }
+    async fn one(&self, r: &ClaimRequest) -> Result<Claim, StoreError> {
+        ledger::claim(&self.db, r.step_run, &r.key, self.lease).await
+    }
+}
+
+struct Snapshots(PgPool);
+
+impl BatchOp for Snapshots {
+    type Item = Uuid;
+    type Output = Snapshot;
+    async fn many(&self, runs: &[Uuid]) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
+        ledger::snapshot_many(&self.0, runs).await
+    }
+    async fn one(&self, &run: &Uuid) -> Result<Snapshot, StoreError> {
+        ledger::snapshot(&self.0, run).await
+    }
+}
+
+struct Sent(PgPool);
+
+impl BatchOp for Sent {
+    type Item = SentRecord;
+    type Output = ();
+    async fn many(
+        &self,
+        records: &[SentRecord],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        ledger::record_sent_many(&self.0, records).await
+    }
+    async fn one(&self, r: &SentRecord) -> Result<(), StoreError> {
+        ledger::record_sent(
+            &self.0,
+            &r.key,
+            r.step_run,
+            &r.reply,
+            r.at,
+            Some(&r.followup),
+        )
+        .await
+    }
 }
 
 impl Context {
@@ -92,6 +182,7 @@ impl Context {
             None => Transport::Capture(db.clone()),
         };
         Ok(Self {
+            batches: Batches::spawn(&db, s),
             db,
             flags,
             transport,
@@ -340,8 +431,11 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         return Ok(());
     }
 
-    let lease = ctx.settings.sending_lease;
-    let attempts = match ledger::claim(&ctx.db, run, &msg.key, lease).await? {
+    let request = ClaimRequest {
+        step_run: run,
+        key: msg.key.clone(),
+    };
+    let attempts = match ctx.batches.claims.call(request).await? {
         Claim::Claimed { attempts } => attempts,
         other => {
             tracing::debug!(key = %msg.key, claim = ?other, "not sending: key not claimable");
@@ -349,7 +443,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         }
     };
 
-    let snap = match ledger::snapshot(&ctx.db, run).await {
+    let snap = match ctx.batches.snapshots.call(run).await {
         Ok(snap) => snap,
         Err(e) => {
             // Nothing was sent: give the claim back so the next delivery can take it (retried
@@ -396,10 +490,14 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         Ok(reply) => {
             #[cfg(feature = "failpoints")]
             failpoints::crash_after_smtp();
-            record_with_retries(|| {
-                ledger::record_sent(&ctx.db, &msg.key, run, &reply, Utc::now(), Some(&followup))
-            })
-            .await?;
+            let sent = SentRecord {
+                key: msg.key.clone(),
+                step_run: run,
+                reply: reply.clone(),
+                at: Utc::now(),
+                followup,
+            };
+            record_with_retries(|| ctx.batches.sent.call(sent.clone())).await?;
             tracing::info!(key = %msg.key, code = ?reply.code, "sent");
         }
         Err(SendError::Transient(reply)) if attempts < ctx.settings.max_attempts => {

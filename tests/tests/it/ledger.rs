@@ -419,3 +419,156 @@ async fn recording_a_send_follows_an_edit_made_while_it_was_in_flight() -> anyho
     );
     env.stop().await
 }
+
+#[tokio::test]
+async fn batched_claims_snapshots_and_records_answer_like_single_ones() -> anyhow::Result<()> {
+    let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "Batch",
+            &[
+                ("A", "a", json!({"type": "immediately"})),
+                ("B", "b", json!({"type": "delay", "delay": "P1D"})),
+            ],
+            "t",
+        ))
+        .await?;
+    let sid = seq["id"].as_str().unwrap_or_default().to_owned();
+    let steps = seq["steps"].as_array().cloned().unwrap_or_default();
+    let leads = ["a", "b", "c", "d", "e"];
+    for lead in leads {
+        let (status, _) = env
+            .post(
+                &format!("/v1/sequences/{sid}/enrollments"),
+                json!({"lead": {"email": format!("{lead}@example.com")}}),
+            )
+            .await?;
+        assert_eq!(status, 201);
+    }
+    let runs: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+        "SELECT sr.id, sr.enrollment_id, sr.step_id FROM step_runs sr
+         JOIN enrollments e ON e.id = sr.enrollment_id JOIN leads l ON l.id = e.lead_id
+         ORDER BY l.email",
+    )
+    .fetch_all(&env.db)
+    .await?;
+    let req = |i: usize| ledger::ClaimRequest {
+        step_run: runs[i].0,
+        key: ledger::idempotency_key(runs[i].1, runs[i].2, 1),
+    };
+    for (run, ..) in &runs[..3] {
+        sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
+    }
+
+    // a, b, a again (a redelivery in the same batch), c, and d (not queued).
+    let claims = ledger::claim_many(&env.db, &[req(0), req(1), req(0), req(2), req(3)], LEASE)
+        .await?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    assert_eq!(
+        claims,
+        [
+            Claim::Claimed { attempts: 1 },
+            Claim::Claimed { attempts: 1 },
+            Claim::InFlight,
+            Claim::Claimed { attempts: 1 },
+            Claim::StaleMessage,
+        ]
+    );
+
+    // d's message outran the scheduler's commit: the batch waits for it, then claims it.
+    sqlx::query(QUEUE_IT)
+        .bind(runs[4].0)
+        .execute(&env.db)
+        .await?;
+    let mut scheduler = env.db.begin().await?;
+    sqlx::query(QUEUE_IT)
+        .bind(runs[3].0)
+        .execute(&mut *scheduler)
+        .await?;
+    let (db, batch) = (env.db.clone(), [req(3), req(4)]);
+    let claim = tokio::spawn(async move { ledger::claim_many(&db, &batch, LEASE).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!claim.is_finished(), "the batch must wait for the commit");
+    scheduler.commit().await?;
+    for c in claim.await?? {
+        assert_eq!(c?, Claim::Claimed { attempts: 1 });
+    }
+
+    // Snapshots come back in the order asked, and a missing run is an error of its own.
+    sqlx::query(
+        "UPDATE step_runs sr SET to_addr = l.email FROM enrollments e JOIN leads l ON l.id = e.lead_id
+         WHERE e.id = sr.enrollment_id",
+    )
+    .execute(&env.db)
+    .await?;
+    let ids: Vec<Uuid> = runs
+        .iter()
+        .rev()
+        .map(|r| r.0)
+        .chain([Uuid::new_v4()])
+        .collect();
+    let mut snaps = ledger::snapshot_many(&env.db, &ids).await?;
+    for (snap, lead) in snaps.iter().zip(leads.iter().rev()) {
+        let snap = snap.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(snap.to_addr, format!("{lead}@example.com"));
+        assert!(snap.followup.next.is_some());
+    }
+    assert!(snaps.pop().is_some_and(|s| s.is_err()));
+    snaps.reverse();
+    let snaps: Vec<_> = snaps.into_iter().collect::<Result<_, _>>()?;
+
+    // Step B's delay is edited after a..d were snapshotted; e is snapshotted after the edit.
+    let keep = |s: &serde_json::Value| json!({"id": s["id"], "subject": s["subject"], "body": s["body"], "timing": s["timing"]});
+    let mut b = keep(&steps[1]);
+    b["timing"] = json!({"type": "delay", "delay": "P3D"});
+    let (status, _) = env
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/sequences/{sid}"),
+            Some(json!({"steps": [keep(&steps[0]), b]})),
+        )
+        .await?;
+    assert_eq!(status, 200);
+    let fresh_e = ledger::snapshot(&env.db, runs[4].0).await?;
+    let now = chrono::Utc::now();
+    let records: Vec<_> = (0..5)
+        .map(|i| ledger::SentRecord {
+            key: req(i).key,
+            step_run: runs[i].0,
+            reply: Reply {
+                code: Some(250),
+                text: "ok".into(),
+            },
+            at: now,
+            followup: if i == 4 {
+                fresh_e.followup.clone()
+            } else {
+                snaps[i].followup.clone()
+            },
+        })
+        .collect();
+    for r in ledger::record_sent_many(&env.db, &records).await? {
+        r?;
+    }
+    // Every send is SENT, and each lead's step B is scheduled once, timed by the edit (3 days)
+    // whether it went through the one-statement path (e) or the recomputing one (a..d).
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM send_ledger WHERE state = 'SENT'")
+        .fetch_one(&env.db)
+        .await?;
+    assert_eq!(sent, 5);
+    let next: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT sr.state, sr.due_at FROM step_runs sr WHERE sr.position = 2 ORDER BY sr.due_at",
+    )
+    .fetch_all(&env.db)
+    .await?;
+    assert_eq!(next.len(), 5);
+    for (state, due) in next {
+        assert_eq!(state, "SCHEDULED");
+        assert!(
+            due > now + chrono::Duration::days(2),
+            "due {due}: not timed by the edit"
+        );
+    }
+    env.stop().await
+}
