@@ -1,14 +1,17 @@
-//! The scheduler role: finds step runs that are due, freezes their rendered content, publishes
-//! them to RabbitMQ with publisher confirms and marks them QUEUED — all inside one transaction
-//! whose claim uses `FOR UPDATE SKIP LOCKED`, so any number of schedulers can run without a
-//! leader and without publishing a step twice.
+//! The scheduler role: finds step runs that are due, freezes their rendered content, marks them
+//! QUEUED and commits, then publishes them to RabbitMQ with publisher confirms. The claim uses
+//! `FOR UPDATE SKIP LOCKED`, so any number of schedulers can run without a leader and without
+//! publishing a step twice.
 //!
-//! A crash after publishing and before committing leaves the rows SCHEDULED and the messages in
-//! the queue; the sender's claim (which requires QUEUED) drops those as stale, and the next claim
-//! here publishes them again. Every `PULSE_SWEEP_INTERVAL_MS` it also sweeps stale work (see
-//! `ledger::sweep`). A step whose own or sequence end date has passed is skipped here
-//! and its enrollment ended with that reason. The scheduler never sends mail and never holds a message back as a
-//! delay: only work that is due now reaches RabbitMQ.
+//! QUEUED is committed *before* publishing, so a sender never receives a message whose run is
+//! still locked here (it would wait for this commit, the whole publish round trip, on every
+//! message). If publishing fails, the batch's runs go straight back to SCHEDULED and are
+//! published again (a copy that did reach the queue is absorbed by the sender's ledger claim).
+//! A crash between the commit and the publish leaves runs QUEUED with no message: the sweep
+//! (`ledger::sweep`, every `PULSE_SWEEP_INTERVAL_MS`) publishes them again once they have been
+//! QUEUED for `PULSE_QUEUED_LEASE_MS`. A step whose own or sequence end date has passed is skipped
+//! here and its enrollment ended with that reason. The scheduler never sends mail and never
+//! holds a message back as a delay: only work that is due now reaches RabbitMQ.
 
 use futures::future::try_join_all;
 use lapin::{
@@ -116,14 +119,55 @@ struct Rendered {
     version: i32,
 }
 
-/// Claims up to `batch` due step runs, publishes them and marks them QUEUED in one transaction.
-/// Returns how many were published.
+/// Claims up to `batch` due step runs, marks them QUEUED with their rendered content and commits,
+/// then publishes them with confirms. Returns how many were published. If publishing fails, the
+/// runs go back to SCHEDULED before the error is returned.
 pub async fn claim_and_publish(
     db: &PgPool,
     channel: &Channel,
     queue: &str,
     batch: i64,
 ) -> Result<usize, SchedulerError> {
+    let rendered = claim(db, batch).await?;
+    if rendered.is_empty() {
+        return Ok(0);
+    }
+    if let Err(e) = publish(channel, queue, &rendered).await {
+        let ids: Vec<Uuid> = rendered.iter().map(|r| r.id).collect();
+        match requeue(db, &ids).await {
+            Ok(n) => {
+                tracing::warn!(error = %e, requeued = n, "publishing failed; the batch is due again")
+            }
+            Err(undo) => {
+                tracing::error!(error = %e, requeue_error = %undo, "publishing failed and the batch could not be put back; the sweep publishes it after the queued lease")
+            }
+        }
+        return Err(e);
+    }
+    Ok(rendered.len())
+}
+
+/// Puts QUEUED runs whose messages may not have reached the queue back to SCHEDULED, due now.
+/// Runs a sender has already claimed or settled are left alone; a copy that reached the queue
+/// anyway is dropped by the sender's claim (the run is not QUEUED, or its key is taken).
+async fn requeue(db: &PgPool, ids: &[Uuid]) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE step_runs SET state = 'SCHEDULED', updated_at = now(),
+             last_error = 'published again: the broker did not confirm the message'
+         WHERE id = ANY($1) AND state = 'QUEUED'
+           AND NOT EXISTS (SELECT 1 FROM send_ledger sl
+                           WHERE sl.step_run_id = step_runs.id AND sl.state = 'SENDING')",
+    )
+    .bind(ids)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// In one transaction: claims due runs (`SKIP LOCKED`), renders them, marks the rendered ones
+/// QUEUED with their snapshot, skips expired ones and fails unrenderable ones. Returns the
+/// rendered runs, to publish after the commit.
+async fn claim(db: &PgPool, batch: i64) -> Result<Vec<Rendered>, SchedulerError> {
     let mut tx = db.begin().await?;
     let rows = sqlx::query(
         "SELECT sr.id, sr.enrollment_id, sr.step_id, sr.generation, sr.sequence_id,
@@ -145,7 +189,7 @@ pub async fn claim_and_publish(
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
 
     let mut rendered = Vec::with_capacity(rows.len());
@@ -161,40 +205,6 @@ pub async fn claim_and_publish(
             Ok(r) => rendered.push(r),
             Err(reason) => broken.push((row.get("id"), reason)),
         }
-    }
-
-    // Publish everything, then wait for all confirms together: one round trip per batch.
-    let mut confirms = Vec::with_capacity(rendered.len());
-    for r in &rendered {
-        let payload = serde_json::to_vec(&r.message)?;
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(r.message.key.as_str().into());
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &payload,
-                props,
-            )
-            .await
-            .map_err(MessagingError::from)?;
-        confirms.push(confirm);
-    }
-    let confirmations = try_join_all(confirms).await.map_err(MessagingError::from)?;
-    // A nack, or an ack that carries a returned (unroutable) message, means it went nowhere.
-    let all_routed = confirmations
-        .into_iter()
-        .all(|c| c.is_ack() && c.take_message().is_none());
-    if !all_routed {
-        // Roll back: the rows stay SCHEDULED and are published again; duplicates that did reach
-        // the queue are dropped by the sender's claim.
-        return Err(MessagingError::NotConfirmed.into());
     }
 
     let col = |f: fn(&Rendered) -> String| rendered.iter().map(f).collect::<Vec<_>>();
@@ -237,7 +247,46 @@ pub async fn claim_and_publish(
         .await?;
     }
     tx.commit().await?;
-    Ok(rendered.len())
+    Ok(rendered)
+}
+
+/// Publishes every message, then waits for all confirms together: one round trip per batch.
+async fn publish(
+    channel: &Channel,
+    queue: &str,
+    rendered: &[Rendered],
+) -> Result<(), SchedulerError> {
+    let mut confirms = Vec::with_capacity(rendered.len());
+    for r in rendered {
+        let payload = serde_json::to_vec(&r.message)?;
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(r.message.key.as_str().into());
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &payload,
+                props,
+            )
+            .await
+            .map_err(MessagingError::from)?;
+        confirms.push(confirm);
+    }
+    let confirmations = try_join_all(confirms).await.map_err(MessagingError::from)?;
+    // A nack, or an ack that carries a returned (unroutable) message, means it went nowhere.
+    let all_routed = confirmations
+        .into_iter()
+        .all(|c| c.is_ack() && c.take_message().is_none());
+    if !all_routed {
+        return Err(MessagingError::NotConfirmed.into());
+    }
+    Ok(())
 }
 
 fn render(row: &sqlx::postgres::PgRow) -> Result<Rendered, String> {

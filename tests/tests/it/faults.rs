@@ -448,3 +448,48 @@ async fn every_smtp_failure_is_retried_failed_or_reported_and_never_doubled() ->
     );
     env.stop().await
 }
+
+#[tokio::test]
+async fn a_batch_the_broker_does_not_confirm_is_due_again_and_sent_once() -> anyhow::Result<()> {
+    let (env, smtp) = start(&[Role::Api, Role::Ingest], |_| {}).await?;
+    env.create_sequence(sequence_body(
+        "N",
+        &[("One", "1", json!({"type": "immediately"}))],
+        "t",
+    ))
+    .await?;
+    let events: Vec<_> = (0..3)
+        .map(|i| json!({"id": format!("e{i}"), "type": "tag_applied", "tag": "t", "lead": {"email": format!("l{i}@example.com")}}))
+        .collect();
+    env.post("/v1/events", json!({ "events": events })).await?;
+
+    // QUEUED is committed before publishing; the broker then routes the batch nowhere (no such
+    // queue), so nothing is confirmed and the runs must be due again, not stranded QUEUED.
+    let conn = messaging::connect(&env.settings.amqp_url).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(Default::default()).await?;
+    let missing = format!("{}.missing", env.settings.queue);
+    let failed = pulse_scheduler::claim_and_publish(&env.db, &ch, &missing, 10).await;
+    assert!(failed.is_err(), "an unroutable batch must fail: {failed:?}");
+    let scheduled = count(
+        &env.db,
+        "SELECT count(*) FROM step_runs WHERE state = 'SCHEDULED' AND due_at <= now()",
+    )
+    .await?;
+    assert_eq!(scheduled, 3, "the batch is due again");
+
+    // The next claim publishes to the real queue and each lead gets its email once.
+    messaging::declare(&ch, &env.settings.queue).await?;
+    let published =
+        pulse_scheduler::claim_and_publish(&env.db, &ch, &env.settings.queue, 10).await?;
+    assert_eq!(published, 3);
+    conn.close(200, "done".into()).await?;
+    let token = CancellationToken::new();
+    let sender = spawn_sender(&env.settings, &token);
+    smtp.wait_for(3, Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.count(), 3);
+    token.cancel();
+    sender.await?;
+    env.stop().await
+}
