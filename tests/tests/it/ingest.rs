@@ -351,3 +351,87 @@ async fn concurrent_duplicate_events_enroll_once() -> anyhow::Result<()> {
     );
     env.stop().await
 }
+
+#[tokio::test]
+async fn overlapping_batches_in_any_order_enroll_each_lead_once_and_merge_its_fields()
+-> anyhow::Result<()> {
+    let env = TestEnv::start("ingest", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let mut body = sequence_body("A", &[("Hi", "x", json!({"type": "immediately"}))], "t");
+    body["triggers"] =
+        json!([{"type": "tag_applied", "tag": "t"}, {"type": "list_added", "list": "l"}]);
+    env.create_sequence(body).await?;
+    // Six batches of the same 60 leads, each in another order, sent at once: the rows they
+    // lock overlap in every order, and every batch must still succeed (no deadlock) and enroll
+    // each lead once between them.
+    let mut calls = Vec::new();
+    for round in 0..6usize {
+        let mut leads: Vec<usize> = (0..60).collect();
+        leads.rotate_left(round * 11);
+        if round % 2 == 1 {
+            leads.reverse();
+        }
+        let events: Vec<Value> = leads
+            .iter()
+            .map(|l| {
+                let mut e = event(
+                    &format!("r{round}-{l}"),
+                    &format!("l{l}@example.com"),
+                    if round % 2 == 0 { "tag_applied" } else { "list_added" },
+                    if round % 2 == 0 { json!({"tag": "t"}) } else { json!({"list": "l"}) },
+                );
+                e["lead"]["attributes"] = json!({ format!("seen_{round}"): true });
+                e
+            })
+            .collect();
+        calls.push(env.post("/v1/events", json!({ "events": events })));
+    }
+    for result in futures::future::join_all(calls).await {
+        let (status, res) = result?;
+        assert_eq!(status, 200, "{res}");
+    }
+    assert_eq!(active_enrollments(&env).await?, 60);
+    let created: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM processed_events, jsonb_array_elements(result->'enrollments') o
+         WHERE o->>'outcome' = 'created'",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(created, 60);
+    let attrs: serde_json::Value =
+        sqlx::query_scalar("SELECT attributes FROM leads WHERE email = 'l7@example.com'")
+            .fetch_one(&env.db)
+            .await?;
+    for round in 0..6 {
+        assert_eq!(attrs[format!("seen_{round}")], true, "{attrs}");
+    }
+
+    // Within one batch, the same lead's events merge in order: a later name wins, an absent one
+    // keeps the earlier, and the response repeats the lead for each event.
+    let (status, res) = env
+        .post(
+            "/v1/events",
+            json!({"events": [
+                {"id": "m1", "type": "tag_applied", "tag": "x", "lead": {"email": "m@example.com", "first_name": "Mia", "last_name": "Old"}},
+                {"id": "m2", "type": "tag_applied", "tag": "t", "lead": {"email": "M@example.com", "last_name": "New"}},
+                {"id": "m3", "type": "list_added", "list": "l", "lead": {"email": "m@example.com"}},
+            ]}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{res}");
+    let r = &res["results"];
+    assert_eq!(r[0]["enrollments"], json!([]));
+    assert_eq!(r[1]["enrollments"][0]["outcome"], "created");
+    assert_eq!(r[2]["enrollments"][0]["outcome"], "already_active");
+    assert_eq!(r[0]["lead_id"], r[2]["lead_id"]);
+    let (first, last, tags): (Option<String>, Option<String>, Vec<String>) = sqlx::query_as(
+        "SELECT first_name, last_name, tags FROM leads WHERE email = 'm@example.com'",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(
+        (first.as_deref(), last.as_deref()),
+        (Some("Mia"), Some("New"))
+    );
+    assert_eq!(tags, ["x", "t"]);
+    env.stop().await
+}
