@@ -376,8 +376,16 @@ async fn overlapping_batches_in_any_order_enroll_each_lead_once_and_merge_its_fi
                 let mut e = event(
                     &format!("r{round}-{l}"),
                     &format!("l{l}@example.com"),
-                    if round % 2 == 0 { "tag_applied" } else { "list_added" },
-                    if round % 2 == 0 { json!({"tag": "t"}) } else { json!({"list": "l"}) },
+                    if round % 2 == 0 {
+                        "tag_applied"
+                    } else {
+                        "list_added"
+                    },
+                    if round % 2 == 0 {
+                        json!({"tag": "t"})
+                    } else {
+                        json!({"list": "l"})
+                    },
                 );
                 e["lead"]["attributes"] = json!({ format!("seen_{round}"): true });
                 e
