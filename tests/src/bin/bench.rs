@@ -399,6 +399,17 @@ async fn main() -> anyhow::Result<()> {
         claims.insert(rows.to_string(), ms);
     }
     results.insert("claim_ms_by_rows", json!(claims));
+    // A paused sequence's due backlog must not slow the claims of the others.
+    let paused = sequence(&db).await?;
+    bulk_enroll(&db, paused, "held", 100_000, chrono::Utc::now(), None).await?;
+    sqlx::query("UPDATE sequences SET status = 'PAUSED' WHERE id = $1")
+        .bind(paused.0)
+        .execute(&db)
+        .await?;
+    sqlx::query("ANALYZE step_runs").execute(&db).await?;
+    let behind_paused = claim_ms(&db).await?;
+    println!("scheduler  claim of 500 due beside 100000 paused due rows {behind_paused:>6.1} ms");
+    results.insert("claim_ms_beside_paused_backlog", json!(behind_paused));
     for (role, mib) in &rss {
         println!("memory     peak RSS {role:<11} {mib:>6.1} MiB");
     }
@@ -530,17 +541,12 @@ async fn claim_ms(db: &PgPool) -> anyhow::Result<f64> {
     for _ in 0..5 {
         let mut tx = db.begin().await?;
         let started = Instant::now();
-        sqlx::query(
-            "SELECT sr.id FROM step_runs sr
-             JOIN sequences s ON s.id = sr.sequence_id
-             JOIN enrollments e ON e.id = sr.enrollment_id
-             JOIN sequence_steps st ON st.id = sr.step_id
-             JOIN leads l ON l.id = e.lead_id
-             WHERE sr.state = 'SCHEDULED' AND sr.due_at <= now() AND s.status = 'ACTIVE' AND e.status = 'ACTIVE'
-             ORDER BY sr.due_at LIMIT 500 FOR UPDATE OF sr SKIP LOCKED",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        // The scheduler's own claim query.
+        sqlx::query(pulse_scheduler::CLAIM_DUE)
+            .bind(500i64)
+            .bind(1000i64)
+            .fetch_all(&mut *tx)
+            .await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         tx.rollback().await?;
     }
