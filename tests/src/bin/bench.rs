@@ -541,12 +541,8 @@ async fn claim_ms(db: &PgPool) -> anyhow::Result<f64> {
     for _ in 0..5 {
         let mut tx = db.begin().await?;
         let started = Instant::now();
-        // The scheduler's own claim query.
-        sqlx::query(pulse_scheduler::CLAIM_DUE)
-            .bind(500i64)
-            .bind(1000i64)
-            .fetch_all(&mut *tx)
-            .await?;
+        // The scheduler's own claim.
+        pulse_scheduler::lock_due(&mut tx, 500).await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         tx.rollback().await?;
     }

@@ -493,3 +493,53 @@ async fn a_batch_the_broker_does_not_confirm_is_due_again_and_sent_once() -> any
     sender.await?;
     env.stop().await
 }
+
+#[tokio::test]
+async fn a_stray_run_of_an_ended_enrollment_is_cancelled_and_blocks_nothing() -> anyhow::Result<()>
+{
+    // One run per claim, so a stray that stayed a candidate would block the sequence for ever.
+    let (env, smtp) = start(&[Role::Api, Role::Ingest], |s| {
+        s.scheduler.batch_size = 1;
+    })
+    .await?;
+    env.create_sequence(sequence_body(
+        "S",
+        &[("One", "1", json!({"type": "immediately"}))],
+        "t",
+    ))
+    .await?;
+    env.post(
+        "/v1/events",
+        json!({"events": [
+            {"id": "a", "type": "tag_applied", "tag": "t", "lead": {"email": "stray@example.com"}},
+            {"id": "b", "type": "tag_applied", "tag": "t", "lead": {"email": "live@example.com"}},
+        ]}),
+    )
+    .await?;
+    // The stray: its enrollment ended without its scheduled run being cancelled, and it is due
+    // first.
+    sqlx::query(
+        "WITH e AS (UPDATE enrollments SET status = 'CANCELLED'
+                    WHERE lead_id = (SELECT id FROM leads WHERE email = 'stray@example.com')
+                    RETURNING id)
+         UPDATE step_runs SET due_at = now() - interval '1 hour' FROM e WHERE enrollment_id = e.id",
+    )
+    .execute(&env.db)
+    .await?;
+    let token = CancellationToken::new();
+    let scheduler = pulse_tests::spawn_scheduler(&env.settings, &token);
+    let sender = spawn_sender(&env.settings, &token);
+    smtp.wait_for(1, Duration::from_secs(10)).await?;
+    let stray: String = sqlx::query_scalar(
+        "SELECT sr.state FROM step_runs sr JOIN enrollments e ON e.id = sr.enrollment_id
+         JOIN leads l ON l.id = e.lead_id WHERE l.email = 'stray@example.com'",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(stray, "CANCELLED");
+    assert_eq!(smtp.count(), 1, "only the live lead is mailed");
+    token.cancel();
+    scheduler.await?;
+    sender.await?;
+    env.stop().await
+}
