@@ -140,6 +140,8 @@ async fn claim_loop(
     result
 }
 
+/// Waits for a batch's publish task and passes on its error (its runs are back to SCHEDULED by
+/// then, or left to the sweep if even that failed).
 async fn finish(
     publishing: tokio::task::JoinHandle<Result<usize, SchedulerError>>,
 ) -> Result<(), SchedulerError> {
