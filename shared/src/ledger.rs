@@ -652,25 +652,16 @@ async fn record_sent_unchanged(
             None => (None, None, None, None, None),
             Some((step, version)) => {
                 // A step that cannot be planned here goes through the full transaction.
-                let Ok(due) = step.timing.due_after(r.at) else {
+                let Ok((due, skipped)) = schedule::plan_run(step, r.at, &f.rules, f.lead_tz) else {
                     continue;
                 };
-                match schedule::plan(due, &f.rules, f.lead_tz, step.position, step.end_date) {
-                    schedule::Planned::At(at) => (
-                        Some(step.id),
-                        Some(step.position),
-                        Some(*version),
-                        Some(at),
-                        None,
-                    ),
-                    schedule::Planned::Expired(reason) => (
-                        Some(step.id),
-                        Some(step.position),
-                        Some(*version),
-                        Some(due),
-                        Some(reason),
-                    ),
-                }
+                (
+                    Some(step.id),
+                    Some(step.position),
+                    Some(*version),
+                    Some(due),
+                    skipped,
+                )
             }
         };
         keys.push(r.key.clone());

@@ -70,6 +70,24 @@ pub fn plan(
     Planned::At(at)
 }
 
+/// What a new run of `step` stores when timed from `anchor`: its due time, and the reason it is
+/// skipped when it expires before it could go out (it then keeps the due time it would have had).
+/// `Err` when the step's timing cannot be applied to `anchor`.
+pub fn plan_run(
+    step: &StepSpec,
+    anchor: DateTime<Utc>,
+    rules: &Rules,
+    lead_tz: Option<Tz>,
+) -> Result<(DateTime<Utc>, Option<String>), String> {
+    let due = step.timing.due_after(anchor)?;
+    Ok(
+        match plan(due, rules, lead_tz, step.position, step.end_date) {
+            Planned::At(at) => (at, None),
+            Planned::Expired(reason) => (due, Some(reason)),
+        },
+    )
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -152,19 +170,19 @@ pub struct Target {
 }
 
 /// Schedules `step` for `target`, due by its timing from `anchor` under the sequence's rules.
-/// An expired step is recorded SKIPPED and ends the enrollment. Returns what was planned.
+/// An expired step is recorded SKIPPED and ends the enrollment.
 pub async fn schedule_step(
     conn: &mut PgConnection,
     target: Target,
     step: &StepSpec,
     anchor: DateTime<Utc>,
-) -> Result<Planned, StoreError> {
+) -> Result<(), StoreError> {
     let (rules, lead_tz) = load_rules(conn, target.sequence, target.lead).await?;
-    let due = step.timing.due_after(anchor).map_err(StoreError::Corrupt)?;
-    let planned = plan(due, &rules, lead_tz, step.position, step.end_date);
-    let (state, due_at, reason) = match &planned {
-        Planned::At(at) => ("SCHEDULED", *at, None),
-        Planned::Expired(reason) => ("SKIPPED", due, Some(reason.as_str())),
+    let (due_at, skipped) = plan_run(step, anchor, &rules, lead_tz).map_err(StoreError::Corrupt)?;
+    let state = if skipped.is_some() {
+        "SKIPPED"
+    } else {
+        "SCHEDULED"
     };
     sqlx::query(
         "INSERT INTO step_runs (id, workspace_id, sequence_id, enrollment_id, step_id, position,
@@ -181,7 +199,7 @@ pub async fn schedule_step(
     .bind(target.generation)
     .bind(due_at)
     .bind(state)
-    .bind(reason)
+    .bind(&skipped)
     .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE enrollments SET current_step = $2, updated_at = now() WHERE id = $1")
@@ -189,10 +207,10 @@ pub async fn schedule_step(
         .bind(step.position)
         .execute(&mut *conn)
         .await?;
-    if let Planned::Expired(reason) = &planned {
+    if let Some(reason) = &skipped {
         end_enrollment(conn, target.enrollment, "COMPLETED", reason).await?;
     }
-    Ok(planned)
+    Ok(())
 }
 
 /// Schedules the live step after `position`, or completes the enrollment when there is none.

@@ -17,7 +17,7 @@ use pulse_shared::{
     db::StoreError,
     domain::timing::Timing,
     model::{EnrollmentOutcome, EventResult, enrollment_status, outcome, sequence_status},
-    schedule::{self, Planned, Rules},
+    schedule::{self, Rules},
 };
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool, Row};
@@ -462,13 +462,9 @@ async fn enroll_pairs(
             .first
             .as_ref()
             .ok_or_else(|| StoreError::Corrupt(format!("sequence {sequence} has no steps")))?;
-        let due = first.timing.due_after(now).map_err(StoreError::Corrupt)?;
         let lead_tz = zone_of.get(&lead).copied().flatten();
         let (due, expired) =
-            match schedule::plan(due, &seq.rules, lead_tz, first.position, first.end_date) {
-                Planned::At(at) => (at, None),
-                Planned::Expired(reason) => (due, Some(reason)),
-            };
+            schedule::plan_run(first, now, &seq.rules, lead_tz).map_err(StoreError::Corrupt)?;
         new.push(New {
             sequence,
             lead,
