@@ -443,6 +443,7 @@ async fn wait_ready(base: &str) -> anyhow::Result<()> {
     anyhow::bail!("{base} never became ready")
 }
 
+/// Waits until `n` runs of `seq` are in `state`.
 async fn wait_state(
     db: &PgPool,
     seq: Uuid,
@@ -451,8 +452,7 @@ async fn wait_state(
     what: &str,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let deadline = started + Duration::from_secs(600);
-    loop {
+    wait_count(what, n, started, Duration::from_millis(100), async || {
         let done: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM step_runs WHERE sequence_id = $1 AND state = $2",
         )
@@ -460,17 +460,9 @@ async fn wait_state(
         .bind(state)
         .fetch_one(db)
         .await?;
-        progress(what, done as usize, n, started);
-        if done as usize >= n {
-            eprintln!();
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {done} of {n} {what} in 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(usize::try_from(done)?)
+    })
+    .await
 }
 
 /// Waits until the sink holds `base + n` messages, showing the progress of those `n`.
@@ -480,23 +472,43 @@ async fn smtp_wait(
     n: usize,
     started: Instant,
 ) -> anyhow::Result<()> {
+    wait_count(
+        "accepted",
+        n,
+        started,
+        Duration::from_millis(50),
+        async || Ok(smtp.count().saturating_sub(base)),
+    )
+    .await
+}
+
+/// Polls `count` every `every` until it reaches `n`, with a progress line at most twice a
+/// second; gives up after 10 minutes.
+async fn wait_count(
+    what: &str,
+    n: usize,
+    started: Instant,
+    every: Duration,
+    mut count: impl AsyncFnMut() -> anyhow::Result<usize>,
+) -> anyhow::Result<()> {
     let deadline = started + Duration::from_secs(600);
-    for tick in 0usize.. {
-        let got = smtp.count().saturating_sub(base);
-        if tick % 10 == 0 || got >= n {
-            progress("accepted", got, n, started);
+    let mut shown: Option<Instant> = None;
+    loop {
+        let done = count().await?;
+        if done >= n || shown.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            progress(what, done, n, started);
+            shown = Some(Instant::now());
         }
-        if got >= n {
+        if done >= n {
             eprintln!();
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "only {got} of {n} accepted in 10 minutes"
+            "only {done} of {n} {what} in 10 minutes"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
-    Ok(())
 }
 
 /// Every accepted message is distinct (by Message-ID), and the ledger recorded exactly the
