@@ -117,6 +117,12 @@ impl Settings {
         .validated()
     }
 
+    /// How long a pause or cancel waits for sends already claimed to settle: one SMTP timeout
+    /// and a margin. After it, nothing of a paused sequence may be sent.
+    pub fn pause_drain_timeout(&self) -> Duration {
+        self.sender.smtp_timeout + Duration::from_secs(5)
+    }
+
     fn validated(self) -> Result<Self, ConfigError> {
         let positive = |var: &'static str, ok: bool| {
             if ok {

@@ -196,7 +196,8 @@ async fn insert_and_start(
     let first = schedule::step_after(conn, target.sequence, 0)
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("sequence {} has no steps", target.sequence)))?;
-    schedule::schedule_step(conn, target, &first, now).await?;
+    let trace = crate::telemetry::traceparent(&tracing::Span::current());
+    schedule::schedule_step(conn, target, &first, now, trace.as_deref()).await?;
     Ok(true)
 }
 

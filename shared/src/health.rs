@@ -34,11 +34,13 @@ impl Health {
 }
 
 /// Runs `session` until `shutdown`, starting it again with exponential backoff (200 ms to 5 s)
-/// whenever it fails, and reporting `part` not ready meanwhile. A session reports itself ready
-/// once connected and returns `Ok` only when `shutdown` is cancelled.
+/// whenever it fails, reporting `part` not ready meanwhile and counting the restart in
+/// `metrics`. A session reports itself ready once connected and returns `Ok` only when
+/// `shutdown` is cancelled.
 pub async fn supervise<F, Fut, E>(
     part: &'static str,
     health: &Health,
+    metrics: &crate::metrics::Metrics,
     shutdown: &tokio_util::sync::CancellationToken,
     mut session: F,
 ) where
@@ -52,6 +54,7 @@ pub async fn supervise<F, Fut, E>(
             Ok(()) => break,
             Err(e) => {
                 health.not_ready(part, e.to_string());
+                metrics.reconnect(part);
                 tracing::warn!(part, error = %e, retry_in_ms = delay.as_millis() as u64, "session failed; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod ledger;
 pub mod messaging;
+pub mod metrics;
 pub mod model;
 pub mod pause;
 pub mod schedule;

@@ -170,12 +170,14 @@ pub struct Target {
 }
 
 /// Schedules `step` for `target`, due by its timing from `anchor` under the sequence's rules.
-/// An expired step is recorded SKIPPED and ends the enrollment.
+/// An expired step is recorded SKIPPED and ends the enrollment. `trace_parent` is the W3C
+/// context of the request that asked for it (see `telemetry`), carried to the publish and send.
 pub async fn schedule_step(
     conn: &mut PgConnection,
     target: Target,
     step: &StepSpec,
     anchor: DateTime<Utc>,
+    trace_parent: Option<&str>,
 ) -> Result<(), StoreError> {
     let (rules, lead_tz) = load_rules(conn, target.sequence, target.lead).await?;
     let (due_at, skipped) = plan_run(step, anchor, &rules, lead_tz).map_err(StoreError::Corrupt)?;
@@ -186,8 +188,8 @@ pub async fn schedule_step(
     };
     sqlx::query(
         "INSERT INTO step_runs (id, workspace_id, sequence_id, enrollment_id, step_id, position,
-                                generation, due_at, state, last_error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                generation, due_at, state, last_error, trace_parent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (enrollment_id, step_id, generation) DO NOTHING",
     )
     .bind(Uuid::new_v4())
@@ -200,6 +202,7 @@ pub async fn schedule_step(
     .bind(due_at)
     .bind(state)
     .bind(&skipped)
+    .bind(trace_parent)
     .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE enrollments SET current_step = $2, updated_at = now() WHERE id = $1")
@@ -222,7 +225,7 @@ pub async fn advance(
 ) -> Result<(), StoreError> {
     match step_after(conn, target.sequence, position).await? {
         Some(step) => {
-            schedule_step(conn, target, &step, anchor).await?;
+            schedule_step(conn, target, &step, anchor, None).await?;
         }
         None => {
             end_enrollment(conn, target.enrollment, "COMPLETED", "all steps sent").await?;

@@ -264,7 +264,7 @@ pub fn sequence_body(name: &str, steps: &[(&str, &str, Value)], tag: &str) -> Va
 pub fn spawn_sender(settings: &Settings, token: &CancellationToken) -> JoinHandle<()> {
     let (s, t) = (settings.clone(), token.clone());
     tokio::spawn(async move {
-        if let Err(e) = pulse_sender::run(s, Default::default(), t).await {
+        if let Err(e) = pulse_sender::run(s, Default::default(), Default::default(), t).await {
             panic!("sender failed: {e}");
         }
     })
@@ -274,7 +274,7 @@ pub fn spawn_sender(settings: &Settings, token: &CancellationToken) -> JoinHandl
 pub fn spawn_scheduler(settings: &Settings, token: &CancellationToken) -> JoinHandle<()> {
     let (s, t) = (settings.clone(), token.clone());
     tokio::spawn(async move {
-        if let Err(e) = pulse_scheduler::run(s, Default::default(), t).await {
+        if let Err(e) = pulse_scheduler::run(s, Default::default(), Default::default(), t).await {
             panic!("scheduler failed: {e}");
         }
     })

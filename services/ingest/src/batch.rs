@@ -497,9 +497,10 @@ async fn enroll_pairs(
              RETURNING id),
          runs AS (
              INSERT INTO step_runs (id, workspace_id, sequence_id, enrollment_id, step_id, position,
-                                    generation, due_at, state, last_error)
+                                    generation, due_at, state, last_error, trace_parent)
              SELECT u.run, $1, u.sequence, u.enrollment, u.step, u.position, 1, u.due,
-                    CASE WHEN u.expired IS NULL THEN 'SCHEDULED' ELSE 'SKIPPED' END, u.expired
+                    CASE WHEN u.expired IS NULL THEN 'SCHEDULED' ELSE 'SKIPPED' END, u.expired,
+                    $10
              FROM u JOIN ins ON ins.id = u.enrollment)
          SELECT id FROM ins",
     )
@@ -512,6 +513,9 @@ async fn enroll_pairs(
     .bind(new.iter().map(|n| n.position).collect::<Vec<_>>())
     .bind(new.iter().map(|n| n.due).collect::<Vec<_>>())
     .bind(new.iter().map(|n| n.expired.clone()).collect::<Vec<_>>())
+    .bind(pulse_shared::telemetry::traceparent(
+        &tracing::Span::current(),
+    ))
     .fetch_all(&mut *conn)
     .await?
     .into_iter()

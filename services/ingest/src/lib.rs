@@ -15,9 +15,11 @@ use axum::{Json, Router, extract::FromRef, extract::State, routing::post};
 use pulse_shared::{
     enroll::{FieldError, ValidLead},
     http::{ApiError, ApiJson, ApiResult, Auth},
+    metrics::Metrics,
     model::{EventBatch, EventBatchResult, EventType, TriggerEvent},
 };
 use sqlx::PgPool;
+use tracing::Instrument;
 
 /// Most events accepted in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -25,6 +27,7 @@ pub const MAX_BATCH: usize = 1000;
 #[derive(Clone)]
 pub struct IngestState {
     pub db: PgPool,
+    pub metrics: Metrics,
 }
 
 impl FromRef<IngestState> for PgPool {
@@ -34,10 +37,10 @@ impl FromRef<IngestState> for PgPool {
 }
 
 /// The ingest routes, ready to merge into a server.
-pub fn router(db: PgPool) -> Router {
+pub fn router(db: PgPool, metrics: Metrics) -> Router {
     Router::new()
         .route("/v1/events", post(ingest_events))
-        .with_state(IngestState { db })
+        .with_state(IngestState { db, metrics })
 }
 
 #[derive(utoipa::OpenApi)]
@@ -84,7 +87,19 @@ pub async fn ingest_events(
         .enumerate()
         .map(|(i, e)| ValidEvent::parse(e, &format!("events[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
-    let results = batch::process(&state.db, auth.workspace, &valid).await?;
+    // The step runs created here carry this span's trace context to their publish and send.
+    let span = tracing::info_span!("enroll", events = valid.len());
+    let results = batch::process(&state.db, auth.workspace, &valid)
+        .instrument(span)
+        .await?;
+    for r in &results {
+        state.metrics.event(r.status != "processed");
+        if r.status == "processed" {
+            for e in &r.enrollments {
+                state.metrics.enrollment_outcome(&e.outcome);
+            }
+        }
+    }
     Ok(Json(EventBatchResult { results }))
 }
 

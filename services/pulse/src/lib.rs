@@ -1,19 +1,42 @@
 //! Composition of the roles into one process: which roles run, the HTTP server they share
-//! (`/v1` routes, `/healthz`, `/readyz`), startup (migrations, API-key provisioning) and
-//! graceful shutdown. The binary and the end-to-end tests both start Pulse through [`serve`].
+//! (`/v1` routes, `/healthz`, `/readyz`, `/metrics`, with a span and request metrics for every
+//! request), startup (migrations, API-key provisioning) and graceful shutdown. The binary and
+//! the end-to-end tests both start Pulse through [`serve`].
 
 pub mod cli;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
-use pulse_shared::{Settings, db, health::Health, http, pause::PauseFlags};
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{MatchedPath, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use pulse_shared::{
+    Settings, db,
+    health::Health,
+    http,
+    metrics::{self, Metrics},
+    pause::PauseFlags,
+    telemetry,
+};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// Longest a readiness check may take before it counts as a failure.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest the database gauges of a scrape may take; the scrape then answers without them.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest request body accepted (a full event batch fits comfortably).
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -50,6 +73,24 @@ fn expand(roles: &[Role]) -> Vec<Role> {
     }
 }
 
+/// The service name traces are exported under: `pulse` for every role in one process,
+/// `pulse-sender` for the sender alone, `pulse-api-ingest` for two roles.
+pub fn service_name(roles: &[Role]) -> String {
+    let roles = if roles.contains(&Role::All) {
+        &[][..]
+    } else {
+        roles
+    };
+    let mut name = "pulse".to_owned();
+    for role in roles {
+        if let Some(v) = clap::ValueEnum::to_possible_value(role) {
+            name.push('-');
+            name.push_str(v.get_name());
+        }
+    }
+    name
+}
+
 /// Prepares the database: migrations (unless disabled) and the `PULSE_API_KEY` key.
 pub async fn prepare(settings: &Settings) -> Result<PgPool, ServeError> {
     let pool = db::pool(&settings.database_url, 8)?;
@@ -81,6 +122,7 @@ pub async fn serve(
     let db = prepare(&settings).await?;
     let mut tasks: JoinSet<Result<(), ServeError>> = JoinSet::new();
     let health = Health::default();
+    let metrics = Metrics::new();
 
     let flags = PauseFlags::connect(
         &settings.redis_url,
@@ -97,13 +139,21 @@ pub async fn serve(
         app = app.merge(pulse_api::router(pulse_api::ApiState {
             db: db.clone(),
             flags: flags.clone(),
-            // A send claimed before a pause settles within one SMTP timeout.
-            drain_timeout: settings.sender.smtp_timeout + Duration::from_secs(5),
+            drain_timeout: settings.pause_drain_timeout(),
         }));
     }
     if roles.contains(&Role::Ingest) {
-        app = app.merge(pulse_ingest::router(db.clone()));
+        app = app.merge(pulse_ingest::router(db.clone(), metrics.clone()));
     }
+    let probe = Probe {
+        db,
+        flags,
+        health: health.clone(),
+        metrics: metrics.clone(),
+        observe: roles
+            .contains(&Role::Scheduler)
+            .then(|| (settings.pause_drain_timeout(), Arc::default())),
+    };
     let app = app
         .route(
             "/healthz",
@@ -112,15 +162,13 @@ pub async fn serve(
         .merge(
             Router::new()
                 .route("/readyz", get(ready))
-                .with_state(Probe {
-                    db,
-                    flags,
-                    health: health.clone(),
-                }),
+                .route("/metrics", get(metrics_page))
+                .with_state(probe),
         )
         .fallback(http::not_found)
+        .layer(middleware::from_fn_with_state(metrics.clone(), record_http))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span));
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: settings.http_addr,
         source,
@@ -137,9 +185,14 @@ pub async fn serve(
             })
     });
     if roles.contains(&Role::Scheduler) {
-        let (s, h, t) = (settings.clone(), health.clone(), shutdown.clone());
+        let (s, h, m, t) = (
+            settings.clone(),
+            health.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
-            pulse_scheduler::run(s, h, t)
+            pulse_scheduler::run(s, h, m, t)
                 .await
                 .map_err(|e| ServeError::Role {
                     role: "scheduler",
@@ -148,9 +201,14 @@ pub async fn serve(
         });
     }
     if roles.contains(&Role::Sender) {
-        let (s, h, t) = (settings.clone(), health.clone(), shutdown.clone());
+        let (s, h, m, t) = (
+            settings.clone(),
+            health.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
-            pulse_sender::run(s, h, t)
+            pulse_sender::run(s, h, m, t)
                 .await
                 .map_err(|e| ServeError::Role {
                     role: "sender",
@@ -182,11 +240,14 @@ struct Probe {
     db: PgPool,
     flags: PauseFlags,
     health: Health,
+    metrics: Metrics,
+    /// Where the scheduler runs: the pause drain time, and one scrape's database reads at a time.
+    observe: Option<(Duration, Arc<tokio::sync::Mutex<()>>)>,
 }
 
-/// Ready when PostgreSQL and Redis answer and every RabbitMQ session (scheduler, sender) is up.
-async fn ready(State(h): State<Probe>) -> (StatusCode, Json<serde_json::Value>) {
-    // A probe must answer promptly: a check that hangs counts as a failure.
+/// The readiness checks: PostgreSQL and Redis answer, and each RabbitMQ session is up. A check
+/// that hangs counts as a failure, so a probe answers promptly.
+async fn checks(h: &Probe) -> Vec<(&'static str, Result<(), String>)> {
     let postgres = tokio::time::timeout(READY_TIMEOUT, sqlx::query("SELECT 1").execute(&h.db))
         .await
         .map_err(|_| "PostgreSQL did not answer in time".to_owned())
@@ -195,20 +256,27 @@ async fn ready(State(h): State<Probe>) -> (StatusCode, Json<serde_json::Value>) 
         .await
         .map_err(|_| "Redis did not answer in time".to_owned())
         .and_then(|r| r.map_err(|e| e.to_string()));
+    let mut all = vec![("postgres", postgres), ("redis", redis)];
+    for (part, problem) in h.health.parts() {
+        let name = match part {
+            "scheduler" => "rabbitmq_scheduler",
+            "sender" => "rabbitmq_sender",
+            _ => "rabbitmq",
+        };
+        all.push((name, problem.map_or(Ok(()), Err)));
+    }
+    all
+}
+
+/// Ready when PostgreSQL and Redis answer and every RabbitMQ session (scheduler, sender) is up.
+async fn ready(State(h): State<Probe>) -> (StatusCode, Json<serde_json::Value>) {
     let mut body = serde_json::Map::new();
     let mut ok = true;
-    for (name, result) in [("postgres", postgres), ("redis", redis)] {
+    for (name, result) in checks(&h).await {
         ok &= result.is_ok();
         body.insert(
             name.into(),
             result.err().unwrap_or_else(|| "ok".into()).into(),
-        );
-    }
-    for (part, problem) in h.health.parts() {
-        ok &= problem.is_none();
-        body.insert(
-            format!("rabbitmq_{part}"),
-            problem.unwrap_or_else(|| "ok".into()).into(),
         );
     }
     let status = if ok {
@@ -217,6 +285,69 @@ async fn ready(State(h): State<Probe>) -> (StatusCode, Json<serde_json::Value>) 
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body.into()))
+}
+
+/// The Prometheus scrape: the readiness checks as gauges, the database gauges where the
+/// scheduler runs (one scrape's reads at a time), then every metric of this process.
+async fn metrics_page(State(h): State<Probe>) -> impl IntoResponse {
+    for (name, result) in checks(&h).await {
+        h.metrics.set_ready(name, result.is_ok());
+    }
+    if let Some((pause_grace, one_at_a_time)) = &h.observe {
+        let _turn = one_at_a_time.lock().await;
+        let observed = tokio::time::timeout(
+            OBSERVE_TIMEOUT,
+            pulse_scheduler::observe(&h.db, &h.metrics, *pause_grace),
+        )
+        .await;
+        match observed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "database gauges not read; serving the last values")
+            }
+            Err(_) => tracing::warn!(
+                timeout_s = OBSERVE_TIMEOUT.as_secs(),
+                "database gauges took too long; serving the last values"
+            ),
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        h.metrics.render(),
+    )
+}
+
+/// Counts every request by method, route template and status, and times it.
+async fn record_http(State(m): State<Metrics>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    m.http_request(
+        method.as_str(),
+        route.as_deref(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// The span of one request, continuing the caller's trace when it sends a `traceparent`.
+fn request_span(req: &axum::http::Request<Body>) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let span = tracing::info_span!("request", method = %req.method(), route);
+    let parent = req
+        .headers()
+        .get(telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    telemetry::continue_trace(&span, parent);
+    span
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

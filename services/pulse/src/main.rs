@@ -86,16 +86,20 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (client, request) = match cli.command {
         Command::Serve { roles } => {
-            telemetry::init();
+            let telemetry =
+                telemetry::init(&pulse::service_name(&roles)).context("setting up telemetry")?;
             let settings = Settings::from_env().context("reading configuration")?;
             let shutdown = CancellationToken::new();
             pulse::cancel_on_signal(shutdown.clone());
             let listener = pulse::bind(settings.http_addr).await?;
-            pulse::serve(settings, roles, listener, shutdown).await?;
+            let served = pulse::serve(settings, roles, listener, shutdown).await;
+            // Spans of the last sends are still buffered: export them before exiting.
+            telemetry.shutdown();
+            served?;
             return Ok(());
         }
         Command::Migrate => {
-            telemetry::init();
+            telemetry::init_with_default(telemetry::DEFAULT_FILTER);
             let settings = Settings::from_env().context("reading configuration")?;
             db::ensure_database(&settings.database_url)
                 .await

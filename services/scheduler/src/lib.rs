@@ -13,9 +13,13 @@
 //! here and its enrollment ended with that reason. The scheduler never sends mail and never
 //! holds a message back as a delay: only work that is due now reaches RabbitMQ.
 
+use std::time::{Duration, Instant};
+
 use futures::future::try_join_all;
 use lapin::{
-    BasicProperties, Channel, options::BasicPublishOptions, options::ConfirmSelectOptions,
+    BasicProperties, Channel,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::FieldTable,
 };
 use pulse_shared::{
     Settings,
@@ -24,12 +28,17 @@ use pulse_shared::{
     health::{Health, supervise},
     ledger,
     messaging::{self, MessagingError, SendMessage},
+    metrics::Metrics,
     model::enrollment_status,
-    schedule,
+    schedule, telemetry,
 };
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
+
+/// How often the depth of the send queue and its dead-letter queue is read.
+const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -50,11 +59,12 @@ pub enum SchedulerError {
 pub async fn run(
     settings: Settings,
     health: Health,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
     let db = db::pool(&settings.database_url, 4)?;
-    supervise("scheduler", &health, &shutdown, || {
-        session(&settings, &db, &health, &shutdown)
+    supervise("scheduler", &health, &metrics, &shutdown, || {
+        session(&settings, &db, &health, &metrics, &shutdown)
     })
     .await;
     tracing::info!("scheduler stopped");
@@ -65,6 +75,7 @@ async fn session(
     settings: &Settings,
     db: &PgPool,
     health: &Health,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), SchedulerError> {
     let conn = messaging::connect(&settings.amqp_url).await?;
@@ -76,7 +87,7 @@ async fn session(
         .map_err(MessagingError::from)?;
     health.ready("scheduler");
     tracing::info!(queue = %settings.queue, "scheduler connected");
-    let result = claim_loop(settings, db, &channel, shutdown).await;
+    let result = claim_loop(settings, db, &channel, metrics, shutdown).await;
     let _ = conn.close(200, "scheduler shutting down".into()).await;
     result
 }
@@ -88,10 +99,12 @@ async fn claim_loop(
     settings: &Settings,
     db: &PgPool,
     channel: &Channel,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), SchedulerError> {
     let batch = settings.scheduler.batch_size;
     let mut next_sweep = tokio::time::Instant::now();
+    let mut next_depth = tokio::time::Instant::now();
     let mut publishing: Option<tokio::task::JoinHandle<Result<usize, SchedulerError>>> = None;
     let result = async {
         while !shutdown.is_cancelled() {
@@ -102,6 +115,7 @@ async fn claim_loop(
                     settings.scheduler.queued_lease,
                 )
                 .await?;
+                metrics.swept(swept.unknown, swept.requeued);
                 if swept != ledger::Swept::default() {
                     tracing::warn!(
                         unknown = swept.unknown,
@@ -111,15 +125,20 @@ async fn claim_loop(
                 }
                 next_sweep = tokio::time::Instant::now() + settings.scheduler.sweep_interval;
             }
-            let claimed = claim(db, batch).await?;
+            if tokio::time::Instant::now() >= next_depth {
+                queue_depth(channel, &settings.queue, metrics).await?;
+                next_depth = tokio::time::Instant::now() + QUEUE_DEPTH_EVERY;
+            }
+            let claimed = claim(db, batch, metrics).await?;
             if let Some(previous) = publishing.take() {
                 finish(previous).await?;
             }
             let n = claimed.len();
             if n > 0 {
                 let (db, channel, queue) = (db.clone(), channel.clone(), settings.queue.clone());
+                let metrics = metrics.clone();
                 publishing = Some(tokio::spawn(async move {
-                    publish_or_requeue(&db, &channel, &queue, claimed).await
+                    publish_or_requeue(&db, &channel, &queue, &metrics, claimed).await
                 }));
             }
             if (n as i64) < batch {
@@ -138,6 +157,30 @@ async fn claim_loop(
         return result.and(last);
     }
     result
+}
+
+/// Reads how many messages wait in the send queue and its dead-letter queue (both declared by
+/// this session, so the passive declare cannot fail on a missing queue).
+async fn queue_depth(
+    channel: &Channel,
+    queue: &str,
+    metrics: &Metrics,
+) -> Result<(), SchedulerError> {
+    for q in [queue.to_owned(), messaging::dead_letter_queue(queue)] {
+        let declared = channel
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(MessagingError::from)?;
+        metrics.set_queue_messages(&q, declared.message_count());
+    }
+    Ok(())
 }
 
 /// Waits for a batch's publish task and passes on its error (its runs are back to SCHEDULED by
@@ -162,10 +205,7 @@ async fn finish(
 /// 2. the lock, on `step_runs` alone by primary key; the state is re-checked on the locked row
 ///    (a row another scheduler holds is skipped, one changed meanwhile is re-read first);
 /// 3. the rows with their sequence, step and lead (of ACTIVE sequences and enrollments).
-pub async fn lock_due(
-    conn: &mut sqlx::PgConnection,
-    batch: i64,
-) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+pub async fn lock_due(conn: &mut sqlx::PgConnection, batch: i64) -> Result<Due, sqlx::Error> {
     let candidates: Vec<Uuid> = sqlx::query_scalar(
         "SELECT d.id FROM sequences a
          CROSS JOIN LATERAL (
@@ -179,7 +219,7 @@ pub async fn lock_due(
     .fetch_all(&mut *conn)
     .await?;
     if candidates.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Due::default());
     }
     let locked: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM step_runs
@@ -190,14 +230,14 @@ pub async fn lock_due(
     .fetch_all(&mut *conn)
     .await?;
     if locked.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Due::default());
     }
     let rows = sqlx::query(
         "SELECT sr.id, sr.enrollment_id, sr.step_id, sr.generation, sr.sequence_id,
                 sr.workspace_id, sr.position, st.subject, st.body, s.sender_from, s.version,
                 s.max_sends_per_minute, s.end_date AS sequence_end, st.end_date AS step_end,
                 l.email, l.first_name, l.last_name, l.timezone, l.attributes,
-                e.status AS enrollment_status
+                e.status AS enrollment_status, sr.trace_parent
          FROM step_runs sr
          JOIN sequences s ON s.id = sr.sequence_id
          JOIN enrollments e ON e.id = sr.enrollment_id
@@ -226,7 +266,19 @@ pub async fn lock_due(
         .execute(&mut *conn)
         .await?;
     }
-    Ok(live)
+    Ok(Due {
+        rows: live,
+        ended: ended.len(),
+    })
+}
+
+/// What [`lock_due`] locked.
+#[derive(Default)]
+pub struct Due {
+    /// Due runs of ACTIVE enrollments, locked, with what rendering needs.
+    pub rows: Vec<sqlx::postgres::PgRow>,
+    /// Stray runs of ended enrollments, cancelled.
+    pub ended: usize,
 }
 
 /// A claimed step run, rendered.
@@ -239,6 +291,8 @@ struct Rendered {
     to_addr: String,
     message_id: String,
     version: i32,
+    /// The W3C context of the request that created the run, continued by its publish.
+    trace_parent: Option<String>,
 }
 
 /// Claims up to `batch` due step runs, marks them QUEUED with their rendered content and commits,
@@ -249,9 +303,10 @@ pub async fn claim_and_publish(
     channel: &Channel,
     queue: &str,
     batch: i64,
+    metrics: &Metrics,
 ) -> Result<usize, SchedulerError> {
-    let rendered = claim(db, batch).await?;
-    publish_or_requeue(db, channel, queue, rendered).await
+    let rendered = claim(db, batch, metrics).await?;
+    publish_or_requeue(db, channel, queue, metrics, rendered).await
 }
 
 /// Publishes claimed runs; if that fails, puts them back to SCHEDULED before returning the error.
@@ -259,15 +314,21 @@ async fn publish_or_requeue(
     db: &PgPool,
     channel: &Channel,
     queue: &str,
+    metrics: &Metrics,
     rendered: Vec<Rendered>,
 ) -> Result<usize, SchedulerError> {
     if rendered.is_empty() {
         return Ok(0);
     }
-    if let Err(e) = publish(channel, queue, &rendered).await {
+    let started = Instant::now();
+    let published = publish(channel, queue, &rendered)
+        .instrument(tracing::info_span!("publish_batch", steps = rendered.len()))
+        .await;
+    if let Err(e) = published {
         let ids: Vec<Uuid> = rendered.iter().map(|r| r.id).collect();
         match requeue(db, &ids).await {
             Ok(n) => {
+                metrics.requeued(n);
                 tracing::warn!(error = %e, requeued = n, "publishing failed; the batch is due again")
             }
             Err(undo) => {
@@ -276,6 +337,7 @@ async fn publish_or_requeue(
         }
         return Err(e);
     }
+    metrics.published(rendered.len(), started.elapsed().as_secs_f64());
     Ok(rendered.len())
 }
 
@@ -299,9 +361,15 @@ async fn requeue(db: &PgPool, ids: &[Uuid]) -> Result<u64, StoreError> {
 /// In one transaction: claims due runs (`SKIP LOCKED`), renders them, marks the rendered ones
 /// QUEUED with their snapshot, skips expired ones and fails unrenderable ones. Returns the
 /// rendered runs, to publish after the commit.
-async fn claim(db: &PgPool, batch: i64) -> Result<Vec<Rendered>, SchedulerError> {
+async fn claim(
+    db: &PgPool,
+    batch: i64,
+    metrics: &Metrics,
+) -> Result<Vec<Rendered>, SchedulerError> {
+    let started = Instant::now();
     let mut tx = db.begin().await?;
-    let rows = lock_due(&mut tx, batch).await?;
+    let Due { rows, ended } = lock_due(&mut tx, batch).await?;
+    metrics.not_queued("enrollment_ended", ended);
     if rows.is_empty() {
         // Commit: the claim may have cancelled strays.
         tx.commit().await?;
@@ -363,6 +431,9 @@ async fn claim(db: &PgPool, batch: i64) -> Result<Vec<Rendered>, SchedulerError>
         .await?;
     }
     tx.commit().await?;
+    metrics.claimed(rows.len(), started.elapsed().as_secs_f64());
+    metrics.not_queued("expired", expired.len());
+    metrics.not_queued("unrenderable", broken.len());
     Ok(rendered)
 }
 
@@ -375,10 +446,17 @@ async fn publish(
     let mut confirms = Vec::with_capacity(rendered.len());
     for r in rendered {
         let payload = serde_json::to_vec(&r.message)?;
+        // One span per step, continuing the trace of the request that created the run; its
+        // context rides in the message for the sender to continue.
+        let span = tracing::info_span!("publish", key = %r.message.key);
+        telemetry::continue_trace(&span, r.trace_parent.as_deref());
+        let mut headers = FieldTable::default();
+        telemetry::inject_amqp(&span, &mut headers);
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
-            .with_message_id(r.message.key.as_str().into());
+            .with_message_id(r.message.key.as_str().into())
+            .with_headers(headers);
         let confirm = channel
             .basic_publish(
                 "".into(),
@@ -444,6 +522,7 @@ fn render(row: &sqlx::postgres::PgRow) -> Result<Rendered, String> {
         to_addr: email,
         message_id,
         version: row.get("version"),
+        trace_parent: row.get("trace_parent"),
     })
 }
 
@@ -466,4 +545,63 @@ fn past_end(row: &sqlx::postgres::PgRow, now: chrono::DateTime<chrono::Utc>) -> 
             end.to_rfc3339()
         )
     })
+}
+
+/// Reads what the database says about the schedule into `metrics` (on each scrape of
+/// `/metrics` where this role runs): enrollments by status; the due, unsent runs of ACTIVE
+/// sequences and the age of the oldest; the due runs held by paused sequences; and sends
+/// recorded for a paused sequence more than `pause_grace` after it was paused (a send claimed
+/// before the pause may finish within the pause's drain; anything later must never happen).
+///
+/// Each count is bounded by an index: due runs per sequence, QUEUED runs, and ledger rows of
+/// paused sequences created from a day before their pause (retries never span more). The
+/// enrollment count scans `enrollments`; see docs/SCALING.md for its cost.
+pub async fn observe(
+    db: &PgPool,
+    metrics: &Metrics,
+    pause_grace: Duration,
+) -> Result<(), sqlx::Error> {
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM enrollments GROUP BY status")
+            .fetch_all(db)
+            .await?;
+    metrics.set_enrollments(&statuses);
+    let backlog = sqlx::query(
+        "WITH due AS (
+             SELECT s.status, d.n, d.oldest FROM sequences s
+             CROSS JOIN LATERAL (
+                 SELECT count(*) AS n, min(r.due_at) AS oldest FROM step_runs r
+                 WHERE r.sequence_id = s.id AND r.state = 'SCHEDULED' AND r.due_at <= now()) d
+             WHERE s.status IN ('ACTIVE', 'PAUSED') AND d.n > 0),
+         queued AS (
+             SELECT count(*) AS n, min(due_at) AS oldest FROM step_runs WHERE state = 'QUEUED')
+         SELECT
+             COALESCE((SELECT sum(n) FROM due WHERE status = 'ACTIVE'), 0)::int8 AS scheduled,
+             (SELECT n FROM queued) AS queued,
+             COALESCE((SELECT sum(n) FROM due WHERE status = 'PAUSED'), 0)::int8 AS held,
+             COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
+                 (SELECT min(oldest) FROM due WHERE status = 'ACTIVE'),
+                 (SELECT oldest FROM queued)))::float8, 0) AS oldest_age",
+    )
+    .fetch_one(db)
+    .await?;
+    metrics.set_backlog(
+        backlog.get("scheduled"),
+        backlog.get("queued"),
+        backlog.get::<f64, _>("oldest_age").max(0.0),
+        backlog.get("held"),
+    );
+    let after_pause: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sequences s
+         CROSS JOIN LATERAL (SELECT max(a.at) AS at FROM audit_events a
+                             WHERE a.sequence_id = s.id AND a.action = 'paused') p
+         JOIN send_ledger l ON l.sequence_id = s.id AND l.created_at > p.at - interval '1 day'
+         WHERE s.status = 'PAUSED' AND l.state = 'SENT'
+           AND l.sent_at > p.at + make_interval(secs => $1)",
+    )
+    .bind(pause_grace.as_secs_f64())
+    .fetch_one(db)
+    .await?;
+    metrics.set_paused_sends(after_pause);
+    Ok(())
 }

@@ -16,7 +16,10 @@
 mod failpoints;
 pub mod transport;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::{sync::Semaphore, task::JoinSet};
 
@@ -39,12 +42,15 @@ use pulse_shared::{
     health::{Health, supervise},
     ledger::{self, Claim, ClaimRequest, Release, Reply, SentRecord, Snapshot},
     messaging::{self, MessagingError, SendMessage},
+    metrics::{Metrics, SendOutcome},
     model::{enrollment_status, sequence_status},
     pause::{Gate, PauseError, PauseFlags},
     smtp_url::SmtpUrl,
+    telemetry,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use transport::{Outgoing, SendError, SmtpPool, Transport};
 use uuid::Uuid;
 
@@ -67,6 +73,7 @@ pub struct Context {
     pub flags: PauseFlags,
     pub transport: Transport,
     pub settings: SenderSettings,
+    pub metrics: Metrics,
     batches: Batches,
 }
 
@@ -159,7 +166,7 @@ impl BatchOp for Sent {
 
 impl Context {
     /// Connects to PostgreSQL and Redis and picks the transport from `PULSE_SMTP_URL`.
-    pub async fn build(settings: &Settings) -> Result<Self, SenderError> {
+    pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Self, SenderError> {
         let s = &settings.sender;
         // Database work per send is short (most of a send waits on SMTP): a few connections
         // serve many concurrent sends, and several senders stay under PostgreSQL's limit.
@@ -187,6 +194,7 @@ impl Context {
             flags,
             transport,
             settings: s.clone(),
+            metrics,
         })
     }
 }
@@ -198,10 +206,11 @@ impl Context {
 pub async fn run(
     settings: Settings,
     health: Health,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), SenderError> {
-    let ctx = Context::build(&settings).await?;
-    supervise("sender", &health, &shutdown, || {
+    let ctx = Context::build(&settings, metrics).await?;
+    supervise("sender", &health, &ctx.metrics, &shutdown, || {
         session(&settings, &ctx, &health, &shutdown)
     })
     .await;
@@ -311,14 +320,26 @@ fn delivery_number(delivery: &Delivery) -> u32 {
 }
 
 async fn handle(ctx: &Context, channel: &Channel, queue: &str, delivery: Delivery) {
-    let settled = match process(ctx, &delivery.data).await {
+    ctx.metrics.consumed();
+    // The send continues the trace the scheduler's publish put in the message.
+    let span = tracing::info_span!("send", key = tracing::field::Empty);
+    telemetry::continue_trace(
+        &span,
+        telemetry::amqp_traceparent(delivery.properties.headers().as_ref()).as_deref(),
+    );
+    let processed = process(ctx, &delivery.data).instrument(span).await;
+    let settled = match processed {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
-        Err(HandleError::Poison(reason)) => dead_letter(channel, queue, &delivery, &reason).await,
+        Err(HandleError::Poison(reason)) => {
+            ctx.metrics.dead_lettered();
+            dead_letter(channel, queue, &delivery, &reason).await
+        }
         Err(e) => {
             let n = delivery_number(&delivery);
             // Do not spin on a dependency that is down.
             tokio::time::sleep(Duration::from_secs(1)).await;
             if n >= ctx.settings.max_deliveries {
+                ctx.metrics.dead_lettered();
                 dead_letter(
                     channel,
                     queue,
@@ -414,9 +435,12 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     let msg: SendMessage =
         serde_json::from_slice(data).map_err(|e| HandleError::Poison(e.to_string()))?;
     let run = msg.step_run_id;
+    tracing::Span::current().record("key", msg.key.as_str());
+    let m = &ctx.metrics;
 
     if ctx.flags.gate(&ctx.db, msg.sequence_id).await? == Gate::Paused {
         ledger::hold(&ctx.db, run, None).await?;
+        m.send(SendOutcome::HeldByPause);
         tracing::debug!(step_run = %run, "sequence paused; step held");
         return Ok(());
     }
@@ -427,6 +451,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
             .await?
     {
         ledger::hold(&ctx.db, run, Some(slot)).await?;
+        m.send(SendOutcome::RateLimited);
         tracing::debug!(step_run = %run, %slot, "sequence rate reached; step moved to a later minute");
         return Ok(());
     }
@@ -437,7 +462,16 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     };
     let attempts = match ctx.batches.claims.call(request).await? {
         Claim::Claimed { attempts } => attempts,
+        Claim::BecameUnknown => {
+            m.send(SendOutcome::Unknown);
+            tracing::warn!(key = %msg.key, "a stale claim was found; its send is UNKNOWN");
+            return Ok(());
+        }
         other => {
+            if matches!(other, Claim::InFlight | Claim::StaleMessage) {
+                m.claim_conflict();
+            }
+            m.send(SendOutcome::DuplicateSuppressed);
             tracing::debug!(key = %msg.key, claim = ?other, "not sending: key not claimable");
             return Ok(());
         }
@@ -473,6 +507,11 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     };
     if let Some((how, reason)) = refusal {
         record_with_retries(|| ledger::release(&ctx.db, &msg.key, run, how, &reason)).await?;
+        m.send(if how == Release::Hold {
+            SendOutcome::HeldByPause
+        } else {
+            SendOutcome::Released
+        });
         tracing::info!(key = %msg.key, %reason, "send released unsent");
         return Ok(());
     }
@@ -486,7 +525,14 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         body: snap.body,
         message_id: snap.message_id,
     };
-    match ctx.transport.send(&mail).await {
+    let started = Instant::now();
+    let answer = ctx
+        .transport
+        .send(&mail)
+        .instrument(tracing::info_span!("smtp"))
+        .await;
+    m.smtp_answered(started.elapsed().as_secs_f64());
+    match answer {
         Ok(reply) => {
             #[cfg(feature = "failpoints")]
             failpoints::crash_after_smtp();
@@ -498,6 +544,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
                 followup,
             };
             record_with_retries(|| ctx.batches.sent.call(sent.clone())).await?;
+            m.send(SendOutcome::Sent);
             tracing::info!(key = %msg.key, code = ?reply.code, "sent");
         }
         Err(SendError::Transient(reply)) if attempts < ctx.settings.max_attempts => {
@@ -507,6 +554,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
                 ledger::record_deferred(&ctx.db, &msg.key, run, &reply, retry_at)
             })
             .await?;
+            m.send(SendOutcome::Retried);
             tracing::warn!(key = %msg.key, attempts, retry_in_s = wait.num_seconds(), reply = %reply.text, "send deferred");
         }
         Err(SendError::Transient(reply)) => {
@@ -515,14 +563,17 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
                 text: format!("gave up after {attempts} attempts: {}", reply.text),
             };
             record_with_retries(|| ledger::record_failed(&ctx.db, &msg.key, run, &reply)).await?;
+            m.send(SendOutcome::Failed);
             tracing::warn!(key = %msg.key, attempts, reply = %reply.text, "send failed");
         }
         Err(SendError::Unknown(reply)) => {
             record_with_retries(|| ledger::record_unknown(&ctx.db, &msg.key, run, &reply)).await?;
+            m.send(SendOutcome::Unknown);
             tracing::warn!(key = %msg.key, reply = %reply.text, "send outcome unknown; left for an operator");
         }
         Err(SendError::Permanent(reply)) => {
             record_with_retries(|| ledger::record_failed(&ctx.db, &msg.key, run, &reply)).await?;
+            m.send(SendOutcome::Failed);
             tracing::warn!(key = %msg.key, reply = %reply.text, "send failed permanently");
         }
     }

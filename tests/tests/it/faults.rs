@@ -469,8 +469,15 @@ async fn a_batch_the_broker_does_not_confirm_is_due_again_and_sent_once() -> any
     let ch = conn.create_channel().await?;
     ch.confirm_select(Default::default()).await?;
     let missing = format!("{}.missing", env.settings.queue);
-    let failed = pulse_scheduler::claim_and_publish(&env.db, &ch, &missing, 10).await;
+    let metrics = pulse_shared::metrics::Metrics::new();
+    let failed = pulse_scheduler::claim_and_publish(&env.db, &ch, &missing, 10, &metrics).await;
     assert!(failed.is_err(), "an unroutable batch must fail: {failed:?}");
+    let text = metrics.render();
+    assert!(
+        text.contains("pulse_scheduler_steps_requeued_total 3\n")
+            && text.contains("pulse_scheduler_steps_published_total 0\n"),
+        "the requeue is counted, not the publish:\n{text}"
+    );
     let scheduled = count(
         &env.db,
         "SELECT count(*) FROM step_runs WHERE state = 'SCHEDULED' AND due_at <= now()",
@@ -481,8 +488,13 @@ async fn a_batch_the_broker_does_not_confirm_is_due_again_and_sent_once() -> any
     // The next claim publishes to the real queue and each lead gets its email once.
     messaging::declare(&ch, &env.settings.queue).await?;
     let published =
-        pulse_scheduler::claim_and_publish(&env.db, &ch, &env.settings.queue, 10).await?;
+        pulse_scheduler::claim_and_publish(&env.db, &ch, &env.settings.queue, 10, &metrics).await?;
     assert_eq!(published, 3);
+    assert!(
+        metrics
+            .render()
+            .contains("pulse_scheduler_steps_published_total 3\n")
+    );
     conn.close(200, "done".into()).await?;
     let token = CancellationToken::new();
     let sender = spawn_sender(&env.settings, &token);

@@ -6,4 +6,5 @@ mod control;
 mod faults;
 mod ingest;
 mod ledger;
+mod observability;
 mod send_path;
