@@ -27,6 +27,8 @@ pub struct Settings {
     pub api_key: Option<String>,
     /// Name of the RabbitMQ queue carrying due sends (tests use their own).
     pub queue: String,
+    /// `classic` (default) or `quorum` (production: replicated across the RabbitMQ cluster).
+    pub queue_type: crate::messaging::QueueType,
     /// Prefix of every Redis key Pulse writes (tests use their own).
     pub redis_prefix: String,
     /// Apply migrations when a role starts.
@@ -93,6 +95,7 @@ impl Settings {
             http_addr: parse(&lookup, "PULSE_HTTP_ADDR", "127.0.0.1:8080")?,
             api_key: non_empty("PULSE_API_KEY"),
             queue: get("PULSE_QUEUE", "pulse.sends"),
+            queue_type: parse(&lookup, "PULSE_QUEUE_TYPE", "classic")?,
             redis_prefix: get("PULSE_REDIS_PREFIX", "pulse"),
             migrate_on_start: parse(&lookup, "PULSE_MIGRATE_ON_START", "true")?,
             scheduler: SchedulerSettings {

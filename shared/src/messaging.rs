@@ -42,8 +42,47 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-/// Declares the send queue and its dead-letter queue, both durable. Idempotent.
-pub async fn declare(channel: &Channel, queue: &str) -> Result<(), MessagingError> {
+/// The kind of RabbitMQ queue Pulse declares (`PULSE_QUEUE_TYPE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueType {
+    /// A classic durable queue: one node holds it (the local default).
+    Classic,
+    /// A quorum queue, replicated over the cluster by Raft: production.
+    Quorum,
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "classic" => Ok(Self::Classic),
+            "quorum" => Ok(Self::Quorum),
+            other => Err(format!("{other:?}: expected classic or quorum")),
+        }
+    }
+}
+
+impl QueueType {
+    fn arguments(self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self == QueueType::Quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        args
+    }
+}
+
+/// Declares the send queue and its dead-letter queue, both durable and of `kind`. Idempotent;
+/// RabbitMQ refuses (and the session fails, naming the queue) when a queue of that name exists
+/// with another kind: a queue's kind is chosen once.
+pub async fn declare(
+    channel: &Channel,
+    queue: &str,
+    kind: QueueType,
+) -> Result<(), MessagingError> {
     let dead = dead_letter_queue(queue);
     channel
         .queue_declare(
@@ -52,10 +91,10 @@ pub async fn declare(channel: &Channel, queue: &str) -> Result<(), MessagingErro
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            kind.arguments(),
         )
         .await?;
-    let mut args = FieldTable::default();
+    let mut args = kind.arguments();
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString("".into()),

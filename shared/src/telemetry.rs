@@ -30,6 +30,9 @@ use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 /// The default log filter of the roles.
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=warn,amq_protocol=warn";
 
+/// The `PULSE_*` variables read here (besides `RUST_LOG` and the standard `OTEL_*` ones).
+pub const ENV_VARS: &[&str] = &["PULSE_OTLP_ENDPOINT", "PULSE_LOG_FORMAT"];
+
 /// The W3C header and AMQP header carrying the trace context.
 pub const TRACEPARENT: &str = "traceparent";
 

@@ -226,7 +226,7 @@ async fn session(
 ) -> Result<(), SenderError> {
     let conn = messaging::connect(&settings.amqp_url).await?;
     let channel = conn.create_channel().await.map_err(MessagingError::from)?;
-    messaging::declare(&channel, &settings.queue).await?;
+    messaging::declare(&channel, &settings.queue, settings.queue_type).await?;
     channel
         .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
         .await

@@ -128,7 +128,7 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_sender_goes_on(
     };
     let conn = messaging::connect(&env.settings.amqp_url).await?;
     let ch = conn.create_channel().await?;
-    messaging::declare(&ch, &env.settings.queue).await?;
+    messaging::declare(&ch, &env.settings.queue, env.settings.queue_type).await?;
     for payload in [serde_json::to_vec(&bad)?, b"{not json".to_vec()] {
         ch.basic_publish(
             "".into(),
@@ -486,7 +486,7 @@ async fn a_batch_the_broker_does_not_confirm_is_due_again_and_sent_once() -> any
     assert_eq!(scheduled, 3, "the batch is due again");
 
     // The next claim publishes to the real queue and each lead gets its email once.
-    messaging::declare(&ch, &env.settings.queue).await?;
+    messaging::declare(&ch, &env.settings.queue, env.settings.queue_type).await?;
     let published =
         pulse_scheduler::claim_and_publish(&env.db, &ch, &env.settings.queue, 10, &metrics).await?;
     assert_eq!(published, 3);

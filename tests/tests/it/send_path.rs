@@ -569,3 +569,42 @@ async fn two_schedulers_and_two_senders_send_1000_enrollments_exactly_once() -> 
     }
     env.stop().await
 }
+
+#[tokio::test]
+async fn a_quorum_queue_carries_sends_exactly_once() -> anyhow::Result<()> {
+    use pulse_shared::messaging::{self, QueueType};
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("quorum", ALL, |s| {
+        s.smtp_url = Some(url);
+        s.queue_type = QueueType::Quorum;
+    })
+    .await?;
+    env.create_sequence(sequence_body(
+        "Quorum",
+        &[(
+            "Q {{ lead.first_name }}",
+            "Hi",
+            json!({"type": "immediately"}),
+        )],
+        "quorum",
+    ))
+    .await?;
+    let events: Vec<Value> = ["qa", "qb", "qc"]
+        .iter()
+        .map(|l| tag_event(l, &format!("{l}@example.com"), l, "quorum"))
+        .collect();
+    let (status, _) = env.post("/v1/events", json!({"events": events})).await?;
+    assert_eq!(status, 200);
+    smtp.wait_for(3, Duration::from_secs(15)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(tally(&smtp.received()).values().all(|n| *n == 1));
+    assert_eq!(smtp.received().len(), 3);
+    // The queue really is a quorum queue: declaring it classic is refused.
+    let conn = messaging::connect(&env.settings.amqp_url).await?;
+    let ch = conn.create_channel().await?;
+    let classic = messaging::declare(&ch, &env.settings.queue, QueueType::Classic).await;
+    assert!(classic.is_err(), "the queue was declared classic");
+    let _ = conn.close(200, "done".into()).await;
+    env.stop().await
+}
