@@ -129,7 +129,9 @@ async fn claim_loop(
                 queue_depth(channel, &settings.queue, metrics).await?;
                 next_depth = tokio::time::Instant::now() + QUEUE_DEPTH_EVERY;
             }
-            let claimed = claim(db, batch, metrics).await?;
+            let claimed = claim(db, batch, metrics)
+                .instrument(tracing::info_span!("claim_batch", batch))
+                .await?;
             if let Some(previous) = publishing.take() {
                 finish(previous).await?;
             }
