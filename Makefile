@@ -3,25 +3,31 @@ SHELL := /bin/bash
 export PULSE_API_KEY ?= pulse-dev-key
 export PULSE_HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test services build lint fmt clean-tests bench-smtp chaos bench
+.PHONY: run test services browser build lint fmt clean-tests bench-smtp chaos bench
 
 ## Run the whole system locally (every role in one process, mail captured in the dev outbox).
 run: services
 	cargo build --release -p pulse
 	@echo
+	@echo "Pulse Hub:   http://$(PULSE_HTTP_ADDR)/hub   (sign in with the dev API key below)"
 	@echo "Pulse API:   http://$(PULSE_HTTP_ADDR)   (OpenAPI: http://$(PULSE_HTTP_ADDR)/openapi.json)"
 	@echo "Dev API key: $(PULSE_API_KEY)"
 	@echo "Mail goes to the dev outbox: curl -H 'Authorization: Bearer $(PULSE_API_KEY)' http://$(PULSE_HTTP_ADDR)/v1/dev/outbox"
 	@echo
 	./target/release/pulse serve all
 
-## Run the whole test suite against the real PostgreSQL, RabbitMQ, Redis and an SMTP server.
-test: services clean-tests
+## Run the whole test suite against the real PostgreSQL, RabbitMQ, Redis and an SMTP server,
+## and the Hub's tests in headless Chromium (screenshots land in target/hub-screenshots/).
+test: services browser clean-tests
 	cargo test --workspace --all-targets
 
 ## Start PostgreSQL, RabbitMQ and Redis when they are not running (installing them if missing).
 services:
 	@deploy/local/services.sh
+
+## Install Debian's Chromium and chromedriver when missing (the Hub's browser tests).
+browser:
+	@deploy/local/browser.sh
 
 clean-tests:
 	@deploy/local/clean-test-leftovers.sh

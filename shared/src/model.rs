@@ -255,6 +255,26 @@ pub struct SequenceList {
     pub sequences: Vec<Sequence>,
 }
 
+/// How far a sequence has got: its enrollments by status and what it sent today.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct SequenceStats {
+    pub sequence_id: Uuid,
+    /// `ACTIVE`, `PAUSED` or `DELETED`.
+    pub status: String,
+    /// Enrollments ever made, every generation counted.
+    pub enrolled: i64,
+    pub active: i64,
+    pub completed: i64,
+    pub cancelled: i64,
+    /// Sends the relay accepted since midnight in the sequence's time zone.
+    pub sends_today: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SequenceStatsList {
+    pub sequences: Vec<SequenceStats>,
+}
+
 // ---------------------------------------------------------------- leads and events
 
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]

@@ -2,6 +2,7 @@
 //! queue, Redis key prefix and API key) running the real roles in-process through
 //! `pulse::serve`, plus a real SMTP server. Tests using it can run in parallel.
 
+pub mod browser;
 pub mod smtp;
 
 use std::time::Duration;

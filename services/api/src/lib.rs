@@ -1,12 +1,13 @@
 //! The api role: the control plane over HTTP. Owns the `/v1` routes for sequences (create,
 //! edit, versions), control actions (pause, resume and its preview, delete, cancel, re-enroll,
 //! audit), manual enrollment, the enrollments view, the send history (the ledger), the dev
-//! outbox and the OpenAPI document. It schedules only through the shared rules and never sends
-//! mail.
+//! outbox and the OpenAPI document, and the Hub's pages (`hub`), which act through those same
+//! handlers. It schedules only through the shared rules and never sends mail.
 
 mod control;
 mod edit;
 mod enrollments;
+pub mod hub;
 mod outbox;
 mod sends;
 mod sequences;
@@ -46,6 +47,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/sequences",
             get(sequences::list).post(sequences::create),
         )
+        .route("/v1/sequences/stats", get(sequences::stats))
         .route(
             "/v1/sequences/{id}",
             get(sequences::get_one)
@@ -80,7 +82,7 @@ pub fn router(state: ApiState) -> Router {
 #[openapi(
     info(title = "Pulse", description = "Multi-step email sequences you can take control of."),
     paths(
-        sequences::create, sequences::list, sequences::get_one, edit::edit, edit::versions,
+        sequences::create, sequences::list, sequences::stats, sequences::get_one, edit::edit, edit::versions,
         control::pause, control::resume, control::resume_preview, control::delete,
         control::cancel, control::reenroll, control::audit_list,
         enrollments::create, enrollments::list, enrollments::get_one,

@@ -34,6 +34,8 @@ pub struct SendFilter {
     pub lead: Option<String>,
     /// Only sends in this ledger state.
     pub state: Option<String>,
+    /// Only sends of the step at this position.
+    pub step: Option<i32>,
     /// Only entries first attempted at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// Only entries first attempted before this time (RFC 3339).
@@ -69,6 +71,7 @@ async fn query(state: &ApiState, workspace: Uuid, f: SendFilter) -> Result<SendL
            AND ($6::timestamptz IS NULL OR sl.created_at < $6)
            AND ($7::text IS NULL OR (sl.created_at, sl.idempotency_key) >
                 (SELECT created_at, idempotency_key FROM send_ledger WHERE idempotency_key = $7))
+           AND ($9::int IS NULL OR sl.position = $9)
          ORDER BY sl.created_at, sl.idempotency_key LIMIT $8"
     ))
     .bind(workspace)
@@ -79,6 +82,7 @@ async fn query(state: &ApiState, workspace: Uuid, f: SendFilter) -> Result<SendL
     .bind(f.until)
     .bind(f.after)
     .bind(limit)
+    .bind(f.step)
     .fetch_all(&state.db)
     .await?;
     let next = (sends.len() as i64 == limit)

@@ -7,8 +7,8 @@ use pulse_shared::{
     domain::{template, validate, window::SendWindow},
     http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
     model::{
-        CreateSequence, SenderIdentity, Sequence, SequenceList, Step, StepInput, Timing,
-        TriggerSpec,
+        CreateSequence, SenderIdentity, Sequence, SequenceList, SequenceStats, SequenceStatsList,
+        Step, StepInput, Timing, TriggerSpec,
     },
 };
 use sqlx::{PgConnection, PgPool, Row};
@@ -98,6 +98,45 @@ pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<S
     Ok(Json(SequenceList {
         sequences: load(&mut conn, auth.workspace, &ids).await?,
     }))
+}
+
+/// Enrollment counts and today's sends of each of the workspace's sequences, newest first.
+#[utoipa::path(
+    get, path = "/v1/sequences/stats", tag = "sequences",
+    responses((status = 200, body = SequenceStatsList)),
+    security(("bearer" = []))
+)]
+pub async fn stats(
+    State(state): State<ApiState>,
+    auth: Auth,
+) -> ApiResult<Json<SequenceStatsList>> {
+    // Enrollments by the (sequence_id, status, created_at) index; today's sends by the ledger's
+    // (sequence_id, created_at) index, from a day before midnight (a send recorded today was
+    // first claimed at most a few hours earlier: retries back off to an hour, 8 attempts).
+    let sequences: Vec<SequenceStats> = sqlx::query_as(
+        "SELECT s.id AS sequence_id, s.status,
+                e.enrolled, e.active, e.completed, e.cancelled, t.sends_today
+         FROM sequences s
+         CROSS JOIN LATERAL (
+             SELECT date_trunc('day', now() AT TIME ZONE s.timezone) AT TIME ZONE s.timezone
+                 AS midnight) d
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS enrolled,
+                    count(*) FILTER (WHERE status = 'ACTIVE') AS active,
+                    count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
+                    count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled
+             FROM enrollments WHERE sequence_id = s.id) e
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS sends_today FROM send_ledger l
+             WHERE l.sequence_id = s.id AND l.created_at >= d.midnight - interval '1 day'
+               AND l.state = 'SENT' AND l.sent_at >= d.midnight) t
+         WHERE s.workspace_id = $1
+         ORDER BY s.created_at DESC, s.id LIMIT 1000",
+    )
+    .bind(auth.workspace)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(SequenceStatsList { sequences }))
 }
 
 /// Read one sequence with its steps, triggers and settings.

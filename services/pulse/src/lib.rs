@@ -136,11 +136,14 @@ pub async fn serve(
     })?;
     let mut app = Router::new();
     if roles.contains(&Role::Api) {
-        app = app.merge(pulse_api::router(pulse_api::ApiState {
+        let api = pulse_api::ApiState {
             db: db.clone(),
             flags: flags.clone(),
             drain_timeout: settings.pause_drain_timeout(),
-        }));
+        };
+        app = app
+            .merge(pulse_api::hub::router(api.clone()))
+            .merge(pulse_api::router(api));
     }
     if roles.contains(&Role::Ingest) {
         app = app.merge(pulse_ingest::router(db.clone(), metrics.clone()));

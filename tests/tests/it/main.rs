@@ -4,6 +4,7 @@
 mod api;
 mod control;
 mod faults;
+mod hub;
 mod ingest;
 mod ledger;
 mod observability;

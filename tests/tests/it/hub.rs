@@ -1,0 +1,501 @@
+//! The Hub over plain HTTP: sign-in, the session cookie, CSRF on every form, workspace
+//! isolation, and each page and action against a running Pulse. (The browser tests in
+//! `tests/hub_browser.rs` drive the same pages in Chromium.)
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use pulse::Role;
+use pulse_tests::{SmtpServer, TestEnv, sequence_body};
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A browser-like client of the Hub: follows no redirects, keeps the session cookie by hand.
+struct Hub {
+    http: reqwest::Client,
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = text.find(start)? + start.len();
+    let len = text[from..].find(end)?;
+    Some(&text[from..from + len])
+}
+
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
+}
+
+impl Hub {
+    async fn sign_in(env: &TestEnv, key: &str) -> anyhow::Result<Hub> {
+        let http = no_redirects();
+        let form = http.get(format!("{}/hub/login", env.base)).send().await?;
+        assert_eq!(form.status(), StatusCode::OK);
+        let login_cookie = set_cookie(&form, "pulse_hub_login").context("sign-in cookie")?;
+        let token = login_cookie["pulse_hub_login=".len()..]
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let html = form.text().await?;
+        assert_eq!(
+            between(&html, r#"name="csrf" value=""#, "\""),
+            Some(token.as_str())
+        );
+        let resp = http
+            .post(format!("{}/hub/login", env.base))
+            .header(header::COOKIE, format!("pulse_hub_login={token}"))
+            .form(&[
+                ("csrf", token.as_str()),
+                ("api_key", key),
+                ("next", "/hub/sequences"),
+            ])
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status() == StatusCode::SEE_OTHER,
+            "sign-in answered {}",
+            resp.status()
+        );
+        let session = set_cookie(&resp, "pulse_hub").context("session cookie")?;
+        for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/hub"] {
+            assert!(
+                session.contains(attr),
+                "session cookie lacks {attr}: {session}"
+            );
+        }
+        let cookie = session.split(';').next().unwrap_or_default().to_owned();
+        let mut hub = Hub {
+            http,
+            base: env.base.clone(),
+            cookie,
+            csrf: String::new(),
+        };
+        let (status, page) = hub.get("/hub/sequences").await?;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        hub.csrf = between(&page, r#"<meta name="csrf-token" content=""#, "\"")
+            .context("csrf meta")?
+            .to_owned();
+        Ok(hub)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, String)> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(header::COOKIE, &self.cookie)
+            .send()
+            .await?;
+        Ok((r.status(), r.text().await?))
+    }
+
+    /// Posts a form with this session's CSRF token; returns the status and the redirect target.
+    async fn post(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> anyhow::Result<(StatusCode, String)> {
+        let mut all = vec![("csrf", self.csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post_raw(path, Some(&self.cookie), &all).await
+    }
+
+    async fn post_raw(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        fields: &[(&str, &str)],
+    ) -> anyhow::Result<(StatusCode, String)> {
+        let mut req = self.http.post(format!("{}{path}", self.base)).form(fields);
+        if let Some(c) = cookie {
+            req = req.header(header::COOKIE, c);
+        }
+        let r = req.send().await?;
+        let location = r
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Ok((r.status(), location))
+    }
+}
+
+async fn sequence_status(env: &TestEnv, id: &str) -> anyhow::Result<String> {
+    let (_, s) = env.get(&format!("/v1/sequences/{id}")).await?;
+    Ok(s["status"].as_str().unwrap_or_default().to_owned())
+}
+
+fn id_of(v: &Value) -> String {
+    v["id"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn hub_pages_need_a_session_and_every_form_its_csrf_token() -> anyhow::Result<()> {
+    let env = TestEnv::start("hub_auth", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "Guarded",
+            &[("Hi", "Hello", json!({"type": "immediately"}))],
+            "guarded",
+        ))
+        .await?;
+    let sid = id_of(&seq);
+    let (status, enrollment) = env
+        .post(
+            &format!("/v1/sequences/{sid}/enrollments"),
+            json!({"lead": {"email": "guarded@example.com"}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{enrollment}");
+    let eid = id_of(&enrollment);
+    let hub = Hub::sign_in(&env, &env.key).await?;
+
+    // A page without a session sends the browser to sign in, then back.
+    let anon = no_redirects();
+    let r = anon
+        .get(format!("{}/hub/sequences/{sid}", env.base))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let to = r.headers()[header::LOCATION].to_str()?.to_owned();
+    assert_eq!(to, format!("/hub/login?next=%2Fhub%2Fsequences%2F{sid}"));
+
+    // Every form: refused without a session (401), without the token or with a wrong one (403).
+    let forms = [
+        "/hub/logout".to_owned(),
+        format!("/hub/sequences/{sid}/pause"),
+        format!("/hub/sequences/{sid}/resume"),
+        format!("/hub/sequences/{sid}/edit"),
+        format!("/hub/sequences/{sid}/delete"),
+        format!("/hub/sequences/{sid}/re-enroll"),
+        format!("/hub/sequences/{sid}/enrollments/cancel"),
+        format!("/hub/enrollments/{eid}/cancel"),
+        "/hub/sends/some-key/resolve".to_owned(),
+    ];
+    for path in &forms {
+        let fields = [
+            ("name", "Renamed"),
+            ("confirm_name", "Guarded"),
+            ("ids", eid.as_str()),
+            ("all_active", "true"),
+            ("all_not_active", "true"),
+            ("outcome", "sent"),
+        ];
+        let (s, _) = hub.post_raw(path, None, &fields).await?;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path} without a session");
+        let (s, _) = hub.post_raw(path, Some(&hub.cookie), &fields).await?;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{path} without a CSRF token");
+        let mut forged = vec![("csrf", "0".repeat(64))];
+        forged.extend(fields.iter().map(|(k, v)| (*k, v.to_string())));
+        let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (s, _) = hub.post_raw(path, Some(&hub.cookie), &forged).await?;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{path} with a forged CSRF token");
+    }
+    // None of them did anything.
+    assert_eq!(sequence_status(&env, &sid).await?, "ACTIVE");
+    let (_, s) = env.get(&format!("/v1/sequences/{sid}")).await?;
+    assert_eq!(s["name"], "Guarded");
+    let (_, e) = env.get(&format!("/v1/enrollments/{eid}")).await?;
+    assert_eq!(e["status"], "ACTIVE");
+    let (_, page) = hub.get("/hub/sequences").await?;
+    assert!(page.contains("Guarded"), "still signed in");
+
+    // Sign-in: an unknown key, and a form without its sign-in cookie, are refused.
+    let (s, _) = hub
+        .post_raw("/hub/login", None, &[("csrf", "x"), ("api_key", &env.key)])
+        .await?;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "sign-in without the double-submit cookie"
+    );
+    let r = anon
+        .post(format!("{}/hub/login", env.base))
+        .header(header::COOKIE, "pulse_hub_login=abc")
+        .form(&[("csrf", "abc"), ("api_key", "not-a-key")])
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(set_cookie(&r, "pulse_hub").is_none());
+
+    // Signing out ends the session for good.
+    let (s, to) = hub.post("/hub/logout", &[]).await?;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/hub/login"));
+    let (s, _) = hub.get("/hub/sequences").await?;
+    assert_eq!(
+        s,
+        StatusCode::SEE_OTHER,
+        "the old cookie no longer signs in"
+    );
+    env.stop().await
+}
+
+#[tokio::test]
+async fn a_workspace_sees_and_controls_only_its_own_sequences() -> anyhow::Result<()> {
+    let env = TestEnv::start("hub_ws", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "Workspace A only",
+            &[("Hi", "Hello", json!({"type": "immediately"}))],
+            "a",
+        ))
+        .await?;
+    let sid = id_of(&seq);
+    let other_key = format!("other-{}", Uuid::new_v4().simple());
+    pulse_shared::db::provision_key(&env.db, Uuid::new_v4(), "other", &other_key).await?;
+    let b = Hub::sign_in(&env, &other_key).await?;
+
+    let (s, page) = b.get("/hub/sequences").await?;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!page.contains("Workspace A only"), "B sees A's sequence");
+    let (s, live) = b.get("/hub/sequences/live").await?;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!live.contains(&sid), "B's live counts include A's sequence");
+    for path in [
+        format!("/hub/sequences/{sid}"),
+        format!("/hub/sequences/{sid}/enrollments"),
+        format!("/hub/sequences/{sid}/edit"),
+        format!("/hub/sequences/{sid}/delete"),
+    ] {
+        let (s, _) = b.get(&path).await?;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (s, _) = b.post(&format!("/hub/sequences/{sid}/pause"), &[]).await?;
+    assert_eq!(s, StatusCode::NOT_FOUND, "B paused A's sequence");
+    assert_eq!(sequence_status(&env, &sid).await?, "ACTIVE");
+    env.stop().await
+}
+
+#[tokio::test]
+async fn every_page_renders_and_every_action_works_from_its_form() -> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("hub_pages", &[Role::All], |s| s.smtp_url = Some(url)).await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "Onboarding <script>alert(1)</script>",
+            &[
+                (
+                    "Welcome {{ lead.first_name }}",
+                    "Hello",
+                    json!({"type": "immediately"}),
+                ),
+                ("Day two", "Again", json!({"type": "delay", "delay": "P1D"})),
+            ],
+            "hub",
+        ))
+        .await?;
+    let sid = id_of(&seq);
+    let events: Vec<Value> = ["ada", "bob"]
+        .iter()
+        .map(|l| json!({"id": l, "type": "tag_applied", "lead": {"email": format!("{l}@example.com"), "first_name": l}, "tag": "hub"}))
+        .collect();
+    env.post("/v1/events", json!({"events": events})).await?;
+    smtp.wait_for(2, Duration::from_secs(15)).await?;
+    let hub = Hub::sign_in(&env, &env.key).await?;
+
+    // Every page renders, escaped.
+    let (_, e) = env
+        .get(&format!("/v1/sequences/{sid}/enrollments?status=ACTIVE"))
+        .await?;
+    let ada = e["enrollments"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["lead_email"] == "ada@example.com"))
+        .map(id_of)
+        .unwrap_or_default();
+    for (path, expect) in [
+        ("/hub/sequences".to_owned(), "Sends today"),
+        (format!("/hub/sequences/{sid}"), "Audit trail"),
+        (format!("/hub/sequences/{sid}/edit"), "Pause first for"),
+        (
+            format!("/hub/sequences/{sid}/delete"),
+            "Deletion is irreversible",
+        ),
+        (
+            format!("/hub/sequences/{sid}/enrollments"),
+            "ada@example.com",
+        ),
+        (
+            format!("/hub/sequences/{sid}/enrollments?status=ACTIVE"),
+            "bob@example.com",
+        ),
+        ("/hub/sends".to_owned(), "ada@example.com"),
+        ("/hub/sends?state=SENT&step=1".to_owned(), "bob@example.com"),
+        ("/hub/outbox".to_owned(), "Dev outbox"),
+    ] {
+        let (s, page) = hub.get(&path).await?;
+        assert_eq!(s, StatusCode::OK, "{path}: {page}");
+        assert!(page.contains(expect), "{path} lacks {expect:?}");
+        assert!(!page.contains("<script>alert(1)"), "{path} does not escape");
+    }
+    let (s, page) = hub.get("/hub/sends?step=two").await?;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{page}");
+    let (s, _) = hub.get("/hub/sequences/not-a-uuid").await?;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Pause, see it on the next page, preview and resume.
+    let (s, to) = hub
+        .post(
+            &format!("/hub/sequences/{sid}/pause"),
+            &[("return_to", "/hub/sequences")],
+        )
+        .await?;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/hub/sequences"));
+    assert_eq!(sequence_status(&env, &sid).await?, "PAUSED");
+    let (_, preview) = hub.get(&format!("/hub/sequences/{sid}/resume")).await?;
+    assert!(preview.contains("Resume now"), "{preview}");
+    hub.post(&format!("/hub/sequences/{sid}/resume"), &[])
+        .await?;
+    assert_eq!(sequence_status(&env, &sid).await?, "ACTIVE");
+
+    // Cancel one lead, then re-enroll it.
+    hub.post(&format!("/hub/enrollments/{ada}/cancel"), &[])
+        .await?;
+    let (_, e) = env.get(&format!("/v1/enrollments/{ada}")).await?;
+    assert_eq!(e["status"], "CANCELLED");
+    hub.post(
+        &format!("/hub/sequences/{sid}/re-enroll"),
+        &[("lead_emails", "ada@example.com")],
+    )
+    .await?;
+    smtp.wait_for(3, Duration::from_secs(15)).await?;
+
+    // Bulk cancel with the emergency box: every active enrollment ends.
+    hub.post(
+        &format!("/hub/sequences/{sid}/enrollments/cancel"),
+        &[("all_active", "true")],
+    )
+    .await?;
+    let (_, e) = env
+        .get(&format!("/v1/sequences/{sid}/enrollments?status=ACTIVE"))
+        .await?;
+    assert_eq!(e["enrollments"].as_array().map(Vec::len), Some(0));
+
+    // Edit: rename keeps the steps; a bad timing is refused with a message, nothing saved.
+    let (_, form) = hub.get(&format!("/hub/sequences/{sid}/edit")).await?;
+    let step_ids: Vec<String> = form
+        .match_indices(r#"name="step_id" value=""#)
+        .map(|(i, m)| {
+            form[i + m.len()..]
+                .split('"')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .filter(|v| !v.is_empty())
+        .collect();
+    assert_eq!(step_ids.len(), 2);
+    let mut fields = vec![
+        ("name", "Onboarding v2"),
+        ("sender", "Pulse <tests@example.com>"),
+    ];
+    let timings = [
+        r#"{"type":"immediately"}"#,
+        r#"{"type":"delay","delay":"P1D"}"#,
+    ];
+    let orders = ["1", "2"];
+    for (i, id) in step_ids.iter().enumerate() {
+        fields.extend([
+            ("step_id", id.as_str()),
+            ("step_order", orders[i]),
+            ("step_subject", "Subject"),
+            ("step_body", "Body"),
+            ("step_timing", timings[i]),
+            ("step_end", ""),
+        ]);
+    }
+    fields.extend([("triggers", r#"[{"type":"tag_applied","tag":"hub"}]"#)]);
+    let (s, to) = hub
+        .post(&format!("/hub/sequences/{sid}/edit"), &fields)
+        .await?;
+    assert_eq!(
+        (s, to),
+        (StatusCode::SEE_OTHER, format!("/hub/sequences/{sid}"))
+    );
+    let (_, after) = env.get(&format!("/v1/sequences/{sid}")).await?;
+    assert_eq!(after["name"], "Onboarding v2");
+    assert_eq!(after["steps"].as_array().map(Vec::len), Some(2));
+    let mut broken = fields.clone();
+    for f in broken.iter_mut() {
+        if f.0 == "step_timing" {
+            f.1 = "soon";
+        }
+        if f.0 == "name" {
+            f.1 = "Never saved";
+        }
+    }
+    let mut with_token = vec![("csrf", hub.csrf.as_str())];
+    with_token.extend_from_slice(&broken);
+    let r = hub
+        .http
+        .post(format!("{}/hub/sequences/{sid}/edit", env.base))
+        .header(header::COOKIE, &hub.cookie)
+        .form(&with_token)
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.headers()[header::LOCATION],
+        format!("/hub/sequences/{sid}/edit").as_str()
+    );
+    // The reason comes back on the form's page, once.
+    let flash = set_cookie(&r, "pulse_hub_flash").context("a message for the next page")?;
+    let flash = flash.split(';').next().unwrap_or_default();
+    let r = hub
+        .http
+        .get(format!("{}/hub/sequences/{sid}/edit", env.base))
+        .header(header::COOKIE, format!("{}; {flash}", hub.cookie))
+        .send()
+        .await?;
+    let cleared = set_cookie(&r, "pulse_hub_flash").unwrap_or_default();
+    assert!(
+        cleared.contains("Max-Age=0"),
+        "the message is shown once: {cleared}"
+    );
+    let page = r.text().await?;
+    assert!(page.contains("step 1 timing"), "{page}");
+    let (_, after) = env.get(&format!("/v1/sequences/{sid}")).await?;
+    assert_eq!(after["name"], "Onboarding v2");
+
+    // Delete asks for the name: a wrong one deletes nothing.
+    let (s, to) = hub
+        .post(
+            &format!("/hub/sequences/{sid}/delete"),
+            &[("confirm_name", "nope")],
+        )
+        .await?;
+    assert_eq!(
+        (s, to),
+        (
+            StatusCode::SEE_OTHER,
+            format!("/hub/sequences/{sid}/delete")
+        )
+    );
+    assert_eq!(sequence_status(&env, &sid).await?, "ACTIVE");
+    let (s, to) = hub
+        .post(
+            &format!("/hub/sequences/{sid}/delete"),
+            &[("confirm_name", "Onboarding v2")],
+        )
+        .await?;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/hub/sequences"));
+    assert_eq!(sequence_status(&env, &sid).await?, "DELETED");
+    env.stop().await
+}
