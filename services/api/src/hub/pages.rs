@@ -15,7 +15,7 @@ use pulse_shared::{
     http::{ApiError, ApiJson, ApiPath, ApiQuery, MaybeJson},
     model::{
         AuditEvent, CancelRequest, EditSequence, Enrollment, ReenrollRequest, ResolveSend,
-        Sequence, SequenceStats, StepInput, TriggerSpec,
+        Sequence, SequenceChange, SequenceStats, StepInput, TriggerSpec,
     },
 };
 use serde::Deserialize;
@@ -67,6 +67,44 @@ fn trigger_text(t: &TriggerSpec) -> String {
 
 fn status_badge(status: &str) -> Markup {
     html! { span class=(format!("badge {}", status.to_lowercase())) data-field="status" { (status) } }
+}
+
+/// The signed-in workspace's sequence `id` (from the path), or not found.
+async fn load(state: &HubState, user: &HubUser, id: &str) -> HubResult<(Uuid, Sequence)> {
+    let id = uuid(id, "sequence")?;
+    let s = api_sequences::get_one(State(state.api.clone()), user.auth.clone(), ApiPath(id))
+        .await?
+        .0;
+    Ok((id, s))
+}
+
+/// "Sequences / name / leaf", each linking back up.
+fn crumbs(s: &Sequence, leaf: &str) -> Markup {
+    html! {
+        p.crumbs {
+            a href="/hub/sequences" { "Sequences" } " / "
+            a href=(format!("/hub/sequences/{}", s.id)) { (s.name) } " / " (leaf)
+        }
+    }
+}
+
+/// Reports a control action on a sequence back on the page it came from, with the API's
+/// warnings appended to `said`.
+fn reported(
+    to: &str,
+    result: HubResult<SequenceChange>,
+    said: impl FnOnce(&Sequence) -> String,
+) -> Response {
+    match result {
+        Ok(change) => {
+            let mut msg = said(&change.sequence);
+            for w in &change.warnings {
+                msg.push_str(&format!(" ({w})"));
+            }
+            done(to, true, &msg)
+        }
+        Err(e) => refused(to, e),
+    }
 }
 
 /// The Active/Paused toggle: pausing is immediate; resuming goes through its preview first.
@@ -301,11 +339,8 @@ pub async fn sequence(
     flash: Flash,
     Path(id): Path<String>,
 ) -> HubResult<Response> {
-    let id = uuid(&id, "sequence")?;
+    let (id, s) = load(&state, &user, &id).await?;
     let api = || State(state.api.clone());
-    let s = api_sequences::get_one(api(), user.auth.clone(), ApiPath(id))
-        .await?
-        .0;
     let versions = api_edit::versions(api(), user.auth.clone(), ApiPath(id))
         .await?
         .0
@@ -412,30 +447,18 @@ pub async fn pause(
     let to = back(&posted.form, "/hub/sequences");
     let result = async {
         let id = uuid(&id, "sequence")?;
-        Ok::<_, HubError>(
-            control::pause(
-                State(state.api.clone()),
-                posted.user.auth.clone(),
-                ApiPath(id),
-            )
+        let api = State(state.api.clone());
+        Ok(control::pause(api, posted.user.auth.clone(), ApiPath(id))
             .await?
-            .0,
-        )
+            .0)
     }
     .await;
-    match result {
-        Ok(change) => {
-            let mut msg = format!(
-                "“{}” is paused: nothing more is sent until you resume it.",
-                change.sequence.name
-            );
-            for w in &change.warnings {
-                msg.push_str(&format!(" ({w})"));
-            }
-            done(&to, true, &msg)
-        }
-        Err(e) => refused(&to, e),
-    }
+    reported(&to, result, |s| {
+        format!(
+            "“{}” is paused: nothing more is sent until you resume it.",
+            s.name
+        )
+    })
 }
 
 pub async fn resume_preview(
@@ -444,10 +467,7 @@ pub async fn resume_preview(
     flash: Flash,
     Path(id): Path<String>,
 ) -> HubResult<Response> {
-    let id = uuid(&id, "sequence")?;
-    let s = api_sequences::get_one(State(state.api.clone()), user.auth.clone(), ApiPath(id))
-        .await?
-        .0;
+    let (id, s) = load(&state, &user, &id).await?;
     if s.status != "PAUSED" {
         return Ok(done(
             &format!("/hub/sequences/{id}"),
@@ -460,7 +480,7 @@ pub async fn resume_preview(
         .0;
     let here = format!("/hub/sequences/{id}");
     let body = html! {
-        p.crumbs { a href="/hub/sequences" { "Sequences" } " / " a href=(here) { (s.name) } " / resume" }
+        (crumbs(&s, "resume"))
         h1 { "Resume “" (s.name) "”?" }
         p { "Resuming now would send " strong { (preview.sends) } " pending steps and skip " strong { (preview.skips) }
             ". Steps whose time passed during the pause move to the next valid time"
@@ -495,27 +515,13 @@ pub async fn resume(
     let to = back(&posted.form, "/hub/sequences");
     let result = async {
         let id = uuid(&id, "sequence")?;
-        Ok::<_, HubError>(
-            control::resume(
-                State(state.api.clone()),
-                posted.user.auth.clone(),
-                ApiPath(id),
-            )
+        let api = State(state.api.clone());
+        Ok(control::resume(api, posted.user.auth.clone(), ApiPath(id))
             .await?
-            .0,
-        )
+            .0)
     }
     .await;
-    match result {
-        Ok(change) => {
-            let mut msg = format!("“{}” is active again.", change.sequence.name);
-            for w in &change.warnings {
-                msg.push_str(&format!(" ({w})"));
-            }
-            done(&to, true, &msg)
-        }
-        Err(e) => refused(&to, e),
-    }
+    reported(&to, result, |s| format!("“{}” is active again.", s.name))
 }
 
 // ---------------------------------------------------------------- edit
@@ -526,10 +532,7 @@ pub async fn edit_form(
     flash: Flash,
     Path(id): Path<String>,
 ) -> HubResult<Response> {
-    let id = uuid(&id, "sequence")?;
-    let s = api_sequences::get_one(State(state.api.clone()), user.auth.clone(), ApiPath(id))
-        .await?
-        .0;
+    let (id, s) = load(&state, &user, &id).await?;
     let here = format!("/hub/sequences/{id}");
     let action = format!("/hub/sequences/{id}/edit");
     let triggers = serde_json::to_string_pretty(&s.triggers).unwrap_or_default();
@@ -539,7 +542,7 @@ pub async fn edit_form(
         .map(|w| serde_json::to_string(w).unwrap_or_default())
         .unwrap_or_default();
     let body = html! {
-        p.crumbs { a href="/hub/sequences" { "Sequences" } " / " a href=(here) { (s.name) } " / edit" }
+        (crumbs(&s, "edit"))
         h1 { "Edit “" (s.name) "”" }
         aside.guidance {
             h2 { "Before you edit" }
@@ -712,35 +715,19 @@ pub async fn edit(
     let result = async {
         let id = uuid(&id, "sequence")?;
         let req = edit_request(&posted.form)?;
-        Ok::<_, HubError>((id, control_edit(&state, &posted.user, id, req).await?))
+        let api = State(state.api.clone());
+        Ok(
+            api_edit::edit(api, posted.user.auth.clone(), ApiPath(id), ApiJson(req))
+                .await?
+                .0,
+        )
     }
     .await;
-    match result {
-        Ok((id, change)) => {
-            let mut msg = format!("Saved as version {}.", change.sequence.version);
-            for w in &change.warnings {
-                msg.push_str(&format!(" {w}"));
-            }
-            done(&format!("/hub/sequences/{id}"), true, &msg)
-        }
-        Err(e) => refused(&format!("/hub/sequences/{id}/edit"), e),
-    }
-}
-
-async fn control_edit(
-    state: &HubState,
-    user: &HubUser,
-    id: Uuid,
-    req: EditSequence,
-) -> HubResult<pulse_shared::model::SequenceChange> {
-    Ok(api_edit::edit(
-        State(state.api.clone()),
-        user.auth.clone(),
-        ApiPath(id),
-        ApiJson(req),
-    )
-    .await?
-    .0)
+    let to = match &result {
+        Ok(change) => format!("/hub/sequences/{}", change.sequence.id),
+        Err(_) => format!("/hub/sequences/{id}/edit"),
+    };
+    reported(&to, result, |s| format!("Saved as version {}.", s.version))
 }
 
 // ---------------------------------------------------------------- delete
@@ -751,13 +738,10 @@ pub async fn delete_form(
     flash: Flash,
     Path(id): Path<String>,
 ) -> HubResult<Response> {
-    let id = uuid(&id, "sequence")?;
-    let s = api_sequences::get_one(State(state.api.clone()), user.auth.clone(), ApiPath(id))
-        .await?
-        .0;
+    let (id, s) = load(&state, &user, &id).await?;
     let here = format!("/hub/sequences/{id}");
     let body = html! {
-        p.crumbs { a href="/hub/sequences" { "Sequences" } " / " a href=(here) { (s.name) } " / delete" }
+        (crumbs(&s, "delete"))
         h1 { "Delete “" (s.name) "”?" }
         div.danger-box {
             p { strong { "Deletion is irreversible." } " Anything not sent yet will never be sent, and the sequence cannot be resumed. Enrollment records and the send history are kept for audit." }
@@ -789,33 +773,20 @@ pub async fn delete(
     posted: Posted,
 ) -> Response {
     let result = async {
-        let id = uuid(&id, "sequence")?;
-        let s = api_sequences::get_one(
-            State(state.api.clone()),
-            posted.user.auth.clone(),
-            ApiPath(id),
-        )
-        .await?
-        .0;
+        let (id, s) = load(&state, &posted.user, &id).await?;
         if posted.form.get("confirm_name") != Some(s.name.trim()) {
             return Err(HubError::BadForm(
                 "the name typed does not match; nothing was deleted".into(),
             ));
         }
-        Ok((
-            id,
-            control::delete(
-                State(state.api.clone()),
-                posted.user.auth.clone(),
-                ApiPath(id),
-            )
+        let api = State(state.api.clone());
+        Ok(control::delete(api, posted.user.auth.clone(), ApiPath(id))
             .await?
-            .0,
-        ))
+            .0)
     }
     .await;
     match result {
-        Ok((_, change)) => done(
+        Ok(change) => done(
             "/hub/sequences",
             true,
             &format!(
@@ -900,10 +871,7 @@ pub async fn enrollments(
     Path(id): Path<String>,
     Query(q): Query<EnrollmentQuery>,
 ) -> HubResult<Response> {
-    let id = uuid(&id, "sequence")?;
-    let s = api_sequences::get_one(State(state.api.clone()), user.auth.clone(), ApiPath(id))
-        .await?
-        .0;
+    let (id, s) = load(&state, &user, &id).await?;
     let status = q.status.clone().filter(|s| !s.is_empty());
     let filter = api_enrollments::EnrollmentFilter {
         status: status.clone(),
@@ -925,7 +893,7 @@ pub async fn enrollments(
         None => format!("/hub/sequences/{id}/enrollments"),
     };
     let body = html! {
-        p.crumbs { a href="/hub/sequences" { "Sequences" } " / " a href=(format!("/hub/sequences/{id}")) { (s.name) } " / enrollments" }
+        (crumbs(&s, "enrollments"))
         h1 { "Enrollments of “" (s.name) "” " (status_badge(&s.status)) }
         div.bar { (toggle(&user, &s, &here)) span.muted { "Emergency? Pause first, then cancel the worst-affected enrollments." } }
         nav.filters {
