@@ -1,5 +1,6 @@
 //! The `pulse` binary as a user runs it: configured by environment variables only, migrating,
-//! serving every role, refusing bad configuration with a message, and draining on SIGTERM.
+//! serving every role, refusing bad configuration with a message, exporting traces, and
+//! draining on SIGTERM.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -32,6 +33,63 @@ fn command(settings: &Settings) -> Command {
         cmd.env("PULSE_SMTP_URL", url);
     }
     cmd
+}
+
+/// What a fake OpenTelemetry collector received: (request line, content type, body) per request.
+type Exports = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A minimal OTLP/HTTP collector on loopback: records every request and answers 200.
+async fn fake_collector() -> anyhow::Result<(u16, Exports)> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let got: Exports = Default::default();
+    let seen = got.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                loop {
+                    let mut line = String::new();
+                    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let (mut length, mut content_type) = (0usize, String::new());
+                    loop {
+                        let mut h = String::new();
+                        if read.read_line(&mut h).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            match k.to_ascii_lowercase().as_str() {
+                                "content-length" => length = v.trim().parse().unwrap_or(0),
+                                "content-type" => content_type = v.trim().to_owned(),
+                                _ => {}
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if read.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    if let Ok(mut g) = seen.lock() {
+                        g.push((line.trim_end().to_owned(), content_type, body));
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if write.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((port, got))
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
@@ -83,7 +141,12 @@ async fn serves_sends_and_drains_an_in_flight_send_on_sigterm() -> anyhow::Resul
         String::from_utf8_lossy(&out.stderr)
     );
 
+    let (collector, exports) = fake_collector().await?;
     let mut child = command(&settings)
+        .env(
+            "PULSE_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector}"),
+        )
         .args(["serve", "all"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -136,6 +199,21 @@ async fn serves_sends_and_drains_an_in_flight_send_on_sigterm() -> anyhow::Resul
     let exit = wait_exit(&mut child, Duration::from_secs(20))?;
     assert!(exit.success(), "pulse exited with {exit}");
     assert_eq!(smtp.count(), 2, "the in-flight send completed");
+    // Spans went out over OTLP/HTTP, the last ones flushed on the way out: the collector holds
+    // the sends' SMTP spans, under the binary's service name.
+    let exports = exports.lock().map(|g| g.clone()).unwrap_or_default();
+    assert!(!exports.is_empty(), "no trace was exported");
+    let mut spans = Vec::new();
+    for (request, content_type, body) in &exports {
+        assert_eq!(request, "POST /v1/traces HTTP/1.1");
+        assert_eq!(content_type, "application/x-protobuf");
+        spans.extend_from_slice(body);
+    }
+    let has = |needle: &[u8]| spans.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(b"smtp") && has(b"publish") && has(b"pulse"),
+        "the spans of a send"
+    );
 
     let db = pulse_shared::db::pool(&settings.database_url, 2)?;
     let states: Vec<String> =
