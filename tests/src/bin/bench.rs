@@ -216,6 +216,71 @@ async fn bulk_enroll(
     Ok(())
 }
 
+/// CPU time (clock ticks) each process on the machine has used so far, with its command name
+/// (kernel workers, whose names change with their work, all as `kworker`), from
+/// `/proc/*/stat`. Linux only; empty elsewhere.
+fn cpu_ticks() -> BTreeMap<u32, (String, u64)> {
+    let mut by = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return by;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the command: state first, then utime and stime as the 12th and 13th fields.
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let mut command = stat[open + 1..close].to_owned();
+        if command.starts_with("kworker") {
+            command = "kworker".into();
+        }
+        by.insert(pid, (command, ticks(11) + ticks(12)));
+    }
+    by
+}
+
+/// Each command's share of all CPU between two [`cpu_ticks`] readings `secs` apart (USER_HZ is
+/// 100 on Linux), largest first, with what was left idle. A process started in between counts
+/// whole; one that ended in between is missed.
+fn cpu_split(
+    before: &BTreeMap<u32, (String, u64)>,
+    after: &BTreeMap<u32, (String, u64)>,
+    secs: f64,
+) -> Vec<(String, f64)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let total = secs * cores * 100.0;
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    for (pid, (command, t)) in after {
+        let earlier = before.get(pid).map_or(0, |(_, t0)| *t0);
+        *by.entry(command.clone()).or_insert(0) += t.saturating_sub(earlier);
+    }
+    let mut split: Vec<(String, f64)> = by
+        .into_iter()
+        .map(|(command, t)| (command, t as f64 / total))
+        .filter(|(_, share)| *share >= 0.005)
+        .collect();
+    split.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let used: f64 = split.iter().map(|(_, s)| s).sum();
+    split.push(("idle".into(), (1.0 - used).max(0.0)));
+    split
+}
+
 /// Rows loaded per statement by [`fill`].
 const FILL_CHUNK: i64 = 250_000;
 
@@ -364,11 +429,28 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?;
         tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(2)).await;
         let started = Instant::now();
+        let cpu_before = cpu_ticks();
         smtp_wait(&smtp, before, o.sends, started).await?;
-        let per_s = o.sends as f64 / started.elapsed().as_secs_f64();
+        let secs = started.elapsed().as_secs_f64();
+        let split = cpu_split(&cpu_before, &cpu_ticks(), secs);
+        let per_s = o.sends as f64 / secs;
         println!(
             "end to end {senders} sender(s), all due now        {per_s:>8.0} sends/s  ({:.2} of the bare broker loop)",
             per_s / broker_ref
+        );
+        let shown: Vec<String> = split
+            .iter()
+            .take(6)
+            .map(|(cmd, share)| format!("{cmd} {:.0}%", share * 100.0))
+            .collect();
+        println!("           CPU meanwhile: {}", shown.join(" · "));
+        results.insert(
+            if senders == 1 {
+                "cpu_end_to_end_1_sender"
+            } else {
+                "cpu_end_to_end_2_senders"
+            },
+            json!(split.into_iter().collect::<BTreeMap<_, _>>()),
         );
         e2e.insert(format!("senders_{senders}"), per_s);
         for w in workers {
