@@ -48,8 +48,6 @@ fn timing_text(t: &Timing) -> String {
         Timing::Immediately => "immediately".to_owned(),
         Timing::Delay { delay } => format!("{delay} after the previous step"),
         Timing::OnDate { at } => format!("on {}", when(at)),
-        #[allow(unreachable_patterns)]
-        other => serde_json::to_string(other).unwrap_or_default(),
     }
 }
 
