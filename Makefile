@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PULSE_API_KEY ?= pulse-dev-key
 export PULSE_HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test services browser build lint fmt clean-tests bench-smtp chaos bench
+.PHONY: run test services browser tools build lint fmt clean-tests bench-smtp chaos bench
 
 ## Run the whole system locally (every role in one process, mail captured in the dev outbox).
 run: services
@@ -18,7 +18,7 @@ run: services
 
 ## Run the whole test suite against the real PostgreSQL, RabbitMQ, Redis and an SMTP server,
 ## and the Hub's tests in headless Chromium (screenshots land in target/hub-screenshots/).
-test: services browser clean-tests
+test: services browser tools clean-tests
 	cargo test --workspace --all-targets
 
 ## Start PostgreSQL, RabbitMQ and Redis when they are not running (installing them if missing).
@@ -28,6 +28,10 @@ services:
 ## Install Debian's Chromium and chromedriver when missing (the Hub's browser tests).
 browser:
 	@deploy/local/browser.sh
+
+## Prometheus's promtool in target/tools, to check the alert rules and dashboard queries.
+tools:
+	@deploy/local/promtool.sh
 
 clean-tests:
 	@deploy/local/clean-test-leftovers.sh

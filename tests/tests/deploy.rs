@@ -515,6 +515,86 @@ fn the_dockerfile_builds_the_pulse_binary_and_listens_where_probes_look() {
     assert!(dockerfile.contains(&format!("EXPOSE {}", settings.http_addr.port())));
 }
 
+/// Prometheus's own checker: `PULSE_TEST_PROMTOOL`, else `target/tools/promtool` (which
+/// `make test` puts there, see deploy/local/promtool.sh), else `promtool` on PATH.
+fn promtool() -> PathBuf {
+    if let Ok(p) = std::env::var("PULSE_TEST_PROMTOOL") {
+        return p.into();
+    }
+    let local = repo().join("target/tools/promtool");
+    if local.exists() {
+        return local;
+    }
+    "promtool".into()
+}
+
+fn run_promtool(args: &[&str]) {
+    let tool = promtool();
+    let out = std::process::Command::new(&tool)
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} cannot run ({e}): run deploy/local/promtool.sh (make test does)",
+                tool.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "promtool {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn promtool_accepts_the_rules_the_config_and_every_dashboard_query_and_the_alerts_fire() {
+    run_promtool(&["check", "rules", "deploy/prometheus/alerts.yml"]);
+    // Each alert fires on the series it exists for and stays quiet on healthy ones.
+    run_promtool(&["test", "rules", "deploy/prometheus/alerts.test.yml"]);
+    let dir = std::env::temp_dir().join(format!("pulse-promtool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    // The compose Prometheus configuration, with its rule file where it is in the repository.
+    let config = read("deploy/compose/prometheus.yml").replace(
+        "/etc/prometheus/alerts.yml",
+        &repo()
+            .join("deploy/prometheus/alerts.yml")
+            .display()
+            .to_string(),
+    );
+    let config_path = dir.join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("{e}"));
+    run_promtool(&["check", "config", &config_path.display().to_string()]);
+    // Every dashboard query, as a recording rule, so promtool parses it as PromQL.
+    let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo().join("deploy/grafana"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let d: Json =
+            serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap_or_default())
+                .unwrap_or_default();
+        for p in d["panels"].as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = serde_json::to_string(t["expr"].as_str().unwrap_or_default())
+                    .unwrap_or_default();
+                rules.push_str(&format!(
+                    "      - record: dashboard:query{n}\n        expr: {expr}\n"
+                ));
+                n += 1;
+            }
+        }
+    }
+    assert!(n > 30, "only {n} dashboard queries found");
+    let rules_path = dir.join("dashboards.yml");
+    std::fs::write(&rules_path, rules).unwrap_or_else(|e| panic!("{e}"));
+    run_promtool(&["check", "rules", &rules_path.display().to_string()]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_metric_scanner_finds_metrics_and_skips_label_values() {
     assert_eq!(
