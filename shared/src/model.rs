@@ -117,6 +117,32 @@ pub struct CancelRequest {
     pub reason: Option<String>,
 }
 
+/// `POST /v1/sequences/{id}/enrollments/cancel`: either `enrollment_ids` or `all_active: true`.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelManyRequest {
+    /// These enrollments of the sequence (at most 10,000).
+    #[serde(default)]
+    pub enrollment_ids: Option<Vec<Uuid>>,
+    /// Every enrollment of the sequence that is ACTIVE now (the emergency stop for its leads).
+    #[serde(default)]
+    pub all_active: Option<bool>,
+    /// Recorded as each enrollment's end reason.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CancelManyResponse {
+    /// Enrollments that were ACTIVE and are now CANCELLED.
+    pub cancelled: usize,
+    /// Named enrollments that had already ended (left as they were).
+    pub already_ended: usize,
+    /// Named ids that are not enrollments of this sequence.
+    pub not_found: usize,
+    pub warnings: Vec<String>,
+}
+
 /// `POST /v1/sequences/{id}/re-enroll`: either `lead_emails` or `all_not_active: true`.
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -16,9 +16,9 @@ use pulse_shared::{
     enroll,
     http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, MaybeJson},
     model::{
-        AuditEvent, AuditList, CancelRequest, Enrollment, ReenrollRequest, ReenrollResponse,
-        ReenrollResult, ResumeItem, ResumePreview, SequenceChange, enrollment_status, outcome,
-        sequence_status,
+        AuditEvent, AuditList, CancelManyRequest, CancelManyResponse, CancelRequest, Enrollment,
+        ReenrollRequest, ReenrollResponse, ReenrollResult, ResumeItem, ResumePreview,
+        SequenceChange, enrollment_status, outcome, sequence_status,
     },
     schedule::{self, Planned},
 };
@@ -492,6 +492,144 @@ pub async fn cancel(
     Ok(Json(
         crate::enrollments::fetch(&state.db, auth.workspace, id).await?,
     ))
+}
+
+/// Most enrollments named in one bulk cancel, and cancelled per transaction.
+const MAX_CANCEL: usize = 10_000;
+const CANCEL_CHUNK: i64 = 500;
+
+/// Cancel many enrollments of a sequence at once: the ones named, or every ACTIVE one. Each is
+/// cancelled as by `POST /v1/enrollments/{id}/cancel` (audited one by one), in transactions of
+/// 500, then sends claimed before the call are waited for once. Named enrollments that already
+/// ended are left alone and counted.
+#[utoipa::path(
+    post, path = "/v1/sequences/{id}/enrollments/cancel", tag = "control",
+    params(("id" = Uuid, Path, description = "Sequence id")),
+    request_body = CancelManyRequest,
+    responses((status = 200, body = CancelManyResponse), (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn cancel_many(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(sequence): ApiPath<Uuid>,
+    ApiJson(req): ApiJson<CancelManyRequest>,
+) -> ApiResult<Json<CancelManyResponse>> {
+    let named = match (req.enrollment_ids, req.all_active) {
+        (Some(ids), None | Some(false)) if ids.is_empty() => {
+            return Err(ApiError::invalid(
+                "enrollment_ids",
+                "name at least one enrollment",
+            ));
+        }
+        (Some(ids), None | Some(false)) if ids.len() > MAX_CANCEL => {
+            return Err(ApiError::invalid(
+                "enrollment_ids",
+                format!(
+                    "{} enrollments in one call; the limit is {MAX_CANCEL}",
+                    ids.len()
+                ),
+            ));
+        }
+        (Some(mut ids), None | Some(false)) => {
+            ids.sort_unstable();
+            ids.dedup();
+            Some(ids)
+        }
+        (None, Some(true)) => None,
+        _ => {
+            return Err(ApiError::invalid(
+                "enrollment_ids",
+                "give either enrollment_ids or all_active: true",
+            ));
+        }
+    };
+    let reason = req
+        .reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| format!("cancelled by {}", auth.actor));
+    if reason.chars().count() > 500 {
+        return Err(ApiError::invalid("reason", "at most 500 characters"));
+    }
+    crate::sequences::exists(&state.db, auth.workspace, sequence).await?;
+    let mut out = CancelManyResponse {
+        cancelled: 0,
+        already_ended: 0,
+        not_found: 0,
+        warnings: Vec::new(),
+    };
+    // Chunks in id order (locks always taken in the same order): the named ids, or the ACTIVE
+    // enrollments after the last one handled.
+    let mut last: Option<Uuid> = None;
+    let mut chunks = named
+        .as_deref()
+        .map(|ids| ids.chunks(CANCEL_CHUNK as usize));
+    loop {
+        let chunk: Vec<Uuid> = match chunks.as_mut() {
+            Some(c) => match c.next() {
+                Some(ids) => ids.to_vec(),
+                None => break,
+            },
+            None => {
+                let ids: Vec<Uuid> = sqlx::query_scalar(
+                    "SELECT id FROM enrollments
+                     WHERE sequence_id = $1 AND workspace_id = $2 AND status = 'ACTIVE'
+                       AND ($3::uuid IS NULL OR id > $3)
+                     ORDER BY id LIMIT $4",
+                )
+                .bind(sequence)
+                .bind(auth.workspace)
+                .bind(last)
+                .bind(CANCEL_CHUNK)
+                .fetch_all(&state.db)
+                .await?;
+                if ids.is_empty() {
+                    break;
+                }
+                ids
+            }
+        };
+        last = chunk.last().copied();
+        let mut tx = state.db.begin().await?;
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, status FROM enrollments
+             WHERE id = ANY($1) AND sequence_id = $2 AND workspace_id = $3
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(&chunk)
+        .bind(sequence)
+        .bind(auth.workspace)
+        .fetch_all(&mut *tx)
+        .await?;
+        out.not_found += chunk.len() - rows.len();
+        for (id, status) in rows {
+            if status != enrollment_status::ACTIVE {
+                out.already_ended += 1;
+                continue;
+            }
+            schedule::end_enrollment(&mut tx, id, enrollment_status::CANCELLED, &reason).await?;
+            audit(
+                &mut tx,
+                auth.workspace,
+                sequence,
+                Some(id),
+                &auth.actor,
+                "enrollment_cancelled",
+                Some(json!({"status": status})),
+                Some(json!({"status": "CANCELLED", "reason": reason})),
+            )
+            .await?;
+            out.cancelled += 1;
+        }
+        tx.commit().await?;
+    }
+    let left = wait_in_flight(&state.db, Scope::Sequence(sequence), state.drain_timeout).await?;
+    out.warnings
+        .extend(in_flight_warning(left, state.drain_timeout));
+    tracing::info!(%sequence, cancelled = out.cancelled, actor = %auth.actor, "enrollments cancelled in bulk");
+    Ok(Json(out))
 }
 
 /// Most leads named in one re-enroll call.

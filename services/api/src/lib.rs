@@ -67,6 +67,10 @@ pub fn router(state: ApiState) -> Router {
             "/v1/sequences/{id}/enrollments",
             get(enrollments::list).post(enrollments::create),
         )
+        .route(
+            "/v1/sequences/{id}/enrollments/cancel",
+            post(control::cancel_many),
+        )
         .route("/v1/sequences/{id}/sends", get(sends::for_sequence))
         .route("/v1/enrollments/{id}", get(enrollments::get_one))
         .route("/v1/enrollments/{id}/cancel", post(control::cancel))
@@ -84,7 +88,7 @@ pub fn router(state: ApiState) -> Router {
     paths(
         sequences::create, sequences::list, sequences::stats, sequences::get_one, edit::edit, edit::versions,
         control::pause, control::resume, control::resume_preview, control::delete,
-        control::cancel, control::reenroll, control::audit_list,
+        control::cancel, control::cancel_many, control::reenroll, control::audit_list,
         enrollments::create, enrollments::list, enrollments::get_one,
         sends::search, sends::resolve, sends::for_sequence, sends::for_enrollment,
         outbox::list,

@@ -66,6 +66,18 @@ pub enum Enrollments {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Cancel many enrollments of a sequence: `--id` (repeatable), or `--all-active --yes`.
+    CancelMany {
+        sequence: String,
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[arg(long)]
+        all_active: bool,
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 /// Filters of `pulse sends`.
@@ -218,6 +230,35 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             format!("/v1/enrollments/{}/cancel", encode(enrollment)),
             Some(json!({"reason": reason})),
         ),
+        Request::Enrollments(Enrollments::CancelMany {
+            sequence,
+            ids,
+            all_active,
+            yes,
+            reason,
+        }) => {
+            let body = match (ids.is_empty(), all_active, yes) {
+                (false, false, _) => json!({"enrollment_ids": ids, "reason": reason}),
+                (true, true, true) => json!({"all_active": true, "reason": reason}),
+                (true, true, false) => {
+                    return Err(fail(
+                        2,
+                        "this cancels every active enrollment of the sequence; pass --yes to do it",
+                    ));
+                }
+                _ => {
+                    return Err(fail(
+                        2,
+                        "give either --id ENROLLMENT (repeatable) or --all-active",
+                    ));
+                }
+            };
+            (
+                Method::POST,
+                format!("/v1/sequences/{}/enrollments/cancel", encode(sequence)),
+                Some(body),
+            )
+        }
         Request::Reenroll(ReenrollArgs {
             sequence,
             leads,
@@ -461,6 +502,18 @@ fn render(request: &Request, v: &Value) -> String {
                 s(&v["status"]),
                 s(&v["end_reason"])
             )
+        }
+        Request::Enrollments(Enrollments::CancelMany { .. }) => {
+            let mut out = format!(
+                "cancelled {}, already ended {}, not found {}",
+                s(&v["cancelled"]),
+                s(&v["already_ended"]),
+                s(&v["not_found"])
+            );
+            for w in items("warnings") {
+                out.push_str(&format!("\nwarning: {}", s(&w)));
+            }
+            out
         }
         Request::Reenroll(_) => format!(
             "re-enrolled {}, already active {}, never enrolled {}, unknown {}\n\n{}",

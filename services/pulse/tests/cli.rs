@@ -100,6 +100,17 @@ async fn operators_take_control_from_the_command_line() -> anyhow::Result<()> {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("re-enrolled 1"), "{}", out.stdout);
 
+    // The emergency stop for a sequence's leads asks for --yes, then cancels every active one.
+    let out = pulse(&env, &["enrollments", "cancel-many", &id, "--all-active"]).await?;
+    assert_eq!(out.code, 2, "cancelling everyone needs --yes");
+    let out = pulse(
+        &env,
+        &["enrollments", "cancel-many", &id, "--all-active", "--yes"],
+    )
+    .await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("cancelled 1"), "{}", out.stdout);
+
     let out = pulse(&env, &["audit", &id]).await?;
     assert!(
         out.stdout.contains("alice"),

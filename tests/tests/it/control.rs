@@ -437,6 +437,126 @@ async fn cancel_stops_one_lead_even_with_a_step_queued() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn bulk_cancel_stops_the_named_or_every_active_enrollment_even_with_steps_queued()
+-> anyhow::Result<()> {
+    // No sender yet: every first step sits QUEUED in RabbitMQ while the cancels happen.
+    let (env, smtp) = start(&[Role::Api, Role::Ingest, Role::Scheduler]).await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "Bulk",
+            &[("One", "1", json!({"type": "immediately"}))],
+            "t",
+        ))
+        .await?;
+    let sid = id(&seq);
+    let leads = [
+        "b1@example.com",
+        "b2@example.com",
+        "b3@example.com",
+        "b4@example.com",
+        "keep@example.com",
+    ];
+    enroll(&env, &leads).await?;
+    eventually(Duration::from_secs(10), "steps queued", || async {
+        Ok((count(
+            &env.db,
+            "SELECT count(*) FROM step_runs WHERE state = 'QUEUED'",
+        )
+        .await?
+            == 5)
+            .then_some(()))
+    })
+    .await?;
+    let (_, view) = env.get(&format!("/v1/sequences/{sid}/enrollments")).await?;
+    let by_lead = |email: &str| {
+        view["enrollments"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["lead_email"] == email))
+            .map(id)
+            .unwrap_or_default()
+    };
+    let path = format!("/v1/sequences/{sid}/enrollments/cancel");
+
+    // Named: two of them, one twice, and an id that is not an enrollment of this sequence.
+    let stranger = uuid::Uuid::new_v4().to_string();
+    let (status, r) = env
+        .post(&path, json!({"enrollment_ids": [by_lead(leads[0]), by_lead(leads[1]), by_lead(leads[0]), stranger], "reason": "wrong list"}))
+        .await?;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (
+            r["cancelled"].as_i64(),
+            r["already_ended"].as_i64(),
+            r["not_found"].as_i64()
+        ),
+        (Some(2), Some(0), Some(1)),
+        "{r}"
+    );
+    let (_, r) = env
+        .post(&path, json!({"enrollment_ids": [by_lead(leads[0])]}))
+        .await?;
+    assert_eq!(r["already_ended"].as_i64(), Some(1), "{r}");
+    let (_, one) = env
+        .get(&format!("/v1/enrollments/{}", by_lead(leads[0])))
+        .await?;
+    assert_eq!(
+        (one["status"].as_str(), one["end_reason"].as_str()),
+        (Some("CANCELLED"), Some("wrong list"))
+    );
+
+    // Bad requests name the field; another workspace's call finds nothing.
+    for body in [
+        json!({}),
+        json!({"enrollment_ids": []}),
+        json!({"enrollment_ids": [by_lead(leads[2])], "all_active": true}),
+    ] {
+        let (status, err) = env.post(&path, body.clone()).await?;
+        assert_eq!(
+            (status, err["error"]["field"].as_str()),
+            (422, Some("enrollment_ids")),
+            "{body}"
+        );
+    }
+    let other = format!("other-{}", uuid::Uuid::new_v4().simple());
+    pulse_shared::db::provision_key(&env.db, uuid::Uuid::new_v4(), "other", &other).await?;
+    let (status, _) = env
+        .call_as(
+            &other,
+            reqwest::Method::POST,
+            &path,
+            Some(json!({"all_active": true})),
+        )
+        .await?;
+    assert_eq!(status, 404);
+
+    // All active: b3, b4 and keep@. Re-enrolling keep@ then shows the sequence still works, and
+    // the cancelled enrollments' queued first steps never go out.
+    let (status, r) = env.post(&path, json!({"all_active": true})).await?;
+    assert_eq!((status, r["cancelled"].as_i64()), (200, Some(3)), "{r}");
+    let audited = count(
+        &env.db,
+        "SELECT count(*) FROM audit_events WHERE action = 'enrollment_cancelled'",
+    )
+    .await?;
+    assert_eq!(audited, 5, "each cancelled enrollment is audited");
+    env.post(
+        &format!("/v1/sequences/{sid}/re-enroll"),
+        json!({"lead_emails": ["keep@example.com"]}),
+    )
+    .await?;
+    let token = CancellationToken::new();
+    let sender = spawn_sender(&env.settings, &token);
+    smtp.wait_for(1, Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = smtp.received();
+    assert_eq!(got.len(), 1, "only the re-enrolled lead gets mail");
+    assert_eq!(got[0].rcpt_to, vec!["keep@example.com".to_owned()]);
+    token.cancel();
+    sender.await?;
+    env.stop().await
+}
+
+#[tokio::test]
 async fn content_is_frozen_when_queued_and_edits_reach_the_rest() -> anyhow::Result<()> {
     let (env, smtp) = start(&[Role::Api, Role::Ingest, Role::Scheduler]).await?;
     let seq = env

@@ -14,8 +14,8 @@ use pulse_shared::{
     domain::timing::Timing,
     http::{ApiError, ApiJson, ApiPath, ApiQuery, MaybeJson},
     model::{
-        AuditEvent, CancelRequest, EditSequence, Enrollment, ReenrollRequest, ResolveSend,
-        Sequence, SequenceChange, SequenceStats, StepInput, TriggerSpec,
+        AuditEvent, CancelManyRequest, CancelRequest, EditSequence, Enrollment, ReenrollRequest,
+        ResolveSend, Sequence, SequenceChange, SequenceStats, StepInput, TriggerSpec,
     },
 };
 use serde::Deserialize;
@@ -993,58 +993,46 @@ pub async fn cancel_many(
     let to = back(&posted.form, "/hub/sequences");
     let result = async {
         let sequence = uuid(&id, "sequence")?;
-        let mut ids: Vec<Uuid> = posted
+        let everyone = posted.form.get("all_active") == Some("true");
+        let ids: Vec<Uuid> = posted
             .form
             .all("ids")
             .iter()
             .map(|i| uuid(i, "enrollment"))
             .collect::<Result<_, _>>()?;
-        if posted.form.get("all_active") == Some("true") {
-            let mut after = None;
-            loop {
-                let filter = api_enrollments::EnrollmentFilter {
-                    status: Some("ACTIVE".into()),
-                    step: None,
-                    lead: None,
-                    limit: Some(1000),
-                    after,
-                };
-                let page = api_enrollments::list(
-                    State(state.api.clone()),
-                    posted.user.auth.clone(),
-                    ApiPath(sequence),
-                    ApiQuery(filter),
-                )
-                .await?
-                .0;
-                ids.extend(page.enrollments.iter().map(|e| e.id));
-                match page.next {
-                    Some(n) => after = Some(n),
-                    None => break,
-                }
-            }
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.is_empty() {
+        if !everyone && ids.is_empty() {
             return Err(HubError::BadForm(
                 "select at least one enrollment, or tick the emergency box".into(),
             ));
         }
-        let mut cancelled = 0usize;
-        for id in &ids {
-            match cancel_one(&state, &posted.user, *id, "cancelled in bulk from the Hub").await {
-                Ok(_) => cancelled += 1,
-                // Ended meanwhile: nothing left to cancel.
-                Err(HubError::Api(ApiError::Conflict(_))) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok::<_, HubError>((cancelled, ids.len()))
+        let req = CancelManyRequest {
+            enrollment_ids: (!everyone).then_some(ids),
+            all_active: everyone.then_some(true),
+            reason: Some("cancelled from the Hub".into()),
+        };
+        let api = State(state.api.clone());
+        Ok(control::cancel_many(
+            api,
+            posted.user.auth.clone(),
+            ApiPath(sequence),
+            ApiJson(req),
+        )
+        .await?
+        .0)
     }
     .await;
     match result {
-        Ok((n, asked)) => done(&to, true, &format!("{n} of {asked} enrollments cancelled.")),
+        Ok(r) => {
+            let mut msg = format!("{} enrollments cancelled", r.cancelled);
+            if r.already_ended > 0 {
+                msg.push_str(&format!("; {} had already ended", r.already_ended));
+            }
+            msg.push('.');
+            for w in &r.warnings {
+                msg.push_str(&format!(" ({w})"));
+            }
+            done(&to, true, &msg)
+        }
         Err(e) => refused(&to, e),
     }
 }
