@@ -429,6 +429,29 @@ pub async fn delete(
     stop_sends(&state, &auth, id, sequence_status::DELETED, warnings).await
 }
 
+/// Cancels an ACTIVE enrollment the caller has locked: ends it (its pending runs are cancelled)
+/// and audits who did it and why. Shared by the single and the bulk cancel.
+async fn cancel_locked(
+    conn: &mut PgConnection,
+    auth: &Auth,
+    sequence: Uuid,
+    enrollment: Uuid,
+    reason: &str,
+) -> Result<(), ApiError> {
+    schedule::end_enrollment(conn, enrollment, enrollment_status::CANCELLED, reason).await?;
+    audit(
+        conn,
+        auth.workspace,
+        sequence,
+        Some(enrollment),
+        &auth.actor,
+        "enrollment_cancelled",
+        Some(json!({"status": enrollment_status::ACTIVE})),
+        Some(json!({"status": "CANCELLED", "reason": reason})),
+    )
+    .await
+}
+
 /// Cancel one enrollment: nothing more is sent to that lead from this sequence, not even a step
 /// already queued. The lead can be re-enrolled later.
 #[utoipa::path(
@@ -466,18 +489,7 @@ pub async fn cancel(
     match status.as_str() {
         enrollment_status::ACTIVE => {
             let reason = reason.unwrap_or_else(|| format!("cancelled by {}", auth.actor));
-            schedule::end_enrollment(&mut tx, id, enrollment_status::CANCELLED, &reason).await?;
-            audit(
-                &mut tx,
-                auth.workspace,
-                sequence,
-                Some(id),
-                &auth.actor,
-                "enrollment_cancelled",
-                Some(json!({"status": status})),
-                Some(json!({"status": "CANCELLED", "reason": reason})),
-            )
-            .await?;
+            cancel_locked(&mut tx, &auth, sequence, id, &reason).await?;
         }
         enrollment_status::CANCELLED => {}
         other => {
@@ -609,18 +621,7 @@ pub async fn cancel_many(
                 out.already_ended += 1;
                 continue;
             }
-            schedule::end_enrollment(&mut tx, id, enrollment_status::CANCELLED, &reason).await?;
-            audit(
-                &mut tx,
-                auth.workspace,
-                sequence,
-                Some(id),
-                &auth.actor,
-                "enrollment_cancelled",
-                Some(json!({"status": status})),
-                Some(json!({"status": "CANCELLED", "reason": reason})),
-            )
-            .await?;
+            cancel_locked(&mut tx, &auth, sequence, id, &reason).await?;
             out.cancelled += 1;
         }
         tx.commit().await?;
