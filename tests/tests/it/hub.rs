@@ -345,6 +345,13 @@ async fn every_page_renders_and_every_action_works_from_its_form() -> anyhow::Re
         assert!(page.contains(expect), "{path} lacks {expect:?}");
         assert!(!page.contains("<script>alert(1)"), "{path} does not escape");
     }
+    // Only step 1 has gone out: filtering on step 2 finds nothing.
+    let (s, page) = hub.get("/hub/sends?step=2").await?;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("Nothing matches.") && !page.contains("table class=\"list sends\""),
+        "{page}"
+    );
     let (s, page) = hub.get("/hub/sends?step=two").await?;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{page}");
     let (s, _) = hub.get("/hub/sequences/not-a-uuid").await?;
