@@ -193,7 +193,7 @@ async fn insert_and_start(
     if inserted == 0 {
         return Ok(false);
     }
-    let first = schedule::step_after(conn, target.sequence, 0)
+    let first = schedule::step_after(conn, &target, None)
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("sequence {} has no steps", target.sequence)))?;
     let trace = crate::telemetry::traceparent(&tracing::Span::current());

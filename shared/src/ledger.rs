@@ -10,6 +10,12 @@
 //!
 //! A SENDING row older than the lease belongs to a worker that died mid-send: it becomes
 //! UNKNOWN and is never sent again automatically. Rows are never deleted except by `release`.
+//!
+//! **Claims are fenced.** Each claim gets its own `claim_id`, and every write that settles a
+//! claim (sent, deferred, failed, unknown, release, unclaim) names it and applies only while
+//! that claim still holds the key (`SENDING` with the same id). A worker whose claim expired
+//! and was taken over (UNKNOWN, an operator's resend, a new claim) changes nothing and is told
+//! so ([`Settled::ClaimLost`]).
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -38,8 +44,9 @@ pub fn message_id(key: &str, sender_domain: &str) -> String {
 /// The outcome of trying to claim a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// This worker owns the send; `attempts` counts this one.
-    Claimed { attempts: i32 },
+    /// This worker owns the send; `attempts` counts this one, and `claim` names the claim in
+    /// every write that settles it.
+    Claimed { attempts: i32, claim: Uuid },
     /// The key is already SENT, FAILED or UNKNOWN: nothing to do.
     Settled { state: String },
     /// Another worker holds a fresh SENDING claim.
@@ -57,30 +64,33 @@ pub async fn claim(
     key: &str,
     lease: Duration,
 ) -> Result<Claim, StoreError> {
-    let claimed: Option<i32> = sqlx::query_scalar(
+    let claimed: Option<(i32, Uuid)> = sqlx::query_as(
         // The lock (by id alone) waits for a scheduler that published this run but has not
         // committed QUEUED yet, and returns the committed row; only then is the state checked.
         // A state predicate inside the locking query would be judged on the old snapshot and
         // skip the wait.
         "WITH run AS (SELECT * FROM step_runs WHERE id = $1 FOR SHARE)
          INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
-                                  sequence_id, lead_id, step_run_id, position, state, message_id)
+                                  sequence_id, lead_id, step_run_id, position, state, message_id,
+                                  claim_id, claimed_at)
          SELECT sr.enrollment_id, sr.step_id, sr.generation, $2, sr.workspace_id, sr.sequence_id,
-                e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id
+                e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id, gen_random_uuid(),
+                clock_timestamp()
          FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
          WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
          ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
-             SET state = 'SENDING', attempts = send_ledger.attempts + 1, claimed_at = now(),
+             SET state = 'SENDING', attempts = send_ledger.attempts + 1,
+                 claimed_at = EXCLUDED.claimed_at, claim_id = EXCLUDED.claim_id,
                  updated_at = now(), step_run_id = EXCLUDED.step_run_id
              WHERE send_ledger.state = 'DEFERRED'
-         RETURNING attempts",
+         RETURNING attempts, claim_id",
     )
     .bind(step_run)
     .bind(key)
     .fetch_optional(db)
     .await?;
-    if let Some(attempts) = claimed {
-        return Ok(Claim::Claimed { attempts });
+    if let Some((attempts, claim)) = claimed {
+        return Ok(Claim::Claimed { attempts, claim });
     }
     let existing = sqlx::query(
         "SELECT state, claimed_at < now() - make_interval(secs => $2) AS stale
@@ -133,33 +143,42 @@ pub async fn claim_many(
             batch_keys.push(r.key.clone());
         }
     }
-    let claimed: Vec<(String, i32)> = sqlx::query_as(
+    let claimed: Vec<(String, i32, Uuid)> = sqlx::query_as(
         // Same lock-by-id-then-check rule as `claim`; the rows are locked in id order.
         "WITH req AS (SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS r(run_id, claim_key)),
               run AS (SELECT sr.*, req.claim_key FROM step_runs sr JOIN req ON sr.id = req.run_id
                       ORDER BY sr.id FOR SHARE OF sr)
          INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
-                                  sequence_id, lead_id, step_run_id, position, state, message_id)
+                                  sequence_id, lead_id, step_run_id, position, state, message_id,
+                                  claim_id, claimed_at)
          SELECT sr.enrollment_id, sr.step_id, sr.generation, sr.claim_key, sr.workspace_id,
-                sr.sequence_id, e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id
+                sr.sequence_id, e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id,
+                gen_random_uuid(), clock_timestamp()
          FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
          WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
          ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
-             SET state = 'SENDING', attempts = send_ledger.attempts + 1, claimed_at = now(),
+             SET state = 'SENDING', attempts = send_ledger.attempts + 1,
+                 claimed_at = EXCLUDED.claimed_at, claim_id = EXCLUDED.claim_id,
                  updated_at = now(), step_run_id = EXCLUDED.step_run_id
              WHERE send_ledger.state = 'DEFERRED'
-         RETURNING idempotency_key, attempts",
+         RETURNING idempotency_key, attempts, claim_id",
     )
     .bind(&runs)
     .bind(&batch_keys)
     .fetch_all(db)
     .await?;
-    let mut claimed: std::collections::HashMap<String, i32> = claimed.into_iter().collect();
+    let mut claimed: std::collections::HashMap<String, (i32, Uuid)> = claimed
+        .into_iter()
+        .map(|(key, attempts, claim)| (key, (attempts, claim)))
+        .collect();
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
         // `remove`: a repeat of a claimed key is not claimed twice.
         out.push(match claimed.remove(&r.key) {
-            Some(attempts) => Ok(Claim::Claimed { attempts }),
+            Some((attempts, id)) => Ok(Claim::Claimed {
+                attempts,
+                claim: id,
+            }),
             None => claim(db, r.step_run, &r.key, lease).await,
         });
     }
@@ -267,13 +286,14 @@ pub async fn resolve(
                      updated_at = now()
                  FROM send_ledger sl, enrollments e
                  WHERE sr.id = $1 AND sl.step_run_id = sr.id AND e.id = sr.enrollment_id
-                 RETURNING sr.workspace_id, sr.sequence_id, sr.enrollment_id, sr.position,
+                 RETURNING sr.workspace_id, sr.sequence_id, sr.enrollment_id, sr.step_id,
                            sr.generation, e.lead_id, e.status, sl.claimed_at",
             )
             .bind(run)
             .fetch_one(&mut *tx)
             .await?;
             if sent.get::<String, _>("status") == enrollment_status::ACTIVE {
+                schedule::lock_sequences(&mut tx, &[sent.get("sequence_id")]).await?;
                 let target = Target {
                     workspace: sent.get("workspace_id"),
                     sequence: sent.get("sequence_id"),
@@ -281,13 +301,8 @@ pub async fn resolve(
                     lead: sent.get("lead_id"),
                     generation: sent.get("generation"),
                 };
-                schedule::advance(
-                    &mut tx,
-                    target,
-                    sent.get("position"),
-                    sent.get("claimed_at"),
-                )
-                .await?;
+                schedule::advance(&mut tx, target, sent.get("step_id"), sent.get("claimed_at"))
+                    .await?;
             }
         }
         Resolution::Resend => {
@@ -342,6 +357,16 @@ pub struct Followup {
     pub next: Option<(StepSpec, i32)>,
 }
 
+impl Followup {
+    /// When the send window (in the lead's zone, else the sequence's) next opens, if it is
+    /// closed at `now`: the same rule every due time goes through, checked again at send time.
+    pub fn window_opens_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let zone = self.lead_tz.unwrap_or(self.rules.timezone);
+        let at = crate::domain::window::next_valid(now, self.rules.window.as_ref(), zone);
+        (at > now).then_some(at)
+    }
+}
+
 /// Loads the snapshot of a claimed step run.
 pub async fn snapshot(db: &PgPool, step_run: Uuid) -> Result<Snapshot, StoreError> {
     let mut all = snapshot_many(db, &[step_run]).await?;
@@ -368,10 +393,14 @@ pub async fn snapshot_many(
          JOIN enrollments e ON e.id = sr.enrollment_id
          JOIN sequences s ON s.id = sr.sequence_id
          JOIN leads l ON l.id = e.lead_id
+         JOIN sequence_steps cur ON cur.id = sr.step_id
          LEFT JOIN LATERAL (
-             SELECT id, position, timing, end_date, version FROM sequence_steps
-             WHERE sequence_id = sr.sequence_id AND position > sr.position AND deleted_at IS NULL
-             ORDER BY position LIMIT 1) nx ON true
+             SELECT st.id, st.position, st.timing, st.end_date, st.version FROM sequence_steps st
+             WHERE st.sequence_id = sr.sequence_id AND st.position > cur.position
+               AND st.deleted_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM step_runs r WHERE r.enrollment_id = sr.enrollment_id
+                               AND r.generation = sr.generation AND r.step_id = st.id)
+             ORDER BY st.position LIMIT 1) nx ON true
          WHERE sr.id = ANY($1)",
     )
     .bind(step_runs)
@@ -421,9 +450,7 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
             sequence: row.try_get("sequence_id")?,
             sequence_version: row.try_get("sequence_version")?,
             rules: schedule::rules_from_row(row)?,
-            lead_tz: row
-                .try_get::<Option<String>, _>("lead_tz")?
-                .and_then(|t| t.parse::<chrono_tz::Tz>().ok()),
+            lead_tz: schedule::lead_zone(row.try_get("lead_tz")?),
             next,
         },
     })
@@ -432,50 +459,94 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
 /// What to do with a step run whose claim is released unsent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Release {
-    /// Back to SCHEDULED, due as before: the sequence is paused; resume picks it up.
-    Hold,
+    /// Back to SCHEDULED: the sequence is paused (due as before; resume picks it up), or the
+    /// send window is closed (due at its next opening).
+    Hold(Option<DateTime<Utc>>),
     /// The enrollment ended or the sequence was deleted: the step will never be sent.
     Cancel,
     /// The lead is unsubscribed or bounced.
     Skip,
 }
 
+/// What became of a write that settles a claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Settled {
+    /// The claim was still this worker's: the write applied.
+    Recorded,
+    /// The claim had expired and was taken over (UNKNOWN, resent, claimed again): nothing
+    /// changed. The worker must not act on the key any further.
+    ClaimLost,
+}
+
+/// The claim a write settles: the key and the claim's id from [`Claim::Claimed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub claim: Uuid,
+}
+
+/// Locks the ledger row of `fence` if the claim still holds it. Every settling write starts
+/// with this, in its transaction.
+async fn own(conn: &mut sqlx::PgConnection, fence: &Fence) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar::<_, i32>(
+        "SELECT 1 FROM send_ledger
+         WHERE idempotency_key = $1 AND claim_id = $2 AND state = 'SENDING' FOR UPDATE",
+    )
+    .bind(&fence.key)
+    .bind(fence.claim)
+    .fetch_optional(conn)
+    .await?
+    .is_some())
+}
+
 /// Undoes a claim that was not sent (see [`unclaim`]), and settles the step run as `how` says.
 pub async fn release(
     db: &PgPool,
-    key: &str,
+    fence: &Fence,
     step_run: Uuid,
     how: Release,
     reason: &str,
-) -> Result<(), StoreError> {
-    let state = match how {
-        Release::Hold => "SCHEDULED",
-        Release::Cancel => "CANCELLED",
-        Release::Skip => "SKIPPED",
+) -> Result<Settled, StoreError> {
+    let (state, until) = match how {
+        Release::Hold(until) => ("SCHEDULED", until),
+        Release::Cancel => ("CANCELLED", None),
+        Release::Skip => ("SKIPPED", None),
     };
     let mut tx = db.begin().await?;
-    unclaim_in(&mut tx, key).await?;
+    if !own(&mut tx, fence).await? {
+        return Ok(Settled::ClaimLost);
+    }
+    unclaim_in(&mut tx, &fence.key).await?;
     sqlx::query(
-        "UPDATE step_runs SET state = $2, last_error = $3, updated_at = now()
+        "UPDATE step_runs SET state = $2, last_error = $3, due_at = COALESCE($4, due_at),
+             updated_at = now()
          WHERE id = $1 AND state = 'QUEUED'",
     )
     .bind(step_run)
     .bind(state)
     .bind(reason)
+    .bind(until)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(Settled::Recorded)
 }
 
 /// Undoes a claim taken before any SMTP attempt (the re-check could not be read): a first claim
 /// is removed; a DEFERRED key that was taken over goes back to DEFERRED, this non-attempt not
 /// counted. A later delivery can then claim it again instead of finding it "in flight".
-pub async fn unclaim(db: &PgPool, key: &str) -> Result<(), StoreError> {
-    let mut conn = db.acquire().await?;
-    unclaim_in(&mut conn, key).await
+pub async fn unclaim(db: &PgPool, fence: &Fence) -> Result<Settled, StoreError> {
+    let mut tx = db.begin().await?;
+    if !own(&mut tx, fence).await? {
+        return Ok(Settled::ClaimLost);
+    }
+    unclaim_in(&mut tx, &fence.key).await?;
+    tx.commit().await?;
+    Ok(Settled::Recorded)
 }
 
+/// The unclaim itself; the caller has checked the fence in the same transaction.
 async fn unclaim_in(conn: &mut sqlx::PgConnection, key: &str) -> Result<(), StoreError> {
     sqlx::query(
         "WITH first AS (
@@ -491,7 +562,10 @@ async fn unclaim_in(conn: &mut sqlx::PgConnection, key: &str) -> Result<(), Stor
 }
 
 /// Puts a step run back to SCHEDULED without touching the ledger, before any claim was made: a
-/// paused sequence (`until` None: due as before) or a spent rate budget (due at `until`).
+/// paused sequence (`until` None: due as before) or a spent rate budget (`until` the minute
+/// with room). A later time goes through the one rule for due times ([`schedule::plan`]): it is
+/// moved into the send window, and a step that can then no longer go out before an end date is
+/// skipped and its enrollment ends.
 ///
 /// The message may arrive before the scheduler has committed QUEUED. The row lock waits for
 /// that commit, and the update, a later statement, then sees it; a single `UPDATE … WHERE state =
@@ -502,16 +576,52 @@ pub async fn hold(
     until: Option<DateTime<Utc>>,
 ) -> Result<(), StoreError> {
     let mut tx = db.begin().await?;
-    sqlx::query("SELECT 1 FROM step_runs WHERE id = $1 FOR UPDATE")
-        .bind(step_run)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "UPDATE step_runs SET state = 'SCHEDULED', due_at = COALESCE($2, due_at), updated_at = now()
-         WHERE id = $1 AND state = 'QUEUED'",
+    let row = sqlx::query(
+        "SELECT sr.state, sr.enrollment_id, sr.sequence_id, sr.position, e.lead_id,
+                st.end_date AS step_end
+         FROM step_runs sr JOIN enrollments e ON e.id = sr.enrollment_id
+         JOIN sequence_steps st ON st.id = sr.step_id
+         WHERE sr.id = $1 FOR UPDATE OF sr",
     )
     .bind(step_run)
-    .bind(until)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    if row.try_get::<&str, _>("state")? != "QUEUED" {
+        return Ok(());
+    }
+    let mut due = None;
+    if let Some(until) = until {
+        let (rules, lead_tz) = schedule::load_rules(
+            &mut tx,
+            row.try_get("sequence_id")?,
+            row.try_get("lead_id")?,
+        )
+        .await?;
+        match schedule::plan(
+            until,
+            &rules,
+            lead_tz,
+            row.try_get("position")?,
+            row.try_get("step_end")?,
+        ) {
+            schedule::Planned::At(at) => due = Some(at),
+            schedule::Planned::Expired(reason) => {
+                schedule::skip_and_end(&mut tx, step_run, row.try_get("enrollment_id")?, &reason)
+                    .await?;
+                tx.commit().await?;
+                return Ok(());
+            }
+        }
+    }
+    sqlx::query(
+        "UPDATE step_runs SET state = 'SCHEDULED', due_at = COALESCE($2, due_at), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(step_run)
+    .bind(due)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -530,34 +640,46 @@ pub struct Reply {
 /// the snapshot; otherwise (or without one) a transaction that recomputes from current data.
 pub async fn record_sent(
     db: &PgPool,
-    key: &str,
+    fence: &Fence,
     step_run: Uuid,
     reply: &Reply,
     now: DateTime<Utc>,
     followup: Option<&Followup>,
-) -> Result<(), StoreError> {
+) -> Result<Settled, StoreError> {
     if let Some(f) = followup {
         let sent = SentRecord {
-            key: key.to_owned(),
+            fence: fence.clone(),
             step_run,
             reply: reply.clone(),
             at: now,
             followup: f.clone(),
         };
-        if record_sent_unchanged(db, std::slice::from_ref(&sent))
+        if let Some(settled) = record_sent_unchanged(db, std::slice::from_ref(&sent))
             .await?
-            .contains(key)
+            .remove(&fence.key)
         {
-            return Ok(());
+            return Ok(settled);
         }
     }
     let mut tx = db.begin().await?;
+    let sequence: Option<Uuid> =
+        sqlx::query_scalar("SELECT sequence_id FROM step_runs WHERE id = $1")
+            .bind(step_run)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let sequence =
+        sequence.ok_or_else(|| StoreError::Corrupt(format!("step run {step_run} not found")))?;
+    // The edit lock first: the next step is read below, after any edit has committed.
+    schedule::lock_sequences(&mut tx, &[sequence]).await?;
+    if !own(&mut tx, fence).await? {
+        return Ok(Settled::ClaimLost);
+    }
     sqlx::query(
         "UPDATE send_ledger SET state = 'SENT', smtp_code = $2, smtp_reply = $3, sent_at = $4,
              updated_at = now()
          WHERE idempotency_key = $1",
     )
-    .bind(key)
+    .bind(&fence.key)
     .bind(reply.code)
     .bind(&reply.text)
     .bind(now)
@@ -566,7 +688,7 @@ pub async fn record_sent(
     let run = sqlx::query(
         "UPDATE step_runs sr SET state = 'SENT', sent_at = $2, last_error = NULL, updated_at = now()
          FROM enrollments e WHERE sr.id = $1 AND e.id = sr.enrollment_id
-         RETURNING sr.workspace_id, sr.sequence_id, sr.enrollment_id, sr.position, sr.generation,
+         RETURNING sr.workspace_id, sr.sequence_id, sr.enrollment_id, sr.step_id, sr.generation,
                    e.lead_id",
     )
     .bind(step_run)
@@ -588,16 +710,16 @@ pub async fn record_sent(
             lead: run.get("lead_id"),
             generation: run.get("generation"),
         };
-        schedule::advance(&mut tx, target, run.get("position"), now).await?;
+        schedule::advance(&mut tx, target, run.get("step_id"), now).await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(Settled::Recorded)
 }
 
 /// A send the relay accepted, with what the snapshot read about the step after it.
 #[derive(Clone, Debug)]
 pub struct SentRecord {
-    pub key: String,
+    pub fence: Fence,
     pub step_run: Uuid,
     pub reply: Reply,
     pub at: DateTime<Utc>,
@@ -610,30 +732,35 @@ pub struct SentRecord {
 pub async fn record_sent_many(
     db: &PgPool,
     records: &[SentRecord],
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let applied = record_sent_unchanged(db, records).await?;
+) -> Result<Vec<Result<Settled, StoreError>>, StoreError> {
+    let mut settled = record_sent_unchanged(db, records).await?;
     let mut out = Vec::with_capacity(records.len());
     for r in records {
-        out.push(if applied.contains(r.key.as_str()) {
-            Ok(())
-        } else {
-            record_sent(db, &r.key, r.step_run, &r.reply, r.at, None).await
+        out.push(match settled.remove(&r.fence.key) {
+            Some(s) => Ok(s),
+            None => record_sent(db, &r.fence, r.step_run, &r.reply, r.at, None).await,
         });
     }
     Ok(out)
 }
 
 /// The one-statement record, for many sends at once: each send's writes are conditioned on its
-/// sequence and next step still having the versions its snapshot read, so each applies whole or
-/// not at all. Returns the keys that applied (the others were edited meanwhile, or their next
-/// step could not be planned). A cancel committed meanwhile is honoured: an enrollment is only
-/// moved on while ACTIVE (its row lock makes a concurrent cancel wait or win).
+/// claim still being its own, and on its sequence and next step still having the versions its
+/// snapshot read, so each applies whole or not at all. The sequence rows are locked
+/// `FOR KEY SHARE` inside the statement (see [`schedule::lock_sequences`]): an edit committed
+/// before the lock was taken shows as a new version (the row is re-read after the wait), and
+/// one not yet begun waits for this statement. Returns, per key it settled, whether it applied
+/// or found its claim lost; keys it left alone (edited meanwhile, or a next step that could not
+/// be planned here) go through [`record_sent`]'s transaction. A cancel committed meanwhile is
+/// honoured: an enrollment is only moved on while ACTIVE (its row lock makes a concurrent
+/// cancel wait or win).
 async fn record_sent_unchanged(
     db: &PgPool,
     records: &[SentRecord],
-) -> Result<std::collections::HashSet<String>, StoreError> {
+) -> Result<std::collections::HashMap<String, Settled>, StoreError> {
     let n = records.len();
     let mut keys = Vec::with_capacity(n);
+    let mut claims = Vec::with_capacity(n);
     let mut codes = Vec::with_capacity(n);
     let mut replies = Vec::with_capacity(n);
     let mut sent_at = Vec::with_capacity(n);
@@ -664,7 +791,8 @@ async fn record_sent_unchanged(
                 )
             }
         };
-        keys.push(r.key.clone());
+        keys.push(r.fence.key.clone());
+        claims.push(r.fence.claim);
         codes.push(r.reply.code);
         replies.push(r.reply.text.clone());
         sent_at.push(r.at);
@@ -678,26 +806,34 @@ async fn record_sent_unchanged(
         skips.push(skipped);
         new_ids.push(Uuid::new_v4());
     }
-    let applied: Vec<String> = sqlx::query_scalar(
+    if keys.is_empty() {
+        return Ok(Default::default());
+    }
+    let settled: Vec<(String, bool)> = sqlx::query_as(
         "WITH req AS (
              SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::timestamptz[],
                                   $5::uuid[], $6::uuid[], $7::int4[], $8::uuid[], $9::int4[],
-                                  $10::int4[], $11::timestamptz[], $12::text[], $13::uuid[])
+                                  $10::int4[], $11::timestamptz[], $12::text[], $13::uuid[],
+                                  $14::uuid[])
                  AS r(key, code, reply, sent_at, run_id, seq_id, seq_version, next_id,
-                      next_version, next_position, due, skipped, new_id)),
+                      next_version, next_position, due, skipped, new_id, claim)),
          fresh AS (
              SELECT req.* FROM req JOIN sequences s ON s.id = req.seq_id AND s.version = req.seq_version
              WHERE req.next_id IS NULL OR EXISTS (
                  SELECT 1 FROM sequence_steps st
-                 WHERE st.id = req.next_id AND st.deleted_at IS NULL AND st.version = req.next_version)),
+                 WHERE st.id = req.next_id AND st.deleted_at IS NULL AND st.version = req.next_version)
+             ORDER BY s.id
+             FOR KEY SHARE OF s),
          ledger AS (
              UPDATE send_ledger sl SET state = 'SENT', smtp_code = f.code, smtp_reply = f.reply,
                  sent_at = f.sent_at, updated_at = now()
-             FROM fresh f WHERE sl.idempotency_key = f.key),
+             FROM fresh f
+             WHERE sl.idempotency_key = f.key AND sl.claim_id = f.claim AND sl.state = 'SENDING'
+             RETURNING f.*),
          run AS (
              UPDATE step_runs sr SET state = 'SENT', sent_at = f.sent_at, last_error = NULL,
                  updated_at = now()
-             FROM fresh f WHERE sr.id = f.run_id
+             FROM ledger f WHERE sr.id = f.run_id
              RETURNING sr.id, sr.workspace_id, sr.sequence_id, sr.enrollment_id, sr.generation),
          enr AS (
              UPDATE enrollments e SET
@@ -706,7 +842,7 @@ async fn record_sent_unchanged(
                  end_reason = CASE WHEN f.next_id IS NULL THEN 'all steps sent' ELSE f.skipped END,
                  ended_at = CASE WHEN f.next_id IS NULL OR f.skipped IS NOT NULL THEN now() END,
                  updated_at = now()
-             FROM run JOIN fresh f ON f.run_id = run.id
+             FROM run JOIN ledger f ON f.run_id = run.id
              WHERE e.id = run.enrollment_id AND e.status = 'ACTIVE'
              RETURNING e.id),
          ins AS (
@@ -715,10 +851,10 @@ async fn record_sent_unchanged(
              SELECT f.new_id, run.workspace_id, run.sequence_id, run.enrollment_id, f.next_id,
                     f.next_position, run.generation, f.due,
                     CASE WHEN f.skipped IS NULL THEN 'SCHEDULED' ELSE 'SKIPPED' END, f.skipped
-             FROM run JOIN fresh f ON f.run_id = run.id JOIN enr ON enr.id = run.enrollment_id
+             FROM run JOIN ledger f ON f.run_id = run.id JOIN enr ON enr.id = run.enrollment_id
              WHERE f.next_id IS NOT NULL
              ON CONFLICT (enrollment_id, step_id, generation) DO NOTHING)
-         SELECT key FROM fresh",
+         SELECT f.key, EXISTS (SELECT 1 FROM ledger l WHERE l.key = f.key) FROM fresh f",
     )
     .bind(&keys)
     .bind(&codes)
@@ -733,12 +869,24 @@ async fn record_sent_unchanged(
     .bind(&dues)
     .bind(&skips)
     .bind(&new_ids)
+    .bind(&claims)
     .fetch_all(db)
     .await?;
-    Ok(applied.into_iter().collect())
+    Ok(settled
+        .into_iter()
+        .map(|(key, applied)| {
+            let how = if applied {
+                Settled::Recorded
+            } else {
+                Settled::ClaimLost
+            };
+            (key, how)
+        })
+        .collect())
 }
 
-/// Writes the relay's answer and a failure state (DEFERRED, FAILED, UNKNOWN) on a ledger key.
+/// Writes the relay's answer and a failure state (DEFERRED, FAILED, UNKNOWN) on a claim the
+/// caller has checked with [`own`].
 async fn set_outcome(
     conn: &mut sqlx::PgConnection,
     key: &str,
@@ -761,13 +909,16 @@ async fn set_outcome(
 /// Records a transient failure: nothing went out; the step run is due again at `retry_at`.
 pub async fn record_deferred(
     db: &PgPool,
-    key: &str,
+    fence: &Fence,
     step_run: Uuid,
     reply: &Reply,
     retry_at: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<Settled, StoreError> {
     let mut tx = db.begin().await?;
-    set_outcome(&mut tx, key, "DEFERRED", reply).await?;
+    if !own(&mut tx, fence).await? {
+        return Ok(Settled::ClaimLost);
+    }
+    set_outcome(&mut tx, &fence.key, "DEFERRED", reply).await?;
     sqlx::query(
         "UPDATE step_runs SET state = 'SCHEDULED', due_at = $2, attempts = attempts + 1,
              last_error = $3, updated_at = now()
@@ -779,19 +930,22 @@ pub async fn record_deferred(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(Settled::Recorded)
 }
 
 /// Records a send whose outcome is unknown (the message was on the wire, the answer was lost):
 /// ledger and step run UNKNOWN, never retried automatically; an operator settles it.
 pub async fn record_unknown(
     db: &PgPool,
-    key: &str,
+    fence: &Fence,
     step_run: Uuid,
     reply: &Reply,
-) -> Result<(), StoreError> {
+) -> Result<Settled, StoreError> {
     let mut tx = db.begin().await?;
-    set_outcome(&mut tx, key, "UNKNOWN", reply).await?;
+    if !own(&mut tx, fence).await? {
+        return Ok(Settled::ClaimLost);
+    }
+    set_outcome(&mut tx, &fence.key, "UNKNOWN", reply).await?;
     sqlx::query(
         "UPDATE step_runs SET state = 'UNKNOWN', attempts = attempts + 1,
              last_error = 'send outcome unknown: see the send ledger', updated_at = now()
@@ -801,18 +955,21 @@ pub async fn record_unknown(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(Settled::Recorded)
 }
 
 /// Records a permanent failure: the step run and the enrollment are FAILED with the reply.
 pub async fn record_failed(
     db: &PgPool,
-    key: &str,
+    fence: &Fence,
     step_run: Uuid,
     reply: &Reply,
-) -> Result<(), StoreError> {
+) -> Result<Settled, StoreError> {
     let mut tx = db.begin().await?;
-    set_outcome(&mut tx, key, "FAILED", reply).await?;
+    if !own(&mut tx, fence).await? {
+        return Ok(Settled::ClaimLost);
+    }
+    set_outcome(&mut tx, &fence.key, "FAILED", reply).await?;
     let enrollment: Uuid = sqlx::query_scalar(
         "UPDATE step_runs SET state = 'FAILED', attempts = attempts + 1, last_error = $2,
              updated_at = now()
@@ -832,7 +989,7 @@ pub async fn record_failed(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(Settled::Recorded)
 }
 
 #[cfg(test)]

@@ -66,6 +66,8 @@ pub enum SendOutcome {
     HeldByPause,
     /// Its sequence's sending rate was reached: moved to a later minute.
     RateLimited,
+    /// The send window closed before it went out: due at the next opening.
+    HeldByWindow,
     /// The key was already settled (a redelivery or a second copy): not sent again.
     DuplicateSuppressed,
     /// Unsent because the sequence, enrollment or lead changed after queueing.
@@ -75,12 +77,13 @@ pub enum SendOutcome {
 }
 
 impl SendOutcome {
-    pub const ALL: [SendOutcome; 8] = [
+    pub const ALL: [SendOutcome; 9] = [
         Self::Sent,
         Self::Failed,
         Self::Retried,
         Self::HeldByPause,
         Self::RateLimited,
+        Self::HeldByWindow,
         Self::DuplicateSuppressed,
         Self::Released,
         Self::Unknown,
@@ -93,6 +96,7 @@ impl SendOutcome {
             Self::Retried => "retried",
             Self::HeldByPause => "held_by_pause",
             Self::RateLimited => "rate_limited",
+            Self::HeldByWindow => "held_by_window",
             Self::DuplicateSuppressed => "duplicate_suppressed",
             Self::Released => "released",
             Self::Unknown => "unknown",

@@ -88,6 +88,78 @@ pub fn plan_run(
     )
 }
 
+/// Spreads sends over minutes so that no minute gets more than a sequence's
+/// `max_sends_per_minute`, each send at its next valid time. Used where many due times are set
+/// at once (resume); the senders enforce the same per-minute budget at send time.
+///
+/// `place` takes the earliest time a send may go and the rule that moves a time to the next
+/// valid one (window and zone of that lead): the answer is the first valid time whose minute
+/// still has room. A backlog bigger than what is left of a window continues at the next
+/// opening. Full minutes are skipped in near-constant time (a "next minute with room" link,
+/// path-compressed), so a backlog of n sends costs O(n), not O(n²/rate).
+#[derive(Debug)]
+pub struct Pacer {
+    per_minute: Option<i64>,
+    used: std::collections::HashMap<i64, i64>,
+    /// A full minute → a later minute that may have room.
+    next: std::collections::HashMap<i64, i64>,
+}
+
+impl Pacer {
+    pub fn new(per_minute: Option<i32>) -> Self {
+        Self {
+            per_minute: per_minute.map(|r| i64::from(r.max(1))),
+            used: Default::default(),
+            next: Default::default(),
+        }
+    }
+
+    fn room_from(&mut self, minute: i64) -> i64 {
+        let mut root = minute;
+        while let Some(&n) = self.next.get(&root) {
+            root = n;
+        }
+        let mut cur = minute;
+        while let Some(&n) = self.next.get(&cur) {
+            if n == root {
+                break;
+            }
+            self.next.insert(cur, root);
+            cur = n;
+        }
+        root
+    }
+
+    /// The send time for one more send that may go at `earliest`, moved by `valid`.
+    pub fn place(
+        &mut self,
+        earliest: DateTime<Utc>,
+        valid: impl Fn(DateTime<Utc>) -> DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        let mut at = valid(earliest);
+        let Some(rate) = self.per_minute else {
+            return at;
+        };
+        loop {
+            let minute = at.timestamp().div_euclid(60);
+            let free = self.room_from(minute);
+            if free != minute {
+                let Some(start) = DateTime::from_timestamp(free * 60, 0) else {
+                    return at;
+                };
+                at = valid(start);
+                continue;
+            }
+            let used = self.used.entry(minute).or_default();
+            *used += 1;
+            if *used >= rate {
+                self.next.insert(minute, minute + 1);
+            }
+            return at;
+        }
+    }
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -118,6 +190,12 @@ pub async fn load_rules(
     Ok((rules, lead_tz))
 }
 
+/// A lead's time zone as stored (`None`, or a name that no longer parses: the sequence's zone
+/// applies).
+pub fn lead_zone(name: Option<&str>) -> Option<Tz> {
+    name.and_then(|t| t.parse::<Tz>().ok())
+}
+
 /// Reads `timezone`, `send_window` and `end_date` columns of a sequence row.
 pub fn rules_from_row(row: &sqlx::postgres::PgRow) -> Result<Rules, StoreError> {
     let window: Option<serde_json::Value> = row.try_get("send_window")?;
@@ -141,22 +219,71 @@ fn step_from_row(row: &sqlx::postgres::PgRow) -> Result<StepSpec, StoreError> {
     })
 }
 
-/// The first live step after `position` (use 0 for the first step).
+/// The next live step, in the sequence's order *now*: the first live step placed after `after`
+/// (the first step of all for `None`) that `target`'s generation has no run of yet. Steps are
+/// identified by id; positions only order them. A deleted step keeps the place it had among
+/// the live steps when it was deleted (see the edit), so what followed it still follows it.
 pub async fn step_after(
     conn: &mut PgConnection,
-    sequence: Uuid,
-    position: i32,
+    target: &Target,
+    after: Option<Uuid>,
 ) -> Result<Option<StepSpec>, StoreError> {
     let row = sqlx::query(
-        "SELECT id, position, timing, end_date FROM sequence_steps
-         WHERE sequence_id = $1 AND position > $2 AND deleted_at IS NULL
-         ORDER BY position LIMIT 1",
+        "SELECT st.id, st.position, st.timing, st.end_date FROM sequence_steps st
+         WHERE st.sequence_id = $1 AND st.deleted_at IS NULL
+           AND st.position > COALESCE((SELECT position FROM sequence_steps WHERE id = $2), 0)
+           AND NOT EXISTS (SELECT 1 FROM step_runs r WHERE r.enrollment_id = $3
+                           AND r.generation = $4 AND r.step_id = st.id)
+         ORDER BY st.position LIMIT 1",
     )
-    .bind(sequence)
-    .bind(position)
+    .bind(target.sequence)
+    .bind(after)
+    .bind(target.enrollment)
+    .bind(target.generation)
     .fetch_optional(conn)
     .await?;
     row.as_ref().map(step_from_row).transpose()
+}
+
+/// The serialization rule for everything built from a sequence's steps, triggers or rules.
+///
+/// Readers (the scheduler's claim, the sender's record, ingest, enrollment, the sweep) take this
+/// `FOR KEY SHARE` lock on the sequence rows *before* reading steps, in its own statement, so
+/// what they read afterwards is the committed state. Writers (edit, resume, pause, delete)
+/// take `FOR UPDATE` on the row (`lock_status` in the api) for their whole transaction. The two
+/// conflict, so a reader either finished before the edit began, or starts after it committed
+/// and sees it: once an edit returns, nothing built from the old steps can be created.
+/// `FOR KEY SHARE` does not conflict with plain `UPDATE`s of the row, nor with other readers.
+/// Locks are taken in id order; returns the ids that exist.
+pub async fn lock_sequences(
+    conn: &mut PgConnection,
+    sequences: &[Uuid],
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM sequences WHERE id = ANY($1) ORDER BY id FOR KEY SHARE")
+            .bind(sequences)
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+/// Marks a run SKIPPED with `reason` and ends its enrollment (COMPLETED, with the reason): what
+/// happens to a step that can no longer go out in time.
+pub async fn skip_and_end(
+    conn: &mut PgConnection,
+    run: Uuid,
+    enrollment: Uuid,
+    reason: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE step_runs SET state = 'SKIPPED', last_error = $2, updated_at = now() WHERE id = $1",
+    )
+    .bind(run)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    end_enrollment(conn, enrollment, "COMPLETED", reason).await?;
+    Ok(())
 }
 
 /// Whose step run to create.
@@ -216,14 +343,15 @@ pub async fn schedule_step(
     Ok(())
 }
 
-/// Schedules the live step after `position`, or completes the enrollment when there is none.
+/// Schedules the live step that now follows `after` (see [`step_after`]), or completes the
+/// enrollment when there is none. The caller holds [`lock_sequences`] (or the writer's lock).
 pub async fn advance(
     conn: &mut PgConnection,
     target: Target,
-    position: i32,
+    after: Uuid,
     anchor: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    match step_after(conn, target.sequence, position).await? {
+    match step_after(conn, &target, Some(after)).await? {
         Some(step) => {
             schedule_step(conn, target, &step, anchor, None).await?;
         }
@@ -279,6 +407,37 @@ mod tests {
             }),
             end_date: end.map(|e| e.parse().unwrap()),
         }
+    }
+
+    #[test]
+    fn the_pacer_fills_minutes_up_to_the_rate_and_continues_at_the_next_opening() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        // Monday 09:00–10:00 UTC only; resumed on Sunday: everything starts at Monday 09:00.
+        let r = rules(None);
+        let valid = |at| window::next_valid(at, r.window.as_ref(), chrono_tz::UTC);
+        let mut pacer = Pacer::new(Some(10));
+        let placed: Vec<_> = (0..25)
+            .map(|_| pacer.place(t("2026-01-18T12:00:00Z"), valid))
+            .collect();
+        assert_eq!(placed[0], t("2026-01-19T09:00:00Z"));
+        assert_eq!(placed[9], t("2026-01-19T09:00:00Z"));
+        assert_eq!(placed[10], t("2026-01-19T09:01:00Z"));
+        assert_eq!(placed[24], t("2026-01-19T09:02:00Z"));
+        // A backlog bigger than the window: 60 minutes × 2 fit, the rest go a week later.
+        let mut pacer = Pacer::new(Some(2));
+        let placed: Vec<_> = (0..125)
+            .map(|_| pacer.place(t("2026-01-19T09:00:00Z"), valid))
+            .collect();
+        assert!(placed[..120].iter().all(|p| *p < t("2026-01-19T10:00:00Z")));
+        assert_eq!(placed[119], t("2026-01-19T09:59:00Z"));
+        assert_eq!(placed[120], t("2026-01-26T09:00:00Z"));
+        assert_eq!(placed[124], t("2026-01-26T09:02:00Z"));
+        // No rate: only the window moves a time.
+        let mut pacer = Pacer::new(None);
+        assert_eq!(
+            pacer.place(t("2026-01-19T09:30:10Z"), valid),
+            t("2026-01-19T09:30:10Z")
+        );
     }
 
     #[test]

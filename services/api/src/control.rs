@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use pulse_shared::{
-    domain::validate,
+    domain::{validate, window},
     enroll,
     http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, MaybeJson},
     model::{
@@ -60,31 +60,40 @@ pub(crate) async fn audit(
 }
 
 /// Which in-flight sends to wait for.
-enum Scope {
+pub(crate) enum Scope {
     Sequence(Uuid),
     Enrollment(Uuid),
+    /// Some steps of one sequence.
+    Steps(Uuid, Vec<Uuid>),
 }
 
 /// Waits until no recent SENDING claim remains in `scope`, for at most `timeout`. Returns how
 /// many were still in flight at the end (claims older than `timeout` belong to dead workers and
-/// are not waited for).
-async fn wait_in_flight(db: &PgPool, scope: Scope, timeout: Duration) -> Result<i64, ApiError> {
-    let (sql, id) = match scope {
-        Scope::Sequence(id) => (
-            "SELECT count(*) FROM send_ledger WHERE sequence_id = $1 AND state = 'SENDING'
-               AND claimed_at > now() - make_interval(secs => $2)",
-            id,
-        ),
-        Scope::Enrollment(id) => (
-            "SELECT count(*) FROM send_ledger WHERE enrollment_id = $1 AND state = 'SENDING'
-               AND claimed_at > now() - make_interval(secs => $2)",
-            id,
+/// are not waited for). `claimed_at` is when the claim row was written (`clock_timestamp()`),
+/// after any lock wait of the claim, so a claim that waited behind this action is counted.
+pub(crate) async fn wait_in_flight(
+    db: &PgPool,
+    scope: Scope,
+    timeout: Duration,
+) -> Result<i64, ApiError> {
+    let (filter, one, many) = match scope {
+        Scope::Sequence(id) => ("sequence_id = $1", Some(id), Vec::new()),
+        Scope::Enrollment(id) => ("enrollment_id = $1", Some(id), Vec::new()),
+        Scope::Steps(sequence, ids) => (
+            "sequence_id = $1 AND step_id = ANY($2)",
+            Some(sequence),
+            ids,
         ),
     };
+    let sql = format!(
+        "SELECT count(*) FROM send_ledger WHERE {filter} AND state = 'SENDING'
+           AND claimed_at > now() - make_interval(secs => $3)"
+    );
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let n: i64 = sqlx::query_scalar(sql)
-            .bind(id)
+        let n: i64 = sqlx::query_scalar(&sql)
+            .bind(one)
+            .bind(&many)
             .bind(timeout.as_secs_f64())
             .fetch_one(db)
             .await?;
@@ -95,7 +104,7 @@ async fn wait_in_flight(db: &PgPool, scope: Scope, timeout: Duration) -> Result<
     }
 }
 
-fn in_flight_warning(n: i64, timeout: Duration) -> Option<String> {
+pub(crate) fn in_flight_warning(n: i64, timeout: Duration) -> Option<String> {
     (n > 0).then(|| {
         format!(
             "{n} send(s) claimed before this call were still waiting for the mail server after \
@@ -205,7 +214,7 @@ async fn resume_plan(
     let rules = schedule::rules_from_row(&seq)?;
     let rate: Option<i32> = seq.get("max_sends_per_minute");
     let rows = sqlx::query(
-        "SELECT sr.id, sr.enrollment_id, sr.position, sr.due_at, l.email, l.timezone AS lead_tz,
+        "SELECT sr.id, sr.enrollment_id, st.position, sr.due_at, l.email, l.timezone AS lead_tz,
                 st.end_date AS step_end
          FROM step_runs sr
          JOIN enrollments e ON e.id = sr.enrollment_id
@@ -218,19 +227,18 @@ async fn resume_plan(
     .fetch_all(&mut *conn)
     .await?;
     let mut items = Vec::with_capacity(rows.len());
-    let mut overdue = 0i64;
+    // The backlog goes out at the next valid times, no minute over the rate: each send is
+    // moved into its lead's window first, then to the first minute there with room.
+    let mut pacer = schedule::Pacer::new(rate);
     for row in &rows {
         let due: DateTime<Utc> = row.get("due_at");
+        let lead_tz = schedule::lead_zone(row.get("lead_tz"));
         let base = if due <= now {
-            let spread = rate.map_or(0, |r| overdue / i64::from(r.max(1)));
-            overdue += 1;
-            now + chrono::Duration::minutes(spread)
+            let zone = lead_tz.unwrap_or(rules.timezone);
+            pacer.place(now, |t| window::next_valid(t, rules.window.as_ref(), zone))
         } else {
             due
         };
-        let lead_tz = row
-            .get::<Option<String>, _>("lead_tz")
-            .and_then(|t| t.parse::<chrono_tz::Tz>().ok());
         let position: i32 = row.get("position");
         let planned = schedule::plan(base, &rules, lead_tz, position, row.get("step_end"));
         let (outcome, send_at, reason) = match planned {
@@ -330,18 +338,10 @@ pub async fn resume(
                     (None, reason) => {
                         skipped += 1;
                         let reason = reason.as_deref().unwrap_or("end date passed");
-                        sqlx::query(
-                            "UPDATE step_runs SET state = 'SKIPPED', last_error = $2, updated_at = now()
-                             WHERE id = $1",
-                        )
-                        .bind(item.step_run_id)
-                        .bind(reason)
-                        .execute(&mut *tx)
-                        .await?;
-                        schedule::end_enrollment(
+                        schedule::skip_and_end(
                             &mut tx,
+                            item.step_run_id,
                             item.enrollment_id,
-                            enrollment_status::COMPLETED,
                             reason,
                         )
                         .await?;
@@ -499,7 +499,10 @@ pub async fn cancel(
         }
     }
     tx.commit().await?;
-    wait_in_flight(&state.db, Scope::Enrollment(id), state.drain_timeout).await?;
+    let left = wait_in_flight(&state.db, Scope::Enrollment(id), state.drain_timeout).await?;
+    if left > 0 {
+        tracing::warn!(enrollment = %id, in_flight = left, "cancel returned with a send claimed before it still waiting for the mail server");
+    }
     tracing::info!(enrollment = %id, actor = %auth.actor, "enrollment cancelled");
     Ok(Json(
         crate::enrollments::fetch(&state.db, auth.workspace, id).await?,

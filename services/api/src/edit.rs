@@ -7,13 +7,24 @@
 //!   recomputed from its anchor (the previous send, or the enrollment for step 1) under the new
 //!   rules; one whose new time passes an end date is skipped and its enrollment ends. Step runs
 //!   waiting on a retry keep their retry time.
-//! * **Deleted step**: its SCHEDULED runs are SKIPPED and each enrollment moves on to the first
-//!   live step after the furthest step it has been through (or completes).
+//! * **Deleted step**: its runs not yet claimed by a sender (SCHEDULED, or QUEUED and still in
+//!   RabbitMQ) are SKIPPED and each of those enrollments moves on to the live step that now
+//!   follows the deleted one (or completes). Sends of it already claimed are waited for before
+//!   the call returns, so none goes out afterwards. A deleted step keeps its place among the
+//!   live steps (just after the step that preceded it), so an enrollment whose send of it was
+//!   in flight continues with the step that followed it.
 //! * **Reorder**: an enrollment waiting on a step keeps waiting on it; after it, it continues
-//!   with whatever step follows in the new order. Steps moved before it are not sent to it.
+//!   with whatever step follows in the new order. Steps moved before it are not sent to it, nor
+//!   is a step it already went through.
 //! * **Added step**: enrollments reach it when they get to its position; completed enrollments
 //!   do not (re-enroll them if they should).
 //! * **Triggers**: future events only.
+//!
+//! Steps are identified by id, never by position: a step run names its step, and what follows
+//! a step is read from the order at the moment an enrollment advances (`schedule::advance`).
+//! The edit holds the sequence row `FOR UPDATE` for its whole transaction; everything that
+//! reads steps, triggers or rules to build work takes `schedule::lock_sequences` first, so once
+//! the edit returns nothing built from the old steps can be created.
 //!
 //! Edits are refused on a deleted sequence. On an ACTIVE sequence the response warns about steps
 //! already queued with the old content, and about edits the help page says to make paused.
@@ -128,6 +139,16 @@ pub async fn edit(
             }
         }
         deleted_steps = live.iter().copied().filter(|s| !kept.contains(s)).collect();
+        // A deleted step keeps its place: just after the kept step that preceded it (0 when
+        // none did), so "the step after it" is the one that followed it.
+        let mut place = 0;
+        let mut deleted_places = Vec::new();
+        for old in &before.steps {
+            match steps.iter().position(|n| n.id == Some(old.id)) {
+                Some(i) => place = i as i32 + 1,
+                None => deleted_places.push(place),
+            }
+        }
         // Free every position (moving live steps far up, out of the way of the unique index),
         // then lay the steps out in their new order.
         sqlx::query(
@@ -137,10 +158,14 @@ pub async fn edit(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE sequence_steps SET deleted_at = now() WHERE id = ANY($1)")
-            .bind(&deleted_steps)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE sequence_steps st SET deleted_at = now(), position = d.place
+             FROM UNNEST($1::uuid[], $2::int4[]) AS d(id, place) WHERE st.id = d.id",
+        )
+        .bind(&deleted_steps)
+        .bind(&deleted_places)
+        .execute(&mut *tx)
+        .await?;
         for (i, step) in steps.iter().enumerate() {
             let position = i as i32 + 1;
             match step.id {
@@ -220,6 +245,17 @@ pub async fn edit(
         }
     }
     tx.commit().await?;
+    // Sends of deleted steps claimed before the commit: the call returns once they settled, so
+    // no deleted step goes out afterwards (any later claim finds its run SKIPPED).
+    if !deleted_steps.is_empty() {
+        let left = crate::control::wait_in_flight(
+            &state.db,
+            crate::control::Scope::Steps(id, deleted_steps),
+            state.drain_timeout,
+        )
+        .await?;
+        warnings.extend(crate::control::in_flight_warning(left, state.drain_timeout));
+    }
     tracing::info!(sequence = %id, version = after.version, actor = %auth.actor, "sequence edited");
     Ok(Json(SequenceChange {
         sequence: after,
@@ -227,7 +263,13 @@ pub async fn edit(
     }))
 }
 
-/// Skips SCHEDULED runs of deleted steps and moves their enrollments on. Returns how many.
+/// Skips the runs of deleted steps that no sender has claimed (SCHEDULED, or QUEUED with the
+/// message still on its way: its claim will find the run SKIPPED and drop it), and moves each
+/// enrollment on to the step that now follows. Returns how many.
+///
+/// The runs are locked first, in their own statement: a claim in progress commits before the
+/// lock is granted, and the update, a later statement, sees its ledger row and leaves that run
+/// to its sender (the edit then waits for it).
 async fn skip_deleted(
     conn: &mut PgConnection,
     sequence: Uuid,
@@ -237,24 +279,31 @@ async fn skip_deleted(
     if deleted.is_empty() {
         return Ok(0);
     }
+    let locked: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM step_runs WHERE step_id = ANY($1) AND state IN ('SCHEDULED', 'QUEUED')
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(deleted)
+    .fetch_all(&mut *conn)
+    .await?;
     let runs = sqlx::query(
         "UPDATE step_runs sr SET state = 'SKIPPED', last_error = 'step deleted', updated_at = now()
          FROM enrollments e
-         WHERE sr.step_id = ANY($1) AND sr.state = 'SCHEDULED' AND e.id = sr.enrollment_id
-           AND e.status = 'ACTIVE'
-         RETURNING sr.workspace_id, sr.enrollment_id, sr.generation, e.lead_id",
+         WHERE sr.id = ANY($1) AND e.id = sr.enrollment_id AND e.status = 'ACTIVE'
+           AND (sr.state = 'SCHEDULED'
+                OR (sr.state = 'QUEUED' AND NOT EXISTS (
+                        SELECT 1 FROM send_ledger sl
+                        WHERE sl.step_run_id = sr.id AND sl.state = 'SENDING')))
+         RETURNING sr.workspace_id, sr.enrollment_id, sr.generation, sr.step_id, e.lead_id",
     )
-    .bind(deleted)
+    .bind(&locked)
     .fetch_all(&mut *conn)
     .await?;
     for run in &runs {
         let enrollment: Uuid = run.get("enrollment_id");
         let generation: i32 = run.get("generation");
-        // The furthest live step this enrollment has been through, and when it last sent.
-        let (reached, last_sent): (Option<i32>, Option<DateTime<Utc>>) = sqlx::query_as(
-            "SELECT max(st.position) FILTER (WHERE st.deleted_at IS NULL), max(sr.sent_at)
-             FROM step_runs sr JOIN sequence_steps st ON st.id = sr.step_id
-             WHERE sr.enrollment_id = $1 AND sr.generation = $2",
+        let last_sent: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT max(sent_at) FROM step_runs WHERE enrollment_id = $1 AND generation = $2",
         )
         .bind(enrollment)
         .bind(generation)
@@ -267,7 +316,7 @@ async fn skip_deleted(
             lead: run.get("lead_id"),
             generation,
         };
-        schedule::advance(conn, target, reached.unwrap_or(0), last_sent.unwrap_or(now)).await?;
+        schedule::advance(conn, target, run.get("step_id"), last_sent.unwrap_or(now)).await?;
     }
     Ok(runs.len() as u64)
 }
@@ -276,7 +325,7 @@ async fn skip_deleted(
 /// rules. Returns how many runs were looked at.
 async fn retime(conn: &mut PgConnection, sequence: Uuid) -> Result<u64, ApiError> {
     let runs = sqlx::query(
-        "SELECT sr.id, sr.enrollment_id, sr.generation, sr.position, st.timing, st.end_date,
+        "SELECT sr.id, sr.enrollment_id, sr.generation, st.position, st.timing, st.end_date,
                 e.lead_id, e.created_at,
                 (SELECT max(p.sent_at) FROM step_runs p
                   WHERE p.enrollment_id = sr.enrollment_id AND p.generation = sr.generation
@@ -285,7 +334,8 @@ async fn retime(conn: &mut PgConnection, sequence: Uuid) -> Result<u64, ApiError
          JOIN sequence_steps st ON st.id = sr.step_id
          JOIN enrollments e ON e.id = sr.enrollment_id
          WHERE sr.sequence_id = $1 AND sr.state = 'SCHEDULED' AND sr.attempts = 0
-           AND e.status = 'ACTIVE'",
+           AND e.status = 'ACTIVE'
+         ORDER BY sr.id FOR UPDATE OF sr",
     )
     .bind(sequence)
     .fetch_all(&mut *conn)
@@ -301,24 +351,20 @@ async fn retime(conn: &mut PgConnection, sequence: Uuid) -> Result<u64, ApiError
             .due_after(anchor)
             .map_err(|e| ApiError::Internal(e.into()))?;
         let position: i32 = run.get("position");
+        let id: Uuid = run.get("id");
         match schedule::plan(due, &rules, lead_tz, position, run.get("end_date")) {
             Planned::At(at) => {
-                sqlx::query("UPDATE step_runs SET due_at = $2, updated_at = now() WHERE id = $1")
-                    .bind(run.get::<Uuid, _>("id"))
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Planned::Expired(reason) => {
                 sqlx::query(
-                    "UPDATE step_runs SET state = 'SKIPPED', last_error = $2, updated_at = now() WHERE id = $1",
+                    "UPDATE step_runs SET due_at = $2, updated_at = now()
+                     WHERE id = $1 AND state = 'SCHEDULED'",
                 )
-                .bind(run.get::<Uuid, _>("id"))
-                .bind(&reason)
+                .bind(id)
+                .bind(at)
                 .execute(&mut *conn)
                 .await?;
-                schedule::end_enrollment(conn, run.get("enrollment_id"), "COMPLETED", &reason)
-                    .await?;
+            }
+            Planned::Expired(reason) => {
+                schedule::skip_and_end(conn, id, run.get("enrollment_id"), &reason).await?;
             }
         }
     }

@@ -342,7 +342,8 @@ impl Sequence {
 }
 
 /// ACTIVE and PAUSED sequences with a trigger any of `events` matches, locked `FOR SHARE` in id
-/// order, with their triggers, rules and first live step.
+/// order (which conflicts with an edit's `FOR UPDATE`), with their triggers, rules and first
+/// live step as committed once the lock is held.
 async fn matching_sequences(
     conn: &mut PgConnection,
     workspace: Uuid,
@@ -359,22 +360,18 @@ async fn matching_sequences(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(
+    // The lock first, in its own statement; then the triggers, rules and first step are read
+    // by a later statement, so they are the committed ones after any edit this waited for
+    // (`schedule::lock_sequences`). A sequence whose triggers an edit changed meanwhile is
+    // matched again below on what it has now.
+    let locked: Vec<Uuid> = sqlx::query_scalar(
         "WITH hit AS (
              SELECT DISTINCT t.sequence_id FROM triggers t
              WHERE t.workspace_id = $1
                AND ((t.kind = 'tag_applied' AND t.tag = ANY($2))
                  OR (t.kind = 'list_added' AND t.list = ANY($3))
                  OR (t.kind = 'lead_score' AND t.min_score <= $4)))
-         SELECT s.id, s.status, s.timezone, s.send_window, s.end_date,
-                ARRAY(SELECT t.tag FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'tag_applied') AS tags,
-                ARRAY(SELECT t.list FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'list_added') AS lists,
-                ARRAY(SELECT t.min_score FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'lead_score') AS min_scores,
-                st.id AS step_id, st.position, st.timing, st.end_date AS step_end
-         FROM sequences s
-         LEFT JOIN LATERAL (
-             SELECT id, position, timing, end_date FROM sequence_steps
-             WHERE sequence_id = s.id AND deleted_at IS NULL ORDER BY position LIMIT 1) st ON true
+         SELECT s.id FROM sequences s
          WHERE s.workspace_id = $1 AND s.status IN ('ACTIVE', 'PAUSED')
            AND s.id IN (SELECT sequence_id FROM hit)
          ORDER BY s.id
@@ -384,6 +381,25 @@ async fn matching_sequences(
     .bind(&tags)
     .bind(&lists)
     .bind(max_score)
+    .fetch_all(&mut *conn)
+    .await?;
+    if locked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "SELECT s.id, s.status, s.timezone, s.send_window, s.end_date,
+                ARRAY(SELECT t.tag FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'tag_applied') AS tags,
+                ARRAY(SELECT t.list FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'list_added') AS lists,
+                ARRAY(SELECT t.min_score FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'lead_score') AS min_scores,
+                st.id AS step_id, st.position, st.timing, st.end_date AS step_end
+         FROM sequences s
+         LEFT JOIN LATERAL (
+             SELECT id, position, timing, end_date FROM sequence_steps
+             WHERE sequence_id = s.id AND deleted_at IS NULL ORDER BY position LIMIT 1) st ON true
+         WHERE s.id = ANY($1) AND s.status IN ('ACTIVE', 'PAUSED')
+         ORDER BY s.id",
+    )
+    .bind(&locked)
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()

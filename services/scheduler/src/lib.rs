@@ -200,16 +200,19 @@ async fn finish(
 /// Locks up to `batch` due SCHEDULED runs of ACTIVE enrollments of ACTIVE sequences, oldest first
 /// (`SKIP LOCKED`), inside the caller's transaction, and returns them with what rendering needs.
 ///
-/// Three statements, each with one obvious plan whatever the table statistics say (a single
+/// Four statements, each with one obvious plan whatever the table statistics say (a single
 /// statement was seen to pick a 25,000-row scan of a freshly loaded sequence, 280 ms a claim):
 /// 1. candidates, per ACTIVE sequence from the `(sequence_id, due_at)` index, so a paused
 ///    sequence's due backlog costs nothing;
-/// 2. the lock, on `step_runs` alone by primary key; the state is re-checked on the locked row
+/// 2. the edit lock on their sequences (`FOR KEY SHARE SKIP LOCKED`, see
+///    `schedule::lock_sequences`): a sequence being edited, paused or deleted right now is
+///    left for the next claim, and the content read below is the committed one;
+/// 3. the lock, on `step_runs` alone by primary key; the state is re-checked on the locked row
 ///    (a row another scheduler holds is skipped, one changed meanwhile is re-read first);
-/// 3. the rows with their sequence, step and lead (of ACTIVE sequences and enrollments).
+/// 4. the rows with their sequence, step and lead (of ACTIVE sequences and enrollments).
 pub async fn lock_due(conn: &mut sqlx::PgConnection, batch: i64) -> Result<Due, sqlx::Error> {
-    let candidates: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT d.id FROM sequences a
+    let candidates: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT d.id, a.id FROM sequences a
          CROSS JOIN LATERAL (
              SELECT r.id, r.due_at FROM step_runs r
              WHERE r.sequence_id = a.id AND r.state = 'SCHEDULED' AND r.due_at <= now()
@@ -223,12 +226,30 @@ pub async fn lock_due(conn: &mut sqlx::PgConnection, batch: i64) -> Result<Due, 
     if candidates.is_empty() {
         return Ok(Due::default());
     }
+    let mut sequences: Vec<Uuid> = candidates.iter().map(|(_, s)| *s).collect();
+    sequences.sort_unstable();
+    sequences.dedup();
+    let open: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM sequences WHERE id = ANY($1) AND status = 'ACTIVE'
+         ORDER BY id FOR KEY SHARE SKIP LOCKED",
+    )
+    .bind(&sequences)
+    .fetch_all(&mut *conn)
+    .await?;
+    let runs: Vec<Uuid> = candidates
+        .iter()
+        .filter(|(_, s)| open.contains(s))
+        .map(|(r, _)| *r)
+        .collect();
+    if runs.is_empty() {
+        return Ok(Due::default());
+    }
     let locked: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM step_runs
          WHERE id = ANY($1) AND state = 'SCHEDULED' AND due_at <= now()
          FOR UPDATE SKIP LOCKED",
     )
-    .bind(&candidates)
+    .bind(&runs)
     .fetch_all(&mut *conn)
     .await?;
     if locked.is_empty() {
@@ -237,9 +258,10 @@ pub async fn lock_due(conn: &mut sqlx::PgConnection, batch: i64) -> Result<Due, 
     let rows = sqlx::query(
         "SELECT sr.id, sr.enrollment_id, sr.step_id, sr.generation, sr.sequence_id,
                 sr.workspace_id, sr.position, st.subject, st.body, s.sender_from, s.version,
-                s.max_sends_per_minute, s.end_date AS sequence_end, st.end_date AS step_end,
-                l.email, l.first_name, l.last_name, l.timezone, l.attributes,
-                e.status AS enrollment_status, sr.trace_parent
+                s.max_sends_per_minute, s.timezone, s.send_window, s.end_date,
+                st.end_date AS step_end, st.deleted_at IS NOT NULL AS step_deleted,
+                e.lead_id, l.email, l.first_name, l.last_name, l.timezone AS lead_tz,
+                l.attributes, e.status AS enrollment_status, sr.trace_parent
          FROM step_runs sr
          JOIN sequences s ON s.id = sr.sequence_id
          JOIN enrollments e ON e.id = sr.enrollment_id
@@ -381,15 +403,27 @@ async fn claim(
     let mut rendered = Vec::with_capacity(rows.len());
     let mut broken: Vec<(Uuid, String)> = Vec::new();
     let mut expired: Vec<(Uuid, Uuid, String)> = Vec::new();
+    let mut later: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    let mut deleted = Vec::new();
     let now = chrono::Utc::now();
     for row in &rows {
-        if let Some(reason) = past_end(row, now) {
-            expired.push((row.get("id"), row.get("enrollment_id"), reason));
+        if row.get::<bool, _>("step_deleted") {
+            deleted.push(row);
             continue;
         }
-        match render(row) {
-            Ok(r) => rendered.push(r),
-            Err(reason) => broken.push((row.get("id"), reason)),
+        // The one rule for due times, applied once more when the step is queued: a run that
+        // came due outside its send window (a pause hold, a sweep, a slow claim) waits for the
+        // next opening; one that can no longer go out before an end date is skipped.
+        match queue_time(row, now) {
+            Ok(schedule::Planned::At(at)) if at > now => later.push((row.get("id"), at)),
+            Ok(schedule::Planned::At(_)) => match render(row) {
+                Ok(r) => rendered.push(r),
+                Err(reason) => broken.push((row.get("id"), reason)),
+            },
+            Ok(schedule::Planned::Expired(reason)) => {
+                expired.push((row.get("id"), row.get("enrollment_id"), reason))
+            }
+            Err(e) => broken.push((row.get("id"), e.to_string())),
         }
     }
 
@@ -413,14 +447,22 @@ async fn claim(
     .execute(&mut *tx)
     .await?;
     for (run, enrollment, reason) in &expired {
+        schedule::skip_and_end(&mut tx, *run, *enrollment, reason).await?;
+    }
+    if !later.is_empty() {
+        let (ids, dues): (Vec<Uuid>, Vec<chrono::DateTime<chrono::Utc>>) =
+            later.iter().copied().unzip();
         sqlx::query(
-            "UPDATE step_runs SET state = 'SKIPPED', last_error = $2, updated_at = now() WHERE id = $1",
+            "UPDATE step_runs sr SET due_at = u.due, updated_at = now()
+             FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, due) WHERE sr.id = u.id",
         )
-        .bind(run)
-        .bind(reason)
+        .bind(&ids)
+        .bind(&dues)
         .execute(&mut *tx)
         .await?;
-        schedule::end_enrollment(&mut tx, *enrollment, "COMPLETED", reason).await?;
+    }
+    for row in &deleted {
+        skip_deleted_step(&mut tx, row, now).await?;
     }
     for (id, reason) in &broken {
         tracing::error!(step_run = %id, %reason, "step cannot be rendered; marking it FAILED");
@@ -436,6 +478,8 @@ async fn claim(
     metrics.claimed(rows.len(), started.elapsed().as_secs_f64());
     metrics.not_queued("expired", expired.len());
     metrics.not_queued("unrenderable", broken.len());
+    metrics.not_queued("outside_window", later.len());
+    metrics.not_queued("step_deleted", deleted.len());
     Ok(rendered)
 }
 
@@ -490,7 +534,7 @@ fn render(row: &sqlx::postgres::PgRow) -> Result<Rendered, String> {
     let email: String = row.get("email");
     let first_name: Option<String> = row.get("first_name");
     let last_name: Option<String> = row.get("last_name");
-    let timezone: Option<String> = row.get("timezone");
+    let timezone: Option<String> = row.get("lead_tz");
     let lead = LeadFields {
         email: &email,
         first_name: first_name.as_deref(),
@@ -528,25 +572,45 @@ fn render(row: &sqlx::postgres::PgRow) -> Result<Rendered, String> {
     })
 }
 
-/// Why a due step must not go out any more: its own or its sequence's end date has passed.
-fn past_end(row: &sqlx::postgres::PgRow, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
-    let position: i32 = row.get("position");
-    let ended = |col: &str| {
-        row.get::<Option<chrono::DateTime<chrono::Utc>>, _>(col)
-            .filter(|end| *end < now)
+/// When a due run may be queued, by `schedule::plan` from `now`: now, the send window's next
+/// opening, or never (an end date passes first).
+fn queue_time(
+    row: &sqlx::postgres::PgRow,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<schedule::Planned, StoreError> {
+    let rules = schedule::rules_from_row(row)?;
+    let lead_tz = schedule::lead_zone(row.try_get("lead_tz")?);
+    Ok(schedule::plan(
+        now,
+        &rules,
+        lead_tz,
+        row.try_get("position")?,
+        row.try_get("step_end")?,
+    ))
+}
+
+/// A due run of a step deleted after it was scheduled (the edit skips these itself; this heals
+/// any left behind): skipped, and its enrollment moves on to what now follows that step.
+async fn skip_deleted_step(
+    conn: &mut sqlx::PgConnection,
+    row: &sqlx::postgres::PgRow,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE step_runs SET state = 'SKIPPED', last_error = 'step deleted', updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(row.try_get::<Uuid, _>("id")?)
+    .execute(&mut *conn)
+    .await?;
+    let target = schedule::Target {
+        workspace: row.try_get("workspace_id")?,
+        sequence: row.try_get("sequence_id")?,
+        enrollment: row.try_get("enrollment_id")?,
+        lead: row.try_get("lead_id")?,
+        generation: row.try_get("generation")?,
     };
-    if let Some(end) = ended("step_end") {
-        return Some(format!(
-            "step {position} ended {} before it could be sent",
-            end.to_rfc3339()
-        ));
-    }
-    ended("sequence_end").map(|end| {
-        format!(
-            "the sequence ended {} before step {position} could be sent",
-            end.to_rfc3339()
-        )
-    })
+    schedule::advance(conn, target, row.try_get("step_id")?, now).await
 }
 
 /// Reads what the database says about the schedule into `metrics` (on each scrape of

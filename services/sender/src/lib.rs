@@ -1,12 +1,17 @@
 //! The sender role: consumes due sends from RabbitMQ and turns each into exactly one email.
 //!
-//! For each message, in this order (DESIGN.md, "The send path"):
+//! For each message, in this order (`docs/send-path.md`):
 //! 1. the Redis pause flag — paused: the step run goes back to SCHEDULED (held, not lost); and
-//!    the sequence's sending rate — over it: the step run is due again in a later minute;
-//! 2. the ledger claim — only the worker that claims the key may send it;
-//! 3. the re-check of enrollment, sequence and lead, read after the claim committed;
-//! 4. the SMTP send, with the key's deterministic Message-ID;
-//! 5. one transaction recording the outcome and scheduling the next step; then the ack.
+//!    the sequence's sending rate — over it: the step run is due again in a later minute with
+//!    room, moved into the send window;
+//! 2. a relay connection from the pool — waiting for one happens here, before the claim, so
+//!    the re-check below is never older than the send that follows it;
+//! 3. the ledger claim — only the worker that claims the key may send it, and every write that
+//!    settles the send names the claim (a claim taken over meanwhile is not overwritten);
+//! 4. the re-check of enrollment, sequence, lead and send window, read after the claim
+//!    committed;
+//! 5. the SMTP send, with the key's deterministic Message-ID;
+//! 6. one transaction recording the outcome and scheduling the next step; then the ack.
 //!
 //! Workers are stateless. The sender never delays a message by holding it unacked: a retry is a
 //! new due time in PostgreSQL. It never sends without a claim, and never releases a claim it
@@ -40,7 +45,7 @@ use pulse_shared::{
     config::SenderSettings,
     db::{self, StoreError},
     health::{Health, supervise},
-    ledger::{self, Claim, ClaimRequest, Release, Reply, SentRecord, Snapshot},
+    ledger::{self, Claim, ClaimRequest, Fence, Release, Reply, SentRecord, Settled, Snapshot},
     messaging::{self, MessagingError, SendMessage},
     metrics::{Metrics, SendOutcome},
     model::{enrollment_status, sequence_status},
@@ -144,17 +149,17 @@ struct Sent(PgPool);
 
 impl BatchOp for Sent {
     type Item = SentRecord;
-    type Output = ();
+    type Output = Settled;
     async fn many(
         &self,
         records: &[SentRecord],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    ) -> Result<Vec<Result<Settled, StoreError>>, StoreError> {
         ledger::record_sent_many(&self.0, records).await
     }
-    async fn one(&self, r: &SentRecord) -> Result<(), StoreError> {
+    async fn one(&self, r: &SentRecord) -> Result<Settled, StoreError> {
         ledger::record_sent(
             &self.0,
-            &r.key,
+            &r.fence,
             r.step_run,
             &r.reply,
             r.at,
@@ -456,12 +461,21 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         return Ok(());
     }
 
+    // The connection first: a wait for the pool must not fall between the re-check and the
+    // send (see `transport`).
+    let session = ctx.transport.connect().await;
     let request = ClaimRequest {
         step_run: run,
         key: msg.key.clone(),
     };
-    let attempts = match ctx.batches.claims.call(request).await? {
-        Claim::Claimed { attempts } => attempts,
+    let (attempts, fence) = match ctx.batches.claims.call(request).await? {
+        Claim::Claimed { attempts, claim } => (
+            attempts,
+            Fence {
+                key: msg.key.clone(),
+                claim,
+            },
+        ),
         Claim::BecameUnknown => {
             m.send(SendOutcome::Unknown);
             tracing::warn!(key = %msg.key, "a stale claim was found; its send is UNKNOWN");
@@ -482,14 +496,15 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         Err(e) => {
             // Nothing was sent: give the claim back so the next delivery can take it (retried
             // like an outcome, so a database restart does not turn it into an UNKNOWN).
-            if let Err(undo) = record_with_retries(|| ledger::unclaim(&ctx.db, &msg.key)).await {
+            if let Err(undo) = record_with_retries(|| ledger::unclaim(&ctx.db, &fence)).await {
                 tracing::warn!(key = %msg.key, error = %undo, "claim not given back; it becomes UNKNOWN after the lease");
             }
             return Err(e.into());
         }
     };
+    let now = Utc::now();
     let refusal = if snap.sequence_status == sequence_status::PAUSED {
-        Some((Release::Hold, "sequence paused".to_owned()))
+        Some((Release::Hold(None), "sequence paused".to_owned()))
     } else if snap.sequence_status != sequence_status::ACTIVE {
         Some((
             Release::Cancel,
@@ -503,16 +518,19 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     } else if snap.lead_suppressed {
         Some((Release::Skip, "lead unsubscribed or bounced".to_owned()))
     } else {
-        None
+        snap.followup
+            .window_opens_after(now)
+            .map(|opens| (Release::Hold(Some(opens)), "send window closed".to_owned()))
     };
     if let Some((how, reason)) = refusal {
-        record_with_retries(|| ledger::release(&ctx.db, &msg.key, run, how, &reason)).await?;
-        m.send(if how == Release::Hold {
-            SendOutcome::HeldByPause
-        } else {
-            SendOutcome::Released
+        let settled =
+            record_with_retries(|| ledger::release(&ctx.db, &fence, run, how, &reason)).await?;
+        m.send(match how {
+            Release::Hold(None) => SendOutcome::HeldByPause,
+            Release::Hold(Some(_)) => SendOutcome::HeldByWindow,
+            _ => SendOutcome::Released,
         });
-        tracing::info!(key = %msg.key, %reason, "send released unsent");
+        tracing::info!(key = %msg.key, %reason, ?settled, "send released unsent");
         return Ok(());
     }
 
@@ -526,56 +544,64 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         message_id: snap.message_id,
     };
     let started = Instant::now();
-    let answer = ctx
-        .transport
+    let answer = session
         .send(&mail)
         .instrument(tracing::info_span!("smtp"))
         .await;
     m.smtp_answered(started.elapsed().as_secs_f64());
-    match answer {
+    let (settled, outcome) = match answer {
         Ok(reply) => {
             #[cfg(feature = "failpoints")]
             failpoints::crash_after_smtp();
             let sent = SentRecord {
-                key: msg.key.clone(),
+                fence: fence.clone(),
                 step_run: run,
                 reply: reply.clone(),
                 at: Utc::now(),
                 followup,
             };
-            record_with_retries(|| ctx.batches.sent.call(sent.clone())).await?;
-            m.send(SendOutcome::Sent);
+            let settled = record_with_retries(|| ctx.batches.sent.call(sent.clone())).await?;
             tracing::info!(key = %msg.key, code = ?reply.code, "sent");
+            (settled, SendOutcome::Sent)
         }
         Err(SendError::Transient(reply)) if attempts < ctx.settings.max_attempts => {
             let wait = backoff(&ctx.settings, attempts);
             let retry_at = Utc::now() + wait;
-            record_with_retries(|| {
-                ledger::record_deferred(&ctx.db, &msg.key, run, &reply, retry_at)
+            let settled = record_with_retries(|| {
+                ledger::record_deferred(&ctx.db, &fence, run, &reply, retry_at)
             })
             .await?;
-            m.send(SendOutcome::Retried);
             tracing::warn!(key = %msg.key, attempts, retry_in_s = wait.num_seconds(), reply = %reply.text, "send deferred");
+            (settled, SendOutcome::Retried)
         }
         Err(SendError::Transient(reply)) => {
             let reply = Reply {
                 code: reply.code,
                 text: format!("gave up after {attempts} attempts: {}", reply.text),
             };
-            record_with_retries(|| ledger::record_failed(&ctx.db, &msg.key, run, &reply)).await?;
-            m.send(SendOutcome::Failed);
+            let settled =
+                record_with_retries(|| ledger::record_failed(&ctx.db, &fence, run, &reply)).await?;
             tracing::warn!(key = %msg.key, attempts, reply = %reply.text, "send failed");
+            (settled, SendOutcome::Failed)
         }
         Err(SendError::Unknown(reply)) => {
-            record_with_retries(|| ledger::record_unknown(&ctx.db, &msg.key, run, &reply)).await?;
-            m.send(SendOutcome::Unknown);
+            let settled =
+                record_with_retries(|| ledger::record_unknown(&ctx.db, &fence, run, &reply))
+                    .await?;
             tracing::warn!(key = %msg.key, reply = %reply.text, "send outcome unknown; left for an operator");
+            (settled, SendOutcome::Unknown)
         }
         Err(SendError::Permanent(reply)) => {
-            record_with_retries(|| ledger::record_failed(&ctx.db, &msg.key, run, &reply)).await?;
-            m.send(SendOutcome::Failed);
+            let settled =
+                record_with_retries(|| ledger::record_failed(&ctx.db, &fence, run, &reply)).await?;
             tracing::warn!(key = %msg.key, reply = %reply.text, "send failed permanently");
+            (settled, SendOutcome::Failed)
         }
+    };
+    m.send(outcome);
+    if settled == Settled::ClaimLost {
+        m.claim_conflict();
+        tracing::warn!(key = %msg.key, ?outcome, "the claim expired and was taken over before this outcome was recorded; it changed nothing");
     }
     Ok(())
 }
@@ -583,16 +609,16 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
 /// Recording an outcome after the relay answered is the one write that must not be lost to a
 /// passing database error, so it is retried for a while before giving up (the claim then stays
 /// SENDING and becomes UNKNOWN after the lease).
-async fn record_with_retries<F, Fut>(mut write: F) -> Result<(), StoreError>
+async fn record_with_retries<T, F, Fut>(mut write: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     let mut delay = Duration::from_millis(100);
     let mut tries = 0;
     loop {
         match write().await {
-            Ok(()) => return Ok(()),
+            Ok(done) => return Ok(done),
             Err(e) if tries < 8 => {
                 tries += 1;
                 tracing::warn!(error = %e, tries, "recording a send outcome failed; retrying");

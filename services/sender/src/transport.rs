@@ -8,6 +8,12 @@
 //! (`AsyncSmtpConnection::connect_with_transport`), keeping its own small pool of connections.
 //! It drives the SMTP phases itself (lettre's `command` and `message`) so that it knows whether
 //! a failure happened before the message body was sent (nothing went out) or after (unknown).
+//!
+//! A send takes its connection first ([`Transport::connect`]) and only then claims the ledger
+//! key and re-checks the enrollment: the wait for a free connection (unbounded when the relay
+//! is slow and many sends queue for the pool) happens before the re-check, never between the
+//! re-check and the wire, so a pause or cancel that returned is never overtaken by a send that
+//! was still waiting for a connection.
 
 use std::{
     sync::Arc,
@@ -25,7 +31,7 @@ use lettre::{
 };
 use pulse_shared::{ledger::Reply, smtp_url::SmtpUrl};
 use sqlx::PgPool;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 /// One email, ready to go.
@@ -76,11 +82,68 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Takes what one send needs: a pooled relay connection (waiting for a free one), or the
+    /// capture outbox. A connection that cannot be opened is reported by [`Session::send`], so
+    /// the caller classifies it like any other failure.
+    pub async fn connect(&self) -> Session {
+        match self {
+            Transport::Smtp(pool) => Session::Smtp(pool.clone().checkout().await),
+            Transport::Capture(db) => Session::Capture(db.clone()),
+        }
+    }
+
+    /// Connects and sends one message.
     pub async fn send(&self, mail: &Outgoing) -> Result<Reply, SendError> {
+        self.connect().await.send(mail).await
+    }
+}
+
+/// A connection held for one send. Dropped unused, it goes back to the pool.
+pub enum Session {
+    Smtp(Result<Connection, SendError>),
+    Capture(PgPool),
+}
+
+impl Session {
+    pub async fn send(self, mail: &Outgoing) -> Result<Reply, SendError> {
         let message = build(mail)?;
         match self {
-            Transport::Smtp(pool) => pool.send(&message).await,
-            Transport::Capture(db) => capture(db, mail, &message).await,
+            Session::Smtp(conn) => conn?.send(&message).await,
+            Session::Capture(db) => capture(&db, mail, &message).await,
+        }
+    }
+}
+
+/// A pooled SMTP connection and its pool permit; back to the pool's idle list when dropped,
+/// unless it broke.
+pub struct Connection {
+    pool: Arc<SmtpPool>,
+    conn: Option<AsyncSmtpConnection>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn send(mut self, message: &Message) -> Result<Reply, SendError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(SendError::transient("SMTP connection already used"));
+        };
+        let result = self.pool.transact(conn, message).await;
+        if result.is_err()
+            && let Some(mut conn) = self.conn.take()
+        {
+            conn.abort().await;
+        }
+        result
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && !conn.has_broken()
+            && let Ok(mut idle) = self.pool.idle.lock()
+        {
+            idle.push((conn, Instant::now()));
         }
     }
 }
@@ -134,8 +197,8 @@ pub struct SmtpPool {
     relay: SmtpUrl,
     hello: ClientId,
     timeout: Duration,
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
-    permits: Semaphore,
+    idle: std::sync::Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    permits: Arc<Semaphore>,
 }
 
 impl SmtpPool {
@@ -144,8 +207,8 @@ impl SmtpPool {
             relay,
             hello: ClientId::default(),
             timeout,
-            idle: Mutex::new(Vec::new()),
-            permits: Semaphore::new(size),
+            idle: std::sync::Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(size)),
         }
     }
 
@@ -171,30 +234,30 @@ impl SmtpPool {
     /// since relays close idle connections and a send must not fail for that.
     async fn take_idle(&self) -> Option<AsyncSmtpConnection> {
         loop {
-            let (mut conn, since) = self.idle.lock().await.pop()?;
+            let (mut conn, since) = self.idle.lock().ok()?.pop()?;
             if since.elapsed() < IDLE_PROBE_AFTER || conn.test_connected().await {
                 return Some(conn);
             }
         }
     }
 
-    async fn send(&self, message: &Message) -> Result<Reply, SendError> {
-        let _permit = self
+    /// Waits for a free place in the pool, then takes an idle connection or opens one.
+    async fn checkout(self: Arc<Self>) -> Result<Connection, SendError> {
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| SendError::transient("SMTP pool closed"))?;
-        let mut conn = match self.take_idle().await {
+        let conn = match self.take_idle().await {
             Some(conn) => conn,
             None => self.connect().await?,
         };
-        let result = self.transact(&mut conn, message).await;
-        if result.is_ok() && !conn.has_broken() {
-            self.idle.lock().await.push((conn, Instant::now()));
-        } else {
-            conn.abort().await;
-        }
-        result
+        Ok(Connection {
+            pool: self,
+            conn: Some(conn),
+            _permit: permit,
+        })
     }
 
     /// One SMTP transaction, phase by phase, so that a failure is classified by what the relay

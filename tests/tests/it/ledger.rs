@@ -7,7 +7,7 @@ use pulse_shared::{
     ledger::{self, Claim, Reply},
     pause::{Gate, PauseFlags},
 };
-use pulse_tests::{TestEnv, sequence_body};
+use pulse_tests::{TestEnv, count, sequence_body};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -48,6 +48,34 @@ const QUEUE_IT: &str = "UPDATE step_runs SET state = 'QUEUED', subject = 's', bo
 
 const LEASE: Duration = Duration::from_secs(600);
 
+/// A claim without its id, to compare outcomes.
+fn plain(c: Claim) -> Claim {
+    match c {
+        Claim::Claimed { attempts, .. } => claimed(attempts),
+        other => other,
+    }
+}
+
+fn claimed(attempts: i32) -> Claim {
+    Claim::Claimed {
+        attempts,
+        claim: Uuid::nil(),
+    }
+}
+
+/// The fence of the claim that holds `key` now.
+async fn fence_of(db: &sqlx::PgPool, key: &str) -> anyhow::Result<ledger::Fence> {
+    let claim: Uuid =
+        sqlx::query_scalar("SELECT claim_id FROM send_ledger WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_one(db)
+            .await?;
+    Ok(ledger::Fence {
+        key: key.to_owned(),
+        claim,
+    })
+}
+
 #[tokio::test]
 async fn claim_waits_for_the_scheduler_commit() -> anyhow::Result<()> {
     let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
@@ -67,7 +95,7 @@ async fn claim_waits_for_the_scheduler_commit() -> anyhow::Result<()> {
         "the claim must wait for the scheduler's transaction"
     );
     scheduler.commit().await?;
-    assert_eq!(claim.await??, Claim::Claimed { attempts: 1 });
+    assert_eq!(plain(claim.await??), claimed(1));
 
     // A scheduler that crashed before committing: the claim sees SCHEDULED and takes nothing.
     let (db2, run2) = (env.db.clone(), run);
@@ -153,7 +181,10 @@ async fn a_key_is_claimed_once_and_settles() -> anyhow::Result<()> {
         code: Some(250),
         text: "ok".into(),
     };
-    ledger::record_sent(&env.db, &key, run, &reply, chrono::Utc::now(), None).await?;
+    let fence = fence_of(&env.db, &key).await?;
+    let settled =
+        ledger::record_sent(&env.db, &fence, run, &reply, chrono::Utc::now(), None).await?;
+    assert_eq!(settled, ledger::Settled::Recorded);
     assert_eq!(
         ledger::claim(&env.db, run, &key, LEASE).await?,
         Claim::Settled {
@@ -187,8 +218,8 @@ async fn a_stale_claim_becomes_unknown_and_a_deferred_one_is_retaken() -> anyhow
     let (_, run, key) = one_run(&env).await?;
     sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
     assert_eq!(
-        ledger::claim(&env.db, run, &key, LEASE).await?,
-        Claim::Claimed { attempts: 1 }
+        plain(ledger::claim(&env.db, run, &key, LEASE).await?),
+        claimed(1)
     );
 
     // A transient failure: DEFERRED, step run due again later; the next claim takes it over.
@@ -196,7 +227,9 @@ async fn a_stale_claim_becomes_unknown_and_a_deferred_one_is_retaken() -> anyhow
         code: Some(451),
         text: "try later".into(),
     };
-    ledger::record_deferred(&env.db, &key, run, &reply, chrono::Utc::now()).await?;
+    let fence = fence_of(&env.db, &key).await?;
+    let settled = ledger::record_deferred(&env.db, &fence, run, &reply, chrono::Utc::now()).await?;
+    assert_eq!(settled, ledger::Settled::Recorded);
     let (state, attempts): (String, i32) =
         sqlx::query_as("SELECT state, attempts FROM step_runs WHERE id = $1")
             .bind(run)
@@ -205,8 +238,8 @@ async fn a_stale_claim_becomes_unknown_and_a_deferred_one_is_retaken() -> anyhow
     assert_eq!((state.as_str(), attempts), ("SCHEDULED", 1));
     sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
     assert_eq!(
-        ledger::claim(&env.db, run, &key, LEASE).await?,
-        Claim::Claimed { attempts: 2 }
+        plain(ledger::claim(&env.db, run, &key, LEASE).await?),
+        claimed(2)
     );
 
     // The worker dies mid-send: after the lease the claim is UNKNOWN, never resent.
@@ -363,16 +396,17 @@ async fn recording_a_send_follows_an_edit_made_while_it_was_in_flight() -> anyho
         sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
         let key = ledger::idempotency_key(*enrollment, *step, 1);
         assert_eq!(
-            ledger::claim(&env.db, *run, &key, LEASE).await?,
-            Claim::Claimed { attempts: 1 }
+            plain(ledger::claim(&env.db, *run, &key, LEASE).await?),
+            claimed(1)
         );
         snaps.push((*run, key, ledger::snapshot(&env.db, *run).await?));
     }
     // runs are ordered edited@, fast@.
     let (run, key, snap) = &snaps[1];
-    ledger::record_sent(
+    let fence = fence_of(&env.db, key).await?;
+    let _recorded = ledger::record_sent(
         &env.db,
-        key,
+        &fence,
         *run,
         &reply,
         chrono::Utc::now(),
@@ -398,9 +432,10 @@ async fn recording_a_send_follows_an_edit_made_while_it_was_in_flight() -> anyho
         .await?;
     assert_eq!(status, 200);
     let (run, key, snap) = &snaps[0];
-    ledger::record_sent(
+    let fence = fence_of(&env.db, key).await?;
+    let _recorded = ledger::record_sent(
         &env.db,
-        key,
+        &fence,
         *run,
         &reply,
         chrono::Utc::now(),
@@ -464,14 +499,15 @@ async fn batched_claims_snapshots_and_records_answer_like_single_ones() -> anyho
     let claims = ledger::claim_many(&env.db, &[req(0), req(1), req(0), req(2), req(3)], LEASE)
         .await?
         .into_iter()
+        .map(|c| c.map(plain))
         .collect::<Result<Vec<_>, _>>()?;
     assert_eq!(
         claims,
         [
-            Claim::Claimed { attempts: 1 },
-            Claim::Claimed { attempts: 1 },
+            claimed(1),
+            claimed(1),
             Claim::InFlight,
-            Claim::Claimed { attempts: 1 },
+            claimed(1),
             Claim::StaleMessage,
         ]
     );
@@ -492,7 +528,7 @@ async fn batched_claims_snapshots_and_records_answer_like_single_ones() -> anyho
     assert!(!claim.is_finished(), "the batch must wait for the commit");
     scheduler.commit().await?;
     for c in claim.await?? {
-        assert_eq!(c?, Claim::Claimed { attempts: 1 });
+        assert_eq!(plain(c?), claimed(1));
     }
 
     // Snapshots come back in the order asked, and a missing run is an error of its own.
@@ -532,9 +568,13 @@ async fn batched_claims_snapshots_and_records_answer_like_single_ones() -> anyho
     assert_eq!(status, 200);
     let fresh_e = ledger::snapshot(&env.db, runs[4].0).await?;
     let now = chrono::Utc::now();
+    let mut fences = Vec::new();
+    for i in 0..5 {
+        fences.push(fence_of(&env.db, &req(i).key).await?);
+    }
     let records: Vec<_> = (0..5)
         .map(|i| ledger::SentRecord {
-            key: req(i).key,
+            fence: fences[i].clone(),
             step_run: runs[i].0,
             reply: Reply {
                 code: Some(250),
@@ -549,7 +589,7 @@ async fn batched_claims_snapshots_and_records_answer_like_single_ones() -> anyho
         })
         .collect();
     for r in ledger::record_sent_many(&env.db, &records).await? {
-        r?;
+        assert_eq!(r?, ledger::Settled::Recorded);
     }
     // Every send is SENT, and each lead's step B is scheduled once, timed by the edit (3 days)
     // whether it went through the one-statement path (e) or the recomputing one (a..d).
@@ -570,5 +610,117 @@ async fn batched_claims_snapshots_and_records_answer_like_single_ones() -> anyho
             "due {due}: not timed by the edit"
         );
     }
+    env.stop().await
+}
+
+#[tokio::test]
+async fn a_late_writer_after_a_lease_expiry_changes_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
+    let (_, run, key) = one_run(&env).await?;
+    let workspace = pulse_shared::db::DEFAULT_WORKSPACE;
+    sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
+    let Claim::Claimed { claim: first, .. } = ledger::claim(&env.db, run, &key, LEASE).await?
+    else {
+        anyhow::bail!("the first worker must claim");
+    };
+    let late = ledger::Fence {
+        key: key.clone(),
+        claim: first,
+    };
+    // The first worker stalls past the lease: its claim becomes UNKNOWN, an operator resends,
+    // and a second worker claims the key again.
+    sqlx::query("UPDATE send_ledger SET claimed_at = now() - interval '1 hour'")
+        .execute(&env.db)
+        .await?;
+    let swept = ledger::sweep(&env.db, LEASE, LEASE).await?;
+    assert_eq!(swept.unknown, 1);
+    let resolved = ledger::resolve(
+        &env.db,
+        workspace,
+        &key,
+        ledger::Resolution::Resend,
+        "operator: resend",
+    )
+    .await?;
+    assert!(resolved.is_some());
+    sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
+    let Claim::Claimed {
+        claim: second,
+        attempts: 2,
+    } = ledger::claim(&env.db, run, &key, LEASE).await?
+    else {
+        anyhow::bail!("the second worker must claim");
+    };
+    assert_ne!(first, second);
+    let state = || async {
+        let row: (String, Option<Uuid>, String) = sqlx::query_as(
+            "SELECT sl.state, sl.claim_id, sr.state FROM send_ledger sl
+             JOIN step_runs sr ON sr.id = sl.step_run_id WHERE sl.idempotency_key = $1",
+        )
+        .bind(&key)
+        .fetch_one(&env.db)
+        .await?;
+        anyhow::Ok(row)
+    };
+    let before = state().await?;
+    assert_eq!(
+        before,
+        ("SENDING".to_owned(), Some(second), "QUEUED".to_owned())
+    );
+
+    // Every write the late first worker could make is refused, and changes nothing.
+    let reply = Reply {
+        code: Some(250),
+        text: "late".into(),
+    };
+    let now = chrono::Utc::now();
+    use ledger::Settled::ClaimLost;
+    assert_eq!(
+        ledger::record_sent(&env.db, &late, run, &reply, now, None).await?,
+        ClaimLost
+    );
+    let snap = ledger::snapshot(&env.db, run).await?;
+    assert_eq!(
+        ledger::record_sent(&env.db, &late, run, &reply, now, Some(&snap.followup)).await?,
+        ClaimLost
+    );
+    assert_eq!(
+        ledger::record_deferred(&env.db, &late, run, &reply, now).await?,
+        ClaimLost
+    );
+    assert_eq!(
+        ledger::record_failed(&env.db, &late, run, &reply).await?,
+        ClaimLost
+    );
+    assert_eq!(
+        ledger::record_unknown(&env.db, &late, run, &reply).await?,
+        ClaimLost
+    );
+    assert_eq!(
+        ledger::release(&env.db, &late, run, ledger::Release::Cancel, "late").await?,
+        ClaimLost
+    );
+    assert_eq!(ledger::unclaim(&env.db, &late).await?, ClaimLost);
+    assert_eq!(state().await?, before, "the late writer changed nothing");
+    assert_eq!(
+        count(
+            &env.db,
+            "SELECT count(*) FROM step_runs WHERE state = 'SCHEDULED'"
+        )
+        .await?,
+        0,
+        "no next step was scheduled by the late writer"
+    );
+
+    // The owner's record applies.
+    let owner = ledger::Fence {
+        key: key.clone(),
+        claim: second,
+    };
+    assert_eq!(
+        ledger::record_sent(&env.db, &owner, run, &reply, now, Some(&snap.followup)).await?,
+        ledger::Settled::Recorded
+    );
+    assert_eq!(state().await?.0, "SENT");
     env.stop().await
 }

@@ -9,3 +9,4 @@ mod ingest;
 mod ledger;
 mod observability;
 mod send_path;
+mod traffic;
