@@ -50,11 +50,14 @@ fmt:
 bench-smtp:
 	cargo run --release -q -p pulse-tests --bin smtp_bench -- 2000 8
 
-## The chaos suite: roles as separate processes, faults injected in rounds, every send classified.
+## The chaos suite: roles as separate processes, faults injected in rounds, every send classified;
+## then the model-based test of taking control (tests/tests/it/model.rs) for MODEL_CASES cases.
 CHAOS_ARGS ?= --rounds 20
+MODEL_CASES ?= 200
 chaos: services
 	CARGO_TARGET_DIR=target/chaos cargo build --release -q -p pulse --features failpoints
 	CARGO_TARGET_DIR=target/chaos cargo run --release -q -p pulse-tests --bin chaos -- $(CHAOS_ARGS)
+	PULSE_MODEL_CASES=$(MODEL_CASES) cargo test -p pulse-tests --test it model -- --nocapture
 
 ## Throughput and latency against what the machine allows, measured in the same run (release).
 BENCH_ARGS ?=

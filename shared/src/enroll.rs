@@ -1,4 +1,4 @@
-//! Leads and enrollments: the dedupe rules of DESIGN.md. Owns lead upserts, enrolling a lead in
+//! Leads and enrollments: the dedupe rules of `docs/architecture.md`. Owns lead upserts, enrolling a lead in
 //! a sequence (one ACTIVE enrollment per sequence and lead, enforced by a partial unique index),
 //! and scheduling an enrollment's first step. Used by ingest (triggers) and the api (manual).
 //! It never decides *whether* a trigger matches; callers pass the sequence.

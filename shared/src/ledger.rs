@@ -1,5 +1,5 @@
 //! The send ledger: one row per idempotency key `(enrollment, step, generation)`, the
-//! server-side record of what actually went out. Owns the ledger protocol of DESIGN.md:
+//! server-side record of what actually went out. Owns the ledger protocol of `docs/send-path.md`:
 //!
 //! 1. `claim` — insert the key as SENDING (or take over a DEFERRED one). Commits on its own,
 //!    *before* the sender re-checks the enrollment, so a pause or cancel that commits first is
@@ -273,6 +273,8 @@ pub async fn resolve(
     let run: Uuid = row.get("step_run_id");
     match how {
         Resolution::Sent => {
+            // The edit lock before any write: the next step is read below.
+            schedule::lock_sequences(&mut tx, &[row.get("sequence_id")]).await?;
             sqlx::query(
                 "UPDATE send_ledger SET state = 'SENT', sent_at = claimed_at, smtp_reply = $2,
                      updated_at = now() WHERE idempotency_key = $1",
@@ -293,7 +295,6 @@ pub async fn resolve(
             .fetch_one(&mut *tx)
             .await?;
             if sent.get::<String, _>("status") == enrollment_status::ACTIVE {
-                schedule::lock_sequences(&mut tx, &[sent.get("sequence_id")]).await?;
                 let target = Target {
                     workspace: sent.get("workspace_id"),
                     sequence: sent.get("sequence_id"),

@@ -302,8 +302,11 @@ async fn skip_deleted(
     for run in &runs {
         let enrollment: Uuid = run.get("enrollment_id");
         let generation: i32 = run.get("generation");
-        let last_sent: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT max(sent_at) FROM step_runs WHERE enrollment_id = $1 AND generation = $2",
+        // Timed from its anchor, as a retime would: the last send, else the enrollment.
+        let anchor: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT COALESCE(
+                 (SELECT max(sent_at) FROM step_runs WHERE enrollment_id = $1 AND generation = $2),
+                 (SELECT created_at FROM enrollments WHERE id = $1))",
         )
         .bind(enrollment)
         .bind(generation)
@@ -316,7 +319,7 @@ async fn skip_deleted(
             lead: run.get("lead_id"),
             generation,
         };
-        schedule::advance(conn, target, run.get("step_id"), last_sent.unwrap_or(now)).await?;
+        schedule::advance(conn, target, run.get("step_id"), anchor.unwrap_or(now)).await?;
     }
     Ok(runs.len() as u64)
 }

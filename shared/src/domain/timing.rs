@@ -1,4 +1,4 @@
-//! When a step is due. Owns the timing rules of DESIGN.md ("Timing rules"): `immediately`,
+//! When a step is due. Owns the timing rules of `docs/send-path.md` ("Timing"): `immediately`,
 //! `delay` counted from the previous send, and absolute `on_date`. Pure functions only: this
 //! module never reads the clock or the database; callers pass the times in.
 

@@ -7,6 +7,7 @@ mod faults;
 mod hub;
 mod ingest;
 mod ledger;
+mod model;
 mod observability;
 mod send_path;
 mod traffic;
