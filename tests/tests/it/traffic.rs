@@ -84,39 +84,46 @@ async fn enrollment_of(env: &TestEnv, email: &str) -> anyhow::Result<(String, Op
     .await?)
 }
 
-#[tokio::test]
-async fn deleting_an_earlier_step_keeps_every_later_one() -> anyhow::Result<()> {
-    let (env, smtp) = start(|_| {}).await?;
-    let seq = env
-        .create_sequence(sequence_body(
-            "Del",
-            &[
-                ("A", "a", json!({"type": "immediately"})),
-                ("B", "b", json!({"type": "delay", "delay": "PT1S"})),
-                ("C", "c", json!({"type": "delay", "delay": "PT3S"})),
-                ("D", "d", json!({"type": "delay", "delay": "PT1S"})),
-            ],
-            "t",
-        ))
-        .await?;
-    let (status, _) = env.post("/v1/events", events("del", 1)).await?;
-    assert_eq!(status, 200);
-    let lead = "del0@example.com";
-    smtp.wait_for(2, Duration::from_secs(15)).await?;
-    // The lead got A and B and waits on C: delete A.
-    patch_steps(
-        &env,
-        &seq,
-        json!([keep(&seq, "B"), keep(&seq, "C"), keep(&seq, "D")]),
-    )
-    .await?;
+/// One lead goes through `steps` (tag "t", lead `{name}0@example.com`); once the relay has its
+/// first `before` mails, the steps are replaced by what `edit` makes of the sequence. Returns
+/// the lead's subjects and its enrollment (status, end reason) once the enrollment ended.
+async fn one_lead_through_an_edit(
+    env: &TestEnv,
+    smtp: &SmtpServer,
+    name: &str,
+    steps: &[(&str, &str, Value)],
+    before: usize,
+    edit: impl FnOnce(&Value) -> Value,
+) -> anyhow::Result<(Vec<String>, (String, Option<String>))> {
+    let seq = env.create_sequence(sequence_body(name, steps, "t")).await?;
+    let (status, _) = env.post("/v1/events", events(name, 1)).await?;
+    anyhow::ensure!(status == 200);
+    let lead = format!("{name}0@example.com");
+    smtp.wait_for(before, Duration::from_secs(15)).await?;
+    patch_steps(env, &seq, edit(&seq)).await?;
     eventually(Duration::from_secs(20), "the enrollment to end", || async {
-        let (status, _) = enrollment_of(&env, lead).await?;
+        let (status, _) = enrollment_of(env, &lead).await?;
         Ok((status != "ACTIVE").then_some(()))
     })
     .await?;
-    assert_eq!(subjects_to(&smtp, lead), ["A", "B", "C", "D"]);
-    let (status, reason) = enrollment_of(&env, lead).await?;
+    Ok((subjects_to(smtp, &lead), enrollment_of(env, &lead).await?))
+}
+
+#[tokio::test]
+async fn deleting_an_earlier_step_keeps_every_later_one() -> anyhow::Result<()> {
+    let (env, smtp) = start(|_| {}).await?;
+    let steps = [
+        ("A", "a", json!({"type": "immediately"})),
+        ("B", "b", json!({"type": "delay", "delay": "PT1S"})),
+        ("C", "c", json!({"type": "delay", "delay": "PT3S"})),
+        ("D", "d", json!({"type": "delay", "delay": "PT1S"})),
+    ];
+    // The lead got A and B and waits on C: delete A.
+    let (got, (status, reason)) = one_lead_through_an_edit(&env, &smtp, "del", &steps, 2, |seq| {
+        json!([keep(seq, "B"), keep(seq, "C"), keep(seq, "D")])
+    })
+    .await?;
+    assert_eq!(got, ["A", "B", "C", "D"]);
     assert_eq!(
         (status.as_str(), reason.as_deref()),
         ("COMPLETED", Some("all steps sent"))
@@ -127,34 +134,18 @@ async fn deleting_an_earlier_step_keeps_every_later_one() -> anyhow::Result<()> 
 #[tokio::test]
 async fn adding_a_step_in_front_never_stalls_an_enrollment() -> anyhow::Result<()> {
     let (env, smtp) = start(|_| {}).await?;
-    let seq = env
-        .create_sequence(sequence_body(
-            "Add",
-            &[
-                ("A", "a", json!({"type": "immediately"})),
-                ("B", "b", json!({"type": "delay", "delay": "PT2S"})),
-            ],
-            "t",
-        ))
-        .await?;
-    env.post("/v1/events", events("add", 1)).await?;
-    let lead = "add0@example.com";
-    smtp.wait_for(1, Duration::from_secs(15)).await?;
-    patch_steps(
-        &env,
-        &seq,
+    let steps = [
+        ("A", "a", json!({"type": "immediately"})),
+        ("B", "b", json!({"type": "delay", "delay": "PT2S"})),
+    ];
+    let (got, (status, _)) = one_lead_through_an_edit(&env, &smtp, "add", &steps, 1, |seq| {
         json!([{"subject": "Z", "body": "z", "timing": {"type": "immediately"}},
-               keep(&seq, "A"), keep(&seq, "B")]),
-    )
-    .await?;
-    eventually(Duration::from_secs(20), "the enrollment to end", || async {
-        let (status, _) = enrollment_of(&env, lead).await?;
-        Ok((status != "ACTIVE").then_some(()))
+               keep(seq, "A"), keep(seq, "B")])
     })
     .await?;
     // Z was placed before where the lead was: it is not sent to it; nothing stalls.
-    assert_eq!(subjects_to(&smtp, lead), ["A", "B"]);
-    assert_eq!(enrollment_of(&env, lead).await?.0, "COMPLETED");
+    assert_eq!(got, ["A", "B"]);
+    assert_eq!(status, "COMPLETED");
     // A lead enrolled now starts with Z.
     env.post("/v1/events", events("new", 1)).await?;
     smtp.wait_for(3, Duration::from_secs(15)).await?;
@@ -170,33 +161,17 @@ async fn adding_a_step_in_front_never_stalls_an_enrollment() -> anyhow::Result<(
 #[tokio::test]
 async fn a_reorder_never_sends_a_step_twice_nor_skips_one_still_ahead() -> anyhow::Result<()> {
     let (env, smtp) = start(|_| {}).await?;
-    let seq = env
-        .create_sequence(sequence_body(
-            "Ord",
-            &[
-                ("A", "a", json!({"type": "immediately"})),
-                ("B", "b", json!({"type": "delay", "delay": "PT2S"})),
-                ("C", "c", json!({"type": "delay", "delay": "PT1S"})),
-            ],
-            "t",
-        ))
-        .await?;
-    env.post("/v1/events", events("ord", 1)).await?;
-    let lead = "ord0@example.com";
-    smtp.wait_for(1, Duration::from_secs(15)).await?;
+    let steps = [
+        ("A", "a", json!({"type": "immediately"})),
+        ("B", "b", json!({"type": "delay", "delay": "PT2S"})),
+        ("C", "c", json!({"type": "delay", "delay": "PT1S"})),
+    ];
     // Waiting on B: move A after B. After B comes A (already sent: not again), then C.
-    patch_steps(
-        &env,
-        &seq,
-        json!([keep(&seq, "B"), keep(&seq, "A"), keep(&seq, "C")]),
-    )
-    .await?;
-    eventually(Duration::from_secs(20), "the enrollment to end", || async {
-        let (status, _) = enrollment_of(&env, lead).await?;
-        Ok((status != "ACTIVE").then_some(()))
+    let (got, _) = one_lead_through_an_edit(&env, &smtp, "ord", &steps, 1, |seq| {
+        json!([keep(seq, "B"), keep(seq, "A"), keep(seq, "C")])
     })
     .await?;
-    assert_eq!(subjects_to(&smtp, lead), ["A", "B", "C"]);
+    assert_eq!(got, ["A", "B", "C"]);
     env.stop().await
 }
 
