@@ -68,6 +68,8 @@ pub enum SendOutcome {
     RateLimited,
     /// The send window closed before it went out: due at the next opening.
     HeldByWindow,
+    /// No relay connection freed up in time after the claim: given back, due again shortly.
+    PoolBusy,
     /// The key was already settled (a redelivery or a second copy): not sent again.
     DuplicateSuppressed,
     /// Unsent because the sequence, enrollment or lead changed after queueing.
@@ -77,13 +79,14 @@ pub enum SendOutcome {
 }
 
 impl SendOutcome {
-    pub const ALL: [SendOutcome; 9] = [
+    pub const ALL: [SendOutcome; 10] = [
         Self::Sent,
         Self::Failed,
         Self::Retried,
         Self::HeldByPause,
         Self::RateLimited,
         Self::HeldByWindow,
+        Self::PoolBusy,
         Self::DuplicateSuppressed,
         Self::Released,
         Self::Unknown,
@@ -97,6 +100,7 @@ impl SendOutcome {
             Self::HeldByPause => "held_by_pause",
             Self::RateLimited => "rate_limited",
             Self::HeldByWindow => "held_by_window",
+            Self::PoolBusy => "pool_busy",
             Self::DuplicateSuppressed => "duplicate_suppressed",
             Self::Released => "released",
             Self::Unknown => "unknown",
@@ -251,7 +255,8 @@ impl Metrics {
         r.register(
             "scheduler_steps_not_queued",
             "Claimed step runs not published: expired (an end date passed), unrenderable, \
-             enrollment_ended",
+             enrollment_ended, outside_window (due again at the window's next opening), \
+             step_deleted",
             not_queued.clone(),
         );
         let claim_duration = latency();

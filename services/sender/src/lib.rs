@@ -4,12 +4,13 @@
 //! 1. the Redis pause flag — paused: the step run goes back to SCHEDULED (held, not lost); and
 //!    the sequence's sending rate — over it: the step run is due again in a later minute with
 //!    room, moved into the send window;
-//! 2. a relay connection from the pool — waiting for one happens here, before the claim, so
-//!    the re-check below is never older than the send that follows it;
-//! 3. the ledger claim — only the worker that claims the key may send it, and every write that
+//! 2. the ledger claim — only the worker that claims the key may send it, and every write that
 //!    settles the send names the claim (a claim taken over meanwhile is not overwritten);
-//! 4. the re-check of enrollment, sequence, lead and send window, read after the claim
+//! 3. the re-check of enrollment, sequence, lead and send window, read after the claim
 //!    committed;
+//! 4. a relay connection from the pool within [`CONNECTION_WAIT`] — else the claim is given
+//!    back and the step is due again shortly, so a send never goes out long after its
+//!    re-check and a pause or cancel never waits on sends queued behind a slow relay;
 //! 5. the SMTP send, with the key's deterministic Message-ID;
 //! 6. one transaction recording the outcome and scheduling the next step; then the ack.
 //!
@@ -90,6 +91,11 @@ struct Batches {
     snapshots: Batcher<Snapshots>,
     sent: Batcher<Sent>,
 }
+
+/// How long a claimed, re-checked send may wait for a relay connection before it gives its
+/// claim back. Pause and cancel wait for claimed sends (up to the SMTP timeout + 5 s), so this
+/// plus one SMTP transaction must stay well inside that.
+pub const CONNECTION_WAIT: Duration = Duration::from_secs(2);
 
 /// Batches of one kind running at once: enough that one waiting on a row lock (a scheduler
 /// that has not committed yet) does not hold up the others.
@@ -461,9 +467,6 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         return Ok(());
     }
 
-    // The connection first: a wait for the pool must not fall between the re-check and the
-    // send (see `transport`).
-    let session = ctx.transport.connect().await;
     let request = ClaimRequest {
         step_run: run,
         key: msg.key.clone(),
@@ -534,6 +537,18 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         return Ok(());
     }
 
+    // A bounded wait for a connection keeps the re-check valid for the send (see `transport`).
+    let Some(session) = ctx.transport.connect_within(CONNECTION_WAIT).await else {
+        let retry_at = Utc::now() + chrono::Duration::seconds(1);
+        let reason = "no relay connection free in time; due again shortly";
+        let settled = record_with_retries(|| {
+            ledger::release(&ctx.db, &fence, run, Release::Hold(Some(retry_at)), reason)
+        })
+        .await?;
+        m.send(SendOutcome::PoolBusy);
+        tracing::debug!(key = %msg.key, ?settled, "{reason}");
+        return Ok(());
+    };
     let followup = snap.followup;
     let mail = Outgoing {
         workspace: msg.workspace_id,

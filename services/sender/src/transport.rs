@@ -9,11 +9,11 @@
 //! It drives the SMTP phases itself (lettre's `command` and `message`) so that it knows whether
 //! a failure happened before the message body was sent (nothing went out) or after (unknown).
 //!
-//! A send takes its connection first ([`Transport::connect`]) and only then claims the ledger
-//! key and re-checks the enrollment: the wait for a free connection (unbounded when the relay
-//! is slow and many sends queue for the pool) happens before the re-check, never between the
-//! re-check and the wire, so a pause or cancel that returned is never overtaken by a send that
-//! was still waiting for a connection.
+//! A send waits for a free connection only for a bounded time ([`Transport::connect_within`]),
+//! after its claim and re-check: the re-check stays valid for the whole send only if the send
+//! follows it promptly. A send that cannot get a connection in time gives its claim back (the
+//! sender puts the step back to SCHEDULED), so a pause or cancel never waits on, nor is
+//! overtaken by, a send queued behind a slow relay.
 
 use std::{
     sync::Arc,
@@ -82,19 +82,27 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// Takes what one send needs: a pooled relay connection (waiting for a free one), or the
-    /// capture outbox. A connection that cannot be opened is reported by [`Session::send`], so
-    /// the caller classifies it like any other failure.
-    pub async fn connect(&self) -> Session {
+    /// Takes what one send needs: a place in the relay connection pool (`None` when none
+    /// frees up within `wait`) and a pooled or new connection, or the capture outbox. A
+    /// connection that cannot be opened is reported by [`Session::send`], so the caller
+    /// classifies it like any other failure.
+    pub async fn connect_within(&self, wait: Duration) -> Option<Session> {
         match self {
-            Transport::Smtp(pool) => Session::Smtp(pool.clone().checkout().await),
-            Transport::Capture(db) => Session::Capture(db.clone()),
+            Transport::Smtp(pool) => Some(Session::Smtp(pool.clone().checkout(Some(wait)).await?)),
+            Transport::Capture(db) => Some(Session::Capture(db.clone())),
         }
     }
 
-    /// Connects and sends one message.
+    /// Connects (waiting as long as it takes) and sends one message.
     pub async fn send(&self, mail: &Outgoing) -> Result<Reply, SendError> {
-        self.connect().await.send(mail).await
+        let session = match self {
+            Transport::Smtp(pool) => match pool.clone().checkout(None).await {
+                Some(conn) => Session::Smtp(conn),
+                None => return Err(SendError::transient("SMTP pool closed")),
+            },
+            Transport::Capture(db) => Session::Capture(db.clone()),
+        };
+        session.send(mail).await
     }
 }
 
@@ -241,23 +249,32 @@ impl SmtpPool {
         }
     }
 
-    /// Waits for a free place in the pool, then takes an idle connection or opens one.
-    async fn checkout(self: Arc<Self>) -> Result<Connection, SendError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| SendError::transient("SMTP pool closed"))?;
+    /// Waits for a free place in the pool (at most `wait`, if given: `None` when none freed up),
+    /// then takes an idle connection or opens one.
+    async fn checkout(
+        self: Arc<Self>,
+        wait: Option<Duration>,
+    ) -> Option<Result<Connection, SendError>> {
+        let acquire = self.permits.clone().acquire_owned();
+        let permit = match wait {
+            Some(wait) => tokio::time::timeout(wait, acquire).await.ok()?,
+            None => acquire.await,
+        };
+        let Ok(permit) = permit else {
+            return Some(Err(SendError::transient("SMTP pool closed")));
+        };
         let conn = match self.take_idle().await {
             Some(conn) => conn,
-            None => self.connect().await?,
+            None => match self.connect().await {
+                Ok(conn) => conn,
+                Err(e) => return Some(Err(e)),
+            },
         };
-        Ok(Connection {
+        Some(Ok(Connection {
             pool: self,
             conn: Some(conn),
             _permit: permit,
-        })
+        }))
     }
 
     /// One SMTP transaction, phase by phase, so that a failure is classified by what the relay
