@@ -263,8 +263,11 @@ async fn events_during_an_edit_never_enroll_on_a_deleted_step() -> anyhow::Resul
     for p in posts {
         assert_eq!(p.await??, 200);
     }
-    smtp.wait_for(400, Duration::from_secs(60)).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually(Duration::from_secs(60), "every lead's B", || async {
+        Ok((subject_count(&smtp, "B") >= 400).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         subject_count(&smtp, "A"),
         a_at_return,
@@ -372,6 +375,9 @@ async fn pause_and_cancel_hold_against_a_relay_taking_four_seconds_a_message() -
         .post(&format!("/v1/enrollments/{enrollment}/cancel"), json!({}))
         .await?;
     assert_eq!(status, 200);
+    // A send of that lead claimed before the cancel may have gone out while the call waited
+    // for it; nothing may after the call returned.
+    let cancelled_at_return = smtp.rcpt_attempts(&waiting);
     let (status, paused) = env
         .post(&format!("/v1/sequences/{sid}/pause"), json!({}))
         .await?;
@@ -390,8 +396,8 @@ async fn pause_and_cancel_hold_against_a_relay_taking_four_seconds_a_message() -
     );
     assert_eq!(
         smtp.rcpt_attempts(&waiting),
-        0,
-        "the cancelled lead got nothing"
+        cancelled_at_return,
+        "nothing reached the cancelled lead after the cancel returned"
     );
     assert!(
         started_at_pause < 16,
@@ -411,9 +417,10 @@ async fn pause_and_cancel_hold_against_a_relay_taking_four_seconds_a_message() -
     )
     .fetch_all(&env.db)
     .await?;
+    let cancelled_unsent = usize::from(cancelled_at_return == 0);
     assert_eq!(
-        held as usize + started_at_pause,
-        15,
+        held as usize + started_at_pause + cancelled_unsent,
+        16,
         "held, not lost: {states:?}, {started_at_pause} started"
     );
     env.stop().await
