@@ -39,10 +39,73 @@ pub async fn ensure_database(database_url: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Applies every pending migration in `migrations/`.
+/// Applies every pending migration in `migrations/`, then brings stored lead addresses to
+/// their canonical form ([`canonicalize_leads`]).
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::migrate!("../migrations").run(pool).await?;
+    let found = canonicalize_leads(pool).await?;
+    if found.rewritten > 0 || !found.duplicates.is_empty() || found.invalid > 0 {
+        tracing::warn!(
+            rewritten = found.rewritten,
+            duplicates = found.duplicates.len(),
+            invalid = found.invalid,
+            "lead addresses brought to their canonical form"
+        );
+    }
+    for (kept, other) in &found.duplicates {
+        tracing::warn!(%kept, %other, "two leads share one canonical address; both are kept, the second under its old address");
+    }
     Ok(())
+}
+
+/// What [`canonicalize_leads`] found.
+#[derive(Debug, Default)]
+pub struct Canonicalized {
+    /// Leads whose stored address was rewritten to its canonical form.
+    pub rewritten: u64,
+    /// (the lead that has the canonical address, a lead whose address canonicalizes to it):
+    /// left as they are and reported.
+    pub duplicates: Vec<(Uuid, Uuid)>,
+    /// Stored addresses that no longer pass validation: left as they are.
+    pub invalid: u64,
+}
+
+/// Rewrites stored addresses that are not in canonical form (only non-ASCII ones can differ:
+/// ASCII addresses were always stored lower-cased). Idempotent and cheap once done: it reads
+/// only addresses with a non-ASCII character.
+pub async fn canonicalize_leads(pool: &PgPool) -> Result<Canonicalized, StoreError> {
+    let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT id, workspace_id, email FROM leads WHERE email ~ '[^\x01-\x7f]' ORDER BY created_at, id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut found = Canonicalized::default();
+    for (id, workspace, email) in rows {
+        let Ok(canonical) = crate::domain::validate::email(&email) else {
+            found.invalid += 1;
+            continue;
+        };
+        if canonical == email {
+            continue;
+        }
+        let holder: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM leads WHERE workspace_id = $1 AND email = $2")
+                .bind(workspace)
+                .bind(&canonical)
+                .fetch_optional(pool)
+                .await?;
+        if let Some(kept) = holder {
+            found.duplicates.push((kept, id));
+            continue;
+        }
+        sqlx::query("UPDATE leads SET email = $2, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(&canonical)
+            .execute(pool)
+            .await?;
+        found.rewritten += 1;
+    }
+    Ok(found)
 }
 
 /// The SHA-256 of an API key; only the hash is stored.

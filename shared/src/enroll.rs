@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::{
     db::StoreError,
-    domain::validate,
+    domain::{limits, validate},
     model::{LeadInput, enrollment_status, outcome},
     schedule::{self, Target},
 };
@@ -18,7 +18,10 @@ use crate::{
 /// A lead whose fields have been checked.
 #[derive(Clone, Debug)]
 pub struct ValidLead {
+    /// The canonical address: the lead's identity (see `domain::validate::address`).
     pub email: String,
+    /// The address as the caller gave it.
+    pub email_given: String,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     pub timezone: Option<String>,
@@ -45,8 +48,8 @@ impl FieldError {
 impl ValidLead {
     /// Checks `input`; `at` is the JSON path of the lead in the request, for error messages.
     pub fn parse(input: &LeadInput, at: &str) -> Result<Self, FieldError> {
-        let email =
-            validate::email(&input.email).map_err(|m| FieldError::new(format!("{at}.email"), m))?;
+        let email = validate::address(&input.email)
+            .map_err(|m| FieldError::new(format!("{at}.email"), m))?;
         let timezone = match input.timezone.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(tz) => Some(
@@ -56,18 +59,29 @@ impl ValidLead {
                     .to_owned(),
             ),
         };
-        let clean = |v: &Option<String>| {
-            v.as_deref()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
+        let clean = |v: &Option<String>, name: &str| -> Result<Option<String>, FieldError> {
+            let v = v.as_deref().map(str::trim).filter(|s| !s.is_empty());
+            if let Some(v) = v {
+                validate::text(v, limits::TEXT_BYTES)
+                    .map_err(|m| FieldError::new(format!("{at}.{name}"), m))?;
+            }
+            Ok(v.map(str::to_owned))
         };
+        let attributes = input.attributes.clone().unwrap_or_default();
+        validate::attributes(&attributes).map_err(|(key, m)| {
+            let field = match key {
+                Some(k) => format!("{at}.attributes.{k}"),
+                None => format!("{at}.attributes"),
+            };
+            FieldError::new(field, m)
+        })?;
         Ok(ValidLead {
-            email,
-            first_name: clean(&input.first_name),
-            last_name: clean(&input.last_name),
+            email: email.canonical,
+            email_given: email.given,
+            first_name: clean(&input.first_name, "first_name")?,
+            last_name: clean(&input.last_name, "last_name")?,
             timezone,
-            attributes: input.attributes.clone().unwrap_or_default(),
+            attributes,
         })
     }
 }
@@ -79,8 +93,9 @@ pub async fn upsert_lead(
     lead: &ValidLead,
 ) -> Result<Uuid, StoreError> {
     Ok(sqlx::query_scalar(
-        "INSERT INTO leads (id, workspace_id, email, first_name, last_name, timezone, attributes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO leads (id, workspace_id, email, first_name, last_name, timezone, attributes,
+                            email_given)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (workspace_id, email) DO UPDATE SET
              first_name = COALESCE(EXCLUDED.first_name, leads.first_name),
              last_name  = COALESCE(EXCLUDED.last_name, leads.last_name),
@@ -96,6 +111,7 @@ pub async fn upsert_lead(
     .bind(&lead.last_name)
     .bind(&lead.timezone)
     .bind(Value::Object(lead.attributes.clone()))
+    .bind(&lead.email_given)
     .fetch_one(conn)
     .await?)
 }

@@ -361,11 +361,25 @@ pub struct EventBatchResult {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventResult {
     pub event_id: String,
-    /// `processed`, or `duplicate_event` when this id was processed before (the original
-    /// outcome is repeated in `enrollments`).
+    /// `processed`; `duplicate_event` when this id was processed before (the original outcome
+    /// is repeated in `enrollments`); or `rejected`: the event is invalid (see `error`),
+    /// nothing of it was written and its id is not used up.
     pub status: String,
-    pub lead_id: Uuid,
+    /// The lead; `null` for a rejected event.
+    pub lead_id: Option<Uuid>,
     pub enrollments: Vec<EnrollmentOutcome>,
+    /// Why a `rejected` event was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<EventError>,
+}
+
+/// The field of a rejected event that is wrong, and why (the same as a 422's `error`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventError {
+    /// Always 422.
+    pub status: u16,
+    pub field: String,
+    pub message: String,
 }
 
 /// What an event or a manual enrollment did for one sequence.

@@ -4,7 +4,7 @@
 use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use pulse_shared::{
-    domain::{template, validate, window::SendWindow},
+    domain::{limits, template, validate, window::SendWindow},
     http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
     model::{
         CreateSequence, SenderIdentity, Sequence, SequenceList, SequenceStats, SequenceStatsList,
@@ -204,6 +204,11 @@ pub(crate) fn check_steps(steps: &[StepInput], editing: bool) -> Result<(), ApiE
         template::validate(&step.subject)
             .map_err(|m| ApiError::invalid(format!("steps[{i}].subject"), m))?;
         template::validate(&step.body)
+            .map_err(|m| ApiError::invalid(format!("steps[{i}].body"), m))?;
+        // Templates over the rendered limits can never render under them.
+        validate::text(&step.subject, limits::SUBJECT_BYTES)
+            .map_err(|m| ApiError::invalid(format!("steps[{i}].subject"), m))?;
+        validate::multiline(&step.body, limits::BODY_BYTES)
             .map_err(|m| ApiError::invalid(format!("steps[{i}].body"), m))?;
         step.timing
             .validate()

@@ -147,8 +147,9 @@ pub async fn process(
             EventResult {
                 event_id: event.id.clone(),
                 status: "processed".into(),
-                lead_id: lead,
+                lead_id: Some(lead),
                 enrollments: outcomes,
+                error: None,
             },
         );
     }
@@ -210,6 +211,8 @@ async fn upsert_leads(
 ) -> Result<HashMap<String, Lead>, StoreError> {
     #[derive(Default)]
     struct Merged {
+        /// The address as first given in this batch (kept by an existing lead).
+        given: String,
         first_name: Option<String>,
         last_name: Option<String>,
         timezone: Option<String>,
@@ -222,6 +225,9 @@ async fn upsert_leads(
     for e in events {
         let m = by_email.entry(e.lead.email.as_str()).or_default();
         let l = &e.lead;
+        if m.given.is_empty() {
+            m.given.clone_from(&l.email_given);
+        }
         if l.first_name.is_some() {
             m.first_name.clone_from(&l.first_name);
         }
@@ -244,6 +250,7 @@ async fn upsert_leads(
         return Ok(HashMap::new());
     }
     let n = by_email.len();
+    let mut givens = Vec::with_capacity(n);
     let (mut ids, mut emails, mut firsts, mut lasts, mut zones, mut attrs) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -260,6 +267,7 @@ async fn upsert_leads(
     for (email, m) in by_email {
         ids.push(Uuid::new_v4());
         emails.push(email);
+        givens.push(m.given);
         firsts.push(m.first_name);
         lasts.push(m.last_name);
         zones.push(m.timezone);
@@ -270,13 +278,14 @@ async fn upsert_leads(
     }
     let rows = sqlx::query(
         "INSERT INTO leads (id, workspace_id, email, first_name, last_name, timezone, attributes,
-                            tags, lists, score)
+                            tags, lists, score, email_given)
          SELECT u.id, $1, u.email, u.first_name, u.last_name, u.timezone, u.attributes,
                 ARRAY(SELECT jsonb_array_elements_text(u.tags)),
-                ARRAY(SELECT jsonb_array_elements_text(u.lists)), u.score
+                ARRAY(SELECT jsonb_array_elements_text(u.lists)), u.score, u.given
          FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
-                     $8::jsonb[], $9::jsonb[], $10::int4[])
-              AS u(id, email, first_name, last_name, timezone, attributes, tags, lists, score)
+                     $8::jsonb[], $9::jsonb[], $10::int4[], $11::text[])
+              AS u(id, email, first_name, last_name, timezone, attributes, tags, lists, score,
+                   given)
          ORDER BY u.email
          ON CONFLICT (workspace_id, email) DO UPDATE SET
              first_name = COALESCE(EXCLUDED.first_name, leads.first_name),
@@ -301,6 +310,7 @@ async fn upsert_leads(
     .bind(&tags)
     .bind(&lists)
     .bind(&scores)
+    .bind(&givens)
     .fetch_all(&mut *conn)
     .await?;
     rows.into_iter()

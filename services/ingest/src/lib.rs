@@ -4,19 +4,22 @@
 //! Rules it owns: an event id is processed once per workspace (a repeat gets the original
 //! outcome back); the lead is upserted and the event applied to it; the lead is enrolled in every
 //! ACTIVE sequence whose trigger matches, at most one ACTIVE enrollment per (sequence, lead);
-//! PAUSED sequences enroll nobody, and an ended enrollment is not restarted by a trigger. A batch
-//! is validated whole before anything is written, then applied in one transaction (`batch`):
-//! all of it commits or none of it does, and a retried batch is answered from the event ids.
+//! PAUSED sequences enroll nobody, and an ended enrollment is not restarted by a trigger. Each
+//! event is validated on its own: an invalid one is answered `rejected` with the field and the
+//! reason, and writes nothing (its id is not used up). The valid events of a batch are applied
+//! in one transaction (`batch`): all of them commit or none does, and a retried batch is
+//! answered from the event ids.
 //! It never sends or schedules beyond an enrollment's first step.
 
 mod batch;
 
 use axum::{Json, Router, extract::FromRef, extract::State, routing::post};
 use pulse_shared::{
+    domain::validate,
     enroll::{FieldError, ValidLead},
     http::{ApiError, ApiJson, ApiResult, Auth},
     metrics::Metrics,
-    model::{EventBatch, EventBatchResult, EventType, TriggerEvent},
+    model::{EventBatch, EventBatchResult, EventError, EventResult, EventType, TriggerEvent},
 };
 use sqlx::PgPool;
 use tracing::Instrument;
@@ -51,13 +54,15 @@ pub struct IngestApi;
 ///
 /// Each event upserts its lead and enrolls it in every ACTIVE sequence whose trigger matches.
 /// The response says, per event and sequence, whether an enrollment was created or why not.
+/// An invalid event (a bad address, a control character, a field over its limit) is answered
+/// `rejected` with the field and the reason; the other events of the batch are applied.
 #[utoipa::path(
     post, path = "/v1/events", tag = "ingest",
     request_body = EventBatch,
     responses(
         (status = 200, description = "Outcome per event", body = EventBatchResult),
         (status = 400, description = "Malformed JSON", body = pulse_shared::http::ErrorBody),
-        (status = 422, description = "An event is invalid; nothing was written", body = pulse_shared::http::ErrorBody),
+        (status = 422, description = "The batch itself is invalid (empty or too large)", body = pulse_shared::http::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -81,26 +86,63 @@ pub async fn ingest_events(
             ),
         ));
     }
-    let valid = batch
-        .events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| ValidEvent::parse(e, &format!("events[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
-    // The step runs created here carry this span's trace context to their publish and send.
-    let span = tracing::info_span!("enroll", events = valid.len());
-    let results = batch::process(&state.db, auth.workspace, &valid)
-        .instrument(span)
-        .await?;
-    for r in &results {
-        state.metrics.event(r.status != "processed");
-        if r.status == "processed" {
-            for e in &r.enrollments {
-                state.metrics.enrollment_outcome(&e.outcome);
+    let mut valid = Vec::with_capacity(batch.events.len());
+    let mut answers: Vec<Option<EventResult>> = Vec::with_capacity(batch.events.len());
+    for (i, e) in batch.events.iter().enumerate() {
+        match ValidEvent::parse(e, &format!("events[{i}]")) {
+            Ok(v) => {
+                valid.push(v);
+                answers.push(None);
             }
+            Err(err) => answers.push(Some(rejected(e, err))),
         }
     }
+    let mut processed = if valid.is_empty() {
+        Vec::new()
+    } else {
+        // The step runs created here carry this span's trace context to their publish and send.
+        let span = tracing::info_span!("enroll", events = valid.len());
+        batch::process(&state.db, auth.workspace, &valid)
+            .instrument(span)
+            .await?
+    }
+    .into_iter();
+    let mut results = Vec::with_capacity(answers.len());
+    for answer in answers {
+        let r = match answer {
+            Some(r) => r,
+            None => processed
+                .next()
+                .ok_or_else(|| ApiError::Internal("an event result is missing".into()))?,
+        };
+        match r.status.as_str() {
+            "processed" => {
+                state.metrics.event(false);
+                for e in &r.enrollments {
+                    state.metrics.enrollment_outcome(&e.outcome);
+                }
+            }
+            "duplicate_event" => state.metrics.event(true),
+            _ => {}
+        }
+        results.push(r);
+    }
     Ok(Json(EventBatchResult { results }))
+}
+
+/// The answer to an invalid event.
+fn rejected(e: &TriggerEvent, err: FieldError) -> EventResult {
+    EventResult {
+        event_id: e.id.clone(),
+        status: "rejected".into(),
+        lead_id: None,
+        enrollments: Vec::new(),
+        error: Some(EventError {
+            status: 422,
+            field: err.field,
+            message: err.message,
+        }),
+    }
 }
 
 /// What an event does to its lead.
@@ -127,10 +169,13 @@ impl ValidEvent {
                 "must be 1 to 200 characters",
             ));
         }
+        validate::no_control(id).map_err(|m| FieldError::new(format!("{at}.id"), m))?;
         let lead = ValidLead::parse(&e.lead, &format!("{at}.lead"))?;
         let text = |v: &Option<String>, name: &str| -> Result<String, FieldError> {
             match v.as_deref().map(str::trim) {
-                Some(t) if !t.is_empty() && t.len() <= 200 => Ok(t.to_owned()),
+                Some(t) if !t.is_empty() && t.len() <= 200 => validate::no_control(t)
+                    .map(|()| t.to_owned())
+                    .map_err(|m| FieldError::new(format!("{at}.{name}"), m)),
                 _ => Err(FieldError::new(
                     format!("{at}.{name}"),
                     format!("a non-empty {name} of at most 200 characters is required"),

@@ -24,7 +24,10 @@ use lapin::{
 use pulse_shared::{
     Settings,
     db::{self, StoreError},
-    domain::template::{self, LeadFields},
+    domain::{
+        limits,
+        template::{self, LeadFields},
+    },
     health::{Health, supervise},
     ledger,
     messaging::{self, MessagingError, SendMessage},
@@ -544,6 +547,20 @@ fn render(row: &sqlx::postgres::PgRow) -> Result<Rendered, String> {
     };
     let subject = template::render(row.get("subject"), &lead)?;
     let body = template::render(row.get("body"), &lead)?;
+    if subject.len() > limits::SUBJECT_BYTES {
+        return Err(format!(
+            "the rendered subject is {} bytes; the limit is {} (one header line)",
+            subject.len(),
+            limits::SUBJECT_BYTES
+        ));
+    }
+    if body.len() > limits::BODY_BYTES {
+        return Err(format!(
+            "the rendered body is {} bytes; the limit is {}",
+            body.len(),
+            limits::BODY_BYTES
+        ));
+    }
     let from_addr: String = row.get("sender_from");
     let sender = pulse_shared::domain::validate::mailbox(&from_addr)?;
     let enrollment: Uuid = row.get("enrollment_id");

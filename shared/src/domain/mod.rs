@@ -1,5 +1,6 @@
 //! Domain rules that need no I/O: timing, templates, input validation.
 
+pub mod limits;
 pub mod template;
 pub mod timing;
 pub mod validate;

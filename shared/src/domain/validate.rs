@@ -1,23 +1,170 @@
-//! Input checks shared by every entry point: email addresses, sender mailboxes, time zones.
-//! Each returns a message meant for the API caller; the caller attaches the field name.
+//! Input checks shared by every entry point: email addresses and their canonical form, text
+//! fields, attributes, sender mailboxes, time zones. Each returns a message meant for the API
+//! caller; the caller attaches the field name.
+//!
+//! Addresses are parsed by lettre (`lettre::Address`, RFC 5321/6531 syntax); what is
+//! hand-written here is only the canonical form that makes one mailbox one lead: the local part
+//! in Unicode NFC with ASCII letters lower-cased (no other case folding: RFC 6531 leaves that to
+//! the receiving domain), and the domain through IDNA/UTS-46 (`idna`), as lower-case ASCII
+//! (punycode). Quoted local parts, IP-literal domains and domains without a dot are refused:
+//! mail to them from a sequence is a mistake far more often than an internal relay.
 
 use std::str::FromStr;
 
-/// A lower-cased, syntactically valid email address.
-pub fn email(raw: &str) -> Result<String, String> {
-    let trimmed = raw.trim();
-    if trimmed.is_empty() {
+use unicode_normalization::UnicodeNormalization;
+
+use super::limits;
+
+/// An address as the caller gave it, and its canonical form (the lead's identity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Email {
+    pub given: String,
+    pub canonical: String,
+}
+
+/// Checks an address and computes its canonical form.
+pub fn address(raw: &str) -> Result<Email, String> {
+    let given = raw.trim();
+    if given.is_empty() {
         return Err("email is required".into());
     }
-    if trimmed.len() > 254 {
-        return Err("email is longer than 254 characters".into());
+    no_control(given)?;
+    if given.len() > limits::ADDRESS_BYTES {
+        return Err(format!(
+            "email is longer than {} bytes",
+            limits::ADDRESS_BYTES
+        ));
     }
-    let addr = lettre::Address::from_str(trimmed)
-        .map_err(|e| format!("{trimmed:?} is not a valid email address: {e}"))?;
-    if !addr.domain().contains('.') && addr.domain() != "localhost" {
-        return Err(format!("{trimmed:?} has no domain with a dot"));
+    let (local, domain) = given
+        .rsplit_once('@')
+        .ok_or_else(|| format!("{given:?} is not a valid email address: no @"))?;
+    if local.starts_with('"') {
+        return Err(format!("{given:?}: quoted local parts are not accepted"));
     }
-    Ok(trimmed.to_lowercase())
+    if domain.starts_with('[') {
+        return Err(format!(
+            "{given:?}: IP-literal domains are not accepted; use a domain name"
+        ));
+    }
+    let domain = idna::domain_to_ascii(domain)
+        .map_err(|_| format!("{given:?} has a domain that is not a valid domain name"))?;
+    if !domain.contains('.') {
+        return Err(format!("{given:?} has no domain with a dot"));
+    }
+    let local: String = local.nfc().collect::<String>().to_ascii_lowercase();
+    let canonical = format!("{local}@{domain}");
+    if canonical.len() > limits::ADDRESS_BYTES {
+        return Err(format!(
+            "email is longer than {} bytes",
+            limits::ADDRESS_BYTES
+        ));
+    }
+    lettre::Address::from_str(&canonical)
+        .map_err(|e| format!("{given:?} is not a valid email address: {e}"))?;
+    Ok(Email {
+        given: given.to_owned(),
+        canonical,
+    })
+}
+
+/// The canonical form of an address (see [`address`]): what leads are looked up by.
+pub fn email(raw: &str) -> Result<String, String> {
+    address(raw).map(|e| e.canonical)
+}
+
+/// Refuses control characters (NUL included: PostgreSQL cannot store it in text).
+pub fn no_control(text: &str) -> Result<(), String> {
+    match text.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "contains a control character (U+{:04X})",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A short text field: at most `max` bytes, no control characters.
+pub fn text(value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!("is longer than {max} bytes"));
+    }
+    no_control(value)
+}
+
+/// Text that may span lines (a body, an attribute value): at most `max` bytes, no control
+/// character but tab, newline and carriage return.
+pub fn multiline(value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!("is longer than {max} bytes"));
+    }
+    match value
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        Some(c) => Err(format!(
+            "contains a control character (U+{:04X})",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks a lead's attributes: at most [`limits::ATTRIBUTES`] of them and
+/// [`limits::ATTRIBUTES_BYTES`] in all, each value at most [`limits::ATTRIBUTE_VALUE_BYTES`]
+/// as JSON, and no control character in any key or string (tabs and newlines are allowed in
+/// values). The error names the attribute.
+pub fn attributes(
+    attrs: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), (Option<String>, String)> {
+    if attrs.len() > limits::ATTRIBUTES {
+        return Err((
+            None,
+            format!("at most {} attributes per lead", limits::ATTRIBUTES),
+        ));
+    }
+    let mut total = 0;
+    for (key, value) in attrs {
+        text(key, limits::TEXT_BYTES).map_err(|m| (Some(key.clone()), format!("name {m}")))?;
+        let size = serde_json::to_string(value)
+            .map(|j| j.len())
+            .unwrap_or(usize::MAX);
+        if size > limits::ATTRIBUTE_VALUE_BYTES {
+            return Err((
+                Some(key.clone()),
+                format!(
+                    "is longer than {} bytes as JSON",
+                    limits::ATTRIBUTE_VALUE_BYTES
+                ),
+            ));
+        }
+        strings_in(value).map_err(|m| (Some(key.clone()), m))?;
+        total += key.len() + size;
+    }
+    if total > limits::ATTRIBUTES_BYTES {
+        return Err((
+            None,
+            format!(
+                "attributes are longer than {} bytes in all",
+                limits::ATTRIBUTES_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// [`multiline`] for every string of a JSON value, keys included.
+fn strings_in(value: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    let check = |s: &str| multiline(s, usize::MAX);
+    match value {
+        Value::String(s) => check(s),
+        Value::Array(items) => items.iter().try_for_each(strings_in),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            check(k)?;
+            strings_in(v)
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A sender identity such as `Ada Lovelace <ada@example.com>` or a bare address.
@@ -28,6 +175,7 @@ pub fn mailbox(raw: &str) -> Result<lettre::message::Mailbox, String> {
 
 /// An IANA time zone name such as `Europe/Paris`.
 pub fn timezone(raw: &str) -> Result<chrono_tz::Tz, String> {
+    text(raw, limits::TEXT_BYTES)?;
     chrono_tz::Tz::from_str(raw.trim())
         .map_err(|_| format!("{raw:?} is not an IANA time zone name (e.g. \"Europe/Paris\")"))
 }
@@ -46,10 +194,61 @@ mod tests {
             "@example.com",
             "a b@example.com",
             "ada@example",
+            "\"a b\"@example.com",
+            "ada@[127.0.0.1]",
+            "ada\u{0}@example.com",
+            "ada@exa\u{1}mple.com",
         ] {
-            assert!(email(bad).is_err(), "{bad} accepted");
+            assert!(email(bad).is_err(), "{bad:?} accepted");
         }
         assert!(email(&format!("{}@example.com", "a".repeat(260))).is_err());
+    }
+
+    #[test]
+    fn one_mailbox_one_canonical_address() {
+        // NFC and NFD spellings of the same local part.
+        let nfc = email("jos\u{e9}@example.com").unwrap();
+        assert_eq!(email("jose\u{301}@example.com").unwrap(), nfc);
+        // A Unicode domain and its punycode.
+        let unicode = email("ada@ex\u{e4}mple.com").unwrap();
+        assert_eq!(unicode, "ada@xn--exmple-cua.com");
+        assert_eq!(email("ada@XN--EXMPLE-CUA.com").unwrap(), unicode);
+        // Only ASCII letters are lower-cased in the local part.
+        let turkish = address("\u{130}STANBUL@Example.com").unwrap();
+        assert_eq!(turkish.canonical, "\u{130}stanbul@example.com");
+        assert_eq!(turkish.given, "\u{130}STANBUL@Example.com");
+    }
+
+    #[test]
+    fn text_and_attributes() {
+        assert!(text("Ada", 10).is_ok());
+        assert!(text("Ad\u{0}a", 10).is_err());
+        assert!(text("Ada Lovelace", 5).is_err());
+        let attrs = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        assert!(
+            attributes(&attrs(
+                serde_json::json!({"plan": "pro", "note": "a\tb\nc"})
+            ))
+            .is_ok()
+        );
+        assert!(attributes(&attrs(serde_json::json!({"plan": "p\u{0}ro"}))).is_err());
+        assert!(attributes(&attrs(serde_json::json!({"p\u{0}": 1}))).is_err());
+        assert!(attributes(&attrs(serde_json::json!({"deep": [{"x": "\u{7}"}]}))).is_err());
+        let big = "x".repeat(limits::ATTRIBUTE_VALUE_BYTES);
+        assert_eq!(
+            attributes(&attrs(serde_json::json!({"big": big})))
+                .unwrap_err()
+                .0,
+            Some("big".to_owned())
+        );
+        let many: serde_json::Map<_, _> = (0..=limits::ATTRIBUTES)
+            .map(|i| (format!("k{i}"), serde_json::json!(i)))
+            .collect();
+        assert!(attributes(&many).is_err());
+        let wide: serde_json::Map<_, _> = (0..20)
+            .map(|i| (format!("k{i}"), serde_json::json!("y".repeat(4000))))
+            .collect();
+        assert!(attributes(&wide).is_err(), "over 64 KiB in all");
     }
 
     #[test]

@@ -192,8 +192,9 @@ async fn bulk_enroll(
 ) -> anyhow::Result<()> {
     sqlx::query(
         "WITH l AS (
-             INSERT INTO leads (id, workspace_id, email)
-             SELECT gen_random_uuid(), $1, $4 || '-' || i || '@example.com' FROM generate_series(0, $5 - 1) i
+             INSERT INTO leads (id, workspace_id, email, email_given)
+             SELECT gen_random_uuid(), $1, $4 || '-' || i || '@example.com', $4 || '-' || i || '@example.com'
+             FROM generate_series(0, $5 - 1) i
              RETURNING id, email),
          e AS (
              INSERT INTO enrollments (id, workspace_id, sequence_id, lead_id, source)
@@ -303,8 +304,9 @@ async fn fill(
         sqlx::query(
             "WITH r AS (SELECT i, lpad(to_hex(i), 12, '0') AS h FROM generate_series($4, $4 + $5 - 1) i),
              l AS (
-                 INSERT INTO leads (id, workspace_id, email)
-                 SELECT ('f1000000-0000-4000-8000-' || h)::uuid, $1, 'fill-' || h || '@example.com' FROM r),
+                 INSERT INTO leads (id, workspace_id, email, email_given)
+                 SELECT ('f1000000-0000-4000-8000-' || h)::uuid, $1, 'fill-' || h || '@example.com',
+                        'fill-' || h || '@example.com' FROM r),
              e AS (
                  INSERT INTO enrollments (id, workspace_id, sequence_id, lead_id, source)
                  SELECT ('f2000000-0000-4000-8000-' || h)::uuid, $1, $2, ('f1000000-0000-4000-8000-' || h)::uuid,

@@ -194,7 +194,7 @@ async fn ended_and_paused_sequences_do_not_enroll() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn a_bad_event_rejects_the_batch_with_no_partial_write() -> anyhow::Result<()> {
+async fn a_bad_event_is_rejected_alone_and_writes_nothing() -> anyhow::Result<()> {
     let env = TestEnv::start("ingest", &[Role::Api, Role::Ingest], |_| {}).await?;
     env.create_sequence(sequence_body(
         "A",
@@ -202,42 +202,109 @@ async fn a_bad_event_rejects_the_batch_with_no_partial_write() -> anyhow::Result
         "t",
     ))
     .await?;
-    let good = event("e1", "ada@example.com", "tag_applied", json!({"tag": "t"}));
-    let cases = [
+    let bad = |mutate: &dyn Fn(&mut Value)| {
+        let mut e = event("bad", "b@example.com", "tag_applied", json!({"tag": "t"}));
+        mutate(&mut e);
+        e
+    };
+    let long = "x".repeat(1025);
+    let cases: Vec<(Value, &str)> = vec![
         (
-            event("e2", "not-an-email", "tag_applied", json!({"tag": "t"})),
-            422,
+            bad(&|e| e["lead"]["email"] = json!("not-an-email")),
             "events[1].lead.email",
         ),
         (
-            event("e2", "b@example.com", "tag_applied", json!({})),
-            422,
+            bad(&|e| e["lead"]["email"] = json!("\"a b\"@example.com")),
+            "events[1].lead.email",
+        ),
+        (
+            bad(&|e| e["lead"]["email"] = json!("ada@[127.0.0.1]")),
+            "events[1].lead.email",
+        ),
+        (
+            bad(&|e| e["lead"]["email"] = json!("ada@intranet")),
+            "events[1].lead.email",
+        ),
+        (
+            bad(&|e| e["lead"]["email"] = json!("a\u{0}@example.com")),
+            "events[1].lead.email",
+        ),
+        (
+            bad(&|e| {
+                e.as_object_mut().map(|o| o.remove("tag"));
+            }),
             "events[1].tag",
         ),
+        (bad(&|e| e["list"] = json!("l")), "events[1].list"),
+        (bad(&|e| e["tag"] = json!("t\u{0}")), "events[1].tag"),
+        (bad(&|e| e["id"] = json!("")), "events[1].id"),
+        (bad(&|e| e["id"] = json!("id\u{0}")), "events[1].id"),
         (
-            event(
-                "e2",
-                "b@example.com",
-                "tag_applied",
-                json!({"tag": "t", "list": "l"}),
-            ),
-            422,
-            "events[1].list",
+            bad(&|e| e["lead"]["timezone"] = json!("Nope/Nope")),
+            "events[1].lead.timezone",
         ),
         (
-            event("e2", "b@example.com", "lead_score_changed", json!({})),
-            422,
-            "events[1].score",
+            bad(&|e| e["lead"]["first_name"] = json!("A\u{0}da")),
+            "events[1].lead.first_name",
         ),
         (
-            event("", "b@example.com", "tag_applied", json!({"tag": "t"})),
-            422,
-            "events[1].id",
+            bad(&|e| e["lead"]["last_name"] = json!(long.clone())),
+            "events[1].lead.last_name",
         ),
+        (
+            bad(&|e| e["lead"]["attributes"] = json!({"plan": "p\u{0}"})),
+            "events[1].lead.attributes.plan",
+        ),
+        (
+            bad(&|e| e["lead"]["attributes"] = json!({"big": "y".repeat(4097)})),
+            "events[1].lead.attributes.big",
+        ),
+        (
+            bad(&|e| {
+                let many: serde_json::Map<String, Value> =
+                    (0..101).map(|i| (format!("k{i}"), json!(i))).collect();
+                e["lead"]["attributes"] = Value::Object(many);
+            }),
+            "events[1].lead.attributes",
+        ),
+    ];
+    for (i, (bad, want_field)) in cases.into_iter().enumerate() {
+        let good = event(
+            &format!("good{i}"),
+            &format!("g{i}@example.com"),
+            "tag_applied",
+            json!({"tag": "t"}),
+        );
+        let (status, res) = env
+            .post("/v1/events", json!({"events": [good, bad.clone()]}))
+            .await?;
+        assert_eq!(status, 200, "{bad} -> {res}");
+        let r = &res["results"];
+        assert_eq!(r[0]["status"], "processed", "{res}");
+        assert_eq!(r[1]["status"], "rejected", "{bad} -> {res}");
+        assert_eq!(r[1]["error"]["status"], 422);
+        assert_eq!(r[1]["error"]["field"], want_field, "{bad} -> {res}");
+        assert_eq!(r[1]["lead_id"], Value::Null);
+    }
+    // Only the good events were written; the rejected id was not used up.
+    let (leads, processed): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM leads), (SELECT count(*) FROM processed_events)",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!((leads, processed), (16, 16));
+    let fixed = event("bad", "b@example.com", "tag_applied", json!({"tag": "t"}));
+    let (status, res) = env.post("/v1/events", json!({"events": [fixed]})).await?;
+    assert_eq!(
+        (status, res["results"][0]["status"].as_str()),
+        (200, Some("processed"))
+    );
+    // Malformed JSON (a type that does not exist, a score that is not a number) still refuses
+    // the whole batch: it cannot be read event by event.
+    for (bad, field) in [
         (
             event("e2", "b@example.com", "page_viewed", json!({})),
-            400,
-            "events[1].type",
+            "events[0].type",
         ),
         (
             event(
@@ -246,38 +313,12 @@ async fn a_bad_event_rejects_the_batch_with_no_partial_write() -> anyhow::Result
                 "lead_score_changed",
                 json!({"score": "high"}),
             ),
-            400,
-            "events[1].score",
+            "events[0].score",
         ),
-        (
-            {
-                let mut e = event("e2", "b@example.com", "tag_applied", json!({"tag": "t"}));
-                e["lead"]["timezone"] = json!("Nope/Nope");
-                e
-            },
-            422,
-            "events[1].lead.timezone",
-        ),
-    ];
-    for (bad, want_status, want_field) in cases {
-        let (status, err) = env
-            .post("/v1/events", json!({"events": [good.clone(), bad.clone()]}))
-            .await?;
-        assert_eq!(status, want_status, "{bad} -> {err}");
-        assert_eq!(err["error"]["field"], want_field, "{bad} -> {err}");
+    ] {
+        let (status, err) = env.post("/v1/events", json!({"events": [bad]})).await?;
+        assert_eq!((status, err["error"]["field"].as_str()), (400, Some(field)));
     }
-    let written: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM leads) + (SELECT count(*) FROM processed_events)",
-    )
-    .fetch_one(&env.db)
-    .await?;
-    assert_eq!(written, 0, "nothing from a rejected batch is written");
-    // The good event is then processed normally, not as a duplicate.
-    let (status, res) = env.post("/v1/events", json!({"events": [good]})).await?;
-    assert_eq!(
-        (status, res["results"][0]["status"].as_str()),
-        (200, Some("processed"))
-    );
 
     let (status, err) = env.post("/v1/events", json!({"events": []})).await?;
     assert_eq!(
@@ -441,5 +482,201 @@ async fn overlapping_batches_in_any_order_enroll_each_lead_once_and_merge_its_fi
         (Some("Mia"), Some("New"))
     );
     assert_eq!(tags, ["x", "t"]);
+    env.stop().await
+}
+
+#[tokio::test]
+async fn one_mailbox_is_one_lead_whatever_its_spelling() -> anyhow::Result<()> {
+    let env = TestEnv::start("ingest", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "A",
+            &[("Hi", "x", json!({"type": "immediately"}))],
+            "t",
+        ))
+        .await?;
+    let spellings = [
+        ("nfc", "jos\u{e9}@example.com"),
+        ("nfd", "jose\u{301}@example.com"),
+        ("unicode", "ada@ex\u{e4}mple.com"),
+        ("punycode", "ada@xn--exmple-cua.com"),
+        ("upper", "Ada@EX\u{c4}MPLE.com"),
+        ("turkish", "\u{130}STANBUL@example.com"),
+    ];
+    let events: Vec<Value> = spellings
+        .iter()
+        .map(|(id, email)| event(id, email, "tag_applied", json!({"tag": "t"})))
+        .collect();
+    let (status, res) = env.post("/v1/events", json!({ "events": events })).await?;
+    assert_eq!(status, 200, "{res}");
+    let r = &res["results"];
+    assert_eq!(r[0]["lead_id"], r[1]["lead_id"], "NFC and NFD: one lead");
+    assert_eq!(
+        r[2]["lead_id"], r[3]["lead_id"],
+        "Unicode and punycode: one lead"
+    );
+    assert_eq!(r[2]["lead_id"], r[4]["lead_id"], "ASCII case: one lead");
+    let outcomes: Vec<&str> = (0..6)
+        .map(|i| {
+            r[i]["enrollments"][0]["outcome"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "created",
+            "already_active",
+            "created",
+            "already_active",
+            "already_active",
+            "created"
+        ]
+    );
+    let leads: Vec<(String, String)> =
+        sqlx::query_as("SELECT email, email_given FROM leads ORDER BY created_at, email")
+            .fetch_all(&env.db)
+            .await?;
+    assert_eq!(leads.len(), 3);
+    assert!(leads.contains(&(
+        "jos\u{e9}@example.com".to_owned(),
+        "jos\u{e9}@example.com".to_owned()
+    )));
+    assert!(leads.contains(&(
+        "ada@xn--exmple-cua.com".to_owned(),
+        "ada@ex\u{e4}mple.com".to_owned()
+    )));
+    // The Turkish İ is kept: only ASCII letters are lower-cased.
+    assert!(leads.contains(&(
+        "\u{130}stanbul@example.com".to_owned(),
+        "\u{130}STANBUL@example.com".to_owned()
+    )));
+    // Look-ups by any spelling find the lead.
+    let sid = seq["id"].as_str().unwrap_or_default();
+    let (status, res) = env
+        .post(
+            &format!("/v1/sequences/{sid}/re-enroll"),
+            json!({"lead_emails": ["jose\u{301}@example.com", "ADA@ex\u{e4}mple.com"]}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(res["already_active"], 2, "{res}");
+    // Manual enrollment refuses a control character with 422, not 500.
+    let (status, res) = env
+        .post(
+            &format!("/v1/sequences/{sid}/enrollments"),
+            json!({"lead": {"email": "x@example.com", "first_name": "A\u{0}"}}),
+        )
+        .await?;
+    assert_eq!(
+        (status, res["error"]["field"].as_str()),
+        (422, Some("lead.first_name")),
+        "{res}"
+    );
+    env.stop().await
+}
+
+/// Arbitrary strings in every field an event carries: the answer is always 2xx or 4xx, and an
+/// event that is accepted is stored as sent (PostgreSQL refuses NUL: it must be caught first).
+#[test]
+fn arbitrary_input_never_causes_a_server_error() -> anyhow::Result<()> {
+    use proptest::{
+        prelude::*,
+        test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner},
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let env = rt.block_on(TestEnv::start("fuzz", &[Role::Api, Role::Ingest], |_| {}))?;
+    rt.block_on(env.create_sequence(sequence_body(
+        "F",
+        &[(
+            "Hi {{lead.first_name}}",
+            "x",
+            json!({"type": "immediately"}),
+        )],
+        "t",
+    )))?;
+    // Arbitrary Unicode, addresses that parse, and short strings rich in control characters
+    // (NUL above all), so that invalid text reaches every field of otherwise valid events.
+    let text = || {
+        prop_oneof![
+            any::<String>(),
+            "[a-z]{1,8}@[a-z]{1,8}\\.com",
+            "[a-z\\x00\\x01\\x7f\\t\\n\u{e9}\u{301}]{0,10}@[a-z]{1,6}\\.com",
+            "[a-zA-Z \\x00\\x01\\x1b\\t\u{e9}]{1,10}",
+            Just("t".to_owned()),
+        ]
+    };
+    let event = (
+        text(),
+        text(),
+        prop::option::of(text()),
+        prop::option::of(text()),
+        text(),
+        prop::collection::btree_map(text(), text(), 0..4),
+    )
+        .prop_map(|(id, email, first, zone, tag, attrs)| {
+            json!({"id": id, "type": "tag_applied", "tag": tag,
+                   "lead": {"email": email, "first_name": first, "timezone": zone,
+                            "attributes": attrs}})
+        });
+    let config = Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[22; 32]));
+    let result = runner.run(&prop::collection::vec(event, 1..6), |events| {
+        let (status, body) = rt
+            .block_on(env.post("/v1/events", json!({ "events": events })))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(
+            (200..500).contains(&status),
+            "{status} for {events:?}: {body}"
+        );
+        Ok(())
+    });
+    rt.block_on(env.stop())?;
+    result.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[tokio::test]
+async fn migrate_brings_stored_addresses_to_their_canonical_form() -> anyhow::Result<()> {
+    let env = TestEnv::start("ingest", &[Role::Api], |_| {}).await?;
+    let ws = pulse_shared::db::DEFAULT_WORKSPACE;
+    // As an older Pulse stored them: lower-cased, not normalized.
+    for (email, id) in [
+        ("jose\u{301}@example.com", 1u128),
+        ("ada@ex\u{e4}mple.com", 2),
+        ("ada@xn--exmple-cua.com", 3),
+    ] {
+        sqlx::query(
+            "INSERT INTO leads (id, workspace_id, email, email_given) VALUES ($1, $2, $3, $3)",
+        )
+        .bind(uuid::Uuid::from_u128(id))
+        .bind(ws)
+        .bind(email)
+        .execute(&env.db)
+        .await?;
+    }
+    let found = pulse_shared::db::canonicalize_leads(&env.db).await?;
+    assert_eq!(found.rewritten, 1, "{found:?}");
+    assert_eq!(
+        found.duplicates,
+        [(uuid::Uuid::from_u128(3), uuid::Uuid::from_u128(2))],
+        "the Unicode spelling of an existing punycode lead is reported, not merged"
+    );
+    let email: String = sqlx::query_scalar("SELECT email FROM leads WHERE id = $1")
+        .bind(uuid::Uuid::from_u128(1))
+        .fetch_one(&env.db)
+        .await?;
+    assert_eq!(email, "jos\u{e9}@example.com");
+    // Running it again changes nothing more.
+    let again = pulse_shared::db::canonicalize_leads(&env.db).await?;
+    assert_eq!(again.rewritten, 0);
     env.stop().await
 }
