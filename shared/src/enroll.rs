@@ -22,9 +22,11 @@ pub struct ValidLead {
     pub email: String,
     /// The address as the caller gave it.
     pub email_given: String,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub timezone: Option<String>,
+    /// For each of these: `None` keeps the stored value, `Some(None)` clears it, `Some(Some)`
+    /// sets it.
+    pub first_name: Option<Option<String>>,
+    pub last_name: Option<Option<String>>,
+    pub timezone: Option<Option<String>>,
     pub attributes: Map<String, Value>,
 }
 
@@ -50,22 +52,24 @@ impl ValidLead {
     pub fn parse(input: &LeadInput, at: &str) -> Result<Self, FieldError> {
         let email = validate::address(&input.email)
             .map_err(|m| FieldError::new(format!("{at}.email"), m))?;
-        let timezone = match input.timezone.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(tz) => Some(
+        let timezone = match supplied(&input.timezone) {
+            Some(Some(tz)) => Some(Some(
                 validate::timezone(tz)
                     .map_err(|m| FieldError::new(format!("{at}.timezone"), m))?
                     .name()
                     .to_owned(),
-            ),
+            )),
+            other => other.map(|_| None),
         };
-        let clean = |v: &Option<String>, name: &str| -> Result<Option<String>, FieldError> {
-            let v = v.as_deref().map(str::trim).filter(|s| !s.is_empty());
-            if let Some(v) = v {
+        let clean = |v: &Option<Option<String>>,
+                     name: &str|
+         -> Result<Option<Option<String>>, FieldError> {
+            let v = supplied(v);
+            if let Some(Some(v)) = v {
                 validate::text(v, limits::TEXT_BYTES)
                     .map_err(|m| FieldError::new(format!("{at}.{name}"), m))?;
             }
-            Ok(v.map(str::to_owned))
+            Ok(v.map(|v| v.map(str::to_owned)))
         };
         let attributes = input.attributes.clone().unwrap_or_default();
         validate::attributes(&attributes).map_err(|(key, m)| {
@@ -86,34 +90,53 @@ impl ValidLead {
     }
 }
 
-/// Creates the lead or updates the fields the caller supplied; returns its id.
+/// Left out: `None` (keep); `null` or blank: `Some(None)` (clear); else `Some(Some(value))`.
+fn supplied(v: &Option<Option<String>>) -> Option<Option<&str>> {
+    v.as_ref()
+        .map(|v| v.as_deref().map(str::trim).filter(|s| !s.is_empty()))
+}
+
+/// Creates the lead or updates the fields the caller supplied (a cleared field becomes null);
+/// returns its id. A changed time zone re-plans the lead's scheduled steps
+/// ([`schedule::replan_lead`]).
 pub async fn upsert_lead(
     conn: &mut PgConnection,
     workspace: Uuid,
     lead: &ValidLead,
 ) -> Result<Uuid, StoreError> {
-    Ok(sqlx::query_scalar(
-        "INSERT INTO leads (id, workspace_id, email, first_name, last_name, timezone, attributes,
+    let row = sqlx::query(
+        "WITH old AS (
+             SELECT id, timezone FROM leads WHERE workspace_id = $2 AND email = $3 FOR UPDATE)
+         INSERT INTO leads (id, workspace_id, email, first_name, last_name, timezone, attributes,
                             email_given)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (workspace_id, email) DO UPDATE SET
-             first_name = COALESCE(EXCLUDED.first_name, leads.first_name),
-             last_name  = COALESCE(EXCLUDED.last_name, leads.last_name),
-             timezone   = COALESCE(EXCLUDED.timezone, leads.timezone),
+             first_name = CASE WHEN $9 THEN EXCLUDED.first_name ELSE leads.first_name END,
+             last_name  = CASE WHEN $10 THEN EXCLUDED.last_name ELSE leads.last_name END,
+             timezone   = CASE WHEN $11 THEN EXCLUDED.timezone ELSE leads.timezone END,
              attributes = leads.attributes || EXCLUDED.attributes,
              updated_at = now()
-         RETURNING id",
+         RETURNING id, EXISTS (SELECT 1 FROM old WHERE old.timezone IS DISTINCT FROM leads.timezone)
+                   AS zone_changed",
     )
     .bind(Uuid::new_v4())
     .bind(workspace)
     .bind(&lead.email)
-    .bind(&lead.first_name)
-    .bind(&lead.last_name)
-    .bind(&lead.timezone)
+    .bind(lead.first_name.clone().flatten())
+    .bind(lead.last_name.clone().flatten())
+    .bind(lead.timezone.clone().flatten())
     .bind(Value::Object(lead.attributes.clone()))
     .bind(&lead.email_given)
-    .fetch_one(conn)
-    .await?)
+    .bind(lead.first_name.is_some())
+    .bind(lead.last_name.is_some())
+    .bind(lead.timezone.is_some())
+    .fetch_one(&mut *conn)
+    .await?;
+    let id: Uuid = row.try_get("id")?;
+    if row.try_get::<bool, _>("zone_changed")? {
+        schedule::replan_lead(conn, id).await?;
+    }
+    Ok(id)
 }
 
 /// What `enroll` did.

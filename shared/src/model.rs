@@ -307,13 +307,19 @@ pub struct SequenceStatsList {
 #[serde(deny_unknown_fields)]
 pub struct LeadInput {
     pub email: String,
-    #[serde(default)]
-    pub first_name: Option<String>,
-    #[serde(default)]
-    pub last_name: Option<String>,
-    /// IANA time zone of the lead.
-    #[serde(default)]
-    pub timezone: Option<String>,
+    /// Left out: kept as it is; `null` or empty: cleared.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub first_name: Option<Option<String>>,
+    /// Left out: kept as it is; `null` or empty: cleared.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub last_name: Option<Option<String>>,
+    /// IANA time zone of the lead. Left out: kept as it is; `null` or empty: cleared (the
+    /// sequence's zone applies). A change re-plans the lead's scheduled steps.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub timezone: Option<Option<String>>,
     /// Free-form attributes, readable in templates as `lead.attributes.<name>`.
     #[serde(default)]
     #[schema(value_type = Object)]

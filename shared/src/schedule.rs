@@ -286,6 +286,94 @@ pub async fn skip_and_end(
     Ok(())
 }
 
+/// Which SCHEDULED runs [`retime`] re-plans.
+#[derive(Clone, Copy, Debug)]
+pub enum Retime {
+    /// Every one of a sequence (its timing, window, zone or end dates changed).
+    Sequence(Uuid),
+    /// Every one of a lead, in every sequence (its time zone changed).
+    Lead(Uuid),
+}
+
+/// Re-plans SCHEDULED first-attempt runs of ACTIVE enrollments under the current steps and
+/// rules, each from its anchor (the enrollment's last send, else the enrollment), through
+/// [`plan`]: a run that can no longer go out before an end date is skipped and its enrollment
+/// ends. Runs waiting on a retry keep their retry time. The caller holds the sequence lock
+/// (an edit) or takes [`lock_sequences`] first (a lead's zone change). Returns how many runs
+/// were looked at.
+pub async fn retime(conn: &mut PgConnection, scope: Retime) -> Result<u64, StoreError> {
+    let (filter, id) = match scope {
+        Retime::Sequence(id) => ("sr.sequence_id = $1", id),
+        Retime::Lead(id) => ("e.lead_id = $1", id),
+    };
+    let runs = sqlx::query(&format!(
+        "SELECT sr.id, sr.enrollment_id, sr.sequence_id, st.position, st.timing, st.end_date,
+                e.lead_id, e.created_at,
+                (SELECT max(p.sent_at) FROM step_runs p
+                  WHERE p.enrollment_id = sr.enrollment_id AND p.generation = sr.generation
+                    AND p.state = 'SENT') AS last_sent
+         FROM step_runs sr
+         JOIN sequence_steps st ON st.id = sr.step_id
+         JOIN enrollments e ON e.id = sr.enrollment_id
+         WHERE {filter} AND sr.state = 'SCHEDULED' AND sr.attempts = 0 AND e.status = 'ACTIVE'
+         ORDER BY sr.id FOR UPDATE OF sr"
+    ))
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for run in &runs {
+        let timing: Timing = serde_json::from_value(run.try_get("timing")?)
+            .map_err(|e| corrupt("step timing", e))?;
+        let anchor: DateTime<Utc> = match run.try_get::<Option<DateTime<Utc>>, _>("last_sent")? {
+            Some(sent) => sent,
+            None => run.try_get("created_at")?,
+        };
+        let (rules, lead_tz) =
+            load_rules(conn, run.try_get("sequence_id")?, run.try_get("lead_id")?).await?;
+        let due = timing.due_after(anchor).map_err(StoreError::Corrupt)?;
+        let id: Uuid = run.try_get("id")?;
+        match plan(
+            due,
+            &rules,
+            lead_tz,
+            run.try_get("position")?,
+            run.try_get("end_date")?,
+        ) {
+            Planned::At(at) => {
+                sqlx::query(
+                    "UPDATE step_runs SET due_at = $2, updated_at = now()
+                     WHERE id = $1 AND state = 'SCHEDULED'",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Planned::Expired(reason) => {
+                skip_and_end(conn, id, run.try_get("enrollment_id")?, &reason).await?;
+            }
+        }
+    }
+    Ok(runs.len() as u64)
+}
+
+/// Re-plans a lead's scheduled steps after its time zone changed: the sequences of its ACTIVE
+/// enrollments are locked ([`lock_sequences`]), then [`retime`]. Returns how many runs were
+/// looked at.
+pub async fn replan_lead(conn: &mut PgConnection, lead: Uuid) -> Result<u64, StoreError> {
+    let sequences: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT sequence_id FROM enrollments WHERE lead_id = $1 AND status = 'ACTIVE'",
+    )
+    .bind(lead)
+    .fetch_all(&mut *conn)
+    .await?;
+    if sequences.is_empty() {
+        return Ok(0);
+    }
+    lock_sequences(conn, &sequences).await?;
+    retime(conn, Retime::Lead(lead)).await
+}
+
 /// Whose step run to create.
 #[derive(Clone, Copy, Debug)]
 pub struct Target {

@@ -34,7 +34,7 @@ use chrono::{DateTime, Utc};
 use pulse_shared::{
     http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
     model::{EditSequence, SequenceChange, SequenceVersion, VersionList, sequence_status},
-    schedule::{self, Planned, Target},
+    schedule::{self, Target},
 };
 use serde_json::json;
 use sqlx::{PgConnection, Row};
@@ -204,7 +204,7 @@ pub async fn edit(
     let rules_changed =
         timing_changed || timezone.is_some() || req.send_window.is_some() || req.end_date.is_some();
     let retimed = if rules_changed {
-        retime(&mut tx, id).await?
+        schedule::retime(&mut tx, schedule::Retime::Sequence(id)).await?
     } else {
         0
     };
@@ -320,56 +320,6 @@ async fn skip_deleted(
             generation,
         };
         schedule::advance(conn, target, run.get("step_id"), anchor.unwrap_or(now)).await?;
-    }
-    Ok(runs.len() as u64)
-}
-
-/// Recomputes every SCHEDULED first-attempt run of the sequence under its current steps and
-/// rules. Returns how many runs were looked at.
-async fn retime(conn: &mut PgConnection, sequence: Uuid) -> Result<u64, ApiError> {
-    let runs = sqlx::query(
-        "SELECT sr.id, sr.enrollment_id, sr.generation, st.position, st.timing, st.end_date,
-                e.lead_id, e.created_at,
-                (SELECT max(p.sent_at) FROM step_runs p
-                  WHERE p.enrollment_id = sr.enrollment_id AND p.generation = sr.generation
-                    AND p.state = 'SENT') AS last_sent
-         FROM step_runs sr
-         JOIN sequence_steps st ON st.id = sr.step_id
-         JOIN enrollments e ON e.id = sr.enrollment_id
-         WHERE sr.sequence_id = $1 AND sr.state = 'SCHEDULED' AND sr.attempts = 0
-           AND e.status = 'ACTIVE'
-         ORDER BY sr.id FOR UPDATE OF sr",
-    )
-    .bind(sequence)
-    .fetch_all(&mut *conn)
-    .await?;
-    for run in &runs {
-        let timing: pulse_shared::model::Timing = serde_json::from_value(run.get("timing"))
-            .map_err(|e| ApiError::Internal(Box::new(e)))?;
-        let anchor: DateTime<Utc> = run
-            .get::<Option<DateTime<Utc>>, _>("last_sent")
-            .unwrap_or_else(|| run.get("created_at"));
-        let (rules, lead_tz) = schedule::load_rules(conn, sequence, run.get("lead_id")).await?;
-        let due = timing
-            .due_after(anchor)
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let position: i32 = run.get("position");
-        let id: Uuid = run.get("id");
-        match schedule::plan(due, &rules, lead_tz, position, run.get("end_date")) {
-            Planned::At(at) => {
-                sqlx::query(
-                    "UPDATE step_runs SET due_at = $2, updated_at = now()
-                     WHERE id = $1 AND state = 'SCHEDULED'",
-                )
-                .bind(id)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            Planned::Expired(reason) => {
-                schedule::skip_and_end(conn, id, run.get("enrollment_id"), &reason).await?;
-            }
-        }
     }
     Ok(runs.len() as u64)
 }

@@ -213,9 +213,10 @@ async fn upsert_leads(
     struct Merged {
         /// The address as first given in this batch (kept by an existing lead).
         given: String,
-        first_name: Option<String>,
-        last_name: Option<String>,
-        timezone: Option<String>,
+        // None: keep; Some(None): clear; Some(Some): set (the last event that says wins).
+        first_name: Option<Option<String>>,
+        last_name: Option<Option<String>>,
+        timezone: Option<Option<String>>,
         attributes: Map<String, Value>,
         tags: Vec<String>,
         lists: Vec<String>,
@@ -228,14 +229,14 @@ async fn upsert_leads(
         if m.given.is_empty() {
             m.given.clone_from(&l.email_given);
         }
-        if l.first_name.is_some() {
-            m.first_name.clone_from(&l.first_name);
-        }
-        if l.last_name.is_some() {
-            m.last_name.clone_from(&l.last_name);
-        }
-        if l.timezone.is_some() {
-            m.timezone.clone_from(&l.timezone);
+        for (into, from) in [
+            (&mut m.first_name, &l.first_name),
+            (&mut m.last_name, &l.last_name),
+            (&mut m.timezone, &l.timezone),
+        ] {
+            if from.is_some() {
+                into.clone_from(from);
+            }
         }
         m.attributes
             .extend(l.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -251,6 +252,7 @@ async fn upsert_leads(
     }
     let n = by_email.len();
     let mut givens = Vec::with_capacity(n);
+    let mut supplied: [Vec<&str>; 3] = Default::default();
     let (mut ids, mut emails, mut firsts, mut lasts, mut zones, mut attrs) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -268,14 +270,34 @@ async fn upsert_leads(
         ids.push(Uuid::new_v4());
         emails.push(email);
         givens.push(m.given);
-        firsts.push(m.first_name);
-        lasts.push(m.last_name);
-        zones.push(m.timezone);
+        for (i, field) in [&m.first_name, &m.last_name, &m.timezone]
+            .into_iter()
+            .enumerate()
+        {
+            if field.is_some() {
+                supplied[i].push(email);
+            }
+        }
+        firsts.push(m.first_name.flatten());
+        lasts.push(m.last_name.flatten());
+        zones.push(m.timezone.flatten());
         attrs.push(Value::Object(m.attributes));
         tags.push(Value::from(m.tags));
         lists.push(Value::from(m.lists));
         scores.push(m.score);
     }
+    // The zones before this batch, with the rows locked (in email order, as the upsert would):
+    // a lead whose zone changes has its scheduled steps re-planned.
+    let zones_before: HashMap<String, Option<String>> = sqlx::query_as(
+        "SELECT email, timezone FROM leads WHERE workspace_id = $1 AND email = ANY($2)
+         ORDER BY email FOR UPDATE",
+    )
+    .bind(workspace)
+    .bind(&emails)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
     let rows = sqlx::query(
         "INSERT INTO leads (id, workspace_id, email, first_name, last_name, timezone, attributes,
                             tags, lists, score, email_given)
@@ -288,9 +310,12 @@ async fn upsert_leads(
                    given)
          ORDER BY u.email
          ON CONFLICT (workspace_id, email) DO UPDATE SET
-             first_name = COALESCE(EXCLUDED.first_name, leads.first_name),
-             last_name  = COALESCE(EXCLUDED.last_name, leads.last_name),
-             timezone   = COALESCE(EXCLUDED.timezone, leads.timezone),
+             first_name = CASE WHEN EXCLUDED.email = ANY($12) THEN EXCLUDED.first_name
+                               ELSE leads.first_name END,
+             last_name  = CASE WHEN EXCLUDED.email = ANY($13) THEN EXCLUDED.last_name
+                               ELSE leads.last_name END,
+             timezone   = CASE WHEN EXCLUDED.email = ANY($14) THEN EXCLUDED.timezone
+                               ELSE leads.timezone END,
              attributes = leads.attributes || EXCLUDED.attributes,
              tags = leads.tags || ARRAY(SELECT t FROM unnest(EXCLUDED.tags) WITH ORDINALITY AS x(t, o)
                                         WHERE NOT (t = ANY(leads.tags)) ORDER BY o),
@@ -311,22 +336,26 @@ async fn upsert_leads(
     .bind(&lists)
     .bind(&scores)
     .bind(&givens)
+    .bind(&supplied[0])
+    .bind(&supplied[1])
+    .bind(&supplied[2])
     .fetch_all(&mut *conn)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            let timezone = r
-                .try_get::<Option<String>, _>("timezone")?
-                .and_then(|t| t.parse::<chrono_tz::Tz>().ok());
-            Ok((
-                r.try_get("email")?,
-                Lead {
-                    id: r.try_get("id")?,
-                    timezone,
-                },
-            ))
-        })
-        .collect()
+    let mut leads = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let email: String = r.try_get("email")?;
+        let zone: Option<String> = r.try_get("timezone")?;
+        let id: Uuid = r.try_get("id")?;
+        if zones_before
+            .get(&email)
+            .is_some_and(|before| *before != zone)
+        {
+            schedule::replan_lead(conn, id).await?;
+        }
+        let timezone = schedule::lead_zone(zone.as_deref());
+        leads.insert(email, Lead { id, timezone });
+    }
+    Ok(leads)
 }
 
 /// A sequence one of the batch's events can match, with what it needs to start an enrollment.

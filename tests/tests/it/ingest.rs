@@ -680,3 +680,76 @@ async fn migrate_brings_stored_addresses_to_their_canonical_form() -> anyhow::Re
     assert_eq!(again.rewritten, 0);
     env.stop().await
 }
+
+#[tokio::test]
+async fn null_clears_a_field_omission_keeps_it_and_a_new_zone_replans() -> anyhow::Result<()> {
+    let env = TestEnv::start("ingest", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let mut body = sequence_body(
+        "Z",
+        &[("Later", "x", json!({"type": "delay", "delay": "P1D"}))],
+        "t",
+    );
+    body["send_window"] = json!({"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                                 "start": "09:00", "end": "13:00"});
+    env.create_sequence(body).await?;
+    let lead = |id: &str, fields: Value| {
+        let mut e = json!({"id": id, "type": "tag_applied", "tag": "t",
+                           "lead": {"email": "kiri@example.com"}});
+        if let (Some(l), Some(f)) = (e["lead"].as_object_mut(), fields.as_object()) {
+            l.extend(f.clone());
+        }
+        e
+    };
+    let read = || async {
+        let row: (Option<String>, Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT first_name, last_name, timezone FROM leads WHERE email = 'kiri@example.com'",
+        )
+        .fetch_one(&env.db)
+        .await?;
+        anyhow::Ok(row)
+    };
+    env.post(
+        "/v1/events",
+        json!({"events": [lead("1", json!({"first_name": "Ada", "last_name": "L"}))]}),
+    )
+    .await?;
+    // Left out: kept. null: cleared. Empty: cleared.
+    env.post("/v1/events", json!({"events": [lead("2", json!({}))]}))
+        .await?;
+    assert_eq!(read().await?, (Some("Ada".into()), Some("L".into()), None));
+    env.post(
+        "/v1/events",
+        json!({"events": [lead("3", json!({"first_name": null, "last_name": ""}))]}),
+    )
+    .await?;
+    assert_eq!(read().await?, (None, None, None));
+
+    // Enrolled with no zone: due in the window in UTC. The zone learned now re-plans it into
+    // the window in the lead's zone (UTC+14: the two windows never overlap).
+    let due_local = || async {
+        let due: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT due_at FROM step_runs WHERE state = 'SCHEDULED'")
+                .fetch_one(&env.db)
+                .await?;
+        anyhow::Ok(
+            due.with_timezone(&chrono_tz::Pacific::Kiritimati)
+                .format("%H:%M")
+                .to_string(),
+        )
+    };
+    let before = due_local().await?;
+    assert!(!("09:00".."13:00").contains(&before.as_str()), "{before}");
+    env.post(
+        "/v1/events",
+        json!({"events": [lead("4", json!({"timezone": "Pacific/Kiritimati"}))]}),
+    )
+    .await?;
+    let after = due_local().await?;
+    assert!(
+        ("09:00".."13:00").contains(&after.as_str()),
+        "due at {after} in the lead's zone"
+    );
+    // The zone is stored as given.
+    assert_eq!(read().await?.2.as_deref(), Some("Pacific/Kiritimati"));
+    env.stop().await
+}
