@@ -369,7 +369,9 @@ pub struct EventResult {
     pub event_id: String,
     /// `processed`; `duplicate_event` when this id was processed before (the original outcome
     /// is repeated in `enrollments`); or `rejected`: the event is invalid (see `error`),
-    /// nothing of it was written and its id is not used up.
+    /// nothing of it was written and its id is not used up. An id that met a paused sequence
+    /// is not used up for that sequence: sent again, it is `processed` again for the
+    /// sequences that were paused (and enrolls where they are active now).
     pub status: String,
     /// The lead; `null` for a rejected event.
     pub lead_id: Option<Uuid>,

@@ -70,15 +70,58 @@ pub async fn process(
             stored.insert(id, original);
         }
     }
-    // The events this batch processes: the first occurrence of each fresh id.
+    // The events this batch processes: the first occurrence of each fresh id, in full; and the
+    // first occurrence of an id seen before while some of its sequences were paused, for those
+    // sequences only (its id was not used up for them; its lead changes were applied then).
     let mut seen = HashSet::new();
+    let mut retry: HashMap<&str, (Uuid, HashSet<Uuid>)> = HashMap::new();
     let todo: Vec<&ValidEvent> = events
         .iter()
-        .filter(|e| fresh.contains(&e.id) && seen.insert(e.id.as_str()))
+        .filter(|e| {
+            if fresh.contains(&e.id) {
+                return seen.insert(e.id.as_str());
+            }
+            let Some(r) = stored.get(&e.id) else {
+                return false;
+            };
+            let paused: HashSet<Uuid> = r
+                .enrollments
+                .iter()
+                .filter(|o| o.outcome == outcome::SEQUENCE_PAUSED)
+                .map(|o| o.sequence_id)
+                .collect();
+            match r.lead_id {
+                Some(lead) if !paused.is_empty() && seen.insert(e.id.as_str()) => {
+                    retry.insert(e.id.as_str(), (lead, paused));
+                    true
+                }
+                _ => false,
+            }
+        })
         .collect();
 
-    // 2. Upsert every lead once, with its events' changes applied.
-    let leads = upsert_leads(&mut tx, workspace, &todo).await?;
+    // 2. Upsert every lead once, with its fresh events' changes applied; the leads of retried
+    //    events are read as they are.
+    let changes: Vec<&ValidEvent> = todo
+        .iter()
+        .copied()
+        .filter(|e| !retry.contains_key(e.id.as_str()))
+        .collect();
+    let mut leads = upsert_leads(&mut tx, workspace, &changes).await?;
+    if !retry.is_empty() {
+        let ids: Vec<Uuid> = retry.values().map(|(lead, _)| *lead).collect();
+        let rows: Vec<(Uuid, String, Option<String>)> =
+            sqlx::query_as("SELECT id, email, timezone FROM leads WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        for (id, email, zone) in rows {
+            leads.entry(email).or_insert(Lead {
+                id,
+                timezone: schedule::lead_zone(zone.as_deref()),
+            });
+        }
+    }
 
     // 3. The sequences any of these events can match, locked FOR SHARE (a pause committing
     //    meanwhile waits for this batch; one that committed first is seen).
@@ -90,9 +133,10 @@ pub async fn process(
     let mut pairs: BTreeSet<(Uuid, Uuid)> = BTreeSet::new();
     for event in &todo {
         let lead = leads.get(&event.lead.email).map(|l| l.id);
+        let only = retry.get(event.id.as_str()).map(|(_, paused)| paused);
         let mut hits = Vec::new();
         for seq in &sequences {
-            if !seq.matches(&event.change) {
+            if !seq.matches(&event.change) || only.is_some_and(|o| !o.contains(&seq.id)) {
                 continue;
             }
             if seq.status == sequence_status::PAUSED {
@@ -141,6 +185,19 @@ pub async fn process(
                 enrollment_id,
                 outcome: what.into(),
             });
+        }
+        // A retried event keeps what it did before for the sequences that were not paused.
+        if let Some(before) = stored
+            .get(&event.id)
+            .filter(|_| retry.contains_key(event.id.as_str()))
+        {
+            let redone: HashSet<Uuid> = outcomes.iter().map(|o| o.sequence_id).collect();
+            let kept = before
+                .enrollments
+                .iter()
+                .filter(|o| !redone.contains(&o.sequence_id))
+                .cloned();
+            outcomes = kept.chain(outcomes).collect();
         }
         first_result.insert(
             event.id.as_str(),

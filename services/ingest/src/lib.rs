@@ -4,7 +4,8 @@
 //! Rules it owns: an event id is processed once per workspace (a repeat gets the original
 //! outcome back); the lead is upserted and the event applied to it; the lead is enrolled in every
 //! ACTIVE sequence whose trigger matches, at most one ACTIVE enrollment per (sequence, lead);
-//! PAUSED sequences enroll nobody, and an ended enrollment is not restarted by a trigger. Each
+//! PAUSED sequences enroll nobody (the event's id is not used up for them: resent after the
+//! resume, it enrolls), and an ended enrollment is not restarted by a trigger. Each
 //! event is validated on its own: an invalid one is answered `rejected` with the field and the
 //! reason, and writes nothing (its id is not used up). The valid events of a batch are applied
 //! in one transaction (`batch`): all of them commit or none does, and a retried batch is

@@ -151,21 +151,7 @@ async fn ended_and_paused_sequences_do_not_enroll() -> anyhow::Result<()> {
             ]}),
         )
         .await?;
-    let outcomes = |i: usize| -> Vec<(String, String)> {
-        let mut v: Vec<_> = res["results"][i]["enrollments"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                (
-                    e["sequence_id"].as_str().unwrap_or_default().to_owned(),
-                    e["outcome"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    };
+    let outcomes = |i: usize| outcomes_of(&res, i);
     let (a_id, b_id) = (
         a["id"].as_str().unwrap_or_default().to_owned(),
         b["id"].as_str().unwrap_or_default().to_owned(),
@@ -177,8 +163,8 @@ async fn ended_and_paused_sequences_do_not_enroll() -> anyhow::Result<()> {
     want_ada.sort();
     assert_eq!(outcomes(0), want_ada);
     let mut want_bob = vec![
-        (a_id, "created".to_owned()),
-        (b_id, "sequence_paused".to_owned()),
+        (a_id.clone(), "created".to_owned()),
+        (b_id.clone(), "sequence_paused".to_owned()),
     ];
     want_bob.sort();
     assert_eq!(outcomes(1), want_bob);
@@ -190,7 +176,55 @@ async fn ended_and_paused_sequences_do_not_enroll() -> anyhow::Result<()> {
     .fetch_one(&env.db)
     .await?;
     assert_eq!(bob_in_b, 0, "a paused sequence enrolls nobody");
+
+    // The id was not used up for B: resent while B is still paused, it is still paused there;
+    // resent after the resume, it enrolls Bob in B and keeps what it did in A.
+    let resend =
+        json!({"events": [event("e3", "bob@example.com", "tag_applied", json!({"tag": "t"}))]});
+    let (_, again) = env.post("/v1/events", resend.clone()).await?;
+    assert_eq!(again["results"][0]["status"], "processed", "{again}");
+    let (status, _) = env
+        .post(&format!("/v1/sequences/{b_id}/resume"), json!({}))
+        .await?;
+    assert_eq!(status, 200);
+    let (_, res) = env.post("/v1/events", resend.clone()).await?;
+    assert_eq!(res["results"][0]["status"], "processed", "{res}");
+    let mut want = vec![
+        (a_id, "created".to_owned()),
+        (b_id.clone(), "created".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(outcomes_of(&res, 0), want);
+    let bob_in_b: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM enrollments e JOIN leads l ON l.id = e.lead_id
+         WHERE l.email = 'bob@example.com' AND e.sequence_id = $1::uuid AND e.status = 'ACTIVE'",
+    )
+    .bind(&b_id)
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(bob_in_b, 1, "enrolled by the resent event");
+    // Once applied everywhere, the id is a duplicate like any other.
+    let (_, res) = env.post("/v1/events", resend).await?;
+    assert_eq!(res["results"][0]["status"], "duplicate_event", "{res}");
+    assert_eq!(outcomes_of(&res, 0), want);
     env.stop().await
+}
+
+/// (sequence, outcome) of result `i`, sorted.
+fn outcomes_of(res: &Value, i: usize) -> Vec<(String, String)> {
+    let mut v: Vec<_> = res["results"][i]["enrollments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["sequence_id"].as_str().unwrap_or_default().to_owned(),
+                e["outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 #[tokio::test]
