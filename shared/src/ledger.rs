@@ -855,7 +855,7 @@ async fn record_sent_unchanged(
              FROM run JOIN ledger f ON f.run_id = run.id JOIN enr ON enr.id = run.enrollment_id
              WHERE f.next_id IS NOT NULL
              ON CONFLICT (enrollment_id, step_id, generation) DO NOTHING)
-         SELECT f.key, EXISTS (SELECT 1 FROM ledger l WHERE l.key = f.key) FROM fresh f",
+         SELECT f.key, l.key IS NOT NULL FROM fresh f LEFT JOIN ledger l ON l.key = f.key",
     )
     .bind(&keys)
     .bind(&codes)
