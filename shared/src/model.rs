@@ -241,9 +241,52 @@ pub struct SenderIdentity {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TriggerSpec {
-    TagApplied { tag: String },
-    ListAdded { list: String },
-    LeadScore { min_score: i32 },
+    TagApplied {
+        tag: String,
+    },
+    ListAdded {
+        list: String,
+    },
+    /// Fires when a lead's score crosses `min_score`: from below it (or from no score) to it or
+    /// above. With `"mode": "level"`, fires on every event whose score is at or above it.
+    LeadScore {
+        min_score: i32,
+        #[serde(default, skip_serializing_if = "ScoreMode::is_crossing")]
+        mode: ScoreMode,
+    },
+}
+
+/// How a lead-score trigger reads a score.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreMode {
+    /// The score went from below the minimum (or none) to the minimum or above.
+    #[default]
+    Crossing,
+    /// The score is at or above the minimum.
+    Level,
+}
+
+impl ScoreMode {
+    pub fn is_crossing(&self) -> bool {
+        *self == ScoreMode::Crossing
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoreMode::Crossing => "crossing",
+            ScoreMode::Level => "level",
+        }
+    }
+
+    /// Whether a score going from `before` to `now` fires a trigger at `min`.
+    pub fn fires(self, min: i32, before: Option<i32>, now: i32) -> bool {
+        now >= min
+            && match self {
+                ScoreMode::Level => true,
+                ScoreMode::Crossing => before.is_none_or(|b| b < min),
+            }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

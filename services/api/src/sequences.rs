@@ -285,14 +285,17 @@ pub(crate) async fn replace_triggers(
         .execute(&mut *conn)
         .await?;
     for (position, trigger) in triggers.iter().enumerate() {
-        let (kind, tag, list, min_score) = match trigger {
-            TriggerSpec::TagApplied { tag } => ("tag_applied", Some(tag.trim()), None, None),
-            TriggerSpec::ListAdded { list } => ("list_added", None, Some(list.trim()), None),
-            TriggerSpec::LeadScore { min_score } => ("lead_score", None, None, Some(*min_score)),
+        let (kind, tag, list, min_score, mode) = match trigger {
+            TriggerSpec::TagApplied { tag } => ("tag_applied", Some(tag.trim()), None, None, None),
+            TriggerSpec::ListAdded { list } => ("list_added", None, Some(list.trim()), None, None),
+            TriggerSpec::LeadScore { min_score, mode } => {
+                ("lead_score", None, None, Some(*min_score), Some(*mode))
+            }
         };
         sqlx::query(
-            "INSERT INTO triggers (id, workspace_id, sequence_id, position, kind, tag, list, min_score)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO triggers (id, workspace_id, sequence_id, position, kind, tag, list, min_score,
+                                   score_mode)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(Uuid::new_v4())
         .bind(workspace)
@@ -302,6 +305,7 @@ pub(crate) async fn replace_triggers(
         .bind(tag)
         .bind(list)
         .bind(min_score)
+        .bind(mode.unwrap_or_default().as_str())
         .execute(&mut *conn)
         .await?;
     }
@@ -361,7 +365,7 @@ pub(crate) async fn load(
     .fetch_all(&mut *conn)
     .await?;
     let triggers = sqlx::query(
-        "SELECT sequence_id, kind, tag, list, min_score FROM triggers
+        "SELECT sequence_id, kind, tag, list, min_score, score_mode FROM triggers
          WHERE sequence_id = ANY($1) ORDER BY position",
     )
     .bind(ids)
@@ -404,6 +408,11 @@ pub(crate) async fn load(
                 },
                 "lead_score" => TriggerSpec::LeadScore {
                     min_score: t.get::<Option<i32>, _>("min_score").unwrap_or_default(),
+                    mode: if t.get::<&str, _>("score_mode") == "level" {
+                        pulse_shared::model::ScoreMode::Level
+                    } else {
+                        pulse_shared::model::ScoreMode::Crossing
+                    },
                 },
                 other => return Err(corrupt(format!("unknown trigger kind {other}"))),
             });

@@ -16,7 +16,9 @@ use chrono::Utc;
 use pulse_shared::{
     db::StoreError,
     domain::timing::Timing,
-    model::{EnrollmentOutcome, EventResult, enrollment_status, outcome, sequence_status},
+    model::{
+        EnrollmentOutcome, EventResult, ScoreMode, enrollment_status, outcome, sequence_status,
+    },
     schedule::{self, Rules},
 };
 use serde_json::{Map, Value};
@@ -119,6 +121,7 @@ pub async fn process(
             leads.entry(email).or_insert(Lead {
                 id,
                 timezone: schedule::lead_zone(zone.as_deref()),
+                score_before: None,
             });
         }
     }
@@ -131,12 +134,25 @@ pub async fn process(
     let now = Utc::now();
     let mut per_event: Vec<Vec<(Uuid, Option<&'static str>)>> = Vec::with_capacity(todo.len());
     let mut pairs: BTreeSet<(Uuid, Uuid)> = BTreeSet::new();
+    // Each lead's score as the events of this batch move it, in request order (for crossings).
+    let mut scores: HashMap<Uuid, Option<i32>> =
+        leads.values().map(|l| (l.id, l.score_before)).collect();
     for event in &todo {
         let lead = leads.get(&event.lead.email).map(|l| l.id);
         let only = retry.get(event.id.as_str()).map(|(_, paused)| paused);
+        // A retried event crossed when it first came (it met a paused sequence then).
+        let score_before = match (only, lead) {
+            (None, Some(lead)) => scores.get(&lead).copied().flatten(),
+            _ => None,
+        };
+        if let (None, Some(lead), Change::Score(now)) = (only, lead, &event.change) {
+            scores.insert(lead, Some(*now));
+        }
         let mut hits = Vec::new();
         for seq in &sequences {
-            if !seq.matches(&event.change) || only.is_some_and(|o| !o.contains(&seq.id)) {
+            if !seq.matches(&event.change, score_before)
+                || only.is_some_and(|o| !o.contains(&seq.id))
+            {
                 continue;
             }
             if seq.status == sequence_status::PAUSED {
@@ -256,6 +272,8 @@ pub async fn process(
 struct Lead {
     id: Uuid,
     timezone: Option<chrono_tz::Tz>,
+    /// The score before this batch (`None` for a new lead, or one read for a retried event).
+    score_before: Option<i32>,
 }
 
 /// Upserts each lead once: fields merged over its events (a later non-empty value wins,
@@ -343,10 +361,11 @@ async fn upsert_leads(
         lists.push(Value::from(m.lists));
         scores.push(m.score);
     }
-    // The zones before this batch, with the rows locked (in email order, as the upsert would):
-    // a lead whose zone changes has its scheduled steps re-planned.
-    let zones_before: HashMap<String, Option<String>> = sqlx::query_as(
-        "SELECT email, timezone FROM leads WHERE workspace_id = $1 AND email = ANY($2)
+    // Zones and scores before this batch, with the rows locked (in email order, as the upsert
+    // would): a lead whose zone changes has its scheduled steps re-planned, and score triggers
+    // fire on crossings from the score before.
+    let before: HashMap<String, (Option<String>, Option<i32>)> = sqlx::query_as(
+        "SELECT email, timezone, score FROM leads WHERE workspace_id = $1 AND email = ANY($2)
          ORDER BY email FOR UPDATE",
     )
     .bind(workspace)
@@ -354,6 +373,7 @@ async fn upsert_leads(
     .fetch_all(&mut *conn)
     .await?
     .into_iter()
+    .map(|(email, zone, score): (String, Option<String>, Option<i32>)| (email, (zone, score)))
     .collect();
     let rows = sqlx::query(
         "INSERT INTO leads (id, workspace_id, email, first_name, last_name, timezone, attributes,
@@ -403,14 +423,22 @@ async fn upsert_leads(
         let email: String = r.try_get("email")?;
         let zone: Option<String> = r.try_get("timezone")?;
         let id: Uuid = r.try_get("id")?;
-        if zones_before
-            .get(&email)
-            .is_some_and(|before| *before != zone)
-        {
+        let (zone_before, score_before) = match before.get(&email) {
+            Some((zone_before, score)) => (Some(zone_before), *score),
+            None => (None, None),
+        };
+        if zone_before.is_some_and(|z| *z != zone) {
             schedule::replan_lead(conn, id).await?;
         }
         let timezone = schedule::lead_zone(zone.as_deref());
-        leads.insert(email, Lead { id, timezone });
+        leads.insert(
+            email,
+            Lead {
+                id,
+                timezone,
+                score_before,
+            },
+        );
     }
     Ok(leads)
 }
@@ -421,18 +449,24 @@ struct Sequence {
     status: String,
     tags: Vec<String>,
     lists: Vec<String>,
-    min_scores: Vec<i32>,
+    /// Lead-score triggers: minimum and mode.
+    scores: Vec<(i32, ScoreMode)>,
     rules: Rules,
     /// The first live step: id, position, timing, end date.
     first: Option<schedule::StepSpec>,
 }
 
 impl Sequence {
-    fn matches(&self, change: &Change) -> bool {
+    /// Whether `change` fires one of its triggers; `score_before` is the lead's score before
+    /// this event (for crossings).
+    fn matches(&self, change: &Change, score_before: Option<i32>) -> bool {
         match change {
             Change::Tag(t) => self.tags.contains(t),
             Change::List(l) => self.lists.contains(l),
-            Change::Score(s) => self.min_scores.iter().any(|m| m <= s),
+            Change::Score(s) => self
+                .scores
+                .iter()
+                .any(|(min, mode)| mode.fires(*min, score_before, *s)),
         }
     }
 }
@@ -486,7 +520,8 @@ async fn matching_sequences(
         "SELECT s.id, s.status, s.timezone, s.send_window, s.end_date,
                 ARRAY(SELECT t.tag FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'tag_applied') AS tags,
                 ARRAY(SELECT t.list FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'list_added') AS lists,
-                ARRAY(SELECT t.min_score FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'lead_score') AS min_scores,
+                ARRAY(SELECT t.min_score FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'lead_score' ORDER BY t.position) AS min_scores,
+                ARRAY(SELECT t.score_mode FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'lead_score' ORDER BY t.position) AS score_modes,
                 st.id AS step_id, st.position, st.timing, st.end_date AS step_end
          FROM sequences s
          LEFT JOIN LATERAL (
@@ -515,7 +550,21 @@ async fn matching_sequences(
                 status: r.try_get("status")?,
                 tags: r.try_get("tags")?,
                 lists: r.try_get("lists")?,
-                min_scores: r.try_get("min_scores")?,
+                scores: {
+                    let mins: Vec<i32> = r.try_get("min_scores")?;
+                    let modes: Vec<String> = r.try_get("score_modes")?;
+                    mins.into_iter()
+                        .zip(modes)
+                        .map(|(min, mode)| {
+                            let mode = if mode == "level" {
+                                ScoreMode::Level
+                            } else {
+                                ScoreMode::Crossing
+                            };
+                            (min, mode)
+                        })
+                        .collect()
+                },
                 rules: schedule::rules_from_row(r)?,
                 first,
             })

@@ -787,3 +787,73 @@ async fn null_clears_a_field_omission_keeps_it_and_a_new_zone_replans() -> anyho
     assert_eq!(read().await?.2.as_deref(), Some("Pacific/Kiritimati"));
     env.stop().await
 }
+
+#[tokio::test]
+async fn a_score_trigger_fires_on_a_crossing_or_with_level_on_every_score() -> anyhow::Result<()> {
+    let env = TestEnv::start("ingest", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let mut body = sequence_body("Cross", &[("Hi", "x", json!({"type": "immediately"}))], "t");
+    body["triggers"] = json!([{"type": "lead_score", "min_score": 50}]);
+    let crossing = env.create_sequence(body).await?;
+    assert_eq!(
+        crossing["triggers"],
+        json!([{"type": "lead_score", "min_score": 50}]),
+        "crossing is the default and is not spelled out"
+    );
+    let mut body = sequence_body("Level", &[("Hi", "x", json!({"type": "immediately"}))], "t");
+    body["triggers"] = json!([{"type": "lead_score", "min_score": 50, "mode": "level"}]);
+    let level = env.create_sequence(body).await?;
+    assert_eq!(level["triggers"][0]["mode"], "level");
+    let (c, l) = (crossing["id"].clone(), level["id"].clone());
+    let mut n = 0;
+    let mut scores = |values: &[i32]| {
+        let events: Vec<Value> = values
+            .iter()
+            .map(|s| {
+                n += 1;
+                event(
+                    &format!("s{n}"),
+                    "ada@example.com",
+                    "lead_score_changed",
+                    json!({"score": s}),
+                )
+            })
+            .collect();
+        json!({ "events": events })
+    };
+    // The sequences an event of the last batch fired, by id.
+    let fired = |res: &Value| -> Vec<Value> {
+        let last = res["results"].as_array().and_then(|r| r.last()).cloned();
+        last.map(|r| {
+            r["enrollments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["sequence_id"].clone())
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let (_, res) = env.post("/v1/events", scores(&[40])).await?;
+    assert!(fired(&res).is_empty(), "below the minimum: {res}");
+    let (_, res) = env.post("/v1/events", scores(&[60])).await?;
+    assert_eq!(fired(&res).len(), 2, "40 → 60 crosses: {res}");
+    // Still above: only the level trigger fires (and finds the lead already enrolled).
+    let (_, res) = env.post("/v1/events", scores(&[70])).await?;
+    assert_eq!(fired(&res), std::slice::from_ref(&l), "{res}");
+    // Down and up again within one batch: a new crossing.
+    let (_, res) = env.post("/v1/events", scores(&[30, 55])).await?;
+    let mut got = fired(&res);
+    got.sort_by_key(|v| v.to_string());
+    let mut want = vec![c.clone(), l.clone()];
+    want.sort_by_key(|v| v.to_string());
+    assert_eq!(got, want, "{res}");
+    // A first score at or above the minimum counts as a crossing.
+    let (_, res) = env
+        .post(
+            "/v1/events",
+            json!({"events": [event("new", "bob@example.com", "lead_score_changed", json!({"score": 90}))]}),
+        )
+        .await?;
+    assert_eq!(fired(&res).len(), 2, "{res}");
+    env.stop().await
+}

@@ -59,7 +59,12 @@ fn trigger_text(t: &TriggerSpec) -> String {
     match t {
         TriggerSpec::TagApplied { tag } => format!("tag “{tag}” applied"),
         TriggerSpec::ListAdded { list } => format!("added to list “{list}”"),
-        TriggerSpec::LeadScore { min_score } => format!("lead score reaches {min_score}"),
+        TriggerSpec::LeadScore { min_score, mode } => match mode {
+            pulse_shared::model::ScoreMode::Crossing => format!("lead score reaches {min_score}"),
+            pulse_shared::model::ScoreMode::Level => {
+                format!("any score event at {min_score} or above")
+            }
+        },
     }
 }
 
