@@ -131,6 +131,42 @@ async fn bad_input_is_a_4xx_naming_the_field() -> anyhow::Result<()> {
         (
             {
                 let mut b = one_step();
+                b["steps"][0]["subject"] = json!("s".repeat(999));
+                b
+            },
+            422,
+            "steps[0].subject",
+        ),
+        (
+            {
+                let mut b = one_step();
+                b["steps"][0]["subject"] = json!("Hi\u{0}");
+                b
+            },
+            422,
+            "steps[0].subject",
+        ),
+        (
+            {
+                let mut b = one_step();
+                b["steps"][0]["body"] = json!("b".repeat(1024 * 1024 + 1));
+                b
+            },
+            422,
+            "steps[0].body",
+        ),
+        (
+            {
+                let mut b = one_step();
+                b["steps"][0]["body"] = json!("line one\u{0}");
+                b
+            },
+            422,
+            "steps[0].body",
+        ),
+        (
+            {
+                let mut b = one_step();
                 b["name"] = json!("  ");
                 b
             },

@@ -425,3 +425,49 @@ async fn pause_and_cancel_hold_against_a_relay_taking_four_seconds_a_message() -
     );
     env.stop().await
 }
+
+#[tokio::test]
+async fn a_subject_over_its_limit_once_rendered_fails_that_step_alone() -> anyhow::Result<()> {
+    let (env, smtp) = start(|_| {}).await?;
+    env.create_sequence(sequence_body(
+        "Long",
+        &[(
+            "Re: {{ lead.attributes.topic }}",
+            "b",
+            json!({"type": "immediately"}),
+        )],
+        "t",
+    ))
+    .await?;
+    let events = json!({"events": [
+        {"id": "short", "type": "tag_applied", "tag": "t",
+         "lead": {"email": "short@example.com", "attributes": {"topic": "pricing"}}},
+        {"id": "long", "type": "tag_applied", "tag": "t",
+         "lead": {"email": "long@example.com", "attributes": {"topic": "x".repeat(2000)}}}
+    ]});
+    let (status, res) = env.post("/v1/events", events).await?;
+    assert_eq!(status, 200, "{res}");
+    smtp.wait_for(1, Duration::from_secs(15)).await?;
+    let failed: (String, Option<String>) = eventually(
+        Duration::from_secs(15),
+        "the long subject's step to fail",
+        || async {
+            let row: Option<(String, Option<String>)> = sqlx::query_as(
+                "SELECT sr.state, sr.last_error FROM step_runs sr
+                 JOIN enrollments e ON e.id = sr.enrollment_id JOIN leads l ON l.id = e.lead_id
+                 WHERE l.email = 'long@example.com' AND sr.state = 'FAILED'",
+            )
+            .fetch_optional(&env.db)
+            .await?;
+            Ok(row)
+        },
+    )
+    .await?;
+    assert!(
+        failed.1.as_deref().is_some_and(|e| e.contains("998")),
+        "{failed:?}"
+    );
+    assert_eq!(subjects_to(&smtp, "short@example.com"), ["Re: pricing"]);
+    assert!(subjects_to(&smtp, "long@example.com").is_empty());
+    env.stop().await
+}
