@@ -489,6 +489,15 @@ async fn openapi_describes_every_route() -> anyhow::Result<()> {
         );
     }
     assert!(doc["components"]["schemas"]["CreateSequence"].is_object());
+    // Every schema a document refers to is defined in it.
+    let text = doc.to_string();
+    for name in text.split("#/components/schemas/").skip(1) {
+        let name: String = name.chars().take_while(|c| *c != '"').collect();
+        assert!(
+            doc["components"]["schemas"][&name].is_object(),
+            "{name} is referred to but not defined"
+        );
+    }
     let (status, health) = env.get("/healthz").await?;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
     let (status, ready) = env.get("/readyz").await?;
