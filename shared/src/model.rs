@@ -279,6 +279,15 @@ impl ScoreMode {
         }
     }
 
+    /// The mode stored in `triggers.score_mode` (anything but `level` is a crossing).
+    pub fn from_stored(value: &str) -> Self {
+        if value == ScoreMode::Level.as_str() {
+            ScoreMode::Level
+        } else {
+            ScoreMode::Crossing
+        }
+    }
+
     /// Whether a score going from `before` to `now` fires a trigger at `min`.
     pub fn fires(self, min: i32, before: Option<i32>, now: i32) -> bool {
         now >= min

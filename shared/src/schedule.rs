@@ -450,6 +450,27 @@ pub async fn advance(
     Ok(())
 }
 
+/// Moves an enrollment past a step that was deleted while it waited on it (the caller has
+/// marked that run SKIPPED): the step that now follows it is scheduled, timed from the
+/// enrollment's anchor as a retime would (its last send, else the enrollment), or the
+/// enrollment completes.
+pub async fn move_past_deleted(
+    conn: &mut PgConnection,
+    target: Target,
+    deleted_step: Uuid,
+) -> Result<(), StoreError> {
+    let anchor: DateTime<Utc> = sqlx::query_scalar(
+        "SELECT COALESCE(
+             (SELECT max(sent_at) FROM step_runs WHERE enrollment_id = $1 AND generation = $2),
+             (SELECT created_at FROM enrollments WHERE id = $1))",
+    )
+    .bind(target.enrollment)
+    .bind(target.generation)
+    .fetch_one(&mut *conn)
+    .await?;
+    advance(conn, target, deleted_step, anchor).await
+}
+
 /// Ends an ACTIVE enrollment with `status` and `reason`; pending step runs are cancelled.
 pub async fn end_enrollment(
     conn: &mut PgConnection,

@@ -30,7 +30,6 @@
 //! already queued with the old content, and about edits the help page says to make paused.
 
 use axum::{Json, extract::State};
-use chrono::{DateTime, Utc};
 use pulse_shared::{
     http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
     model::{EditSequence, SequenceChange, SequenceVersion, VersionList, sequence_status},
@@ -199,8 +198,7 @@ pub async fn edit(
         replace_triggers(&mut tx, auth.workspace, id, triggers).await?;
     }
 
-    let now = Utc::now();
-    let skipped = skip_deleted(&mut tx, id, &deleted_steps, now).await?;
+    let skipped = skip_deleted(&mut tx, id, &deleted_steps).await?;
     let rules_changed =
         timing_changed || timezone.is_some() || req.send_window.is_some() || req.end_date.is_some();
     let retimed = if rules_changed {
@@ -274,7 +272,6 @@ async fn skip_deleted(
     conn: &mut PgConnection,
     sequence: Uuid,
     deleted: &[Uuid],
-    now: DateTime<Utc>,
 ) -> Result<u64, ApiError> {
     if deleted.is_empty() {
         return Ok(0);
@@ -300,26 +297,14 @@ async fn skip_deleted(
     .fetch_all(&mut *conn)
     .await?;
     for run in &runs {
-        let enrollment: Uuid = run.get("enrollment_id");
-        let generation: i32 = run.get("generation");
-        // Timed from its anchor, as a retime would: the last send, else the enrollment.
-        let anchor: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT COALESCE(
-                 (SELECT max(sent_at) FROM step_runs WHERE enrollment_id = $1 AND generation = $2),
-                 (SELECT created_at FROM enrollments WHERE id = $1))",
-        )
-        .bind(enrollment)
-        .bind(generation)
-        .fetch_one(&mut *conn)
-        .await?;
         let target = Target {
             workspace: run.get("workspace_id"),
             sequence,
-            enrollment,
+            enrollment: run.get("enrollment_id"),
             lead: run.get("lead_id"),
-            generation,
+            generation: run.get("generation"),
         };
-        schedule::advance(conn, target, run.get("step_id"), anchor.unwrap_or(now)).await?;
+        schedule::move_past_deleted(conn, target, run.get("step_id")).await?;
     }
     Ok(runs.len() as u64)
 }

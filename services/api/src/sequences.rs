@@ -408,11 +408,7 @@ pub(crate) async fn load(
                 },
                 "lead_score" => TriggerSpec::LeadScore {
                     min_score: t.get::<Option<i32>, _>("min_score").unwrap_or_default(),
-                    mode: if t.get::<&str, _>("score_mode") == "level" {
-                        pulse_shared::model::ScoreMode::Level
-                    } else {
-                        pulse_shared::model::ScoreMode::Crossing
-                    },
+                    mode: pulse_shared::model::ScoreMode::from_stored(t.get("score_mode")),
                 },
                 other => return Err(corrupt(format!("unknown trigger kind {other}"))),
             });

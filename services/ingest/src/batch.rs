@@ -555,14 +555,7 @@ async fn matching_sequences(
                     let modes: Vec<String> = r.try_get("score_modes")?;
                     mins.into_iter()
                         .zip(modes)
-                        .map(|(min, mode)| {
-                            let mode = if mode == "level" {
-                                ScoreMode::Level
-                            } else {
-                                ScoreMode::Crossing
-                            };
-                            (min, mode)
-                        })
+                        .map(|(min, mode)| (min, ScoreMode::from_stored(&mode)))
                         .collect()
                 },
                 rules: schedule::rules_from_row(r)?,

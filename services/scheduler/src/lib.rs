@@ -465,7 +465,7 @@ async fn claim(
         .await?;
     }
     for row in &deleted {
-        skip_deleted_step(&mut tx, row, now).await?;
+        skip_deleted_step(&mut tx, row).await?;
     }
     for (id, reason) in &broken {
         tracing::error!(step_run = %id, %reason, "step cannot be rendered; marking it FAILED");
@@ -611,7 +611,6 @@ fn queue_time(
 async fn skip_deleted_step(
     conn: &mut sqlx::PgConnection,
     row: &sqlx::postgres::PgRow,
-    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE step_runs SET state = 'SKIPPED', last_error = 'step deleted', updated_at = now()
@@ -627,7 +626,7 @@ async fn skip_deleted_step(
         lead: row.try_get("lead_id")?,
         generation: row.try_get("generation")?,
     };
-    schedule::advance(conn, target, row.try_get("step_id")?, now).await
+    schedule::move_past_deleted(conn, target, row.try_get("step_id")?).await
 }
 
 /// Reads what the database says about the schedule into `metrics` (on each scrape of
