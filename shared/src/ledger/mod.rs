@@ -1,0 +1,356 @@
+//! The send ledger: one row per idempotency key `(enrollment, step, generation)`, the
+//! server-side record of what actually went out. Owns the ledger protocol of `docs/send-path.md`:
+//!
+//! 1. `claim` — insert the key as SENDING (or take over a DEFERRED one). Commits on its own,
+//!    *before* the sender re-checks the enrollment, so a pause or cancel that commits first is
+//!    always seen by the re-check, and one that commits later can find the SENDING claim.
+//! 2. `release` — nothing was sent (the re-check said no): remove the claim.
+//! 3. `record_sent` / `record_deferred` / `record_failed` — one transaction each, with the
+//!    step run and, for a send, the next step or the enrollment's completion.
+//!
+//! A SENDING row older than the lease belongs to a worker that died mid-send: it becomes
+//! UNKNOWN and is never sent again automatically. Rows are never deleted except by `release`.
+//!
+//! **Claims are fenced.** Each claim gets its own `claim_id`, and every write that settles a
+//! claim (sent, deferred, failed, unknown, release, unclaim) names it and applies only while
+//! that claim still holds the key (`SENDING` with the same id). A worker whose claim expired
+//! and was taken over (UNKNOWN, an operator's resend, a new claim) changes nothing and is told
+//! so ([`Settled::ClaimLost`]).
+//!
+//! The module is in three parts: this one (keys, claims, the sweep and an operator's
+//! resolve), `snapshot` (what a sender re-checks after claiming) and `settle` (every write
+//! that settles a claim, and holds before one).
+
+mod settle;
+mod snapshot;
+
+pub use settle::*;
+pub use snapshot::*;
+
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row};
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::{
+    db::StoreError,
+    model::enrollment_status,
+    schedule::{self, Target},
+};
+
+/// The idempotency key of one step of one enrollment generation.
+pub fn idempotency_key(enrollment: Uuid, step: Uuid, generation: i32) -> String {
+    format!("{enrollment}:{step}:{generation}")
+}
+
+/// The deterministic Message-ID of a key, so a relay's logs can settle what went out.
+pub fn message_id(key: &str, sender_domain: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("<pulse.{hex}@{sender_domain}>")
+}
+
+/// The outcome of trying to claim a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker owns the send; `attempts` counts this one, and `claim` names the claim in
+    /// every write that settles it.
+    Claimed { attempts: i32, claim: Uuid },
+    /// The key is already SENT, FAILED or UNKNOWN: nothing to do.
+    Settled { state: String },
+    /// Another worker holds a fresh SENDING claim.
+    InFlight,
+    /// A stale SENDING claim was found and marked UNKNOWN (an operator decides).
+    BecameUnknown,
+    /// The step run is not QUEUED (held by a pause, cancelled, or already handled).
+    StaleMessage,
+}
+
+/// Claims `key` for the QUEUED step run `step_run`.
+pub async fn claim(
+    db: &PgPool,
+    step_run: Uuid,
+    key: &str,
+    lease: Duration,
+) -> Result<Claim, StoreError> {
+    let claimed: Option<(i32, Uuid)> = sqlx::query_as(
+        // The lock (by id alone) waits for a scheduler that published this run but has not
+        // committed QUEUED yet, and returns the committed row; only then is the state checked.
+        // A state predicate inside the locking query would be judged on the old snapshot and
+        // skip the wait.
+        "WITH run AS (SELECT * FROM step_runs WHERE id = $1 FOR SHARE)
+         INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
+                                  sequence_id, lead_id, step_run_id, position, state, message_id,
+                                  claim_id, claimed_at)
+         SELECT sr.enrollment_id, sr.step_id, sr.generation, $2, sr.workspace_id, sr.sequence_id,
+                e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id, gen_random_uuid(),
+                clock_timestamp()
+         FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
+         WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
+         ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
+             SET state = 'SENDING', attempts = send_ledger.attempts + 1,
+                 claimed_at = EXCLUDED.claimed_at, claim_id = EXCLUDED.claim_id,
+                 updated_at = now(), step_run_id = EXCLUDED.step_run_id
+             WHERE send_ledger.state = 'DEFERRED'
+         RETURNING attempts, claim_id",
+    )
+    .bind(step_run)
+    .bind(key)
+    .fetch_optional(db)
+    .await?;
+    if let Some((attempts, claim)) = claimed {
+        return Ok(Claim::Claimed { attempts, claim });
+    }
+    let existing = sqlx::query(
+        "SELECT state, claimed_at < now() - make_interval(secs => $2) AS stale
+         FROM send_ledger WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(db)
+    .await?;
+    let Some(existing) = existing else {
+        return Ok(Claim::StaleMessage);
+    };
+    let state: String = existing.get("state");
+    match state.as_str() {
+        "SENDING" if existing.get::<bool, _>("stale") => {
+            expire_claims(db, Some(key), lease).await?;
+            Ok(Claim::BecameUnknown)
+        }
+        "SENDING" => Ok(Claim::InFlight),
+        // DEFERRED but the step run is not QUEUED: a stale duplicate delivery.
+        "DEFERRED" => Ok(Claim::StaleMessage),
+        _ => Ok(Claim::Settled { state }),
+    }
+}
+
+/// One delivery's claim request, for [`claim_many`].
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    pub step_run: Uuid,
+    pub key: String,
+}
+
+/// Claims many keys in one statement, with [`claim`]'s rules (each run is locked by id, then its
+/// state is checked on the committed row). Requests the statement does not claim, and repeats
+/// of a key or run already in the batch, are then settled one by one by [`claim`], so each gets
+/// the same answer it would have got alone.
+pub async fn claim_many(
+    db: &PgPool,
+    requests: &[ClaimRequest],
+    lease: Duration,
+) -> Result<Vec<Result<Claim, StoreError>>, StoreError> {
+    let mut keys = std::collections::HashSet::new();
+    let mut runs_seen = std::collections::HashSet::new();
+    let (mut runs, mut batch_keys) = (Vec::new(), Vec::new());
+    for r in requests {
+        let new_key = keys.insert(r.key.as_str());
+        let new_run = runs_seen.insert(r.step_run);
+        if new_key && new_run {
+            runs.push(r.step_run);
+            batch_keys.push(r.key.clone());
+        }
+    }
+    let claimed: Vec<(String, i32, Uuid)> = sqlx::query_as(
+        // Same lock-by-id-then-check rule as `claim`; the rows are locked in id order.
+        "WITH req AS (SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS r(run_id, claim_key)),
+              run AS (SELECT sr.*, req.claim_key FROM step_runs sr JOIN req ON sr.id = req.run_id
+                      ORDER BY sr.id FOR SHARE OF sr)
+         INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
+                                  sequence_id, lead_id, step_run_id, position, state, message_id,
+                                  claim_id, claimed_at)
+         SELECT sr.enrollment_id, sr.step_id, sr.generation, sr.claim_key, sr.workspace_id,
+                sr.sequence_id, e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id,
+                gen_random_uuid(), clock_timestamp()
+         FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
+         WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
+         ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
+             SET state = 'SENDING', attempts = send_ledger.attempts + 1,
+                 claimed_at = EXCLUDED.claimed_at, claim_id = EXCLUDED.claim_id,
+                 updated_at = now(), step_run_id = EXCLUDED.step_run_id
+             WHERE send_ledger.state = 'DEFERRED'
+         RETURNING idempotency_key, attempts, claim_id",
+    )
+    .bind(&runs)
+    .bind(&batch_keys)
+    .fetch_all(db)
+    .await?;
+    let mut claimed: std::collections::HashMap<String, (i32, Uuid)> = claimed
+        .into_iter()
+        .map(|(key, attempts, claim)| (key, (attempts, claim)))
+        .collect();
+    let mut out = Vec::with_capacity(requests.len());
+    for r in requests {
+        // `remove`: a repeat of a claimed key is not claimed twice.
+        out.push(match claimed.remove(&r.key) {
+            Some((attempts, id)) => Ok(Claim::Claimed {
+                attempts,
+                claim: id,
+            }),
+            None => claim(db, r.step_run, &r.key, lease).await,
+        });
+    }
+    Ok(out)
+}
+
+/// Marks SENDING claims older than `lease` UNKNOWN, with their step runs (all of them, or only
+/// `key`'s). Returns how many.
+async fn expire_claims(db: &PgPool, key: Option<&str>, lease: Duration) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "WITH stale AS (
+             UPDATE send_ledger SET state = 'UNKNOWN', updated_at = now(),
+                 smtp_reply = 'worker stopped after claiming; the relay may or may not have accepted it'
+             WHERE state = 'SENDING' AND claimed_at < now() - make_interval(secs => $1)
+               AND ($2::text IS NULL OR idempotency_key = $2)
+             RETURNING step_run_id)
+         UPDATE step_runs sr SET state = 'UNKNOWN', updated_at = now(),
+             last_error = 'send outcome unknown: see the send ledger'
+         FROM stale WHERE sr.id = stale.step_run_id",
+    )
+    .bind(lease.as_secs_f64())
+    .bind(key)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// What a sweep found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// SENDING claims older than the lease, now UNKNOWN.
+    pub unknown: u64,
+    /// QUEUED step runs older than the lease with no claim, back to SCHEDULED.
+    pub requeued: u64,
+}
+
+/// Finds stale work: a SENDING claim older than `sending_lease` belongs to a worker that died
+/// mid-send and becomes UNKNOWN (never resent automatically; an operator resolves it); a step run
+/// QUEUED longer than `queued_lease` with no claim lost its message and goes back to SCHEDULED to
+/// be published again (a duplicate delivery, should the message still exist, is absorbed by the
+/// ledger). Safe to run from any number of schedulers at once.
+pub async fn sweep(
+    db: &PgPool,
+    sending_lease: Duration,
+    queued_lease: Duration,
+) -> Result<Swept, StoreError> {
+    let unknown = expire_claims(db, None, sending_lease).await?;
+    let requeued = sqlx::query(
+        "UPDATE step_runs sr SET state = 'SCHEDULED', updated_at = now(),
+             last_error = 'published again: the queued message was not handled in time'
+         WHERE sr.state = 'QUEUED' AND sr.queued_at < now() - make_interval(secs => $1)
+           AND NOT EXISTS (SELECT 1 FROM send_ledger sl
+                           WHERE sl.step_run_id = sr.id AND sl.state = 'SENDING')",
+    )
+    .bind(queued_lease.as_secs_f64())
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(Swept { unknown, requeued })
+}
+
+/// How an operator settles an UNKNOWN send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// The relay's logs show it went out: record it SENT and move the enrollment on.
+    Sent,
+    /// It did not go out: send it again (a new attempt under the same key).
+    Resend,
+}
+
+/// Settles an UNKNOWN key; returns the step run's enrollment and sequence, or `None` when the key
+/// is not UNKNOWN (or does not exist).
+pub async fn resolve(
+    db: &PgPool,
+    workspace: Uuid,
+    key: &str,
+    how: Resolution,
+    note: &str,
+) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+    let mut tx = db.begin().await?;
+    let row = sqlx::query(
+        "SELECT sl.step_run_id, sl.enrollment_id, sl.sequence_id FROM send_ledger sl
+         WHERE sl.idempotency_key = $1 AND sl.workspace_id = $2 AND sl.state = 'UNKNOWN' FOR UPDATE",
+    )
+    .bind(key)
+    .bind(workspace)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let run: Uuid = row.get("step_run_id");
+    match how {
+        Resolution::Sent => {
+            // The edit lock before any write: the next step is read below.
+            schedule::lock_sequences(&mut tx, &[row.get("sequence_id")]).await?;
+            sqlx::query(
+                "UPDATE send_ledger SET state = 'SENT', sent_at = claimed_at, smtp_reply = $2,
+                     updated_at = now() WHERE idempotency_key = $1",
+            )
+            .bind(key)
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+            let sent = sqlx::query(
+                "UPDATE step_runs sr SET state = 'SENT', sent_at = sl.claimed_at, last_error = NULL,
+                     updated_at = now()
+                 FROM send_ledger sl, enrollments e
+                 WHERE sr.id = $1 AND sl.step_run_id = sr.id AND e.id = sr.enrollment_id
+                 RETURNING sr.workspace_id, sr.sequence_id, sr.enrollment_id, sr.step_id,
+                           sr.generation, e.lead_id, e.status, sl.claimed_at",
+            )
+            .bind(run)
+            .fetch_one(&mut *tx)
+            .await?;
+            if sent.get::<String, _>("status") == enrollment_status::ACTIVE {
+                let target = Target {
+                    workspace: sent.get("workspace_id"),
+                    sequence: sent.get("sequence_id"),
+                    enrollment: sent.get("enrollment_id"),
+                    lead: sent.get("lead_id"),
+                    generation: sent.get("generation"),
+                };
+                schedule::advance(&mut tx, target, sent.get("step_id"), sent.get("claimed_at"))
+                    .await?;
+            }
+        }
+        Resolution::Resend => {
+            sqlx::query(
+                "UPDATE send_ledger SET state = 'DEFERRED', smtp_reply = $2, updated_at = now()
+                 WHERE idempotency_key = $1",
+            )
+            .bind(key)
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE step_runs SET state = 'SCHEDULED', due_at = now(), last_error = $2,
+                     updated_at = now() WHERE id = $1",
+            )
+            .bind(run)
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(Some((row.get("enrollment_id"), row.get("sequence_id"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_message_ids_are_deterministic() {
+        let (e, s) = (Uuid::from_u128(7), Uuid::from_u128(9));
+        let k = idempotency_key(e, s, 2);
+        assert_eq!(k, idempotency_key(e, s, 2));
+        assert_ne!(k, idempotency_key(e, s, 3), "a new generation is a new key");
+        let m = message_id(&k, "example.com");
+        assert_eq!(m, message_id(&k, "example.com"));
+        assert!(m.starts_with("<pulse.") && m.ends_with("@example.com>"));
+        assert_ne!(m, message_id(&idempotency_key(e, s, 3), "example.com"));
+    }
+}
