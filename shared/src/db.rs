@@ -40,72 +40,20 @@ pub async fn ensure_database(database_url: &str) -> Result<(), StoreError> {
 }
 
 /// Applies every pending migration in `migrations/`, then brings stored lead addresses to
-/// their canonical form ([`canonicalize_leads`]).
+/// their canonical form, merging leads that turn out to be one mailbox
+/// ([`crate::identity::canonicalize_leads`]).
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::migrate!("../migrations").run(pool).await?;
-    let found = canonicalize_leads(pool).await?;
-    if found.rewritten > 0 || !found.duplicates.is_empty() || found.invalid > 0 {
+    let found = crate::identity::canonicalize_leads(pool).await?;
+    if found.rewritten > 0 || !found.merged.is_empty() || found.invalid > 0 {
         tracing::warn!(
             rewritten = found.rewritten,
-            duplicates = found.duplicates.len(),
+            merged = found.merged.len(),
             invalid = found.invalid,
             "lead addresses brought to their canonical form"
         );
     }
-    for (kept, other) in &found.duplicates {
-        tracing::warn!(%kept, %other, "two leads share one canonical address; both are kept, the second under its old address");
-    }
     Ok(())
-}
-
-/// What [`canonicalize_leads`] found.
-#[derive(Debug, Default)]
-pub struct Canonicalized {
-    /// Leads whose stored address was rewritten to its canonical form.
-    pub rewritten: u64,
-    /// (the lead that has the canonical address, a lead whose address canonicalizes to it):
-    /// left as they are and reported.
-    pub duplicates: Vec<(Uuid, Uuid)>,
-    /// Stored addresses that no longer pass validation: left as they are.
-    pub invalid: u64,
-}
-
-/// Rewrites stored addresses that are not in canonical form (only non-ASCII ones can differ:
-/// ASCII addresses were always stored lower-cased). Idempotent and cheap once done: it reads
-/// only addresses with a non-ASCII character.
-pub async fn canonicalize_leads(pool: &PgPool) -> Result<Canonicalized, StoreError> {
-    let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
-        "SELECT id, workspace_id, email FROM leads WHERE email ~ '[^\x01-\x7f]' ORDER BY created_at, id",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut found = Canonicalized::default();
-    for (id, workspace, email) in rows {
-        let Ok(canonical) = crate::domain::validate::email(&email) else {
-            found.invalid += 1;
-            continue;
-        };
-        if canonical == email {
-            continue;
-        }
-        let holder: Option<Uuid> =
-            sqlx::query_scalar("SELECT id FROM leads WHERE workspace_id = $1 AND email = $2")
-                .bind(workspace)
-                .bind(&canonical)
-                .fetch_optional(pool)
-                .await?;
-        if let Some(kept) = holder {
-            found.duplicates.push((kept, id));
-            continue;
-        }
-        sqlx::query("UPDATE leads SET email = $2, updated_at = now() WHERE id = $1")
-            .bind(id)
-            .bind(&canonical)
-            .execute(pool)
-            .await?;
-        found.rewritten += 1;
-    }
-    Ok(found)
 }
 
 /// The SHA-256 of an API key; only the hash is stored.
@@ -148,15 +96,30 @@ pub async fn provision_key(
     Ok(())
 }
 
-/// The workspace an API key opens and the key's label, if the key exists.
-pub async fn workspace_for_key(
-    pool: &PgPool,
-    key: &str,
-) -> Result<Option<(Uuid, String)>, StoreError> {
-    Ok(
-        sqlx::query_as("SELECT workspace_id, label FROM api_keys WHERE key_sha256 = $1")
-            .bind(key_hash(key))
-            .fetch_optional(pool)
-            .await?,
+/// Who an API key belongs to.
+#[derive(Clone, Debug)]
+pub struct KeyOwner {
+    pub workspace: Uuid,
+    /// The key's label (what the audit trail names when no actor is given).
+    pub label: String,
+    /// The workspace's address policy.
+    pub addresses: crate::domain::validate::AddressPolicy,
+}
+
+/// The workspace an API key opens, if the key exists.
+pub async fn workspace_for_key(pool: &PgPool, key: &str) -> Result<Option<KeyOwner>, StoreError> {
+    let row: Option<(Uuid, String, bool)> = sqlx::query_as(
+        "SELECT k.workspace_id, k.label, w.allow_dotless_domains
+         FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id WHERE k.key_sha256 = $1",
     )
+    .bind(key_hash(key))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(workspace, label, dotless)| KeyOwner {
+        workspace,
+        label,
+        addresses: crate::domain::validate::AddressPolicy {
+            dotless_domains: dotless,
+        },
+    }))
 }

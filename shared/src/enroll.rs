@@ -48,9 +48,14 @@ impl FieldError {
 }
 
 impl ValidLead {
-    /// Checks `input`; `at` is the JSON path of the lead in the request, for error messages.
-    pub fn parse(input: &LeadInput, at: &str) -> Result<Self, FieldError> {
-        let email = validate::address(&input.email)
+    /// Checks `input` under the workspace's address `policy`; `at` is the JSON path of the lead
+    /// in the request, for error messages.
+    pub fn parse(
+        input: &LeadInput,
+        at: &str,
+        policy: validate::AddressPolicy,
+    ) -> Result<Self, FieldError> {
+        let email = validate::address(&input.email, policy)
             .map_err(|m| FieldError::new(format!("{at}.email"), m))?;
         let timezone = match supplied(&input.timezone) {
             Some(Some(tz)) => Some(Some(
@@ -103,7 +108,18 @@ pub async fn upsert_lead(
     conn: &mut PgConnection,
     workspace: Uuid,
     lead: &ValidLead,
-) -> Result<Uuid, StoreError> {
+) -> Result<Uuid, UpsertError> {
+    let stored: Option<Value> = sqlx::query_scalar(
+        "SELECT attributes FROM leads WHERE workspace_id = $1 AND email = $2 FOR UPDATE",
+    )
+    .bind(workspace)
+    .bind(&lead.email)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(Value::Object(stored)) = &stored {
+        validate::merged_attributes(stored, &lead.attributes)
+            .map_err(|m| FieldError::new("lead.attributes", m))?;
+    }
     let row = sqlx::query(
         "WITH old AS (
              SELECT id, timezone FROM leads WHERE workspace_id = $2 AND email = $3 FOR UPDATE)
@@ -137,6 +153,31 @@ pub async fn upsert_lead(
         schedule::replan_lead(conn, id).await?;
     }
     Ok(id)
+}
+
+/// Why a lead was not upserted.
+#[derive(Debug, thiserror::Error)]
+pub enum UpsertError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The lead would keep more attributes than its bound ([`validate::merged_attributes`]).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+}
+
+impl From<sqlx::Error> for UpsertError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<UpsertError> for crate::http::ApiError {
+    fn from(e: UpsertError) -> Self {
+        match e {
+            UpsertError::Store(e) => e.into(),
+            UpsertError::Invalid(e) => e.into(),
+        }
+    }
 }
 
 /// What `enroll` did.
@@ -188,7 +229,7 @@ async fn latest_enrollment(
 ) -> Result<Option<Enrolled>, StoreError> {
     let row = sqlx::query(
         "SELECT id, status FROM enrollments WHERE sequence_id = $1 AND lead_id = $2
-         ORDER BY generation DESC LIMIT 1",
+         ORDER BY status = 'ACTIVE' DESC, generation DESC LIMIT 1",
     )
     .bind(sequence)
     .bind(lead)
@@ -253,7 +294,7 @@ pub async fn reenroll(
 ) -> Result<Enrolled, StoreError> {
     let latest = sqlx::query(
         "SELECT id, status, generation FROM enrollments WHERE sequence_id = $1 AND lead_id = $2
-         ORDER BY generation DESC LIMIT 1 FOR UPDATE",
+         ORDER BY status = 'ACTIVE' DESC, generation DESC LIMIT 1 FOR UPDATE",
     )
     .bind(sequence)
     .bind(lead)

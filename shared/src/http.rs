@@ -221,6 +221,8 @@ pub struct ApiQuery<T>(pub T);
 pub struct Auth {
     pub workspace: Uuid,
     pub actor: String,
+    /// The workspace's address policy, for the routes that create leads.
+    pub addresses: crate::domain::validate::AddressPolicy,
 }
 
 impl<S> FromRequestParts<S> for Auth
@@ -240,7 +242,7 @@ where
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::Unauthorized)?;
         let pool = PgPool::from_ref(state);
-        let (workspace, label) = crate::db::workspace_for_key(&pool, key)
+        let owner = crate::db::workspace_for_key(&pool, key)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         let named = parts
@@ -250,10 +252,14 @@ where
             .map(str::trim)
             .filter(|a| !a.is_empty() && a.chars().count() <= 100);
         let actor = match named {
-            Some(name) => format!("{name} (key {label})"),
-            None => format!("key {label}"),
+            Some(name) => format!("{name} (key {})", owner.label),
+            None => format!("key {}", owner.label),
         };
-        Ok(Auth { workspace, actor })
+        Ok(Auth {
+            workspace: owner.workspace,
+            actor,
+            addresses: owner.addresses,
+        })
     }
 }
 

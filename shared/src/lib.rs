@@ -9,6 +9,7 @@ pub mod domain;
 pub mod enroll;
 pub mod health;
 pub mod http;
+pub mod identity;
 pub mod ledger;
 pub mod messaging;
 pub mod metrics;

@@ -46,7 +46,7 @@ pub async fn create(
     ApiPath(sequence): ApiPath<Uuid>,
     ApiJson(req): ApiJson<ManualEnrollment>,
 ) -> ApiResult<(StatusCode, Json<Enrollment>)> {
-    let lead = ValidLead::parse(&req.lead, "lead")?;
+    let lead = ValidLead::parse(&req.lead, "lead", auth.addresses)?;
     let mut tx = state.db.begin().await?;
     // FOR SHARE: a pause or delete committing meanwhile waits for this enrollment.
     let status: Option<String> = sqlx::query_scalar(

@@ -1,6 +1,7 @@
 //! The api role: the control plane over HTTP. Owns the `/v1` routes for sequences (create,
 //! edit, versions), control actions (pause, resume and its preview, delete, cancel, re-enroll,
-//! audit), manual enrollment, the enrollments view, the send history (the ledger), the dev
+//! audit), manual enrollment, the enrollments view, the send history (the ledger), the
+//! workspace's settings, the dev
 //! outbox and the OpenAPI document, and the Hub's pages (`hub`), which act through those same
 //! handlers. It schedules only through the shared rules and never sends mail.
 
@@ -11,6 +12,7 @@ pub mod hub;
 mod outbox;
 mod sends;
 mod sequences;
+mod workspace;
 
 use std::time::Duration;
 
@@ -77,6 +79,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/enrollments/{id}/sends", get(sends::for_enrollment))
         .route("/v1/sends", get(sends::search))
         .route("/v1/sends/{key}/resolve", post(sends::resolve))
+        .route(
+            "/v1/workspace",
+            get(workspace::get_one).patch(workspace::patch),
+        )
         .route("/v1/dev/outbox", get(outbox::list))
         .route("/openapi.json", get(openapi_json))
         .with_state(state)
@@ -91,7 +97,7 @@ pub fn router(state: ApiState) -> Router {
         control::cancel, control::cancel_many, control::reenroll, control::audit_list,
         enrollments::create, enrollments::list, enrollments::get_one,
         sends::search, sends::resolve, sends::for_sequence, sends::for_enrollment,
-        outbox::list,
+        workspace::get_one, workspace::patch, outbox::list,
     ),
     modifiers(&BearerAuth)
 )]

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use chrono::Utc;
 use pulse_shared::{
     db::StoreError,
-    domain::timing::Timing,
+    domain::{timing::Timing, validate},
     model::{
         EnrollmentOutcome, EventResult, ScoreMode, enrollment_status, outcome, sequence_status,
     },
@@ -27,12 +27,30 @@ use uuid::Uuid;
 
 use crate::{Change, ValidEvent};
 
+/// Why a batch was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Leads (by canonical address) whose attributes, merged with what they keep, would be over
+    /// the per-lead bound, and why. Nothing was written: the caller rejects their events and
+    /// applies the rest.
+    #[error("{} leads would be over their attribute bound", .0.len())]
+    Oversize(HashMap<String, String>),
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
 /// Processes `events` (validated, in request order) for `workspace`; one result per event.
 pub async fn process(
     db: &PgPool,
     workspace: Uuid,
     events: &[ValidEvent],
-) -> Result<Vec<EventResult>, StoreError> {
+) -> Result<Vec<EventResult>, BatchError> {
     let mut tx = db.begin().await?;
 
     // 1. Claim the event ids. A concurrent request holding one of them makes this wait for its
@@ -283,7 +301,7 @@ async fn upsert_leads(
     conn: &mut PgConnection,
     workspace: Uuid,
     events: &[&ValidEvent],
-) -> Result<HashMap<String, Lead>, StoreError> {
+) -> Result<HashMap<String, Lead>, BatchError> {
     #[derive(Default)]
     struct Merged {
         /// The address as first given in this batch (kept by an existing lead).
@@ -325,11 +343,42 @@ async fn upsert_leads(
     if by_email.is_empty() {
         return Ok(HashMap::new());
     }
+    // Zones, scores and attributes before this batch, with the rows locked (in email order, as
+    // the upsert would): a lead whose zone changes has its scheduled steps re-planned, score
+    // triggers fire on crossings from the score before, and what a lead keeps stays bounded.
+    let emails: Vec<&str> = by_email.keys().copied().collect();
+    let before: HashMap<String, (Option<String>, Option<i32>)> = {
+        let rows: Vec<(String, Option<String>, Option<i32>, Value)> = sqlx::query_as(
+            "SELECT email, timezone, score, attributes FROM leads
+             WHERE workspace_id = $1 AND email = ANY($2) ORDER BY email FOR UPDATE",
+        )
+        .bind(workspace)
+        .bind(&emails)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut over = HashMap::new();
+        let empty = Map::new();
+        let stored: HashMap<&str, &Value> = rows.iter().map(|r| (r.0.as_str(), &r.3)).collect();
+        for (email, m) in &by_email {
+            let old = match stored.get(email) {
+                Some(Value::Object(old)) => old,
+                _ => &empty,
+            };
+            if let Err(message) = validate::merged_attributes(old, &m.attributes) {
+                over.insert((*email).to_owned(), message);
+            }
+        }
+        if !over.is_empty() {
+            return Err(BatchError::Oversize(over));
+        }
+        rows.into_iter()
+            .map(|(email, zone, score, _)| (email, (zone, score)))
+            .collect()
+    };
     let n = by_email.len();
     let mut givens = Vec::with_capacity(n);
     let mut supplied: [Vec<&str>; 3] = Default::default();
-    let (mut ids, mut emails, mut firsts, mut lasts, mut zones, mut attrs) = (
-        Vec::with_capacity(n),
+    let (mut ids, mut firsts, mut lasts, mut zones, mut attrs) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -343,7 +392,6 @@ async fn upsert_leads(
     );
     for (email, m) in by_email {
         ids.push(Uuid::new_v4());
-        emails.push(email);
         givens.push(m.given);
         for (i, field) in [&m.first_name, &m.last_name, &m.timezone]
             .into_iter()
@@ -361,20 +409,6 @@ async fn upsert_leads(
         lists.push(Value::from(m.lists));
         scores.push(m.score);
     }
-    // Zones and scores before this batch, with the rows locked (in email order, as the upsert
-    // would): a lead whose zone changes has its scheduled steps re-planned, and score triggers
-    // fire on crossings from the score before.
-    let before: HashMap<String, (Option<String>, Option<i32>)> = sqlx::query_as(
-        "SELECT email, timezone, score FROM leads WHERE workspace_id = $1 AND email = ANY($2)
-         ORDER BY email FOR UPDATE",
-    )
-    .bind(workspace)
-    .bind(&emails)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|(email, zone, score): (String, Option<String>, Option<i32>)| (email, (zone, score)))
-    .collect();
     let rows = sqlx::query(
         "INSERT INTO leads (id, workspace_id, email, first_name, last_name, timezone, attributes,
                             tags, lists, score, email_given)
@@ -724,7 +758,9 @@ impl Existing {
     }
 }
 
-/// The latest enrollment (highest generation) of each (sequence, lead) pair that has one.
+/// The latest enrollment of each (sequence, lead) pair that has one: its ACTIVE one, else its
+/// highest generation (a merge of two leads can leave an ended one numbered above the ACTIVE
+/// one: `identity::merge_leads`).
 async fn latest_enrollments(
     conn: &mut PgConnection,
     sequences: &[Uuid],
@@ -735,7 +771,7 @@ async fn latest_enrollments(
          FROM enrollments e
          JOIN UNNEST($1::uuid[], $2::uuid[]) AS p(sequence, lead)
            ON e.sequence_id = p.sequence AND e.lead_id = p.lead
-         ORDER BY e.sequence_id, e.lead_id, e.generation DESC",
+         ORDER BY e.sequence_id, e.lead_id, e.status = 'ACTIVE' DESC, e.generation DESC",
     )
     .bind(sequences)
     .bind(leads)

@@ -88,24 +88,62 @@ pub async fn ingest_events(
         ));
     }
     let mut valid = Vec::with_capacity(batch.events.len());
+    // Where each valid event's answer goes.
+    let mut valid_at = Vec::with_capacity(batch.events.len());
     let mut answers: Vec<Option<EventResult>> = Vec::with_capacity(batch.events.len());
     for (i, e) in batch.events.iter().enumerate() {
-        match ValidEvent::parse(e, &format!("events[{i}]")) {
+        match ValidEvent::parse(e, &format!("events[{i}]"), auth.addresses) {
             Ok(v) => {
                 valid.push(v);
+                valid_at.push(i);
                 answers.push(None);
             }
             Err(err) => answers.push(Some(rejected(e, err))),
         }
     }
-    let mut processed = if valid.is_empty() {
-        Vec::new()
-    } else {
-        // The step runs created here carry this span's trace context to their publish and send.
-        let span = tracing::info_span!("enroll", events = valid.len());
-        batch::process(&state.db, auth.workspace, &valid)
-            .instrument(span)
-            .await?
+    // The step runs created here carry this span's trace context to their publish and send.
+    let span = tracing::info_span!("enroll", events = valid.len());
+    let mut processed = loop {
+        if valid.is_empty() {
+            break Vec::new();
+        }
+        match batch::process(&state.db, auth.workspace, &valid)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(done) => break done,
+            // Leads that these events would grow past the per-lead bound: their events are
+            // rejected (nothing was written) and the rest applied. Each round removes at least
+            // one event, so this ends.
+            Err(batch::BatchError::Oversize(over)) => {
+                let valid_at_len = valid_at.len();
+                let mut kept = Vec::with_capacity(valid.len());
+                let mut kept_at = Vec::with_capacity(valid.len());
+                for (event, i) in valid.into_iter().zip(valid_at) {
+                    match over.get(&event.lead.email) {
+                        Some(message) => {
+                            let field = format!("events[{i}].lead.attributes");
+                            answers[i] = Some(rejected(
+                                &batch.events[i],
+                                FieldError::new(field, message.clone()),
+                            ));
+                        }
+                        None => {
+                            kept.push(event);
+                            kept_at.push(i);
+                        }
+                    }
+                }
+                if kept.len() == valid_at_len {
+                    return Err(ApiError::Internal(
+                        "an oversize report that names no event's lead".into(),
+                    ));
+                }
+                valid = kept;
+                valid_at = kept_at;
+            }
+            Err(batch::BatchError::Store(e)) => return Err(e.into()),
+        }
     }
     .into_iter();
     let mut results = Vec::with_capacity(answers.len());
@@ -162,7 +200,11 @@ struct ValidEvent {
 }
 
 impl ValidEvent {
-    fn parse(e: &TriggerEvent, at: &str) -> Result<Self, FieldError> {
+    fn parse(
+        e: &TriggerEvent,
+        at: &str,
+        addresses: validate::AddressPolicy,
+    ) -> Result<Self, FieldError> {
         let id = e.id.trim();
         if id.is_empty() || id.len() > 200 {
             return Err(FieldError::new(
@@ -171,7 +213,7 @@ impl ValidEvent {
             ));
         }
         validate::no_control(id).map_err(|m| FieldError::new(format!("{at}.id"), m))?;
-        let lead = ValidLead::parse(&e.lead, &format!("{at}.lead"))?;
+        let lead = ValidLead::parse(&e.lead, &format!("{at}.lead"), addresses)?;
         let text = |v: &Option<String>, name: &str| -> Result<String, FieldError> {
             match v.as_deref().map(str::trim) {
                 Some(t) if !t.is_empty() && t.len() <= 200 => validate::no_control(t)

@@ -9,7 +9,7 @@ pub const TEXT_BYTES: usize = 1024;
 pub const ATTRIBUTE_VALUE_BYTES: usize = 4 * 1024;
 /// Attributes of one lead (one event's, and what the lead keeps).
 pub const ATTRIBUTES: usize = 100;
-/// All attributes of one event, as JSON.
+/// All attributes of one event, and all a lead keeps (names plus values as JSON).
 pub const ATTRIBUTES_BYTES: usize = 64 * 1024;
 /// A rendered subject: one header line (RFC 5322's 998-character line limit).
 pub const SUBJECT_BYTES: usize = 998;

@@ -7,7 +7,8 @@
 //! in Unicode NFC with ASCII letters lower-cased (no other case folding: RFC 6531 leaves that to
 //! the receiving domain), and the domain through IDNA/UTS-46 (`idna`), as lower-case ASCII
 //! (punycode). Quoted local parts, IP-literal domains and domains without a dot are refused:
-//! mail to them from a sequence is a mistake far more often than an internal relay.
+//! mail to them from a sequence is a mistake far more often than an internal relay. A workspace
+//! that sends through an internal relay can allow dotless domains ([`AddressPolicy`]).
 
 use std::str::FromStr;
 
@@ -22,8 +23,23 @@ pub struct Email {
     pub canonical: String,
 }
 
-/// Checks an address and computes its canonical form.
-pub fn address(raw: &str) -> Result<Email, String> {
+/// What a workspace accepts beyond the strict default (`workspaces.allow_dotless_domains`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddressPolicy {
+    /// Domains without a dot (`ops@mailhub`), for internal relays. Off by default.
+    pub dotless_domains: bool,
+}
+
+impl AddressPolicy {
+    /// What look-ups use: they never create a lead, so they accept whatever some workspace may
+    /// have stored.
+    pub const LOOKUP: Self = Self {
+        dotless_domains: true,
+    };
+}
+
+/// Checks an address under `policy` and computes its canonical form.
+pub fn address(raw: &str, policy: AddressPolicy) -> Result<Email, String> {
     let given = raw.trim();
     if given.is_empty() {
         return Err("email is required".into());
@@ -48,8 +64,10 @@ pub fn address(raw: &str) -> Result<Email, String> {
     }
     let domain = idna::domain_to_ascii(domain)
         .map_err(|_| format!("{given:?} has a domain that is not a valid domain name"))?;
-    if !domain.contains('.') {
-        return Err(format!("{given:?} has no domain with a dot"));
+    if !domain.contains('.') && !policy.dotless_domains {
+        return Err(format!(
+            "{given:?} has no domain with a dot (a workspace can allow these for internal relays: allow_dotless_domains)"
+        ));
     }
     let local: String = local.nfc().collect::<String>().to_ascii_lowercase();
     let canonical = format!("{local}@{domain}");
@@ -69,7 +87,7 @@ pub fn address(raw: &str) -> Result<Email, String> {
 
 /// The canonical form of an address (see [`address`]): what leads are looked up by.
 pub fn email(raw: &str) -> Result<String, String> {
-    address(raw).map(|e| e.canonical)
+    address(raw, AddressPolicy::LOOKUP).map(|e| e.canonical)
 }
 
 /// Refuses control characters (NUL included: PostgreSQL cannot store it in text).
@@ -152,6 +170,35 @@ pub fn attributes(
     Ok(())
 }
 
+/// Checks what a lead would keep after `new` is merged over its `stored` attributes (a key in
+/// both takes the new value): at most [`limits::ATTRIBUTES`] attributes and
+/// [`limits::ATTRIBUTES_BYTES`] in all, measured as [`attributes`] measures one event's. Each
+/// event is bounded by [`attributes`]; this bounds the lead, which events grow one at a time.
+pub fn merged_attributes(
+    stored: &serde_json::Map<String, serde_json::Value>,
+    new: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), String> {
+    let kept = stored.iter().filter(|(k, _)| !new.contains_key(*k));
+    let count = kept.clone().count() + new.len();
+    if count > limits::ATTRIBUTES {
+        return Err(format!(
+            "the lead would have {count} attributes with the ones it has; at most {} per lead",
+            limits::ATTRIBUTES
+        ));
+    }
+    let total: usize = kept
+        .chain(new.iter())
+        .map(|(k, v)| k.len() + serde_json::to_string(v).map_or(usize::MAX / 2, |j| j.len()))
+        .sum();
+    if total > limits::ATTRIBUTES_BYTES {
+        return Err(format!(
+            "the lead's attributes would be {total} bytes with the ones it has; at most {} per lead",
+            limits::ATTRIBUTES_BYTES
+        ));
+    }
+    Ok(())
+}
+
 /// [`multiline`] for every string of a JSON value, keys included.
 fn strings_in(value: &serde_json::Value) -> Result<(), String> {
     use serde_json::Value;
@@ -184,9 +231,13 @@ pub fn timezone(raw: &str) -> Result<chrono_tz::Tz, String> {
 mod tests {
     use super::*;
 
+    fn strict(raw: &str) -> Result<String, String> {
+        address(raw, AddressPolicy::default()).map(|e| e.canonical)
+    }
+
     #[test]
     fn emails() {
-        assert_eq!(email(" Ada@Example.COM ").unwrap(), "ada@example.com");
+        assert_eq!(strict(" Ada@Example.COM ").unwrap(), "ada@example.com");
         for bad in [
             "",
             "ada",
@@ -199,9 +250,41 @@ mod tests {
             "ada\u{0}@example.com",
             "ada@exa\u{1}mple.com",
         ] {
-            assert!(email(bad).is_err(), "{bad:?} accepted");
+            assert!(strict(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(email(&format!("{}@example.com", "a".repeat(260))).is_err());
+        assert!(strict(&format!("{}@example.com", "a".repeat(260))).is_err());
+    }
+
+    #[test]
+    fn dotless_domains_only_where_allowed() {
+        let relay = AddressPolicy {
+            dotless_domains: true,
+        };
+        assert!(strict("ops@mailhub").is_err());
+        assert_eq!(
+            address("Ops@MailHub", relay).unwrap().canonical,
+            "ops@mailhub"
+        );
+        // Look-ups accept them (they never create a lead); IP literals stay refused.
+        assert_eq!(email("ops@mailhub").unwrap(), "ops@mailhub");
+        assert!(address("ops@[10.0.0.1]", relay).is_err());
+    }
+
+    #[test]
+    fn what_a_lead_keeps_is_bounded() {
+        let map =
+            |n: usize, from: usize, size: usize| -> serde_json::Map<String, serde_json::Value> {
+                (from..from + n)
+                    .map(|i| (format!("k{i}"), serde_json::json!("v".repeat(size))))
+                    .collect()
+            };
+        // 60 stored plus 60 new: 120 > 100; the same 60 again replaces, not adds.
+        assert!(merged_attributes(&map(60, 0, 1), &map(60, 100, 1)).is_err());
+        assert!(merged_attributes(&map(60, 0, 1), &map(60, 0, 1)).is_ok());
+        // 10 × 4000 bytes stored plus 10 × 4000 new: over 64 KiB in all.
+        assert!(merged_attributes(&map(10, 0, 4000), &map(10, 100, 4000)).is_err());
+        // A new value replacing a large one frees its room.
+        assert!(merged_attributes(&map(16, 0, 4000), &map(16, 0, 10)).is_ok());
     }
 
     #[test]
@@ -214,7 +297,7 @@ mod tests {
         assert_eq!(unicode, "ada@xn--exmple-cua.com");
         assert_eq!(email("ada@XN--EXMPLE-CUA.com").unwrap(), unicode);
         // Only ASCII letters are lower-cased in the local part.
-        let turkish = address("\u{130}STANBUL@Example.com").unwrap();
+        let turkish = address("\u{130}STANBUL@Example.com", AddressPolicy::default()).unwrap();
         assert_eq!(turkish.canonical, "\u{130}stanbul@example.com");
         assert_eq!(turkish.given, "\u{130}STANBUL@Example.com");
     }

@@ -5,6 +5,7 @@ mod api;
 mod control;
 mod faults;
 mod hub;
+mod identity;
 mod ingest;
 mod ledger;
 mod model;

@@ -60,7 +60,7 @@ pub fn set_cookie(name: &str, value: &str, max_age: i64) -> String {
 /// Signs in with an API key: a new session for its workspace. `None` when the key is unknown.
 /// Returns the cookie token.
 pub async fn sign_in(db: &PgPool, key: &str) -> Result<Option<String>, HubError> {
-    let Some((workspace, label)) = db::workspace_for_key(db, key.trim()).await? else {
+    let Some(owner) = db::workspace_for_key(db, key.trim()).await? else {
         return Ok(None);
     };
     let token = random_token();
@@ -69,8 +69,8 @@ pub async fn sign_in(db: &PgPool, key: &str) -> Result<Option<String>, HubError>
          VALUES ($1, $2, $3, $4, now() + make_interval(hours => $5))",
     )
     .bind(db::key_hash(&token))
-    .bind(workspace)
-    .bind(format!("hub (key {label})"))
+    .bind(owner.workspace)
+    .bind(format!("hub (key {})", owner.label))
     .bind(random_token())
     .bind(SESSION_HOURS as i32)
     .execute(db)
@@ -112,16 +112,24 @@ impl FromRequestParts<HubState> for HubUser {
         });
         let signed_out = || HubError::SignIn { next: next.clone() };
         let token = cookie(&parts.headers, COOKIE).ok_or_else(signed_out)?;
-        let row: Option<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT workspace_id, actor, csrf_token FROM hub_sessions
-             WHERE token_sha256 = $1 AND expires_at > now()",
+        let row: Option<(Uuid, String, String, bool)> = sqlx::query_as(
+            "SELECT s.workspace_id, s.actor, s.csrf_token, w.allow_dotless_domains
+             FROM hub_sessions s JOIN workspaces w ON w.id = s.workspace_id
+             WHERE s.token_sha256 = $1 AND s.expires_at > now()",
         )
         .bind(db::key_hash(&token))
         .fetch_optional(&state.api.db)
         .await?;
-        let (workspace, actor, csrf) = row.ok_or_else(signed_out)?;
+        let (workspace, actor, csrf, dotless) = row.ok_or_else(signed_out)?;
+        let addresses = pulse_shared::domain::validate::AddressPolicy {
+            dotless_domains: dotless,
+        };
         Ok(HubUser {
-            auth: Auth { workspace, actor },
+            auth: Auth {
+                workspace,
+                actor,
+                addresses,
+            },
             csrf,
             token,
         })
