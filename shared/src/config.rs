@@ -33,6 +33,9 @@ pub struct Settings {
     pub redis_prefix: String,
     /// Apply migrations when a role starts.
     pub migrate_on_start: bool,
+    /// A worker that has not heartbeaten for this long is taken for dead, and its claims are
+    /// settled at the next sweep (`ledger::Leases`).
+    pub owner_timeout: Duration,
     pub scheduler: SchedulerSettings,
     pub sender: SenderSettings,
 }
@@ -72,6 +75,23 @@ pub struct SenderSettings {
     /// Deliveries of one message that failed on a dependency before it is dead-lettered (its
     /// step run is then published again after `queued_lease`).
     pub max_deliveries: u32,
+    /// A header every message carries with its idempotency key, for relays and providers that
+    /// deduplicate on one (`PULSE_SMTP_IDEMPOTENCY_HEADER`); none by default.
+    pub idempotency_header: Option<String>,
+}
+
+/// How long a claimed, re-checked send may wait for a relay connection before it gives its
+/// claim back. Pause and cancel wait for claimed sends (up to the SMTP timeout + 5 s), so this
+/// plus one SMTP transaction must stay well inside that.
+pub const CONNECTION_WAIT: Duration = Duration::from_secs(2);
+
+impl SenderSettings {
+    /// The longest a sender can take from its claim to the wire mark: the connection wait,
+    /// then connecting, the greeting and MAIL/RCPT/DATA, each bounded by the SMTP timeout; and
+    /// a margin. An unmarked claim older than this is given back whatever its owner's health.
+    pub fn unmarked_lease(&self) -> Duration {
+        CONNECTION_WAIT + self.smtp_timeout * 3 + Duration::from_secs(10)
+    }
 }
 
 impl Settings {
@@ -98,10 +118,11 @@ impl Settings {
             queue_type: parse(&lookup, "PULSE_QUEUE_TYPE", "classic")?,
             redis_prefix: get("PULSE_REDIS_PREFIX", "pulse"),
             migrate_on_start: parse(&lookup, "PULSE_MIGRATE_ON_START", "true")?,
+            owner_timeout: millis(&lookup, "PULSE_OWNER_TIMEOUT_MS", "15000")?,
             scheduler: SchedulerSettings {
                 batch_size: parse(&lookup, "PULSE_SCHEDULER_BATCH", "500")?,
                 poll_interval: millis(&lookup, "PULSE_SCHEDULER_POLL_MS", "200")?,
-                sweep_interval: millis(&lookup, "PULSE_SWEEP_INTERVAL_MS", "10000")?,
+                sweep_interval: millis(&lookup, "PULSE_SWEEP_INTERVAL_MS", "5000")?,
                 queued_lease: millis(&lookup, "PULSE_QUEUED_LEASE_MS", "600000")?,
             },
             sender: SenderSettings {
@@ -115,6 +136,8 @@ impl Settings {
                 retry_max: millis(&lookup, "PULSE_RETRY_MAX_MS", "3600000")?,
                 sending_lease: millis(&lookup, "PULSE_SENDING_LEASE_MS", "600000")?,
                 max_deliveries: parse(&lookup, "PULSE_MAX_DELIVERIES", "10")?,
+                idempotency_header: non_empty("PULSE_SMTP_IDEMPOTENCY_HEADER")
+                    .map(|h| h.trim().to_owned()),
             },
         }
         .validated()
@@ -143,6 +166,20 @@ impl Settings {
         positive("PULSE_SMTP_POOL", self.sender.smtp_pool_size > 0)?;
         positive("PULSE_SENDER_DB_BATCH", self.sender.db_batch > 0)?;
         positive("PULSE_SEND_MAX_ATTEMPTS", self.sender.max_attempts > 0)?;
+        positive("PULSE_OWNER_TIMEOUT_MS", !self.owner_timeout.is_zero())?;
+        if let Some(name) = &self.sender.idempotency_header {
+            // RFC 5322 field name: printable ASCII but the colon.
+            let valid =
+                !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+            if !valid {
+                return Err(ConfigError {
+                    var: "PULSE_SMTP_IDEMPOTENCY_HEADER",
+                    reason: format!(
+                        "{name:?} is not a header name (printable ASCII, no colon or space)"
+                    ),
+                });
+            }
+        }
         if let Some(url) = &self.smtp_url {
             crate::smtp_url::SmtpUrl::parse(url).map_err(|reason| ConfigError {
                 var: "PULSE_SMTP_URL",
@@ -200,6 +237,11 @@ mod tests {
         let err = Settings::from_lookup(|k| (k == "PULSE_SMTP_URL").then(|| "http://x".into()))
             .unwrap_err();
         assert_eq!(err.var, "PULSE_SMTP_URL");
+        let err = Settings::from_lookup(|k| {
+            (k == "PULSE_SMTP_IDEMPOTENCY_HEADER").then(|| "X-Key: oops".into())
+        })
+        .unwrap_err();
+        assert_eq!(err.var, "PULSE_SMTP_IDEMPOTENCY_HEADER");
     }
 
     #[test]

@@ -18,5 +18,6 @@ pub mod pause;
 pub mod schedule;
 pub mod smtp_url;
 pub mod telemetry;
+pub mod workers;
 
 pub use config::Settings;

@@ -30,6 +30,8 @@ pub enum MessagingError {
     Amqp(#[from] lapin::Error),
     #[error("the broker did not confirm a publish (nack or return)")]
     NotConfirmed,
+    #[error("the broker did not confirm a publish within {0:?}")]
+    ConfirmTimeout(std::time::Duration),
 }
 
 /// Opens a connection to RabbitMQ.

@@ -276,8 +276,9 @@ impl Metrics {
         let stale = Family::<StateLabel, Counter>::default();
         r.register(
             "sweep_stale",
-            "Stale work found by the sweep: unknown (a SENDING claim past its lease) or \
-             requeued (a QUEUED run whose message was lost)",
+            "Stale work found by the sweep: unknown (a stale claim that was on the wire), \
+             given_back (a stale claim that sent nothing, sent again) or requeued (a QUEUED run \
+             whose message was lost)",
             stale.clone(),
         );
         let backlog = Family::<StateLabel, Gauge>::default();
@@ -486,8 +487,12 @@ impl Metrics {
         self.0.requeued.inc_by(n);
     }
 
-    pub fn swept(&self, unknown: u64, requeued: u64) {
-        for (state, n) in [("unknown", unknown), ("requeued", requeued)] {
+    pub fn swept(&self, swept: &crate::ledger::Swept) {
+        for (state, n) in [
+            ("unknown", swept.unknown),
+            ("given_back", swept.given_back),
+            ("requeued", swept.requeued),
+        ] {
             self.0.stale.get_or_create(&StateLabel { state }).inc_by(n);
         }
     }
@@ -616,7 +621,11 @@ mod tests {
         m.not_queued("expired", 1);
         m.published(1, 0.1);
         m.requeued(1);
-        m.swept(1, 1);
+        m.swept(&crate::ledger::Swept {
+            unknown: 1,
+            given_back: 1,
+            requeued: 1,
+        });
         m.set_backlog(1, 1, 1.0, 1);
         m.set_paused_sends(0);
         m.consumed();

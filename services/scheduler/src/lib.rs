@@ -5,7 +5,8 @@
 //!
 //! QUEUED is committed *before* publishing, so a sender never receives a message whose run is
 //! still locked here (it would wait for this commit, the whole publish round trip, on every
-//! message). If publishing fails, the batch's runs go straight back to SCHEDULED and are
+//! message). If publishing fails — a nack, a return, a channel or connection error, or no
+//! confirm within [`CONFIRM_TIMEOUT`] — the batch's runs go straight back to SCHEDULED and are
 //! published again (a copy that did reach the queue is absorbed by the sender's ledger claim).
 //! A crash between the commit and the publish leaves runs QUEUED with no message: the sweep
 //! (`ledger::sweep`, every `PULSE_SWEEP_INTERVAL_MS`) publishes them again once they have been
@@ -42,6 +43,11 @@ use uuid::Uuid;
 
 /// How often the depth of the send queue and its dead-letter queue is read.
 const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a batch's publisher confirms may take. A broker that goes away mid-publish may
+/// leave confirms that never resolve; after this the batch is given back (due again at once)
+/// instead of waiting for the queued lease.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -112,16 +118,12 @@ async fn claim_loop(
     let result = async {
         while !shutdown.is_cancelled() {
             if tokio::time::Instant::now() >= next_sweep {
-                let swept = ledger::sweep(
-                    db,
-                    settings.sender.sending_lease,
-                    settings.scheduler.queued_lease,
-                )
-                .await?;
-                metrics.swept(swept.unknown, swept.requeued);
+                let swept = ledger::sweep(db, &ledger::Leases::new(settings)).await?;
+                metrics.swept(&swept);
                 if swept != ledger::Swept::default() {
                     tracing::warn!(
                         unknown = swept.unknown,
+                        given_back = swept.given_back,
                         requeued = swept.requeued,
                         "stale work found"
                     );
@@ -521,7 +523,10 @@ async fn publish(
             .map_err(MessagingError::from)?;
         confirms.push(confirm);
     }
-    let confirmations = try_join_all(confirms).await.map_err(MessagingError::from)?;
+    let confirmations = tokio::time::timeout(CONFIRM_TIMEOUT, try_join_all(confirms))
+        .await
+        .map_err(|_| MessagingError::ConfirmTimeout(CONFIRM_TIMEOUT))?
+        .map_err(MessagingError::from)?;
     // A nack, or an ack that carries a returned (unroutable) message, means it went nowhere.
     let all_routed = confirmations
         .into_iter()

@@ -11,8 +11,13 @@
 //! 4. a relay connection from the pool within [`CONNECTION_WAIT`] — else the claim is given
 //!    back and the step is due again shortly, so a send never goes out long after its
 //!    re-check and a pause or cancel never waits on sends queued behind a slow relay;
-//! 5. the SMTP send, with the key's deterministic Message-ID;
+//! 5. the SMTP send, with the key's deterministic Message-ID; once the relay accepts DATA, the
+//!    claim is marked on the wire (batched, fenced), and only then does the body go out;
 //! 6. one transaction recording the outcome and scheduling the next step; then the ack.
+//!
+//! Each sender registers itself as a worker and heartbeats (`pulse_shared::workers`); its claims
+//! name it. If it dies, the sweep gives its unmarked claims back at once (sent again by another
+//! sender) and turns only its marked ones, which may have reached the relay, into UNKNOWN.
 //!
 //! Workers are stateless. The sender never delays a message by holding it unacked: a retry is a
 //! new due time in PostgreSQL. It never sends without a claim, and never releases a claim it
@@ -52,7 +57,7 @@ use pulse_shared::{
     model::{enrollment_status, sequence_status},
     pause::{Gate, PauseError, PauseFlags},
     smtp_url::SmtpUrl,
-    telemetry,
+    telemetry, workers,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +80,8 @@ pub enum SenderError {
 /// What handling one message needs.
 #[derive(Clone)]
 pub struct Context {
+    /// This sender's worker id: the owner its claims name.
+    pub worker: Uuid,
     pub db: PgPool,
     pub flags: PauseFlags,
     pub transport: Transport,
@@ -89,31 +96,31 @@ pub struct Context {
 struct Batches {
     claims: Batcher<Claims>,
     snapshots: Batcher<Snapshots>,
+    wires: Batcher<Wires>,
     sent: Batcher<Sent>,
 }
 
-/// How long a claimed, re-checked send may wait for a relay connection before it gives its
-/// claim back. Pause and cancel wait for claimed sends (up to the SMTP timeout + 5 s), so this
-/// plus one SMTP transaction must stay well inside that.
-pub const CONNECTION_WAIT: Duration = Duration::from_secs(2);
+pub use pulse_shared::config::CONNECTION_WAIT;
 
 /// Batches of one kind running at once: enough that one waiting on a row lock (a scheduler
 /// that has not committed yet) does not hold up the others.
 const BATCHES_IN_FLIGHT: usize = 3;
 
 impl Batches {
-    fn spawn(db: &PgPool, s: &SenderSettings) -> Self {
-        let lease = s.sending_lease;
+    fn spawn(db: &PgPool, settings: &Settings, worker: Uuid) -> Self {
+        let s = &settings.sender;
         Self {
             claims: Batcher::spawn(
                 Claims {
                     db: db.clone(),
-                    lease,
+                    leases: ledger::Leases::new(settings),
+                    worker,
                 },
                 s.db_batch,
                 BATCHES_IN_FLIGHT,
             ),
             snapshots: Batcher::spawn(Snapshots(db.clone()), s.db_batch, BATCHES_IN_FLIGHT),
+            wires: Batcher::spawn(Wires(db.clone()), s.db_batch, BATCHES_IN_FLIGHT),
             sent: Batcher::spawn(Sent(db.clone()), s.db_batch, BATCHES_IN_FLIGHT),
         }
     }
@@ -121,7 +128,8 @@ impl Batches {
 
 struct Claims {
     db: PgPool,
-    lease: Duration,
+    leases: ledger::Leases,
+    worker: Uuid,
 }
 
 impl BatchOp for Claims {
@@ -131,10 +139,25 @@ impl BatchOp for Claims {
         &self,
         items: &[ClaimRequest],
     ) -> Result<Vec<Result<Claim, StoreError>>, StoreError> {
-        ledger::claim_many(&self.db, items, self.lease).await
+        ledger::claim_many(&self.db, items, &self.leases, self.worker).await
     }
     async fn one(&self, r: &ClaimRequest) -> Result<Claim, StoreError> {
-        ledger::claim(&self.db, r.step_run, &r.key, self.lease).await
+        ledger::claim(&self.db, r.step_run, &r.key, &self.leases, self.worker).await
+    }
+}
+
+struct Wires(PgPool);
+
+impl BatchOp for Wires {
+    type Item = Fence;
+    type Output = Settled;
+    async fn many(&self, fences: &[Fence]) -> Result<Vec<Result<Settled, StoreError>>, StoreError> {
+        ledger::mark_on_wire_many(&self.0, fences).await
+    }
+    async fn one(&self, fence: &Fence) -> Result<Settled, StoreError> {
+        let mut one = ledger::mark_on_wire_many(&self.0, std::slice::from_ref(fence)).await?;
+        one.pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("no mark result".into())))
     }
 }
 
@@ -176,8 +199,13 @@ impl BatchOp for Sent {
 }
 
 impl Context {
-    /// Connects to PostgreSQL and Redis and picks the transport from `PULSE_SMTP_URL`.
-    pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Self, SenderError> {
+    /// Connects to PostgreSQL and Redis and picks the transport from `PULSE_SMTP_URL`; its
+    /// claims will name `worker`.
+    pub async fn build(
+        settings: &Settings,
+        metrics: Metrics,
+        worker: Uuid,
+    ) -> Result<Self, SenderError> {
         let s = &settings.sender;
         // Database work per send is short (most of a send waits on SMTP): a few connections
         // serve many concurrent sends, and several senders stay under PostgreSQL's limit.
@@ -200,7 +228,8 @@ impl Context {
             None => Transport::Capture(db.clone()),
         };
         Ok(Self {
-            batches: Batches::spawn(&db, s),
+            batches: Batches::spawn(&db, settings, worker),
+            worker,
             db,
             flags,
             transport,
@@ -220,13 +249,41 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), SenderError> {
-    let ctx = Context::build(&settings, metrics).await?;
+    let db = db::pool(&settings.database_url, 2)?;
+    let worker = register(&db, &settings, &shutdown).await?;
+    let Some(worker) = worker else {
+        return Ok(());
+    };
+    let ctx = Context::build(&settings, metrics, worker.id).await?;
     supervise("sender", &health, &ctx.metrics, &shutdown, || {
         session(&settings, &ctx, &health, &shutdown)
     })
     .await;
+    // Every send in progress has finished: nothing of this worker's is left to settle.
+    worker.stop().await;
     tracing::info!("sender stopped");
     Ok(())
+}
+
+/// Registers this sender as a worker, retrying while PostgreSQL is unreachable; `None` if
+/// `shutdown` comes first.
+async fn register(
+    db: &PgPool,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<Option<workers::Registration>, SenderError> {
+    loop {
+        match workers::Registration::start(db, "sender", settings.owner_timeout).await {
+            Ok(r) => return Ok(Some(r)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the sender yet; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return Ok(None),
+                }
+            }
+        }
+    }
 }
 
 async fn session(
@@ -557,10 +614,26 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         subject: snap.subject,
         body: snap.body,
         message_id: snap.message_id,
+        idempotency: ctx
+            .settings
+            .idempotency_header
+            .clone()
+            .map(|name| (name, msg.key.clone())),
+    };
+    // The wire mark: only a claim that holds its key when the body is about to go may send it.
+    let on_wire = async {
+        match ctx.batches.wires.call(fence.clone()).await {
+            Ok(Settled::Recorded) => true,
+            Ok(Settled::ClaimLost) => false,
+            Err(e) => {
+                tracing::warn!(key = %msg.key, error = %e, "the claim could not be marked on the wire; not sending");
+                false
+            }
+        }
     };
     let started = Instant::now();
     let answer = session
-        .send(&mail)
+        .send(&mail, on_wire)
         .instrument(tracing::info_span!("smtp"))
         .await;
     m.smtp_answered(started.elapsed().as_secs_f64());
@@ -605,6 +678,18 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
                     .await?;
             tracing::warn!(key = %msg.key, reply = %reply.text, "send outcome unknown; left for an operator");
             (settled, SendOutcome::Unknown)
+        }
+        Err(SendError::Withheld) => {
+            // Nothing went out. A claim that was taken meanwhile is someone else's (the release
+            // changes nothing); one that is still ours goes back, due again shortly.
+            let retry_at = Utc::now() + chrono::Duration::seconds(1);
+            let reason = "not sent: the claim could not be marked on the wire; due again shortly";
+            let settled = record_with_retries(|| {
+                ledger::release(&ctx.db, &fence, run, Release::Hold(Some(retry_at)), reason)
+            })
+            .await?;
+            tracing::info!(key = %msg.key, ?settled, "{reason}");
+            (Settled::Recorded, SendOutcome::Released)
         }
         Err(SendError::Permanent(reply)) => {
             let settled =

@@ -9,6 +9,11 @@
 //! It drives the SMTP phases itself (lettre's `command` and `message`) so that it knows whether
 //! a failure happened before the message body was sent (nothing went out) or after (unknown).
 //!
+//! Between the relay's go-ahead for DATA and the message body, a send calls back to the sender
+//! (`on_wire`), which marks its ledger claim: the one moment after which the relay may have the
+//! message. When the mark does not take, the body is not sent and the connection is dropped
+//! without the final dot, so the relay discards the transaction.
+//!
 //! A send waits for a free connection only for a bounded time ([`Transport::connect_within`]),
 //! after its claim and re-check: the re-check stays valid for the whole send only if the send
 //! follows it promptly. A send that cannot get a connection in time gives its claim back (the
@@ -22,7 +27,10 @@ use std::{
 
 use lettre::{
     Message,
-    message::{Mailbox, header::ContentType},
+    message::{
+        Mailbox,
+        header::{ContentType, HeaderName, HeaderValue},
+    },
     transport::smtp::{
         client::AsyncSmtpConnection,
         commands::{Data, Mail, Rcpt},
@@ -43,6 +51,8 @@ pub struct Outgoing {
     pub subject: String,
     pub body: String,
     pub message_id: String,
+    /// A header naming the idempotency key (`PULSE_SMTP_IDEMPOTENCY_HEADER`), and the key.
+    pub idempotency: Option<(String, String)>,
 }
 
 /// Why a send did not go through.
@@ -58,6 +68,10 @@ pub enum SendError {
     /// relay may or may not have accepted it. Never retried automatically.
     #[error("outcome unknown: {}", .0.text)]
     Unknown(Reply),
+    /// The sender's claim could not be marked on the wire, so the body was never sent: nothing
+    /// went out, and this sender must not act on the key further.
+    #[error("not sent: the claim could not be marked on the wire")]
+    Withheld,
 }
 
 impl SendError {
@@ -93,7 +107,7 @@ impl Transport {
         }
     }
 
-    /// Connects (waiting as long as it takes) and sends one message.
+    /// Connects (waiting as long as it takes) and sends one message, with no claim to mark.
     pub async fn send(&self, mail: &Outgoing) -> Result<Reply, SendError> {
         let session = match self {
             Transport::Smtp(pool) => match pool.clone().checkout(None).await {
@@ -102,7 +116,7 @@ impl Transport {
             },
             Transport::Capture(db) => Session::Capture(db.clone()),
         };
-        session.send(mail).await
+        session.send(mail, async { true }).await
     }
 }
 
@@ -113,11 +127,22 @@ pub enum Session {
 }
 
 impl Session {
-    pub async fn send(self, mail: &Outgoing) -> Result<Reply, SendError> {
+    /// Sends `mail`; `on_wire` runs right before the body goes out and must say `true` for it
+    /// to go (see the module doc).
+    pub async fn send(
+        self,
+        mail: &Outgoing,
+        on_wire: impl Future<Output = bool>,
+    ) -> Result<Reply, SendError> {
         let message = build(mail)?;
         match self {
-            Session::Smtp(conn) => conn?.send(&message).await,
-            Session::Capture(db) => capture(&db, mail, &message).await,
+            Session::Smtp(conn) => conn?.send(&message, on_wire).await,
+            Session::Capture(db) => {
+                if !on_wire.await {
+                    return Err(SendError::Withheld);
+                }
+                capture(&db, mail, &message).await
+            }
         }
     }
 }
@@ -131,11 +156,15 @@ pub struct Connection {
 }
 
 impl Connection {
-    async fn send(mut self, message: &Message) -> Result<Reply, SendError> {
+    async fn send(
+        mut self,
+        message: &Message,
+        on_wire: impl Future<Output = bool>,
+    ) -> Result<Reply, SendError> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(SendError::transient("SMTP connection already used"));
         };
-        let result = self.pool.transact(conn, message).await;
+        let result = self.pool.transact(conn, message, on_wire).await;
         if result.is_err()
             && let Some(mut conn) = self.conn.take()
         {
@@ -165,12 +194,18 @@ fn build(mail: &Outgoing) -> Result<Message, SendError> {
         .to
         .parse()
         .map_err(|e| SendError::permanent(format!("bad recipient {:?}: {e}", mail.to)))?;
-    Message::builder()
+    let mut builder = Message::builder()
         .from(from)
         .to(to)
         .subject(mail.subject.clone())
         .message_id(Some(mail.message_id.clone()))
-        .header(ContentType::TEXT_PLAIN)
+        .header(ContentType::TEXT_PLAIN);
+    if let Some((name, key)) = &mail.idempotency {
+        let name = HeaderName::new_from_ascii(name.clone())
+            .map_err(|e| SendError::permanent(format!("bad idempotency header {name:?}: {e}")))?;
+        builder = builder.raw_header(HeaderValue::new(name, key.clone()));
+    }
+    builder
         .body(mail.body.clone())
         .map_err(|e| SendError::permanent(format!("cannot build message: {e}")))
 }
@@ -284,6 +319,7 @@ impl SmtpPool {
         &self,
         conn: &mut AsyncSmtpConnection,
         message: &Message,
+        on_wire: impl Future<Output = bool>,
     ) -> Result<Reply, SendError> {
         let envelope = message.envelope();
         let bytes = message.formatted();
@@ -322,6 +358,11 @@ impl SmtpPool {
             .map_err(|_| {
                 SendError::transient("the SMTP relay timed out before the message was sent")
             })??;
+        // The relay said 354: from the body on, it may have the message.
+        if !on_wire.await {
+            // `Connection::send` aborts the connection on any error: no final dot is sent.
+            return Err(SendError::Withheld);
+        }
         match tokio::time::timeout(self.timeout, conn.message(&bytes)).await {
             Ok(Ok(response)) => Ok(Reply {
                 code: Some(i32::from(u16::from(response.code()))),

@@ -1,15 +1,20 @@
 //! The send ledger: one row per idempotency key `(enrollment, step, generation)`, the
 //! server-side record of what actually went out. Owns the ledger protocol of `docs/send-path.md`:
 //!
-//! 1. `claim` — insert the key as SENDING (or take over a DEFERRED one). Commits on its own,
-//!    *before* the sender re-checks the enrollment, so a pause or cancel that commits first is
-//!    always seen by the re-check, and one that commits later can find the SENDING claim.
+//! 1. `claim` — insert the key as SENDING (or take over a DEFERRED one), naming the worker
+//!    that owns it. Commits on its own, *before* the sender re-checks the enrollment, so a
+//!    pause or cancel that commits first is always seen by the re-check, and one that commits
+//!    later can find the SENDING claim.
 //! 2. `release` — nothing was sent (the re-check said no): remove the claim.
-//! 3. `record_sent` / `record_deferred` / `record_failed` — one transaction each, with the
+//! 3. `mark_on_wire_many` — right before the message body goes to the relay, the claim is
+//!    marked (`wire_at`), fenced like every settling write; a sender whose mark does not take
+//!    sends nothing. Only a marked claim can have reached the relay.
+//! 4. `record_sent` / `record_deferred` / `record_failed` — one transaction each, with the
 //!    step run and, for a send, the next step or the enrollment's completion.
 //!
-//! A SENDING row older than the lease belongs to a worker that died mid-send: it becomes
-//! UNKNOWN and is never sent again automatically. Rows are never deleted except by `release`.
+//! A stale SENDING claim ([`Leases`]: its owner stopped heartbeating, or a lease ran out) is
+//! given back if unmarked (sent again, no operator needed), and becomes UNKNOWN if marked (never
+//! sent again automatically). Rows are never deleted except by `release` and a give-back.
 //!
 //! **Claims are fenced.** Each claim gets its own `claim_id`, and every write that settles a
 //! claim (sent, deferred, failed, unknown, release, unclaim) names it and applies only while
@@ -66,12 +71,14 @@ pub enum Claim {
     StaleMessage,
 }
 
-/// Claims `key` for the QUEUED step run `step_run`.
+/// Claims `key` for the QUEUED step run `step_run`, on behalf of worker `owner`
+/// (`crate::workers`). A stale claim found on the key is settled first ([`Leases`]).
 pub async fn claim(
     db: &PgPool,
     step_run: Uuid,
     key: &str,
-    lease: Duration,
+    leases: &Leases,
+    owner: Uuid,
 ) -> Result<Claim, StoreError> {
     let claimed: Option<(i32, Uuid)> = sqlx::query_as(
         // The lock (by id alone) waits for a scheduler that published this run but has not
@@ -81,44 +88,48 @@ pub async fn claim(
         "WITH run AS (SELECT * FROM step_runs WHERE id = $1 FOR SHARE)
          INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
                                   sequence_id, lead_id, step_run_id, position, state, message_id,
-                                  claim_id, claimed_at)
+                                  claim_id, claimed_at, owner_id)
          SELECT sr.enrollment_id, sr.step_id, sr.generation, $2, sr.workspace_id, sr.sequence_id,
                 e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id, gen_random_uuid(),
-                clock_timestamp()
+                clock_timestamp(), $3
          FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
          WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
          ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
              SET state = 'SENDING', attempts = send_ledger.attempts + 1,
                  claimed_at = EXCLUDED.claimed_at, claim_id = EXCLUDED.claim_id,
+                 owner_id = EXCLUDED.owner_id, wire_at = NULL,
                  updated_at = now(), step_run_id = EXCLUDED.step_run_id
              WHERE send_ledger.state = 'DEFERRED'
          RETURNING attempts, claim_id",
     )
     .bind(step_run)
     .bind(key)
+    .bind(owner)
     .fetch_optional(db)
     .await?;
     if let Some((attempts, claim)) = claimed {
         return Ok(Claim::Claimed { attempts, claim });
     }
-    let existing = sqlx::query(
-        "SELECT state, claimed_at < now() - make_interval(secs => $2) AS stale
-         FROM send_ledger WHERE idempotency_key = $1",
-    )
-    .bind(key)
-    .bind(lease.as_secs_f64())
-    .fetch_optional(db)
-    .await?;
-    let Some(existing) = existing else {
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT state FROM send_ledger WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(db)
+            .await?;
+    let Some(state) = existing else {
         return Ok(Claim::StaleMessage);
     };
-    let state: String = existing.get("state");
     match state.as_str() {
-        "SENDING" if existing.get::<bool, _>("stale") => {
-            expire_claims(db, Some(key), lease).await?;
-            Ok(Claim::BecameUnknown)
+        "SENDING" => {
+            let settled = settle_stale(db, Some(key), leases).await?;
+            if settled.unknown > 0 {
+                Ok(Claim::BecameUnknown)
+            } else if settled.given_back > 0 {
+                // Its step run is SCHEDULED again: this delivery is an old copy.
+                Ok(Claim::StaleMessage)
+            } else {
+                Ok(Claim::InFlight)
+            }
         }
-        "SENDING" => Ok(Claim::InFlight),
         // DEFERRED but the step run is not QUEUED: a stale duplicate delivery.
         "DEFERRED" => Ok(Claim::StaleMessage),
         _ => Ok(Claim::Settled { state }),
@@ -139,7 +150,8 @@ pub struct ClaimRequest {
 pub async fn claim_many(
     db: &PgPool,
     requests: &[ClaimRequest],
-    lease: Duration,
+    leases: &Leases,
+    owner: Uuid,
 ) -> Result<Vec<Result<Claim, StoreError>>, StoreError> {
     let mut keys = std::collections::HashSet::new();
     let mut runs_seen = std::collections::HashSet::new();
@@ -159,21 +171,23 @@ pub async fn claim_many(
                       ORDER BY sr.id FOR SHARE OF sr)
          INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
                                   sequence_id, lead_id, step_run_id, position, state, message_id,
-                                  claim_id, claimed_at)
+                                  claim_id, claimed_at, owner_id)
          SELECT sr.enrollment_id, sr.step_id, sr.generation, sr.claim_key, sr.workspace_id,
                 sr.sequence_id, e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id,
-                gen_random_uuid(), clock_timestamp()
+                gen_random_uuid(), clock_timestamp(), $3
          FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
          WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
          ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
              SET state = 'SENDING', attempts = send_ledger.attempts + 1,
                  claimed_at = EXCLUDED.claimed_at, claim_id = EXCLUDED.claim_id,
+                 owner_id = EXCLUDED.owner_id, wire_at = NULL,
                  updated_at = now(), step_run_id = EXCLUDED.step_run_id
              WHERE send_ledger.state = 'DEFERRED'
          RETURNING idempotency_key, attempts, claim_id",
     )
     .bind(&runs)
     .bind(&batch_keys)
+    .bind(owner)
     .fetch_all(db)
     .await?;
     let mut claimed: std::collections::HashMap<String, (i32, Uuid)> = claimed
@@ -188,53 +202,135 @@ pub async fn claim_many(
                 attempts,
                 claim: id,
             }),
-            None => claim(db, r.step_run, &r.key, lease).await,
+            None => claim(db, r.step_run, &r.key, leases, owner).await,
         });
     }
     Ok(out)
 }
 
-/// Marks SENDING claims older than `lease` UNKNOWN, with their step runs (all of them, or only
-/// `key`'s). Returns how many.
-async fn expire_claims(db: &PgPool, key: Option<&str>, lease: Duration) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
+/// When a SENDING claim is stale, and what becomes of it. A claim without a wire mark sent
+/// nothing and is given back (its step run due again at once; its sender, should it be alive
+/// after all, cannot mark it and sends nothing); a claim with one may have reached the relay and
+/// becomes UNKNOWN, for an operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leases {
+    /// Any claim this old belongs to a worker that is hung or gone (`PULSE_SENDING_LEASE_MS`).
+    pub sending: Duration,
+    /// An unmarked claim this old is given back even though its owner heartbeats: a sender
+    /// marks within [`crate::config::SenderSettings::unmarked_lease`] of claiming, or never.
+    pub unmarked: Duration,
+    /// A worker that has not heartbeaten for this long is dead (`PULSE_OWNER_TIMEOUT_MS`): its
+    /// unmarked claims go back at once.
+    pub owner: Duration,
+    /// A dead worker's marked claim becomes UNKNOWN once its mark is this old (one SMTP
+    /// timeout and a margin: a sender that was only cut off from PostgreSQL has recorded its
+    /// answer by then).
+    pub answer: Duration,
+    /// A step run QUEUED this long with no claim lost its message (`PULSE_QUEUED_LEASE_MS`).
+    pub queued: Duration,
+}
+
+impl Leases {
+    pub fn new(settings: &crate::Settings) -> Self {
+        Self {
+            sending: settings.sender.sending_lease,
+            unmarked: settings.sender.unmarked_lease(),
+            owner: settings.owner_timeout,
+            answer: settings.sender.smtp_timeout + Duration::from_secs(5),
+            queued: settings.scheduler.queued_lease,
+        }
+    }
+}
+
+/// What [`settle_stale`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stale {
+    pub unknown: u64,
+    pub given_back: u64,
+}
+
+/// Settles stale SENDING claims (all of them, or only `key`'s) by [`Leases`]' rules, with their
+/// step runs, in one statement. Claims another transaction holds are left for the next sweep.
+async fn settle_stale(
+    db: &PgPool,
+    key: Option<&str>,
+    leases: &Leases,
+) -> Result<Stale, StoreError> {
+    let (unknown, given_back): (i64, i64) = sqlx::query_as(
         "WITH stale AS (
-             UPDATE send_ledger SET state = 'UNKNOWN', updated_at = now(),
-                 smtp_reply = 'worker stopped after claiming; the relay may or may not have accepted it'
-             WHERE state = 'SENDING' AND claimed_at < now() - make_interval(secs => $1)
-               AND ($2::text IS NULL OR idempotency_key = $2)
-             RETURNING step_run_id)
-         UPDATE step_runs sr SET state = 'UNKNOWN', updated_at = now(),
-             last_error = 'send outcome unknown: see the send ledger'
-         FROM stale WHERE sr.id = stale.step_run_id",
+             SELECT sl.idempotency_key, sl.attempts, sl.wire_at IS NOT NULL AS marked
+             FROM send_ledger sl
+             WHERE sl.state = 'SENDING' AND ($1::text IS NULL OR sl.idempotency_key = $1)
+               AND (sl.claimed_at < now() - make_interval(secs => $2)
+                    OR (sl.wire_at IS NULL AND sl.claimed_at < now() - make_interval(secs => $3))
+                    OR (sl.owner_id IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = sl.owner_id
+                                          AND w.heartbeat_at > now() - make_interval(secs => $4))
+                        AND (sl.wire_at IS NULL
+                             OR sl.wire_at < now() - make_interval(secs => $5))))
+             FOR UPDATE OF sl SKIP LOCKED),
+         unknown AS (
+             UPDATE send_ledger sl SET state = 'UNKNOWN', updated_at = now(),
+                 smtp_reply = 'worker stopped after the message went to the relay; the relay may or may not have accepted it'
+             FROM stale WHERE sl.idempotency_key = stale.idempotency_key AND stale.marked
+             RETURNING sl.step_run_id),
+         dropped AS (
+             DELETE FROM send_ledger sl USING stale
+             WHERE sl.idempotency_key = stale.idempotency_key AND NOT stale.marked
+               AND stale.attempts = 1
+             RETURNING sl.step_run_id),
+         deferred AS (
+             UPDATE send_ledger sl SET state = 'DEFERRED', attempts = sl.attempts - 1,
+                 owner_id = NULL, updated_at = now()
+             FROM stale WHERE sl.idempotency_key = stale.idempotency_key AND NOT stale.marked
+               AND stale.attempts > 1
+             RETURNING sl.step_run_id),
+         runs_unknown AS (
+             UPDATE step_runs sr SET state = 'UNKNOWN', updated_at = now(),
+                 last_error = 'send outcome unknown: see the send ledger'
+             FROM unknown WHERE sr.id = unknown.step_run_id RETURNING 1),
+         runs_back AS (
+             UPDATE step_runs sr SET state = 'SCHEDULED', due_at = now(), updated_at = now(),
+                 last_error = 'given back unsent: its sender stopped before the message went out'
+             WHERE sr.state = 'QUEUED'
+               AND sr.id IN (SELECT step_run_id FROM dropped
+                             UNION ALL SELECT step_run_id FROM deferred)
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM runs_unknown),
+                (SELECT count(*) FROM dropped) + (SELECT count(*) FROM deferred)",
     )
-    .bind(lease.as_secs_f64())
     .bind(key)
-    .execute(db)
-    .await?
-    .rows_affected())
+    .bind(leases.sending.as_secs_f64())
+    .bind(leases.unmarked.as_secs_f64())
+    .bind(leases.owner.as_secs_f64())
+    .bind(leases.answer.as_secs_f64())
+    .fetch_one(db)
+    .await?;
+    Ok(Stale {
+        unknown: unknown as u64,
+        given_back: given_back as u64,
+    })
 }
 
 /// What a sweep found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {
-    /// SENDING claims older than the lease, now UNKNOWN.
+    /// Stale claims that may have reached the relay, now UNKNOWN.
     pub unknown: u64,
+    /// Stale claims that sent nothing, given back: their steps are due again.
+    pub given_back: u64,
     /// QUEUED step runs older than the lease with no claim, back to SCHEDULED.
     pub requeued: u64,
 }
 
-/// Finds stale work: a SENDING claim older than `sending_lease` belongs to a worker that died
-/// mid-send and becomes UNKNOWN (never resent automatically; an operator resolves it); a step run
-/// QUEUED longer than `queued_lease` with no claim lost its message and goes back to SCHEDULED to
-/// be published again (a duplicate delivery, should the message still exist, is absorbed by the
-/// ledger). Safe to run from any number of schedulers at once.
-pub async fn sweep(
-    db: &PgPool,
-    sending_lease: Duration,
-    queued_lease: Duration,
-) -> Result<Swept, StoreError> {
-    let unknown = expire_claims(db, None, sending_lease).await?;
+/// Finds stale work ([`Leases`]): a stale claim that was on the wire becomes UNKNOWN (never
+/// resent automatically; an operator resolves it), one that was not is given back and sent
+/// again; a step run QUEUED longer than the queued lease with no claim lost its message and
+/// goes back to SCHEDULED to be published again (a duplicate delivery, should the message
+/// still exist, is absorbed by the ledger). Dead workers holding nothing are forgotten. Safe to
+/// run from any number of schedulers at once.
+pub async fn sweep(db: &PgPool, leases: &Leases) -> Result<Swept, StoreError> {
+    let stale = settle_stale(db, None, leases).await?;
     let requeued = sqlx::query(
         "UPDATE step_runs sr SET state = 'SCHEDULED', updated_at = now(),
              last_error = 'published again: the queued message was not handled in time'
@@ -242,11 +338,16 @@ pub async fn sweep(
            AND NOT EXISTS (SELECT 1 FROM send_ledger sl
                            WHERE sl.step_run_id = sr.id AND sl.state = 'SENDING')",
     )
-    .bind(queued_lease.as_secs_f64())
+    .bind(leases.queued.as_secs_f64())
     .execute(db)
     .await?
     .rows_affected();
-    Ok(Swept { unknown, requeued })
+    crate::workers::forget_dead(db, leases.owner).await?;
+    Ok(Swept {
+        unknown: stale.unknown,
+        given_back: stale.given_back,
+        requeued,
+    })
 }
 
 /// How an operator settles an UNKNOWN send.

@@ -57,6 +57,41 @@ async fn own(conn: &mut sqlx::PgConnection, fence: &Fence) -> Result<bool, Store
     .is_some())
 }
 
+/// Marks claims as going on the wire (`wire_at`), right before their message bodies are sent:
+/// one statement for all. For each fence, `Recorded` when the claim still held its key and is
+/// now marked, `ClaimLost` when it was given back or taken over meanwhile; that sender must
+/// not send. Marks commit on their own, so a crash after a mark leaves a claim that may have
+/// reached the relay (UNKNOWN), and before it one that did not (given back and sent again).
+pub async fn mark_on_wire_many(
+    db: &PgPool,
+    fences: &[Fence],
+) -> Result<Vec<Result<Settled, StoreError>>, StoreError> {
+    let keys: Vec<&str> = fences.iter().map(|f| f.key.as_str()).collect();
+    let claims: Vec<Uuid> = fences.iter().map(|f| f.claim).collect();
+    let marked: std::collections::HashSet<Uuid> = sqlx::query_scalar(
+        "UPDATE send_ledger sl SET wire_at = clock_timestamp()
+         FROM UNNEST($1::text[], $2::uuid[]) AS f(key, claim)
+         WHERE sl.idempotency_key = f.key AND sl.claim_id = f.claim AND sl.state = 'SENDING'
+         RETURNING sl.claim_id",
+    )
+    .bind(&keys)
+    .bind(&claims)
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(fences
+        .iter()
+        .map(|f| {
+            Ok(if marked.contains(&f.claim) {
+                Settled::Recorded
+            } else {
+                Settled::ClaimLost
+            })
+        })
+        .collect())
+}
+
 /// Undoes a claim that was not sent (see [`unclaim`]), and settles the step run as `how` says.
 pub async fn release(
     db: &PgPool,

@@ -835,6 +835,7 @@ async fn smtp_reference(smtp: &SmtpServer, n: usize) -> anyhow::Result<f64> {
                     subject: "reference".into(),
                     body: "reference".into(),
                     message_id: format!("<ref.{i}@example.com>"),
+                    idempotency: None,
                 };
                 pool.send(&mail)
                     .await

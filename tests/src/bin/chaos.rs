@@ -246,8 +246,6 @@ async fn main() -> anyhow::Result<()> {
             ("PULSE_HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("PULSE_SCHEDULER_POLL_MS", "100".into()),
             ("PULSE_SWEEP_INTERVAL_MS", "500".into()),
-            ("PULSE_QUEUED_LEASE_MS", "8000".into()),
-            ("PULSE_SENDING_LEASE_MS", "5000".into()),
             ("PULSE_SMTP_TIMEOUT_MS", "2000".into()),
             ("PULSE_RETRY_BASE_MS", "300".into()),
             ("PULSE_RETRY_MAX_MS", "2000".into()),

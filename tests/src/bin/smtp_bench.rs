@@ -60,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
                 subject: "bench".into(),
                 body: "hello".into(),
                 message_id: format!("<bench.{i}@example.com>"),
+                idempotency: None,
             };
             pulse
                 .send(&mail)

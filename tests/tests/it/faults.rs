@@ -245,7 +245,8 @@ async fn a_dead_workers_claim_becomes_unknown_is_never_resent_and_an_operator_se
         )
         .await?;
     }
-    // Two workers died after claiming step 1 (queued, claimed SENDING, never recorded).
+    // Two workers died after claiming step 1 and sending its body (queued, claimed SENDING,
+    // marked on the wire, never recorded).
     sqlx::query("UPDATE step_runs SET state = 'QUEUED', message_id = '<m-' || id || '@example.com>', subject = 'One', body = '1', from_addr = 'tests@example.com', to_addr = 'x@example.com'")
         .execute(&env.db)
         .await?;
@@ -257,12 +258,20 @@ async fn a_dead_workers_claim_becomes_unknown_is_never_resent_and_an_operator_se
             .bind(run)
             .fetch_one(&env.db)
             .await?;
-        let claim =
-            pulse_shared::ledger::claim(&env.db, *run, &key, Duration::from_secs(600)).await?;
-        assert!(matches!(
-            claim,
-            pulse_shared::ledger::Claim::Claimed { attempts: 1, .. }
-        ));
+        let leases = pulse_shared::ledger::Leases {
+            sending: Duration::from_secs(600),
+            unmarked: Duration::from_secs(600),
+            owner: Duration::from_secs(600),
+            answer: Duration::from_secs(600),
+            queued: Duration::from_secs(600),
+        };
+        let dead_worker = uuid::Uuid::new_v4();
+        let claim = pulse_shared::ledger::claim(&env.db, *run, &key, &leases, dead_worker).await?;
+        let pulse_shared::ledger::Claim::Claimed { attempts: 1, claim } = claim else {
+            anyhow::bail!("not claimed: {claim:?}");
+        };
+        let fence = pulse_shared::ledger::Fence { key, claim };
+        pulse_shared::ledger::mark_on_wire_many(&env.db, &[fence]).await?;
     }
     let listed = eventually(
         Duration::from_secs(10),

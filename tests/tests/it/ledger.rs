@@ -48,6 +48,48 @@ const QUEUE_IT: &str = "UPDATE step_runs SET state = 'QUEUED', subject = 's', bo
 
 const LEASE: Duration = Duration::from_secs(600);
 
+/// Leases for tests that settle stale claims by hand: nothing goes stale on its own.
+const LEASES: ledger::Leases = ledger::Leases {
+    sending: LEASE,
+    unmarked: LEASE,
+    owner: Duration::from_secs(3600),
+    answer: Duration::from_secs(35),
+    queued: LEASE,
+};
+
+/// The worker the tests' claims name (registered, heartbeating, by [`alive`]).
+const WORKER: Uuid = Uuid::from_u128(0x5e4d);
+
+async fn alive(db: &sqlx::PgPool) -> Result<(), pulse_shared::db::StoreError> {
+    sqlx::query(
+        "INSERT INTO workers (id, role, host, pid) VALUES ($1, 'sender', 'test', 0)
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+    )
+    .bind(WORKER)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// `ledger::claim` as worker [`WORKER`].
+async fn claim(
+    db: &sqlx::PgPool,
+    run: Uuid,
+    key: &str,
+) -> Result<Claim, pulse_shared::db::StoreError> {
+    alive(db).await?;
+    ledger::claim(db, run, key, &LEASES, WORKER).await
+}
+
+/// `ledger::claim_many` as worker [`WORKER`].
+async fn claim_many(
+    db: &sqlx::PgPool,
+    batch: &[ledger::ClaimRequest],
+) -> Result<Vec<Result<Claim, pulse_shared::db::StoreError>>, pulse_shared::db::StoreError> {
+    alive(db).await?;
+    ledger::claim_many(db, batch, &LEASES, WORKER).await
+}
+
 /// A claim without its id, to compare outcomes.
 fn plain(c: Claim) -> Claim {
     match c {
@@ -88,14 +130,14 @@ async fn claim_waits_for_the_scheduler_commit() -> anyhow::Result<()> {
         .execute(&mut *scheduler)
         .await?;
     let (db, k) = (env.db.clone(), key.clone());
-    let claim = tokio::spawn(async move { ledger::claim(&db, run, &k, LEASE).await });
+    let claiming = tokio::spawn(async move { claim(&db, run, &k).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        !claim.is_finished(),
+        !claiming.is_finished(),
         "the claim must wait for the scheduler's transaction"
     );
     scheduler.commit().await?;
-    assert_eq!(plain(claim.await??), claimed(1));
+    assert_eq!(plain(claiming.await??), claimed(1));
 
     // A scheduler that crashed before committing: the claim sees SCHEDULED and takes nothing.
     let (db2, run2) = (env.db.clone(), run);
@@ -111,10 +153,10 @@ async fn claim_waits_for_the_scheduler_commit() -> anyhow::Result<()> {
         .bind(run)
         .execute(&mut *crashed)
         .await?;
-    let claim = tokio::spawn(async move { ledger::claim(&db2, run2, &key, LEASE).await });
+    let claiming = tokio::spawn(async move { claim(&db2, run2, &key).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     crashed.rollback().await?;
-    assert_eq!(claim.await??, Claim::StaleMessage);
+    assert_eq!(claiming.await??, Claim::StaleMessage);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM send_ledger")
         .fetch_one(&env.db)
         .await?;
@@ -163,9 +205,7 @@ async fn a_key_is_claimed_once_and_settles() -> anyhow::Result<()> {
     let mut racers = Vec::new();
     for _ in 0..16 {
         let (db, k) = (env.db.clone(), key.clone());
-        racers.push(tokio::spawn(async move {
-            ledger::claim(&db, run, &k, LEASE).await
-        }));
+        racers.push(tokio::spawn(async move { claim(&db, run, &k).await }));
     }
     let mut won = 0;
     for r in racers {
@@ -186,7 +226,7 @@ async fn a_key_is_claimed_once_and_settles() -> anyhow::Result<()> {
         ledger::record_sent(&env.db, &fence, run, &reply, chrono::Utc::now(), None).await?;
     assert_eq!(settled, ledger::Settled::Recorded);
     assert_eq!(
-        ledger::claim(&env.db, run, &key, LEASE).await?,
+        claim(&env.db, run, &key).await?,
         Claim::Settled {
             state: "SENT".into()
         }
@@ -197,7 +237,7 @@ async fn a_key_is_claimed_once_and_settles() -> anyhow::Result<()> {
         .execute(&env.db)
         .await?;
     assert_eq!(
-        ledger::claim(&env.db, run, &key, LEASE).await?,
+        claim(&env.db, run, &key).await?,
         Claim::Settled {
             state: "SENT".into()
         }
@@ -213,14 +253,12 @@ async fn a_key_is_claimed_once_and_settles() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn a_stale_claim_becomes_unknown_and_a_deferred_one_is_retaken() -> anyhow::Result<()> {
+async fn a_stale_claim_goes_back_or_becomes_unknown_and_a_deferred_one_is_retaken()
+-> anyhow::Result<()> {
     let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
     let (_, run, key) = one_run(&env).await?;
     sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
-    assert_eq!(
-        plain(ledger::claim(&env.db, run, &key, LEASE).await?),
-        claimed(1)
-    );
+    assert_eq!(plain(claim(&env.db, run, &key).await?), claimed(1));
 
     // A transient failure: DEFERRED, step run due again later; the next claim takes it over.
     let reply = Reply {
@@ -237,19 +275,35 @@ async fn a_stale_claim_becomes_unknown_and_a_deferred_one_is_retaken() -> anyhow
             .await?;
     assert_eq!((state.as_str(), attempts), ("SCHEDULED", 1));
     sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
-    assert_eq!(
-        plain(ledger::claim(&env.db, run, &key, LEASE).await?),
-        claimed(2)
-    );
+    assert_eq!(plain(claim(&env.db, run, &key).await?), claimed(2));
 
-    // The worker dies mid-send: after the lease the claim is UNKNOWN, never resent.
+    // The worker stalls before its body went out: after the lease the claim is given back
+    // (DEFERRED as before it, this non-attempt not counted) and its step is due again.
     sqlx::query("UPDATE send_ledger SET claimed_at = now() - interval '1 hour'")
         .execute(&env.db)
         .await?;
+    assert_eq!(claim(&env.db, run, &key).await?, Claim::StaleMessage);
+    let (ledger_state, attempts, run_state): (String, i32, String) = sqlx::query_as(
+        "SELECT l.state, l.attempts, r.state FROM send_ledger l
+         JOIN step_runs r ON r.id = l.step_run_id",
+    )
+    .fetch_one(&env.db)
+    .await?;
     assert_eq!(
-        ledger::claim(&env.db, run, &key, LEASE).await?,
-        Claim::BecameUnknown
+        (ledger_state.as_str(), attempts, run_state.as_str()),
+        ("DEFERRED", 1, "SCHEDULED")
     );
+
+    // The worker dies mid-send, its body on the wire: after the lease the claim is UNKNOWN,
+    // never resent.
+    sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
+    assert_eq!(plain(claim(&env.db, run, &key).await?), claimed(2));
+    let fence = fence_of(&env.db, &key).await?;
+    ledger::mark_on_wire_many(&env.db, &[fence]).await?;
+    sqlx::query("UPDATE send_ledger SET claimed_at = now() - interval '1 hour'")
+        .execute(&env.db)
+        .await?;
+    assert_eq!(claim(&env.db, run, &key).await?, Claim::BecameUnknown);
     let (ledger_state, run_state): (String, String) = sqlx::query_as(
         "SELECT l.state, r.state FROM send_ledger l JOIN step_runs r ON r.id = l.step_run_id",
     )
@@ -264,7 +318,7 @@ async fn a_stale_claim_becomes_unknown_and_a_deferred_one_is_retaken() -> anyhow
         .execute(&env.db)
         .await?;
     assert_eq!(
-        ledger::claim(&env.db, run, &key, LEASE).await?,
+        claim(&env.db, run, &key).await?,
         Claim::Settled {
             state: "UNKNOWN".into()
         }
@@ -395,10 +449,7 @@ async fn recording_a_send_follows_an_edit_made_while_it_was_in_flight() -> anyho
     for (run, enrollment, step, _) in &runs {
         sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
         let key = ledger::idempotency_key(*enrollment, *step, 1);
-        assert_eq!(
-            plain(ledger::claim(&env.db, *run, &key, LEASE).await?),
-            claimed(1)
-        );
+        assert_eq!(plain(claim(&env.db, *run, &key).await?), claimed(1));
         snaps.push((*run, key, ledger::snapshot(&env.db, *run).await?));
     }
     // runs are ordered edited@, fast@.
@@ -496,7 +547,7 @@ async fn batched_claims_snapshots_and_records_answer_like_single_ones() -> anyho
     }
 
     // a, b, a again (a redelivery in the same batch), c, and d (not queued).
-    let claims = ledger::claim_many(&env.db, &[req(0), req(1), req(0), req(2), req(3)], LEASE)
+    let claims = claim_many(&env.db, &[req(0), req(1), req(0), req(2), req(3)])
         .await?
         .into_iter()
         .map(|c| c.map(plain))
@@ -523,7 +574,7 @@ async fn batched_claims_snapshots_and_records_answer_like_single_ones() -> anyho
         .execute(&mut *scheduler)
         .await?;
     let (db, batch) = (env.db.clone(), [req(3), req(4)]);
-    let claim = tokio::spawn(async move { ledger::claim_many(&db, &batch, LEASE).await });
+    let claim = tokio::spawn(async move { claim_many(&db, &batch).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!claim.is_finished(), "the batch must wait for the commit");
     scheduler.commit().await?;
@@ -619,8 +670,7 @@ async fn a_late_writer_after_a_lease_expiry_changes_nothing() -> anyhow::Result<
     let (_, run, key) = one_run(&env).await?;
     let workspace = pulse_shared::db::DEFAULT_WORKSPACE;
     sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
-    let Claim::Claimed { claim: first, .. } = ledger::claim(&env.db, run, &key, LEASE).await?
-    else {
+    let Claim::Claimed { claim: first, .. } = claim(&env.db, run, &key).await? else {
         anyhow::bail!("the first worker must claim");
     };
     let late = ledger::Fence {
@@ -632,7 +682,10 @@ async fn a_late_writer_after_a_lease_expiry_changes_nothing() -> anyhow::Result<
     sqlx::query("UPDATE send_ledger SET claimed_at = now() - interval '1 hour'")
         .execute(&env.db)
         .await?;
-    let swept = ledger::sweep(&env.db, LEASE, LEASE).await?;
+    // It had marked its claim on the wire: the relay may have it.
+    let marked = ledger::mark_on_wire_many(&env.db, std::slice::from_ref(&late)).await?;
+    assert!(matches!(marked[..], [Ok(ledger::Settled::Recorded)]));
+    let swept = ledger::sweep(&env.db, &LEASES).await?;
     assert_eq!(swept.unknown, 1);
     let resolved = ledger::resolve(
         &env.db,
@@ -647,7 +700,7 @@ async fn a_late_writer_after_a_lease_expiry_changes_nothing() -> anyhow::Result<
     let Claim::Claimed {
         claim: second,
         attempts: 2,
-    } = ledger::claim(&env.db, run, &key, LEASE).await?
+    } = claim(&env.db, run, &key).await?
     else {
         anyhow::bail!("the second worker must claim");
     };

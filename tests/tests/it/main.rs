@@ -10,5 +10,6 @@ mod ingest;
 mod ledger;
 mod model;
 mod observability;
+mod recovery;
 mod send_path;
 mod traffic;

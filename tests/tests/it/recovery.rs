@@ -1,0 +1,232 @@
+//! Recovery without an operator: a sender that dies leaves claims; those that never reached the
+//! relay go back and are sent by another sender, those that may have reached it become UNKNOWN,
+//! and a live sender's claims are never taken from it.
+
+use std::time::Duration;
+
+use pulse::Role;
+use pulse_shared::ledger::{self, Claim, Fence};
+use pulse_tests::{SmtpServer, TestEnv, count, eventually, sequence_body};
+use serde_json::json;
+use uuid::Uuid;
+
+/// Api and ingest only: the test plays the scheduler and the dead sender, then starts the
+/// real ones.
+async fn start() -> anyhow::Result<(TestEnv, SmtpServer)> {
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("recovery", &[Role::Api, Role::Ingest], |s| {
+        s.smtp_url = Some(url);
+        s.scheduler.sweep_interval = Duration::from_millis(200);
+        s.owner_timeout = Duration::from_secs(1);
+    })
+    .await?;
+    Ok((env, smtp))
+}
+
+/// Enrolls `leads` in a one-step sequence and queues their runs as a scheduler would (content
+/// frozen, QUEUED, no message published). Returns (lead email, step run, key) per lead.
+async fn queued(env: &TestEnv, leads: &[&str]) -> anyhow::Result<Vec<(String, Uuid, String)>> {
+    env.create_sequence(sequence_body(
+        "R",
+        &[("One", "1", json!({"type": "immediately"}))],
+        "t",
+    ))
+    .await?;
+    let events: Vec<_> = leads
+        .iter()
+        .map(|l| json!({"id": l, "type": "tag_applied", "tag": "t", "lead": {"email": l}}))
+        .collect();
+    let (status, body) = env.post("/v1/events", json!({ "events": events })).await?;
+    anyhow::ensure!(status == 200, "{body}");
+    sqlx::query(
+        "UPDATE step_runs sr SET state = 'QUEUED', queued_at = now(),
+             message_id = '<r-' || sr.id || '@example.com>', subject = 'One', body = '1',
+             from_addr = 'tests@example.com', to_addr = l.email
+         FROM enrollments e JOIN leads l ON l.id = e.lead_id WHERE e.id = sr.enrollment_id",
+    )
+    .execute(&env.db)
+    .await?;
+    Ok(sqlx::query_as(
+        "SELECT l.email, sr.id, sr.enrollment_id || ':' || sr.step_id || ':' || sr.generation
+         FROM step_runs sr JOIN enrollments e ON e.id = sr.enrollment_id
+         JOIN leads l ON l.id = e.lead_id ORDER BY l.email",
+    )
+    .fetch_all(&env.db)
+    .await?)
+}
+
+async fn claim_as(env: &TestEnv, worker: Uuid, run: Uuid, key: &str) -> anyhow::Result<Fence> {
+    let leases = ledger::Leases::new(&env.settings);
+    match ledger::claim(&env.db, run, key, &leases, worker).await? {
+        Claim::Claimed { claim, .. } => Ok(Fence {
+            key: key.to_owned(),
+            claim,
+        }),
+        other => anyhow::bail!("not claimed: {other:?}"),
+    }
+}
+
+async fn ledger_state(env: &TestEnv, key: &str) -> anyhow::Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT state FROM send_ledger WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&env.db)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn a_dead_senders_claims_go_back_or_become_unknown_without_an_operator() -> anyhow::Result<()>
+{
+    let (env, smtp) = start().await?;
+    let runs = queued(&env, &["a@example.com", "b@example.com"]).await?;
+    let [(a, run_a, key_a), (_, run_b, key_b)] = &runs[..] else {
+        anyhow::bail!("two runs expected: {runs:?}");
+    };
+    // A sender registered, claimed both, put b's body on the wire, and died (no heartbeat since).
+    let dead = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO workers (id, role, host, pid, heartbeat_at)
+         VALUES ($1, 'sender', 'gone', 1, now() - interval '1 minute')",
+    )
+    .bind(dead)
+    .execute(&env.db)
+    .await?;
+    claim_as(&env, dead, *run_a, key_a).await?;
+    let on_wire = claim_as(&env, dead, *run_b, key_b).await?;
+    ledger::mark_on_wire_many(&env.db, &[on_wire]).await?;
+    // Its mark is older than one SMTP answer: a live sender would have recorded by now.
+    sqlx::query(
+        "UPDATE send_ledger SET wire_at = now() - interval '1 hour' WHERE wire_at IS NOT NULL",
+    )
+    .execute(&env.db)
+    .await?;
+
+    // The real scheduler and sender take over; nobody resolves anything.
+    let token = tokio_util::sync::CancellationToken::new();
+    let scheduler = pulse_tests::spawn_scheduler(&env.settings, &token);
+    let sender = pulse_tests::spawn_sender(&env.settings, &token);
+    let got = smtp.wait_for(1, Duration::from_secs(15)).await?;
+    assert_eq!(
+        got[0].rcpt_to,
+        std::slice::from_ref(a),
+        "the claim that never reached the relay is sent"
+    );
+    eventually(Duration::from_secs(10), "a's send recorded", || async {
+        Ok((ledger_state(&env, key_a).await?.as_deref() == Some("SENT")).then_some(()))
+    })
+    .await?;
+    assert_eq!(ledger_state(&env, key_b).await?.as_deref(), Some("UNKNOWN"));
+    let (state_b, error_b): (String, Option<String>) =
+        sqlx::query_as("SELECT state, last_error FROM step_runs WHERE id = $1")
+            .bind(run_b)
+            .fetch_one(&env.db)
+            .await?;
+    assert_eq!(state_b, "UNKNOWN", "{error_b:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        smtp.count(),
+        1,
+        "the one that may have reached the relay is never resent"
+    );
+    let attempts: i32 =
+        sqlx::query_scalar("SELECT attempts FROM send_ledger WHERE idempotency_key = $1")
+            .bind(key_a)
+            .fetch_one(&env.db)
+            .await?;
+    assert_eq!(attempts, 1, "a give-back is not an attempt");
+    // The dead worker holds nothing any more and is forgotten.
+    eventually(
+        Duration::from_secs(5),
+        "the dead worker forgotten",
+        || async {
+            let n = count(
+                &env.db,
+                &format!("SELECT count(*) FROM workers WHERE id = '{dead}'"),
+            )
+            .await?;
+            Ok((n == 0).then_some(()))
+        },
+    )
+    .await?;
+    token.cancel();
+    scheduler.await?;
+    sender.await?;
+    env.stop().await
+}
+
+#[tokio::test]
+async fn a_live_senders_claim_is_left_alone_and_a_late_mark_after_a_give_back_sends_nothing()
+-> anyhow::Result<()> {
+    let (env, smtp) = start().await?;
+    let runs = queued(&env, &["a@example.com"]).await?;
+    let [(_, run, key)] = &runs[..] else {
+        anyhow::bail!("one run expected: {runs:?}");
+    };
+    let alive =
+        pulse_shared::workers::Registration::start(&env.db, "sender", env.settings.owner_timeout)
+            .await?;
+    let fence = claim_as(&env, alive.id, *run, key).await?;
+    let leases = ledger::Leases::new(&env.settings);
+    // Sweeps over three owner timeouts: the heartbeat keeps the claim its owner's.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let swept = ledger::sweep(&env.db, &leases).await?;
+        assert_eq!(swept, ledger::Swept::default());
+    }
+    assert_eq!(ledger_state(&env, key).await?.as_deref(), Some("SENDING"));
+
+    // The owner stops (as a crash would, without settling): at the next sweep the claim, which
+    // never reached the wire, is given back and its step is due again.
+    alive.stop().await;
+    let swept = ledger::sweep(&env.db, &leases).await?;
+    assert_eq!(swept.given_back, 1);
+    assert_eq!(ledger_state(&env, key).await?, None);
+    let state: String = sqlx::query_scalar("SELECT state FROM step_runs WHERE id = $1")
+        .bind(run)
+        .fetch_one(&env.db)
+        .await?;
+    assert_eq!(state, "SCHEDULED");
+    // Had it only been slow, its mark now fails: it must not send.
+    let late = ledger::mark_on_wire_many(&env.db, std::slice::from_ref(&fence)).await?;
+    assert!(
+        matches!(late[..], [Ok(ledger::Settled::ClaimLost)]),
+        "{late:?}"
+    );
+    assert_eq!(smtp.count(), 0);
+    env.stop().await
+}
+
+#[tokio::test]
+async fn every_message_carries_its_idempotency_key_in_the_configured_header() -> anyhow::Result<()>
+{
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("recovery", &[Role::All], |s| {
+        s.smtp_url = Some(url);
+        s.sender.idempotency_header = Some("X-Pulse-Idempotency-Key".into());
+    })
+    .await?;
+    env.create_sequence(sequence_body(
+        "H",
+        &[("One", "1", json!({"type": "immediately"}))],
+        "t",
+    ))
+    .await?;
+    let (status, body) = env
+        .post(
+            "/v1/events",
+            json!({"events": [{"id": "h", "type": "tag_applied", "tag": "t",
+                               "lead": {"email": "a@example.com"}}]}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let got = smtp.wait_for(1, Duration::from_secs(15)).await?;
+    let key: String = sqlx::query_scalar("SELECT idempotency_key FROM send_ledger")
+        .fetch_one(&env.db)
+        .await?;
+    let header = format!("X-Pulse-Idempotency-Key: {key}\r\n");
+    assert!(got[0].data.contains(&header), "{}", got[0].data);
+    env.stop().await
+}
