@@ -11,6 +11,11 @@
 //! * `unexpected` — accepted while its sequence was paused, or accepted with a ledger that says
 //!   it was not.
 //!
+//! Each round also reports its **recovery**: the seconds from the fault's end until every
+//! expected send settled; the table gives its mean and max per fault, and the mean and max
+//! UNKNOWN count per round. Pulse runs on its shipped leases and owner timeout here; only the
+//! SMTP timeout and the retry delays are shortened, to keep rounds short.
+//!
 //! `cargo run --release -p pulse-tests --bin chaos -- --rounds 20` (see `make chaos`). Needs the
 //! `pulse` binary built with the `failpoints` feature (`PULSE_BIN`). Traffic stays on loopback;
 //! every loop is bounded; it stops by itself.
@@ -292,6 +297,8 @@ async fn main() -> anyhow::Result<()> {
 
     let mut table: BTreeMap<String, BTreeMap<&'static str, usize>> = BTreeMap::new();
     let mut rounds_done: BTreeMap<String, usize> = BTreeMap::new();
+    // Per fault: each round's recovery and UNKNOWN count.
+    let mut recoveries: BTreeMap<String, Vec<(Duration, usize)>> = BTreeMap::new();
     'rounds: for round in 1..=h.opts.rounds {
         for fault in h.opts.faults.clone() {
             if started.elapsed() > Duration::from_secs(h.opts.max_seconds) {
@@ -299,16 +306,21 @@ async fn main() -> anyhow::Result<()> {
                 break 'rounds;
             }
             let t0 = Instant::now();
-            let counts = run_round(&mut h, &fault, round)
+            let (counts, recovery) = run_round(&mut h, &fault, round)
                 .await
                 .with_context(|| format!("round {round} {fault}"))?;
+            recoveries
+                .entry(fault.clone())
+                .or_default()
+                .push((recovery, counts.get("unknown").copied().unwrap_or(0)));
             let line: Vec<String> = CLASSES
                 .iter()
                 .map(|c| format!("{c} {}", counts.get(c).copied().unwrap_or(0)))
                 .collect();
             println!(
-                "round {round:>2} {fault:<16} {:>5.1}s  {}",
+                "round {round:>2} {fault:<16} {:>5.1}s  recovery {:>5.1}s  {}",
                 t0.elapsed().as_secs_f64(),
+                recovery.as_secs_f64(),
                 line.join("  ")
             );
             let row = table.entry(fault.clone()).or_default();
@@ -319,18 +331,29 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    println!("\n| fault | rounds | {} |", CLASSES.join(" | "));
-    println!("|---|---|{}", "---|".repeat(CLASSES.len()));
+    println!(
+        "\n| fault | rounds | {} | recovery s (mean / max) | unknown per round (mean / max) |",
+        CLASSES.join(" | ")
+    );
+    println!("|---|---|{}---|---|", "---|".repeat(CLASSES.len()));
     let mut totals: BTreeMap<&str, usize> = BTreeMap::new();
     for (fault, row) in &table {
         let cells: Vec<String> = CLASSES
             .iter()
             .map(|c| row.get(c).copied().unwrap_or(0).to_string())
             .collect();
+        let per_round = recoveries.get(fault).map(Vec::as_slice).unwrap_or_default();
+        let n = per_round.len().max(1) as f64;
+        let secs: Vec<f64> = per_round.iter().map(|(d, _)| d.as_secs_f64()).collect();
+        let unknown: Vec<usize> = per_round.iter().map(|(_, u)| *u).collect();
         println!(
-            "| {fault} | {} | {} |",
+            "| {fault} | {} | {} | {:.1} / {:.1} | {:.1} / {} |",
             rounds_done.get(fault).copied().unwrap_or(0),
-            cells.join(" | ")
+            cells.join(" | "),
+            secs.iter().sum::<f64>() / n,
+            secs.iter().copied().fold(0.0, f64::max),
+            unknown.iter().sum::<usize>() as f64 / n,
+            unknown.iter().max().copied().unwrap_or(0),
         );
         for c in CLASSES {
             *totals.entry(c).or_default() += row.get(c).copied().unwrap_or(0);
@@ -341,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|c| totals.get(c).copied().unwrap_or(0).to_string())
         .collect();
     println!(
-        "| **total** | {} | {} |",
+        "| **total** | {} | {} | | |",
         rounds_done.values().sum::<usize>(),
         cells.join(" | ")
     );
@@ -355,11 +378,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A round's classified sends, and its recovery: the time from the fault's end (the killed
+/// process restarted, the server back, the sequence resumed) until every expected send settled.
 async fn run_round(
     h: &mut Harness,
     fault: &str,
     round: usize,
-) -> anyhow::Result<BTreeMap<&'static str, usize>> {
+) -> anyhow::Result<(BTreeMap<&'static str, usize>, Duration)> {
     let tag = format!("r{round}-{fault}");
     let seq = h
         .call_until_ok(reqwest::Method::POST, "/v1/sequences", json!({
@@ -473,7 +498,9 @@ async fn run_round(
         paused_window = Some((paused_at, resumed_at));
     }
 
+    let fault_ended = Instant::now();
     quiesce(h, &seq_id).await?;
+    let recovery = fault_ended.elapsed();
     if fault == "crash-after-smtp" {
         // The failpoint must not outlive its round (it would crash a sender in the next one).
         let bin = h.opts.bin.clone();
@@ -482,7 +509,10 @@ async fn run_round(
         victim.start(&bin, &[])?;
     }
     h.revive()?;
-    classify(h, &tag, &seq_id, &leads, paused_window).await
+    Ok((
+        classify(h, &tag, &seq_id, &leads, paused_window).await?,
+        recovery,
+    ))
 }
 
 /// Waits until nothing of the sequence is due, queued or being sent.
