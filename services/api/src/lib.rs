@@ -78,6 +78,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/enrollments/{id}/cancel", post(control::cancel))
         .route("/v1/enrollments/{id}/sends", get(sends::for_enrollment))
         .route("/v1/sends", get(sends::search))
+        .route("/v1/sends/resolve", post(sends::resolve_many))
         .route("/v1/sends/{key}/resolve", post(sends::resolve))
         .route(
             "/v1/workspace",
@@ -96,7 +97,7 @@ pub fn router(state: ApiState) -> Router {
         control::pause, control::resume, control::resume_preview, control::delete,
         control::cancel, control::cancel_many, control::reenroll, control::audit_list,
         enrollments::create, enrollments::list, enrollments::get_one,
-        sends::search, sends::resolve, sends::for_sequence, sends::for_enrollment,
+        sends::search, sends::resolve, sends::resolve_many, sends::for_sequence, sends::for_enrollment,
         workspace::get_one, workspace::patch, outbox::list,
     ),
     modifiers(&BearerAuth)

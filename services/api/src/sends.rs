@@ -1,6 +1,7 @@
 //! The send history: the ledger — what actually went out (or was attempted), per sequence, per
 //! enrollment, or across the workspace by lead, state and time range. It survives a sequence's
-//! deletion; nothing here writes.
+//! deletion. The only writes here are an operator's resolutions of UNKNOWN sends, one key or
+//! many at once, each through `ledger::resolve` and audited.
 
 use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
@@ -186,16 +187,7 @@ pub async fn resolve(
     ApiPath(key): ApiPath<String>,
     ApiJson(req): ApiJson<ResolveSend>,
 ) -> ApiResult<Json<SendList>> {
-    let how = match req.outcome.as_str() {
-        "sent" => Resolution::Sent,
-        "resend" => Resolution::Resend,
-        other => {
-            return Err(ApiError::invalid(
-                "outcome",
-                format!("{other:?} is not \"sent\" or \"resend\""),
-            ));
-        }
-    };
+    let how = resolution(&req.outcome)?;
     let note = format!(
         "resolved as {} by {}{}",
         req.outcome,
@@ -213,12 +205,43 @@ pub async fn resolve(
     .fetch_optional(&state.db)
     .await?;
     let current = current.ok_or(ApiError::NotFound("send"))?;
-    let Some((enrollment, sequence)) =
-        ledger::resolve(&state.db, auth.workspace, &key, how, &note).await?
-    else {
+    if !resolve_one(&state, &auth, &key, how, &req.outcome, &note).await? {
         return Err(ApiError::Conflict(format!(
             "the send is {current}, not UNKNOWN"
         )));
+    }
+    let sends: Vec<Send> = sqlx::query_as(&format!("{SEND_QUERY} AND sl.idempotency_key = $2"))
+        .bind(auth.workspace)
+        .bind(&key)
+        .fetch_all(&state.db)
+        .await?;
+    Ok(Json(SendList { sends, next: None }))
+}
+
+fn resolution(outcome: &str) -> Result<Resolution, ApiError> {
+    match outcome {
+        "sent" => Ok(Resolution::Sent),
+        "resend" => Ok(Resolution::Resend),
+        other => Err(ApiError::invalid(
+            "outcome",
+            format!("{other:?} is not \"sent\" or \"resend\""),
+        )),
+    }
+}
+
+/// Resolves one UNKNOWN key and audits it; `false` when the key is not UNKNOWN (any more).
+async fn resolve_one(
+    state: &ApiState,
+    auth: &Auth,
+    key: &str,
+    how: Resolution,
+    outcome: &str,
+    note: &str,
+) -> Result<bool, ApiError> {
+    let Some((enrollment, sequence)) =
+        ledger::resolve(&state.db, auth.workspace, key, how, note).await?
+    else {
+        return Ok(false);
     };
     let mut conn = state.db.acquire().await?;
     crate::control::audit(
@@ -229,13 +252,131 @@ pub async fn resolve(
         &auth.actor,
         "send_resolved",
         Some(json!({"key": key, "state": "UNKNOWN"})),
-        Some(json!({"outcome": req.outcome, "note": note})),
+        Some(json!({"outcome": outcome, "note": note})),
     )
     .await?;
-    let sends: Vec<Send> = sqlx::query_as(&format!("{SEND_QUERY} AND sl.idempotency_key = $2"))
-        .bind(auth.workspace)
-        .bind(&key)
-        .fetch_all(&state.db)
-        .await?;
-    Ok(Json(SendList { sends, next: None }))
+    Ok(true)
+}
+
+/// Most UNKNOWN sends one bulk resolution settles; run it again for more.
+pub const BULK_RESOLVE_MAX: i64 = 10_000;
+
+/// Settle many UNKNOWN sends at once: those of one sequence and/or first attempted in a time
+/// range, all as `sent` or all as `resend`. Each is resolved and audited exactly as the
+/// single resolution would. `confirm: true` is required, and at least one filter: check the
+/// relay's logs for their Message-IDs first (`GET /v1/sends?state=UNKNOWN`).
+#[utoipa::path(
+    post, path = "/v1/sends/resolve", tag = "sends",
+    request_body = ResolveMany,
+    responses((status = 200, body = ResolvedMany, description = "What was settled"),
+              (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn resolve_many(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<ResolveMany>,
+) -> ApiResult<Json<ResolvedMany>> {
+    let how = resolution(&req.outcome)?;
+    if req.sequence_id.is_none() && req.since.is_none() && req.until.is_none() {
+        return Err(ApiError::invalid(
+            "sequence_id",
+            "name a sequence_id, a since/until range, or both",
+        ));
+    }
+    if let (Some(since), Some(until)) = (req.since, req.until)
+        && since >= until
+    {
+        return Err(ApiError::invalid("until", "must be after since"));
+    }
+    if req.confirm != Some(true) {
+        return Err(ApiError::invalid(
+            "confirm",
+            "settling sends in bulk needs \"confirm\": true",
+        ));
+    }
+    if let Some(sequence) = req.sequence_id {
+        crate::sequences::exists(&state.db, auth.workspace, sequence).await?;
+    }
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT idempotency_key FROM send_ledger
+         WHERE workspace_id = $1 AND state = 'UNKNOWN'
+           AND ($2::uuid IS NULL OR sequence_id = $2)
+           AND ($3::timestamptz IS NULL OR created_at >= $3)
+           AND ($4::timestamptz IS NULL OR created_at < $4)
+         ORDER BY created_at, idempotency_key LIMIT $5",
+    )
+    .bind(auth.workspace)
+    .bind(req.sequence_id)
+    .bind(req.since)
+    .bind(req.until)
+    .bind(BULK_RESOLVE_MAX)
+    .fetch_all(&state.db)
+    .await?;
+    let note = format!(
+        "resolved in bulk as {} by {}{}",
+        req.outcome,
+        auth.actor,
+        req.note
+            .as_deref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default()
+    );
+    let mut resolved = Vec::with_capacity(keys.len());
+    for key in keys {
+        // A key settled meanwhile (by another operator) is skipped, not an error.
+        if resolve_one(&state, &auth, &key, how, &req.outcome, &note).await? {
+            resolved.push(key);
+        }
+    }
+    let remaining: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM send_ledger
+         WHERE workspace_id = $1 AND state = 'UNKNOWN'
+           AND ($2::uuid IS NULL OR sequence_id = $2)
+           AND ($3::timestamptz IS NULL OR created_at >= $3)
+           AND ($4::timestamptz IS NULL OR created_at < $4)",
+    )
+    .bind(auth.workspace)
+    .bind(req.sequence_id)
+    .bind(req.since)
+    .bind(req.until)
+    .fetch_one(&state.db)
+    .await?;
+    tracing::info!(actor = %auth.actor, outcome = %req.outcome, resolved = resolved.len(), remaining, "UNKNOWN sends resolved in bulk");
+    Ok(Json(ResolvedMany {
+        outcome: req.outcome,
+        resolved: resolved.len(),
+        keys: resolved,
+        remaining,
+    }))
+}
+
+/// `POST /v1/sends/resolve`: which UNKNOWN sends to settle, and how.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveMany {
+    /// `sent` or `resend`, for all of them.
+    pub outcome: String,
+    /// Only this sequence's.
+    pub sequence_id: Option<Uuid>,
+    /// Only those first attempted at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only those first attempted before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// Recorded with each resolution.
+    pub note: Option<String>,
+    /// Must be `true`.
+    pub confirm: Option<bool>,
+}
+
+/// What a bulk resolution settled.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ResolvedMany {
+    pub outcome: String,
+    pub resolved: usize,
+    /// The idempotency keys settled.
+    pub keys: Vec<String>,
+    /// UNKNOWN sends still matching the filters (more than one call settles at once).
+    pub remaining: i64,
 }

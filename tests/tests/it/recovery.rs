@@ -230,3 +230,98 @@ async fn every_message_carries_its_idempotency_key_in_the_configured_header() ->
     assert!(got[0].data.contains(&header), "{}", got[0].data);
     env.stop().await
 }
+
+#[tokio::test]
+async fn unknown_sends_are_settled_in_bulk_with_a_confirmation_and_an_audit() -> anyhow::Result<()>
+{
+    let (env, smtp) = start().await?;
+    let runs = queued(&env, &["a@example.com", "b@example.com"]).await?;
+    // A dead sender had both on the wire.
+    let dead = Uuid::new_v4();
+    let mut fences = Vec::new();
+    for (_, run, key) in &runs {
+        fences.push(claim_as(&env, dead, *run, key).await?);
+    }
+    ledger::mark_on_wire_many(&env.db, &fences).await?;
+    let leases = ledger::Leases {
+        answer: Duration::ZERO,
+        ..ledger::Leases::new(&env.settings)
+    };
+    assert_eq!(ledger::sweep(&env.db, &leases).await?.unknown, 2);
+    let seq: Uuid = sqlx::query_scalar("SELECT id FROM sequences")
+        .fetch_one(&env.db)
+        .await?;
+
+    for (body, field) in [
+        (json!({"outcome": "resend", "confirm": true}), "sequence_id"),
+        (json!({"outcome": "resend", "sequence_id": seq}), "confirm"),
+        (
+            json!({"outcome": "maybe", "sequence_id": seq, "confirm": true}),
+            "outcome",
+        ),
+        (
+            json!({"outcome": "resend", "since": "2030-01-01T00:00:00Z",
+                   "until": "2020-01-01T00:00:00Z", "confirm": true}),
+            "until",
+        ),
+    ] {
+        let (status, answer) = env.post("/v1/sends/resolve", body).await?;
+        assert_eq!(
+            (status, answer["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{answer}"
+        );
+    }
+    let (status, answer) = env
+        .post(
+            "/v1/sends/resolve",
+            json!({"outcome": "resend", "sequence_id": Uuid::new_v4(), "confirm": true}),
+        )
+        .await?;
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(smtp.count(), 0);
+
+    let (status, answer) = env
+        .post(
+            "/v1/sends/resolve",
+            json!({"outcome": "resend", "sequence_id": seq, "confirm": true,
+                   "note": "not in the relay log"}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["resolved"].as_u64(), answer["remaining"].as_i64()),
+        (Some(2), Some(0))
+    );
+    let (_, audit) = env.get(&format!("/v1/sequences/{seq}/audit")).await?;
+    let resolved = audit["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["action"] == "send_resolved")
+        .count();
+    assert_eq!(resolved, 2, "each is audited: {audit}");
+    // Resent by the real scheduler and sender, once each.
+    let token = tokio_util::sync::CancellationToken::new();
+    let scheduler = pulse_tests::spawn_scheduler(&env.settings, &token);
+    let sender = pulse_tests::spawn_sender(&env.settings, &token);
+    smtp.wait_for(2, Duration::from_secs(15)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.count(), 2);
+    // Nothing left to settle: a second call settles nothing.
+    let (status, answer) = env
+        .post(
+            "/v1/sends/resolve",
+            json!({"outcome": "sent", "sequence_id": seq, "confirm": true}),
+        )
+        .await?;
+    assert_eq!(
+        (status, answer["resolved"].as_u64()),
+        (200, Some(0)),
+        "{answer}"
+    );
+    token.cancel();
+    scheduler.await?;
+    sender.await?;
+    env.stop().await
+}
