@@ -159,3 +159,85 @@ async fn operators_take_control_from_the_command_line() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(3), "unreachable");
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_sends_are_listed_by_message_id_and_settled_in_bulk() -> anyhow::Result<()> {
+    use pulse_shared::ledger;
+    let env = TestEnv::start("cli", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "Cli unknown",
+            &[("Hi", "x", json!({"type": "immediately"}))],
+            "t",
+        ))
+        .await?;
+    let id = seq["id"].as_str().unwrap_or_default().to_owned();
+    env.post(
+        "/v1/events",
+        json!({"events": [
+            {"id": "a", "type": "tag_applied", "tag": "t", "lead": {"email": "ada@example.com"}},
+            {"id": "b", "type": "tag_applied", "tag": "t", "lead": {"email": "bob@example.com"}}
+        ]}),
+    )
+    .await?;
+    // Both were on the wire when their sender died: UNKNOWN.
+    sqlx::query(
+        "UPDATE step_runs SET state = 'QUEUED', message_id = '<cli.' || id || '@example.com>',
+             subject = 'Hi', body = 'x', from_addr = 'tests@example.com', to_addr = 'x@example.com'",
+    )
+    .execute(&env.db)
+    .await?;
+    let runs: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT id, enrollment_id || ':' || step_id || ':' || generation FROM step_runs",
+    )
+    .fetch_all(&env.db)
+    .await?;
+    let leases = ledger::Leases {
+        answer: std::time::Duration::ZERO,
+        ..ledger::Leases::new(&env.settings)
+    };
+    let dead = uuid::Uuid::new_v4();
+    for (run, key) in &runs {
+        let ledger::Claim::Claimed { claim, .. } =
+            ledger::claim(&env.db, *run, key, &leases, dead).await?
+        else {
+            anyhow::bail!("not claimed");
+        };
+        let fence = ledger::Fence {
+            key: key.clone(),
+            claim,
+        };
+        ledger::mark_on_wire_many(&env.db, &[fence]).await?;
+    }
+    assert_eq!(ledger::sweep(&env.db, &leases).await?.unknown, 2);
+
+    let out = pulse(&env, &["sends", "--state", "UNKNOWN", "--message-ids"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut ids: Vec<&str> = out.stdout.lines().collect();
+    ids.sort_unstable();
+    let mut expected: Vec<String> = runs
+        .iter()
+        .map(|(run, _)| format!("<cli.{run}@example.com>"))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "just the Message-IDs, one a line");
+
+    let out = pulse(&env, &["resolve", "--sequence", &id, "--sent"]).await?;
+    assert_eq!(out.code, 2, "a bulk resolution needs --yes: {}", out.stdout);
+    assert!(out.stderr.contains("--yes"), "{}", out.stderr);
+    let out = pulse(&env, &["resolve", "--sent"]).await?;
+    assert_eq!(out.code, 2, "a key or a filter: {}", out.stdout);
+    let out = pulse(&env, &["resolve", "--sequence", &id, "--sent", "--yes"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("resolved 2 as sent; 0 still UNKNOWN"),
+        "{}",
+        out.stdout
+    );
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM send_ledger WHERE state = 'SENT'")
+        .fetch_one(&env.db)
+        .await?;
+    assert_eq!(sent, 2);
+    env.stop().await
+}

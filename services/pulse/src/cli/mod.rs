@@ -9,6 +9,9 @@
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+mod render;
+use render::render;
+
 #[derive(Args, Debug)]
 pub struct Client {
     /// Base URL of the Pulse API.
@@ -97,6 +100,9 @@ pub struct SendsFilter {
     pub until: Option<String>,
     #[arg(long)]
     pub limit: Option<i64>,
+    /// Print only the Message-IDs, one a line (to grep a relay's log with).
+    #[arg(long)]
+    pub message_ids: bool,
 }
 
 /// Arguments of `pulse re-enroll`.
@@ -111,11 +117,26 @@ pub struct ReenrollArgs {
     pub all_not_active: bool,
 }
 
-/// Arguments of `pulse resolve`.
+/// Arguments of `pulse resolve`: one UNKNOWN send by its key, or all of a sequence's and/or a
+/// time range's (`--sequence`, `--since`, `--until`, with `--yes`).
 #[derive(Args, Debug)]
 pub struct ResolveArgs {
-    /// Idempotency key of the send (see `pulse sends --state UNKNOWN --json`).
-    pub key: String,
+    /// Idempotency key of the send (see `pulse sends --state UNKNOWN --json`); leave it out to
+    /// settle in bulk. (Its own id: `key` is the API key's.)
+    #[arg(id = "send_key", value_name = "KEY")]
+    pub key: Option<String>,
+    /// Bulk: the UNKNOWN sends of this sequence.
+    #[arg(long)]
+    pub sequence: Option<String>,
+    /// Bulk: those first attempted at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Bulk: those first attempted before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Bulk: confirm settling them all the same way.
+    #[arg(long)]
+    pub yes: bool,
     /// It went out: record it SENT and move the enrollment on.
     #[arg(long)]
     pub sent: bool,
@@ -287,6 +308,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             since,
             until,
             limit,
+            message_ids: _,
         }) => (
             Method::GET,
             format!(
@@ -309,6 +331,10 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
         ),
         Request::Resolve(ResolveArgs {
             key,
+            sequence,
+            since,
+            until,
+            yes,
             sent,
             resend,
             note,
@@ -318,11 +344,39 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
                 (false, true) => "resend",
                 _ => return Err(fail(2, "give exactly one of --sent or --resend")),
             };
-            (
-                Method::POST,
-                format!("/v1/sends/{}/resolve", encode(key)),
-                Some(json!({"outcome": outcome, "note": note})),
-            )
+            let bulk = sequence.is_some() || since.is_some() || until.is_some();
+            match key {
+                Some(_) if bulk => {
+                    return Err(fail(
+                        2,
+                        "give a key, or --sequence/--since/--until to settle in bulk, not both",
+                    ));
+                }
+                Some(key) => (
+                    Method::POST,
+                    format!("/v1/sends/{}/resolve", encode(key)),
+                    Some(json!({"outcome": outcome, "note": note})),
+                ),
+                None if !bulk => {
+                    return Err(fail(2, "give a key, or --sequence/--since/--until"));
+                }
+                None if !yes => {
+                    return Err(fail(
+                        2,
+                        format!(
+                            "this settles every matching UNKNOWN send as {outcome}: check the relay's log (pulse sends --state UNKNOWN --message-ids), then add --yes"
+                        ),
+                    ));
+                }
+                None => (
+                    Method::POST,
+                    "/v1/sends/resolve".to_owned(),
+                    Some(
+                        json!({"outcome": outcome, "note": note, "sequence_id": sequence,
+                                "since": since, "until": until, "confirm": true}),
+                    ),
+                ),
+            }
         }
         Request::ResumePreview { sequence } => (
             Method::GET,
@@ -373,227 +427,4 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
         return Ok(serde_json::to_string_pretty(&value).unwrap_or_default());
     }
     Ok(render(&request, &value))
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
-    let empty = rows.is_empty();
-    out.extend(rows.into_iter().map(line));
-    if empty {
-        out.push("(none)".into());
-    }
-    out.join("\n")
-}
-
-fn warnings(v: &Value) -> String {
-    v["warnings"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|w| format!("\nwarning: {}", s(w)))
-        .collect()
-}
-
-fn sequence_line(seq: &Value) -> String {
-    format!(
-        "{} {} is {} (version {})",
-        s(&seq["id"]),
-        s(&seq["name"]),
-        s(&seq["status"]),
-        s(&seq["version"])
-    )
-}
-
-fn render(request: &Request, v: &Value) -> String {
-    let items = |k: &str| v[k].as_array().cloned().unwrap_or_default();
-    match request {
-        Request::Sequences(Sequences::List) => table(
-            &["ID", "NAME", "STATUS", "STEPS", "VERSION"],
-            items("sequences")
-                .iter()
-                .map(|q| {
-                    vec![
-                        s(&q["id"]),
-                        s(&q["name"]),
-                        s(&q["status"]),
-                        q["steps"].as_array().map_or(0, Vec::len).to_string(),
-                        s(&q["version"]),
-                    ]
-                })
-                .collect(),
-        ),
-        Request::Sequences(Sequences::Show { .. }) => {
-            let steps = table(
-                &["#", "TIMING", "SUBJECT"],
-                v["steps"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|st| {
-                        let t = &st["timing"];
-                        let timing = match t["type"].as_str() {
-                            Some("delay") => format!("delay {}", s(&t["delay"])),
-                            Some("on_date") => format!("on {}", s(&t["at"])),
-                            other => other.unwrap_or("-").to_owned(),
-                        };
-                        vec![s(&st["position"]), timing, s(&st["subject"])]
-                    })
-                    .collect(),
-            );
-            format!(
-                "{}\nsender {}  timezone {}\n\n{steps}",
-                sequence_line(v),
-                s(&v["sender"]["from"]),
-                s(&v["timezone"])
-            )
-        }
-        Request::Sequences(_) => format!("{}{}", sequence_line(&v["sequence"]), warnings(v)),
-        Request::Enrollments(Enrollments::List { .. }) => table(
-            &["ID", "LEAD", "STATUS", "STEP", "NEXT DUE", "STEPS"],
-            items("enrollments")
-                .iter()
-                .map(|e| {
-                    let steps: Vec<String> = e["steps"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|st| format!("{}:{}", s(&st["position"]), s(&st["state"])))
-                        .collect();
-                    vec![
-                        s(&e["id"]),
-                        s(&e["lead_email"]),
-                        s(&e["status"]),
-                        s(&e["current_step"]),
-                        s(&e["next_due_at"]),
-                        steps.join(" "),
-                    ]
-                })
-                .collect(),
-        ),
-        Request::Enrollments(Enrollments::Cancel { .. }) => {
-            format!(
-                "{} ({}) is {}: {}",
-                s(&v["id"]),
-                s(&v["lead_email"]),
-                s(&v["status"]),
-                s(&v["end_reason"])
-            )
-        }
-        Request::Enrollments(Enrollments::CancelMany { .. }) => {
-            let mut out = format!(
-                "cancelled {}, already ended {}, not found {}",
-                s(&v["cancelled"]),
-                s(&v["already_ended"]),
-                s(&v["not_found"])
-            );
-            for w in items("warnings") {
-                out.push_str(&format!("\nwarning: {}", s(&w)));
-            }
-            out
-        }
-        Request::Reenroll(_) => format!(
-            "re-enrolled {}, already active {}, never enrolled {}, unknown {}\n\n{}",
-            s(&v["reenrolled"]),
-            s(&v["already_active"]),
-            s(&v["never_enrolled"]),
-            s(&v["unknown_lead"]),
-            table(
-                &["LEAD", "OUTCOME", "ENROLLMENT"],
-                items("results")
-                    .iter()
-                    .map(|r| vec![
-                        s(&r["lead_email"]),
-                        s(&r["outcome"]),
-                        s(&r["enrollment_id"])
-                    ])
-                    .collect()
-            )
-        ),
-        Request::Sends(_) | Request::Resolve(_) => table(
-            &[
-                "SENT AT",
-                "LEAD",
-                "STEP",
-                "GEN",
-                "STATE",
-                "SMTP",
-                "MESSAGE-ID",
-            ],
-            items("sends")
-                .iter()
-                .map(|x| {
-                    vec![
-                        s(&x["sent_at"]),
-                        s(&x["lead_email"]),
-                        s(&x["step_position"]),
-                        s(&x["generation"]),
-                        s(&x["state"]),
-                        format!("{} {}", s(&x["smtp_code"]), s(&x["smtp_reply"])),
-                        s(&x["message_id"]),
-                    ]
-                })
-                .collect(),
-        ),
-        Request::Audit { .. } => table(
-            &["AT", "ACTOR", "ACTION", "ENROLLMENT"],
-            items("events")
-                .iter()
-                .map(|e| {
-                    vec![
-                        s(&e["at"]),
-                        s(&e["actor"]),
-                        s(&e["action"]),
-                        s(&e["enrollment_id"]),
-                    ]
-                })
-                .collect(),
-        ),
-        Request::ResumePreview { .. } => format!(
-            "resuming now would send {} and skip {} ({} already queued)\n\n{}",
-            s(&v["sends"]),
-            s(&v["skips"]),
-            s(&v["queued"]),
-            table(
-                &["LEAD", "STEP", "WAS DUE", "OUTCOME", "SEND AT / REASON"],
-                items("items")
-                    .iter()
-                    .map(|i| vec![
-                        s(&i["lead_email"]),
-                        s(&i["step_position"]),
-                        s(&i["due_at"]),
-                        s(&i["outcome"]),
-                        if i["send_at"].is_null() {
-                            s(&i["reason"])
-                        } else {
-                            s(&i["send_at"])
-                        }
-                    ])
-                    .collect(),
-            )
-        ),
-    }
 }

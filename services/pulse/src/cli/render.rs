@@ -1,0 +1,246 @@
+//! How `pulse …` prints the API's answers: a table or a line per operator command (`--json`
+//! prints the API's JSON instead). Formatting only; it never calls the API.
+
+use serde_json::Value;
+
+use super::{Enrollments, Request, Sequences};
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    let empty = rows.is_empty();
+    out.extend(rows.into_iter().map(line));
+    if empty {
+        out.push("(none)".into());
+    }
+    out.join("\n")
+}
+
+fn warnings(v: &Value) -> String {
+    v["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| format!("\nwarning: {}", s(w)))
+        .collect()
+}
+
+fn sequence_line(seq: &Value) -> String {
+    format!(
+        "{} {} is {} (version {})",
+        s(&seq["id"]),
+        s(&seq["name"]),
+        s(&seq["status"]),
+        s(&seq["version"])
+    )
+}
+
+pub(super) fn render(request: &Request, v: &Value) -> String {
+    let items = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+    match request {
+        Request::Sequences(Sequences::List) => table(
+            &["ID", "NAME", "STATUS", "STEPS", "VERSION"],
+            items("sequences")
+                .iter()
+                .map(|q| {
+                    vec![
+                        s(&q["id"]),
+                        s(&q["name"]),
+                        s(&q["status"]),
+                        q["steps"].as_array().map_or(0, Vec::len).to_string(),
+                        s(&q["version"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Sequences(Sequences::Show { .. }) => {
+            let steps = table(
+                &["#", "TIMING", "SUBJECT"],
+                v["steps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|st| {
+                        let t = &st["timing"];
+                        let timing = match t["type"].as_str() {
+                            Some("delay") => format!("delay {}", s(&t["delay"])),
+                            Some("on_date") => format!("on {}", s(&t["at"])),
+                            other => other.unwrap_or("-").to_owned(),
+                        };
+                        vec![s(&st["position"]), timing, s(&st["subject"])]
+                    })
+                    .collect(),
+            );
+            format!(
+                "{}\nsender {}  timezone {}\n\n{steps}",
+                sequence_line(v),
+                s(&v["sender"]["from"]),
+                s(&v["timezone"])
+            )
+        }
+        Request::Sequences(_) => format!("{}{}", sequence_line(&v["sequence"]), warnings(v)),
+        Request::Enrollments(Enrollments::List { .. }) => table(
+            &["ID", "LEAD", "STATUS", "STEP", "NEXT DUE", "STEPS"],
+            items("enrollments")
+                .iter()
+                .map(|e| {
+                    let steps: Vec<String> = e["steps"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|st| format!("{}:{}", s(&st["position"]), s(&st["state"])))
+                        .collect();
+                    vec![
+                        s(&e["id"]),
+                        s(&e["lead_email"]),
+                        s(&e["status"]),
+                        s(&e["current_step"]),
+                        s(&e["next_due_at"]),
+                        steps.join(" "),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Enrollments(Enrollments::Cancel { .. }) => {
+            format!(
+                "{} ({}) is {}: {}",
+                s(&v["id"]),
+                s(&v["lead_email"]),
+                s(&v["status"]),
+                s(&v["end_reason"])
+            )
+        }
+        Request::Enrollments(Enrollments::CancelMany { .. }) => {
+            let mut out = format!(
+                "cancelled {}, already ended {}, not found {}",
+                s(&v["cancelled"]),
+                s(&v["already_ended"]),
+                s(&v["not_found"])
+            );
+            for w in items("warnings") {
+                out.push_str(&format!("\nwarning: {}", s(&w)));
+            }
+            out
+        }
+        Request::Reenroll(_) => format!(
+            "re-enrolled {}, already active {}, never enrolled {}, unknown {}\n\n{}",
+            s(&v["reenrolled"]),
+            s(&v["already_active"]),
+            s(&v["never_enrolled"]),
+            s(&v["unknown_lead"]),
+            table(
+                &["LEAD", "OUTCOME", "ENROLLMENT"],
+                items("results")
+                    .iter()
+                    .map(|r| vec![
+                        s(&r["lead_email"]),
+                        s(&r["outcome"]),
+                        s(&r["enrollment_id"])
+                    ])
+                    .collect()
+            )
+        ),
+        Request::Sends(f) if f.message_ids => items("sends")
+            .iter()
+            .map(|x| s(&x["message_id"]))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Request::Resolve(r) if r.key.is_none() => {
+            let mut out = format!(
+                "resolved {} as {}; {} still UNKNOWN",
+                s(&v["resolved"]),
+                s(&v["outcome"]),
+                s(&v["remaining"])
+            );
+            for key in items("keys") {
+                out.push_str(&format!("\n{}", s(&key)));
+            }
+            out
+        }
+        Request::Sends(_) | Request::Resolve(_) => table(
+            &[
+                "SENT AT",
+                "LEAD",
+                "STEP",
+                "GEN",
+                "STATE",
+                "SMTP",
+                "MESSAGE-ID",
+            ],
+            items("sends")
+                .iter()
+                .map(|x| {
+                    vec![
+                        s(&x["sent_at"]),
+                        s(&x["lead_email"]),
+                        s(&x["step_position"]),
+                        s(&x["generation"]),
+                        s(&x["state"]),
+                        format!("{} {}", s(&x["smtp_code"]), s(&x["smtp_reply"])),
+                        s(&x["message_id"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Audit { .. } => table(
+            &["AT", "ACTOR", "ACTION", "ENROLLMENT"],
+            items("events")
+                .iter()
+                .map(|e| {
+                    vec![
+                        s(&e["at"]),
+                        s(&e["actor"]),
+                        s(&e["action"]),
+                        s(&e["enrollment_id"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::ResumePreview { .. } => format!(
+            "resuming now would send {} and skip {} ({} already queued)\n\n{}",
+            s(&v["sends"]),
+            s(&v["skips"]),
+            s(&v["queued"]),
+            table(
+                &["LEAD", "STEP", "WAS DUE", "OUTCOME", "SEND AT / REASON"],
+                items("items")
+                    .iter()
+                    .map(|i| vec![
+                        s(&i["lead_email"]),
+                        s(&i["step_position"]),
+                        s(&i["due_at"]),
+                        s(&i["outcome"]),
+                        if i["send_at"].is_null() {
+                            s(&i["reason"])
+                        } else {
+                            s(&i["send_at"])
+                        }
+                    ])
+                    .collect(),
+            )
+        ),
+    }
+}
