@@ -188,15 +188,7 @@ pub async fn resolve(
     ApiJson(req): ApiJson<ResolveSend>,
 ) -> ApiResult<Json<SendList>> {
     let how = resolution(&req.outcome)?;
-    let note = format!(
-        "resolved as {} by {}{}",
-        req.outcome,
-        auth.actor,
-        req.note
-            .as_deref()
-            .map(|n| format!(": {n}"))
-            .unwrap_or_default()
-    );
+    let note = resolution_note("resolved", &req.outcome, &auth, req.note.as_deref());
     let current: Option<String> = sqlx::query_scalar(
         "SELECT state FROM send_ledger WHERE idempotency_key = $1 AND workspace_id = $2",
     )
@@ -216,6 +208,12 @@ pub async fn resolve(
         .fetch_all(&state.db)
         .await?;
     Ok(Json(SendList { sends, next: None }))
+}
+
+/// What the ledger records with a resolution: how, by whom, and the operator's note.
+fn resolution_note(what: &str, outcome: &str, auth: &Auth, note: Option<&str>) -> String {
+    let note = note.map(|n| format!(": {n}")).unwrap_or_default();
+    format!("{what} as {outcome} by {}{note}", auth.actor)
 }
 
 fn resolution(outcome: &str) -> Result<Resolution, ApiError> {
@@ -314,15 +312,7 @@ pub async fn resolve_many(
     .bind(BULK_RESOLVE_MAX)
     .fetch_all(&state.db)
     .await?;
-    let note = format!(
-        "resolved in bulk as {} by {}{}",
-        req.outcome,
-        auth.actor,
-        req.note
-            .as_deref()
-            .map(|n| format!(": {n}"))
-            .unwrap_or_default()
-    );
+    let note = resolution_note("resolved in bulk", &req.outcome, &auth, req.note.as_deref());
     let mut resolved = Vec::with_capacity(keys.len());
     for key in keys {
         // A key settled meanwhile (by another operator) is skipped, not an error.
