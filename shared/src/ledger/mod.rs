@@ -80,33 +80,9 @@ pub async fn claim(
     leases: &Leases,
     owner: Uuid,
 ) -> Result<Claim, StoreError> {
-    let claimed: Option<(i32, Uuid)> = sqlx::query_as(
-        // The lock (by id alone) waits for a scheduler that published this run but has not
-        // committed QUEUED yet, and returns the committed row; only then is the state checked.
-        // A state predicate inside the locking query would be judged on the old snapshot and
-        // skip the wait.
-        "WITH run AS (SELECT * FROM step_runs WHERE id = $1 FOR SHARE)
-         INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
-                                  sequence_id, lead_id, step_run_id, position, state, message_id,
-                                  claim_id, claimed_at, owner_id)
-         SELECT sr.enrollment_id, sr.step_id, sr.generation, $2, sr.workspace_id, sr.sequence_id,
-                e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id, gen_random_uuid(),
-                clock_timestamp(), $3
-         FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
-         WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
-         ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
-             SET state = 'SENDING', attempts = send_ledger.attempts + 1,
-                 claimed_at = EXCLUDED.claimed_at, claim_id = EXCLUDED.claim_id,
-                 owner_id = EXCLUDED.owner_id, wire_at = NULL,
-                 updated_at = now(), step_run_id = EXCLUDED.step_run_id
-             WHERE send_ledger.state = 'DEFERRED'
-         RETURNING attempts, claim_id",
-    )
-    .bind(step_run)
-    .bind(key)
-    .bind(owner)
-    .fetch_optional(db)
-    .await?;
+    let claimed = insert_claims(db, &[step_run], &[key.to_owned()], owner)
+        .await?
+        .remove(key);
     if let Some((attempts, claim)) = claimed {
         return Ok(Claim::Claimed { attempts, claim });
     }
@@ -143,6 +119,49 @@ pub struct ClaimRequest {
     pub key: String,
 }
 
+/// The claim statement, for one run or many: inserts each key as SENDING for worker `owner`
+/// (or takes over a DEFERRED one) where its run is QUEUED. Each run is locked by id alone, in id
+/// order: the lock waits for a scheduler that published the run but has not committed QUEUED
+/// yet and returns the committed row; only then is the state checked (a state predicate inside
+/// the locking query would be judged on the old snapshot and skip the wait). Returns the keys
+/// claimed, with their attempts and claim ids. `runs` and `keys` are pairs, each unique.
+async fn insert_claims(
+    db: &PgPool,
+    runs: &[Uuid],
+    keys: &[String],
+    owner: Uuid,
+) -> Result<std::collections::HashMap<String, (i32, Uuid)>, StoreError> {
+    let claimed: Vec<(String, i32, Uuid)> = sqlx::query_as(
+        "WITH req AS (SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS r(run_id, claim_key)),
+              run AS (SELECT sr.*, req.claim_key FROM step_runs sr JOIN req ON sr.id = req.run_id
+                      ORDER BY sr.id FOR SHARE OF sr)
+         INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
+                                  sequence_id, lead_id, step_run_id, position, state, message_id,
+                                  claim_id, claimed_at, owner_id)
+         SELECT sr.enrollment_id, sr.step_id, sr.generation, sr.claim_key, sr.workspace_id,
+                sr.sequence_id, e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id,
+                gen_random_uuid(), clock_timestamp(), $3
+         FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
+         WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
+         ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
+             SET state = 'SENDING', attempts = send_ledger.attempts + 1,
+                 claimed_at = EXCLUDED.claimed_at, claim_id = EXCLUDED.claim_id,
+                 owner_id = EXCLUDED.owner_id, wire_at = NULL,
+                 updated_at = now(), step_run_id = EXCLUDED.step_run_id
+             WHERE send_ledger.state = 'DEFERRED'
+         RETURNING idempotency_key, attempts, claim_id",
+    )
+    .bind(runs)
+    .bind(keys)
+    .bind(owner)
+    .fetch_all(db)
+    .await?;
+    Ok(claimed
+        .into_iter()
+        .map(|(key, attempts, claim)| (key, (attempts, claim)))
+        .collect())
+}
+
 /// Claims many keys in one statement, with [`claim`]'s rules (each run is locked by id, then its
 /// state is checked on the committed row). Requests the statement does not claim, and repeats
 /// of a key or run already in the batch, are then settled one by one by [`claim`], so each gets
@@ -164,36 +183,7 @@ pub async fn claim_many(
             batch_keys.push(r.key.clone());
         }
     }
-    let claimed: Vec<(String, i32, Uuid)> = sqlx::query_as(
-        // Same lock-by-id-then-check rule as `claim`; the rows are locked in id order.
-        "WITH req AS (SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS r(run_id, claim_key)),
-              run AS (SELECT sr.*, req.claim_key FROM step_runs sr JOIN req ON sr.id = req.run_id
-                      ORDER BY sr.id FOR SHARE OF sr)
-         INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
-                                  sequence_id, lead_id, step_run_id, position, state, message_id,
-                                  claim_id, claimed_at, owner_id)
-         SELECT sr.enrollment_id, sr.step_id, sr.generation, sr.claim_key, sr.workspace_id,
-                sr.sequence_id, e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id,
-                gen_random_uuid(), clock_timestamp(), $3
-         FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
-         WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
-         ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
-             SET state = 'SENDING', attempts = send_ledger.attempts + 1,
-                 claimed_at = EXCLUDED.claimed_at, claim_id = EXCLUDED.claim_id,
-                 owner_id = EXCLUDED.owner_id, wire_at = NULL,
-                 updated_at = now(), step_run_id = EXCLUDED.step_run_id
-             WHERE send_ledger.state = 'DEFERRED'
-         RETURNING idempotency_key, attempts, claim_id",
-    )
-    .bind(&runs)
-    .bind(&batch_keys)
-    .bind(owner)
-    .fetch_all(db)
-    .await?;
-    let mut claimed: std::collections::HashMap<String, (i32, Uuid)> = claimed
-        .into_iter()
-        .map(|(key, attempts, claim)| (key, (attempts, claim)))
-        .collect();
+    let mut claimed = insert_claims(db, &runs, &batch_keys, owner).await?;
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
         // `remove`: a repeat of a claimed key is not claimed twice.
