@@ -318,7 +318,8 @@ async fn a_send_window_holds_under_a_rate() -> anyhow::Result<()> {
             "SELECT count(*) FROM step_runs WHERE state = 'SCHEDULED' AND due_at > now() + interval '23 hours'",
         )
         .await?;
-        Ok((far == 5).then_some(far))
+        // The one that took the minute's slot may still be on its way to the relay.
+        Ok((far == 5 && smtp.count() >= 1).then_some(far))
     })
     .await;
     assert_eq!(smtp.count(), 1, "one send in the window's minute");
