@@ -1,13 +1,17 @@
-//! Who is alive: each sender registers itself in `workers` when it starts, heartbeats every
-//! third of `PULSE_OWNER_TIMEOUT_MS`, and deletes its row when it stops gracefully. A ledger
-//! claim names its owner, so the sweep can tell a dead worker's claims from a slow one's
-//! (`ledger::sweep`) and act on them within the owner timeout instead of the sending lease.
+//! Who is alive: each sender and scheduler registers itself in `workers` when it starts,
+//! heartbeats every third of `PULSE_OWNER_TIMEOUT_MS`, and deletes its row when it stops
+//! gracefully. A ledger claim names its owner (`send_ledger.owner_id`), and so does a QUEUED
+//! step run (`step_runs.queued_by`), so the sweep can tell a dead worker's work from a slow
+//! one's (`ledger::sweep`) and act on it within the owner timeout instead of the leases.
 //!
 //! This module only records liveness. It never touches claims, and a missed heartbeat is never
 //! a reason to send: a claim taken from an owner that was only slow is fenced (its sender's
 //! wire mark fails, and it sends nothing).
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +25,9 @@ pub struct Registration {
     db: PgPool,
     beat: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
+    /// Since when every heartbeat has succeeded; `None` right after one failed.
+    steady_since: Arc<Mutex<Option<Instant>>>,
+    timeout: Duration,
 }
 
 impl Registration {
@@ -41,15 +48,25 @@ impl Registration {
         tracing::info!(worker = %id, role, %host, "worker registered");
         let stop = CancellationToken::new();
         let every = (timeout / 3).max(Duration::from_millis(100));
+        let steady_since = Arc::new(Mutex::new(Some(Instant::now())));
         let beat = {
             let (db, stop, role) = (db.clone(), stop.clone(), role.to_owned());
+            let steady_since = steady_since.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(every) => {}
                         _ = stop.cancelled() => return,
                     }
-                    if let Err(e) = heartbeat(&db, id, &role).await {
+                    let beat = heartbeat(&db, id, &role).await;
+                    if let Ok(mut since) = steady_since.lock() {
+                        match (&beat, *since) {
+                            (Ok(()), None) => *since = Some(Instant::now()),
+                            (Err(_), _) => *since = None,
+                            (Ok(()), Some(_)) => {}
+                        }
+                    }
+                    if let Err(e) = beat {
                         tracing::warn!(worker = %id, error = %e, "heartbeat failed; trying again on the next beat");
                     }
                 }
@@ -60,7 +77,42 @@ impl Registration {
             db: db.clone(),
             beat,
             stop,
+            steady_since,
+            timeout,
         })
+    }
+
+    /// [`Registration::start`], tried again every second while PostgreSQL is unreachable;
+    /// `None` if `shutdown` comes first.
+    pub async fn start_when_ready(
+        db: &PgPool,
+        role: &str,
+        timeout: Duration,
+        shutdown: &CancellationToken,
+    ) -> Option<Self> {
+        loop {
+            match Self::start(db, role, timeout).await {
+                Ok(r) => return Some(r),
+                Err(e) => {
+                    tracing::warn!(role, error = %e, "cannot register the worker yet; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether this worker's own heartbeats have all succeeded for at least the owner timeout.
+    /// Only then may it take another worker's silence for death: right after PostgreSQL comes
+    /// back, every worker looks silent, and the live ones need one beat to say otherwise.
+    pub fn steady(&self) -> bool {
+        self.steady_since
+            .lock()
+            .ok()
+            .and_then(|since| *since)
+            .is_some_and(|since| since.elapsed() >= self.timeout)
     }
 
     /// Stops the heartbeat and deletes the worker's row: its remaining claims (none after a
@@ -94,19 +146,30 @@ async fn heartbeat(db: &PgPool, id: Uuid, role: &str) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Deletes workers that missed their heartbeats for `timeout` and hold no claim; returns how
-/// many. Run by the sweep.
+/// Deletes workers that missed their heartbeats for `timeout` and hold nothing: no claim, and
+/// no QUEUED run the sweep may still give back. Returns how many. Run by the sweep, after it
+/// acted on their work.
 pub async fn forget_dead(db: &PgPool, timeout: Duration) -> Result<u64, StoreError> {
     Ok(sqlx::query(
         "DELETE FROM workers w WHERE w.heartbeat_at < now() - make_interval(secs => $1)
            AND NOT EXISTS (SELECT 1 FROM send_ledger sl
-                           WHERE sl.owner_id = w.id AND sl.state = 'SENDING')",
+                           WHERE sl.owner_id = w.id AND sl.state = 'SENDING')
+           AND NOT EXISTS (SELECT 1 FROM step_runs sr
+                           WHERE sr.state = 'QUEUED' AND sr.queued_by = w.id
+                             AND sr.queued_at >= w.heartbeat_at - make_interval(secs => $2))",
     )
     .bind(timeout.as_secs_f64())
+    .bind(UNCONFIRMED_AFTER_BEAT.as_secs_f64())
     .execute(db)
     .await?
     .rows_affected())
 }
+
+/// How long before its last heartbeat a dead scheduler may have queued a run it never
+/// published: a publish waits at most the confirm timeout (10 s) for its confirms, so a run
+/// queued earlier than that before the crash was confirmed or given back by the scheduler
+/// itself. Runs queued before this window are in RabbitMQ and are left there.
+pub const UNCONFIRMED_AFTER_BEAT: Duration = Duration::from_secs(15);
 
 fn hostname() -> String {
     std::env::var("HOSTNAME")

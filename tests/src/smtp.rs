@@ -64,6 +64,9 @@ struct State {
     data_delay: Duration,
     /// DATA blocks received, answered or not (a send in flight shows here first).
     data_started: usize,
+    /// The Message-ID of every message whose body ended with the final dot, answered or not:
+    /// what this relay may have delivered, as a relay's log would show it.
+    data_ended: Vec<String>,
     received: Vec<Received>,
     refusals: HashMap<String, Refusal>,
     rcpt_attempts: HashMap<String, usize>,
@@ -119,6 +122,12 @@ impl SmtpServer {
     /// Makes the server wait `delay` before answering each message's final dot.
     pub fn delay_data_reply(&self, delay: Duration) {
         self.lock().data_delay = delay;
+    }
+
+    /// The Message-IDs of every message whose body ended with the final dot, whatever the
+    /// answer (or none): the relay's own record of what it may have.
+    pub fn data_ended(&self) -> Vec<String> {
+        self.lock().data_ended.clone()
     }
 
     /// Messages whose DATA has been fully received, including any not answered yet.
@@ -230,9 +239,19 @@ async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
                     let l = line.strip_prefix('.').unwrap_or(&line);
                     data.push_str(l);
                 }
+                let header = |name: &str| {
+                    data.split("\r\n\r\n").next().and_then(|h| {
+                        h.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                        })
+                    })
+                };
+                let message_id = header("Message-ID");
                 let (delay, rule) = {
                     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                     st.data_started += 1;
+                    st.data_ended.extend(message_id.clone());
                     let rule = rcpts
                         .first()
                         .and_then(|r| st.after_data.get_mut(r))
@@ -261,18 +280,10 @@ async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
                     Some(AfterData::Stall(d)) => tokio::time::sleep(d).await,
                     Some(AfterData::AcceptThenDrop) | None => {}
                 }
-                let header = |name: &str| {
-                    data.split("\r\n\r\n").next().and_then(|h| {
-                        h.lines().find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-                        })
-                    })
-                };
                 let received = Received {
                     mail_from: from.clone(),
                     rcpt_to: std::mem::take(&mut rcpts),
-                    message_id: header("Message-ID"),
+                    message_id,
                     subject: header("Subject"),
                     data: data.clone(),
                     at: Instant::now(),

@@ -8,9 +8,12 @@
 //! message). If publishing fails — a nack, a return, a channel or connection error, or no
 //! confirm within [`CONFIRM_TIMEOUT`] — the batch's runs go straight back to SCHEDULED and are
 //! published again (a copy that did reach the queue is absorbed by the sender's ledger claim).
-//! A crash between the commit and the publish leaves runs QUEUED with no message: the sweep
-//! (`ledger::sweep`, every `PULSE_SWEEP_INTERVAL_MS`) publishes them again once they have been
-//! QUEUED for `PULSE_QUEUED_LEASE_MS`. A step whose own or sequence end date has passed is skipped
+//! A crash between the commit and the publish leaves runs QUEUED with no message. Each
+//! scheduler registers as a worker (`pulse_shared::workers`) and names itself on the runs it
+//! queues (`queued_by`): once it has missed its heartbeats for `PULSE_OWNER_TIMEOUT_MS`, the sweep
+//! (`ledger::sweep`, every `PULSE_SWEEP_INTERVAL_MS`, run by every scheduler) publishes again the
+//! runs it queued in its last seconds. `PULSE_QUEUED_LEASE_MS` remains the last resort for runs
+//! whose owner is unknown or alive but hung. A step whose own or sequence end date has passed is skipped
 //! here and its enrollment ended with that reason. The scheduler never sends mail and never
 //! holds a message back as a delay: only work that is due now reaches RabbitMQ.
 
@@ -35,6 +38,7 @@ use pulse_shared::{
     metrics::Metrics,
     model::enrollment_status,
     schedule, telemetry,
+    workers::Registration,
 };
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
@@ -72,10 +76,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
     let db = db::pool(&settings.database_url, 4)?;
+    let Some(worker) =
+        Registration::start_when_ready(&db, "scheduler", settings.owner_timeout, &shutdown).await
+    else {
+        return Ok(());
+    };
     supervise("scheduler", &health, &metrics, &shutdown, || {
-        session(&settings, &db, &health, &metrics, &shutdown)
+        session(&settings, &db, &worker, &health, &metrics, &shutdown)
     })
     .await;
+    // Every publish of this session finished or was given back: nothing left to sweep for it.
+    worker.stop().await;
     tracing::info!("scheduler stopped");
     Ok(())
 }
@@ -83,6 +94,7 @@ pub async fn run(
 async fn session(
     settings: &Settings,
     db: &PgPool,
+    worker: &Registration,
     health: &Health,
     metrics: &Metrics,
     shutdown: &CancellationToken,
@@ -96,7 +108,7 @@ async fn session(
         .map_err(MessagingError::from)?;
     health.ready("scheduler");
     tracing::info!(queue = %settings.queue, "scheduler connected");
-    let result = claim_loop(settings, db, &channel, metrics, shutdown).await;
+    let result = claim_loop(settings, db, worker, &channel, metrics, shutdown).await;
     let _ = conn.close(200, "scheduler shutting down".into()).await;
     result
 }
@@ -107,6 +119,7 @@ async fn session(
 async fn claim_loop(
     settings: &Settings,
     db: &PgPool,
+    worker: &Registration,
     channel: &Channel,
     metrics: &Metrics,
     shutdown: &CancellationToken,
@@ -118,7 +131,11 @@ async fn claim_loop(
     let result = async {
         while !shutdown.is_cancelled() {
             if tokio::time::Instant::now() >= next_sweep {
-                let swept = ledger::sweep(db, &ledger::Leases::new(settings)).await?;
+                let mut leases = ledger::Leases::new(settings);
+                if !worker.steady() {
+                    leases.owner = None;
+                }
+                let swept = ledger::sweep(db, &leases).await?;
                 metrics.swept(&swept);
                 if swept != ledger::Swept::default() {
                     tracing::warn!(
@@ -134,7 +151,7 @@ async fn claim_loop(
                 queue_depth(channel, &settings.queue, metrics).await?;
                 next_depth = tokio::time::Instant::now() + QUEUE_DEPTH_EVERY;
             }
-            let claimed = claim(db, batch, metrics)
+            let claimed = claim(db, batch, worker.id, metrics)
                 .instrument(tracing::info_span!("claim_batch", batch))
                 .await?;
             if let Some(previous) = publishing.take() {
@@ -324,17 +341,18 @@ struct Rendered {
     trace_parent: Option<String>,
 }
 
-/// Claims up to `batch` due step runs, marks them QUEUED with their rendered content and commits,
-/// then publishes them with confirms. Returns how many were published. If publishing fails, the
-/// runs go back to SCHEDULED before the error is returned.
+/// Claims up to `batch` due step runs, marks them QUEUED by `owner` with their rendered content
+/// and commits, then publishes them with confirms. Returns how many were published. If
+/// publishing fails, the runs go back to SCHEDULED before the error is returned.
 pub async fn claim_and_publish(
     db: &PgPool,
     channel: &Channel,
     queue: &str,
     batch: i64,
+    owner: Uuid,
     metrics: &Metrics,
 ) -> Result<usize, SchedulerError> {
-    let rendered = claim(db, batch, metrics).await?;
+    let rendered = claim(db, batch, owner, metrics).await?;
     publish_or_requeue(db, channel, queue, metrics, rendered).await
 }
 
@@ -355,7 +373,7 @@ async fn publish_or_requeue(
         .await;
     if let Err(e) = published {
         let ids: Vec<Uuid> = rendered.iter().map(|r| r.id).collect();
-        match requeue(db, &ids).await {
+        match ledger::requeue_unclaimed(db, ledger::Requeue::Runs(&ids)).await {
             Ok(n) => {
                 metrics.requeued(n);
                 tracing::warn!(error = %e, requeued = n, "publishing failed; the batch is due again")
@@ -370,29 +388,13 @@ async fn publish_or_requeue(
     Ok(rendered.len())
 }
 
-/// Puts QUEUED runs whose messages may not have reached the queue back to SCHEDULED, due now.
-/// Runs a sender has already claimed or settled are left alone; a copy that reached the queue
-/// anyway is dropped by the sender's claim (the run is not QUEUED, or its key is taken).
-async fn requeue(db: &PgPool, ids: &[Uuid]) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
-        "UPDATE step_runs SET state = 'SCHEDULED', updated_at = now(),
-             last_error = 'published again: the broker did not confirm the message'
-         WHERE id = ANY($1) AND state = 'QUEUED'
-           AND NOT EXISTS (SELECT 1 FROM send_ledger sl
-                           WHERE sl.step_run_id = step_runs.id AND sl.state = 'SENDING')",
-    )
-    .bind(ids)
-    .execute(db)
-    .await?
-    .rows_affected())
-}
-
 /// In one transaction: claims due runs (`SKIP LOCKED`), renders them, marks the rendered ones
 /// QUEUED with their snapshot, skips expired ones and fails unrenderable ones. Returns the
 /// rendered runs, to publish after the commit.
 async fn claim(
     db: &PgPool,
     batch: i64,
+    owner: Uuid,
     metrics: &Metrics,
 ) -> Result<Vec<Rendered>, SchedulerError> {
     let started = Instant::now();
@@ -434,8 +436,8 @@ async fn claim(
 
     let col = |f: fn(&Rendered) -> String| rendered.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
-        "UPDATE step_runs sr SET state = 'QUEUED', queued_at = now(), updated_at = now(),
-             subject = u.subject, body = u.body, from_addr = u.from_addr, to_addr = u.to_addr,
+        "UPDATE step_runs sr SET state = 'QUEUED', queued_at = now(), queued_by = $8,
+             updated_at = now(), subject = u.subject, body = u.body, from_addr = u.from_addr, to_addr = u.to_addr,
              message_id = u.message_id, sequence_version = u.version
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::int[])
@@ -449,6 +451,7 @@ async fn claim(
     .bind(col(|r| r.to_addr.clone()))
     .bind(col(|r| r.message_id.clone()))
     .bind(rendered.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(owner)
     .execute(&mut *tx)
     .await?;
     for (run, enrollment, reason) in &expired {

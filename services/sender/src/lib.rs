@@ -250,8 +250,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), SenderError> {
     let db = db::pool(&settings.database_url, 2)?;
-    let worker = register(&db, &settings, &shutdown).await?;
-    let Some(worker) = worker else {
+    let Some(worker) =
+        workers::Registration::start_when_ready(&db, "sender", settings.owner_timeout, &shutdown)
+            .await
+    else {
         return Ok(());
     };
     let ctx = Context::build(&settings, metrics, worker.id).await?;
@@ -263,27 +265,6 @@ pub async fn run(
     worker.stop().await;
     tracing::info!("sender stopped");
     Ok(())
-}
-
-/// Registers this sender as a worker, retrying while PostgreSQL is unreachable; `None` if
-/// `shutdown` comes first.
-async fn register(
-    db: &PgPool,
-    settings: &Settings,
-    shutdown: &CancellationToken,
-) -> Result<Option<workers::Registration>, SenderError> {
-    loop {
-        match workers::Registration::start(db, "sender", settings.owner_timeout).await {
-            Ok(r) => return Ok(Some(r)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register the sender yet; trying again");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.cancelled() => return Ok(None),
-                }
-            }
-        }
-    }
 }
 
 async fn session(

@@ -9,10 +9,15 @@
 //! It drives the SMTP phases itself (lettre's `command` and `message`) so that it knows whether
 //! a failure happened before the message body was sent (nothing went out) or after (unknown).
 //!
-//! Between the relay's go-ahead for DATA and the message body, a send calls back to the sender
-//! (`on_wire`), which marks its ledger claim: the one moment after which the relay may have the
-//! message. When the mark does not take, the body is not sent and the connection is dropped
-//! without the final dot, so the relay discards the transaction.
+//! Before the message body, a send has the sender mark its ledger claim (`on_wire`): from the
+//! body on, the relay may have the message. The mark is made while MAIL, RCPT and DATA are
+//! exchanged, so the connection waits for the slower of the two, not for both in turn (held
+//! through a database round trip after the relay's 354, a connection is idle for it: with the
+//! default pool that cost a third of the throughput, see `docs/BENCHMARKS.md`). The body goes
+//! only once the relay said 354 *and* the mark took. When the mark does not take, the body is
+//! not sent and the connection is dropped without the final dot, so the relay discards the
+//! transaction. A crash after the mark but before the body leaves a send UNKNOWN that never
+//! reached the relay: the safe direction, and a window of a few relay round trips.
 //!
 //! A send waits for a free connection only for a bounded time ([`Transport::connect_within`]),
 //! after its claim and re-check: the re-check stays valid for the whole send only if the send
@@ -127,8 +132,8 @@ pub enum Session {
 }
 
 impl Session {
-    /// Sends `mail`; `on_wire` runs right before the body goes out and must say `true` for it
-    /// to go (see the module doc).
+    /// Sends `mail`; `on_wire` runs while the transaction is opened and must say `true` for the
+    /// body to go (see the module doc).
     pub async fn send(
         self,
         mail: &Outgoing,
@@ -353,13 +358,13 @@ impl SmtpPool {
             conn.command(Data).await.map_err(classify)?;
             Ok(())
         };
-        tokio::time::timeout(self.timeout, before_body)
-            .await
-            .map_err(|_| {
-                SendError::transient("the SMTP relay timed out before the message was sent")
-            })??;
-        // The relay said 354: from the body on, it may have the message.
-        if !on_wire.await {
+        let (before, marked) =
+            tokio::join!(tokio::time::timeout(self.timeout, before_body), on_wire);
+        before.map_err(|_| {
+            SendError::transient("the SMTP relay timed out before the message was sent")
+        })??;
+        // The relay said 354 and the claim is marked: from the body on, it may have the message.
+        if !marked {
             // `Connection::send` aborts the connection on any error: no final dot is sent.
             return Err(SendError::Withheld);
         }

@@ -210,8 +210,10 @@ pub struct Leases {
     /// marks within [`crate::config::SenderSettings::unmarked_lease`] of claiming, or never.
     pub unmarked: Duration,
     /// A worker that has not heartbeaten for this long is dead (`PULSE_OWNER_TIMEOUT_MS`): its
-    /// unmarked claims go back at once.
-    pub owner: Duration,
+    /// unmarked claims go back at once, and so do the runs a dead scheduler may not have
+    /// published. `None` judges nobody dead (the sweeping worker's own heartbeats are not
+    /// steady yet, see [`crate::workers::Registration::steady`]); the leases still apply.
+    pub owner: Option<Duration>,
     /// A dead worker's marked claim becomes UNKNOWN once its mark is this old (one SMTP
     /// timeout and a margin: a sender that was only cut off from PostgreSQL has recorded its
     /// answer by then).
@@ -225,7 +227,7 @@ impl Leases {
         Self {
             sending: settings.sender.sending_lease,
             unmarked: settings.sender.unmarked_lease(),
-            owner: settings.owner_timeout,
+            owner: Some(settings.owner_timeout),
             answer: settings.sender.smtp_timeout + Duration::from_secs(5),
             queued: settings.scheduler.queued_lease,
         }
@@ -253,7 +255,7 @@ async fn settle_stale(
              WHERE sl.state = 'SENDING' AND ($1::text IS NULL OR sl.idempotency_key = $1)
                AND (sl.claimed_at < now() - make_interval(secs => $2)
                     OR (sl.wire_at IS NULL AND sl.claimed_at < now() - make_interval(secs => $3))
-                    OR (sl.owner_id IS NOT NULL
+                    OR ($4::float8 IS NOT NULL AND sl.owner_id IS NOT NULL
                         AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = sl.owner_id
                                           AND w.heartbeat_at > now() - make_interval(secs => $4))
                         AND (sl.wire_at IS NULL
@@ -292,7 +294,7 @@ async fn settle_stale(
     .bind(key)
     .bind(leases.sending.as_secs_f64())
     .bind(leases.unmarked.as_secs_f64())
-    .bind(leases.owner.as_secs_f64())
+    .bind(leases.owner.map(|d| d.as_secs_f64()))
     .bind(leases.answer.as_secs_f64())
     .fetch_one(db)
     .await?;
@@ -309,35 +311,82 @@ pub struct Swept {
     pub unknown: u64,
     /// Stale claims that sent nothing, given back: their steps are due again.
     pub given_back: u64,
-    /// QUEUED step runs older than the lease with no claim, back to SCHEDULED.
+    /// QUEUED step runs with no claim back to SCHEDULED: older than the queued lease, or
+    /// queued by a dead scheduler too shortly before its death to be sure it published them.
     pub requeued: u64,
 }
 
 /// Finds stale work ([`Leases`]): a stale claim that was on the wire becomes UNKNOWN (never
 /// resent automatically; an operator resolves it), one that was not is given back and sent
 /// again; a step run QUEUED longer than the queued lease with no claim lost its message and
-/// goes back to SCHEDULED to be published again (a duplicate delivery, should the message
-/// still exist, is absorbed by the ledger). Dead workers holding nothing are forgotten. Safe to
-/// run from any number of schedulers at once.
+/// goes back to SCHEDULED to be published again, and so does one a dead scheduler queued just
+/// before it died (a duplicate delivery, should the message still exist, is absorbed by the
+/// ledger). Dead workers holding nothing are forgotten. Safe to run from any number of
+/// schedulers at once.
 pub async fn sweep(db: &PgPool, leases: &Leases) -> Result<Swept, StoreError> {
     let stale = settle_stale(db, None, leases).await?;
-    let requeued = sqlx::query(
-        "UPDATE step_runs sr SET state = 'SCHEDULED', updated_at = now(),
-             last_error = 'published again: the queued message was not handled in time'
-         WHERE sr.state = 'QUEUED' AND sr.queued_at < now() - make_interval(secs => $1)
-           AND NOT EXISTS (SELECT 1 FROM send_ledger sl
-                           WHERE sl.step_run_id = sr.id AND sl.state = 'SENDING')",
-    )
-    .bind(leases.queued.as_secs_f64())
-    .execute(db)
-    .await?
-    .rows_affected();
-    crate::workers::forget_dead(db, leases.owner).await?;
+    let mut requeued = requeue_unclaimed(db, Requeue::OlderThan(leases.queued)).await?;
+    if let Some(owner) = leases.owner {
+        requeued += requeue_unclaimed(db, Requeue::DeadScheduler(owner)).await?;
+        crate::workers::forget_dead(db, owner).await?;
+    }
     Ok(Swept {
         unknown: stale.unknown,
         given_back: stale.given_back,
         requeued,
     })
+}
+
+/// Which QUEUED step runs [`requeue_unclaimed`] gives back: runs whose message may never have
+/// reached the queue.
+#[derive(Clone, Copy, Debug)]
+pub enum Requeue<'a> {
+    /// These runs: the broker did not confirm their publish.
+    Runs(&'a [Uuid]),
+    /// Runs QUEUED longer than this (the queued lease): their message was lost or never sent.
+    OlderThan(Duration),
+    /// Runs queued by a scheduler silent for this long (dead), in its last seconds or after its
+    /// last heartbeat ([`crate::workers::UNCONFIRMED_AFTER_BEAT`]): it may have died before the
+    /// broker confirmed them. Earlier ones were confirmed, or given back by itself.
+    DeadScheduler(Duration),
+}
+
+/// Puts QUEUED runs back to SCHEDULED (due again at once, their old due time having passed),
+/// unless a sender holds a claim on them: the one transition that publishes a run again. A copy
+/// of the message that reached the queue anyway is absorbed by the ledger (the run is not
+/// QUEUED when it arrives, or its key is taken). Returns how many went back.
+pub async fn requeue_unclaimed(db: &PgPool, which: Requeue<'_>) -> Result<u64, StoreError> {
+    let (condition, reason) = match which {
+        Requeue::Runs(_) => (
+            "sr.id = ANY($2)",
+            "published again: the broker did not confirm the message",
+        ),
+        Requeue::OlderThan(_) => (
+            "sr.queued_at < now() - make_interval(secs => $2)",
+            "published again: the queued message was not handled in time",
+        ),
+        Requeue::DeadScheduler(_) => (
+            "EXISTS (SELECT 1 FROM workers w
+                     WHERE w.id = sr.queued_by AND w.heartbeat_at < now() - make_interval(secs => $2)
+                       AND sr.queued_at >= w.heartbeat_at - make_interval(secs => $3))",
+            "published again: its scheduler stopped before the broker confirmed it",
+        ),
+    };
+    let sql = format!(
+        "UPDATE step_runs sr SET state = 'SCHEDULED', updated_at = now(), last_error = $1
+         WHERE sr.state = 'QUEUED' AND {condition}
+           AND NOT EXISTS (SELECT 1 FROM send_ledger sl
+                           WHERE sl.step_run_id = sr.id AND sl.state = 'SENDING')"
+    );
+    let query = sqlx::query(&sql).bind(reason);
+    let query = match which {
+        Requeue::Runs(ids) => query.bind(ids),
+        Requeue::OlderThan(age) => query.bind(age.as_secs_f64()),
+        Requeue::DeadScheduler(timeout) => query
+            .bind(timeout.as_secs_f64())
+            .bind(crate::workers::UNCONFIRMED_AFTER_BEAT.as_secs_f64()),
+    };
+    Ok(query.execute(db).await?.rows_affected())
 }
 
 /// How an operator settles an UNKNOWN send.

@@ -261,7 +261,7 @@ async fn a_dead_workers_claim_becomes_unknown_is_never_resent_and_an_operator_se
         let leases = pulse_shared::ledger::Leases {
             sending: Duration::from_secs(600),
             unmarked: Duration::from_secs(600),
-            owner: Duration::from_secs(600),
+            owner: Some(Duration::from_secs(600)),
             answer: Duration::from_secs(600),
             queued: Duration::from_secs(600),
         };
@@ -482,7 +482,15 @@ async fn a_batch_the_broker_does_not_confirm_is_due_again_and_sent_once() -> any
     ch.confirm_select(Default::default()).await?;
     let missing = format!("{}.missing", env.settings.queue);
     let metrics = pulse_shared::metrics::Metrics::new();
-    let failed = pulse_scheduler::claim_and_publish(&env.db, &ch, &missing, 10, &metrics).await;
+    let failed = pulse_scheduler::claim_and_publish(
+        &env.db,
+        &ch,
+        &missing,
+        10,
+        uuid::Uuid::new_v4(),
+        &metrics,
+    )
+    .await;
     assert!(failed.is_err(), "an unroutable batch must fail: {failed:?}");
     let text = metrics.render();
     assert!(
@@ -499,8 +507,15 @@ async fn a_batch_the_broker_does_not_confirm_is_due_again_and_sent_once() -> any
 
     // The next claim publishes to the real queue and each lead gets its email once.
     messaging::declare(&ch, &env.settings.queue, env.settings.queue_type).await?;
-    let published =
-        pulse_scheduler::claim_and_publish(&env.db, &ch, &env.settings.queue, 10, &metrics).await?;
+    let published = pulse_scheduler::claim_and_publish(
+        &env.db,
+        &ch,
+        &env.settings.queue,
+        10,
+        uuid::Uuid::new_v4(),
+        &metrics,
+    )
+    .await?;
     assert_eq!(published, 3);
     assert!(
         metrics

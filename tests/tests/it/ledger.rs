@@ -52,7 +52,7 @@ const LEASE: Duration = Duration::from_secs(600);
 const LEASES: ledger::Leases = ledger::Leases {
     sending: LEASE,
     unmarked: LEASE,
-    owner: Duration::from_secs(3600),
+    owner: Some(Duration::from_secs(3600)),
     answer: Duration::from_secs(35),
     queued: LEASE,
 };

@@ -325,3 +325,102 @@ async fn unknown_sends_are_settled_in_bulk_with_a_confirmation_and_an_audit() ->
     sender.await?;
     env.stop().await
 }
+
+#[tokio::test]
+async fn a_dead_schedulers_last_runs_are_published_again_without_waiting_for_the_lease()
+-> anyhow::Result<()> {
+    let (env, smtp) = start().await?;
+    let runs = queued(&env, &["a@example.com", "b@example.com", "c@example.com"]).await?;
+    let [(a, run_a, _), (_, run_b, _), (_, run_c, _)] = &runs[..] else {
+        anyhow::bail!("three runs expected: {runs:?}");
+    };
+    // A scheduler queued a and b, then died (its last heartbeat 10 s ago): a was queued just
+    // before it died and may never have been published; b was queued a minute before its last
+    // heartbeat, so its publish was confirmed long before the crash (its message is in the
+    // queue). A live scheduler queued c a moment ago.
+    let dead = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO workers (id, role, host, pid, heartbeat_at)
+         VALUES ($1, 'scheduler', 'gone', 1, now() - interval '10 seconds')",
+    )
+    .bind(dead)
+    .execute(&env.db)
+    .await?;
+    let alive = pulse_shared::workers::Registration::start(
+        &env.db,
+        "scheduler",
+        env.settings.owner_timeout,
+    )
+    .await?;
+    for (run, owner, queued_at) in [
+        (run_a, dead, "now() - interval '12 seconds'"),
+        (run_b, dead, "now() - interval '70 seconds'"),
+        (run_c, alive.id, "now()"),
+    ] {
+        sqlx::query(&format!(
+            "UPDATE step_runs SET queued_by = $2, queued_at = {queued_at} WHERE id = $1"
+        ))
+        .bind(run)
+        .bind(owner)
+        .execute(&env.db)
+        .await?;
+    }
+    let state = |run: Uuid| {
+        let db = env.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT state FROM step_runs WHERE id = $1")
+                .bind(run)
+                .fetch_one(&db)
+                .await
+        }
+    };
+
+    // A sweeper whose own heartbeats are not steady yet (just registered, or PostgreSQL just
+    // back) judges nobody dead.
+    assert!(!alive.steady());
+    let leases = ledger::Leases {
+        owner: None,
+        ..ledger::Leases::new(&env.settings)
+    };
+    assert_eq!(
+        ledger::sweep(&env.db, &leases).await?,
+        ledger::Swept::default()
+    );
+    eventually(Duration::from_secs(5), "steady heartbeats", || async {
+        Ok(alive.steady().then_some(()))
+    })
+    .await?;
+
+    let swept = ledger::sweep(&env.db, &ledger::Leases::new(&env.settings)).await?;
+    assert_eq!(swept.requeued, 1, "{swept:?}");
+    assert_eq!(state(*run_a).await?, "SCHEDULED");
+    assert_eq!(
+        state(*run_b).await?,
+        "QUEUED",
+        "a confirmed publish is left to its message"
+    );
+    assert_eq!(
+        state(*run_c).await?,
+        "QUEUED",
+        "a live scheduler's run is its own"
+    );
+    // The dead scheduler still names b, within no window: it is forgotten.
+    let left = count(
+        &env.db,
+        &format!("SELECT count(*) FROM workers WHERE id = '{dead}'"),
+    )
+    .await?;
+    assert_eq!(left, 0);
+
+    // The real scheduler and sender publish and send a; nobody resolves anything.
+    let token = tokio_util::sync::CancellationToken::new();
+    let scheduler = pulse_tests::spawn_scheduler(&env.settings, &token);
+    let sender = pulse_tests::spawn_sender(&env.settings, &token);
+    let got = smtp.wait_for(1, Duration::from_secs(15)).await?;
+    assert_eq!(got[0].rcpt_to, std::slice::from_ref(a));
+    token.cancel();
+    scheduler.await?;
+    sender.await?;
+    alive.stop().await;
+    env.stop().await
+}
