@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::{
     db::StoreError,
     domain::{limits, validate},
-    model::{LeadInput, enrollment_status, outcome},
+    model::{EnrollmentStatus, LeadInput, outcome},
     schedule::{self, Target},
 };
 
@@ -236,10 +236,10 @@ async fn latest_enrollment(
     .fetch_optional(conn)
     .await?;
     Ok(row.map(|r| {
-        let status: String = r.get("status");
+        let status: EnrollmentStatus = r.get("status");
         Enrolled {
             enrollment_id: Some(r.get("id")),
-            outcome: if status == enrollment_status::ACTIVE {
+            outcome: if status == EnrollmentStatus::Active {
                 outcome::ALREADY_ACTIVE
             } else {
                 outcome::ENDED_NOT_REENROLLED
@@ -306,7 +306,7 @@ pub async fn reenroll(
             outcome: outcome::NEVER_ENROLLED,
         });
     };
-    if latest.get::<String, _>("status") == enrollment_status::ACTIVE {
+    if latest.get::<EnrollmentStatus, _>("status") == EnrollmentStatus::Active {
         return Ok(Enrolled {
             enrollment_id: Some(latest.get("id")),
             outcome: outcome::ALREADY_ACTIVE,

@@ -12,7 +12,7 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::{db::StoreError, model::enrollment_status, schedule};
+use crate::{db::StoreError, schedule, state::EnrollmentStatus};
 
 /// Who the audit trail names for a merge.
 const ACTOR: &str = "pulse migrate";
@@ -166,7 +166,7 @@ pub async fn merge_leads(
                 id: r.try_get("id")?,
                 sequence: r.try_get("sequence_id")?,
                 mine: r.try_get::<Uuid, _>("lead_id")? == kept,
-                active: r.try_get::<String, _>("status")? == enrollment_status::ACTIVE,
+                active: r.try_get::<EnrollmentStatus, _>("status")? == EnrollmentStatus::Active,
                 generation: r.try_get("generation")?,
             })
         })
@@ -183,7 +183,7 @@ pub async fn merge_leads(
         let mut ended_here = Vec::new();
         for r in group.iter().filter(|r| !r.mine && r.active && kept_active) {
             let reason = format!("lead merged into {kept}: one mailbox, one lead");
-            schedule::end_enrollment(conn, r.id, enrollment_status::CANCELLED, &reason).await?;
+            schedule::end_enrollment(conn, r.id, EnrollmentStatus::Cancelled, &reason).await?;
             sqlx::query(
                 "INSERT INTO audit_events (workspace_id, sequence_id, enrollment_id, actor, action, before, after)
                  VALUES ($1, $2, $3, $4, 'enrollment_cancelled', $5, $6)",
@@ -192,8 +192,8 @@ pub async fn merge_leads(
             .bind(sequence)
             .bind(r.id)
             .bind(ACTOR)
-            .bind(json!({"status": enrollment_status::ACTIVE, "lead_id": other}))
-            .bind(json!({"status": enrollment_status::CANCELLED, "reason": reason}))
+            .bind(json!({"status": EnrollmentStatus::Active, "lead_id": other}))
+            .bind(json!({"status": EnrollmentStatus::Cancelled, "reason": reason}))
             .execute(&mut *conn)
             .await?;
             ended_here.push(r.id);

@@ -17,6 +17,7 @@ pub mod model;
 pub mod pause;
 pub mod schedule;
 pub mod smtp_url;
+pub mod state;
 pub mod telemetry;
 pub mod workers;
 

@@ -497,16 +497,18 @@ impl Metrics {
         }
     }
 
-    /// Enrollments by status (`crate::model::enrollment_status`), as just counted.
-    pub fn set_enrollments(&self, counts: &[(String, i64)]) {
-        for status in crate::model::enrollment_status::ALL {
+    /// Enrollments by status, as just counted.
+    pub fn set_enrollments(&self, counts: &[(crate::state::EnrollmentStatus, i64)]) {
+        for status in crate::state::EnrollmentStatus::ALL {
             let n = counts
                 .iter()
                 .find(|(k, _)| k == status)
                 .map_or(0, |(_, n)| *n);
             self.0
                 .enrollments
-                .get_or_create(&StatusLabel { status })
+                .get_or_create(&StatusLabel {
+                    status: status.as_str(),
+                })
                 .set(n);
         }
     }

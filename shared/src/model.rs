@@ -1,4 +1,5 @@
-//! The API's wire types: requests, responses and the status vocabularies stored in PostgreSQL.
+//! The API's wire types: requests and responses (the state vocabularies they carry are
+//! `crate::state`'s).
 //! Owns their JSON shape and OpenAPI schema; it never touches a connection.
 
 use chrono::{DateTime, Utc};
@@ -7,24 +8,10 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use crate::domain::{timing::Timing, window::SendWindow};
-
-/// Sequence lifecycle states.
-pub mod sequence_status {
-    pub const ACTIVE: &str = "ACTIVE";
-    pub const PAUSED: &str = "PAUSED";
-    pub const DELETED: &str = "DELETED";
-}
-
-/// Enrollment lifecycle states.
-pub mod enrollment_status {
-    pub const ACTIVE: &str = "ACTIVE";
-    pub const COMPLETED: &str = "COMPLETED";
-    pub const CANCELLED: &str = "CANCELLED";
-    pub const INELIGIBLE: &str = "INELIGIBLE";
-    pub const FAILED: &str = "FAILED";
-    pub const ALL: [&str; 5] = [ACTIVE, COMPLETED, CANCELLED, INELIGIBLE, FAILED];
-}
+pub use crate::{
+    domain::{timing::Timing, window::SendWindow},
+    state::{EnrollmentStatus, LedgerState, SequenceStatus, StepRunState},
+};
 
 // ---------------------------------------------------------------- sequences
 
@@ -302,8 +289,7 @@ impl ScoreMode {
 pub struct Sequence {
     pub id: Uuid,
     pub name: String,
-    /// `ACTIVE`, `PAUSED` or `DELETED`.
-    pub status: String,
+    pub status: SequenceStatus,
     pub timezone: String,
     pub sender: SenderIdentity,
     pub version: i32,
@@ -337,8 +323,7 @@ pub struct SequenceList {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct SequenceStats {
     pub sequence_id: Uuid,
-    /// `ACTIVE`, `PAUSED` or `DELETED`.
-    pub status: String,
+    pub status: SequenceStatus,
     /// Enrollments ever made, every generation counted.
     pub enrolled: i64,
     pub active: i64,
@@ -477,7 +462,7 @@ pub struct Enrollment {
     pub sequence_id: Uuid,
     pub lead_id: Uuid,
     pub lead_email: String,
-    pub status: String,
+    pub status: EnrollmentStatus,
     pub end_reason: Option<String>,
     /// Position of the step the enrollment is on (the last one once it has ended).
     pub current_step: i32,
@@ -498,8 +483,7 @@ pub struct EnrollmentStep {
     pub enrollment_id: Uuid,
     pub step_id: Uuid,
     pub position: i32,
-    /// `SCHEDULED`, `QUEUED`, `SENT`, `SKIPPED`, `CANCELLED`, `FAILED`, `UNKNOWN`.
-    pub state: String,
+    pub state: StepRunState,
     pub due_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
     /// The sequence version whose content was sent.
@@ -525,8 +509,8 @@ pub struct Send {
     pub step_id: Uuid,
     pub step_position: i32,
     pub generation: i32,
-    /// `SENDING`, `SENT`, `DEFERRED` (transient failure, will retry), `FAILED`, `UNKNOWN`.
-    pub state: String,
+    /// `DEFERRED`: a transient failure, tried again when due.
+    pub state: LedgerState,
     pub message_id: String,
     pub smtp_code: Option<i32>,
     pub smtp_reply: Option<String>,

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
-use crate::model::sequence_status;
+use crate::state::SequenceStatus;
 
 /// How long a cached flag lives; expiry only costs one PostgreSQL read.
 const FLAG_TTL_SECS: u64 = 3600;
@@ -47,11 +47,11 @@ pub enum Gate {
 }
 
 impl Gate {
-    fn from_status(status: Option<&str>) -> Gate {
+    fn from_status(status: Option<SequenceStatus>) -> Gate {
         match status {
-            Some(sequence_status::ACTIVE) => Gate::Open,
-            Some(sequence_status::PAUSED) => Gate::Paused,
-            _ => Gate::Closed,
+            Some(SequenceStatus::Active) => Gate::Open,
+            Some(SequenceStatus::Paused) => Gate::Paused,
+            Some(SequenceStatus::Deleted) | None => Gate::Closed,
         }
     }
 }
@@ -132,11 +132,11 @@ impl PauseFlags {
     }
 
     /// Records a sequence's new status. Call after the PostgreSQL change has committed.
-    pub async fn set(&self, sequence: Uuid, status: &str) -> Result<(), PauseError> {
+    pub async fn set(&self, sequence: Uuid, status: SequenceStatus) -> Result<(), PauseError> {
         self.query::<()>(
             redis::cmd("SET")
                 .arg(self.key(sequence))
-                .arg(status)
+                .arg(status.as_str())
                 .arg("EX")
                 .arg(FLAG_TTL_SECS),
         )
@@ -147,10 +147,10 @@ impl PauseFlags {
     pub async fn gate(&self, db: &PgPool, sequence: Uuid) -> Result<Gate, PauseError> {
         let key = self.key(sequence);
         let cached: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
-        if cached.as_deref() == Some(sequence_status::ACTIVE) {
+        if cached.as_deref() == Some(SequenceStatus::Active.as_str()) {
             return Ok(Gate::Open);
         }
-        let status: Option<String> =
+        let status: Option<SequenceStatus> =
             sqlx::query_scalar("SELECT status FROM sequences WHERE id = $1")
                 .bind(sequence)
                 .fetch_optional(db)
@@ -163,20 +163,20 @@ impl PauseFlags {
                 self.query::<()>(
                     redis::cmd("SET")
                         .arg(&key)
-                        .arg(&status)
+                        .arg(status.as_str())
                         .arg("NX")
                         .arg("EX")
                         .arg(FLAG_TTL_SECS),
                 )
                 .await?;
             }
-            Some(flag) if flag != status => {
+            Some(flag) if flag != status.as_str() => {
                 tracing::warn!(%sequence, %flag, %status, "stale pause flag; PostgreSQL wins");
                 self.query::<()>(redis::cmd("DEL").arg(&key)).await?;
             }
             Some(_) => {}
         }
-        Ok(Gate::from_status(Some(&status)))
+        Ok(Gate::from_status(Some(status)))
     }
 
     /// Takes a send slot of `sequence` in the current minute. `None`: go ahead. `Some(t)`: the

@@ -16,6 +16,7 @@ use crate::{
         timing::Timing,
         window::{self, SendWindow},
     },
+    state::{EnrollmentStatus, StepRunState},
 };
 
 /// The parts of a sequence that shape due times.
@@ -282,7 +283,7 @@ pub async fn skip_and_end(
     .bind(reason)
     .execute(&mut *conn)
     .await?;
-    end_enrollment(conn, enrollment, "COMPLETED", reason).await?;
+    end_enrollment(conn, enrollment, EnrollmentStatus::Completed, reason).await?;
     Ok(())
 }
 
@@ -397,9 +398,9 @@ pub async fn schedule_step(
     let (rules, lead_tz) = load_rules(conn, target.sequence, target.lead).await?;
     let (due_at, skipped) = plan_run(step, anchor, &rules, lead_tz).map_err(StoreError::Corrupt)?;
     let state = if skipped.is_some() {
-        "SKIPPED"
+        StepRunState::Skipped
     } else {
-        "SCHEDULED"
+        StepRunState::Scheduled
     };
     sqlx::query(
         "INSERT INTO step_runs (id, workspace_id, sequence_id, enrollment_id, step_id, position,
@@ -426,7 +427,7 @@ pub async fn schedule_step(
         .execute(&mut *conn)
         .await?;
     if let Some(reason) = &skipped {
-        end_enrollment(conn, target.enrollment, "COMPLETED", reason).await?;
+        end_enrollment(conn, target.enrollment, EnrollmentStatus::Completed, reason).await?;
     }
     Ok(())
 }
@@ -444,7 +445,13 @@ pub async fn advance(
             schedule_step(conn, target, &step, anchor, None).await?;
         }
         None => {
-            end_enrollment(conn, target.enrollment, "COMPLETED", "all steps sent").await?;
+            end_enrollment(
+                conn,
+                target.enrollment,
+                EnrollmentStatus::Completed,
+                "all steps sent",
+            )
+            .await?;
         }
     }
     Ok(())
@@ -475,7 +482,7 @@ pub async fn move_past_deleted(
 pub async fn end_enrollment(
     conn: &mut PgConnection,
     enrollment: Uuid,
-    status: &str,
+    status: crate::state::EnrollmentStatus,
     reason: &str,
 ) -> Result<bool, StoreError> {
     let ended = sqlx::query(

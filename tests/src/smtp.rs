@@ -64,9 +64,9 @@ struct State {
     data_delay: Duration,
     /// DATA blocks received, answered or not (a send in flight shows here first).
     data_started: usize,
-    /// The Message-ID of every message whose body ended with the final dot, answered or not:
-    /// what this relay may have delivered, as a relay's log would show it.
-    data_ended: Vec<String>,
+    /// The Message-ID of every message whose body began to arrive (its Message-ID header was
+    /// read), complete or not: what a relay's log names (Postfix logs it while receiving).
+    body_seen: Vec<String>,
     received: Vec<Received>,
     refusals: HashMap<String, Refusal>,
     rcpt_attempts: HashMap<String, usize>,
@@ -124,10 +124,9 @@ impl SmtpServer {
         self.lock().data_delay = delay;
     }
 
-    /// The Message-IDs of every message whose body ended with the final dot, whatever the
-    /// answer (or none): the relay's own record of what it may have.
-    pub fn data_ended(&self) -> Vec<String> {
-        self.lock().data_ended.clone()
+    /// The Message-IDs of every message whose body began to arrive, complete or not.
+    pub fn body_seen(&self) -> Vec<String> {
+        self.lock().body_seen.clone()
     }
 
     /// Messages whose DATA has been fully received, including any not answered yet.
@@ -237,6 +236,13 @@ async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
                         break;
                     }
                     let l = line.strip_prefix('.').unwrap_or(&line);
+                    if let Some((name, value)) = l.split_once(':')
+                        && name.eq_ignore_ascii_case("Message-ID")
+                        && !data.contains("\r\n\r\n")
+                    {
+                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                        st.body_seen.push(value.trim().to_owned());
+                    }
                     data.push_str(l);
                 }
                 let header = |name: &str| {
@@ -251,7 +257,6 @@ async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
                 let (delay, rule) = {
                     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                     st.data_started += 1;
-                    st.data_ended.extend(message_id.clone());
                     let rule = rcpts
                         .first()
                         .and_then(|r| st.after_data.get_mut(r))

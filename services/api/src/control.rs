@@ -17,8 +17,8 @@ use pulse_shared::{
     http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, MaybeJson},
     model::{
         AuditEvent, AuditList, CancelManyRequest, CancelManyResponse, CancelRequest, Enrollment,
-        ReenrollRequest, ReenrollResponse, ReenrollResult, ResumeItem, ResumePreview,
-        SequenceChange, enrollment_status, outcome, sequence_status,
+        EnrollmentStatus, ReenrollRequest, ReenrollResponse, ReenrollResult, ResumeItem,
+        ResumePreview, SequenceChange, SequenceStatus, outcome,
     },
     schedule::{self, Planned},
 };
@@ -114,7 +114,7 @@ pub(crate) fn in_flight_warning(n: i64, timeout: Duration) -> Option<String> {
     })
 }
 
-async fn set_flag(state: &ApiState, sequence: Uuid, status: &str) {
+async fn set_flag(state: &ApiState, sequence: Uuid, status: SequenceStatus) {
     // PostgreSQL already holds the new status and senders re-check it after claiming, so a
     // failed flag update costs efficiency, not correctness.
     if let Err(e) = state.flags.set(sequence, status).await {
@@ -141,7 +141,7 @@ async fn stop_sends(
     state: &ApiState,
     auth: &Auth,
     id: Uuid,
-    status: &str,
+    status: SequenceStatus,
     mut warnings: Vec<String>,
 ) -> ApiResult<Json<SequenceChange>> {
     set_flag(state, id, status).await;
@@ -170,8 +170,8 @@ pub async fn pause(
     let mut tx = state.db.begin().await?;
     let status = lock_status(&mut tx, auth.workspace, id).await?;
     let mut warnings = Vec::new();
-    match status.as_str() {
-        sequence_status::ACTIVE => {
+    match status {
+        SequenceStatus::Active => {
             sqlx::query("UPDATE sequences SET status = 'PAUSED', updated_at = now() WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -184,16 +184,18 @@ pub async fn pause(
                 &auth.actor,
                 "paused",
                 Some(json!({"status": status})),
-                Some(json!({"status": "PAUSED"})),
+                Some(json!({"status": SequenceStatus::Paused})),
             )
             .await?;
         }
-        sequence_status::PAUSED => warnings.push("the sequence was already paused".to_owned()),
-        _ => return Err(ApiError::Conflict("the sequence is deleted".into())),
+        SequenceStatus::Paused => warnings.push("the sequence was already paused".to_owned()),
+        SequenceStatus::Deleted => {
+            return Err(ApiError::Conflict("the sequence is deleted".into()));
+        }
     }
     tx.commit().await?;
     tracing::info!(sequence = %id, actor = %auth.actor, "sequence paused");
-    stop_sends(&state, &auth, id, sequence_status::PAUSED, warnings).await
+    stop_sends(&state, &auth, id, SequenceStatus::Paused, warnings).await
 }
 
 /// Plans what resuming `sequence` at `now` does with each pending step: steps due during the
@@ -281,10 +283,10 @@ pub async fn resume_preview(
 ) -> ApiResult<Json<ResumePreview>> {
     let mut conn = state.db.acquire().await?;
     let sequence = load_one(&mut conn, auth.workspace, id).await?;
-    if sequence.status != sequence_status::PAUSED {
+    if sequence.status != SequenceStatus::Paused {
         return Err(ApiError::Conflict(format!(
             "the sequence is {}, not paused",
-            sequence.status.to_lowercase()
+            sequence.status.as_str().to_lowercase()
         )));
     }
     let now = Utc::now();
@@ -317,8 +319,8 @@ pub async fn resume(
     let mut tx = state.db.begin().await?;
     let status = lock_status(&mut tx, auth.workspace, id).await?;
     let mut warnings = Vec::new();
-    match status.as_str() {
-        sequence_status::PAUSED => {
+    match status {
+        SequenceStatus::Paused => {
             let (items, _) = resume_plan(&mut tx, id, Utc::now()).await?;
             let (mut moved, mut skipped) = (0, 0);
             for item in &items {
@@ -359,16 +361,16 @@ pub async fn resume(
                 None,
                 &auth.actor,
                 "resumed",
-                Some(json!({"status": "PAUSED"})),
-                Some(json!({"status": "ACTIVE", "rescheduled": moved, "skipped": skipped})),
+                Some(json!({"status": SequenceStatus::Paused})),
+                Some(json!({"status": SequenceStatus::Active, "rescheduled": moved, "skipped": skipped})),
             )
             .await?;
         }
-        sequence_status::ACTIVE => warnings.push("the sequence was not paused".to_owned()),
+        SequenceStatus::Active => warnings.push("the sequence was not paused".to_owned()),
         _ => return Err(ApiError::Conflict("the sequence is deleted".into())),
     }
     tx.commit().await?;
-    set_flag(&state, id, sequence_status::ACTIVE).await;
+    set_flag(&state, id, SequenceStatus::Active).await;
     tracing::info!(sequence = %id, actor = %auth.actor, "sequence resumed");
     change(&state, &auth, id, warnings).await
 }
@@ -389,7 +391,7 @@ pub async fn delete(
     let mut tx = state.db.begin().await?;
     let status = lock_status(&mut tx, auth.workspace, id).await?;
     let mut warnings = Vec::new();
-    if status == sequence_status::DELETED {
+    if status == SequenceStatus::Deleted {
         warnings.push("the sequence was already deleted".to_owned());
     } else {
         sqlx::query("UPDATE sequences SET status = 'DELETED', updated_at = now() WHERE id = $1")
@@ -420,13 +422,13 @@ pub async fn delete(
             &auth.actor,
             "deleted",
             Some(json!({"status": status})),
-            Some(json!({"status": "DELETED", "enrollments_cancelled": cancelled})),
+            Some(json!({"status": SequenceStatus::Deleted, "enrollments_cancelled": cancelled})),
         )
         .await?;
     }
     tx.commit().await?;
     tracing::info!(sequence = %id, actor = %auth.actor, "sequence deleted");
-    stop_sends(&state, &auth, id, sequence_status::DELETED, warnings).await
+    stop_sends(&state, &auth, id, SequenceStatus::Deleted, warnings).await
 }
 
 /// Cancels an ACTIVE enrollment the caller has locked: ends it (its pending runs are cancelled)
@@ -438,7 +440,7 @@ async fn cancel_locked(
     enrollment: Uuid,
     reason: &str,
 ) -> Result<(), ApiError> {
-    schedule::end_enrollment(conn, enrollment, enrollment_status::CANCELLED, reason).await?;
+    schedule::end_enrollment(conn, enrollment, EnrollmentStatus::Cancelled, reason).await?;
     audit(
         conn,
         auth.workspace,
@@ -446,8 +448,8 @@ async fn cancel_locked(
         Some(enrollment),
         &auth.actor,
         "enrollment_cancelled",
-        Some(json!({"status": enrollment_status::ACTIVE})),
-        Some(json!({"status": "CANCELLED", "reason": reason})),
+        Some(json!({"status": EnrollmentStatus::Active})),
+        Some(json!({"status": EnrollmentStatus::Cancelled, "reason": reason})),
     )
     .await
 }
@@ -484,14 +486,14 @@ pub async fn cancel(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound("enrollment"))?;
-    let status: String = row.get("status");
+    let status: EnrollmentStatus = row.get("status");
     let sequence: Uuid = row.get("sequence_id");
-    match status.as_str() {
-        enrollment_status::ACTIVE => {
+    match status {
+        EnrollmentStatus::Active => {
             let reason = reason.unwrap_or_else(|| format!("cancelled by {}", auth.actor));
             cancel_locked(&mut tx, &auth, sequence, id, &reason).await?;
         }
-        enrollment_status::CANCELLED => {}
+        EnrollmentStatus::Cancelled => {}
         other => {
             return Err(ApiError::Conflict(format!(
                 "the enrollment already ended ({other})"
@@ -608,7 +610,7 @@ pub async fn cancel_many(
         };
         last = chunk.last().copied();
         let mut tx = state.db.begin().await?;
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        let rows: Vec<(Uuid, EnrollmentStatus)> = sqlx::query_as(
             "SELECT id, status FROM enrollments
              WHERE id = ANY($1) AND sequence_id = $2 AND workspace_id = $3
              ORDER BY id FOR UPDATE",
@@ -620,7 +622,7 @@ pub async fn cancel_many(
         .await?;
         out.not_found += chunk.len() - rows.len();
         for (id, status) in rows {
-            if status != enrollment_status::ACTIVE {
+            if status != EnrollmentStatus::Active {
                 out.already_ended += 1;
                 continue;
             }
@@ -685,9 +687,9 @@ pub async fn reenroll(
         }
     };
     let mut tx = state.db.begin().await?;
-    match lock_status(&mut tx, auth.workspace, id).await?.as_str() {
-        sequence_status::ACTIVE => {}
-        sequence_status::PAUSED => {
+    match lock_status(&mut tx, auth.workspace, id).await? {
+        SequenceStatus::Active => {}
+        SequenceStatus::Paused => {
             return Err(ApiError::Conflict(
                 "the sequence is paused: resume it before re-enrolling".into(),
             ));

@@ -32,7 +32,7 @@
 use axum::{Json, extract::State};
 use pulse_shared::{
     http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
-    model::{EditSequence, SequenceChange, SequenceVersion, VersionList, sequence_status},
+    model::{EditSequence, SequenceChange, SequenceStatus, SequenceVersion, VersionList},
     schedule::{self, Target},
 };
 use serde_json::json;
@@ -82,7 +82,7 @@ pub async fn edit(
 
     let mut tx = state.db.begin().await?;
     let status = lock_status(&mut tx, auth.workspace, id).await?;
-    if status == sequence_status::DELETED {
+    if status == SequenceStatus::Deleted {
         return Err(ApiError::Conflict("the sequence is deleted".into()));
     }
     let before = load_one(&mut tx, auth.workspace, id).await?;
@@ -214,7 +214,7 @@ pub async fn edit(
         Some(json!({"sequence": to_json(&after)?, "steps_skipped": skipped, "steps_retimed": retimed}))).await?;
 
     let mut warnings = Vec::new();
-    if status == sequence_status::ACTIVE {
+    if status == SequenceStatus::Active {
         let queued: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM step_runs WHERE sequence_id = $1 AND state = 'QUEUED'",
         )

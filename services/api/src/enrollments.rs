@@ -6,8 +6,8 @@ use pulse_shared::{
     enroll::{self, ValidLead},
     http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth},
     model::{
-        Enrollment, EnrollmentList, EnrollmentStep, ManualEnrollment, enrollment_status, outcome,
-        sequence_status,
+        Enrollment, EnrollmentList, EnrollmentStatus, EnrollmentStep, ManualEnrollment,
+        SequenceStatus, outcome,
     },
 };
 use serde::Deserialize;
@@ -49,17 +49,17 @@ pub async fn create(
     let lead = ValidLead::parse(&req.lead, "lead", auth.addresses)?;
     let mut tx = state.db.begin().await?;
     // FOR SHARE: a pause or delete committing meanwhile waits for this enrollment.
-    let status: Option<String> = sqlx::query_scalar(
+    let status: Option<SequenceStatus> = sqlx::query_scalar(
         "SELECT status FROM sequences WHERE id = $1 AND workspace_id = $2 FOR SHARE",
     )
     .bind(sequence)
     .bind(auth.workspace)
     .fetch_optional(&mut *tx)
     .await?;
-    match status.as_deref() {
+    match status {
         None => return Err(ApiError::NotFound("sequence")),
-        Some(sequence_status::ACTIVE) => {}
-        Some(sequence_status::PAUSED) => {
+        Some(SequenceStatus::Active) => {}
+        Some(SequenceStatus::Paused) => {
             return Err(ApiError::Conflict(
                 "the sequence is paused: no new enrollments".into(),
             ));
@@ -67,7 +67,7 @@ pub async fn create(
         Some(other) => {
             return Err(ApiError::Conflict(format!(
                 "the sequence is {}",
-                other.to_lowercase()
+                other.as_str().to_lowercase()
             )));
         }
     }
@@ -147,7 +147,7 @@ pub async fn get_one(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct EnrollmentFilter {
-    /// Only enrollments in this status.
+    /// Only enrollments in this status (any letter case).
     pub status: Option<String>,
     /// Only enrollments at this step position.
     pub step: Option<i32>,
@@ -172,16 +172,12 @@ pub async fn list(
     ApiPath(sequence): ApiPath<Uuid>,
     ApiQuery(filter): ApiQuery<EnrollmentFilter>,
 ) -> ApiResult<Json<EnrollmentList>> {
-    let status = match filter.status.as_deref().map(str::to_uppercase) {
-        None => None,
-        Some(s) if enrollment_status::ALL.contains(&s.as_str()) => Some(s),
-        Some(s) => {
-            return Err(ApiError::invalid(
-                "status",
-                format!("{s:?} is not one of {}", enrollment_status::ALL.join(", ")),
-            ));
-        }
-    };
+    let status = filter
+        .status
+        .as_deref()
+        .map(|s| s.to_uppercase().parse::<EnrollmentStatus>())
+        .transpose()
+        .map_err(|e| ApiError::invalid("status", e.to_string()))?;
     let limit = crate::Page {
         limit: filter.limit,
     }

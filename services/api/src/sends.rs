@@ -9,7 +9,7 @@ use pulse_shared::{
     domain::validate,
     http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth},
     ledger::{self, Resolution},
-    model::{ResolveSend, Send, SendList},
+    model::{LedgerState, ResolveSend, Send, SendList},
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -23,8 +23,6 @@ const SEND_QUERY: &str = "SELECT sl.idempotency_key, sl.enrollment_id, sl.sequen
         sl.updated_at
     FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id JOIN step_runs sr ON sr.id = sl.step_run_id
     WHERE sl.workspace_id = $1";
-
-const STATES: [&str; 5] = ["SENDING", "SENT", "DEFERRED", "FAILED", "UNKNOWN"];
 
 /// Filters of the send history.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -54,15 +52,12 @@ async fn query(state: &ApiState, workspace: Uuid, f: SendFilter) -> Result<SendL
         .as_deref()
         .map(|l| validate::email(l).map_err(|m| ApiError::invalid("lead", m)))
         .transpose()?;
-    let st = match f.state.as_deref().map(str::to_uppercase) {
-        Some(s) if !STATES.contains(&s.as_str()) => {
-            return Err(ApiError::invalid(
-                "state",
-                format!("{s:?} is not one of {}", STATES.join(", ")),
-            ));
-        }
-        other => other,
-    };
+    let st = f
+        .state
+        .as_deref()
+        .map(|s| s.to_uppercase().parse::<LedgerState>())
+        .transpose()
+        .map_err(|e| ApiError::invalid("state", e.to_string()))?;
     let sends: Vec<Send> = sqlx::query_as(&format!(
         "{SEND_QUERY}
            AND ($2::uuid IS NULL OR sl.sequence_id = $2)
@@ -249,7 +244,7 @@ async fn resolve_one(
         Some(enrollment),
         &auth.actor,
         "send_resolved",
-        Some(json!({"key": key, "state": "UNKNOWN"})),
+        Some(json!({"key": key, "state": LedgerState::Unknown})),
         Some(json!({"outcome": outcome, "note": note})),
     )
     .await?;

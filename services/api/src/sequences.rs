@@ -8,7 +8,7 @@ use pulse_shared::{
     http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
     model::{
         CreateSequence, SenderIdentity, Sequence, SequenceList, SequenceStats, SequenceStatsList,
-        Step, StepInput, Timing, TriggerSpec,
+        SequenceStatus, Step, StepInput, Timing, TriggerSpec,
     },
 };
 use sqlx::{PgConnection, PgPool, Row};
@@ -444,8 +444,8 @@ pub(crate) async fn lock_status(
     conn: &mut PgConnection,
     workspace: Uuid,
     id: Uuid,
-) -> Result<String, ApiError> {
-    let status: Option<String> = sqlx::query_scalar(
+) -> Result<SequenceStatus, ApiError> {
+    let status: Option<SequenceStatus> = sqlx::query_scalar(
         "SELECT status FROM sequences WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
     )
     .bind(id)

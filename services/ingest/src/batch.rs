@@ -16,9 +16,7 @@ use chrono::Utc;
 use pulse_shared::{
     db::StoreError,
     domain::{timing::Timing, validate},
-    model::{
-        EnrollmentOutcome, EventResult, ScoreMode, enrollment_status, outcome, sequence_status,
-    },
+    model::{EnrollmentOutcome, EnrollmentStatus, EventResult, ScoreMode, SequenceStatus, outcome},
     schedule::{self, Rules},
 };
 use serde_json::{Map, Value};
@@ -173,7 +171,7 @@ pub async fn process(
             {
                 continue;
             }
-            if seq.status == sequence_status::PAUSED {
+            if seq.status == SequenceStatus::Paused {
                 hits.push((seq.id, Some(outcome::SEQUENCE_PAUSED)));
             } else {
                 hits.push((seq.id, None));
@@ -205,7 +203,7 @@ pub async fn process(
                         (e.id, e.outcome)
                     } else {
                         // A later event of this batch, after the first one enrolled or not.
-                        let later = if e.status == enrollment_status::ACTIVE {
+                        let later = if e.status == EnrollmentStatus::Active {
                             outcome::ALREADY_ACTIVE
                         } else {
                             outcome::ENDED_NOT_REENROLLED
@@ -480,7 +478,7 @@ async fn upsert_leads(
 /// A sequence one of the batch's events can match, with what it needs to start an enrollment.
 struct Sequence {
     id: Uuid,
-    status: String,
+    status: SequenceStatus,
     tags: Vec<String>,
     lists: Vec<String>,
     /// Lead-score triggers: minimum and mode.
@@ -604,7 +602,7 @@ struct Enrolled {
     id: Option<Uuid>,
     outcome: &'static str,
     /// The enrollment's status afterwards (a new one whose first step expired is COMPLETED).
-    status: String,
+    status: EnrollmentStatus,
 }
 
 /// Enrolls every pair that has no enrollment yet (with its first step run, in one statement)
@@ -712,16 +710,16 @@ async fn enroll_pairs(
     for n in &new {
         if inserted.contains(&n.enrollment) {
             let status = if n.expired.is_some() {
-                enrollment_status::COMPLETED
+                EnrollmentStatus::Completed
             } else {
-                enrollment_status::ACTIVE
+                EnrollmentStatus::Active
             };
             out.insert(
                 (n.sequence, n.lead),
                 Enrolled {
                     id: Some(n.enrollment),
                     outcome: outcome::CREATED,
-                    status: status.into(),
+                    status,
                 },
             );
         } else {
@@ -741,19 +739,19 @@ async fn enroll_pairs(
 /// An enrollment found before this batch enrolled anything.
 struct Existing {
     id: Uuid,
-    status: String,
+    status: EnrollmentStatus,
 }
 
 impl Existing {
     fn found(&self) -> Enrolled {
         Enrolled {
             id: Some(self.id),
-            outcome: if self.status == enrollment_status::ACTIVE {
+            outcome: if self.status == EnrollmentStatus::Active {
                 outcome::ALREADY_ACTIVE
             } else {
                 outcome::ENDED_NOT_REENROLLED
             },
-            status: self.status.clone(),
+            status: self.status,
         }
     }
 }
@@ -766,7 +764,7 @@ async fn latest_enrollments(
     sequences: &[Uuid],
     leads: &[Uuid],
 ) -> Result<HashMap<(Uuid, Uuid), Existing>, StoreError> {
-    let rows: Vec<(Uuid, Uuid, Uuid, String)> = sqlx::query_as(
+    let rows: Vec<(Uuid, Uuid, Uuid, EnrollmentStatus)> = sqlx::query_as(
         "SELECT DISTINCT ON (e.sequence_id, e.lead_id) e.sequence_id, e.lead_id, e.id, e.status
          FROM enrollments e
          JOIN UNNEST($1::uuid[], $2::uuid[]) AS p(sequence, lead)

@@ -36,8 +36,9 @@ use pulse_shared::{
     ledger,
     messaging::{self, MessagingError, SendMessage},
     metrics::Metrics,
-    model::enrollment_status,
-    schedule, telemetry,
+    schedule,
+    state::EnrollmentStatus,
+    telemetry,
     workers::Registration,
 };
 use sqlx::{PgPool, Row};
@@ -298,9 +299,9 @@ pub async fn lock_due(conn: &mut sqlx::PgConnection, batch: i64) -> Result<Due, 
     // A run left SCHEDULED under an enrollment that has ended would be a candidate for ever:
     // cancel it (ending an enrollment cancels its scheduled runs, so this only heals strays).
     // A run whose sequence was paused meanwhile is simply left for the resume.
-    let (live, ended): (Vec<_>, Vec<_>) = rows
-        .into_iter()
-        .partition(|r| r.get::<&str, _>("enrollment_status") == enrollment_status::ACTIVE);
+    let (live, ended): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| {
+        r.get::<EnrollmentStatus, _>("enrollment_status") == EnrollmentStatus::Active
+    });
     if !ended.is_empty() {
         let ids: Vec<Uuid> = ended.iter().map(|r| r.get("id")).collect();
         sqlx::query(
@@ -651,7 +652,7 @@ pub async fn observe(
     metrics: &Metrics,
     pause_grace: Duration,
 ) -> Result<(), sqlx::Error> {
-    let statuses: Vec<(String, i64)> =
+    let statuses: Vec<(EnrollmentStatus, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM enrollments GROUP BY status")
             .fetch_all(db)
             .await?;

@@ -54,9 +54,9 @@ use pulse_shared::{
     ledger::{self, Claim, ClaimRequest, Fence, Release, Reply, SentRecord, Settled, Snapshot},
     messaging::{self, MessagingError, SendMessage},
     metrics::{Metrics, SendOutcome},
-    model::{enrollment_status, sequence_status},
     pause::{Gate, PauseError, PauseFlags},
     smtp_url::SmtpUrl,
+    state::{EnrollmentStatus, SequenceStatus},
     telemetry, workers,
 };
 use sqlx::PgPool;
@@ -544,17 +544,20 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         }
     };
     let now = Utc::now();
-    let refusal = if snap.sequence_status == sequence_status::PAUSED {
+    let refusal = if snap.sequence_status == SequenceStatus::Paused {
         Some((Release::Hold(None), "sequence paused".to_owned()))
-    } else if snap.sequence_status != sequence_status::ACTIVE {
+    } else if snap.sequence_status != SequenceStatus::Active {
         Some((
             Release::Cancel,
-            format!("sequence {}", snap.sequence_status.to_lowercase()),
+            format!("sequence {}", snap.sequence_status.as_str().to_lowercase()),
         ))
-    } else if snap.enrollment_status != enrollment_status::ACTIVE {
+    } else if snap.enrollment_status != EnrollmentStatus::Active {
         Some((
             Release::Cancel,
-            format!("enrollment {}", snap.enrollment_status.to_lowercase()),
+            format!(
+                "enrollment {}",
+                snap.enrollment_status.as_str().to_lowercase()
+            ),
         ))
     } else if snap.lead_suppressed {
         Some((Release::Skip, "lead unsubscribed or bounced".to_owned()))

@@ -9,16 +9,14 @@
 //! It drives the SMTP phases itself (lettre's `command` and `message`) so that it knows whether
 //! a failure happened before the message body was sent (nothing went out) or after (unknown).
 //!
-//! Before the message body, a send has the sender mark its ledger claim (`on_wire`): from the
-//! body on, the relay may have the message. The mark is made while MAIL, RCPT and DATA are
-//! exchanged, so the connection waits for the slower of the two, not for both in turn (held
-//! through a database round trip after the relay's 354, a connection is idle for it: with the
-//! default pool that cost a third of the throughput, see `docs/BENCHMARKS.md`). The body goes
-//! only once the relay said 354 *and* the mark took. When the mark does not take, the body is
-//! not sent and the connection is dropped without the final dot, so the relay discards the
-//! transaction. A crash after the mark but before the body leaves a send UNKNOWN that never
-//! reached the relay: the safe direction, and a window of a few relay round trips.
-//!
+//! Between the relay's go-ahead for DATA (354) and the message body, a send has the sender mark
+//! its ledger claim (`on_wire`): from the body on, the relay may have the message. When the mark
+//! does not take, the body is not sent and the connection is dropped without the final dot, so
+//! the relay discards the transaction. The mark is made after the 354 and not in parallel with
+//! MAIL/RCPT/DATA: in parallel, a crash during those exchanges would leave UNKNOWN a send the
+//! relay never saw (the chaos suite counted one in two crashes), and against the loopback sink it
+//! gained nothing measurable (`docs/BENCHMARKS.md`).
+
 //! A send waits for a free connection only for a bounded time ([`Transport::connect_within`]),
 //! after its claim and re-check: the re-check stays valid for the whole send only if the send
 //! follows it promptly. A send that cannot get a connection in time gives its claim back (the
@@ -132,8 +130,8 @@ pub enum Session {
 }
 
 impl Session {
-    /// Sends `mail`; `on_wire` runs while the transaction is opened and must say `true` for the
-    /// body to go (see the module doc).
+    /// Sends `mail`; `on_wire` runs right before the body goes out and must say `true` for it
+    /// to go (see the module doc).
     pub async fn send(
         self,
         mail: &Outgoing,
@@ -358,13 +356,13 @@ impl SmtpPool {
             conn.command(Data).await.map_err(classify)?;
             Ok(())
         };
-        let (before, marked) =
-            tokio::join!(tokio::time::timeout(self.timeout, before_body), on_wire);
-        before.map_err(|_| {
-            SendError::transient("the SMTP relay timed out before the message was sent")
-        })??;
-        // The relay said 354 and the claim is marked: from the body on, it may have the message.
-        if !marked {
+        tokio::time::timeout(self.timeout, before_body)
+            .await
+            .map_err(|_| {
+                SendError::transient("the SMTP relay timed out before the message was sent")
+            })??;
+        // The relay said 354: from the body on, it may have the message.
+        if !on_wire.await {
             // `Connection::send` aborts the connection on any error: no final dot is sent.
             return Err(SendError::Withheld);
         }

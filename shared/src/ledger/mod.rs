@@ -39,8 +39,8 @@ use uuid::Uuid;
 
 use crate::{
     db::StoreError,
-    model::enrollment_status,
     schedule::{self, Target},
+    state::{EnrollmentStatus, LedgerState},
 };
 
 /// The idempotency key of one step of one enrollment generation.
@@ -62,7 +62,7 @@ pub enum Claim {
     /// every write that settles it.
     Claimed { attempts: i32, claim: Uuid },
     /// The key is already SENT, FAILED or UNKNOWN: nothing to do.
-    Settled { state: String },
+    Settled { state: LedgerState },
     /// Another worker holds a fresh SENDING claim.
     InFlight,
     /// A stale SENDING claim was found and marked UNKNOWN (an operator decides).
@@ -86,7 +86,7 @@ pub async fn claim(
     if let Some((attempts, claim)) = claimed {
         return Ok(Claim::Claimed { attempts, claim });
     }
-    let existing: Option<String> =
+    let existing: Option<LedgerState> =
         sqlx::query_scalar("SELECT state FROM send_ledger WHERE idempotency_key = $1")
             .bind(key)
             .fetch_optional(db)
@@ -94,8 +94,8 @@ pub async fn claim(
     let Some(state) = existing else {
         return Ok(Claim::StaleMessage);
     };
-    match state.as_str() {
-        "SENDING" => {
+    match state {
+        LedgerState::Sending => {
             let settled = settle_stale(db, Some(key), leases).await?;
             if settled.unknown > 0 {
                 Ok(Claim::BecameUnknown)
@@ -107,8 +107,10 @@ pub async fn claim(
             }
         }
         // DEFERRED but the step run is not QUEUED: a stale duplicate delivery.
-        "DEFERRED" => Ok(Claim::StaleMessage),
-        _ => Ok(Claim::Settled { state }),
+        LedgerState::Deferred => Ok(Claim::StaleMessage),
+        LedgerState::Sent | LedgerState::Failed | LedgerState::Unknown => {
+            Ok(Claim::Settled { state })
+        }
     }
 }
 
@@ -443,7 +445,7 @@ pub async fn resolve(
             .bind(run)
             .fetch_one(&mut *tx)
             .await?;
-            if sent.get::<String, _>("status") == enrollment_status::ACTIVE {
+            if sent.get::<EnrollmentStatus, _>("status") == EnrollmentStatus::Active {
                 let target = Target {
                     workspace: sent.get("workspace_id"),
                     sequence: sent.get("sequence_id"),

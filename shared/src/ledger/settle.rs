@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::Followup;
 use crate::{
     db::StoreError,
-    model::enrollment_status,
     schedule::{self, Target},
+    state::{EnrollmentStatus, LedgerState, StepRunState},
 };
 
 /// What to do with a step run whose claim is released unsent.
@@ -101,9 +101,9 @@ pub async fn release(
     reason: &str,
 ) -> Result<Settled, StoreError> {
     let (state, until) = match how {
-        Release::Hold(until) => ("SCHEDULED", until),
-        Release::Cancel => ("CANCELLED", None),
-        Release::Skip => ("SKIPPED", None),
+        Release::Hold(until) => (StepRunState::Scheduled, until),
+        Release::Cancel => (StepRunState::Cancelled, None),
+        Release::Skip => (StepRunState::Skipped, None),
     };
     let mut tx = db.begin().await?;
     if !own(&mut tx, fence).await? {
@@ -181,7 +181,7 @@ pub async fn hold(
     let Some(row) = row else {
         return Ok(());
     };
-    if row.try_get::<&str, _>("state")? != "QUEUED" {
+    if row.try_get::<StepRunState, _>("state")? != StepRunState::Queued {
         return Ok(());
     }
     let mut due = None;
@@ -289,12 +289,12 @@ pub async fn record_sent(
     .await?;
     let enrollment: Uuid = run.get("enrollment_id");
     // Lock the enrollment: a concurrent cancel either happened before (no next step) or waits.
-    let status: String =
+    let status: EnrollmentStatus =
         sqlx::query_scalar("SELECT status FROM enrollments WHERE id = $1 FOR UPDATE")
             .bind(enrollment)
             .fetch_one(&mut *tx)
             .await?;
-    if status == enrollment_status::ACTIVE {
+    if status == EnrollmentStatus::Active {
         let target = Target {
             workspace: run.get("workspace_id"),
             sequence: run.get("sequence_id"),
@@ -482,7 +482,7 @@ async fn record_sent_unchanged(
 async fn set_outcome(
     conn: &mut sqlx::PgConnection,
     key: &str,
-    state: &str,
+    state: LedgerState,
     reply: &Reply,
 ) -> Result<(), StoreError> {
     sqlx::query(
@@ -510,7 +510,7 @@ pub async fn record_deferred(
     if !own(&mut tx, fence).await? {
         return Ok(Settled::ClaimLost);
     }
-    set_outcome(&mut tx, &fence.key, "DEFERRED", reply).await?;
+    set_outcome(&mut tx, &fence.key, LedgerState::Deferred, reply).await?;
     sqlx::query(
         "UPDATE step_runs SET state = 'SCHEDULED', due_at = $2, attempts = attempts + 1,
              last_error = $3, updated_at = now()
@@ -537,7 +537,7 @@ pub async fn record_unknown(
     if !own(&mut tx, fence).await? {
         return Ok(Settled::ClaimLost);
     }
-    set_outcome(&mut tx, &fence.key, "UNKNOWN", reply).await?;
+    set_outcome(&mut tx, &fence.key, LedgerState::Unknown, reply).await?;
     sqlx::query(
         "UPDATE step_runs SET state = 'UNKNOWN', attempts = attempts + 1,
              last_error = 'send outcome unknown: see the send ledger', updated_at = now()
@@ -561,7 +561,7 @@ pub async fn record_failed(
     if !own(&mut tx, fence).await? {
         return Ok(Settled::ClaimLost);
     }
-    set_outcome(&mut tx, &fence.key, "FAILED", reply).await?;
+    set_outcome(&mut tx, &fence.key, LedgerState::Failed, reply).await?;
     let enrollment: Uuid = sqlx::query_scalar(
         "UPDATE step_runs SET state = 'FAILED', attempts = attempts + 1, last_error = $2,
              updated_at = now()

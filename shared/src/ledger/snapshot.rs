@@ -20,8 +20,8 @@ pub struct Snapshot {
     pub from_addr: String,
     pub to_addr: String,
     pub message_id: String,
-    pub enrollment_status: String,
-    pub sequence_status: String,
+    pub enrollment_status: crate::state::EnrollmentStatus,
+    pub sequence_status: crate::state::SequenceStatus,
     pub lead_suppressed: bool,
     /// What follows this step, read in the same query, for [`super::record_sent`]'s fast path.
     pub followup: Followup,

@@ -7,8 +7,9 @@
 //! * `lost` — never accepted, and nothing tells the operator why;
 //! * `duplicated` — accepted more than once;
 //! * `unknown` — ledger UNKNOWN (the reported window), or a later step waiting behind one;
-//! * `false-unknown` — ledger UNKNOWN, but the relay's record shows its body never ended with
-//!   the final dot: a send that was never in doubt, handed to an operator anyway;
+//! * `false-unknown` — ledger UNKNOWN, but the relay's record shows none of its body: a send
+//!   that was never in doubt, handed to an operator anyway (a lead's later step waiting behind
+//!   it counts as `unknown`);
 //! * `failed` — ledger FAILED with the relay's refusal (the smtp round refuses some on purpose);
 //! * `unexpected` — accepted while its sequence was paused, or accepted with a ledger that says
 //!   it was not.
@@ -565,8 +566,9 @@ async fn classify(
     .bind(seq)
     .fetch_all(&h.db)
     .await?;
-    // What the relay may have: every body that ended with the final dot, answered or not.
-    let at_relay: HashSet<String> = h.smtp.data_ended().into_iter().collect();
+    // What the relay saw: every body that began to arrive, whatever became of it (a crash in
+    // the middle of the body, between its bytes and the final dot, is in doubt too).
+    let at_relay: HashSet<String> = h.smtp.body_seen().into_iter().collect();
     let mut doubtful: HashSet<(String, i32)> = HashSet::new();
     for (email, position, state, message_id) in &ledger {
         if state == "UNKNOWN" && message_id.as_ref().is_some_and(|m| at_relay.contains(m)) {
@@ -609,7 +611,7 @@ async fn classify(
                 (_, None) if state_failed(&states, lead) => "failed",
                 _ => "lost",
             };
-            behind_unknown |= class == "unknown";
+            behind_unknown |= class == "unknown" || class == "false-unknown";
             *counts.entry(class).or_default() += 1;
         }
     }

@@ -228,7 +228,7 @@ async fn a_key_is_claimed_once_and_settles() -> anyhow::Result<()> {
     assert_eq!(
         claim(&env.db, run, &key).await?,
         Claim::Settled {
-            state: "SENT".into()
+            state: pulse_shared::state::LedgerState::Sent
         }
     );
     // Even if the step run looked QUEUED again (a redelivery), the key stays settled.
@@ -239,7 +239,7 @@ async fn a_key_is_claimed_once_and_settles() -> anyhow::Result<()> {
     assert_eq!(
         claim(&env.db, run, &key).await?,
         Claim::Settled {
-            state: "SENT".into()
+            state: pulse_shared::state::LedgerState::Sent
         }
     );
     // Recording the send scheduled step 2, once.
@@ -320,7 +320,7 @@ async fn a_stale_claim_goes_back_or_becomes_unknown_and_a_deferred_one_is_retake
     assert_eq!(
         claim(&env.db, run, &key).await?,
         Claim::Settled {
-            state: "UNKNOWN".into()
+            state: pulse_shared::state::LedgerState::Unknown
         }
     );
     env.stop().await
@@ -343,7 +343,9 @@ async fn pause_flags_fail_closed_when_redis_loses_them() -> anyhow::Result<()> {
         .bind(seq)
         .execute(&env.db)
         .await?;
-    flags.set(seq, "PAUSED").await?;
+    flags
+        .set(seq, pulse_shared::state::SequenceStatus::Paused)
+        .await?;
     assert_eq!(flags.gate(&env.db, seq).await?, Gate::Paused);
 
     // Redis restarts empty: the flag is gone, and the gate must still say paused.
@@ -365,11 +367,15 @@ async fn pause_flags_fail_closed_when_redis_loses_them() -> anyhow::Result<()> {
         .bind(seq)
         .execute(&env.db)
         .await?;
-    flags.set(seq, "ACTIVE").await?;
+    flags
+        .set(seq, pulse_shared::state::SequenceStatus::Active)
+        .await?;
     assert_eq!(flags.gate(&env.db, seq).await?, Gate::Open);
     // A resume whose flag write failed (Redis was restarting) leaves a stale PAUSED flag:
     // PostgreSQL wins, and the stale flag is removed rather than holding sends for its lifetime.
-    flags.set(seq, "PAUSED").await?;
+    flags
+        .set(seq, pulse_shared::state::SequenceStatus::Paused)
+        .await?;
     assert_eq!(
         flags.gate(&env.db, seq).await?,
         Gate::Open,
@@ -388,7 +394,9 @@ async fn pause_flags_fail_closed_when_redis_loses_them() -> anyhow::Result<()> {
         .bind(seq)
         .execute(&env.db)
         .await?;
-    flags.set(seq, "DELETED").await?;
+    flags
+        .set(seq, pulse_shared::state::SequenceStatus::Deleted)
+        .await?;
     assert_eq!(flags.gate(&env.db, seq).await?, Gate::Closed);
     assert_eq!(
         flags.gate(&env.db, Uuid::new_v4()).await?,
@@ -775,5 +783,60 @@ async fn a_late_writer_after_a_lease_expiry_changes_nothing() -> anyhow::Result<
         ledger::Settled::Recorded
     );
     assert_eq!(state().await?.0, "SENT");
+    env.stop().await
+}
+
+/// The typed states (`pulse_shared::state`) and the CHECK constraints of their columns list the
+/// same names: a state added on one side only fails here, not in production.
+#[tokio::test]
+async fn the_state_types_and_the_database_accept_the_same_states() -> anyhow::Result<()> {
+    use pulse_shared::state::{EnrollmentStatus, LedgerState, SequenceStatus, StepRunState};
+    fn names<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> Vec<String> {
+        let mut v: Vec<String> = all.iter().map(|s| name(*s).to_owned()).collect();
+        v.sort();
+        v
+    }
+    let env = TestEnv::start("ledger", &[Role::Api], |_| {}).await?;
+    for (table, column, typed) in [
+        (
+            "sequences",
+            "status",
+            names(SequenceStatus::ALL, SequenceStatus::as_str),
+        ),
+        (
+            "enrollments",
+            "status",
+            names(EnrollmentStatus::ALL, EnrollmentStatus::as_str),
+        ),
+        (
+            "step_runs",
+            "state",
+            names(StepRunState::ALL, StepRunState::as_str),
+        ),
+        (
+            "send_ledger",
+            "state",
+            names(LedgerState::ALL, LedgerState::as_str),
+        ),
+    ] {
+        let def: String = sqlx::query_scalar(
+            "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c
+             JOIN pg_class t ON t.oid = c.conrelid
+             WHERE t.relname = $1 AND c.contype = 'c'
+               AND pg_get_constraintdef(c.oid) LIKE '%(' || $2 || ' = ANY%'",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_one(&env.db)
+        .await?;
+        let mut in_db: Vec<String> = def
+            .split('\'')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        in_db.sort();
+        assert_eq!(in_db, typed, "{table}.{column}: {def}");
+    }
     env.stop().await
 }

@@ -437,7 +437,9 @@ async fn queued_messages_of_a_paused_sequence_are_held_even_without_redis_flags(
         .bind(seq_id)
         .execute(&env.db)
         .await?;
-    flags.set(seq_id, "PAUSED").await?;
+    flags
+        .set(seq_id, pulse_shared::state::SequenceStatus::Paused)
+        .await?;
     pulse_tests::cleanup_redis(&env.settings).await?;
 
     let token = CancellationToken::new();
@@ -462,7 +464,9 @@ async fn queued_messages_of_a_paused_sequence_are_held_even_without_redis_flags(
         .bind(seq_id)
         .execute(&env.db)
         .await?;
-    flags.set(seq_id, "ACTIVE").await?;
+    flags
+        .set(seq_id, pulse_shared::state::SequenceStatus::Active)
+        .await?;
     smtp.wait_for(3, Duration::from_secs(10)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(smtp.count(), 3);

@@ -14,8 +14,9 @@ use pulse_shared::{
     domain::timing::Timing,
     http::{ApiError, ApiJson, ApiPath, ApiQuery, MaybeJson},
     model::{
-        AuditEvent, CancelManyRequest, CancelRequest, EditSequence, Enrollment, ReenrollRequest,
-        ResolveSend, Sequence, SequenceChange, SequenceStats, StepInput, TriggerSpec,
+        AuditEvent, CancelManyRequest, CancelRequest, EditSequence, Enrollment, EnrollmentStatus,
+        LedgerState, ReenrollRequest, ResolveSend, Sequence, SequenceChange, SequenceStats,
+        SequenceStatus, StepInput, TriggerSpec,
     },
 };
 use serde::Deserialize;
@@ -114,20 +115,20 @@ fn reported(
 fn toggle(user: &HubUser, s: &Sequence, return_to: &str) -> Markup {
     html! {
         span.toggle-cell data-toggle=(s.id) {
-            @match s.status.as_str() {
-                "ACTIVE" => {
+            @match s.status {
+                SequenceStatus::Active => {
                     form.inline method="post" action=(format!("/hub/sequences/{}/pause", s.id)) {
                         (form_fields(user, return_to))
                         button.toggle.on type="submit" role="switch" aria-checked="true"
                             title="Active: click to pause every send of this sequence" { span.knob {} "Active" }
                     }
                 }
-                "PAUSED" => {
+                SequenceStatus::Paused => {
                     a.toggle.off role="switch" aria-checked="false"
                         href=(format!("/hub/sequences/{}/resume", s.id))
                         title="Paused: click to see what resuming would send, then resume" { span.knob {} "Paused" }
                 }
-                _ => { span.muted { "deleted" } }
+                SequenceStatus::Deleted => { span.muted { "deleted" } }
             }
         }
     }
@@ -290,11 +291,11 @@ pub async fn sequences(
                     @for s in &list.sequences {
                         tr data-sequence=(s.id) {
                             td { a href=(format!("/hub/sequences/{}", s.id)) { (s.name) } }
-                            td { (status_badge(&s.status)) }
+                            td { (status_badge(s.status.as_str())) }
                             (count_cells(stats.iter().find(|x| x.sequence_id == s.id)))
                             td { (toggle(&user, s, here)) }
                             td.actions {
-                                @if s.status != "DELETED" {
+                                @if s.status != SequenceStatus::Deleted {
                                     a.danger href=(format!("/hub/sequences/{}/delete", s.id)) { "Delete…" }
                                 }
                             }
@@ -360,10 +361,10 @@ pub async fn sequence(
     let stats = all_stats(&state, &user).await?;
     let st = stats.iter().find(|x| x.sequence_id == id);
     let here = format!("/hub/sequences/{id}");
-    let live = s.status != "DELETED";
+    let live = s.status != SequenceStatus::Deleted;
     let body = html! {
         p.crumbs { a href="/hub/sequences" { "Sequences" } " / " (s.name) }
-        h1 { (s.name) " " (status_badge(&s.status)) }
+        h1 { (s.name) " " (status_badge(s.status.as_str())) }
         div.bar {
             (toggle(&user, &s, &here))
             a.button href=(format!("/hub/sequences/{id}/enrollments")) { "Enrollments" }
@@ -471,7 +472,7 @@ pub async fn resume_preview(
     Path(id): Path<String>,
 ) -> HubResult<Response> {
     let (id, s) = load(&state, &user, &id).await?;
-    if s.status != "PAUSED" {
+    if s.status != SequenceStatus::Paused {
         return Ok(done(
             &format!("/hub/sequences/{id}"),
             false,
@@ -549,7 +550,7 @@ pub async fn edit_form(
         h1 { "Edit “" (s.name) "”" }
         aside.guidance {
             h2 { "Before you edit" }
-            @if s.status == "ACTIVE" {
+            @if s.status == SequenceStatus::Active {
                 p.warn { "This sequence is active. Pause it first if the change is more than a rename or a copy fix." }
                 form.inline method="post" action=(format!("/hub/sequences/{id}/pause")) {
                     (form_fields(&user, &action))
@@ -749,7 +750,7 @@ pub async fn delete_form(
         div.danger-box {
             p { strong { "Deletion is irreversible." } " Anything not sent yet will never be sent, and the sequence cannot be resumed. Enrollment records and the send history are kept for audit." }
             p { strong { "Prefer pausing" } " unless you are certain you will not want to resume: pausing keeps the edit history and lets you reactivate this same sequence later." }
-            @if s.status == "ACTIVE" {
+            @if s.status == SequenceStatus::Active {
                 form.inline method="post" action=(format!("/hub/sequences/{id}/pause")) {
                     (form_fields(&user, &here))
                     button type="submit" { "Pause instead" }
@@ -860,7 +861,7 @@ pub struct EnrollmentQuery {
 fn sent_summary(e: &Enrollment) -> Markup {
     html! {
         ul.steps { @for st in &e.steps { li {
-            "step " (st.position) ": " span class=(format!("badge {}", st.state.to_lowercase())) { (st.state) }
+            "step " (st.position) ": " span class=(format!("badge {}", st.state.as_str().to_lowercase())) { (st.state) }
             @if let Some(t) = st.sent_at { " " (when(&t)) }
             @if let Some(n) = &st.note { " — " span.muted { (n) } }
         } } }
@@ -897,7 +898,7 @@ pub async fn enrollments(
     };
     let body = html! {
         (crumbs(&s, "enrollments"))
-        h1 { "Enrollments of “" (s.name) "” " (status_badge(&s.status)) }
+        h1 { "Enrollments of “" (s.name) "” " (status_badge(s.status.as_str())) }
         div.bar { (toggle(&user, &s, &here)) span.muted { "Emergency? Pause first, then cancel the worst-affected enrollments." } }
         nav.filters {
             @for (label, value) in [("All", None), ("Active", Some("ACTIVE")), ("Completed", Some("COMPLETED")), ("Cancelled", Some("CANCELLED")), ("Ineligible", Some("INELIGIBLE")), ("Failed", Some("FAILED"))] {
@@ -914,14 +915,14 @@ pub async fn enrollments(
                 table.list.enrollments {
                     thead { tr { th { input type="checkbox" data-select-all="ids" aria-label="Select all"; } th { "Lead" } th { "Status" } th.num { "Step" } th { "Next due" } th { "What was sent when" } th {} } }
                     tbody { @for e in &list.enrollments { tr data-enrollment=(e.id) {
-                        td { @if e.status == "ACTIVE" { input type="checkbox" name="ids" value=(e.id) aria-label=(format!("Select {}", e.lead_email)); } }
+                        td { @if e.status == EnrollmentStatus::Active { input type="checkbox" name="ids" value=(e.id) aria-label=(format!("Select {}", e.lead_email)); } }
                         td { (e.lead_email) }
-                        td { span class=(format!("badge {}", e.status.to_lowercase())) { (e.status) }
+                        td { span class=(format!("badge {}", e.status.as_str().to_lowercase())) { (e.status) }
                              @if let Some(r) = &e.end_reason { br; span.muted { (r) } } }
                         td.num { (e.current_step) }
                         td { (when_opt(&e.next_due_at)) }
                         td { (sent_summary(e)) }
-                        td.actions { @if e.status == "ACTIVE" {
+                        td.actions { @if e.status == EnrollmentStatus::Active {
                             button.danger.small type="submit" form=(format!("cancel-{}", e.id)) { "Cancel" }
                         } }
                     } } }
@@ -936,7 +937,7 @@ pub async fn enrollments(
             }
         }
         // One small form per row action (forms cannot nest inside the bulk form).
-        @for e in list.enrollments.iter().filter(|e| e.status == "ACTIVE") {
+        @for e in list.enrollments.iter().filter(|e| e.status == EnrollmentStatus::Active) {
             form.hidden id=(format!("cancel-{}", e.id)) method="post" action=(format!("/hub/enrollments/{}/cancel", e.id))
                 data-confirm=(format!("Cancel {}'s enrollment? No more steps go to this lead from this sequence.", e.lead_email)) {
                 (form_fields(&user, &here))
@@ -1129,7 +1130,7 @@ pub async fn sends(
             label { "State "
                 select name="state" {
                     option value="" { "any" }
-                    @for s in ["SENT", "SENDING", "DEFERRED", "FAILED", "UNKNOWN"] {
+                    @for s in LedgerState::ALL.iter().map(|s| s.as_str()) {
                         option value=(s) selected[st.as_deref() == Some(s)] { (s) }
                     }
                 }
@@ -1147,11 +1148,11 @@ pub async fn sends(
                     td { (s.lead_email) }
                     td { a href=(format!("/hub/sequences/{}", s.sequence_id)) { (names.get(&s.sequence_id).cloned().unwrap_or_else(|| s.sequence_id.to_string())) } }
                     td.num { (s.step_position) @if let Some(v) = s.sequence_version { span.muted { " v" (v) } } }
-                    td { span class=(format!("badge {}", s.state.to_lowercase())) { (s.state) } }
+                    td { span class=(format!("badge {}", s.state.as_str().to_lowercase())) { (s.state) } }
                     td.num { (s.attempts) }
                     td { @if let Some(c) = s.smtp_code { (c) " " } (s.smtp_reply.clone().unwrap_or_default()) }
                     td { code { (s.message_id) } }
-                    td.actions { @if s.state == "UNKNOWN" {
+                    td.actions { @if s.state == LedgerState::Unknown {
                         form.inline method="post" action=(format!("/hub/sends/{}/resolve", encode(&s.idempotency_key)))
                             data-confirm="Record this send as it went out (the relay's log shows it)?" {
                             (form_fields(&user, &here)) input type="hidden" name="outcome" value="sent";
