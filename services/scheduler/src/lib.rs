@@ -12,8 +12,10 @@
 //! scheduler registers as a worker (`pulse_shared::workers`) and names itself on the runs it
 //! queues (`queued_by`): once it has missed its heartbeats for `PULSE_OWNER_TIMEOUT_MS`, the sweep
 //! (`ledger::sweep`, every `PULSE_SWEEP_INTERVAL_MS`, run by every scheduler) publishes again the
-//! runs it queued in its last seconds. `PULSE_QUEUED_LEASE_MS` remains the last resort for runs
-//! whose owner is unknown or alive but hung. A step whose own or sequence end date has passed is skipped
+//! runs it queued in its last seconds. A scheduler whose session failed (a commit whose answer
+//! was lost leaves runs QUEUED it never published) gives back its own unclaimed QUEUED runs when
+//! the next session starts. `PULSE_QUEUED_LEASE_MS` remains the last resort for runs whose owner
+//! is unknown or alive but hung. A step whose own or sequence end date has passed is skipped
 //! here and its enrollment ended with that reason. The scheduler never sends mail and never
 //! holds a message back as a delay: only work that is due now reaches RabbitMQ.
 
@@ -107,6 +109,17 @@ async fn session(
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(MessagingError::from)?;
+    // A session that failed may have committed QUEUED without learning it (a commit whose answer
+    // was lost), so nothing was published for those runs: give back every run this scheduler
+    // queued and nobody claimed. The first session has none.
+    let back = ledger::requeue_unclaimed(db, ledger::Requeue::QueuedBy(worker.id)).await?;
+    if back > 0 {
+        metrics.requeued(back);
+        tracing::warn!(
+            requeued = back,
+            "runs queued before this session are published again"
+        );
+    }
     health.ready("scheduler");
     tracing::info!(queue = %settings.queue, "scheduler connected");
     let result = claim_loop(settings, db, worker, &channel, metrics, shutdown).await;

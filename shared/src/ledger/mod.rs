@@ -351,6 +351,10 @@ pub enum Requeue<'a> {
     /// last heartbeat ([`crate::workers::UNCONFIRMED_AFTER_BEAT`]): it may have died before the
     /// broker confirmed them. Earlier ones were confirmed, or given back by itself.
     DeadScheduler(Duration),
+    /// Every run this scheduler queued: called when it starts a new session after one failed,
+    /// because a commit whose answer was lost (PostgreSQL restarting) leaves runs QUEUED that
+    /// it never published. Those it did publish are published again; the ledger absorbs it.
+    QueuedBy(Uuid),
 }
 
 /// Puts QUEUED runs back to SCHEDULED (due again at once, their old due time having passed),
@@ -366,6 +370,10 @@ pub async fn requeue_unclaimed(db: &PgPool, which: Requeue<'_>) -> Result<u64, S
         Requeue::OlderThan(_) => (
             "sr.queued_at < now() - make_interval(secs => $2)",
             "published again: the queued message was not handled in time",
+        ),
+        Requeue::QueuedBy(_) => (
+            "sr.queued_by = $2",
+            "published again: its scheduler lost its session before it could be sure",
         ),
         Requeue::DeadScheduler(_) => (
             "EXISTS (SELECT 1 FROM workers w
@@ -383,6 +391,7 @@ pub async fn requeue_unclaimed(db: &PgPool, which: Requeue<'_>) -> Result<u64, S
     let query = sqlx::query(&sql).bind(reason);
     let query = match which {
         Requeue::Runs(ids) => query.bind(ids),
+        Requeue::QueuedBy(owner) => query.bind(owner),
         Requeue::OlderThan(age) => query.bind(age.as_secs_f64()),
         Requeue::DeadScheduler(timeout) => query
             .bind(timeout.as_secs_f64())
