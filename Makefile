@@ -29,9 +29,11 @@ services:
 browser:
 	@deploy/local/browser.sh
 
-## Prometheus's promtool in target/tools, to check the alert rules and dashboard queries.
+## Prometheus's promtool in target/tools, to check the alert rules and dashboard queries, and
+## aiosmtpd (PyPI) in a virtualenv there, the relay requiring TLS and AUTH of the transport tests.
 tools:
 	@deploy/local/promtool.sh
+	@deploy/local/aiosmtpd.sh
 
 clean-tests:
 	@deploy/local/clean-test-leftovers.sh

@@ -20,8 +20,15 @@ pub struct Settings {
     pub database_url: String,
     pub amqp_url: String,
     pub redis_url: String,
-    /// `smtp://host:port`; `None` sends to the capture outbox in PostgreSQL.
+    /// The relay (`smtp_url` module: `smtp://`, `?tls=required|opportunistic`, `smtps://`,
+    /// credentials); `None` sends to the capture outbox in PostgreSQL.
     pub smtp_url: Option<String>,
+    /// `PULSE_SMTP_PASSWORD_FILE`: the relay's AUTH password, read from a file (a Kubernetes
+    /// secret) instead of the URL. Trailing newlines are ignored.
+    pub smtp_password_file: Option<std::path::PathBuf>,
+    /// `PULSE_TLS_CA_FILE`: a PEM bundle of private CA certificates trusted on top of the
+    /// webpki roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     pub http_addr: SocketAddr,
     /// Provisioned at startup for the default workspace when set.
     pub api_key: Option<String>,
@@ -112,6 +119,8 @@ impl Settings {
             amqp_url: get("PULSE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             redis_url: get("PULSE_REDIS_URL", "redis://127.0.0.1:6379/"),
             smtp_url: non_empty("PULSE_SMTP_URL"),
+            smtp_password_file: non_empty("PULSE_SMTP_PASSWORD_FILE").map(Into::into),
+            tls_ca_file: non_empty("PULSE_TLS_CA_FILE").map(Into::into),
             http_addr: parse(&lookup, "PULSE_HTTP_ADDR", "127.0.0.1:8080")?,
             api_key: non_empty("PULSE_API_KEY"),
             queue: get("PULSE_QUEUE", "pulse.sends"),

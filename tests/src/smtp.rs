@@ -70,6 +70,8 @@ struct State {
     received: Vec<Received>,
     refusals: HashMap<String, Refusal>,
     rcpt_attempts: HashMap<String, usize>,
+    /// Connections accepted.
+    connections: usize,
 }
 
 pub struct SmtpServer {
@@ -93,6 +95,7 @@ impl SmtpServer {
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let st = st.clone();
+                st.lock().unwrap_or_else(|p| p.into_inner()).connections += 1;
                 tokio::spawn(async move {
                     let _ = session(socket, st).await;
                 });
@@ -150,6 +153,11 @@ impl SmtpServer {
     /// Forgets every message received so far.
     pub fn clear(&self) {
         self.lock().received.clear();
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.lock().connections
     }
 
     pub fn count(&self) -> usize {

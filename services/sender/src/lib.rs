@@ -55,7 +55,7 @@ use pulse_shared::{
     messaging::{self, MessagingError, SendMessage},
     metrics::{Metrics, SendOutcome},
     pause::{Gate, PauseError, PauseFlags},
-    smtp_url::SmtpUrl,
+    smtp_url::{Secret, SmtpUrl},
     state::{EnrollmentStatus, SequenceStatus},
     telemetry, workers,
 };
@@ -75,6 +75,17 @@ pub enum SenderError {
     Pause(#[from] PauseError),
     #[error("invalid SMTP URL: {0}")]
     SmtpUrl(String),
+    #[error("{var} ({path}): {reason}")]
+    File {
+        var: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("TLS setup for the SMTP relay: {0}")]
+    Tls(String),
+    /// The relay refused the connection's setup (certificate, STARTTLS, AUTH).
+    #[error("SMTP relay: {0}")]
+    Relay(#[from] transport::ConnectError),
 }
 
 /// What handling one message needs.
@@ -217,14 +228,7 @@ impl Context {
         )
         .await?;
         let transport = match &settings.smtp_url {
-            Some(url) => {
-                let relay = SmtpUrl::parse(url).map_err(SenderError::SmtpUrl)?;
-                Transport::Smtp(Arc::new(SmtpPool::new(
-                    relay,
-                    s.smtp_pool_size,
-                    s.smtp_timeout,
-                )))
-            }
+            Some(url) => Transport::Smtp(Arc::new(relay_pool(settings, url)?)),
             None => Transport::Capture(db.clone()),
         };
         Ok(Self {
@@ -237,6 +241,36 @@ impl Context {
             metrics,
         })
     }
+}
+
+/// The relay's connection pool: the URL, the password file and the CA bundle of `settings`.
+fn relay_pool(settings: &Settings, url: &str) -> Result<SmtpPool, SenderError> {
+    let read = |var: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| SenderError::File {
+            var,
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    let mut relay = SmtpUrl::parse(url).map_err(SenderError::SmtpUrl)?;
+    if let Some(path) = &settings.smtp_password_file {
+        let password = read("PULSE_SMTP_PASSWORD_FILE", path)?;
+        let password = String::from_utf8(password).map_err(|_| SenderError::File {
+            var: "PULSE_SMTP_PASSWORD_FILE",
+            path: path.display().to_string(),
+            reason: "not UTF-8".into(),
+        })?;
+        relay = relay
+            .with_password(Secret::new(password.trim_end_matches(['\r', '\n'])))
+            .map_err(SenderError::SmtpUrl)?;
+    }
+    let ca = match &settings.tls_ca_file {
+        Some(path) => Some(read("PULSE_TLS_CA_FILE", path)?),
+        None => None,
+    };
+    let s = &settings.sender;
+    SmtpPool::new(relay, s.smtp_pool_size, s.smtp_timeout, ca.as_deref())
+        .map_err(|e| SenderError::Tls(e.to_string()))
 }
 
 /// Runs the sender until `shutdown` is cancelled, reconnecting to RabbitMQ with backoff and
@@ -289,6 +323,11 @@ async fn session(
         )
         .await
         .map_err(MessagingError::from)?;
+    // A relay that refuses TLS or AUTH keeps this sender unready (and says why) rather than
+    // failing every send it would take.
+    if let Transport::Smtp(pool) = &ctx.transport {
+        pool.probe().await?;
+    }
     health.ready("sender");
     tracing::info!(queue = %settings.queue, prefetch = ctx.settings.prefetch, "sender consuming");
     let result = consume(ctx, &channel, &settings.queue, consumer, shutdown).await;

@@ -818,11 +818,13 @@ async fn amqp_reference(s: &Settings, n: usize) -> anyhow::Result<(f64, f64)> {
 
 async fn smtp_reference(smtp: &SmtpServer, n: usize) -> anyhow::Result<f64> {
     let before = smtp.count();
-    let relay = SmtpUrl {
-        host: smtp.addr.ip().to_string(),
-        port: smtp.addr.port(),
-    };
-    let pool = Transport::Smtp(Arc::new(SmtpPool::new(relay, 32, Duration::from_secs(30))));
+    let relay = SmtpUrl::plain(smtp.addr.ip().to_string(), smtp.addr.port());
+    let pool = Transport::Smtp(Arc::new(SmtpPool::new(
+        relay,
+        32,
+        Duration::from_secs(30),
+        None,
+    )?));
     let started = Instant::now();
     let results: Vec<anyhow::Result<()>> = stream::iter(0..n)
         .map(|i| {

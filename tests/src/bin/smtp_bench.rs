@@ -41,15 +41,13 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     println!("stock lettre (no TCP_NODELAY): {stock_rate:>8.0} msg/s");
 
-    let relay = SmtpUrl {
-        host: server.addr.ip().to_string(),
-        port: server.addr.port(),
-    };
+    let relay = SmtpUrl::plain(server.addr.ip().to_string(), server.addr.port());
     let pulse = Transport::Smtp(std::sync::Arc::new(SmtpPool::new(
         relay,
         connections,
         Duration::from_secs(30),
-    )));
+        None,
+    )?));
     let pulse_rate = measure(messages, connections, |i| {
         let pulse = pulse.clone();
         async move {

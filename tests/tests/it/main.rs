@@ -11,5 +11,6 @@ mod ledger;
 mod model;
 mod observability;
 mod recovery;
+mod relay;
 mod send_path;
 mod traffic;
