@@ -94,8 +94,8 @@ pub const CONNECTION_WAIT: Duration = Duration::from_secs(2);
 
 impl SenderSettings {
     /// The longest a sender can take from its claim to the wire mark: the connection wait,
-    /// then connecting, the greeting and MAIL/RCPT/DATA, each bounded by the SMTP timeout; and
-    /// a margin. An unmarked claim older than this is given back whatever its owner's health.
+    /// then opening a connection (TCP, TLS, greeting, STARTTLS, AUTH: one SMTP timeout in
+    /// all), MAIL/RCPT/DATA and the body, each bounded by the SMTP timeout; and a margin. An unmarked claim older than this is given back whatever its owner's health.
     pub fn unmarked_lease(&self) -> Duration {
         CONNECTION_WAIT + self.smtp_timeout * 3 + Duration::from_secs(10)
     }
@@ -190,10 +190,16 @@ impl Settings {
             }
         }
         if let Some(url) = &self.smtp_url {
-            crate::smtp_url::SmtpUrl::parse(url).map_err(|reason| ConfigError {
+            let relay = crate::smtp_url::SmtpUrl::parse(url).map_err(|reason| ConfigError {
                 var: "PULSE_SMTP_URL",
                 reason,
             })?;
+            if self.smtp_password_file.is_some() && relay.credentials.is_none() {
+                return Err(ConfigError {
+                    var: "PULSE_SMTP_PASSWORD_FILE",
+                    reason: "set, but PULSE_SMTP_URL names no user (smtp://user@host...)".into(),
+                });
+            }
         }
         Ok(self)
     }
@@ -251,6 +257,21 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.var, "PULSE_SMTP_IDEMPOTENCY_HEADER");
+    }
+
+    #[test]
+    fn a_password_file_needs_a_user_in_the_url() {
+        let env = |url: &'static str| {
+            move |k: &str| match k {
+                "PULSE_SMTP_URL" => Some(url.to_owned()),
+                "PULSE_SMTP_PASSWORD_FILE" => Some("/run/secrets/smtp".to_owned()),
+                _ => None,
+            }
+        };
+        let err = Settings::from_lookup(env("smtp://relay:587?tls=required")).unwrap_err();
+        assert_eq!(err.var, "PULSE_SMTP_PASSWORD_FILE");
+        let s = Settings::from_lookup(env("smtp://apikey@relay:587?tls=required")).unwrap();
+        assert!(s.smtp_password_file.is_some());
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! 4. a relay connection from the pool within [`CONNECTION_WAIT`] — else the claim is given
 //!    back and the step is due again shortly, so a send never goes out long after its
 //!    re-check and a pause or cancel never waits on sends queued behind a slow relay;
-//! 5. the SMTP send, with the key's deterministic Message-ID; once the relay accepts DATA, the
-//!    claim is marked on the wire (batched, fenced), and only then does the body go out;
+//! 5. the SMTP send, with the key's deterministic Message-ID; once the body is out, the claim
+//!    is marked on the wire (batched, fenced), and only then does the final dot follow;
 //! 6. one transaction recording the outcome and scheduling the next step; then the ack.
 //!
 //! Each sender registers itself as a worker and heartbeats (`pulse_shared::workers`); its claims
@@ -643,7 +643,8 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
             .clone()
             .map(|name| (name, msg.key.clone())),
     };
-    // The wire mark: only a claim that holds its key when the body is about to go may send it.
+    // The wire mark: only a claim that still holds its key once the body is out may send the
+    // final dot.
     let on_wire = async {
         match ctx.batches.wires.call(fence.clone()).await {
             Ok(Settled::Recorded) => true,

@@ -6,7 +6,7 @@
 //!    pause or cancel that commits first is always seen by the re-check, and one that commits
 //!    later can find the SENDING claim.
 //! 2. `release` — nothing was sent (the re-check said no): remove the claim.
-//! 3. `mark_on_wire_many` — right before the message body goes to the relay, the claim is
+//! 3. `mark_on_wire_many` — once the message body is out, before its final dot, the claim is
 //!    marked (`wire_at`), fenced like every settling write; a sender whose mark does not take
 //!    sends nothing. Only a marked claim can have reached the relay.
 //! 4. `record_sent` / `record_deferred` / `record_failed` — one transaction each, with the

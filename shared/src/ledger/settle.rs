@@ -57,7 +57,7 @@ async fn own(conn: &mut sqlx::PgConnection, fence: &Fence) -> Result<bool, Store
     .is_some())
 }
 
-/// Marks claims as going on the wire (`wire_at`), right before their message bodies are sent:
+/// Marks claims as going on the wire (`wire_at`), before their messages' final dots are sent:
 /// one statement for all. For each fence, `Recorded` when the claim still held its key and is
 /// now marked, `ClaimLost` when it was given back or taken over meanwhile; that sender must
 /// not send. Marks commit on their own, so a crash after a mark leaves a claim that may have

@@ -124,7 +124,21 @@ impl SmtpPool {
         }
     }
 
+    /// Opens a connection: TCP, TLS, the greeting, STARTTLS and AUTH, within one SMTP timeout
+    /// in all (`SenderSettings::unmarked_lease` counts on it).
     async fn connect(&self) -> Result<Box<Open>, ConnectError> {
+        tokio::time::timeout(self.timeout, self.open())
+            .await
+            .map_err(|_| {
+                ConnectError::Network(format!(
+                    "setting up a connection to the SMTP relay {} took over {}s",
+                    self.relay.host,
+                    self.timeout.as_secs_f64()
+                ))
+            })?
+    }
+
+    async fn open(&self) -> Result<Box<Open>, ConnectError> {
         let network = |what: &str, e: &dyn std::fmt::Display| {
             ConnectError::Network(format!("{what} the SMTP relay {}: {e}", self.relay.host))
         };
