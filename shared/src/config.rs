@@ -152,6 +152,25 @@ impl Settings {
         .validated()
     }
 
+    /// The private CA bundle of `PULSE_TLS_CA_FILE` (PEM), read now; `None` when unset.
+    /// PostgreSQL, RabbitMQ, Redis and the SMTP relay trust it on top of the webpki roots.
+    pub fn tls_ca(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.tls_ca_file else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path).map_err(|e| ConfigError {
+            var: "PULSE_TLS_CA_FILE",
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(ConfigError {
+                var: "PULSE_TLS_CA_FILE",
+                reason: format!("{}: no PEM certificate in it", path.display()),
+            });
+        }
+        Ok(Some(pem))
+    }
+
     /// How long a pause or cancel waits for sends already claimed to settle: one SMTP timeout
     /// and a margin. After it, nothing of a paused sequence may be sent.
     pub fn pause_drain_timeout(&self) -> Duration {

@@ -18,6 +18,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Opens a pool. Connecting is lazy, so a role starts (and reports not ready) while PostgreSQL
@@ -27,6 +29,21 @@ pub fn pool(database_url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_lazy(database_url)?)
+}
+
+/// Opens the pool a role uses: `PULSE_DATABASE_URL` (its `sslmode` and `sslrootcert` as libpq
+/// reads them), trusting `PULSE_TLS_CA_FILE` too when set and the URL names no root of its own.
+pub fn pool_for(settings: &crate::Settings, max_connections: u32) -> Result<PgPool, StoreError> {
+    let mut options: sqlx::postgres::PgConnectOptions = settings.database_url.parse()?;
+    if let Some(ca) = settings.tls_ca()?
+        && !settings.database_url.contains("sslrootcert=")
+    {
+        options = options.ssl_root_cert_from_pem(ca);
+    }
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options))
 }
 
 /// Creates the database named in `database_url` when it does not exist yet.

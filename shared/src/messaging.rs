@@ -28,15 +28,44 @@ pub struct SendMessage {
 pub enum MessagingError {
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("the broker did not confirm a publish (nack or return)")]
     NotConfirmed,
     #[error("the broker did not confirm a publish within {0:?}")]
     ConfirmTimeout(std::time::Duration),
 }
 
-/// Opens a connection to RabbitMQ.
+/// Opens a connection to RabbitMQ (`amqp://`, or `amqps://` over rustls with the webpki roots).
 pub async fn connect(url: &str) -> Result<Connection, MessagingError> {
-    Ok(Connection::connect(url, ConnectionProperties::default()).await?)
+    connect_with_ca(url, None).await
+}
+
+/// Opens the connection a role uses: `PULSE_AMQP_URL`, trusting `PULSE_TLS_CA_FILE` too.
+pub async fn connect_for(settings: &crate::Settings) -> Result<Connection, MessagingError> {
+    connect_with_ca(&settings.amqp_url, settings.tls_ca()?).await
+}
+
+/// Opens a connection to RabbitMQ, trusting the PEM certificates of `ca` on top of the webpki
+/// roots for `amqps://`.
+pub async fn connect_with_ca(url: &str, ca: Option<Vec<u8>>) -> Result<Connection, MessagingError> {
+    let cert_chain = ca
+        .map(String::from_utf8)
+        .transpose()
+        .map_err(|_| MessagingError::Tls("the CA bundle is not UTF-8 PEM".into()))?;
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain,
+    };
+    Ok(Connection::connect_with_config(
+        url,
+        ConnectionProperties::default(),
+        tls,
+        lapin::runtime::default_runtime()?,
+    )
+    .await?)
 }
 
 /// The dead-letter queue of `queue`: messages that cannot be parsed or handled.

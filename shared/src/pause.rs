@@ -33,6 +33,8 @@ const FLAG_TTL_SECS: u64 = 3600;
 pub enum PauseError {
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -69,8 +71,40 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 impl PauseFlags {
     /// Connects to Redis, retrying for up to `patience`.
     pub async fn connect(url: &str, prefix: &str, patience: Duration) -> Result<Self, PauseError> {
+        Self::connect_with_ca(url, prefix, patience, None).await
+    }
+
+    /// Connects as a role does: `PULSE_REDIS_URL` and `PULSE_REDIS_PREFIX`, trusting
+    /// `PULSE_TLS_CA_FILE` too for `rediss://`.
+    pub async fn connect_for(
+        settings: &crate::Settings,
+        patience: Duration,
+    ) -> Result<Self, PauseError> {
+        let ca = settings.tls_ca()?;
+        Self::connect_with_ca(&settings.redis_url, &settings.redis_prefix, patience, ca).await
+    }
+
+    /// Connects to Redis (`redis://`, or `rediss://` over rustls), trusting the PEM
+    /// certificates of `ca` instead of the webpki roots when given; retries for up to
+    /// `patience`.
+    pub async fn connect_with_ca(
+        url: &str,
+        prefix: &str,
+        patience: Duration,
+        ca: Option<Vec<u8>>,
+    ) -> Result<Self, PauseError> {
+        let client = match ca {
+            Some(root_cert) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?,
+            _ => redis::Client::open(url)?,
+        };
         let flags = Self {
-            client: redis::Client::open(url)?,
+            client,
             conn: Arc::new(RwLock::new(None)),
             prefix: prefix.to_owned(),
         };

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod smtp;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -93,7 +93,7 @@ pub fn service_name(roles: &[Role]) -> String {
 
 /// Prepares the database: migrations (unless disabled) and the `PULSE_API_KEY` key.
 pub async fn prepare(settings: &Settings) -> Result<PgPool, ServeError> {
-    let pool = db::pool(&settings.database_url, 8)?;
+    let pool = db::pool_for(settings, 8)?;
     if settings.migrate_on_start {
         db::ensure_database(&settings.database_url).await?;
         db::migrate(&pool).await?;
@@ -124,16 +124,12 @@ pub async fn serve(
     let health = Health::default();
     let metrics = Metrics::new();
 
-    let flags = PauseFlags::connect(
-        &settings.redis_url,
-        &settings.redis_prefix,
-        Duration::from_secs(30),
-    )
-    .await
-    .map_err(|e| ServeError::Role {
-        role: "startup",
-        message: e.to_string(),
-    })?;
+    let flags = PauseFlags::connect_for(&settings, Duration::from_secs(30))
+        .await
+        .map_err(|e| ServeError::Role {
+            role: "startup",
+            message: e.to_string(),
+        })?;
     let mut app = Router::new();
     if roles.contains(&Role::Api) {
         let api = pulse_api::ApiState {

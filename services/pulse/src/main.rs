@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
             db::ensure_database(&settings.database_url)
                 .await
                 .context("creating the database")?;
-            let pool = db::pool(&settings.database_url, 2)?;
+            let pool = db::pool_for(&settings, 2)?;
             db::migrate(&pool).await.context("applying migrations")?;
             tracing::info!("migrations applied");
             return Ok(());

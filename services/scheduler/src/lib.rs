@@ -78,7 +78,7 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
-    let db = db::pool(&settings.database_url, 4)?;
+    let db = db::pool_for(&settings, 4)?;
     let Some(worker) =
         Registration::start_when_ready(&db, "scheduler", settings.owner_timeout, &shutdown).await
     else {
@@ -102,7 +102,7 @@ async fn session(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), SchedulerError> {
-    let conn = messaging::connect(&settings.amqp_url).await?;
+    let conn = messaging::connect_for(settings).await?;
     let channel = conn.create_channel().await.map_err(MessagingError::from)?;
     messaging::declare(&channel, &settings.queue, settings.queue_type).await?;
     channel

@@ -220,13 +220,8 @@ impl Context {
         let s = &settings.sender;
         // Database work per send is short (most of a send waits on SMTP): a few connections
         // serve many concurrent sends, and several senders stay under PostgreSQL's limit.
-        let db = db::pool(&settings.database_url, (s.concurrency as u32).min(16) + 2)?;
-        let flags = PauseFlags::connect(
-            &settings.redis_url,
-            &settings.redis_prefix,
-            Duration::from_secs(30),
-        )
-        .await?;
+        let db = db::pool_for(settings, (s.concurrency as u32).min(16) + 2)?;
+        let flags = PauseFlags::connect_for(settings, Duration::from_secs(30)).await?;
         let transport = match &settings.smtp_url {
             Some(url) => Transport::Smtp(Arc::new(relay_pool(settings, url)?)),
             None => Transport::Capture(db.clone()),
@@ -264,10 +259,9 @@ fn relay_pool(settings: &Settings, url: &str) -> Result<SmtpPool, SenderError> {
             .with_password(Secret::new(password.trim_end_matches(['\r', '\n'])))
             .map_err(SenderError::SmtpUrl)?;
     }
-    let ca = match &settings.tls_ca_file {
-        Some(path) => Some(read("PULSE_TLS_CA_FILE", path)?),
-        None => None,
-    };
+    let ca = settings
+        .tls_ca()
+        .map_err(|e| SenderError::Tls(e.to_string()))?;
     let s = &settings.sender;
     SmtpPool::new(relay, s.smtp_pool_size, s.smtp_timeout, ca.as_deref())
         .map_err(|e| SenderError::Tls(e.to_string()))
@@ -283,7 +277,7 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), SenderError> {
-    let db = db::pool(&settings.database_url, 2)?;
+    let db = db::pool_for(&settings, 2)?;
     let Some(worker) =
         workers::Registration::start_when_ready(&db, "sender", settings.owner_timeout, &shutdown)
             .await
@@ -307,7 +301,7 @@ async fn session(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<(), SenderError> {
-    let conn = messaging::connect(&settings.amqp_url).await?;
+    let conn = messaging::connect_for(settings).await?;
     let channel = conn.create_channel().await.map_err(MessagingError::from)?;
     messaging::declare(&channel, &settings.queue, settings.queue_type).await?;
     channel

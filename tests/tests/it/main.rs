@@ -13,4 +13,5 @@ mod observability;
 mod recovery;
 mod relay;
 mod send_path;
+mod tls_clients;
 mod traffic;

@@ -17,7 +17,7 @@ use pulse_sender::transport::{ConnectError, Outgoing, SendError, SmtpPool, Trans
 use pulse_shared::{health::Health, smtp_url::SmtpUrl, state::LedgerState};
 use pulse_tests::{
     SmtpServer, TestEnv, cleanup, count, create_database, eventually, free_port, isolated_settings,
-    sequence_body,
+    sequence_body, tls::TestCa,
 };
 use serde_json::{Value, json};
 use tokio::{
@@ -34,7 +34,7 @@ const PASSWORD: &str = "s3cret/with:odd@chars";
 struct Relay {
     starttls: u16,
     implicit: u16,
-    dir: PathBuf,
+    tls: TestCa,
     _child: Child,
 }
 
@@ -50,23 +50,18 @@ impl Relay {
             "{} is missing: run deploy/local/aiosmtpd.sh (make test does)",
             python.display()
         );
-        let dir = std::env::temp_dir().join(format!("pulse-relay-tls-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir)?;
-        let (ca, cert, key) = certificates()?;
-        std::fs::write(dir.join("ca.pem"), ca)?;
-        std::fs::write(dir.join("cert.pem"), cert)?;
-        std::fs::write(dir.join("key.pem"), key)?;
+        let tls = TestCa::generate()?;
         let (starttls, implicit) = (free_port()?, free_port()?);
         let mut child = Command::new(python)
             .arg(root.join("tests/relays/aiosmtpd_relay.py"))
-            .args(["--cert", &dir.join("cert.pem").display().to_string()])
-            .args(["--key", &dir.join("key.pem").display().to_string()])
+            .args(["--cert", &tls.cert_path().display().to_string()])
+            .args(["--key", &tls.key_path().display().to_string()])
             .args(["--user", USER, "--password", PASSWORD])
-            .args(["--out", &dir.join("received.jsonl").display().to_string()])
+            .args(["--out", &tls.file("received.jsonl").display().to_string()])
             .args(["--starttls-port", &starttls.to_string()])
             .args(["--implicit-port", &implicit.to_string()])
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("relay.log"))?)
+            .stderr(std::fs::File::create(tls.file("relay.log"))?)
             .kill_on_drop(true)
             .spawn()
             .context("starting aiosmtpd")?;
@@ -80,22 +75,22 @@ impl Relay {
         Ok(Self {
             starttls,
             implicit,
-            dir,
+            tls,
             _child: child,
         })
     }
 
-    fn ca(&self) -> anyhow::Result<Vec<u8>> {
-        Ok(std::fs::read(self.dir.join("ca.pem"))?)
+    fn ca(&self) -> Vec<u8> {
+        self.tls.ca_pem.clone().into_bytes()
     }
 
     fn ca_path(&self) -> PathBuf {
-        self.dir.join("ca.pem")
+        self.tls.ca_path()
     }
 
     /// Every message the relay accepted.
     fn received(&self) -> anyhow::Result<Vec<Value>> {
-        let text = std::fs::read_to_string(self.dir.join("received.jsonl")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.tls.file("received.jsonl")).unwrap_or_default();
         text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
     }
 
@@ -114,10 +109,9 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(self.tls.file("relay.log")).unwrap_or_default();
             eprintln!("aiosmtpd's log:\n{log}");
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -128,23 +122,6 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// A CA, and a certificate for 127.0.0.1 and localhost signed by it (PEM: ca, cert, key).
-fn certificates() -> anyhow::Result<(String, String, String)> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Pulse test CA");
-    let ca_key = KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
 }
 
 fn mail(to: &str) -> Outgoing {
@@ -198,7 +175,7 @@ async fn the_final_dot_waits_for_the_mark_and_a_refused_mark_sends_nothing() -> 
     assert_eq!((smtp.count(), smtp.connections()), (2, 2));
 
     let relay = Relay::start().await?;
-    let ca = relay.ca()?;
+    let ca = relay.ca();
     let transport =
         Transport::Smtp(pool(&relay.url(false, Some((USER, PASSWORD))), Some(&ca))?.into());
     for verdict in [false, true] {
@@ -253,7 +230,7 @@ fn pool(url: &str, ca: Option<&[u8]>) -> anyhow::Result<SmtpPool> {
 #[tokio::test]
 async fn mail_goes_through_starttls_and_implicit_tls_with_auth() -> anyhow::Result<()> {
     let relay = Relay::start().await?;
-    let ca = relay.ca()?;
+    let ca = relay.ca();
     for (implicit, to) in [(false, "ada@example.com"), (true, "bob@example.com")] {
         let pool = pool(&relay.url(implicit, Some((USER, PASSWORD))), Some(&ca))?;
         pool.probe().await?;
@@ -279,7 +256,7 @@ async fn mail_goes_through_starttls_and_implicit_tls_with_auth() -> anyhow::Resu
 async fn wrong_or_missing_credentials_and_untrusted_certificates_fail_clearly_and_never_send()
 -> anyhow::Result<()> {
     let relay = Relay::start().await?;
-    let ca = relay.ca()?;
+    let ca = relay.ca();
     for implicit in [false, true] {
         // Wrong password: the setup is refused, AUTH named; a send is transient.
         let bad = pool(&relay.url(implicit, Some((USER, "wrong"))), Some(&ca))?;
@@ -339,7 +316,7 @@ async fn wrong_or_missing_credentials_and_untrusted_certificates_fail_clearly_an
 #[tokio::test]
 async fn pulse_sends_through_an_authenticated_relay() -> anyhow::Result<()> {
     let relay = Relay::start().await?;
-    let password_file = relay.dir.join("password");
+    let password_file = relay.tls.file("password");
     std::fs::write(&password_file, format!("{PASSWORD}\n"))?;
     let url = format!(
         "smtp://{}@127.0.0.1:{}?tls=required",

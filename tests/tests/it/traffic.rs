@@ -85,7 +85,7 @@ async fn enrollment_of(env: &TestEnv, email: &str) -> anyhow::Result<(String, Op
 }
 
 /// One lead goes through `steps` (tag "t", lead `{name}0@example.com`); once the relay has its
-/// first `before` mails, the steps are replaced by what `edit` makes of the sequence. Returns
+/// first `before` mails and they are recorded SENT, the steps are replaced by what `edit` makes of the sequence. Returns
 /// the lead's subjects and its enrollment (status, end reason) once the enrollment ended.
 async fn one_lead_through_an_edit(
     env: &TestEnv,
@@ -100,6 +100,19 @@ async fn one_lead_through_an_edit(
     anyhow::ensure!(status == 200);
     let lead = format!("{name}0@example.com");
     smtp.wait_for(before, Duration::from_secs(15)).await?;
+    // The relay's acceptance comes before the sender records it: the lead "got" those steps,
+    // and waits on the next, once the records committed.
+    eventually(Duration::from_secs(10), "the sends recorded", || async {
+        let sent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM step_runs r JOIN enrollments e ON e.id = r.enrollment_id
+             JOIN leads l ON l.id = e.lead_id WHERE l.email = $1 AND r.state = 'SENT'",
+        )
+        .bind(&lead)
+        .fetch_one(&env.db)
+        .await?;
+        Ok((sent as usize >= before).then_some(()))
+    })
+    .await?;
     patch_steps(env, &seq, edit(&seq)).await?;
     eventually(Duration::from_secs(20), "the enrollment to end", || async {
         let (status, _) = enrollment_of(env, &lead).await?;
