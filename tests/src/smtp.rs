@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio_util::either::Either;
+
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
@@ -88,16 +90,26 @@ impl Drop for SmtpServer {
 
 impl SmtpServer {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// A server that requires STARTTLS, then AUTH PLAIN or LOGIN with `secured`'s credentials
+    /// (530 to MAIL before it): a fast stand-in for a provider, for benchmarks.
+    pub async fn start_secured(secured: Secured) -> anyhow::Result<Self> {
+        Self::start_with(Some(Arc::new(secured))).await
+    }
+
+    async fn start_with(secured: Option<Arc<Secured>>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                let st = st.clone();
+                let (st, secured) = (st.clone(), secured.clone());
                 st.lock().unwrap_or_else(|p| p.into_inner()).connections += 1;
                 tokio::spawn(async move {
-                    let _ = session(socket, st).await;
+                    let _ = session(socket, st, secured).await;
                 });
             }
         });
@@ -184,22 +196,93 @@ impl SmtpServer {
     }
 }
 
-async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
-    let (read, mut write) = socket.into_split();
-    let mut lines = BufReader::new(read);
-    write.write_all(b"220 pulse-test ESMTP\r\n").await?;
+/// What a server that requires STARTTLS and AUTH PLAIN/LOGIN checks.
+pub struct Secured {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub user: String,
+    pub password: String,
+}
+
+impl Secured {
+    fn accepts(&self, user: &[u8], password: &[u8]) -> bool {
+        user == self.user.as_bytes() && password == self.password.as_bytes()
+    }
+}
+
+type Stream = BufReader<Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>>;
+
+async fn read_line(conn: &mut Stream, line: &mut String) -> std::io::Result<usize> {
+    line.clear();
+    conn.read_line(line).await
+}
+
+fn decode(b64: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .unwrap_or_default()
+}
+
+async fn session(
+    socket: TcpStream,
+    state: Arc<Mutex<State>>,
+    secured: Option<Arc<Secured>>,
+) -> std::io::Result<()> {
+    let mut conn: Stream = BufReader::new(Either::Left(socket));
+    let mut authenticated = secured.is_none();
+    conn.write_all(b"220 pulse-test ESMTP\r\n").await?;
     let mut from = String::new();
     let mut rcpts: Vec<String> = Vec::new();
     let mut line = String::new();
     loop {
-        line.clear();
-        if lines.read_line(&mut line).await? == 0 {
+        if read_line(&mut conn, &mut line).await? == 0 {
             return Ok(());
         }
         let cmd = line.trim_end().to_owned();
         let upper = cmd.to_uppercase();
+        let encrypted = matches!(conn.get_ref(), Either::Right(_));
         let reply: String = if upper.starts_with("EHLO") {
-            "250-pulse-test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n".into()
+            let extra = match &secured {
+                Some(_) if !encrypted => "250-STARTTLS\r\n",
+                Some(_) => "250-AUTH PLAIN LOGIN\r\n",
+                None => "",
+            };
+            format!("250-pulse-test\r\n{extra}250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n")
+        } else if upper == "STARTTLS" && secured.is_some() && !encrypted {
+            conn.write_all(b"220 ready to start TLS\r\n").await?;
+            let (Some(secured), Either::Left(tcp)) = (&secured, conn.into_inner()) else {
+                return Ok(());
+            };
+            conn = BufReader::new(Either::Right(secured.acceptor.accept(tcp).await?));
+            continue;
+        } else if upper.starts_with("AUTH ") && secured.is_some() && encrypted {
+            let secured = secured.as_deref().ok_or(std::io::ErrorKind::Other)?;
+            let mut words = cmd.split_whitespace().skip(1);
+            let (user, password) = match words.next().map(str::to_uppercase).as_deref() {
+                Some("PLAIN") => {
+                    let plain = decode(words.next().unwrap_or_default());
+                    let mut parts = plain.split(|b| *b == 0).skip(1);
+                    let user = parts.next().unwrap_or_default().to_vec();
+                    (user, parts.next().unwrap_or_default().to_vec())
+                }
+                Some("LOGIN") => {
+                    conn.write_all(b"334 VXNlcm5hbWU6\r\n").await?;
+                    read_line(&mut conn, &mut line).await?;
+                    let user = decode(&line);
+                    conn.write_all(b"334 UGFzc3dvcmQ6\r\n").await?;
+                    read_line(&mut conn, &mut line).await?;
+                    (user, decode(&line))
+                }
+                _ => (Vec::new(), Vec::new()),
+            };
+            authenticated = secured.accepts(&user, &password);
+            if authenticated {
+                "235 2.7.0 authenticated\r\n".into()
+            } else {
+                "535 5.7.8 credentials invalid\r\n".into()
+            }
+        } else if upper.starts_with("MAIL FROM:") && !authenticated {
+            "530 5.7.0 authentication required\r\n".into()
         } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
             "250 OK\r\n".into()
         } else if upper.starts_with("RSET") {
@@ -233,11 +316,10 @@ async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
             if rcpts.is_empty() {
                 "503 no valid recipients\r\n".into()
             } else {
-                write.write_all(b"354 go ahead\r\n").await?;
+                conn.write_all(b"354 go ahead\r\n").await?;
                 let mut data = String::new();
                 loop {
-                    line.clear();
-                    if lines.read_line(&mut line).await? == 0 {
+                    if read_line(&mut conn, &mut line).await? == 0 {
                         return Ok(());
                     }
                     if line == ".\r\n" || line == ".\n" {
@@ -282,11 +364,10 @@ async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
                 match rule {
                     Some(AfterData::Reply(code)) => {
                         rcpts.clear();
-                        write
-                            .write_all(
-                                format!("{code} refused after DATA by test rule\r\n").as_bytes(),
-                            )
-                            .await?;
+                        conn.write_all(
+                            format!("{code} refused after DATA by test rule\r\n").as_bytes(),
+                        )
+                        .await?;
                         continue;
                     }
                     Some(AfterData::Drop) => return Ok(()),
@@ -312,12 +393,12 @@ async fn session(socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
                 format!("250 2.0.0 queued as {queued}\r\n")
             }
         } else if upper.starts_with("QUIT") {
-            write.write_all(b"221 bye\r\n").await?;
+            conn.write_all(b"221 bye\r\n").await?;
             return Ok(());
         } else {
             "502 command not implemented\r\n".into()
         };
-        write.write_all(reply.as_bytes()).await?;
+        conn.write_all(reply.as_bytes()).await?;
     }
 }
 

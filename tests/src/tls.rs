@@ -66,9 +66,8 @@ impl TestCa {
         self.dir.join(name)
     }
 
-    /// Accepts TLS with this CA's certificate on a loopback port and forwards the plaintext to
-    /// `upstream`, one TCP connection per client. Returns the port.
-    pub async fn proxy(&self, upstream: SocketAddr) -> anyhow::Result<(u16, JoinHandle<()>)> {
+    /// A TLS server configuration presenting this CA's certificate.
+    pub fn acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
         let certs = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .context("certificate PEM")?;
@@ -78,7 +77,13 @@ impl TestCa {
                 .with_safe_default_protocol_versions()?
                 .with_no_client_auth()
                 .with_single_cert(certs, key)?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Accepts TLS with this CA's certificate on a loopback port and forwards the plaintext to
+    /// `upstream`, one TCP connection per client. Returns the port.
+    pub async fn proxy(&self, upstream: SocketAddr) -> anyhow::Result<(u16, JoinHandle<()>)> {
+        let acceptor = self.acceptor()?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let task = tokio::spawn(async move {

@@ -27,7 +27,9 @@ use futures::{StreamExt, stream};
 use lapin::{BasicProperties, options::*, types::FieldTable};
 use pulse_sender::transport::{Outgoing, SmtpPool, Transport};
 use pulse_shared::{Settings, db::DEFAULT_WORKSPACE, messaging, smtp_url::SmtpUrl};
-use pulse_tests::{SmtpServer, create_database, free_port, isolated_settings};
+use pulse_tests::{
+    SmtpServer, create_database, free_port, isolated_settings, smtp::Secured, tls::TestCa,
+};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -406,7 +408,7 @@ async fn main() -> anyhow::Result<()> {
     let sender_per_s = o.sends as f64 / started.elapsed().as_secs_f64();
     println!("sender     one worker, queue pre-filled     {sender_per_s:>8.0} /s");
     rss.insert("sender".into(), sender.stop().unwrap_or_default());
-    check_exactly_once(&smtp, &db, o.sends).await?;
+    check_exactly_once(&[&smtp], &db, o.sends).await?;
     let mut e2e = BTreeMap::new();
     for senders in [1usize, 2] {
         let before = smtp.count();
@@ -460,9 +462,56 @@ async fn main() -> anyhow::Result<()> {
             let peak = rss.entry("sender".into()).or_default();
             *peak = peak.max(r);
         }
-        check_exactly_once(&smtp, &db, before + o.sends).await?;
+        check_exactly_once(&[&smtp], &db, before + o.sends).await?;
     }
     results.insert("end_to_end", json!(e2e));
+
+    // ---- end to end through a relay requiring STARTTLS and AUTH, next to plaintext above
+    let ca = TestCa::generate()?;
+    let secured = SmtpServer::start_secured(Secured {
+        acceptor: ca.acceptor()?,
+        user: "bench".into(),
+        password: "bench-secret".into(),
+    })
+    .await?;
+    let mut s_tls = s.clone();
+    s_tls.smtp_url = Some(format!(
+        "smtp://bench:bench-secret@127.0.0.1:{}?tls=required",
+        secured.addr.port()
+    ));
+    let seq = sequence(&db).await?;
+    bulk_enroll(
+        &db,
+        seq,
+        "e2etls",
+        o.sends,
+        chrono::Utc::now() + chrono::Duration::seconds(2),
+        None,
+    )
+    .await?;
+    let ca_file = ca.ca_path().display().to_string();
+    let worker = Role::start(
+        &o.bin,
+        &["sender"],
+        &env_for(&s_tls, free_port()?, &[("PULSE_TLS_CA_FILE", &ca_file)]),
+    )?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    smtp_wait(&secured, 0, o.sends, started).await?;
+    let tls_per_s = o.sends as f64 / started.elapsed().as_secs_f64();
+    let plain_per_s = e2e.get("senders_1").copied().unwrap_or(f64::NAN);
+    println!(
+        "end to end 1 sender, STARTTLS + AUTH        {tls_per_s:>8.0} sends/s  ({:.2} of plaintext)",
+        tls_per_s / plain_per_s
+    );
+    results.insert(
+        "end_to_end_tls",
+        json!({"senders_1": tls_per_s, "of_plaintext": tls_per_s / plain_per_s}),
+    );
+    let r = worker.stop().unwrap_or_default();
+    let peak = rss.entry("sender".into()).or_default();
+    *peak = peak.max(r);
+    check_exactly_once(&[&smtp, &secured], &db, smtp.count() + o.sends).await?;
 
     // ---- latency at a fixed offered rate
     let n = o.rate * o.seconds;
@@ -648,9 +697,13 @@ async fn wait_count(
 }
 
 /// Every accepted message is distinct (by Message-ID), and the ledger recorded exactly the
-/// Message-IDs the sink accepted, each SENT.
-async fn check_exactly_once(smtp: &SmtpServer, db: &PgPool, expected: usize) -> anyhow::Result<()> {
-    let received = smtp.received();
+/// Message-IDs the sinks accepted, each SENT.
+async fn check_exactly_once(
+    sinks: &[&SmtpServer],
+    db: &PgPool,
+    expected: usize,
+) -> anyhow::Result<()> {
+    let received: Vec<_> = sinks.iter().flat_map(|s| s.received()).collect();
     let ids: HashSet<String> = received
         .iter()
         .filter_map(|m| m.message_id.clone())

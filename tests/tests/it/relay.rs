@@ -17,7 +17,7 @@ use pulse_sender::transport::{ConnectError, Outgoing, SendError, SmtpPool, Trans
 use pulse_shared::{health::Health, smtp_url::SmtpUrl, state::LedgerState};
 use pulse_tests::{
     SmtpServer, TestEnv, cleanup, count, create_database, eventually, free_port, isolated_settings,
-    sequence_body, tls::TestCa,
+    sequence_body, smtp::Secured, tls::TestCa,
 };
 use serde_json::{Value, json};
 use tokio::{
@@ -241,6 +241,33 @@ async fn mail_goes_through_starttls_and_implicit_tls_with_auth() -> anyhow::Resu
             assert_eq!(reply.code, Some(250), "{reply:?}");
         }
     }
+    // The bench's stand-in for a provider (STARTTLS and AUTH in the Rust test server) takes
+    // the same URL and refuses the same way.
+    let tls = TestCa::generate()?;
+    let stand_in = SmtpServer::start_secured(Secured {
+        acceptor: tls.acceptor()?,
+        user: USER.into(),
+        password: PASSWORD.into(),
+    })
+    .await?;
+    let url = |password: &str| {
+        format!(
+            "smtp://{}:{}@127.0.0.1:{}?tls=required",
+            encode(USER),
+            encode(password),
+            stand_in.addr.port()
+        )
+    };
+    let ca_pem = tls.ca_pem.as_bytes();
+    Transport::Smtp(pool(&url(PASSWORD), Some(ca_pem))?.into())
+        .send(&mail("ada@example.com"))
+        .await?;
+    assert!(matches!(
+        pool(&url("wrong"), Some(ca_pem))?.probe().await,
+        Err(ConnectError::Refused(_))
+    ));
+    assert_eq!(stand_in.count(), 1);
+
     let received = relay.received()?;
     assert_eq!(received.len(), 4, "{received:?}");
     for m in &received {
