@@ -114,7 +114,8 @@ impl Settings {
         Settings {
             database_url: get(
                 "PULSE_DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/pulse",
+                // Loopback needs no TLS; a remote server's URL says `sslmode=verify-full`.
+                "postgres://postgres@127.0.0.1:5432/pulse?sslmode=disable",
             ),
             amqp_url: get("PULSE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             redis_url: get("PULSE_REDIS_URL", "redis://127.0.0.1:6379/"),

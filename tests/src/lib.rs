@@ -32,7 +32,8 @@ pub fn isolated_settings(tag: &str) -> Settings {
     let admin = admin_url();
     let server = admin.rsplit_once('/').map(|(s, _)| s).unwrap_or(&admin);
     let mut s = base;
-    s.database_url = format!("{server}/pulse_t_{tag}_{id}");
+    // Loopback: no TLS, as in the shipped default (TLS would cost CPU and protect nothing).
+    s.database_url = format!("{server}/pulse_t_{tag}_{id}?sslmode=disable");
     s.queue = format!("pulse.t.{tag}.{id}");
     s.redis_prefix = format!("pulse:t:{tag}:{id}");
     s.api_key = Some(format!("key-{id}"));
@@ -60,8 +61,10 @@ pub async fn create_database(settings: &Settings) -> anyhow::Result<PgPool> {
 }
 
 fn db_name(settings: &Settings) -> String {
-    settings
-        .database_url
+    let url = settings.database_url.as_str();
+    url.split('?')
+        .next()
+        .unwrap_or(url)
         .rsplit('/')
         .next()
         .unwrap_or_default()

@@ -301,6 +301,11 @@ async fn session(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<(), SenderError> {
+    // A relay that refuses TLS or AUTH keeps this sender unready (and says why), before it
+    // consumes: no delivery is taken only to fail.
+    if let Transport::Smtp(pool) = &ctx.transport {
+        pool.probe().await?;
+    }
     let conn = messaging::connect_for(settings).await?;
     let channel = conn.create_channel().await.map_err(MessagingError::from)?;
     messaging::declare(&channel, &settings.queue, settings.queue_type).await?;
@@ -317,11 +322,6 @@ async fn session(
         )
         .await
         .map_err(MessagingError::from)?;
-    // A relay that refuses TLS or AUTH keeps this sender unready (and says why) rather than
-    // failing every send it would take.
-    if let Transport::Smtp(pool) = &ctx.transport {
-        pool.probe().await?;
-    }
     health.ready("sender");
     tracing::info!(queue = %settings.queue, prefetch = ctx.settings.prefetch, "sender consuming");
     let result = consume(ctx, &channel, &settings.queue, consumer, shutdown).await;
