@@ -208,6 +208,8 @@ async fn capture_outbox_is_the_default_transport() -> anyhow::Result<()> {
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0]["subject"], "Hi Ada");
     assert_eq!(messages[0]["rcpt_to"], "ada@example.com");
+    // The envelope sender, as MAIL FROM carries it: the bare address, not the display name.
+    assert_eq!(messages[0]["mail_from"], "tests@example.com");
     assert!(
         messages[0]["raw"]
             .as_str()
