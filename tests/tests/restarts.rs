@@ -197,3 +197,66 @@ async fn an_empty_redis_never_lets_a_paused_sequence_send() -> anyhow::Result<()
     );
     env.stop().await
 }
+
+/// A scheduler whose commit of a batch as QUEUED went through but whose publish never happened
+/// (the commit's answer lost in a PostgreSQL restart, say) gives those runs back when its next
+/// session starts, instead of leaving them for the 10-minute queued lease. Here the lost
+/// publish is made by hand (a run marked QUEUED by the live scheduler, published by nobody),
+/// and a RabbitMQ restart starts the scheduler's next session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedulers_next_session_gives_back_the_runs_it_queued_and_never_published()
+-> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    // The shipped queued lease (10 minutes): only the session's give-back can help in time.
+    let env = TestEnv::start("requeue", &[Role::All], |s| s.smtp_url = Some(url)).await?;
+    assert_eq!(
+        env.settings.scheduler.queued_lease,
+        Duration::from_secs(600)
+    );
+    env.create_sequence(sequence_body(
+        "Later",
+        &[(
+            "Later {{ lead.email }}",
+            "1",
+            json!({"type": "delay", "delay": "PT1H"}),
+        )],
+        "t",
+    ))
+    .await?;
+    // The scheduler's first session has begun (it gives back nothing: it queued nothing yet).
+    pulse_tests::eventually(
+        Duration::from_secs(10),
+        "the scheduler's session",
+        || async {
+            let (_, ready) = env.get("/readyz").await?;
+            Ok((ready["rabbitmq_scheduler"] == "ok").then_some(()))
+        },
+    )
+    .await?;
+    enroll(&env, 0, 1).await?;
+    let run: uuid::Uuid = pulse_tests::eventually(Duration::from_secs(10), "the run", || async {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM step_runs WHERE state = 'SCHEDULED'")
+                .fetch_optional(&env.db)
+                .await?,
+        )
+    })
+    .await?;
+    let stuck = sqlx::query(
+        "UPDATE step_runs SET state = 'QUEUED', due_at = now(), queued_at = now(),
+             queued_by = (SELECT id FROM workers WHERE role = 'scheduler')
+         WHERE id = $1 AND EXISTS (SELECT 1 FROM workers WHERE role = 'scheduler')",
+    )
+    .bind(run)
+    .execute(&env.db)
+    .await?;
+    assert_eq!(stuck.rows_affected(), 1, "no registered scheduler");
+    // Nothing publishes it while the session lasts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(smtp.count(), 0);
+    restart("rabbitmq").await??;
+    smtp.wait_for(1, Duration::from_secs(30)).await?;
+    env.stop().await
+}
