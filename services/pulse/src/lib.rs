@@ -260,6 +260,7 @@ async fn checks(h: &Probe) -> Vec<(&'static str, Result<(), String>)> {
         let name = match part {
             "scheduler" => "rabbitmq_scheduler",
             "sender" => "rabbitmq_sender",
+            "smtp_relay" => "smtp_relay",
             _ => "rabbitmq",
         };
         all.push((name, problem.map_or(Ok(()), Err)));

@@ -304,7 +304,13 @@ async fn session(
     // A relay that refuses TLS or AUTH keeps this sender unready (and says why), before it
     // consumes: no delivery is taken only to fail.
     if let Transport::Smtp(pool) = &ctx.transport {
-        pool.probe().await?;
+        match pool.probe().await {
+            Ok(()) => health.ready("smtp_relay"),
+            Err(e) => {
+                health.not_ready("smtp_relay", e.to_string());
+                return Err(e.into());
+            }
+        }
     }
     let conn = messaging::connect_for(settings).await?;
     let channel = conn.create_channel().await.map_err(MessagingError::from)?;

@@ -408,10 +408,12 @@ async fn a_sender_whose_relay_refuses_auth_is_unready_and_says_why() -> anyhow::
         Default::default(),
         token.clone(),
     ));
-    let why = eventually(Duration::from_secs(20), "the sender's reason", || async {
-        Ok(health.parts().get("sender").cloned().flatten())
+    let why = eventually(Duration::from_secs(20), "the relay's reason", || async {
+        Ok(health.parts().get("smtp_relay").cloned().flatten())
     })
     .await?;
+    // The sender's session is down for it too: it consumes nothing.
+    assert!(matches!(health.parts().get("sender"), Some(Some(_))));
     assert!(why.contains("AUTH") && why.contains("535"), "{why}");
     assert!(
         !why.contains("wrong-password"),
