@@ -27,7 +27,7 @@ pub enum Security {
 }
 
 impl Security {
-    /// Whether AUTH may be sent on a connection secured this way only after TLS is up.
+    /// Whether the URL asks for TLS (then credentials are sent only once TLS is up).
     pub fn tls(self) -> bool {
         !matches!(self, Security::Plain)
     }
@@ -154,7 +154,7 @@ fn decode(part: &str) -> Result<String, String> {
 }
 
 /// The URL with any password replaced, for error messages.
-pub fn redact(raw: &str) -> String {
+fn redact(raw: &str) -> String {
     match url::Url::parse(raw.trim()) {
         Ok(mut url) if url.password().is_some() => {
             let _ = url.set_password(Some("<redacted>"));

@@ -240,20 +240,12 @@ impl Context {
 
 /// The relay's connection pool: the URL, the password file and the CA bundle of `settings`.
 fn relay_pool(settings: &Settings, url: &str) -> Result<SmtpPool, SenderError> {
-    let read = |var: &'static str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| SenderError::File {
-            var,
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })
-    };
     let mut relay = SmtpUrl::parse(url).map_err(SenderError::SmtpUrl)?;
     if let Some(path) = &settings.smtp_password_file {
-        let password = read("PULSE_SMTP_PASSWORD_FILE", path)?;
-        let password = String::from_utf8(password).map_err(|_| SenderError::File {
+        let password = std::fs::read_to_string(path).map_err(|e| SenderError::File {
             var: "PULSE_SMTP_PASSWORD_FILE",
             path: path.display().to_string(),
-            reason: "not UTF-8".into(),
+            reason: e.to_string(),
         })?;
         relay = relay
             .with_password(Secret::new(password.trim_end_matches(['\r', '\n'])))
