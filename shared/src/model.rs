@@ -44,10 +44,21 @@ pub struct StepInput {
     /// Keep and edit this existing step (edits only; omit for a new step).
     #[serde(default)]
     pub id: Option<Uuid>,
-    /// Template, e.g. `Hello {{ lead.first_name }}`.
+    /// Template, e.g. `Hello {{ lead.first_name }}`. May be empty on a threaded step after the
+    /// first: it then goes out as `Re: ` and the thread's first subject.
     pub subject: String,
-    /// Template, e.g. `Hi {{ lead.first_name | default: "there" }}, …`.
+    /// The text part, a template, e.g. `Hi {{ lead.first_name | default: "there" }}, …`. May be
+    /// empty when `html` is given: the text part is then derived from the HTML.
+    #[serde(default)]
     pub body: String,
+    /// An HTML part, a template whose lead values are HTML-escaped when rendered. With it the
+    /// message is `multipart/alternative` (text and HTML).
+    #[serde(default)]
+    pub html: Option<String>,
+    /// Send this step as a reply in the lead's thread: `In-Reply-To` and `References` name the
+    /// enrollment's earlier messages, and an empty subject becomes `Re: <first subject>`.
+    #[serde(default)]
+    pub thread: bool,
     pub timing: Timing,
     /// This step is not sent after this time; an enrollment that reaches it later ends.
     #[serde(default)]
@@ -222,6 +233,9 @@ pub struct VersionList {
 pub struct SenderIdentity {
     /// `Name <address>` or a bare address.
     pub from: String,
+    /// Where replies go (`Reply-To`), when not to `from`.
+    #[serde(default)]
+    pub reply_to: Option<String>,
 }
 
 /// What enrolls a lead automatically.
@@ -309,6 +323,8 @@ pub struct Step {
     pub position: i32,
     pub subject: String,
     pub body: String,
+    pub html: Option<String>,
+    pub thread: bool,
     pub timing: Timing,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_date: Option<DateTime<Utc>>,

@@ -95,13 +95,14 @@ pub async fn edit(
              send_window = CASE WHEN $5 THEN $6 ELSE send_window END,
              end_date = CASE WHEN $7 THEN $8 ELSE end_date END,
              max_sends_per_minute = CASE WHEN $9 THEN $10 ELSE max_sends_per_minute END,
+             sender_reply_to = CASE WHEN $4 IS NULL THEN sender_reply_to ELSE $11 END,
              version = version + 1, updated_at = now()
          WHERE id = $1",
     )
     .bind(id)
     .bind(&name)
     .bind(&timezone)
-    .bind(&sender)
+    .bind(sender.as_ref().map(|s| &s.0))
     .bind(req.send_window.is_some())
     .bind(
         req.send_window
@@ -115,6 +116,7 @@ pub async fn edit(
     .bind(req.end_date.flatten())
     .bind(req.max_sends_per_minute.is_some())
     .bind(req.max_sends_per_minute.flatten())
+    .bind(sender.as_ref().and_then(|s| s.1.as_ref()))
     .execute(&mut *tx)
     .await?;
 
@@ -174,9 +176,10 @@ pub async fn edit(
                         old.is_some_and(|o| o.timing != step.timing || o.end_date != step.end_date);
                     sqlx::query(
                         "UPDATE sequence_steps SET position = $2, subject = $3, body = $4, timing = $5,
-                             end_date = $6,
+                             end_date = $6, html = $7, thread = $8,
                              version = version + CASE WHEN subject <> $3 OR body <> $4
-                                 OR timing <> $5 OR end_date IS DISTINCT FROM $6 THEN 1 ELSE 0 END
+                                 OR timing <> $5 OR end_date IS DISTINCT FROM $6
+                                 OR html IS DISTINCT FROM $7 OR thread <> $8 THEN 1 ELSE 0 END
                          WHERE id = $1",
                     )
                     .bind(sid)
@@ -185,6 +188,8 @@ pub async fn edit(
                     .bind(&step.body)
                     .bind(to_json(&step.timing)?)
                     .bind(step.end_date)
+                    .bind(&step.html)
+                    .bind(step.thread)
                     .execute(&mut *tx)
                     .await?;
                 }

@@ -46,17 +46,18 @@ pub async fn create(
     let mut tx = state.db.begin().await?;
     sqlx::query(
         "INSERT INTO sequences (id, workspace_id, name, timezone, sender_from, send_window,
-                                end_date, max_sends_per_minute)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                                end_date, max_sends_per_minute, sender_reply_to)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(id)
     .bind(auth.workspace)
     .bind(&name)
     .bind(&timezone)
-    .bind(&sender)
+    .bind(&sender.0)
     .bind(req.send_window.as_ref().map(to_json).transpose()?)
     .bind(req.end_date)
     .bind(req.max_sends_per_minute)
+    .bind(&sender.1)
     .execute(&mut *tx)
     .await?;
     for (i, step) in req.steps.iter().enumerate() {
@@ -174,10 +175,18 @@ pub(crate) fn check_timezone(tz: &str) -> Result<String, ApiError> {
         .to_owned())
 }
 
-pub(crate) fn check_sender(sender: &SenderIdentity) -> Result<String, ApiError> {
-    Ok(validate::mailbox(&sender.from)
+/// Checks a sender: its `from` and `reply_to`, returned in canonical form.
+pub(crate) fn check_sender(sender: &SenderIdentity) -> Result<(String, Option<String>), ApiError> {
+    let from = validate::mailbox(&sender.from)
         .map_err(|m| ApiError::invalid("sender.from", m))?
-        .to_string())
+        .to_string();
+    let reply_to = sender
+        .reply_to
+        .as_deref()
+        .map(|r| validate::mailbox(r).map_err(|m| ApiError::invalid("sender.reply_to", m)))
+        .transpose()?
+        .map(|m| m.to_string());
+    Ok((from, reply_to))
 }
 
 /// Checks a step list; `editing` allows step ids (kept steps).
@@ -195,10 +204,15 @@ pub(crate) fn check_steps(steps: &[StepInput], editing: bool) -> Result<(), ApiE
                 "a new sequence's steps have no id",
             ));
         }
-        if step.subject.trim().is_empty() {
+        // A threaded follow-up may leave its subject empty: it goes out as `Re: <first>`.
+        if step.subject.trim().is_empty() && !(step.thread && i > 0) {
             return Err(ApiError::invalid(
                 format!("steps[{i}].subject"),
-                "must not be empty",
+                if step.thread {
+                    "must not be empty on the first step (a later threaded step may leave it empty)"
+                } else {
+                    "must not be empty (unless the step is threaded: \"thread\": true)"
+                },
             ));
         }
         template::validate(&step.subject)
@@ -210,6 +224,18 @@ pub(crate) fn check_steps(steps: &[StepInput], editing: bool) -> Result<(), ApiE
             .map_err(|m| ApiError::invalid(format!("steps[{i}].subject"), m))?;
         validate::multiline(&step.body, limits::BODY_BYTES)
             .map_err(|m| ApiError::invalid(format!("steps[{i}].body"), m))?;
+        if let Some(html) = &step.html {
+            if html.trim().is_empty() {
+                return Err(ApiError::invalid(
+                    format!("steps[{i}].html"),
+                    "must not be empty (leave it out for a text-only step)",
+                ));
+            }
+            template::validate(html)
+                .map_err(|m| ApiError::invalid(format!("steps[{i}].html"), m))?;
+            validate::multiline(html, limits::BODY_BYTES)
+                .map_err(|m| ApiError::invalid(format!("steps[{i}].html"), m))?;
+        }
         step.timing
             .validate()
             .map_err(|m| ApiError::invalid(format!("steps[{i}].timing"), m))?;
@@ -259,8 +285,9 @@ pub(crate) async fn insert_step(
 ) -> Result<Uuid, ApiError> {
     let id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO sequence_steps (id, sequence_id, position, timing, subject, body, end_date)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO sequence_steps (id, sequence_id, position, timing, subject, body, end_date,
+                                     html, thread)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(id)
     .bind(sequence)
@@ -269,6 +296,8 @@ pub(crate) async fn insert_step(
     .bind(&step.subject)
     .bind(&step.body)
     .bind(step.end_date)
+    .bind(&step.html)
+    .bind(step.thread)
     .execute(conn)
     .await?;
     Ok(id)
@@ -349,7 +378,8 @@ pub(crate) async fn load(
     ids: &[Uuid],
 ) -> Result<Vec<Sequence>, ApiError> {
     let rows = sqlx::query(
-        "SELECT id, name, status, timezone, sender_from, version, send_window, end_date,
+        "SELECT id, name, status, timezone, sender_from, sender_reply_to, version, send_window,
+                end_date,
                 max_sends_per_minute, created_at, updated_at
          FROM sequences WHERE workspace_id = $1 AND id = ANY($2)",
     )
@@ -358,7 +388,8 @@ pub(crate) async fn load(
     .fetch_all(&mut *conn)
     .await?;
     let steps = sqlx::query(
-        "SELECT id, sequence_id, position, subject, body, timing, end_date FROM sequence_steps
+        "SELECT id, sequence_id, position, subject, body, html, thread, timing, end_date
+         FROM sequence_steps
          WHERE sequence_id = ANY($1) AND deleted_at IS NULL ORDER BY position",
     )
     .bind(ids)
@@ -389,6 +420,8 @@ pub(crate) async fn load(
                 position: s.get("position"),
                 subject: s.get("subject"),
                 body: s.get("body"),
+                html: s.get("html"),
+                thread: s.get("thread"),
                 timing,
                 end_date: s.get::<Option<DateTime<Utc>>, _>("end_date"),
             });
@@ -421,6 +454,7 @@ pub(crate) async fn load(
             timezone: row.get("timezone"),
             sender: SenderIdentity {
                 from: row.get("sender_from"),
+                reply_to: row.get("sender_reply_to"),
             },
             version: row.get("version"),
             steps: seq_steps,

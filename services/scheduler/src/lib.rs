@@ -30,13 +30,9 @@ use lapin::{
 use pulse_shared::{
     Settings,
     db::{self, StoreError},
-    domain::{
-        limits,
-        template::{self, LeadFields},
-    },
     health::{Health, supervise},
     ledger,
-    messaging::{self, MessagingError, SendMessage},
+    messaging::{self, MessagingError},
     metrics::Metrics,
     schedule,
     state::EnrollmentStatus,
@@ -47,6 +43,9 @@ use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
+
+mod render;
+use render::Rendered;
 
 /// How often the depth of the send queue and its dead-letter queue is read.
 const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(5);
@@ -293,11 +292,16 @@ pub async fn lock_due(conn: &mut sqlx::PgConnection, batch: i64) -> Result<Due, 
     }
     let rows = sqlx::query(
         "SELECT sr.id, sr.enrollment_id, sr.step_id, sr.generation, sr.sequence_id,
-                sr.workspace_id, sr.position, st.subject, st.body, s.sender_from, s.version,
+                sr.workspace_id, sr.position, st.subject, st.body, st.html, st.thread,
+                s.sender_from, s.sender_reply_to, s.version,
                 s.max_sends_per_minute, s.timezone, s.send_window, s.end_date,
                 st.end_date AS step_end, st.deleted_at IS NOT NULL AS step_deleted,
                 e.lead_id, l.email, l.first_name, l.last_name, l.timezone AS lead_tz,
-                l.attributes, e.status AS enrollment_status, sr.trace_parent
+                l.attributes, e.status AS enrollment_status, sr.trace_parent,
+                CASE WHEN st.thread AND btrim(st.subject) = '' THEN
+                    (SELECT f.subject FROM sequence_steps f
+                     WHERE f.sequence_id = sr.sequence_id AND f.deleted_at IS NULL
+                     ORDER BY f.position LIMIT 1) END AS first_subject
          FROM step_runs sr
          JOIN sequences s ON s.id = sr.sequence_id
          JOIN enrollments e ON e.id = sr.enrollment_id
@@ -339,20 +343,6 @@ pub struct Due {
     pub rows: Vec<sqlx::postgres::PgRow>,
     /// Stray runs of ended enrollments, cancelled.
     pub ended: usize,
-}
-
-/// A claimed step run, rendered.
-struct Rendered {
-    id: Uuid,
-    message: SendMessage,
-    subject: String,
-    body: String,
-    from_addr: String,
-    to_addr: String,
-    message_id: String,
-    version: i32,
-    /// The W3C context of the request that created the run, continued by its publish.
-    trace_parent: Option<String>,
 }
 
 /// Claims up to `batch` due step runs, marks them QUEUED by `owner` with their rendered content
@@ -421,6 +411,7 @@ async fn claim(
         return Ok(Vec::new());
     }
 
+    let threads = render::threads(&mut tx, &rows).await?;
     let mut rendered = Vec::with_capacity(rows.len());
     let mut broken: Vec<(Uuid, String)> = Vec::new();
     let mut expired: Vec<(Uuid, Uuid, String)> = Vec::new();
@@ -437,7 +428,7 @@ async fn claim(
         // next opening; one that can no longer go out before an end date is skipped.
         match queue_time(row, now) {
             Ok(schedule::Planned::At(at)) if at > now => later.push((row.get("id"), at)),
-            Ok(schedule::Planned::At(_)) => match render(row) {
+            Ok(schedule::Planned::At(_)) => match render::render(row, &threads) {
                 Ok(r) => rendered.push(r),
                 Err(reason) => broken.push((row.get("id"), reason)),
             },
@@ -449,23 +440,30 @@ async fn claim(
     }
 
     let col = |f: fn(&Rendered) -> String| rendered.iter().map(f).collect::<Vec<_>>();
+    let opt = |f: fn(&Rendered) -> Option<String>| rendered.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
         "UPDATE step_runs sr SET state = 'QUEUED', queued_at = now(), queued_by = $8,
              updated_at = now(), subject = u.subject, body = u.body, from_addr = u.from_addr, to_addr = u.to_addr,
-             message_id = u.message_id, sequence_version = u.version
+             message_id = u.message_id, sequence_version = u.version, html = u.html,
+             reply_to = u.reply_to, in_reply_to = u.in_reply_to, thread_refs = u.refs
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::int[])
-              AS u(id, subject, body, from_addr, to_addr, message_id, version)
+                     $7::int[], $9::text[], $10::text[], $11::text[], $12::text[])
+              AS u(id, subject, body, from_addr, to_addr, message_id, version, html, reply_to,
+                   in_reply_to, refs)
          WHERE sr.id = u.id",
     )
     .bind(rendered.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(col(|r| r.subject.clone()))
-    .bind(col(|r| r.body.clone()))
+    .bind(col(|r| r.content.subject.clone()))
+    .bind(col(|r| r.content.text.clone()))
     .bind(col(|r| r.from_addr.clone()))
     .bind(col(|r| r.to_addr.clone()))
     .bind(col(|r| r.message_id.clone()))
     .bind(rendered.iter().map(|r| r.version).collect::<Vec<_>>())
     .bind(owner)
+    .bind(opt(|r| r.content.html.clone()))
+    .bind(opt(|r| r.reply_to.clone()))
+    .bind(opt(|r| r.content.in_reply_to.clone()))
+    .bind(opt(|r| r.content.references.clone()))
     .execute(&mut *tx)
     .await?;
     for (run, enrollment, reason) in &expired {
@@ -552,63 +550,6 @@ async fn publish(
         return Err(MessagingError::NotConfirmed.into());
     }
     Ok(())
-}
-
-fn render(row: &sqlx::postgres::PgRow) -> Result<Rendered, String> {
-    let attributes: serde_json::Value = row.get("attributes");
-    let email: String = row.get("email");
-    let first_name: Option<String> = row.get("first_name");
-    let last_name: Option<String> = row.get("last_name");
-    let timezone: Option<String> = row.get("lead_tz");
-    let lead = LeadFields {
-        email: &email,
-        first_name: first_name.as_deref(),
-        last_name: last_name.as_deref(),
-        timezone: timezone.as_deref(),
-        attributes: Some(&attributes),
-    };
-    let subject = template::render(row.get("subject"), &lead)?;
-    let body = template::render(row.get("body"), &lead)?;
-    if subject.len() > limits::SUBJECT_BYTES {
-        return Err(format!(
-            "the rendered subject is {} bytes; the limit is {} (one header line)",
-            subject.len(),
-            limits::SUBJECT_BYTES
-        ));
-    }
-    if body.len() > limits::BODY_BYTES {
-        return Err(format!(
-            "the rendered body is {} bytes; the limit is {}",
-            body.len(),
-            limits::BODY_BYTES
-        ));
-    }
-    let from_addr: String = row.get("sender_from");
-    let sender = pulse_shared::domain::validate::mailbox(&from_addr)?;
-    let enrollment: Uuid = row.get("enrollment_id");
-    let step: Uuid = row.get("step_id");
-    let generation: i32 = row.get("generation");
-    let key = ledger::idempotency_key(enrollment, step, generation);
-    let message_id = ledger::message_id(&key, sender.email.domain());
-    let id: Uuid = row.get("id");
-    Ok(Rendered {
-        id,
-        message: SendMessage {
-            key,
-            step_run_id: id,
-            enrollment_id: enrollment,
-            sequence_id: row.get("sequence_id"),
-            workspace_id: row.get("workspace_id"),
-            max_per_minute: row.get("max_sends_per_minute"),
-        },
-        subject,
-        body,
-        from_addr,
-        to_addr: email,
-        message_id,
-        version: row.get("version"),
-        trace_parent: row.get("trace_parent"),
-    })
 }
 
 /// When a due run may be queued, by `schedule::plan` from `now`: now, the send window's next

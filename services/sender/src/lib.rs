@@ -628,6 +628,10 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         to: snap.to_addr,
         subject: snap.subject,
         body: snap.body,
+        html: snap.html,
+        reply_to: snap.reply_to,
+        in_reply_to: snap.in_reply_to,
+        references: snap.references,
         message_id: snap.message_id,
         idempotency: ctx
             .settings

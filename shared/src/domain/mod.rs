@@ -1,5 +1,7 @@
-//! Domain rules that need no I/O: timing, templates, input validation.
+//! Domain rules that need no I/O: timing, templates, what a rendered message says, input
+//! validation.
 
+pub mod content;
 pub mod limits;
 pub mod template;
 pub mod timing;

@@ -31,17 +31,45 @@ pub fn validate(template: &str) -> Result<(), String> {
 
 /// Renders a template for a lead. A field with no value renders as its default, or empty.
 pub fn render(template: &str, lead: &LeadFields<'_>) -> Result<String, String> {
+    render_with(template, lead, |out, v| out.push_str(v))
+}
+
+/// Renders an HTML template for a lead: lead values are HTML-escaped (a lead's `<b>` or `"`
+/// shows as text and cannot open a tag or leave an attribute); the template's own text and its
+/// defaults, written by the sequence's author, are kept as they are.
+pub fn render_html(template: &str, lead: &LeadFields<'_>) -> Result<String, String> {
+    render_with(template, lead, escape_html)
+}
+
+fn render_with(
+    template: &str,
+    lead: &LeadFields<'_>,
+    push_value: fn(&mut String, &str),
+) -> Result<String, String> {
     let mut out = String::with_capacity(template.len() + 32);
     for piece in parse(template)? {
         match piece {
             Piece::Text(t) => out.push_str(t),
             Piece::Var { path, default } => match lookup(&path, lead) {
-                Some(v) if !v.is_empty() => out.push_str(&v),
+                Some(v) if !v.is_empty() => push_value(&mut out, &v),
                 _ => out.push_str(default.as_deref().unwrap_or("")),
             },
         }
     }
     Ok(out)
+}
+
+fn escape_html(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
 }
 
 fn lookup(path: &[&str], lead: &LeadFields<'_>) -> Option<String> {
@@ -124,6 +152,28 @@ mod tests {
             json!({"company": "Analytical", "seats": 3, "gone": null}),
             "ada@example.com",
         )
+    }
+
+    #[test]
+    fn html_rendering_escapes_lead_values_and_keeps_the_authors_markup() {
+        let attrs = json!({"company": "<script>x</script> & \"Co\""});
+        let lead = LeadFields {
+            email: "a@example.com",
+            first_name: Some("O'Brien"),
+            attributes: Some(&attrs),
+            ..Default::default()
+        };
+        let html = render_html(
+            "<p title=\"{{ lead.first_name }}\">Hi <b>{{ lead.last_name | default: \"<i>there</i>\" }}</b> at {{ lead.attributes.company }}</p>",
+            &lead,
+        )
+        .unwrap();
+        assert_eq!(
+            html,
+            "<p title=\"O&#39;Brien\">Hi <b><i>there</i></b> at &lt;script&gt;x&lt;/script&gt; &amp; &quot;Co&quot;</p>"
+        );
+        // The text part is not escaped.
+        assert_eq!(render("{{ lead.first_name }}", &lead).unwrap(), "O'Brien");
     }
 
     #[test]

@@ -17,6 +17,11 @@ use crate::{
 pub struct Snapshot {
     pub subject: String,
     pub body: String,
+    pub html: Option<String>,
+    pub reply_to: Option<String>,
+    /// For a threaded step: the Message-ID it answers, and every earlier one (space-separated).
+    pub in_reply_to: Option<String>,
+    pub references: Option<String>,
     pub from_addr: String,
     pub to_addr: String,
     pub message_id: String,
@@ -66,7 +71,8 @@ pub async fn snapshot_many(
     step_runs: &[Uuid],
 ) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
     let rows = sqlx::query(
-        "SELECT sr.id, sr.subject, sr.body, sr.from_addr, sr.to_addr, sr.message_id, sr.sequence_id,
+        "SELECT sr.id, sr.subject, sr.body, sr.html, sr.reply_to, sr.in_reply_to, sr.thread_refs,
+                sr.from_addr, sr.to_addr, sr.message_id, sr.sequence_id,
                 e.status AS enrollment_status, s.status AS sequence_status,
                 (l.unsubscribed_at IS NOT NULL OR l.bounced_at IS NOT NULL) AS suppressed,
                 s.version AS sequence_version, s.timezone, s.send_window, s.end_date,
@@ -123,6 +129,10 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
     Ok(Snapshot {
         subject: text("subject")?,
         body: text("body")?,
+        html: row.try_get("html")?,
+        reply_to: row.try_get("reply_to")?,
+        in_reply_to: row.try_get("in_reply_to")?,
+        references: row.try_get("thread_refs")?,
         from_addr: text("from_addr")?,
         to_addr: text("to_addr")?,
         message_id: text("message_id")?,

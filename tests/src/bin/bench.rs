@@ -890,7 +890,7 @@ async fn smtp_reference(smtp: &SmtpServer, n: usize) -> anyhow::Result<f64> {
                     subject: "reference".into(),
                     body: "reference".into(),
                     message_id: format!("<ref.{i}@example.com>"),
-                    idempotency: None,
+                    ..Default::default()
                 };
                 pool.send(&mail)
                     .await

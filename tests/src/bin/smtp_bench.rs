@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
                 subject: "bench".into(),
                 body: "hello".into(),
                 message_id: format!("<bench.{i}@example.com>"),
-                idempotency: None,
+                ..Default::default()
             };
             pulse
                 .send(&mail)

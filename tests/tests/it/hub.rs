@@ -418,12 +418,16 @@ async fn every_page_renders_and_every_action_works_from_its_form() -> anyhow::Re
         r#"{"type":"delay","delay":"P1D"}"#,
     ];
     let orders = ["1", "2"];
+    let htmls = ["", "<p>Hello <b>there</b></p>"];
+    let threads = ["no", "yes"];
     for (i, id) in step_ids.iter().enumerate() {
         fields.extend([
             ("step_id", id.as_str()),
             ("step_order", orders[i]),
             ("step_subject", "Subject"),
             ("step_body", "Body"),
+            ("step_html", htmls[i]),
+            ("step_thread", threads[i]),
             ("step_timing", timings[i]),
             ("step_end", ""),
         ]);
@@ -439,6 +443,9 @@ async fn every_page_renders_and_every_action_works_from_its_form() -> anyhow::Re
     let (_, after) = env.get(&format!("/v1/sequences/{sid}")).await?;
     assert_eq!(after["name"], "Onboarding v2");
     assert_eq!(after["steps"].as_array().map(Vec::len), Some(2));
+    assert_eq!(after["steps"][1]["html"], "<p>Hello <b>there</b></p>");
+    assert_eq!(after["steps"][1]["thread"], true);
+    assert_eq!(after["steps"][0]["html"], Value::Null);
     let mut broken = fields.clone();
     for f in broken.iter_mut() {
         if f.0 == "step_timing" {

@@ -8,6 +8,7 @@ mod hub;
 mod identity;
 mod ingest;
 mod ledger;
+mod message;
 mod model;
 mod observability;
 mod recovery;

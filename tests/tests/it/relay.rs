@@ -132,7 +132,7 @@ fn mail(to: &str) -> Outgoing {
         subject: "Over TLS".into(),
         body: "Hello over TLS".into(),
         message_id: format!("<{}@example.com>", Uuid::new_v4()),
-        idempotency: None,
+        ..Default::default()
     }
 }
 

@@ -395,8 +395,14 @@ pub async fn sequence(
                 tbody { @for step in &s.steps { tr {
                     td.num { (step.position) }
                     td { (timing_text(&step.timing)) }
-                    td { (step.subject) }
-                    td { pre.body { (step.body) } }
+                    td {
+                        @if step.thread { span.muted { "reply in thread: " } }
+                        @if step.subject.is_empty() { "Re: (the first subject)" } @else { (step.subject) }
+                    }
+                    td {
+                        pre.body { (step.body) }
+                        @if let Some(h) = &step.html { details { summary { "HTML part" } pre.body { (h) } } }
+                    }
                     td { (when_opt(&step.end_date)) }
                 } } }
             }
@@ -567,6 +573,8 @@ pub async fn edit_form(
             input #name name="name" value=(s.name) required maxlength="200";
             label for="sender" { "Sender (Name <address>)" }
             input #sender name="sender" value=(s.sender.from) required;
+            label for="reply_to" { "Reply-To (empty: replies go to the sender)" }
+            input #reply_to name="reply_to" value=(s.sender.reply_to.clone().unwrap_or_default());
             label for="timezone" { "Time zone (IANA)" }
             input #timezone name="timezone" value=(s.timezone);
             label for="max_sends_per_minute" { "Most sends per minute (empty: no limit)" }
@@ -584,7 +592,9 @@ pub async fn edit_form(
                         h3 { "Step " (step.position) }
                         label { "Position" input name="step_order" inputmode="numeric" value=(step.position); }
                         label { "Subject" input name="step_subject" value=(step.subject); }
-                        label { "Body" textarea name="step_body" rows="4" { (step.body) } }
+                        label { "Body (text)" textarea name="step_body" rows="4" { (step.body) } }
+                        label { "HTML (empty: text only)" textarea name="step_html" rows="3" { (step.html.clone().unwrap_or_default()) } }
+                        (thread_select(step.thread))
                         label { "Timing (JSON)" input name="step_timing" value=(timing_json(&step.timing)); }
                         label { "End date (RFC 3339, empty: none)" input name="step_end" value=(step.end_date.map(|d| d.to_rfc3339()).unwrap_or_default()); }
                         label.check { input type="checkbox" name="step_delete" value=(step.id); " Delete this step" }
@@ -592,10 +602,12 @@ pub async fn edit_form(
                 }
                 div.step.new {
                     input type="hidden" name="step_id" value="";
-                    h3 { "Add a step (leave the subject empty to add none)" }
+                    h3 { "Add a step (leave subject, body and HTML empty to add none)" }
                     label { "Position" input name="step_order" inputmode="numeric" value=(s.steps.len() + 1); }
                     label { "Subject" input name="step_subject" value=""; }
-                    label { "Body" textarea name="step_body" rows="4" {} }
+                    label { "Body (text)" textarea name="step_body" rows="4" {} }
+                    label { "HTML (empty: text only)" textarea name="step_html" rows="3" {} }
+                    (thread_select(false))
                     label { "Timing (JSON)" input name="step_timing" value=r#"{"type":"delay","delay":"P2D"}"#; }
                     label { "End date (RFC 3339, empty: none)" input name="step_end" value=""; }
                 }
@@ -612,6 +624,19 @@ pub async fn edit_form(
     ))
 }
 
+/// Whether a step is sent as a reply in the lead's thread (a select, so every step row sends a
+/// value and the rows stay aligned).
+fn thread_select(threaded: bool) -> Markup {
+    html! {
+        label { "Send as"
+            select name="step_thread" {
+                option value="no" selected[!threaded] { "a new message" }
+                option value="yes" selected[threaded] { "a reply in the lead's thread (Re:)" }
+            }
+        }
+    }
+}
+
 /// The edit form as the API's `PATCH /v1/sequences/{id}` body.
 fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
     let bad = |field: &str, e: String| HubError::BadForm(format!("{field}: {e}"));
@@ -619,6 +644,8 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
     let orders = form.all("step_order");
     let subjects = form.all("step_subject");
     let bodies = form.all("step_body");
+    let htmls = form.all("step_html");
+    let threads = form.all("step_thread");
     let timings = form.all("step_timing");
     let ends = form.all("step_end");
     let deleted = form.all("step_delete");
@@ -626,6 +653,8 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
         orders.len(),
         subjects.len(),
         bodies.len(),
+        htmls.len(),
+        threads.len(),
         timings.len(),
         ends.len(),
     ]
@@ -639,7 +668,9 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
     let mut steps = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let subject = subjects[i].trim();
-        if (id.is_empty() && subject.is_empty()) || deleted.contains(id) {
+        let html = htmls[i].trim();
+        let blank = subject.is_empty() && bodies[i].trim().is_empty() && html.is_empty();
+        if (id.is_empty() && blank) || deleted.contains(id) {
             continue;
         }
         let order: f64 = orders[i]
@@ -668,6 +699,8 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
                 id,
                 subject: subject.to_owned(),
                 body: bodies[i].to_owned(),
+                html: (!html.is_empty()).then(|| htmls[i].to_owned()),
+                thread: threads[i] == "yes",
                 timing,
                 end_date,
             },
@@ -682,7 +715,10 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
     Ok(EditSequence {
         name: opt("name").map(str::to_owned),
         timezone: opt("timezone").map(str::to_owned),
-        sender: opt("sender").map(|f| pulse_shared::model::SenderIdentity { from: f.to_owned() }),
+        sender: opt("sender").map(|f| pulse_shared::model::SenderIdentity {
+            from: f.to_owned(),
+            reply_to: opt("reply_to").map(str::to_owned),
+        }),
         steps: Some(steps.into_iter().map(|(_, _, s)| s).collect()),
         triggers: Some(triggers),
         send_window: Some(match opt("send_window") {
@@ -1246,15 +1282,21 @@ mod tests {
     fn the_edit_form_becomes_the_api_request_in_position_order() {
         let id = Uuid::new_v4();
         let body = format!(
-            "name=N&sender=a%40b.co&step_id={id}&step_order=2&step_subject=S1&step_body=B1&step_timing=%7B%22type%22%3A%22immediately%22%7D&step_end=2030-01-01T00%3A00%3A00Z\
-             &step_id=&step_order=1&step_subject=New&step_body=B&step_timing=%7B%22type%22%3A%22delay%22%2C%22delay%22%3A%22P1D%22%7D&step_end=\
+            "name=N&sender=a%40b.co&step_id={id}&step_order=2&step_subject=S1&step_body=B1&step_html=%3Cp%3EHi%3C%2Fp%3E&step_thread=no&step_timing=%7B%22type%22%3A%22immediately%22%7D&step_end=2030-01-01T00%3A00%3A00Z\
+             &step_id=&step_order=1&step_subject=&step_body=B&step_html=&step_thread=yes&step_timing=%7B%22type%22%3A%22delay%22%2C%22delay%22%3A%22P1D%22%7D&step_end=\
              &triggers=&max_sends_per_minute=&end_date=&send_window="
         );
         let req = edit_request(&FormData::parse(body.as_bytes())).unwrap();
         let steps = req.steps.unwrap();
         assert_eq!(steps.len(), 2);
-        assert_eq!(steps[0].subject, "New");
+        assert_eq!(
+            steps[0].subject, "",
+            "a threaded step may leave its subject empty"
+        );
+        assert!(steps[0].thread && steps[0].html.is_none());
         assert_eq!(steps[0].id, None);
+        assert!(!steps[1].thread);
+        assert_eq!(steps[1].html.as_deref(), Some("<p>Hi</p>"));
         assert_eq!(steps[1].id, Some(id));
         assert!(
             steps[1].end_date.is_some(),
@@ -1267,7 +1309,7 @@ mod tests {
 
     #[test]
     fn a_bad_timing_names_its_step() {
-        let body = "step_id=&step_order=1&step_subject=S&step_body=B&step_timing=nope&step_end=";
+        let body = "step_id=&step_order=1&step_subject=S&step_body=B&step_html=&step_thread=no&step_timing=nope&step_end=";
         let err = edit_request(&FormData::parse(body.as_bytes())).unwrap_err();
         assert!(err.to_string().contains("step 1 timing"), "{err}");
     }

@@ -25,7 +25,7 @@ pub use tls::TlsSetupError;
 use lettre::{
     Message,
     message::{
-        Mailbox,
+        Mailbox, MultiPart,
         header::{ContentType, HeaderName, HeaderValue},
     },
 };
@@ -35,13 +35,20 @@ use std::{sync::Arc, time::Duration};
 use uuid::Uuid;
 
 /// One email, ready to go.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Outgoing {
     pub workspace: Uuid,
     pub from: String,
     pub to: String,
     pub subject: String,
+    /// The text part.
     pub body: String,
+    /// The HTML part: with it the message is `multipart/alternative`.
+    pub html: Option<String>,
+    pub reply_to: Option<String>,
+    /// The Message-ID this one answers, and every earlier one of its thread (space-separated).
+    pub in_reply_to: Option<String>,
+    pub references: Option<String>,
     pub message_id: String,
     /// A header naming the idempotency key (`PULSE_SMTP_IDEMPOTENCY_HEADER`), and the key.
     pub idempotency: Option<(String, String)>,
@@ -152,16 +159,34 @@ fn build(mail: &Outgoing) -> Result<Message, SendError> {
         .from(from)
         .to(to)
         .subject(mail.subject.clone())
-        .message_id(Some(mail.message_id.clone()))
-        .header(ContentType::TEXT_PLAIN);
+        .message_id(Some(mail.message_id.clone()));
+    if let Some(reply_to) = &mail.reply_to {
+        let reply_to: Mailbox = reply_to
+            .parse()
+            .map_err(|e| SendError::permanent(format!("bad reply-to {reply_to:?}: {e}")))?;
+        builder = builder.reply_to(reply_to);
+    }
+    if let Some(parent) = &mail.in_reply_to {
+        builder = builder.in_reply_to(parent.clone());
+    }
+    if let Some(references) = &mail.references {
+        builder = builder.references(references.clone());
+    }
     if let Some((name, key)) = &mail.idempotency {
         let name = HeaderName::new_from_ascii(name.clone())
             .map_err(|e| SendError::permanent(format!("bad idempotency header {name:?}: {e}")))?;
         builder = builder.raw_header(HeaderValue::new(name, key.clone()));
     }
-    builder
-        .body(mail.body.clone())
-        .map_err(|e| SendError::permanent(format!("cannot build message: {e}")))
+    let built = match &mail.html {
+        Some(html) => builder.multipart(MultiPart::alternative_plain_html(
+            mail.body.clone(),
+            html.clone(),
+        )),
+        None => builder
+            .header(ContentType::TEXT_PLAIN)
+            .body(mail.body.clone()),
+    };
+    built.map_err(|e| SendError::permanent(format!("cannot build message: {e}")))
 }
 
 async fn capture(db: &PgPool, mail: &Outgoing, message: &Message) -> Result<Reply, SendError> {
