@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Puts aiosmtpd (PyPI) in a virtualenv at target/tools/aiosmtpd, for the tests that send through
-# a relay requiring STARTTLS or implicit TLS and AUTH (tests/tests/it/relay_tls.rs): a server
-# nobody here wrote. Installs python3-venv from Debian when the venv module is missing. Safe to
-# run again.
+# Puts aiosmtpd and dkimpy (PyPI) in a virtualenv at target/tools/aiosmtpd: the relay requiring
+# STARTTLS or implicit TLS and AUTH of tests/tests/it/relay.rs, and the DKIM verifier of
+# tests/tests/it/dkim.rs, code nobody here wrote. The DKIM test makes its key with the openssl
+# command, installed from Debian when missing, as is python3-venv. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 log() { printf '[aiosmtpd] %s\n' "$*"; }
 venv=target/tools/aiosmtpd
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then exit 0; fi
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
   log "need root to run: $*"; return 1; fi; }
+if ! command -v openssl >/dev/null; then
+  log "installing openssl"
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq openssl >/dev/null
+fi
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import aiosmtpd, dkim' 2>/dev/null; then exit 0; fi
 mkdir -p target/tools
 rm -rf "$venv"
 if ! python3 -m venv "$venv" >/dev/null 2>&1; then
@@ -20,5 +25,5 @@ if ! python3 -m venv "$venv" >/dev/null 2>&1; then
   rm -rf "$venv"
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q --disable-pip-version-check 'aiosmtpd>=1.4,<2'
-log "$("$venv/bin/python" -c 'import aiosmtpd; print("aiosmtpd", aiosmtpd.__version__)')"
+"$venv/bin/pip" install -q --disable-pip-version-check 'aiosmtpd>=1.4,<2' 'dkimpy>=1.1,<2'
+log "$("$venv/bin/python" -c 'import aiosmtpd, dkim; print("aiosmtpd", aiosmtpd.__version__, "and dkimpy")')"

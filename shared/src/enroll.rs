@@ -257,9 +257,24 @@ async fn insert_and_start(
     source: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
+    // A mailbox sequence gives the enrollment its mailbox, in turn.
+    let mailboxes: Option<Vec<Uuid>> =
+        sqlx::query_scalar("SELECT sender_mailboxes FROM sequences WHERE id = $1")
+            .bind(target.sequence)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
+    let mailbox = match &mailboxes {
+        Some(list) => crate::mailbox::take_turns(conn, vec![(target.sequence, list, 1)])
+            .await?
+            .remove(&target.sequence)
+            .and_then(|mut picks| picks.pop()),
+        None => None,
+    };
     let inserted = sqlx::query(
-        "INSERT INTO enrollments (id, workspace_id, sequence_id, lead_id, source, generation)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        "INSERT INTO enrollments (id, workspace_id, sequence_id, lead_id, source, generation,
+                                  mailbox_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
     )
     .bind(target.enrollment)
     .bind(target.workspace)
@@ -267,6 +282,7 @@ async fn insert_and_start(
     .bind(target.lead)
     .bind(source)
     .bind(target.generation)
+    .bind(mailbox)
     .execute(&mut *conn)
     .await?
     .rows_affected();

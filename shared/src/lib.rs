@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod identity;
 pub mod ledger;
+pub mod mailbox;
 pub mod messaging;
 pub mod metrics;
 pub mod model;

@@ -68,7 +68,6 @@ pub async fn edit(
 ) -> ApiResult<Json<SequenceChange>> {
     let name = req.name.as_deref().map(check_name).transpose()?;
     let timezone = req.timezone.as_deref().map(check_timezone).transpose()?;
-    let sender = req.sender.as_ref().map(check_sender).transpose()?;
     if let Some(steps) = &req.steps {
         check_steps(steps, true)?;
     }
@@ -82,6 +81,10 @@ pub async fn edit(
 
     let mut tx = state.db.begin().await?;
     let status = lock_status(&mut tx, auth.workspace, id).await?;
+    let sender = match &req.sender {
+        Some(s) => Some(check_sender(&mut tx, auth.workspace, s).await?),
+        None => None,
+    };
     if status == SequenceStatus::Deleted {
         return Err(ApiError::Conflict("the sequence is deleted".into()));
     }
@@ -91,18 +94,19 @@ pub async fn edit(
         "UPDATE sequences SET
              name = COALESCE($2, name),
              timezone = COALESCE($3, timezone),
-             sender_from = COALESCE($4, sender_from),
+             sender_from = CASE WHEN $12 THEN $4 ELSE sender_from END,
+             sender_mailboxes = CASE WHEN $12 THEN $13 ELSE sender_mailboxes END,
              send_window = CASE WHEN $5 THEN $6 ELSE send_window END,
              end_date = CASE WHEN $7 THEN $8 ELSE end_date END,
              max_sends_per_minute = CASE WHEN $9 THEN $10 ELSE max_sends_per_minute END,
-             sender_reply_to = CASE WHEN $4 IS NULL THEN sender_reply_to ELSE $11 END,
+             sender_reply_to = CASE WHEN $12 THEN $11 ELSE sender_reply_to END,
              version = version + 1, updated_at = now()
          WHERE id = $1",
     )
     .bind(id)
     .bind(&name)
     .bind(&timezone)
-    .bind(sender.as_ref().map(|s| &s.0))
+    .bind(sender.as_ref().and_then(|s| s.from.as_ref()))
     .bind(req.send_window.is_some())
     .bind(
         req.send_window
@@ -116,7 +120,9 @@ pub async fn edit(
     .bind(req.end_date.flatten())
     .bind(req.max_sends_per_minute.is_some())
     .bind(req.max_sends_per_minute.flatten())
-    .bind(sender.as_ref().and_then(|s| s.1.as_ref()))
+    .bind(sender.as_ref().and_then(|s| s.reply_to.as_ref()))
+    .bind(sender.is_some())
+    .bind(sender.as_ref().and_then(|s| s.mailboxes.as_ref()))
     .execute(&mut *tx)
     .await?;
 

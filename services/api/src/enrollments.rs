@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::ApiState;
 
 const ENROLLMENT_COLUMNS: &str = "e.id, e.sequence_id, e.lead_id, l.email AS lead_email, e.status,
-    e.end_reason, e.current_step, e.generation,
+    e.end_reason, e.current_step, e.generation, e.mailbox_id,
     (SELECT min(sr.due_at) FROM step_runs sr
       WHERE sr.enrollment_id = e.id AND sr.state IN ('SCHEDULED', 'QUEUED')) AS next_due_at,
     e.created_at, e.ended_at";

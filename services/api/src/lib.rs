@@ -1,7 +1,7 @@
 //! The api role: the control plane over HTTP. Owns the `/v1` routes for sequences (create,
 //! edit, versions), control actions (pause, resume and its preview, delete, cancel, re-enroll,
 //! audit), manual enrollment, the enrollments view, the send history (the ledger), the
-//! workspace's settings, the dev
+//! workspace's settings and sender mailboxes, the dev
 //! outbox and the OpenAPI document, and the Hub's pages (`hub`), which act through those same
 //! handlers. It schedules only through the shared rules and never sends mail.
 
@@ -9,6 +9,7 @@ mod control;
 mod edit;
 mod enrollments;
 pub mod hub;
+mod mailboxes;
 mod outbox;
 mod sends;
 mod sequences;
@@ -84,6 +85,16 @@ pub fn router(state: ApiState) -> Router {
             "/v1/workspace",
             get(workspace::get_one).patch(workspace::patch),
         )
+        .route(
+            "/v1/mailboxes",
+            get(mailboxes::list).post(mailboxes::create),
+        )
+        .route(
+            "/v1/mailboxes/{id}",
+            get(mailboxes::get_one)
+                .patch(mailboxes::edit)
+                .delete(mailboxes::delete),
+        )
         .route("/v1/dev/outbox", get(outbox::list))
         .route("/openapi.json", get(openapi_json))
         .with_state(state)
@@ -99,6 +110,7 @@ pub fn router(state: ApiState) -> Router {
         enrollments::create, enrollments::list, enrollments::get_one,
         sends::search, sends::resolve, sends::resolve_many, sends::for_sequence, sends::for_enrollment,
         workspace::get_one, workspace::patch, outbox::list,
+        mailboxes::create, mailboxes::list, mailboxes::get_one, mailboxes::edit, mailboxes::delete,
     ),
     modifiers(&BearerAuth)
 )]

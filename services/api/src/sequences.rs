@@ -37,27 +37,28 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Sequence>)> {
     let name = check_name(&req.name)?;
     let timezone = check_timezone(req.timezone.as_deref().unwrap_or("UTC"))?;
-    let sender = check_sender(&req.sender)?;
     check_steps(&req.steps, false)?;
     check_triggers(&req.triggers)?;
     check_settings(req.send_window.as_ref(), req.max_sends_per_minute)?;
 
     let id = Uuid::new_v4();
     let mut tx = state.db.begin().await?;
+    let sender = check_sender(&mut tx, auth.workspace, &req.sender).await?;
     sqlx::query(
         "INSERT INTO sequences (id, workspace_id, name, timezone, sender_from, send_window,
-                                end_date, max_sends_per_minute, sender_reply_to)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                end_date, max_sends_per_minute, sender_reply_to, sender_mailboxes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(id)
     .bind(auth.workspace)
     .bind(&name)
     .bind(&timezone)
-    .bind(&sender.0)
+    .bind(&sender.from)
     .bind(req.send_window.as_ref().map(to_json).transpose()?)
     .bind(req.end_date)
     .bind(req.max_sends_per_minute)
-    .bind(&sender.1)
+    .bind(&sender.reply_to)
+    .bind(&sender.mailboxes)
     .execute(&mut *tx)
     .await?;
     for (i, step) in req.steps.iter().enumerate() {
@@ -175,18 +176,48 @@ pub(crate) fn check_timezone(tz: &str) -> Result<String, ApiError> {
         .to_owned())
 }
 
-/// Checks a sender: its `from` and `reply_to`, returned in canonical form.
-pub(crate) fn check_sender(sender: &SenderIdentity) -> Result<(String, Option<String>), ApiError> {
-    let from = validate::mailbox(&sender.from)
-        .map_err(|m| ApiError::invalid("sender.from", m))?
-        .to_string();
+/// A sender as stored: `sender_from` or `sender_mailboxes`, and `sender_reply_to`.
+pub(crate) struct SenderColumns {
+    pub from: Option<String>,
+    pub mailboxes: Option<Vec<Uuid>>,
+    pub reply_to: Option<String>,
+}
+
+/// Checks a sender (`from` or `mailbox_ids`, and `reply_to`) and returns it as stored. The
+/// mailboxes are checked, and locked until `conn`'s transaction ends, in `conn`.
+pub(crate) async fn check_sender(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    sender: &SenderIdentity,
+) -> Result<SenderColumns, ApiError> {
     let reply_to = sender
         .reply_to
         .as_deref()
         .map(|r| validate::mailbox(r).map_err(|m| ApiError::invalid("sender.reply_to", m)))
         .transpose()?
         .map(|m| m.to_string());
-    Ok((from, reply_to))
+    match (&sender.from, &sender.mailbox_ids) {
+        (Some(from), None) => Ok(SenderColumns {
+            from: Some(
+                validate::mailbox(from)
+                    .map_err(|m| ApiError::invalid("sender.from", m))?
+                    .to_string(),
+            ),
+            mailboxes: None,
+            reply_to,
+        }),
+        (None, Some(ids)) => Ok(SenderColumns {
+            from: None,
+            mailboxes: Some(
+                crate::mailboxes::check_sequence_mailboxes(conn, workspace, ids).await?,
+            ),
+            reply_to,
+        }),
+        _ => Err(ApiError::invalid(
+            "sender",
+            "give either \"from\" (an address) or \"mailbox_ids\" (mailboxes of /v1/mailboxes)",
+        )),
+    }
 }
 
 /// Checks a step list; `editing` allows step ids (kept steps).
@@ -378,7 +409,8 @@ pub(crate) async fn load(
     ids: &[Uuid],
 ) -> Result<Vec<Sequence>, ApiError> {
     let rows = sqlx::query(
-        "SELECT id, name, status, timezone, sender_from, sender_reply_to, version, send_window,
+        "SELECT id, name, status, timezone, sender_from, sender_reply_to, sender_mailboxes,
+                version, send_window,
                 end_date,
                 max_sends_per_minute, created_at, updated_at
          FROM sequences WHERE workspace_id = $1 AND id = ANY($2)",
@@ -454,6 +486,7 @@ pub(crate) async fn load(
             timezone: row.get("timezone"),
             sender: SenderIdentity {
                 from: row.get("sender_from"),
+                mailbox_ids: row.get("sender_mailboxes"),
                 reply_to: row.get("sender_reply_to"),
             },
             version: row.get("version"),

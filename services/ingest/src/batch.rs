@@ -486,6 +486,8 @@ struct Sequence {
     rules: Rules,
     /// The first live step: id, position, timing, end date.
     first: Option<schedule::StepSpec>,
+    /// The mailboxes it sends from, one per lead in turn (`None`: its `from` address).
+    mailboxes: Option<Vec<Uuid>>,
 }
 
 impl Sequence {
@@ -549,7 +551,7 @@ async fn matching_sequences(
         return Ok(Vec::new());
     }
     let rows = sqlx::query(
-        "SELECT s.id, s.status, s.timezone, s.send_window, s.end_date,
+        "SELECT s.id, s.status, s.timezone, s.send_window, s.end_date, s.sender_mailboxes,
                 ARRAY(SELECT t.tag FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'tag_applied') AS tags,
                 ARRAY(SELECT t.list FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'list_added') AS lists,
                 ARRAY(SELECT t.min_score FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'lead_score' ORDER BY t.position) AS min_scores,
@@ -592,6 +594,7 @@ async fn matching_sequences(
                 },
                 rules: schedule::rules_from_row(r)?,
                 first,
+                mailboxes: r.try_get("sender_mailboxes")?,
             })
         })
         .collect()
@@ -634,6 +637,7 @@ async fn enroll_pairs(
         position: i32,
         due: chrono::DateTime<Utc>,
         expired: Option<String>,
+        mailbox: Option<Uuid>,
     }
     let mut new = Vec::new();
     for &(sequence, lead) in pairs {
@@ -659,10 +663,27 @@ async fn enroll_pairs(
             position: first.position,
             due,
             expired,
+            mailbox: None,
         });
     }
     if new.is_empty() {
         return Ok(out);
+    }
+    // Each new enrollment of a mailbox sequence is given its mailbox, in turn.
+    let mut wanted: HashMap<Uuid, (&[Uuid], usize)> = HashMap::new();
+    for n in &new {
+        if let Some(list) = by_seq.get(&n.sequence).and_then(|s| s.mailboxes.as_deref()) {
+            wanted.entry(n.sequence).or_insert((list, 0)).1 += 1;
+        }
+    }
+    if !wanted.is_empty() {
+        let wanted = wanted.into_iter().map(|(s, (l, n))| (s, l, n)).collect();
+        let mut turns = pulse_shared::mailbox::take_turns(conn, wanted).await?;
+        for n in new.iter_mut() {
+            if let Some(picks) = turns.get_mut(&n.sequence) {
+                n.mailbox = picks.pop();
+            }
+        }
     }
     let col = |f: fn(&New) -> Uuid| new.iter().map(f).collect::<Vec<_>>();
     let inserted: HashSet<Uuid> = sqlx::query_scalar(
@@ -670,14 +691,14 @@ async fn enroll_pairs(
         // key both make a concurrent enrollment's insert do nothing here.
         "WITH u AS (
              SELECT * FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::uuid[],
-                                  $7::int4[], $8::timestamptz[], $9::text[])
-                 AS u(enrollment, sequence, lead, run, step, position, due, expired)),
+                                  $7::int4[], $8::timestamptz[], $9::text[], $11::uuid[])
+                 AS u(enrollment, sequence, lead, run, step, position, due, expired, mailbox)),
          ins AS (
              INSERT INTO enrollments (id, workspace_id, sequence_id, lead_id, source, generation,
-                                      current_step, status, end_reason, ended_at)
+                                      current_step, status, end_reason, ended_at, mailbox_id)
              SELECT u.enrollment, $1, u.sequence, u.lead, 'trigger', 1, u.position,
                     CASE WHEN u.expired IS NULL THEN 'ACTIVE' ELSE 'COMPLETED' END, u.expired,
-                    CASE WHEN u.expired IS NULL THEN NULL ELSE now() END
+                    CASE WHEN u.expired IS NULL THEN NULL ELSE now() END, u.mailbox
              FROM u ORDER BY u.sequence, u.lead
              ON CONFLICT DO NOTHING
              RETURNING id),
@@ -702,6 +723,7 @@ async fn enroll_pairs(
     .bind(pulse_shared::telemetry::traceparent(
         &tracing::Span::current(),
     ))
+    .bind(new.iter().map(|n| n.mailbox).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?
     .into_iter()

@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pulse::{
     Role,
-    cli::{self, Client, Enrollments, ReenrollArgs, Request, ResolveArgs, SendsFilter, Sequences},
+    cli::{
+        self, Client, Enrollments, Mailboxes, ReenrollArgs, Request, ResolveArgs, SendsFilter,
+        Sequences,
+    },
 };
 use pulse_shared::{Settings, db, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +41,13 @@ enum Command {
         client: Client,
         #[command(subcommand)]
         action: Sequences,
+    },
+    /// List, add or delete sender mailboxes.
+    Mailboxes {
+        #[command(flatten)]
+        client: Client,
+        #[command(subcommand)]
+        action: Mailboxes,
     },
     /// List enrollments or cancel one.
     Enrollments {
@@ -110,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Sequences { client, action } => (client, Request::Sequences(action)),
+        Command::Mailboxes { client, action } => (client, Request::Mailboxes(action)),
         Command::Enrollments { client, action } => (client, Request::Enrollments(action)),
         Command::ReEnroll { client, args } => (client, Request::Reenroll(args)),
         Command::Sends { client, filter } => (client, Request::Sends(filter)),

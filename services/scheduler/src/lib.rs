@@ -301,12 +301,18 @@ pub async fn lock_due(conn: &mut sqlx::PgConnection, batch: i64) -> Result<Due, 
                 CASE WHEN st.thread AND btrim(st.subject) = '' THEN
                     (SELECT f.subject FROM sequence_steps f
                      WHERE f.sequence_id = sr.sequence_id AND f.deleted_at IS NULL
-                     ORDER BY f.position LIMIT 1) END AS first_subject
+                     ORDER BY f.position LIMIT 1) END AS first_subject,
+                m.id AS mailbox_id, m.address AS mailbox_address,
+                m.display_name AS mailbox_name, m.reply_to AS mailbox_reply_to
          FROM step_runs sr
          JOIN sequences s ON s.id = sr.sequence_id
          JOIN enrollments e ON e.id = sr.enrollment_id
          JOIN sequence_steps st ON st.id = sr.step_id
          JOIN leads l ON l.id = e.lead_id
+         -- The enrollment's mailbox while it is live; else one of the sequence's, by enrollment.
+         LEFT JOIN mailboxes m ON m.deleted_at IS NULL AND m.id = COALESCE(
+             (SELECT em.id FROM mailboxes em WHERE em.id = e.mailbox_id AND em.deleted_at IS NULL),
+             s.sender_mailboxes[1 + abs(hashtext(e.id::text)) % cardinality(s.sender_mailboxes)])
          WHERE sr.id = ANY($1) AND s.status = 'ACTIVE'
          ORDER BY sr.due_at",
     )
@@ -445,11 +451,12 @@ async fn claim(
         "UPDATE step_runs sr SET state = 'QUEUED', queued_at = now(), queued_by = $8,
              updated_at = now(), subject = u.subject, body = u.body, from_addr = u.from_addr, to_addr = u.to_addr,
              message_id = u.message_id, sequence_version = u.version, html = u.html,
-             reply_to = u.reply_to, in_reply_to = u.in_reply_to, thread_refs = u.refs
+             reply_to = u.reply_to, in_reply_to = u.in_reply_to, thread_refs = u.refs,
+             mailbox_id = u.mailbox
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::int[], $9::text[], $10::text[], $11::text[], $12::text[])
+                     $7::int[], $9::text[], $10::text[], $11::text[], $12::text[], $13::uuid[])
               AS u(id, subject, body, from_addr, to_addr, message_id, version, html, reply_to,
-                   in_reply_to, refs)
+                   in_reply_to, refs, mailbox)
          WHERE sr.id = u.id",
     )
     .bind(rendered.iter().map(|r| r.id).collect::<Vec<_>>())
@@ -464,6 +471,7 @@ async fn claim(
     .bind(opt(|r| r.reply_to.clone()))
     .bind(opt(|r| r.content.in_reply_to.clone()))
     .bind(opt(|r| r.content.references.clone()))
+    .bind(rendered.iter().map(|r| r.mailbox).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     for (run, enrollment, reason) in &expired {

@@ -24,6 +24,8 @@ pub(crate) struct Rendered {
     pub content: content::Content,
     pub from_addr: String,
     pub reply_to: Option<String>,
+    /// The mailbox it goes out from, when the sequence sends from mailboxes.
+    pub mailbox: Option<Uuid>,
     pub to_addr: String,
     pub message_id: String,
     pub version: i32,
@@ -102,11 +104,11 @@ pub(crate) fn render(
         threads.get(&(enrollment, generation)),
         first_subject.as_deref(),
     )?;
-    let from_addr: String = row.try_get("sender_from").map_err(get)?;
-    let sender = validate::mailbox(&from_addr)?;
+    let sender = sender(row)?;
+    let from_addr = sender.from.to_string();
     let step_id: Uuid = row.try_get("step_id").map_err(get)?;
     let key = ledger::idempotency_key(enrollment, step_id, generation);
-    let message_id = ledger::message_id(&key, sender.email.domain());
+    let message_id = ledger::message_id(&key, sender.from.email.domain());
     let id: Uuid = row.try_get("id").map_err(get)?;
     Ok(Rendered {
         id,
@@ -120,10 +122,45 @@ pub(crate) fn render(
         },
         content,
         from_addr,
-        reply_to: row.try_get("sender_reply_to").map_err(get)?,
+        reply_to: sender.reply_to,
+        mailbox: sender.mailbox,
         to_addr: email,
         message_id,
         version: row.try_get("version").map_err(get)?,
         trace_parent: row.try_get("trace_parent").map_err(get)?,
+    })
+}
+
+/// Who a run goes out from.
+struct Sender {
+    from: lettre::message::Mailbox,
+    reply_to: Option<String>,
+    mailbox: Option<Uuid>,
+}
+
+/// The run's mailbox (the enrollment's, or the sequence's pick; see `lock_due`), else the
+/// sequence's `from`. A mailbox's own Reply-To wins over the sequence's.
+fn sender(row: &PgRow) -> Result<Sender, String> {
+    let get = |e: sqlx::Error| format!("reading the claimed run's sender: {e}");
+    let sequence_reply_to: Option<String> = row.try_get("sender_reply_to").map_err(get)?;
+    if let Some(id) = row.try_get::<Option<Uuid>, _>("mailbox_id").map_err(get)? {
+        let address: String = row.try_get("mailbox_address").map_err(get)?;
+        let name: Option<String> = row.try_get("mailbox_name").map_err(get)?;
+        let email = address
+            .parse()
+            .map_err(|e| format!("mailbox {id} has an invalid address {address:?}: {e}"))?;
+        let reply_to: Option<String> = row.try_get("mailbox_reply_to").map_err(get)?;
+        return Ok(Sender {
+            from: lettre::message::Mailbox::new(name, email),
+            reply_to: reply_to.or(sequence_reply_to),
+            mailbox: Some(id),
+        });
+    }
+    let from: Option<String> = row.try_get("sender_from").map_err(get)?;
+    let from = from.ok_or("the sequence sends from mailboxes and none of them is left")?;
+    Ok(Sender {
+        from: validate::mailbox(&from)?,
+        reply_to: sequence_reply_to,
+        mailbox: None,
     })
 }

@@ -62,7 +62,7 @@ use pulse_shared::{
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use transport::{Outgoing, SendError, SmtpPool, Transport};
+use transport::{Mailboxes, Outgoing, SendError, Session, SmtpPool, Transport};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,8 @@ pub struct Context {
     pub db: PgPool,
     pub flags: PauseFlags,
     pub transport: Transport,
+    /// The relays and DKIM keys of the mailboxes sends come from.
+    pub mailboxes: Arc<Mailboxes>,
     pub settings: SenderSettings,
     pub metrics: Metrics,
     batches: Batches,
@@ -226,7 +228,11 @@ impl Context {
             Some(url) => Transport::Smtp(Arc::new(relay_pool(settings, url)?)),
             None => Transport::Capture(db.clone()),
         };
+        let ca = settings
+            .tls_ca()
+            .map_err(|e| SenderError::Tls(e.to_string()))?;
         Ok(Self {
+            mailboxes: Arc::new(Mailboxes::new(s.smtp_timeout, ca)),
             batches: Batches::spawn(&db, settings, worker),
             worker,
             db,
@@ -609,8 +615,24 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         return Ok(());
     }
 
+    // A mailbox with a relay of its own sends through it, and signs with its DKIM key.
+    let (route, unusable) = match snap
+        .mailbox
+        .as_ref()
+        .map(|m| ctx.mailboxes.route(m, &ctx.transport))
+    {
+        Some(Ok(route)) => (Some(route), None),
+        Some(Err(reason)) => (None, Some(reason)),
+        None => (None, None),
+    };
+    let transport = route.as_ref().map_or(&ctx.transport, |r| &r.transport);
     // A bounded wait for a connection keeps the re-check valid for the send (see `transport`).
-    let Some(session) = ctx.transport.connect_within(CONNECTION_WAIT).await else {
+    let session = match unusable {
+        // Nothing was sent: retried like a relay that cannot be reached.
+        Some(reason) => Some(Session::Smtp(Err(SendError::transient(reason)))),
+        None => transport.connect_within(CONNECTION_WAIT).await,
+    };
+    let Some(session) = session else {
         let retry_at = Utc::now() + chrono::Duration::seconds(1);
         let reason = "no relay connection free in time; due again shortly";
         let settled = record_with_retries(|| {
@@ -638,6 +660,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
             .idempotency_header
             .clone()
             .map(|name| (name, msg.key.clone())),
+        dkim: route.and_then(|r| r.dkim),
     };
     // The wire mark: only a claim that still holds its key once the body is out may send the
     // final dot.

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::{
     db::StoreError,
     schedule::{self, Rules, StepSpec},
+    smtp_url::Secret,
 };
 
 /// The claimed step run's content snapshot and the state of everything it depends on, read
@@ -25,11 +26,29 @@ pub struct Snapshot {
     pub from_addr: String,
     pub to_addr: String,
     pub message_id: String,
+    /// The mailbox the run was frozen with: its relay and DKIM key.
+    pub mailbox: Option<MailboxRoute>,
     pub enrollment_status: crate::state::EnrollmentStatus,
     pub sequence_status: crate::state::SequenceStatus,
     pub lead_suppressed: bool,
     /// What follows this step, read in the same query, for [`super::record_sent`]'s fast path.
     pub followup: Followup,
+}
+
+/// Where a mailbox's mail goes and how it is signed, read with the snapshot (so a change to the
+/// mailbox applies from the next send). Secrets never print.
+#[derive(Clone, Debug)]
+pub struct MailboxRoute {
+    pub id: Uuid,
+    /// The sender keeps what it opened for a mailbox while this is unchanged.
+    pub updated_at: DateTime<Utc>,
+    /// The domain DKIM signs for: the mailbox address's.
+    pub domain: String,
+    /// `None`: the global relay.
+    pub smtp_url: Option<String>,
+    pub smtp_password: Option<Secret>,
+    /// Selector and private key.
+    pub dkim: Option<(String, Secret)>,
 }
 
 /// The step after a claimed one and the rules that time it, as read with the snapshot. If the
@@ -77,8 +96,12 @@ pub async fn snapshot_many(
                 (l.unsubscribed_at IS NOT NULL OR l.bounced_at IS NOT NULL) AS suppressed,
                 s.version AS sequence_version, s.timezone, s.send_window, s.end_date,
                 l.timezone AS lead_tz, nx.id AS next_id, nx.position AS next_position,
-                nx.timing AS next_timing, nx.end_date AS next_end_date, nx.version AS next_version
+                nx.timing AS next_timing, nx.end_date AS next_end_date, nx.version AS next_version,
+                mb.id AS mb_id, mb.updated_at AS mb_updated_at, mb.address AS mb_address,
+                mb.smtp_url AS mb_smtp_url, mb.smtp_password AS mb_smtp_password,
+                mb.dkim_selector AS mb_dkim_selector, mb.dkim_private_key AS mb_dkim_key
          FROM step_runs sr
+         LEFT JOIN mailboxes mb ON mb.id = sr.mailbox_id
          JOIN enrollments e ON e.id = sr.enrollment_id
          JOIN sequences s ON s.id = sr.sequence_id
          JOIN leads l ON l.id = e.lead_id
@@ -126,7 +149,29 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
             row.try_get("next_version")?,
         )),
     };
+    let mailbox = match row.try_get::<Option<Uuid>, _>("mb_id")? {
+        None => None,
+        Some(id) => {
+            let address: String = row.try_get("mb_address")?;
+            let selector: Option<String> = row.try_get("mb_dkim_selector")?;
+            let key: Option<String> = row.try_get("mb_dkim_key")?;
+            Some(MailboxRoute {
+                id,
+                updated_at: row.try_get("mb_updated_at")?,
+                domain: address
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_owned())
+                    .unwrap_or_default(),
+                smtp_url: row.try_get("mb_smtp_url")?,
+                smtp_password: row
+                    .try_get::<Option<String>, _>("mb_smtp_password")?
+                    .map(Secret::new),
+                dkim: selector.zip(key.map(Secret::new)),
+            })
+        }
+    };
     Ok(Snapshot {
+        mailbox,
         subject: text("subject")?,
         body: text("body")?,
         html: row.try_get("html")?,

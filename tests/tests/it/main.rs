@@ -3,11 +3,13 @@
 
 mod api;
 mod control;
+mod dkim;
 mod faults;
 mod hub;
 mod identity;
 mod ingest;
 mod ledger;
+mod mailboxes;
 mod message;
 mod model;
 mod observability;

@@ -164,7 +164,11 @@ async fn a_subject_may_be_left_empty_only_by_a_threaded_follow_up() -> anyhow::R
     ];
     for (steps, field) in cases {
         let (status, err) = env.post("/v1/sequences", body(steps)).await?;
-        assert_eq!((status, err["error"]["field"].as_str()), (422, Some(field)), "{err}");
+        assert_eq!(
+            (status, err["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{err}"
+        );
     }
     let (status, err) = env
         .post(

@@ -15,8 +15,8 @@ use pulse_shared::{
     http::{ApiError, ApiJson, ApiPath, ApiQuery, MaybeJson},
     model::{
         AuditEvent, CancelManyRequest, CancelRequest, EditSequence, Enrollment, EnrollmentStatus,
-        LedgerState, ReenrollRequest, ResolveSend, Sequence, SequenceChange, SequenceStats,
-        SequenceStatus, StepInput, TriggerSpec,
+        LedgerState, ReenrollRequest, ResolveSend, SenderIdentity, Sequence, SequenceChange,
+        SequenceStats, SequenceStatus, StepInput, TriggerSpec,
     },
 };
 use serde::Deserialize;
@@ -381,7 +381,7 @@ pub async fn sequence(
         section {
             h2 { "Settings" }
             dl.settings {
-                dt { "Sender" } dd { (s.sender.from) }
+                dt { "Sender" } dd { (sender_text(&s.sender)) }
                 dt { "Time zone" } dd { (s.timezone) }
                 dt { "Send window" } dd { @match &s.send_window { Some(w) => { (serde_json::to_string(w).unwrap_or_default()) }, None => { "any time" } } }
                 dt { "End date" } dd { (when_opt(&s.end_date)) }
@@ -572,7 +572,12 @@ pub async fn edit_form(
             label for="name" { "Name" }
             input #name name="name" value=(s.name) required maxlength="200";
             label for="sender" { "Sender (Name <address>)" }
-            input #sender name="sender" value=(s.sender.from) required;
+            @if let Some(ids) = &s.sender.mailbox_ids {
+                p.muted { "Sends from " (ids.len()) " mailboxes, one per lead (change them through the API: "
+                    code { "sender.mailbox_ids" } "). Or give one sender address here instead." }
+                input type="hidden" name="mailbox_ids" value=(ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(","));
+            }
+            input #sender name="sender" value=(s.sender.from.clone().unwrap_or_default()) required[s.sender.mailbox_ids.is_none()];
             label for="reply_to" { "Reply-To (empty: replies go to the sender)" }
             input #reply_to name="reply_to" value=(s.sender.reply_to.clone().unwrap_or_default());
             label for="timezone" { "Time zone (IANA)" }
@@ -622,6 +627,19 @@ pub async fn edit_form(
         &flash,
         layout("Edit sequence", Some(&user), Some(&flash), body),
     ))
+}
+
+/// A sequence's sender in words.
+fn sender_text(sender: &SenderIdentity) -> String {
+    let from = match (&sender.from, &sender.mailbox_ids) {
+        (Some(from), _) => from.clone(),
+        (None, Some(ids)) => format!("{} mailboxes, one per lead", ids.len()),
+        (None, None) => "none".into(),
+    };
+    match &sender.reply_to {
+        Some(r) => format!("{from} (replies to {r})"),
+        None => from,
+    }
 }
 
 /// Whether a step is sent as a reply in the lead's thread (a select, so every step row sends a
@@ -715,10 +733,23 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
     Ok(EditSequence {
         name: opt("name").map(str::to_owned),
         timezone: opt("timezone").map(str::to_owned),
-        sender: opt("sender").map(|f| pulse_shared::model::SenderIdentity {
-            from: f.to_owned(),
-            reply_to: opt("reply_to").map(str::to_owned),
-        }),
+        sender: match (opt("sender"), opt("mailbox_ids")) {
+            (Some(f), _) => Some(SenderIdentity {
+                from: Some(f.to_owned()),
+                mailbox_ids: None,
+                reply_to: opt("reply_to").map(str::to_owned),
+            }),
+            (None, Some(ids)) => Some(SenderIdentity {
+                from: None,
+                mailbox_ids: Some(
+                    ids.split(',')
+                        .map(|id| uuid(id.trim(), "mailbox"))
+                        .collect::<Result<_, _>>()?,
+                ),
+                reply_to: opt("reply_to").map(str::to_owned),
+            }),
+            (None, None) => None,
+        },
         steps: Some(steps.into_iter().map(|(_, _, s)| s).collect()),
         triggers: Some(triggers),
         send_window: Some(match opt("send_window") {

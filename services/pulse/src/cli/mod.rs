@@ -1,4 +1,4 @@
-//! The operator CLI: `pulse sequences …`, `pulse enrollments …`, `pulse re-enroll`, `pulse sends`,
+//! The operator CLI: `pulse sequences …`, `pulse mailboxes …`, `pulse enrollments …`, `pulse re-enroll`, `pulse sends`,
 //! `pulse resolve`, `pulse audit`, `pulse resume-preview`. A thin client of the HTTP API (the same routes a script
 //! would use): base URL from `--url`/`PULSE_URL`, key from `--key`/`PULSE_API_KEY`, the acting
 //! user from `$USER` for the audit trail. Human-readable tables by default, `--json` for scripts.
@@ -47,6 +47,39 @@ pub enum Sequences {
         #[arg(long)]
         yes: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Mailboxes {
+    /// The workspace's sender mailboxes (secrets are never shown).
+    List,
+    /// Add a mailbox to send from.
+    Add {
+        /// The bare address, e.g. ada@example.com.
+        address: String,
+        /// The name shown with it.
+        #[arg(long)]
+        name: Option<String>,
+        /// Where replies go, when not to the address.
+        #[arg(long)]
+        reply_to: Option<String>,
+        /// Its own relay, e.g. smtp://ada%40example.com@smtp.example.com:587?tls=required
+        /// (default: the global relay). Put the password in --smtp-password-file, not here:
+        /// a command line is visible to other users of the machine.
+        #[arg(long)]
+        smtp_url: Option<String>,
+        /// A file holding the relay's AUTH password.
+        #[arg(long)]
+        smtp_password_file: Option<std::path::PathBuf>,
+        /// DKIM selector; needs --dkim-key-file.
+        #[arg(long, requires = "dkim_key_file")]
+        dkim_selector: Option<String>,
+        /// A file holding the DKIM private key (RSA PKCS#1 PEM, or an Ed25519 seed in base64).
+        #[arg(long, requires = "dkim_selector")]
+        dkim_key_file: Option<std::path::PathBuf>,
+    },
+    /// Delete a mailbox (refused while a sequence sends from it).
+    Rm { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,6 +184,7 @@ pub struct ResolveArgs {
 #[derive(Debug)]
 pub enum Request {
     Sequences(Sequences),
+    Mailboxes(Mailboxes),
     Enrollments(Enrollments),
     Reenroll(ReenrollArgs),
     Sends(SendsFilter),
@@ -182,6 +216,13 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     } else {
         format!("?{}", q.join("&"))
     }
+}
+
+/// A secret from a file, without its final newline.
+fn read_secret(path: &std::path::Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+        .map_err(|e| fail(2, format!("cannot read {}: {e}", path.display())))
 }
 
 fn encode(v: &str) -> String {
@@ -383,6 +424,37 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             format!("/v1/sequences/{}/resume-preview", encode(sequence)),
             None,
         ),
+        Request::Mailboxes(Mailboxes::List) => (Method::GET, "/v1/mailboxes".to_owned(), None),
+        Request::Mailboxes(Mailboxes::Rm { id }) => (
+            Method::DELETE,
+            format!("/v1/mailboxes/{}", encode(id)),
+            None,
+        ),
+        Request::Mailboxes(Mailboxes::Add {
+            address,
+            name,
+            reply_to,
+            smtp_url,
+            smtp_password_file,
+            dkim_selector,
+            dkim_key_file,
+        }) => {
+            let password = smtp_password_file.as_deref().map(read_secret).transpose()?;
+            let dkim = match (dkim_selector, dkim_key_file) {
+                (Some(selector), Some(file)) => {
+                    Some(json!({"selector": selector, "private_key": read_secret(file)?}))
+                }
+                _ => None,
+            };
+            (
+                Method::POST,
+                "/v1/mailboxes".to_owned(),
+                Some(
+                    json!({"address": address, "display_name": name, "reply_to": reply_to,
+                            "smtp_url": smtp_url, "smtp_password": password, "dkim": dkim}),
+                ),
+            )
+        }
     };
     let key = client
         .key

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{Enrollments, Request, Sequences};
+use super::{Enrollments, Mailboxes, Request, Sequences};
 
 fn s(v: &Value) -> String {
     match v {
@@ -97,11 +97,40 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
             format!(
                 "{}\nsender {}  timezone {}\n\n{steps}",
                 sequence_line(v),
-                s(&v["sender"]["from"]),
+                match v["sender"]["mailbox_ids"].as_array() {
+                    Some(ids) => format!("{} mailboxes, one per lead", ids.len()),
+                    None => s(&v["sender"]["from"]),
+                },
                 s(&v["timezone"])
             )
         }
         Request::Sequences(_) => format!("{}{}", sequence_line(&v["sequence"]), warnings(v)),
+        Request::Mailboxes(Mailboxes::List) => table(
+            &["ID", "ADDRESS", "NAME", "RELAY", "DKIM"],
+            items("mailboxes")
+                .iter()
+                .map(|m| {
+                    let relay = match m["smtp_url"].as_str() {
+                        Some(url) if m["has_smtp_password"] == true => {
+                            format!("{url} (password set)")
+                        }
+                        Some(url) => url.to_owned(),
+                        None => "global".into(),
+                    };
+                    vec![
+                        s(&m["id"]),
+                        s(&m["address"]),
+                        s(&m["display_name"]),
+                        relay,
+                        s(&m["dkim_selector"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Mailboxes(Mailboxes::Add { .. }) => {
+            format!("mailbox {} added: {}", s(&v["id"]), s(&v["address"]))
+        }
+        Request::Mailboxes(Mailboxes::Rm { id }) => format!("mailbox {id} deleted"),
         Request::Enrollments(Enrollments::List { .. }) => table(
             &["ID", "LEAD", "STATUS", "STEP", "NEXT DUE", "STEPS"],
             items("enrollments")

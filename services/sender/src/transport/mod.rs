@@ -8,6 +8,7 @@
 //! * `gate`: the socket under each connection, which holds the message's final dot until the
 //!   sender's claim is marked on the wire.
 //! * `tls`: the rustls setup shared by STARTTLS and implicit TLS.
+//! * `mailboxes`: the relays and DKIM keys of sender mailboxes, opened on first use.
 //!
 //! A send waits for a free connection only for a bounded time ([`Transport::connect_within`]),
 //! after its claim and re-check: the re-check stays valid for the whole send only if the send
@@ -16,9 +17,11 @@
 //! overtaken by, a send queued behind a slow relay.
 
 mod gate;
+mod mailboxes;
 mod pool;
 mod tls;
 
+pub use mailboxes::{Dkim, MAILBOX_POOL_SIZE, Mailboxes, Route};
 pub use pool::{ConnectError, Connection, SmtpPool};
 pub use tls::TlsSetupError;
 
@@ -52,6 +55,8 @@ pub struct Outgoing {
     pub message_id: String,
     /// A header naming the idempotency key (`PULSE_SMTP_IDEMPOTENCY_HEADER`), and the key.
     pub idempotency: Option<(String, String)>,
+    /// Sign with this mailbox's DKIM key.
+    pub dkim: Option<Dkim>,
 }
 
 /// Why a send did not go through.
@@ -186,7 +191,12 @@ fn build(mail: &Outgoing) -> Result<Message, SendError> {
             .header(ContentType::TEXT_PLAIN)
             .body(mail.body.clone()),
     };
-    built.map_err(|e| SendError::permanent(format!("cannot build message: {e}")))
+    let mut message =
+        built.map_err(|e| SendError::permanent(format!("cannot build message: {e}")))?;
+    if let Some(dkim) = &mail.dkim {
+        message.sign(dkim.config());
+    }
+    Ok(message)
 }
 
 async fn capture(db: &PgPool, mail: &Outgoing, message: &Message) -> Result<Reply, SendError> {

@@ -8,6 +8,9 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+mod mailbox;
+pub use mailbox::{CreateMailbox, DkimInput, EditMailbox, Mailbox, MailboxList};
+
 pub use crate::{
     domain::{timing::Timing, window::SendWindow},
     state::{EnrollmentStatus, LedgerState, SequenceStatus, StepRunState},
@@ -94,7 +97,7 @@ pub struct EditSequence {
 }
 
 /// Tells a field given as `null` (`Some(None)`) from a field left out (`None`).
-fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+pub(crate) fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
@@ -231,9 +234,14 @@ pub struct VersionList {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SenderIdentity {
-    /// `Name <address>` or a bare address.
-    pub from: String,
-    /// Where replies go (`Reply-To`), when not to `from`.
+    /// `Name <address>` or a bare address. Either this or `mailbox_ids`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Send from these mailboxes of the workspace (`/v1/mailboxes`): each lead is given one at
+    /// enrollment, in turn, and keeps it for all its steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox_ids: Option<Vec<Uuid>>,
+    /// Where replies go (`Reply-To`), when not to the sender (a mailbox's own `reply_to` wins).
     #[serde(default)]
     pub reply_to: Option<String>,
 }
@@ -483,6 +491,8 @@ pub struct Enrollment {
     /// Position of the step the enrollment is on (the last one once it has ended).
     pub current_step: i32,
     pub generation: i32,
+    /// The mailbox this enrollment sends from, when its sequence sends from mailboxes.
+    pub mailbox_id: Option<Uuid>,
     /// When the next pending step is due, if any.
     pub next_due_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -535,6 +545,10 @@ pub struct Send {
     pub sequence_version: Option<i32>,
     pub sent_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// The sender it went out from (`From`).
+    pub from_addr: Option<String>,
+    /// The mailbox it went out from, when its sequence sends from mailboxes.
+    pub mailbox_id: Option<Uuid>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
