@@ -1,9 +1,12 @@
-//! `GET` and `PATCH /v1/workspace`: the caller's workspace and its settings. Owns the settings
-//! columns of `workspaces`; what each setting changes is enforced where that input enters (the
+//! `GET` and `PATCH /v1/workspace`: the caller's workspace and its settings (the address policy,
+//! the workspace's DKIM key, write-only). Owns the settings columns of `workspaces`; what each setting changes is enforced where that input enters (the
 //! address policy by `domain::validate::address`, through `Auth::addresses`).
 
 use axum::{Json, extract::State};
-use pulse_shared::http::{ApiError, ApiJson, ApiResult, Auth};
+use pulse_shared::{
+    http::{ApiError, ApiJson, ApiResult, Auth},
+    mailbox,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -16,6 +19,10 @@ pub struct Workspace {
     pub name: String,
     /// Accept lead addresses whose domain has no dot (`ops@mailhub`), for internal relays.
     pub allow_dotless_domains: bool,
+    /// Mail from this domain is DKIM-signed with the workspace's key (unless its mailbox has
+    /// one of its own).
+    pub dkim_domain: Option<String>,
+    pub dkim_selector: Option<String>,
 }
 
 /// The settings to change; a setting left out keeps its value.
@@ -23,6 +30,22 @@ pub struct Workspace {
 #[serde(deny_unknown_fields)]
 pub struct WorkspacePatch {
     pub allow_dotless_domains: Option<bool>,
+    /// The workspace's DKIM key (`null` removes it; the private key is write-only).
+    #[serde(default, deserialize_with = "pulse_shared::model::present")]
+    #[schema(value_type = Option<WorkspaceDkim>)]
+    pub dkim: Option<Option<WorkspaceDkim>>,
+}
+
+/// A DKIM key for the mail of one domain.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceDkim {
+    /// The domain whose mail is signed (`d=`), e.g. `example.com`.
+    pub domain: String,
+    /// `<selector>._domainkey.<domain>` holds the public key.
+    pub selector: String,
+    /// RSA in PKCS#1 PEM (`-----BEGIN RSA PRIVATE KEY-----`), or an Ed25519 seed in base64.
+    pub private_key: String,
 }
 
 /// The caller's workspace and its settings.
@@ -52,6 +75,32 @@ pub async fn patch(
     auth: Auth,
     ApiJson(req): ApiJson<WorkspacePatch>,
 ) -> ApiResult<Json<Workspace>> {
+    if let Some(dkim) = &req.dkim {
+        let checked = match dkim {
+            Some(d) => {
+                let domain = mailbox::dkim_domain(&d.domain)
+                    .map_err(|m| ApiError::invalid("dkim.domain", m))?;
+                let selector = mailbox::dkim_selector(&d.selector)
+                    .map_err(|m| ApiError::invalid("dkim.selector", m))?;
+                mailbox::dkim_key(&d.private_key)
+                    .map_err(|m| ApiError::invalid("dkim.private_key", m))?;
+                Some((domain, selector, d.private_key.trim().to_owned()))
+            }
+            None => None,
+        };
+        sqlx::query(
+            "UPDATE workspaces SET dkim_domain = $2, dkim_selector = $3, dkim_private_key = $4,
+                 dkim_updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(auth.workspace)
+        .bind(checked.as_ref().map(|c| &c.0))
+        .bind(checked.as_ref().map(|c| &c.1))
+        .bind(checked.as_ref().map(|c| &c.2))
+        .execute(&state.db)
+        .await?;
+        tracing::info!(workspace = %auth.workspace, actor = %auth.actor, dkim_domain = ?checked.as_ref().map(|c| &c.0), "workspace DKIM key changed");
+    }
     if let Some(dotless) = req.allow_dotless_domains {
         sqlx::query("UPDATE workspaces SET allow_dotless_domains = $2 WHERE id = $1")
             .bind(auth.workspace)
@@ -64,9 +113,12 @@ pub async fn patch(
 }
 
 async fn fetch(state: &ApiState, workspace: Uuid) -> Result<Workspace, ApiError> {
-    sqlx::query_as("SELECT id, name, allow_dotless_domains FROM workspaces WHERE id = $1")
-        .bind(workspace)
-        .fetch_optional(&state.db)
-        .await?
-        .ok_or(ApiError::NotFound("workspace"))
+    sqlx::query_as(
+        "SELECT id, name, allow_dotless_domains, dkim_domain, dkim_selector FROM workspaces
+         WHERE id = $1",
+    )
+    .bind(workspace)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or(ApiError::NotFound("workspace"))
 }

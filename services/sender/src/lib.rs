@@ -616,7 +616,8 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     }
 
     // A mailbox with a relay of its own sends through it, and signs with its DKIM key.
-    let (route, unusable) = match snap
+    // Else the workspace's key signs mail from its domain.
+    let (route, mut unusable) = match snap
         .mailbox
         .as_ref()
         .map(|m| ctx.mailboxes.route(m, &ctx.transport))
@@ -625,6 +626,15 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         Some(Err(reason)) => (None, Some(reason)),
         None => (None, None),
     };
+    let mut dkim = route.as_ref().and_then(|r| r.dkim.clone());
+    if dkim.is_none()
+        && let Some(key) = &snap.workspace_dkim
+    {
+        match ctx.mailboxes.workspace_dkim(key, &snap.from_addr) {
+            Ok(found) => dkim = found,
+            Err(reason) => unusable = Some(reason),
+        }
+    }
     let transport = route.as_ref().map_or(&ctx.transport, |r| &r.transport);
     // A bounded wait for a connection keeps the re-check valid for the send (see `transport`).
     let session = match unusable {
@@ -660,7 +670,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
             .idempotency_header
             .clone()
             .map(|name| (name, msg.key.clone())),
-        dkim: route.and_then(|r| r.dkim),
+        dkim,
     };
     // The wire mark: only a claim that still holds its key once the body is out may send the
     // final dot.

@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub message_id: String,
     /// The mailbox the run was frozen with: its relay and DKIM key.
     pub mailbox: Option<MailboxRoute>,
+    /// The workspace's DKIM key, when it has one.
+    pub workspace_dkim: Option<WorkspaceDkim>,
     pub enrollment_status: crate::state::EnrollmentStatus,
     pub sequence_status: crate::state::SequenceStatus,
     pub lead_suppressed: bool,
@@ -49,6 +51,16 @@ pub struct MailboxRoute {
     pub smtp_password: Option<Secret>,
     /// Selector and private key.
     pub dkim: Option<(String, Secret)>,
+}
+
+/// A workspace's DKIM key: it signs mail from `domain` that no mailbox key signs.
+#[derive(Clone, Debug)]
+pub struct WorkspaceDkim {
+    pub workspace: Uuid,
+    pub updated_at: DateTime<Utc>,
+    pub domain: String,
+    pub selector: String,
+    pub private_key: Secret,
 }
 
 /// The step after a claimed one and the rules that time it, as read with the snapshot. If the
@@ -90,7 +102,7 @@ pub async fn snapshot_many(
     step_runs: &[Uuid],
 ) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
     let rows = sqlx::query(
-        "SELECT sr.id, sr.subject, sr.body, sr.html, sr.reply_to, sr.in_reply_to, sr.thread_refs,
+        "SELECT sr.id, sr.workspace_id, sr.subject, sr.body, sr.html, sr.reply_to, sr.in_reply_to, sr.thread_refs,
                 sr.from_addr, sr.to_addr, sr.message_id, sr.sequence_id,
                 e.status AS enrollment_status, s.status AS sequence_status,
                 (l.unsubscribed_at IS NOT NULL OR l.bounced_at IS NOT NULL) AS suppressed,
@@ -99,9 +111,12 @@ pub async fn snapshot_many(
                 nx.timing AS next_timing, nx.end_date AS next_end_date, nx.version AS next_version,
                 mb.id AS mb_id, mb.updated_at AS mb_updated_at, mb.address AS mb_address,
                 mb.smtp_url AS mb_smtp_url, mb.smtp_password AS mb_smtp_password,
-                mb.dkim_selector AS mb_dkim_selector, mb.dkim_private_key AS mb_dkim_key
+                mb.dkim_selector AS mb_dkim_selector, mb.dkim_private_key AS mb_dkim_key,
+                w.dkim_domain AS ws_dkim_domain, w.dkim_selector AS ws_dkim_selector,
+                w.dkim_private_key AS ws_dkim_key, w.dkim_updated_at AS ws_dkim_updated_at
          FROM step_runs sr
          LEFT JOIN mailboxes mb ON mb.id = sr.mailbox_id
+         LEFT JOIN workspaces w ON w.id = sr.workspace_id AND w.dkim_domain IS NOT NULL
          JOIN enrollments e ON e.id = sr.enrollment_id
          JOIN sequences s ON s.id = sr.sequence_id
          JOIN leads l ON l.id = e.lead_id
@@ -170,8 +185,21 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
             })
         }
     };
+    let workspace_dkim = match row.try_get::<Option<String>, _>("ws_dkim_domain")? {
+        None => None,
+        Some(domain) => Some(WorkspaceDkim {
+            workspace: row.try_get("workspace_id")?,
+            updated_at: row
+                .try_get::<Option<DateTime<Utc>>, _>("ws_dkim_updated_at")?
+                .unwrap_or_default(),
+            domain,
+            selector: text("ws_dkim_selector")?,
+            private_key: Secret::new(text("ws_dkim_key")?),
+        }),
+    };
     Ok(Snapshot {
         mailbox,
+        workspace_dkim,
         subject: text("subject")?,
         body: text("body")?,
         html: row.try_get("html")?,

@@ -97,7 +97,7 @@ pub struct EditSequence {
 }
 
 /// Tells a field given as `null` (`Some(None)`) from a field left out (`None`).
-pub(crate) fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+pub fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)

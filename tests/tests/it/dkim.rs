@@ -127,3 +127,93 @@ async fn mail_from_a_mailbox_with_a_key_is_dkim_signed_and_verifies_with_dkimpy(
     assert_eq!(verdicts.iter().filter(|v| !**v).count(), 3, "{checked}");
     env.stop().await
 }
+
+#[tokio::test]
+async fn a_workspace_key_signs_mail_from_its_domain_and_nothing_else() -> anyhow::Result<()> {
+    let (private, public) = rsa_key().await?;
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("dkim", &[Role::All], |s| s.smtp_url = Some(url)).await?;
+    let (status, ws) = env
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/workspace",
+            Some(json!({"dkim": {"domain": "Example.COM", "selector": "ws2026", "private_key": private}})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{ws}");
+    assert_eq!(
+        (ws["dkim_domain"].as_str(), ws["dkim_selector"].as_str()),
+        (Some("example.com"), Some("ws2026"))
+    );
+    assert!(!ws.to_string().contains("PRIVATE KEY"), "{ws}");
+    let (status, err) = env
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/workspace",
+            Some(json!({"dkim": {"domain": "not a domain", "selector": "s", "private_key": "x"}})),
+        )
+        .await?;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (422, Some("dkim.domain")),
+        "{err}"
+    );
+    for (name, from, tag) in [
+        ("Ours", "Team <team@example.com>", "ours"),
+        ("Theirs", "Other <x@other.example>", "theirs"),
+    ] {
+        env.create_sequence(json!({
+            "name": name, "sender": {"from": from},
+            "triggers": [{"type": "tag_applied", "tag": tag}],
+            "steps": [{"subject": "Hi", "body": "Hello", "timing": {"type": "immediately"}}],
+        }))
+        .await?;
+    }
+    let events: Vec<Value> = ["ours", "theirs"]
+        .iter()
+        .flat_map(|tag| {
+            (0..2).map(move |i| {
+                json!({"id": format!("{tag}{i}"), "type": "tag_applied", "tag": tag,
+                                       "lead": {"email": format!("{tag}{i}@leads.example")}})
+            })
+        })
+        .collect();
+    env.post("/v1/events", json!({"events": events})).await?;
+    let received = smtp.wait_for(4, Duration::from_secs(30)).await?;
+    let (ours, theirs): (Vec<_>, Vec<_>) = received
+        .iter()
+        .partition(|m| m.mail_from == "team@example.com");
+    assert_eq!((ours.len(), theirs.len()), (2, 2));
+    assert!(theirs.iter().all(|m| !m.data.contains("DKIM-Signature:")));
+    let raw: Vec<String> = ours.iter().map(|m| m.data.clone()).collect();
+    let checked = verify(&public, &raw).await?;
+    assert_eq!(checked["verified"], json!([true, true]), "{checked}");
+    assert_eq!(checked["asked"], json!(["ws2026._domainkey.example.com."]));
+    // Removed: the next mail goes unsigned.
+    let (status, ws) = env
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/workspace",
+            Some(json!({"dkim": null})),
+        )
+        .await?;
+    assert_eq!((status, &ws["dkim_domain"]), (200, &Value::Null), "{ws}");
+    env.post(
+        "/v1/events",
+        json!({"events": [{"id": "late", "type": "tag_applied", "tag": "ours",
+                           "lead": {"email": "late@leads.example"}}]}),
+    )
+    .await?;
+    let received = smtp.wait_for(5, Duration::from_secs(30)).await?;
+    let late = received
+        .iter()
+        .find(|m| m.rcpt_to == ["late@leads.example"])
+        .map(|m| m.data.clone())
+        .unwrap_or_default();
+    assert!(
+        !late.is_empty() && !late.contains("DKIM-Signature:"),
+        "{late}"
+    );
+    env.stop().await
+}

@@ -1,5 +1,5 @@
-//! The relays and DKIM keys of sender mailboxes. Owns one connection pool per mailbox that has a
-//! relay of its own, and its parsed DKIM key, opened on the first send from it and kept while the
+//! The relays and DKIM keys of sender mailboxes, and workspaces' DKIM keys. Owns one connection
+//! pool per mailbox that has a relay of its own, and its parsed DKIM key, opened on the first send from it and kept while the
 //! mailbox is unchanged (its `updated_at`); a mailbox without a relay sends through the global
 //! transport. It never reads the database: the mailbox's settings come with each send's
 //! snapshot, so an edit applies from the next send. Secrets never print.
@@ -16,7 +16,10 @@ use lettre::message::{
     dkim::{DkimCanonicalization, DkimCanonicalizationType, DkimConfig},
     header::HeaderName,
 };
-use pulse_shared::{ledger::MailboxRoute, mailbox};
+use pulse_shared::{
+    ledger::{MailboxRoute, WorkspaceDkim},
+    mailbox,
+};
 use uuid::Uuid;
 
 use super::{SmtpPool, Transport};
@@ -68,9 +71,10 @@ struct Opened {
     dkim: Option<Dkim>,
 }
 
-/// Every mailbox this sender has sent from.
+/// Every mailbox this sender has sent from, and every workspace key it has signed with.
 pub struct Mailboxes {
     opened: Mutex<HashMap<Uuid, Opened>>,
+    workspace_keys: Mutex<HashMap<Uuid, (DateTime<Utc>, Dkim)>>,
     timeout: Duration,
     ca_pem: Option<Vec<u8>>,
 }
@@ -79,6 +83,7 @@ impl Mailboxes {
     pub fn new(timeout: Duration, ca_pem: Option<Vec<u8>>) -> Self {
         Self {
             opened: Mutex::new(HashMap::new()),
+            workspace_keys: Mutex::new(HashMap::new()),
             timeout,
             ca_pem,
         }
@@ -112,6 +117,30 @@ impl Mailboxes {
         })
     }
 
+    /// The workspace's key, when it signs for the domain of `from` (a `Name <address>`).
+    pub fn workspace_dkim(&self, key: &WorkspaceDkim, from: &str) -> Result<Option<Dkim>, String> {
+        let domain = from
+            .parse::<lettre::message::Mailbox>()
+            .map(|m| m.email.domain().to_ascii_lowercase())
+            .map_err(|e| format!("bad sender {from:?}: {e}"))?;
+        if domain != key.domain {
+            return Ok(None);
+        }
+        let mut keys = self
+            .workspace_keys
+            .lock()
+            .map_err(|_| "the workspace key registry is poisoned".to_owned())?;
+        if let Some((at, dkim)) = keys.get(&key.workspace)
+            && *at == key.updated_at
+        {
+            return Ok(Some(dkim.clone()));
+        }
+        let fresh = dkim(&key.selector, &key.domain, key.private_key.expose())
+            .map_err(|e| format!("workspace DKIM key: {e}"))?;
+        keys.insert(key.workspace, (key.updated_at, fresh.clone()));
+        Ok(Some(fresh))
+    }
+
     fn open(&self, mailbox: &MailboxRoute) -> Result<Opened, String> {
         let relay = match &mailbox.smtp_url {
             Some(url) => {
@@ -130,25 +159,10 @@ impl Mailboxes {
             None => None,
         };
         let dkim = match &mailbox.dkim {
-            Some((selector, key)) => {
-                let key = mailbox::dkim_key(key.expose())
-                    .map_err(|e| format!("mailbox {} DKIM key: {e}", mailbox.id))?;
-                let headers = SIGNED
-                    .iter()
-                    .map(|h| HeaderName::new_from_ascii_str(h))
-                    .collect();
-                let relaxed = DkimCanonicalization {
-                    header: DkimCanonicalizationType::Relaxed,
-                    body: DkimCanonicalizationType::Relaxed,
-                };
-                Some(Dkim(Arc::new(DkimConfig::new(
-                    selector.clone(),
-                    mailbox.domain.clone(),
-                    key,
-                    headers,
-                    relaxed,
-                ))))
-            }
+            Some((selector, key)) => Some(
+                dkim(selector, &mailbox.domain, key.expose())
+                    .map_err(|e| format!("mailbox {} DKIM key: {e}", mailbox.id))?,
+            ),
             None => None,
         };
         Ok(Opened {
@@ -157,4 +171,24 @@ impl Mailboxes {
             dkim,
         })
     }
+}
+
+/// A DKIM signing setup: relaxed/relaxed over [`SIGNED`].
+fn dkim(selector: &str, domain: &str, private_key: &str) -> Result<Dkim, String> {
+    let key = mailbox::dkim_key(private_key)?;
+    let headers = SIGNED
+        .iter()
+        .map(|h| HeaderName::new_from_ascii_str(h))
+        .collect();
+    let relaxed = DkimCanonicalization {
+        header: DkimCanonicalizationType::Relaxed,
+        body: DkimCanonicalizationType::Relaxed,
+    };
+    Ok(Dkim(Arc::new(DkimConfig::new(
+        selector.to_owned(),
+        domain.to_owned(),
+        key,
+        headers,
+        relaxed,
+    ))))
 }
