@@ -30,6 +30,17 @@ pub struct Settings {
     /// webpki roots.
     pub tls_ca_file: Option<std::path::PathBuf>,
     pub http_addr: SocketAddr,
+    /// `PULSE_PUBLIC_URL`: where recipients reach Pulse (the one-click unsubscribe links);
+    /// default `http://PULSE_HTTP_ADDR`.
+    pub public_url: String,
+    /// `PULSE_UNSUBSCRIBE_SECRET` and `PULSE_UNSUBSCRIBE_SECRET_PREVIOUS`: the keys that sign
+    /// unsubscribe tokens (the previous one is still accepted, for rotation). Unset: a random
+    /// key made once and kept in PostgreSQL.
+    pub unsubscribe_secret: Option<crate::smtp_url::Secret>,
+    pub unsubscribe_secret_previous: Option<crate::smtp_url::Secret>,
+    /// `PULSE_UNSUBSCRIBE_MAILTO`: an address whose mail unsubscribes (a `mailto:` in
+    /// `List-Unsubscribe`, next to the one-click URL); none by default.
+    pub unsubscribe_mailto: Option<String>,
     /// Provisioned at startup for the default workspace when set.
     pub api_key: Option<String>,
     /// Name of the RabbitMQ queue carrying due sends (tests use their own).
@@ -123,6 +134,16 @@ impl Settings {
             smtp_password_file: non_empty("PULSE_SMTP_PASSWORD_FILE").map(Into::into),
             tls_ca_file: non_empty("PULSE_TLS_CA_FILE").map(Into::into),
             http_addr: parse(&lookup, "PULSE_HTTP_ADDR", "127.0.0.1:8080")?,
+            public_url: non_empty("PULSE_PUBLIC_URL")
+                .map(|u| u.trim().trim_end_matches('/').to_owned())
+                .unwrap_or_else(|| {
+                    format!("http://{}", get("PULSE_HTTP_ADDR", "127.0.0.1:8080").trim())
+                }),
+            unsubscribe_secret: non_empty("PULSE_UNSUBSCRIBE_SECRET")
+                .map(crate::smtp_url::Secret::new),
+            unsubscribe_secret_previous: non_empty("PULSE_UNSUBSCRIBE_SECRET_PREVIOUS")
+                .map(crate::smtp_url::Secret::new),
+            unsubscribe_mailto: non_empty("PULSE_UNSUBSCRIBE_MAILTO").map(|m| m.trim().to_owned()),
             api_key: non_empty("PULSE_API_KEY"),
             queue: get("PULSE_QUEUE", "pulse.sends"),
             queue_type: parse(&lookup, "PULSE_QUEUE_TYPE", "classic")?,
@@ -196,6 +217,21 @@ impl Settings {
         positive("PULSE_SENDER_DB_BATCH", self.sender.db_batch > 0)?;
         positive("PULSE_SEND_MAX_ATTEMPTS", self.sender.max_attempts > 0)?;
         positive("PULSE_OWNER_TIMEOUT_MS", !self.owner_timeout.is_zero())?;
+        let url = url::Url::parse(&self.public_url).ok();
+        if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()) {
+            return Err(ConfigError {
+                var: "PULSE_PUBLIC_URL",
+                reason: format!("{:?} is not an http(s) URL", self.public_url),
+            });
+        }
+        if let Some(to) = &self.unsubscribe_mailto
+            && crate::domain::validate::email(to).is_err()
+        {
+            return Err(ConfigError {
+                var: "PULSE_UNSUBSCRIBE_MAILTO",
+                reason: format!("{to:?} is not an email address"),
+            });
+        }
         if let Some(name) = &self.sender.idempotency_header {
             // RFC 5322 field name: printable ASCII but the colon.
             let valid =

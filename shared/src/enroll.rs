@@ -203,6 +203,12 @@ pub async fn enroll(
     if let Some(found) = latest_enrollment(conn, sequence, lead).await? {
         return Ok(found);
     }
+    if is_suppressed(conn, workspace, lead).await? {
+        return Ok(Enrolled {
+            enrollment_id: None,
+            outcome: outcome::SUPPRESSED,
+        });
+    }
     let id = Uuid::new_v4();
     let target = Target {
         workspace,
@@ -220,6 +226,23 @@ pub async fn enroll(
         enrollment_id: Some(id),
         outcome: outcome::CREATED,
     })
+}
+
+/// Whether the lead's address or domain is on the workspace's suppression list.
+async fn is_suppressed(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    lead: Uuid,
+) -> Result<bool, StoreError> {
+    let email: String = sqlx::query_scalar("SELECT email FROM leads WHERE id = $1")
+        .bind(lead)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(
+        !crate::suppression::suppressed(conn, workspace, &[email.as_str()])
+            .await?
+            .is_empty(),
+    )
 }
 
 async fn latest_enrollment(
@@ -326,6 +349,12 @@ pub async fn reenroll(
         return Ok(Enrolled {
             enrollment_id: Some(latest.get("id")),
             outcome: outcome::ALREADY_ACTIVE,
+        });
+    }
+    if is_suppressed(conn, workspace, lead).await? {
+        return Ok(Enrolled {
+            enrollment_id: None,
+            outcome: outcome::SUPPRESSED,
         });
     }
     let generation = latest.get::<i32, _>("generation") + 1;

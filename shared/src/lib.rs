@@ -19,7 +19,9 @@ pub mod pause;
 pub mod schedule;
 pub mod smtp_url;
 pub mod state;
+pub mod suppression;
 pub mod telemetry;
+pub mod unsubscribe;
 pub mod workers;
 
 pub use config::Settings;

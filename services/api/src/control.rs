@@ -65,6 +65,8 @@ pub(crate) enum Scope {
     Enrollment(Uuid),
     /// Some steps of one sequence.
     Steps(Uuid, Vec<Uuid>),
+    /// Every send to these leads.
+    Leads(Vec<Uuid>),
 }
 
 /// Waits until no recent SENDING claim remains in `scope`, for at most `timeout`. Returns how
@@ -84,6 +86,8 @@ pub(crate) async fn wait_in_flight(
             Some(sequence),
             ids,
         ),
+        // Through the partial index of SENDING claims (few at any time), whatever the sequence.
+        Scope::Leads(ids) => ("$1::uuid IS NULL AND lead_id = ANY($2)", None, ids),
     };
     let sql = format!(
         "SELECT count(*) FROM send_ledger WHERE {filter} AND state = 'SENDING'
@@ -743,6 +747,7 @@ pub async fn reenroll(
         already_active: count(outcome::ALREADY_ACTIVE),
         never_enrolled: count(outcome::NEVER_ENROLLED),
         unknown_lead: count("unknown_lead"),
+        suppressed: count(outcome::SUPPRESSED),
         results,
     };
     audit(&mut tx, auth.workspace, id, None, &auth.actor, "re_enrolled",

@@ -82,6 +82,13 @@ pub async fn create(
     )
     .await?;
     tx.commit().await?;
+    if done.outcome == outcome::SUPPRESSED {
+        return Err(ApiError::Conflict(format!(
+            "{} is on the suppression list ({}); lift it first with DELETE /v1/suppressions/…",
+            lead.email,
+            outcome::SUPPRESSED
+        )));
+    }
     let id = done.enrollment_id.ok_or(ApiError::NotFound("enrollment"))?;
     let enrollment = fetch(&state.db, auth.workspace, id).await?;
     match done.outcome {

@@ -1,7 +1,8 @@
 //! The api role: the control plane over HTTP. Owns the `/v1` routes for sequences (create,
 //! edit, versions), control actions (pause, resume and its preview, delete, cancel, re-enroll,
 //! audit), manual enrollment, the enrollments view, the send history (the ledger), the
-//! workspace's settings and sender mailboxes, the dev
+//! workspace's settings, sender mailboxes, the suppression list and the public one-click
+//! unsubscribe page, the dev
 //! outbox and the OpenAPI document, and the Hub's pages (`hub`), which act through those same
 //! handlers. It schedules only through the shared rules and never sends mail.
 
@@ -13,14 +14,18 @@ mod mailboxes;
 mod outbox;
 mod sends;
 mod sequences;
+mod suppressions;
+mod unsubscribe;
 mod workspace;
+
+pub use unsubscribe::OneClick;
 
 use std::time::Duration;
 
 use axum::{
     Json, Router,
     extract::FromRef,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use pulse_shared::pause::PauseFlags;
 use sqlx::PgPool;
@@ -35,6 +40,8 @@ pub struct ApiState {
     pub flags: PauseFlags,
     /// How long pause, cancel and delete wait for sends already in flight to settle.
     pub drain_timeout: Duration,
+    /// The one-click unsubscribe keys and the per-client limit of its public endpoint.
+    pub unsubscribe: std::sync::Arc<OneClick>,
 }
 
 impl FromRef<ApiState> for PgPool {
@@ -95,6 +102,15 @@ pub fn router(state: ApiState) -> Router {
                 .patch(mailboxes::edit)
                 .delete(mailboxes::delete),
         )
+        .route(
+            "/v1/suppressions",
+            get(suppressions::list).post(suppressions::add),
+        )
+        .route("/v1/suppressions/{value}", delete(suppressions::lift))
+        .route(
+            "/u/{token}",
+            get(unsubscribe::confirm_page).post(unsubscribe::one_click),
+        )
         .route("/v1/dev/outbox", get(outbox::list))
         .route("/openapi.json", get(openapi_json))
         .with_state(state)
@@ -111,6 +127,8 @@ pub fn router(state: ApiState) -> Router {
         sends::search, sends::resolve, sends::resolve_many, sends::for_sequence, sends::for_enrollment,
         workspace::get_one, workspace::patch, outbox::list,
         mailboxes::create, mailboxes::list, mailboxes::get_one, mailboxes::edit, mailboxes::delete,
+        suppressions::add, suppressions::list, suppressions::lift,
+        unsubscribe::confirm_page, unsubscribe::one_click,
     ),
     modifiers(&BearerAuth)
 )]

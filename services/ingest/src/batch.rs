@@ -145,6 +145,13 @@ pub async fn process(
     // 3. The sequences any of these events can match, locked FOR SHARE (a pause committing
     //    meanwhile waits for this batch; one that committed first is seen).
     let sequences = matching_sequences(&mut tx, workspace, &todo).await?;
+    // Suppressed leads are not enrolled (the sender checks again after its claim).
+    let blocked = if sequences.is_empty() {
+        HashSet::new()
+    } else {
+        let emails: Vec<&str> = leads.keys().map(String::as_str).collect();
+        pulse_shared::suppression::suppressed(&mut tx, workspace, &emails).await?
+    };
 
     // 4. Enroll: the first event of each (sequence, lead) pair decides; later ones follow it.
     let now = Utc::now();
@@ -171,7 +178,9 @@ pub async fn process(
             {
                 continue;
             }
-            if seq.status == SequenceStatus::Paused {
+            if blocked.contains(&event.lead.email) {
+                hits.push((seq.id, Some(outcome::SUPPRESSED)));
+            } else if seq.status == SequenceStatus::Paused {
                 hits.push((seq.id, Some(outcome::SEQUENCE_PAUSED)));
             } else {
                 hits.push((seq.id, None));

@@ -130,12 +130,25 @@ pub async fn serve(
             role: "startup",
             message: e.to_string(),
         })?;
+    let local = ["://0.0.0.0", "://127.", "://localhost", "://[::"]
+        .iter()
+        .any(|h| settings.public_url.contains(h));
+    if local && settings.smtp_url.is_some() && roles.contains(&Role::Scheduler) {
+        tracing::warn!(public_url = %settings.public_url, "unsubscribe links point at this machine; set PULSE_PUBLIC_URL to the address recipients can reach");
+    }
     let mut app = Router::new();
     if roles.contains(&Role::Api) {
+        let unsubscribe = pulse_shared::unsubscribe::Unsubscribe::load(&db, &settings)
+            .await
+            .map_err(|e| ServeError::Role {
+                role: "startup",
+                message: e.to_string(),
+            })?;
         let api = pulse_api::ApiState {
             db: db.clone(),
             flags: flags.clone(),
             drain_timeout: settings.pause_drain_timeout(),
+            unsubscribe: std::sync::Arc::new(pulse_api::OneClick::new(unsubscribe)),
         };
         app = app
             .merge(pulse_api::hub::router(api.clone()))
@@ -175,13 +188,16 @@ pub async fn serve(
     tracing::info!(%addr, roles = ?roles, "pulse serving");
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
-            .map_err(|e| ServeError::Role {
-                role: "http",
-                message: e.to_string(),
-            })
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+        .await
+        .map_err(|e| ServeError::Role {
+            role: "http",
+            message: e.to_string(),
+        })
     });
     if roles.contains(&Role::Scheduler) {
         let (s, h, m, t) = (

@@ -1,5 +1,6 @@
 //! `pulse`: the one binary. `pulse serve [ROLE…]` runs roles (all by default), `pulse migrate`
-//! applies migrations, and the operator commands (`sequences`, `enrollments`, `re-enroll`,
+//! applies migrations, and the operator commands (`sequences`, `mailboxes`, `suppressions`,
+//! `enrollments`, `re-enroll`,
 //! `sends`, `audit`, `resume-preview`) call the API. Services are configured by `PULSE_*`
 //! environment variables.
 
@@ -9,7 +10,7 @@ use pulse::{
     Role,
     cli::{
         self, Client, Enrollments, Mailboxes, ReenrollArgs, Request, ResolveArgs, SendsFilter,
-        Sequences,
+        Sequences, Suppressions,
     },
 };
 use pulse_shared::{Settings, db, telemetry};
@@ -48,6 +49,13 @@ enum Command {
         client: Client,
         #[command(subcommand)]
         action: Mailboxes,
+    },
+    /// The suppression list: add, list, remove, import a CSV, export.
+    Suppressions {
+        #[command(flatten)]
+        client: Client,
+        #[command(subcommand)]
+        action: Suppressions,
     },
     /// List enrollments or cancel one.
     Enrollments {
@@ -121,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Sequences { client, action } => (client, Request::Sequences(action)),
         Command::Mailboxes { client, action } => (client, Request::Mailboxes(action)),
+        Command::Suppressions { client, action } => (client, Request::Suppressions(action)),
         Command::Enrollments { client, action } => (client, Request::Enrollments(action)),
         Command::ReEnroll { client, args } => (client, Request::Reenroll(args)),
         Command::Sends { client, filter } => (client, Request::Sends(filter)),
@@ -132,7 +141,9 @@ async fn main() -> anyhow::Result<()> {
     };
     match cli::run(&client, request).await {
         Ok(out) => {
-            println!("{out}");
+            if !out.is_empty() {
+                println!("{out}");
+            }
             Ok(())
         }
         Err(failure) => {

@@ -37,6 +37,7 @@ use pulse_shared::{
     schedule,
     state::EnrollmentStatus,
     telemetry,
+    unsubscribe::Unsubscribe,
     workers::Registration,
 };
 use sqlx::{PgPool, Row};
@@ -119,9 +120,19 @@ async fn session(
             "runs queued before this session are published again"
         );
     }
+    let unsubscribe = Unsubscribe::load(db, settings).await?;
     health.ready("scheduler");
     tracing::info!(queue = %settings.queue, "scheduler connected");
-    let result = claim_loop(settings, db, worker, &channel, metrics, shutdown).await;
+    let result = claim_loop(
+        settings,
+        db,
+        worker,
+        &channel,
+        &unsubscribe,
+        metrics,
+        shutdown,
+    )
+    .await;
     let _ = conn.close(200, "scheduler shutting down".into()).await;
     result
 }
@@ -134,6 +145,7 @@ async fn claim_loop(
     db: &PgPool,
     worker: &Registration,
     channel: &Channel,
+    unsubscribe: &Unsubscribe,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), SchedulerError> {
@@ -164,7 +176,7 @@ async fn claim_loop(
                 queue_depth(channel, &settings.queue, metrics).await?;
                 next_depth = tokio::time::Instant::now() + QUEUE_DEPTH_EVERY;
             }
-            let claimed = claim(db, batch, worker.id, metrics)
+            let claimed = claim(db, batch, worker.id, unsubscribe, metrics)
                 .instrument(tracing::info_span!("claim_batch", batch))
                 .await?;
             if let Some(previous) = publishing.take() {
@@ -360,9 +372,10 @@ pub async fn claim_and_publish(
     queue: &str,
     batch: i64,
     owner: Uuid,
+    unsubscribe: &Unsubscribe,
     metrics: &Metrics,
 ) -> Result<usize, SchedulerError> {
-    let rendered = claim(db, batch, owner, metrics).await?;
+    let rendered = claim(db, batch, owner, unsubscribe, metrics).await?;
     publish_or_requeue(db, channel, queue, metrics, rendered).await
 }
 
@@ -405,6 +418,7 @@ async fn claim(
     db: &PgPool,
     batch: i64,
     owner: Uuid,
+    unsubscribe: &Unsubscribe,
     metrics: &Metrics,
 ) -> Result<Vec<Rendered>, SchedulerError> {
     let started = Instant::now();
@@ -434,7 +448,7 @@ async fn claim(
         // next opening; one that can no longer go out before an end date is skipped.
         match queue_time(row, now) {
             Ok(schedule::Planned::At(at)) if at > now => later.push((row.get("id"), at)),
-            Ok(schedule::Planned::At(_)) => match render::render(row, &threads) {
+            Ok(schedule::Planned::At(_)) => match render::render(row, &threads, unsubscribe) {
                 Ok(r) => rendered.push(r),
                 Err(reason) => broken.push((row.get("id"), reason)),
             },

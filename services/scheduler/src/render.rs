@@ -13,6 +13,7 @@ use pulse_shared::{
     },
     ledger,
     messaging::SendMessage,
+    unsubscribe::{Subject, Unsubscribe},
 };
 use sqlx::{PgConnection, Row, postgres::PgRow};
 use uuid::Uuid;
@@ -74,6 +75,7 @@ pub(crate) async fn threads(
 pub(crate) fn render(
     row: &PgRow,
     threads: &HashMap<(Uuid, i32), Thread>,
+    unsubscribe: &Unsubscribe,
 ) -> Result<Rendered, String> {
     let get = |e: sqlx::Error| format!("reading the claimed run: {e}");
     let attributes: serde_json::Value = row.try_get("attributes").map_err(get)?;
@@ -81,7 +83,13 @@ pub(crate) fn render(
     let first_name: Option<String> = row.try_get("first_name").map_err(get)?;
     let last_name: Option<String> = row.try_get("last_name").map_err(get)?;
     let timezone: Option<String> = row.try_get("lead_tz").map_err(get)?;
+    let unsubscribe_url = unsubscribe.url(Subject {
+        workspace: row.try_get("workspace_id").map_err(get)?,
+        lead: row.try_get("lead_id").map_err(get)?,
+        sequence: row.try_get("sequence_id").map_err(get)?,
+    });
     let lead = LeadFields {
+        unsubscribe_url: Some(&unsubscribe_url),
         email: &email,
         first_name: first_name.as_deref(),
         last_name: last_name.as_deref(),

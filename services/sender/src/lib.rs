@@ -45,6 +45,7 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
+use pulse_shared::unsubscribe::Unsubscribe;
 use pulse_shared::{
     Settings,
     batch::{BatchOp, Batcher},
@@ -98,6 +99,8 @@ pub struct Context {
     pub transport: Transport,
     /// The relays and DKIM keys of the mailboxes sends come from.
     pub mailboxes: Arc<Mailboxes>,
+    /// Signs the one-click unsubscribe link of every message.
+    pub unsubscribe: Unsubscribe,
     pub settings: SenderSettings,
     pub metrics: Metrics,
     batches: Batches,
@@ -231,7 +234,9 @@ impl Context {
         let ca = settings
             .tls_ca()
             .map_err(|e| SenderError::Tls(e.to_string()))?;
+        let unsubscribe = Unsubscribe::load(&db, settings).await?;
         Ok(Self {
+            unsubscribe,
             mailboxes: Arc::new(Mailboxes::new(s.smtp_timeout, ca)),
             batches: Batches::spawn(&db, settings, worker),
             worker,
@@ -597,7 +602,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
             ),
         ))
     } else if snap.lead_suppressed {
-        Some((Release::Skip, "lead unsubscribed or bounced".to_owned()))
+        Some((Release::Skip, "lead suppressed".to_owned()))
     } else {
         snap.followup
             .window_opens_after(now)
@@ -671,6 +676,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
             .clone()
             .map(|name| (name, msg.key.clone())),
         dkim,
+        list_unsubscribe: Some(ctx.unsubscribe.list_unsubscribe(snap.unsubscribe)),
     };
     // The wire mark: only a claim that still holds its key once the body is out may send the
     // final dot.

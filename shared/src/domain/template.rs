@@ -1,6 +1,7 @@
 //! Subject and body templates. Owns the template language: `{{ lead.first_name }}` and
 //! `{{ lead.first_name | default: "there" }}` over the lead's fields (`email`, `first_name`,
-//! `last_name`, `timezone`) and attributes (`lead.attributes.company`). Templates are checked when
+//! `last_name`, `timezone`) and attributes (`lead.attributes.company`), and the lead's one-click
+//! unsubscribe link (`{{ unsubscribe_url }}`). Templates are checked when
 //! a sequence is saved so that rendering at queue time cannot fail.
 
 use serde_json::Value;
@@ -13,6 +14,8 @@ pub struct LeadFields<'a> {
     pub last_name: Option<&'a str>,
     pub timezone: Option<&'a str>,
     pub attributes: Option<&'a Value>,
+    /// The lead's one-click unsubscribe link for this sequence (`{{ unsubscribe_url }}`).
+    pub unsubscribe_url: Option<&'a str>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -78,6 +81,7 @@ fn lookup(path: &[&str], lead: &LeadFields<'_>) -> Option<String> {
         ["lead", "first_name"] => lead.first_name.map(str::to_owned),
         ["lead", "last_name"] => lead.last_name.map(str::to_owned),
         ["lead", "timezone"] => lead.timezone.map(str::to_owned),
+        ["unsubscribe_url"] => lead.unsubscribe_url.map(str::to_owned),
         ["lead", "attributes", key] => match lead.attributes?.get(*key)? {
             Value::Null => None,
             Value::String(s) => Some(s.clone()),
@@ -131,12 +135,12 @@ fn parse_var(expr: &str) -> Result<Piece<'_>, String> {
     let path: Vec<&str> = path_src.split('.').collect();
     let known = matches!(
         path.as_slice(),
-        ["lead", "email" | "first_name" | "last_name" | "timezone"]
+        ["lead", "email" | "first_name" | "last_name" | "timezone"] | ["unsubscribe_url"]
     ) || matches!(path.as_slice(), ["lead", "attributes", k] if !k.is_empty());
     if !known {
         return Err(format!(
             "unknown variable {path_src:?}; use lead.email, lead.first_name, lead.last_name, \
-             lead.timezone or lead.attributes.<name>"
+             lead.timezone, lead.attributes.<name> or unsubscribe_url"
         ));
     }
     Ok(Piece::Var { path, default })

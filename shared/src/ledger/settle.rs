@@ -21,7 +21,7 @@ pub enum Release {
     Hold(Option<DateTime<Utc>>),
     /// The enrollment ended or the sequence was deleted: the step will never be sent.
     Cancel,
-    /// The lead is unsubscribed or bounced.
+    /// The lead is suppressed (its address or domain is on the suppression list).
     Skip,
 }
 

@@ -32,7 +32,11 @@ pub struct Snapshot {
     pub workspace_dkim: Option<WorkspaceDkim>,
     pub enrollment_status: crate::state::EnrollmentStatus,
     pub sequence_status: crate::state::SequenceStatus,
+    /// The lead's address or domain is on the suppression list (or the lead was marked
+    /// unsubscribed or bounced).
     pub lead_suppressed: bool,
+    /// Whom the message's unsubscribe link names.
+    pub unsubscribe: crate::unsubscribe::Subject,
     /// What follows this step, read in the same query, for [`super::record_sent`]'s fast path.
     pub followup: Followup,
 }
@@ -105,7 +109,13 @@ pub async fn snapshot_many(
         "SELECT sr.id, sr.workspace_id, sr.subject, sr.body, sr.html, sr.reply_to, sr.in_reply_to, sr.thread_refs,
                 sr.from_addr, sr.to_addr, sr.message_id, sr.sequence_id,
                 e.status AS enrollment_status, s.status AS sequence_status,
-                (l.unsubscribed_at IS NOT NULL OR l.bounced_at IS NOT NULL) AS suppressed,
+                e.lead_id,
+                (l.unsubscribed_at IS NOT NULL OR l.bounced_at IS NOT NULL
+                 OR EXISTS (SELECT 1 FROM suppressions sp WHERE sp.workspace_id = sr.workspace_id
+                              AND sp.kind = 'email' AND sp.value = l.email)
+                 OR EXISTS (SELECT 1 FROM suppressions sp WHERE sp.workspace_id = sr.workspace_id
+                              AND sp.kind = 'domain' AND sp.value = split_part(l.email, '@', 2)))
+                    AS suppressed,
                 s.version AS sequence_version, s.timezone, s.send_window, s.end_date,
                 l.timezone AS lead_tz, nx.id AS next_id, nx.position AS next_position,
                 nx.timing AS next_timing, nx.end_date AS next_end_date, nx.version AS next_version,
@@ -212,6 +222,11 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
         enrollment_status: row.try_get("enrollment_status")?,
         sequence_status: row.try_get("sequence_status")?,
         lead_suppressed: row.try_get("suppressed")?,
+        unsubscribe: crate::unsubscribe::Subject {
+            workspace: row.try_get("workspace_id")?,
+            lead: row.try_get("lead_id")?,
+            sequence: row.try_get("sequence_id")?,
+        },
         followup: Followup {
             sequence: row.try_get("sequence_id")?,
             sequence_version: row.try_get("sequence_version")?,

@@ -9,7 +9,12 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 mod mailbox;
+mod suppression;
 pub use mailbox::{CreateMailbox, DkimInput, EditMailbox, Mailbox, MailboxList};
+pub use suppression::{
+    AddSuppressions, Suppression, SuppressionInput, SuppressionList, SuppressionReason,
+    SuppressionsAdded,
+};
 
 pub use crate::{
     domain::{timing::Timing, window::SendWindow},
@@ -168,6 +173,8 @@ pub struct ReenrollResponse {
     pub already_active: usize,
     pub never_enrolled: usize,
     pub unknown_lead: usize,
+    /// Leads on the suppression list: not re-enrolled.
+    pub suppressed: usize,
     pub results: Vec<ReenrollResult>,
 }
 
@@ -470,6 +477,8 @@ pub mod outcome {
     pub const SEQUENCE_PAUSED: &str = "sequence_paused";
     pub const REENROLLED: &str = "reenrolled";
     pub const NEVER_ENROLLED: &str = "never_enrolled";
+    /// The lead's address or domain is on the workspace's suppression list.
+    pub const SUPPRESSED: &str = "suppressed";
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]

@@ -488,6 +488,7 @@ async fn a_batch_the_broker_does_not_confirm_is_due_again_and_sent_once() -> any
         &missing,
         10,
         uuid::Uuid::new_v4(),
+        &pulse_shared::unsubscribe::Unsubscribe::with_key("test", None, "http://127.0.0.1"),
         &metrics,
     )
     .await;
@@ -513,6 +514,7 @@ async fn a_batch_the_broker_does_not_confirm_is_due_again_and_sent_once() -> any
         &env.settings.queue,
         10,
         uuid::Uuid::new_v4(),
+        &pulse_shared::unsubscribe::Unsubscribe::with_key("test", None, "http://127.0.0.1"),
         &metrics,
     )
     .await?;

@@ -13,6 +13,7 @@ mod mailboxes;
 mod message;
 mod model;
 mod observability;
+mod optout;
 mod recovery;
 mod relay;
 mod send_path;

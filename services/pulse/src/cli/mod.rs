@@ -1,4 +1,4 @@
-//! The operator CLI: `pulse sequences …`, `pulse mailboxes …`, `pulse enrollments …`, `pulse re-enroll`, `pulse sends`,
+//! The operator CLI: `pulse sequences …`, `pulse mailboxes …`, `pulse suppressions …`, `pulse enrollments …`, `pulse re-enroll`, `pulse sends`,
 //! `pulse resolve`, `pulse audit`, `pulse resume-preview`. A thin client of the HTTP API (the same routes a script
 //! would use): base URL from `--url`/`PULSE_URL`, key from `--key`/`PULSE_API_KEY`, the acting
 //! user from `$USER` for the audit trail. Human-readable tables by default, `--json` for scripts.
@@ -10,7 +10,9 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 mod render;
+mod suppressions;
 use render::render;
+pub use suppressions::Suppressions;
 
 #[derive(Args, Debug)]
 pub struct Client {
@@ -185,6 +187,7 @@ pub struct ResolveArgs {
 pub enum Request {
     Sequences(Sequences),
     Mailboxes(Mailboxes),
+    Suppressions(Suppressions),
     Enrollments(Enrollments),
     Reenroll(ReenrollArgs),
     Sends(SendsFilter),
@@ -240,6 +243,7 @@ fn encode(v: &str) -> String {
 pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
     use reqwest::Method;
     let (method, path, body) = match &request {
+        Request::Suppressions(action) => return suppressions::run(client, action).await,
         Request::Sequences(Sequences::List) => (Method::GET, "/v1/sequences".to_owned(), None),
         Request::Sequences(Sequences::Show { id }) => {
             (Method::GET, format!("/v1/sequences/{}", encode(id)), None)
@@ -456,6 +460,20 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             )
         }
     };
+    let value = call(client, method, &path, body).await?;
+    if client.json {
+        return Ok(serde_json::to_string_pretty(&value).unwrap_or_default());
+    }
+    Ok(render(&request, &value))
+}
+
+/// One API request; the JSON answer, or the failure to print.
+async fn call(
+    client: &Client,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, Failure> {
     let key = client
         .key
         .as_deref()
@@ -495,8 +513,5 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
         let code = if status.is_client_error() { 1 } else { 3 };
         return Err(fail(code, format!("{}: {message}{field}", status.as_u16())));
     }
-    if client.json {
-        return Ok(serde_json::to_string_pretty(&value).unwrap_or_default());
-    }
-    Ok(render(&request, &value))
+    Ok(value)
 }

@@ -13,7 +13,7 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -131,6 +131,8 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
             format!("mailbox {} added: {}", s(&v["id"]), s(&v["address"]))
         }
         Request::Mailboxes(Mailboxes::Rm { id }) => format!("mailbox {id} deleted"),
+        // Printed by `suppressions::run` itself.
+        Request::Suppressions(_) => String::new(),
         Request::Enrollments(Enrollments::List { .. }) => table(
             &["ID", "LEAD", "STATUS", "STEP", "NEXT DUE", "STEPS"],
             items("enrollments")

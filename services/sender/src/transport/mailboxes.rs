@@ -31,7 +31,8 @@ pub const MAILBOX_POOL_SIZE: usize = 4;
 /// `Content-Type`: lettre writes a multipart message's `Content-Type` with the body, after it
 /// signs, so it would be signed as absent and the signature would fail
 /// (`dkim::mail_from_a_mailbox_with_a_key_is_dkim_signed_and_verifies_with_dkimpy`).
-const SIGNED: [&str; 9] = [
+/// The unsubscribe headers are signed, as Gmail requires for one-click unsubscribe.
+const SIGNED: [&str; 11] = [
     "From",
     "To",
     "Subject",
@@ -41,6 +42,8 @@ const SIGNED: [&str; 9] = [
     "In-Reply-To",
     "References",
     "MIME-Version",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
 ];
 
 /// A mailbox's DKIM signing setup.

@@ -57,6 +57,9 @@ pub struct Outgoing {
     pub idempotency: Option<(String, String)>,
     /// Sign with this mailbox's DKIM key.
     pub dkim: Option<Dkim>,
+    /// `List-Unsubscribe`'s value: with it the message also says `List-Unsubscribe-Post:
+    /// List-Unsubscribe=One-Click` (RFC 8058).
+    pub list_unsubscribe: Option<String>,
 }
 
 /// Why a send did not go through.
@@ -176,6 +179,17 @@ fn build(mail: &Outgoing) -> Result<Message, SendError> {
     }
     if let Some(references) = &mail.references {
         builder = builder.references(references.clone());
+    }
+    if let Some(link) = &mail.list_unsubscribe {
+        builder = builder
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                link.clone(),
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".to_owned(),
+            ));
     }
     if let Some((name, key)) = &mail.idempotency {
         let name = HeaderName::new_from_ascii(name.clone())
