@@ -265,6 +265,9 @@ pub async fn edit(
         .await?;
         warnings.extend(crate::control::in_flight_warning(left, state.drain_timeout));
     }
+    if req.steps.is_some() {
+        warnings.extend(crate::sequences::unsubscribe_link_note(&after.steps));
+    }
     tracing::info!(sequence = %id, version = after.version, actor = %auth.actor, "sequence edited");
     Ok(Json(SequenceChange {
         sequence: after,

@@ -274,6 +274,20 @@ pub(crate) fn check_steps(steps: &[StepInput], editing: bool) -> Result<(), ApiE
     Ok(())
 }
 
+/// A note when no step shows the lead's unsubscribe link (`{{ unsubscribe_url }}`): the
+/// `List-Unsubscribe` header still gives mail clients their button.
+pub(crate) fn unsubscribe_link_note(steps: &[Step]) -> Option<String> {
+    let shows = |t: &str| t.contains("unsubscribe_url");
+    let any = steps
+        .iter()
+        .any(|s| shows(&s.body) || s.html.as_deref().is_some_and(shows));
+    (!any).then(|| {
+        "no step shows {{ unsubscribe_url }}: recipients can unsubscribe only through their mail \
+         client's button (the List-Unsubscribe header every message carries)"
+            .to_owned()
+    })
+}
+
 pub(crate) fn check_triggers(triggers: &[TriggerSpec]) -> Result<(), ApiError> {
     for (i, trigger) in triggers.iter().enumerate() {
         let blank = match trigger {

@@ -11,8 +11,10 @@
 //!   that was never in doubt, handed to an operator anyway (a lead's later step waiting behind
 //!   it counts as `unknown`);
 //! * `failed` — ledger FAILED with the relay's refusal (the smtp round refuses some on purpose);
-//! * `unexpected` — accepted while its sequence was paused, or accepted with a ledger that says
-//!   it was not.
+//! * `suppressed` — never sent because the lead was suppressed (each round suppresses one lead
+//!   in ten while the fault strikes);
+//! * `unexpected` — accepted while its sequence was paused, accepted after its lead's
+//!   suppression returned, or accepted with a ledger that says it was not.
 //!
 //! Each round also reports its **recovery**: the seconds from the fault's end until every
 //! expected send settled; the table gives its mean and max per fault, and the mean and max
@@ -43,13 +45,14 @@ const FAULTS: [&str; 8] = [
     "redis-paused",
     "smtp",
 ];
-const CLASSES: [&str; 7] = [
+const CLASSES: [&str; 8] = [
     "ok",
     "lost",
     "duplicated",
     "unknown",
     "false-unknown",
     "failed",
+    "suppressed",
     "unexpected",
 ];
 
@@ -488,6 +491,20 @@ async fn run_round(
     }
     enrolled?;
     h.revive()?;
+    // One lead in ten opts out while its sends are in flight: nothing may reach it once the
+    // suppression call returned.
+    let opted: HashSet<String> = leads.iter().skip(9).step_by(10).cloned().collect();
+    let entries: Vec<Value> = opted
+        .iter()
+        .map(|l| json!({"email": l, "reason": "unsubscribed"}))
+        .collect();
+    h.call_until_ok(
+        reqwest::Method::POST,
+        "/v1/suppressions",
+        json!({"entries": entries}),
+    )
+    .await?;
+    let opted_out = (opted, Instant::now());
     if fault == "redis-paused" {
         tokio::time::sleep(jitter(300)).await;
         h.call_until_ok(
@@ -521,7 +538,7 @@ async fn run_round(
     }
     h.revive()?;
     Ok((
-        classify(h, &tag, &seq_id, &leads, paused_window).await?,
+        classify(h, &tag, &seq_id, &leads, paused_window, &opted_out).await?,
         recovery,
     ))
 }
@@ -556,6 +573,7 @@ async fn classify(
     seq: &str,
     leads: &[String],
     paused: Option<(Instant, Instant)>,
+    (opted, suppressed_at): &(HashSet<String>, Instant),
 ) -> anyhow::Result<BTreeMap<&'static str, usize>> {
     let ledger: Vec<(String, i32, String, Option<String>)> = sqlx::query_as(
         "SELECT l.email, sl.position, sl.state, sr.message_id
@@ -599,11 +617,14 @@ async fn classify(
             let state = states.get(&key).map(String::as_str);
             let during_pause =
                 paused.is_some_and(|(from, to)| got.iter().any(|t| *t > from && *t < to));
+            let opted_out = opted.contains(lead);
+            let after_opt_out = opted_out && got.iter().any(|t| t > suppressed_at);
             let class = match (got.len(), state) {
-                _ if during_pause => "unexpected",
+                _ if during_pause || after_opt_out => "unexpected",
                 (n, _) if n > 1 => "duplicated",
                 (_, Some("UNKNOWN")) if doubtful.contains(&key) => "unknown",
                 (_, Some("UNKNOWN")) => "false-unknown",
+                (0, _) if opted_out => "suppressed",
                 (_, None) if behind_unknown => "unknown",
                 (1, Some("SENT")) => "ok",
                 (1, _) => "unexpected",

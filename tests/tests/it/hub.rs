@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use pulse::Role;
-use pulse_tests::{SmtpServer, TestEnv, sequence_body};
+use pulse_tests::{SmtpServer, TestEnv, count, sequence_body};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -511,5 +511,90 @@ async fn every_page_renders_and_every_action_works_from_its_form() -> anyhow::Re
         .await?;
     assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/hub/sequences"));
     assert_eq!(sequence_status(&env, &sid).await?, "DELETED");
+    env.stop().await
+}
+
+#[tokio::test]
+async fn the_suppressions_page_adds_searches_and_lifts_with_a_reason() -> anyhow::Result<()> {
+    let env = TestEnv::start("hub_pages", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let mut body = sequence_body(
+        "S",
+        &[("Hi", "B", json!({"type": "delay", "delay": "P1D"}))],
+        "go",
+    );
+    body["triggers"] = json!([{"type": "tag_applied", "tag": "go"}]);
+    env.create_sequence(body).await?;
+    env.post(
+        "/v1/events",
+        json!({"events": [{"id": "1", "type": "tag_applied", "tag": "go", "lead": {"email": "eve@example.com"}}]}),
+    )
+    .await?;
+    let hub = Hub::sign_in(&env, &env.key).await?;
+    let (s, to) = hub
+        .post(
+            "/hub/suppressions/add",
+            &[
+                (
+                    "values",
+                    "email\r\nEve@Example.com,extra\r\nacme.example\r\n",
+                ),
+                ("reason", "complained"),
+                ("return_to", "/hub/suppressions"),
+            ],
+        )
+        .await?;
+    assert_eq!(
+        (s, to.as_str()),
+        (StatusCode::SEE_OTHER, "/hub/suppressions")
+    );
+    let (_, listed) = env.get("/v1/suppressions").await?;
+    let values: Vec<&str> = listed["suppressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["value"].as_str())
+        .collect();
+    assert_eq!(values, ["acme.example", "eve@example.com"]);
+    assert_eq!(listed["suppressions"][1]["reason"], "complained");
+    let ended = count(
+        &env.db,
+        "SELECT count(*) FROM enrollments WHERE status = 'CANCELLED' AND end_reason = 'complained'",
+    )
+    .await?;
+    assert_eq!(ended, 1, "Eve's enrollment ended");
+    let (s, html) = hub.get("/hub/suppressions?q=eve@example.com").await?;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        html.contains("eve@example.com") && !html.contains("acme.example</td>"),
+        "{html}"
+    );
+    // A bad line is refused with its line number, nothing added.
+    let (s, _) = hub
+        .post(
+            "/hub/suppressions/add",
+            &[
+                ("values", "ok@example.com\nnot a domain"),
+                ("reason", "manual"),
+            ],
+        )
+        .await?;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM suppressions").await?,
+        2
+    );
+    let (s, _) = hub
+        .post(
+            "/hub/suppressions/lift",
+            &[("value", "eve@example.com"), ("reason", "she asked again")],
+        )
+        .await?;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let lifted = count(
+        &env.db,
+        "SELECT count(*) FROM suppression_lifts WHERE value = 'eve@example.com' AND reason = 'she asked again'",
+    )
+    .await?;
+    assert_eq!(lifted, 1);
     env.stop().await
 }

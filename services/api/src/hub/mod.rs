@@ -9,6 +9,7 @@
 
 mod pages;
 pub mod session;
+mod suppressions;
 
 use axum::{
     Router,
@@ -208,6 +209,7 @@ pub fn layout(title: &str, user: Option<&HubUser>, flash: Option<&Flash>, body: 
                         nav {
                             a href="/hub/sequences" { "Sequences" }
                             a href="/hub/sends" { "Send history" }
+                            a href="/hub/suppressions" { "Suppressions" }
                             a href="/hub/outbox" { "Dev outbox" }
                         }
                         form.signout method="post" action="/hub/logout" {
@@ -314,6 +316,9 @@ pub fn router(api: ApiState) -> Router {
         .route("/hub/sends", get(pages::sends))
         .route("/hub/sends/{key}/resolve", post(pages::resolve))
         .route("/hub/outbox", get(pages::outbox))
+        .route("/hub/suppressions", get(suppressions::list))
+        .route("/hub/suppressions/add", post(suppressions::add))
+        .route("/hub/suppressions/lift", post(suppressions::lift))
         .layer(axum::middleware::from_fn(secure_headers))
         .with_state(HubState { api })
 }

@@ -389,6 +389,9 @@ pub async fn sequence(
                 dt { "Version" } dd { (s.version) " (updated " (when(&s.updated_at)) ")" }
             }
         }
+        @if let Some(note) = api_sequences::unsubscribe_link_note(&s.steps) {
+            p.muted { (note) }
+        }
         section {
             h2 { "Steps" }
             table.list { thead { tr { th { "#" } th { "Timing" } th { "Subject" } th { "Body" } th { "End date" } } }

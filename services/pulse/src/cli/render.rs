@@ -94,8 +94,18 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
                     })
                     .collect(),
             );
+            let shows_link = v["steps"].as_array().into_iter().flatten().any(|st| {
+                [&st["body"], &st["html"]]
+                    .iter()
+                    .any(|t| t.as_str().is_some_and(|t| t.contains("unsubscribe_url")))
+            });
+            let note = if shows_link {
+                ""
+            } else {
+                "\nnote: no step shows {{ unsubscribe_url }} (the List-Unsubscribe header still does)"
+            };
             format!(
-                "{}\nsender {}  timezone {}\n\n{steps}",
+                "{}\nsender {}  timezone {}{note}\n\n{steps}",
                 sequence_line(v),
                 match v["sender"]["mailbox_ids"].as_array() {
                     Some(ids) => format!("{} mailboxes, one per lead", ids.len()),
