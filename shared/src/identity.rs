@@ -183,7 +183,8 @@ pub async fn merge_leads(
         let mut ended_here = Vec::new();
         for r in group.iter().filter(|r| !r.mine && r.active && kept_active) {
             let reason = format!("lead merged into {kept}: one mailbox, one lead");
-            schedule::end_enrollment(conn, r.id, EnrollmentStatus::Cancelled, &reason).await?;
+            let end = [(r.id, reason.clone())];
+            crate::transitions::end_enrollments(conn, EnrollmentStatus::Cancelled, &end).await?;
             sqlx::query(
                 "INSERT INTO audit_events (workspace_id, sequence_id, enrollment_id, actor, action, before, after)
                  VALUES ($1, $2, $3, $4, 'enrollment_cancelled', $5, $6)",

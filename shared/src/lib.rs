@@ -21,6 +21,7 @@ pub mod smtp_url;
 pub mod state;
 pub mod suppression;
 pub mod telemetry;
+pub mod transitions;
 pub mod unsubscribe;
 pub mod workers;
 

@@ -17,6 +17,7 @@ use crate::{
         window::{self, SendWindow},
     },
     state::{EnrollmentStatus, StepRunState},
+    transitions::{self, Replan},
 };
 
 /// The parts of a sequence that shape due times.
@@ -268,25 +269,6 @@ pub async fn lock_sequences(
     )
 }
 
-/// Marks a run SKIPPED with `reason` and ends its enrollment (COMPLETED, with the reason): what
-/// happens to a step that can no longer go out in time.
-pub async fn skip_and_end(
-    conn: &mut PgConnection,
-    run: Uuid,
-    enrollment: Uuid,
-    reason: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE step_runs SET state = 'SKIPPED', last_error = $2, updated_at = now() WHERE id = $1",
-    )
-    .bind(run)
-    .bind(reason)
-    .execute(&mut *conn)
-    .await?;
-    end_enrollment(conn, enrollment, EnrollmentStatus::Completed, reason).await?;
-    Ok(())
-}
-
 /// Which SCHEDULED runs [`retime`] re-plans.
 #[derive(Clone, Copy, Debug)]
 pub enum Retime {
@@ -322,6 +304,7 @@ pub async fn retime(conn: &mut PgConnection, scope: Retime) -> Result<u64, Store
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
+    let mut plans = Vec::with_capacity(runs.len());
     for run in &runs {
         let timing: Timing = serde_json::from_value(run.try_get("timing")?)
             .map_err(|e| corrupt("step timing", e))?;
@@ -332,29 +315,19 @@ pub async fn retime(conn: &mut PgConnection, scope: Retime) -> Result<u64, Store
         let (rules, lead_tz) =
             load_rules(conn, run.try_get("sequence_id")?, run.try_get("lead_id")?).await?;
         let due = timing.due_after(anchor).map_err(StoreError::Corrupt)?;
-        let id: Uuid = run.try_get("id")?;
-        match plan(
-            due,
-            &rules,
-            lead_tz,
-            run.try_get("position")?,
-            run.try_get("end_date")?,
-        ) {
-            Planned::At(at) => {
-                sqlx::query(
-                    "UPDATE step_runs SET due_at = $2, updated_at = now()
-                     WHERE id = $1 AND state = 'SCHEDULED'",
-                )
-                .bind(id)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            Planned::Expired(reason) => {
-                skip_and_end(conn, id, run.try_get("enrollment_id")?, &reason).await?;
-            }
-        }
+        plans.push(Replan {
+            run: run.try_get("id")?,
+            enrollment: run.try_get("enrollment_id")?,
+            plan: plan(
+                due,
+                &rules,
+                lead_tz,
+                run.try_get("position")?,
+                run.try_get("end_date")?,
+            ),
+        });
     }
+    transitions::apply_plans(conn, &plans).await?;
     Ok(runs.len() as u64)
 }
 
@@ -427,7 +400,8 @@ pub async fn schedule_step(
         .execute(&mut *conn)
         .await?;
     if let Some(reason) = &skipped {
-        end_enrollment(conn, target.enrollment, EnrollmentStatus::Completed, reason).await?;
+        let end = [(target.enrollment, reason.clone())];
+        transitions::end_enrollments(conn, EnrollmentStatus::Completed, &end).await?;
     }
     Ok(())
 }
@@ -445,13 +419,8 @@ pub async fn advance(
             schedule_step(conn, target, &step, anchor, None).await?;
         }
         None => {
-            end_enrollment(
-                conn,
-                target.enrollment,
-                EnrollmentStatus::Completed,
-                "all steps sent",
-            )
-            .await?;
+            let end = [(target.enrollment, "all steps sent".to_owned())];
+            transitions::end_enrollments(conn, EnrollmentStatus::Completed, &end).await?;
         }
     }
     Ok(())
@@ -476,37 +445,6 @@ pub async fn move_past_deleted(
     .fetch_one(&mut *conn)
     .await?;
     advance(conn, target, deleted_step, anchor).await
-}
-
-/// Ends an ACTIVE enrollment with `status` and `reason`; pending step runs are cancelled.
-pub async fn end_enrollment(
-    conn: &mut PgConnection,
-    enrollment: Uuid,
-    status: crate::state::EnrollmentStatus,
-    reason: &str,
-) -> Result<bool, StoreError> {
-    let ended = sqlx::query(
-        "UPDATE enrollments SET status = $2, end_reason = $3, ended_at = now(), updated_at = now()
-         WHERE id = $1 AND status = 'ACTIVE'",
-    )
-    .bind(enrollment)
-    .bind(status)
-    .bind(reason)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if ended {
-        sqlx::query(
-            "UPDATE step_runs SET state = 'CANCELLED', last_error = $2, updated_at = now()
-             WHERE enrollment_id = $1 AND state = 'SCHEDULED'",
-        )
-        .bind(enrollment)
-        .bind(reason)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(ended)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use pulse_shared::{
         ResumePreview, SequenceChange, SequenceStatus, outcome,
     },
     schedule::{self, Planned},
+    transitions::{self, Replan},
 };
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Row};
@@ -326,34 +327,26 @@ pub async fn resume(
     match status {
         SequenceStatus::Paused => {
             let (items, _) = resume_plan(&mut tx, id, Utc::now()).await?;
-            let (mut moved, mut skipped) = (0, 0);
-            for item in &items {
-                match (&item.send_at, &item.reason) {
-                    (Some(at), _) => {
-                        if *at != item.due_at {
-                            moved += 1;
-                        }
-                        sqlx::query(
-                            "UPDATE step_runs SET due_at = $2, updated_at = now() WHERE id = $1",
-                        )
-                        .bind(item.step_run_id)
-                        .bind(at)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    (None, reason) => {
-                        skipped += 1;
-                        let reason = reason.as_deref().unwrap_or("end date passed");
-                        schedule::skip_and_end(
-                            &mut tx,
-                            item.step_run_id,
-                            item.enrollment_id,
-                            reason,
-                        )
-                        .await?;
-                    }
-                }
-            }
+            let moved = items
+                .iter()
+                .filter(|i| i.send_at.is_some_and(|at| at != i.due_at))
+                .count();
+            let plans: Vec<Replan> = items
+                .iter()
+                .map(|i| Replan {
+                    run: i.step_run_id,
+                    enrollment: i.enrollment_id,
+                    plan: match (i.send_at, &i.reason) {
+                        (Some(at), _) => Planned::At(at),
+                        (None, reason) => Planned::Expired(
+                            reason
+                                .clone()
+                                .unwrap_or_else(|| "end date passed".to_owned()),
+                        ),
+                    },
+                })
+                .collect();
+            let skipped = transitions::apply_plans(&mut tx, &plans).await?.skipped;
             sqlx::query("UPDATE sequences SET status = 'ACTIVE', updated_at = now() WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -444,7 +437,8 @@ async fn cancel_locked(
     enrollment: Uuid,
     reason: &str,
 ) -> Result<(), ApiError> {
-    schedule::end_enrollment(conn, enrollment, EnrollmentStatus::Cancelled, reason).await?;
+    let end = [(enrollment, reason.to_owned())];
+    transitions::end_enrollments(conn, EnrollmentStatus::Cancelled, &end).await?;
     audit(
         conn,
         auth.workspace,

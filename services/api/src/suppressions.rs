@@ -10,8 +10,8 @@ use pulse_shared::{
         AddSuppressions, EnrollmentStatus, Suppression, SuppressionList, SuppressionReason,
         SuppressionsAdded,
     },
-    schedule,
     suppression::{self, Entry},
+    transitions,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -158,13 +158,17 @@ async fn end_enrollments(
         if rows.is_empty() {
             break;
         }
+        last = rows.last().map(|r| r.get("id"));
+        let ends: Vec<(Uuid, String)> = rows
+            .iter()
+            .map(|r| (r.get("id"), reason.as_str().to_owned()))
+            .collect();
+        let done =
+            transitions::end_enrollments(&mut tx, EnrollmentStatus::Cancelled, &ends).await?;
         for row in &rows {
             let (id, sequence, lead): (Uuid, Uuid, Uuid) =
                 (row.get("id"), row.get("sequence_id"), row.get("lead_id"));
-            last = Some(id);
-            if schedule::end_enrollment(&mut tx, id, EnrollmentStatus::Cancelled, reason.as_str())
-                .await?
-            {
+            if done.binary_search(&id).is_ok() {
                 ended += 1;
                 leads.push(lead);
                 audit(

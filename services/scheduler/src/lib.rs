@@ -37,6 +37,7 @@ use pulse_shared::{
     schedule,
     state::EnrollmentStatus,
     telemetry,
+    transitions::{self, Replan},
     unsubscribe::Unsubscribe,
     workers::Registration,
 };
@@ -434,8 +435,8 @@ async fn claim(
     let threads = render::threads(&mut tx, &rows).await?;
     let mut rendered = Vec::with_capacity(rows.len());
     let mut broken: Vec<(Uuid, String)> = Vec::new();
-    let mut expired: Vec<(Uuid, Uuid, String)> = Vec::new();
-    let mut later: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    // Runs that wait for their window's next opening, or can no longer go out.
+    let mut replans: Vec<Replan> = Vec::new();
     let mut deleted = Vec::new();
     let now = chrono::Utc::now();
     for row in &rows {
@@ -447,14 +448,17 @@ async fn claim(
         // came due outside its send window (a pause hold, a sweep, a slow claim) waits for the
         // next opening; one that can no longer go out before an end date is skipped.
         match queue_time(row, now) {
-            Ok(schedule::Planned::At(at)) if at > now => later.push((row.get("id"), at)),
-            Ok(schedule::Planned::At(_)) => match render::render(row, &threads, unsubscribe) {
-                Ok(r) => rendered.push(r),
-                Err(reason) => broken.push((row.get("id"), reason)),
-            },
-            Ok(schedule::Planned::Expired(reason)) => {
-                expired.push((row.get("id"), row.get("enrollment_id"), reason))
+            Ok(schedule::Planned::At(at)) if at <= now => {
+                match render::render(row, &threads, unsubscribe) {
+                    Ok(r) => rendered.push(r),
+                    Err(reason) => broken.push((row.get("id"), reason)),
+                }
             }
+            Ok(plan) => replans.push(Replan {
+                run: row.get("id"),
+                enrollment: row.get("enrollment_id"),
+                plan,
+            }),
             Err(e) => broken.push((row.get("id"), e.to_string())),
         }
     }
@@ -488,21 +492,7 @@ async fn claim(
     .bind(rendered.iter().map(|r| r.mailbox).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    for (run, enrollment, reason) in &expired {
-        schedule::skip_and_end(&mut tx, *run, *enrollment, reason).await?;
-    }
-    if !later.is_empty() {
-        let (ids, dues): (Vec<Uuid>, Vec<chrono::DateTime<chrono::Utc>>) =
-            later.iter().copied().unzip();
-        sqlx::query(
-            "UPDATE step_runs sr SET due_at = u.due, updated_at = now()
-             FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, due) WHERE sr.id = u.id",
-        )
-        .bind(&ids)
-        .bind(&dues)
-        .execute(&mut *tx)
-        .await?;
-    }
+    let applied = transitions::apply_plans(&mut tx, &replans).await?;
     for row in &deleted {
         skip_deleted_step(&mut tx, row).await?;
     }
@@ -518,9 +508,9 @@ async fn claim(
     }
     tx.commit().await?;
     metrics.claimed(rows.len(), started.elapsed().as_secs_f64());
-    metrics.not_queued("expired", expired.len());
+    metrics.not_queued("expired", applied.skipped);
     metrics.not_queued("unrenderable", broken.len());
-    metrics.not_queued("outside_window", later.len());
+    metrics.not_queued("outside_window", applied.retimed);
     metrics.not_queued("step_deleted", deleted.len());
     Ok(rendered)
 }

@@ -37,11 +37,7 @@ use sqlx::{PgPool, Row};
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::{
-    db::StoreError,
-    schedule::{self, Target},
-    state::{EnrollmentStatus, LedgerState},
-};
+use crate::{db::StoreError, schedule, state::LedgerState};
 
 /// The idempotency key of one step of one enrollment generation.
 pub fn idempotency_key(enrollment: Uuid, step: Uuid, generation: i32) -> String {
@@ -420,7 +416,7 @@ pub async fn resolve(
 ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
     let mut tx = db.begin().await?;
     let row = sqlx::query(
-        "SELECT sl.step_run_id, sl.enrollment_id, sl.sequence_id FROM send_ledger sl
+        "SELECT sl.step_run_id, sl.enrollment_id, sl.sequence_id, sl.claimed_at FROM send_ledger sl
          WHERE sl.idempotency_key = $1 AND sl.workspace_id = $2 AND sl.state = 'UNKNOWN' FOR UPDATE",
     )
     .bind(key)
@@ -435,36 +431,11 @@ pub async fn resolve(
         Resolution::Sent => {
             // The edit lock before any write: the next step is read below.
             schedule::lock_sequences(&mut tx, &[row.get("sequence_id")]).await?;
-            sqlx::query(
-                "UPDATE send_ledger SET state = 'SENT', sent_at = claimed_at, smtp_reply = $2,
-                     updated_at = now() WHERE idempotency_key = $1",
-            )
-            .bind(key)
-            .bind(note)
-            .execute(&mut *tx)
-            .await?;
-            let sent = sqlx::query(
-                "UPDATE step_runs sr SET state = 'SENT', sent_at = sl.claimed_at, last_error = NULL,
-                     updated_at = now()
-                 FROM send_ledger sl, enrollments e
-                 WHERE sr.id = $1 AND sl.step_run_id = sr.id AND e.id = sr.enrollment_id
-                 RETURNING sr.workspace_id, sr.sequence_id, sr.enrollment_id, sr.step_id,
-                           sr.generation, e.lead_id, e.status, sl.claimed_at",
-            )
-            .bind(run)
-            .fetch_one(&mut *tx)
-            .await?;
-            if sent.get::<EnrollmentStatus, _>("status") == EnrollmentStatus::Active {
-                let target = Target {
-                    workspace: sent.get("workspace_id"),
-                    sequence: sent.get("sequence_id"),
-                    enrollment: sent.get("enrollment_id"),
-                    lead: sent.get("lead_id"),
-                    generation: sent.get("generation"),
-                };
-                schedule::advance(&mut tx, target, sent.get("step_id"), sent.get("claimed_at"))
-                    .await?;
-            }
+            let reply = Reply {
+                code: None,
+                text: note.to_owned(),
+            };
+            settle::mark_sent_and_advance(&mut tx, key, run, row.get("claimed_at"), &reply).await?;
         }
         Resolution::Resend => {
             sqlx::query(

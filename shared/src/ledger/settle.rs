@@ -201,8 +201,8 @@ pub async fn hold(
         ) {
             schedule::Planned::At(at) => due = Some(at),
             schedule::Planned::Expired(reason) => {
-                schedule::skip_and_end(&mut tx, step_run, row.try_get("enrollment_id")?, &reason)
-                    .await?;
+                let skip = [(step_run, row.try_get("enrollment_id")?, reason)];
+                crate::transitions::skip_and_end(&mut tx, &skip).await?;
                 tx.commit().await?;
                 return Ok(());
             }
@@ -266,15 +266,33 @@ pub async fn record_sent(
     if !own(&mut tx, fence).await? {
         return Ok(Settled::ClaimLost);
     }
+    mark_sent_and_advance(&mut tx, &fence.key, step_run, now, reply).await?;
+    tx.commit().await?;
+    Ok(Settled::Recorded)
+}
+
+/// Records a key SENT (at `at`, with the relay's reply, or the operator's note) and its run
+/// SENT, then, while the enrollment is ACTIVE (locked here: a concurrent cancel either came
+/// first, and nothing follows, or waits), schedules the step that now follows or completes the
+/// enrollment. The one way a send is marked and its enrollment moved on, but for
+/// [`record_sent`]'s one-statement form when nothing changed since the snapshot. The caller holds
+/// the sequence lock (`schedule::lock_sequences`) and owns the key.
+pub(super) async fn mark_sent_and_advance(
+    tx: &mut sqlx::PgConnection,
+    key: &str,
+    step_run: Uuid,
+    at: DateTime<Utc>,
+    reply: &Reply,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE send_ledger SET state = 'SENT', smtp_code = $2, smtp_reply = $3, sent_at = $4,
              updated_at = now()
          WHERE idempotency_key = $1",
     )
-    .bind(&fence.key)
+    .bind(key)
     .bind(reply.code)
     .bind(&reply.text)
-    .bind(now)
+    .bind(at)
     .execute(&mut *tx)
     .await?;
     let run = sqlx::query(
@@ -284,11 +302,10 @@ pub async fn record_sent(
                    e.lead_id",
     )
     .bind(step_run)
-    .bind(now)
+    .bind(at)
     .fetch_one(&mut *tx)
     .await?;
     let enrollment: Uuid = run.get("enrollment_id");
-    // Lock the enrollment: a concurrent cancel either happened before (no next step) or waits.
     let status: EnrollmentStatus =
         sqlx::query_scalar("SELECT status FROM enrollments WHERE id = $1 FOR UPDATE")
             .bind(enrollment)
@@ -302,10 +319,9 @@ pub async fn record_sent(
             lead: run.get("lead_id"),
             generation: run.get("generation"),
         };
-        schedule::advance(&mut tx, target, run.get("step_id"), now).await?;
+        schedule::advance(&mut *tx, target, run.get("step_id"), at).await?;
     }
-    tx.commit().await?;
-    Ok(Settled::Recorded)
+    Ok(())
 }
 
 /// A send the relay accepted, with what the snapshot read about the step after it.

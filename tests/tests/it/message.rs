@@ -23,6 +23,8 @@ for raw in json.load(sys.stdin):
     out.append({
         "message_id": m["Message-ID"], "subject": m["Subject"], "reply_to": m["Reply-To"],
         "in_reply_to": m["In-Reply-To"], "references": m["References"],
+        "list_unsubscribe": m["List-Unsubscribe"],
+        "list_unsubscribe_post": m["List-Unsubscribe-Post"],
         "content_type": m.get_content_type(), "parts": parts,
     })
 json.dump(out, sys.stdout)
@@ -98,6 +100,16 @@ async fn html_parts_reply_to_and_threaded_follow_ups_read_right_in_a_stdlib_pars
         let ids: Vec<&str> = msgs.iter().map(|m| field(m, "message_id")).collect();
         for m in &msgs {
             assert_eq!(field(m, "reply_to"), "Replies <replies@example.com>");
+            // One-click unsubscribe (RFC 8058) on every message.
+            assert_eq!(
+                field(m, "list_unsubscribe_post"),
+                "List-Unsubscribe=One-Click"
+            );
+            let link = field(m, "list_unsubscribe");
+            assert!(
+                link.starts_with("<http") && link.contains("/u/") && link.ends_with('>'),
+                "{link}"
+            );
         }
         // Step 1: text and HTML, the lead's value escaped in the HTML only.
         let first_subject = format!("Quick question, {first}");

@@ -74,9 +74,13 @@ async fn metrics_count_ingest_schedule_and_sends_and_never_name_a_lead() -> anyh
     assert_eq!(status, 200);
     smtp.wait_for(3, Duration::from_secs(15)).await?;
 
+    // The gauges are read from the database when the scrape starts, the counters when it ends:
+    // a send recorded in between shows as sent and still queued. Wait for both to agree.
     let (text, s) = eventually(Duration::from_secs(10), "three sends counted", || async {
         let (text, s) = scrape(&env).await?;
-        Ok((get(&s, "pulse_sender_sends_total{outcome=\"sent\"}") == 3.0).then_some((text, s)))
+        let settled = get(&s, "pulse_sender_sends_total{outcome=\"sent\"}") == 3.0
+            && get(&s, "pulse_backlog_steps{state=\"queued\"}") == 0.0;
+        Ok(settled.then_some((text, s)))
     })
     .await?;
     let expect = [
