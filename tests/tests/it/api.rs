@@ -482,6 +482,17 @@ async fn openapi_describes_every_route() -> anyhow::Result<()> {
         ("/v1/enrollments/{id}", "get"),
         ("/v1/enrollments/{id}/cancel", "post"),
         ("/v1/sends", "get"),
+        ("/v1/mailboxes", "post"),
+        ("/v1/mailboxes", "get"),
+        ("/v1/mailboxes/{id}", "get"),
+        ("/v1/mailboxes/{id}", "patch"),
+        ("/v1/mailboxes/{id}", "delete"),
+        ("/v1/suppressions", "post"),
+        ("/v1/suppressions", "get"),
+        ("/v1/suppressions/{value}", "delete"),
+        ("/u/{token}", "get"),
+        ("/u/{token}", "post"),
+        ("/v1/workspace", "patch"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
