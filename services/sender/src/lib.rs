@@ -45,7 +45,6 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use pulse_shared::unsubscribe::Unsubscribe;
 use pulse_shared::{
     Settings,
     batch::{BatchOp, Batcher},
@@ -58,7 +57,9 @@ use pulse_shared::{
     pause::{Gate, PauseError, PauseFlags},
     smtp_url::{Secret, SmtpUrl},
     state::{EnrollmentStatus, SequenceStatus},
-    telemetry, workers,
+    telemetry,
+    unsubscribe::Unsubscribe,
+    workers,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -620,32 +621,22 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         return Ok(());
     }
 
-    // A mailbox with a relay of its own sends through it, and signs with its DKIM key.
-    // Else the workspace's key signs mail from its domain.
-    let (route, mut unusable) = match snap
-        .mailbox
-        .as_ref()
-        .map(|m| ctx.mailboxes.route(m, &ctx.transport))
-    {
-        Some(Ok(route)) => (Some(route), None),
-        Some(Err(reason)) => (None, Some(reason)),
-        None => (None, None),
-    };
-    let mut dkim = route.as_ref().and_then(|r| r.dkim.clone());
-    if dkim.is_none()
-        && let Some(key) = &snap.workspace_dkim
-    {
-        match ctx.mailboxes.workspace_dkim(key, &snap.from_addr) {
-            Ok(found) => dkim = found,
-            Err(reason) => unusable = Some(reason),
-        }
-    }
-    let transport = route.as_ref().map_or(&ctx.transport, |r| &r.transport);
+    // A mailbox with a relay of its own sends through it; mail is signed with the mailbox's or
+    // the workspace's DKIM key.
+    let route = ctx.mailboxes.for_send(
+        snap.mailbox.as_ref(),
+        snap.workspace_dkim.as_ref(),
+        &snap.from_addr,
+        &ctx.transport,
+    );
     // A bounded wait for a connection keeps the re-check valid for the send (see `transport`).
-    let session = match unusable {
+    let (session, dkim) = match route {
+        Ok(route) => (
+            route.transport.connect_within(CONNECTION_WAIT).await,
+            route.dkim,
+        ),
         // Nothing was sent: retried like a relay that cannot be reached.
-        Some(reason) => Some(Session::Smtp(Err(SendError::transient(reason)))),
-        None => transport.connect_within(CONNECTION_WAIT).await,
+        Err(reason) => (Some(Session::Smtp(Err(SendError::transient(reason)))), None),
     };
     let Some(session) = session else {
         let retry_at = Utc::now() + chrono::Duration::seconds(1);

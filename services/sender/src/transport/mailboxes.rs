@@ -92,10 +92,35 @@ impl Mailboxes {
         }
     }
 
+    /// Where one send goes and how it is signed: its mailbox's relay (else `global`) and key,
+    /// else the workspace's key when it signs for the domain of `from`. The error says why the
+    /// send cannot go (a stored setting that no longer parses, a TLS setup that fails): nothing
+    /// was sent, and the send is retried like one whose relay cannot be reached.
+    pub fn for_send(
+        &self,
+        mailbox: Option<&MailboxRoute>,
+        workspace_key: Option<&WorkspaceDkim>,
+        from: &str,
+        global: &Transport,
+    ) -> Result<Route, String> {
+        let mut route = match mailbox {
+            Some(m) => self.route(m, global)?,
+            None => Route {
+                transport: global.clone(),
+                dkim: None,
+            },
+        };
+        if route.dkim.is_none()
+            && let Some(key) = workspace_key
+        {
+            route.dkim = self.workspace_dkim(key, from)?;
+        }
+        Ok(route)
+    }
+
     /// The transport and signing of a send from `mailbox`; `global` when it has no relay of its
-    /// own. The error says why the mailbox cannot send (a stored setting that no longer parses,
-    /// or a TLS setup that fails).
-    pub fn route(&self, mailbox: &MailboxRoute, global: &Transport) -> Result<Route, String> {
+    /// own.
+    fn route(&self, mailbox: &MailboxRoute, global: &Transport) -> Result<Route, String> {
         let mut opened = self
             .opened
             .lock()
@@ -121,7 +146,7 @@ impl Mailboxes {
     }
 
     /// The workspace's key, when it signs for the domain of `from` (a `Name <address>`).
-    pub fn workspace_dkim(&self, key: &WorkspaceDkim, from: &str) -> Result<Option<Dkim>, String> {
+    fn workspace_dkim(&self, key: &WorkspaceDkim, from: &str) -> Result<Option<Dkim>, String> {
         let domain = from
             .parse::<lettre::message::Mailbox>()
             .map(|m| m.email.domain().to_ascii_lowercase())
