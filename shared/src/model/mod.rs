@@ -52,6 +52,10 @@ pub struct StepInput {
     /// Keep and edit this existing step (edits only; omit for a new step).
     #[serde(default)]
     pub id: Option<Uuid>,
+    /// Ignored: a step's place is its place in the list. Accepted so that steps read with
+    /// `GET /v1/sequences/{id}` can be sent back as they are.
+    #[serde(default)]
+    pub position: Option<i32>,
     /// Template, e.g. `Hello {{ lead.first_name }}`. May be empty on a threaded step after the
     /// first: it then goes out as `Re: ` and the thread's first subject.
     pub subject: String,

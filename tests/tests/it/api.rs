@@ -518,3 +518,40 @@ async fn openapi_describes_every_route() -> anyhow::Result<()> {
     );
     env.stop().await
 }
+
+#[tokio::test]
+async fn steps_read_with_get_can_be_sent_back_with_patch() -> anyhow::Result<()> {
+    let env = TestEnv::start("api", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let created = env
+        .create_sequence(sequence_body(
+            "Round trip",
+            &[
+                ("One", "First", json!({"type": "immediately"})),
+                ("Two", "Second", json!({"type": "delay", "delay": "P1D"})),
+            ],
+            "rt",
+        ))
+        .await?;
+    let sid = created["id"].as_str().unwrap_or_default().to_owned();
+    let (_, read) = env.get(&format!("/v1/sequences/{sid}")).await?;
+    let mut steps = read["steps"].clone();
+    steps[1]["body"] = json!("Second, edited");
+    let (status, changed) = env
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/sequences/{sid}"),
+            Some(json!({"steps": steps})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{changed}");
+    let after = &changed["sequence"]["steps"];
+    assert_eq!(
+        after.as_array().map(Vec::len),
+        Some(2),
+        "no step was deleted"
+    );
+    assert_eq!(after[0]["id"], read["steps"][0]["id"]);
+    assert_eq!(after[1]["id"], read["steps"][1]["id"]);
+    assert_eq!(after[1]["body"], "Second, edited");
+    env.stop().await
+}

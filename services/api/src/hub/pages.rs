@@ -718,6 +718,7 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
             i,
             StepInput {
                 id,
+                position: None,
                 subject: subject.to_owned(),
                 body: bodies[i].to_owned(),
                 html: (!html.is_empty()).then(|| htmls[i].to_owned()),
