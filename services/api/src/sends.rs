@@ -47,6 +47,10 @@ pub struct SendFilter {
 
 async fn query(state: &ApiState, workspace: Uuid, f: SendFilter) -> Result<SendList, ApiError> {
     let limit = Page { limit: f.limit }.limit()?;
+    // A sequence id that names nothing is a mistake, not "nothing was sent".
+    if let Some(id) = f.sequence_id {
+        crate::sequences::exists(&state.db, workspace, id).await?;
+    }
     let lead = f
         .lead
         .as_deref()

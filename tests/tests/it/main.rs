@@ -2,6 +2,7 @@
 //! PostgreSQL, RabbitMQ and Redis, and the send tests against a real SMTP server.
 
 mod api;
+mod cli;
 mod control;
 mod dkim;
 mod faults;

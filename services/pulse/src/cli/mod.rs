@@ -89,14 +89,21 @@ pub enum Enrollments {
     /// The enrollments of a sequence: who got what, and when.
     List {
         sequence: String,
+        /// ACTIVE, COMPLETED, CANCELLED, FAILED or INELIGIBLE.
         #[arg(long)]
         status: Option<String>,
+        /// Only enrollments on the step at this position.
         #[arg(long)]
         step: Option<i32>,
+        /// Only this lead's enrollments (its email).
         #[arg(long)]
         lead: Option<String>,
+        /// Rows per page (1 to 1000, default 100).
         #[arg(long)]
         limit: Option<i64>,
+        /// The next page: the id printed after "more:" on the previous one.
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Cancel one enrollment: nothing more is sent to that lead from this sequence.
     Cancel {
@@ -133,8 +140,12 @@ pub struct SendsFilter {
     /// RFC 3339 time.
     #[arg(long)]
     pub until: Option<String>,
+    /// Rows per page (1 to 1000, default 100).
     #[arg(long)]
     pub limit: Option<i64>,
+    /// The next page: the key printed after "more:" on the previous one.
+    #[arg(long)]
+    pub after: Option<String>,
     /// Print only the Message-IDs, one a line (to grep a relay's log with).
     #[arg(long)]
     pub message_ids: bool,
@@ -277,6 +288,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             step,
             lead,
             limit,
+            after,
         }) => (
             Method::GET,
             format!(
@@ -286,7 +298,8 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
                     ("status", status.clone()),
                     ("step", step.map(|s| s.to_string())),
                     ("lead", lead.clone()),
-                    ("limit", limit.map(|l| l.to_string()))
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("after", after.clone())
                 ])
             ),
             None,
@@ -353,6 +366,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             since,
             until,
             limit,
+            after,
             message_ids: _,
         }) => (
             Method::GET,
@@ -364,7 +378,8 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
                     ("state", state.clone()),
                     ("since", since.clone()),
                     ("until", until.clone()),
-                    ("limit", limit.map(|l| l.to_string()))
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("after", after.clone())
                 ])
             ),
             None,

@@ -58,6 +58,14 @@ fn sequence_line(seq: &Value) -> String {
     )
 }
 
+/// The hint for the next page, when there is one.
+fn more(v: &Value) -> String {
+    match v["next"].as_str() {
+        Some(next) => format!("\nmore: --after {next}"),
+        None => String::new(),
+    }
+}
+
 pub(super) fn render(request: &Request, v: &Value) -> String {
     let items = |k: &str| v[k].as_array().cloned().unwrap_or_default();
     match request {
@@ -143,28 +151,43 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
         Request::Mailboxes(Mailboxes::Rm { id }) => format!("mailbox {id} deleted"),
         // Printed by `suppressions::run` itself.
         Request::Suppressions(_) => String::new(),
-        Request::Enrollments(Enrollments::List { .. }) => table(
-            &["ID", "LEAD", "STATUS", "STEP", "NEXT DUE", "STEPS"],
-            items("enrollments")
-                .iter()
-                .map(|e| {
-                    let steps: Vec<String> = e["steps"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|st| format!("{}:{}", s(&st["position"]), s(&st["state"])))
-                        .collect();
-                    vec![
-                        s(&e["id"]),
-                        s(&e["lead_email"]),
-                        s(&e["status"]),
-                        s(&e["current_step"]),
-                        s(&e["next_due_at"]),
-                        steps.join(" "),
-                    ]
-                })
-                .collect(),
-        ),
+        Request::Enrollments(Enrollments::List { .. }) => {
+            let mut out = table(
+                &[
+                    "ID",
+                    "LEAD",
+                    "GEN",
+                    "STATUS",
+                    "STEP",
+                    "NEXT DUE",
+                    "STEPS",
+                    "ENDED BECAUSE",
+                ],
+                items("enrollments")
+                    .iter()
+                    .map(|e| {
+                        let steps: Vec<String> = e["steps"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|st| format!("{}:{}", s(&st["position"]), s(&st["state"])))
+                            .collect();
+                        vec![
+                            s(&e["id"]),
+                            s(&e["lead_email"]),
+                            s(&e["generation"]),
+                            s(&e["status"]),
+                            s(&e["current_step"]),
+                            s(&e["next_due_at"]),
+                            steps.join(" "),
+                            s(&e["end_reason"]),
+                        ]
+                    })
+                    .collect(),
+            );
+            out.push_str(&more(v));
+            out
+        }
         Request::Enrollments(Enrollments::Cancel { .. }) => {
             format!(
                 "{} ({}) is {}: {}",
@@ -221,31 +244,35 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
             }
             out
         }
-        Request::Sends(_) | Request::Resolve(_) => table(
-            &[
-                "SENT AT",
-                "LEAD",
-                "STEP",
-                "GEN",
-                "STATE",
-                "SMTP",
-                "MESSAGE-ID",
-            ],
-            items("sends")
-                .iter()
-                .map(|x| {
-                    vec![
-                        s(&x["sent_at"]),
-                        s(&x["lead_email"]),
-                        s(&x["step_position"]),
-                        s(&x["generation"]),
-                        s(&x["state"]),
-                        format!("{} {}", s(&x["smtp_code"]), s(&x["smtp_reply"])),
-                        s(&x["message_id"]),
-                    ]
-                })
-                .collect(),
-        ),
+        Request::Sends(_) | Request::Resolve(_) => {
+            let mut out = table(
+                &[
+                    "SENT AT",
+                    "LEAD",
+                    "STEP",
+                    "GEN",
+                    "STATE",
+                    "SMTP",
+                    "MESSAGE-ID",
+                ],
+                items("sends")
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            s(&x["sent_at"]),
+                            s(&x["lead_email"]),
+                            s(&x["step_position"]),
+                            s(&x["generation"]),
+                            s(&x["state"]),
+                            format!("{} {}", s(&x["smtp_code"]), s(&x["smtp_reply"])),
+                            s(&x["message_id"]),
+                        ]
+                    })
+                    .collect(),
+            );
+            out.push_str(&more(v));
+            out
+        }
         Request::Audit { .. } => table(
             &["AT", "ACTOR", "ACTION", "ENROLLMENT"],
             items("events")
