@@ -3,6 +3,7 @@
 
 pub mod content;
 pub mod limits;
+pub mod redact;
 pub mod template;
 pub mod timing;
 pub mod validate;

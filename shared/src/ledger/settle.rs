@@ -227,6 +227,19 @@ pub struct Reply {
     pub text: String,
 }
 
+impl Reply {
+    /// A reply as the relay (or the transport) worded it, with every email address in it
+    /// replaced by a short hash (`crate::domain::redact`): relays echo the recipient
+    /// (`<ada@example.com>: Recipient address rejected`), and this text is stored, logged and
+    /// traced. The code and the enhanced status stay.
+    pub fn from_relay(code: Option<i32>, text: &str) -> Self {
+        Self {
+            code,
+            text: crate::domain::redact::addresses(text),
+        }
+    }
+}
+
 /// Records a send the relay accepted, and atomically schedules the next step (or completes the
 /// enrollment). With the snapshot's `followup` this is one statement when nothing changed since
 /// the snapshot; otherwise (or without one) a transaction that recomputes from current data.

@@ -82,17 +82,11 @@ pub enum SendError {
 }
 
 impl SendError {
-    pub(crate) fn transient(text: impl Into<String>) -> Self {
-        SendError::Transient(Reply {
-            code: None,
-            text: text.into(),
-        })
+    pub(crate) fn transient(text: impl AsRef<str>) -> Self {
+        SendError::Transient(Reply::from_relay(None, text.as_ref()))
     }
-    pub(crate) fn permanent(text: impl Into<String>) -> Self {
-        SendError::Permanent(Reply {
-            code: None,
-            text: text.into(),
-        })
+    pub(crate) fn permanent(text: impl AsRef<str>) -> Self {
+        SendError::Permanent(Reply::from_relay(None, text.as_ref()))
     }
 }
 

@@ -346,17 +346,17 @@ impl SmtpPool {
             }
         };
         match sent {
-            Ok(Ok(response)) => Ok(Reply {
-                code: Some(i32::from(u16::from(response.code()))),
-                text: response.message().collect::<Vec<_>>().join(" "),
-            }),
+            Ok(Ok(response)) => Ok(Reply::from_relay(
+                Some(i32::from(u16::from(response.code()))),
+                &response.message().collect::<Vec<_>>().join(" "),
+            )),
             // The relay answered, and refused: nothing was accepted.
             Ok(Err(e)) if e.status().is_some() => Err((classify(e), false)),
             Ok(Err(e)) if dot_sent => Err((
-                SendError::Unknown(Reply {
-                    code: None,
-                    text: format!("connection lost after the message was sent: {e}"),
-                }),
+                SendError::Unknown(Reply::from_relay(
+                    None,
+                    &format!("connection lost after the message was sent: {e}"),
+                )),
                 false,
             )),
             Ok(Err(e)) => Err((not_sent(&format!("connection lost ({e})")), false)),
@@ -442,10 +442,7 @@ fn tls_refused(host: &str, e: &dyn std::fmt::Display) -> ConnectError {
 
 fn classify(e: lettre::transport::smtp::Error) -> SendError {
     let code = e.status().map(|c| i32::from(u16::from(c)));
-    let reply = Reply {
-        code,
-        text: e.to_string(),
-    };
+    let reply = Reply::from_relay(code, &e.to_string());
     // 530/534/535/538 say this connection is not authenticated: the relay's configuration,
     // not the message, is at fault, and the send is retried once an operator fixes it.
     let auth = matches!(code, Some(530 | 534 | 535 | 538));
