@@ -146,6 +146,24 @@ pub async fn edit(
             }
         }
         deleted_steps = live.iter().copied().filter(|s| !kept.contains(s)).collect();
+        // A list that leaves steps out deletes them only when it says so: a client that sends
+        // back just the step it edited must not delete the others.
+        if !deleted_steps.is_empty() && !req.delete_missing_steps {
+            let named: Vec<String> = before
+                .steps
+                .iter()
+                .filter(|s| deleted_steps.contains(&s.id))
+                .map(|s| format!("step {} (“{}”, id {})", s.position, s.subject, s.id))
+                .collect();
+            return Err(ApiError::invalid(
+                "steps",
+                format!(
+                    "{} missing from the list; send them back to keep them, or set \
+                     \"delete_missing_steps\": true to delete them",
+                    named.join(", ")
+                ),
+            ));
+        }
         // A deleted step keeps its place: just after the kept step that preceded it (0 when
         // none did), so "the step after it" is the one that followed it.
         let mut place = 0;
@@ -259,11 +277,21 @@ pub async fn edit(
     if !deleted_steps.is_empty() {
         let left = crate::control::wait_in_flight(
             &state.db,
-            crate::control::Scope::Steps(id, deleted_steps),
+            crate::control::Scope::Steps(id, deleted_steps.clone()),
             state.drain_timeout,
         )
         .await?;
         warnings.extend(crate::control::in_flight_warning(left, state.drain_timeout));
+    }
+    for step in before
+        .steps
+        .iter()
+        .filter(|s| deleted_steps.contains(&s.id))
+    {
+        warnings.push(format!(
+            "deleted step {} (“{}”, id {}); its runs not yet claimed were skipped",
+            step.position, step.subject, step.id
+        ));
     }
     if req.steps.is_some() {
         warnings.extend(crate::sequences::unsubscribe_link_note(&after.steps));

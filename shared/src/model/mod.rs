@@ -80,7 +80,8 @@ pub struct StepInput {
 
 /// `PATCH /v1/sequences/{id}`: every field is optional; `null` clears a setting. `steps`, when
 /// given, is the whole new list in order: steps with an `id` are kept (and edited), steps without
-/// one are added, existing steps left out are deleted.
+/// one are added. Existing steps left out are deleted only with `delete_missing_steps: true`
+/// (else 422 naming them); the answer names each deleted step.
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditSequence {
@@ -92,6 +93,9 @@ pub struct EditSequence {
     pub sender: Option<SenderIdentity>,
     #[serde(default)]
     pub steps: Option<Vec<StepInput>>,
+    /// Delete the existing steps `steps` leaves out (refused otherwise).
+    #[serde(default)]
+    pub delete_missing_steps: bool,
     #[serde(default)]
     pub triggers: Option<Vec<TriggerSpec>>,
     #[serde(default, deserialize_with = "present")]

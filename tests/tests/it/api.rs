@@ -553,5 +553,49 @@ async fn steps_read_with_get_can_be_sent_back_with_patch() -> anyhow::Result<()>
     assert_eq!(after[0]["id"], read["steps"][0]["id"]);
     assert_eq!(after[1]["id"], read["steps"][1]["id"]);
     assert_eq!(after[1]["body"], "Second, edited");
+
+    // Sending back only the step being edited does not delete the others: it is refused, and
+    // the answer names what would go.
+    let (status, err) = env
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/sequences/{sid}"),
+            Some(json!({"steps": [after[1].clone()]})),
+        )
+        .await?;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (422, Some("steps")),
+        "{err}"
+    );
+    let message = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("step 1") && message.contains("delete_missing_steps"),
+        "{message}"
+    );
+    let (_, unchanged) = env.get(&format!("/v1/sequences/{sid}")).await?;
+    assert_eq!(unchanged["steps"].as_array().map(Vec::len), Some(2));
+    // Said explicitly, it deletes, and the answer names the deleted step.
+    let (status, changed) = env
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/sequences/{sid}"),
+            Some(json!({"steps": [after[1].clone()], "delete_missing_steps": true})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        changed["sequence"]["steps"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let named = changed["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|w| {
+            w.as_str()
+                .is_some_and(|w| w.contains("deleted step 1") && w.contains("One"))
+        });
+    assert!(named, "{changed}");
     env.stop().await
 }

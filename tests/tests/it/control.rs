@@ -709,7 +709,7 @@ async fn edits_to_timing_order_and_steps_apply_to_enrollments_in_flight() -> any
         .call(
             reqwest::Method::PATCH,
             &format!("/v1/sequences/{sid}"),
-            Some(json!({"steps": [first, step(&steps[2], "P1D")]})),
+            Some(json!({"steps": [first, step(&steps[2], "P1D")], "delete_missing_steps": true})),
         )
         .await?;
     assert_eq!(status, 200, "{changed}");

@@ -486,7 +486,9 @@ async fn recording_a_send_follows_an_edit_made_while_it_was_in_flight() -> anyho
         .call(
             reqwest::Method::PATCH,
             &format!("/v1/sequences/{sid}"),
-            Some(json!({"steps": [keep(&steps[0]), keep(&steps[2])]})),
+            Some(
+                json!({"steps": [keep(&steps[0]), keep(&steps[2])], "delete_missing_steps": true}),
+            ),
         )
         .await?;
     assert_eq!(status, 200);

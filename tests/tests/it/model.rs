@@ -427,7 +427,8 @@ impl Case<'_> {
             // Every structural edit sends the model's new step list.
             _ => {
                 let steps: Vec<Value> = model.steps.iter().map(|s| self.step_json(s)).collect();
-                self.edit(json!({ "steps": steps })).await?;
+                self.edit(json!({ "steps": steps, "delete_missing_steps": true }))
+                    .await?;
             }
         }
         Ok(())

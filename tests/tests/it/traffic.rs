@@ -52,7 +52,7 @@ async fn patch_steps(env: &TestEnv, seq: &Value, steps: Value) -> anyhow::Result
         .call(
             reqwest::Method::PATCH,
             &format!("/v1/sequences/{}", seq["id"].as_str().unwrap_or_default()),
-            Some(json!({ "steps": steps })),
+            Some(json!({ "steps": steps, "delete_missing_steps": true })),
         )
         .await?;
     anyhow::ensure!(status == 200, "edit: {status} {body}");

@@ -754,6 +754,8 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
             }),
             (None, None) => None,
         },
+        // The form lists every live step; one is deleted only by its checkbox.
+        delete_missing_steps: !deleted.is_empty(),
         steps: Some(steps.into_iter().map(|(_, _, s)| s).collect()),
         triggers: Some(triggers),
         send_window: Some(match opt("send_window") {
