@@ -504,8 +504,9 @@ impl Sequence {
     /// this event (for crossings).
     fn matches(&self, change: &Change, score_before: Option<i32>) -> bool {
         match change {
-            Change::Tag(t) => self.tags.contains(t),
-            Change::List(l) => self.lists.contains(l),
+            // Tags and lists match whatever their case (`self`'s are lower-cased when loaded).
+            Change::Tag(t) => self.tags.contains(&t.to_lowercase()),
+            Change::List(l) => self.lists.contains(&l.to_lowercase()),
             Change::Score(s) => self
                 .scores
                 .iter()
@@ -525,8 +526,8 @@ async fn matching_sequences(
     let (mut tags, mut lists, mut max_score) = (Vec::new(), Vec::new(), None::<i32>);
     for e in events {
         match &e.change {
-            Change::Tag(t) => tags.push(t.as_str()),
-            Change::List(l) => lists.push(l.as_str()),
+            Change::Tag(t) => tags.push(t.to_lowercase()),
+            Change::List(l) => lists.push(l.to_lowercase()),
             Change::Score(s) => max_score = Some(max_score.map_or(*s, |m| m.max(*s))),
         }
     }
@@ -541,8 +542,8 @@ async fn matching_sequences(
         "WITH hit AS (
              SELECT DISTINCT t.sequence_id FROM triggers t
              WHERE t.workspace_id = $1
-               AND ((t.kind = 'tag_applied' AND t.tag = ANY($2))
-                 OR (t.kind = 'list_added' AND t.list = ANY($3))
+               AND ((t.kind = 'tag_applied' AND lower(t.tag) = ANY($2))
+                 OR (t.kind = 'list_added' AND lower(t.list) = ANY($3))
                  OR (t.kind = 'lead_score' AND t.min_score <= $4)))
          SELECT s.id FROM sequences s
          WHERE s.workspace_id = $1 AND s.status IN ('ACTIVE', 'PAUSED')
@@ -561,8 +562,8 @@ async fn matching_sequences(
     }
     let rows = sqlx::query(
         "SELECT s.id, s.status, s.timezone, s.send_window, s.end_date, s.sender_mailboxes,
-                ARRAY(SELECT t.tag FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'tag_applied') AS tags,
-                ARRAY(SELECT t.list FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'list_added') AS lists,
+                ARRAY(SELECT lower(t.tag) FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'tag_applied') AS tags,
+                ARRAY(SELECT lower(t.list) FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'list_added') AS lists,
                 ARRAY(SELECT t.min_score FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'lead_score' ORDER BY t.position) AS min_scores,
                 ARRAY(SELECT t.score_mode FROM triggers t WHERE t.sequence_id = s.id AND t.kind = 'lead_score' ORDER BY t.position) AS score_modes,
                 st.id AS step_id, st.position, st.timing, st.end_date AS step_end

@@ -273,6 +273,8 @@ pub enum TriggerSpec {
     },
     /// Fires when a lead's score crosses `min_score`: from below it (or from no score) to it or
     /// above. With `"mode": "level"`, fires on every event whose score is at or above it.
+    /// (`lead_score_changed`, the event's name, is accepted too.)
+    #[serde(alias = "lead_score_changed")]
     LeadScore {
         min_score: i32,
         #[serde(default, skip_serializing_if = "ScoreMode::is_crossing")]

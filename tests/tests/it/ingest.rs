@@ -726,3 +726,35 @@ async fn a_score_trigger_fires_on_a_crossing_or_with_level_on_every_score() -> a
     assert_eq!(fired(&res).len(), 2, "{res}");
     env.stop().await
 }
+
+#[tokio::test]
+async fn tags_and_lists_match_whatever_their_case_and_a_score_trigger_takes_the_events_name()
+-> anyhow::Result<()> {
+    let env = TestEnv::start("ingest", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let mut body = sequence_body(
+        "Case",
+        &[("Hi", "B", json!({"type": "delay", "delay": "P1D"}))],
+        "zz",
+    );
+    body["triggers"] = json!([
+        {"type": "tag_applied", "tag": "zz"},
+        {"type": "list_added", "list": "Webinar"},
+        {"type": "lead_score_changed", "min_score": 50},
+    ]);
+    let seq = env.create_sequence(body).await?;
+    assert_eq!(seq["triggers"][2]["type"], "lead_score", "{seq}");
+    let events = json!({"events": [
+        {"id": "1", "type": "tag_applied", "tag": "ZZ", "lead": {"email": "a@example.com"}},
+        {"id": "2", "type": "list_added", "list": "WEBINAR", "lead": {"email": "b@example.com"}},
+        {"id": "3", "type": "lead_score_changed", "score": 60, "lead": {"email": "c@example.com"}},
+    ]});
+    let (status, out) = env.post("/v1/events", events).await?;
+    assert_eq!(status, 200, "{out}");
+    for i in 0..3 {
+        assert_eq!(
+            out["results"][i]["enrollments"][0]["outcome"], "created",
+            "{out}"
+        );
+    }
+    env.stop().await
+}
