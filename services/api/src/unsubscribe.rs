@@ -48,6 +48,19 @@ impl OneClick {
         }
     }
 
+    /// Who `token` names, if `client` may make one more request now and the token verifies;
+    /// else why not.
+    fn admit(
+        &self,
+        client: Option<Extension<ConnectInfo<SocketAddr>>>,
+        token: &str,
+    ) -> Result<Subject, Refused> {
+        if !self.allow(client.map(|c| c.0.0.ip())) {
+            return Err(Refused::TooMany);
+        }
+        self.keys.verify(token).ok_or(Refused::Invalid)
+    }
+
     /// Whether `client` may make one more request now.
     fn allow(&self, client: Option<IpAddr>) -> bool {
         let Some(ip) = client else { return true };
@@ -84,6 +97,23 @@ fn page(status: StatusCode, title: &str, body: Markup) -> Response {
     (status, Html(markup.into_string())).into_response()
 }
 
+/// Why a request to `/u/{token}` is turned away.
+enum Refused {
+    /// 429: this client asked too often.
+    TooMany,
+    /// 400: the token does not verify; nothing changed.
+    Invalid,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::TooMany => too_many(),
+            Refused::Invalid => invalid(),
+        }
+    }
+}
+
 fn invalid() -> Response {
     page(
         StatusCode::BAD_REQUEST,
@@ -113,11 +143,8 @@ pub async fn confirm_page(
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
     ApiPath(token): ApiPath<String>,
 ) -> Response {
-    if !state.unsubscribe.allow(client.map(|c| c.0.0.ip())) {
-        return too_many();
-    }
-    if state.unsubscribe.keys.verify(&token).is_none() {
-        return invalid();
+    if let Err(refused) = state.unsubscribe.admit(client, &token) {
+        return refused.into_response();
     }
     page(
         StatusCode::OK,
@@ -147,11 +174,9 @@ pub async fn one_click(
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
     ApiPath(token): ApiPath<String>,
 ) -> Response {
-    if !state.unsubscribe.allow(client.map(|c| c.0.0.ip())) {
-        return too_many();
-    }
-    let Some(subject) = state.unsubscribe.keys.verify(&token) else {
-        return invalid();
+    let subject = match state.unsubscribe.admit(client, &token) {
+        Ok(subject) => subject,
+        Err(refused) => return refused.into_response(),
     };
     match unsubscribe(&state, subject).await {
         Ok(true) => page(
