@@ -38,6 +38,7 @@ pub const NAMES: &[&str] = &[
     "pulse_backlog_steps",
     "pulse_backlog_oldest_age_seconds",
     "pulse_held_steps",
+    "pulse_unknown_sends_outstanding",
     "pulse_paused_sequence_sends",
     "pulse_sender_messages_consumed",
     "pulse_sender_sends",
@@ -180,6 +181,7 @@ struct Inner {
     backlog: Family<StateLabel, Gauge>,
     backlog_age: Gauge<f64, AtomicU64>,
     held: Gauge,
+    unknown_outstanding: Gauge,
     paused_sends: Gauge,
     consumed: Counter,
     sends: Family<OutcomeLabel, Counter>,
@@ -301,6 +303,12 @@ impl Metrics {
             "Due step runs of paused sequences, held for the resume",
             held.clone(),
         );
+        let unknown_outstanding = Gauge::default();
+        r.register(
+            "unknown_sends_outstanding",
+            "Sends whose outcome is unknown and that no operator has settled yet, read on scrape",
+            unknown_outstanding.clone(),
+        );
         let paused_sends = Gauge::default();
         r.register(
             "paused_sequence_sends",
@@ -383,6 +391,7 @@ impl Metrics {
             backlog_age,
             held,
             paused_sends,
+            unknown_outstanding,
             consumed,
             sends,
             smtp_duration,
@@ -521,6 +530,10 @@ impl Metrics {
         self.0.held.set(held);
     }
 
+    pub fn set_unknown_outstanding(&self, n: i64) {
+        self.0.unknown_outstanding.set(n);
+    }
+
     pub fn set_paused_sends(&self, n: i64) {
         self.0.paused_sends.set(n);
     }
@@ -630,6 +643,7 @@ mod tests {
         });
         m.set_backlog(1, 1, 1.0, 1);
         m.set_paused_sends(0);
+        m.set_unknown_outstanding(0);
         m.consumed();
         m.send(SendOutcome::Sent);
         m.smtp_answered(0.1);

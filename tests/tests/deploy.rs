@@ -236,7 +236,7 @@ fn alert_rules_parse_and_cover_what_must_page_someone() {
     for (alert, metric) in [
         ("PulseBacklogGrowing", "pulse_backlog_oldest_age_seconds"),
         ("PulseSendFailuresRising", "pulse_sender_sends_total"),
-        ("PulseUnknownSends", "pulse_sweep_stale_total"),
+        ("PulseUnknownSends", "pulse_unknown_sends_outstanding"),
         ("PulsePausedSequenceSending", "pulse_paused_sequence_sends"),
         ("PulseRoleNotReady", "pulse_ready"),
     ] {

@@ -660,5 +660,11 @@ pub async fn observe(
     .fetch_one(db)
     .await?;
     metrics.set_paused_sends(after_pause);
+    // By the partial index of UNKNOWN entries: never a read of the ledger.
+    let unknown: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM send_ledger WHERE state = 'UNKNOWN'")
+            .fetch_one(db)
+            .await?;
+    metrics.set_unknown_outstanding(unknown);
     Ok(())
 }

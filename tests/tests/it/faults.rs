@@ -458,6 +458,20 @@ async fn every_smtp_failure_is_retried_failed_or_reported_and_never_doubled() ->
         Some(3),
         "visible to the operator"
     );
+    // Counted as outstanding on every scrape, until an operator settles them.
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "pulse_unknown_sends_outstanding 3"),
+        "{metrics}"
+    );
     env.stop().await
 }
 

@@ -104,6 +104,7 @@ async fn metrics_count_ingest_schedule_and_sends_and_never_name_a_lead() -> anyh
         ("pulse_backlog_steps{state=\"scheduled\"}", 0.0),
         ("pulse_backlog_steps{state=\"queued\"}", 0.0),
         ("pulse_held_steps", 0.0),
+        ("pulse_unknown_sends_outstanding", 0.0),
         ("pulse_paused_sequence_sends", 0.0),
         ("pulse_ready{part=\"postgres\"}", 1.0),
         ("pulse_ready{part=\"redis\"}", 1.0),
