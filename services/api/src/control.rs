@@ -744,10 +744,31 @@ pub async fn reenroll(
         suppressed: count(outcome::SUPPRESSED),
         results,
     };
-    audit(&mut tx, auth.workspace, id, None, &auth.actor, "re_enrolled",
-        Some(json!({"lead_emails": emails, "all_not_active": emails.is_none()})),
-        Some(json!({"reenrolled": response.reenrolled, "already_active": response.already_active,
-                    "never_enrolled": response.never_enrolled, "unknown_lead": response.unknown_lead}))).await?;
+    // Audited only when someone was re-enrolled, naming who (the audit log is the operator's,
+    // not telemetry).
+    if response.reenrolled > 0 {
+        let who: Vec<&str> = response
+            .results
+            .iter()
+            .filter(|r| r.outcome == outcome::REENROLLED)
+            .map(|r| r.lead_email.as_str())
+            .collect();
+        audit(
+            &mut tx,
+            auth.workspace,
+            id,
+            None,
+            &auth.actor,
+            "re_enrolled",
+            Some(json!({"lead_emails": emails, "all_not_active": emails.is_none()})),
+            Some(json!({"reenrolled": response.reenrolled, "leads": who,
+                        "already_active": response.already_active,
+                        "never_enrolled": response.never_enrolled,
+                        "unknown_lead": response.unknown_lead,
+                        "suppressed": response.suppressed})),
+        )
+        .await?;
+    }
     tx.commit().await?;
     tracing::info!(sequence = %id, actor = %auth.actor, reenrolled = response.reenrolled, "leads re-enrolled");
     Ok(Json(response))

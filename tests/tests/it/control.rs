@@ -552,6 +552,18 @@ async fn bulk_cancel_stops_the_named_or_every_active_enrollment_even_with_steps_
         json!({"lead_emails": ["keep@example.com"]}),
     )
     .await?;
+    // The audit names who was re-enrolled; a re-enroll that re-enrolled nobody writes nothing.
+    env.post(
+        &format!("/v1/sequences/{sid}/re-enroll"),
+        json!({"lead_emails": ["keep@example.com"]}),
+    )
+    .await?;
+    let named: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT after -> 'leads' FROM audit_events WHERE action = 're_enrolled' ORDER BY at",
+    )
+    .fetch_all(&env.db)
+    .await?;
+    assert_eq!(named, vec![json!(["keep@example.com"])]);
     let token = CancellationToken::new();
     let sender = spawn_sender(&env.settings, &token);
     smtp.wait_for(1, Duration::from_secs(10)).await?;
