@@ -275,13 +275,13 @@ pub async fn edit(
     // Sends of deleted steps claimed before the commit: the call returns once they settled, so
     // no deleted step goes out afterwards (any later claim finds its run SKIPPED).
     if !deleted_steps.is_empty() {
-        let left = crate::control::wait_in_flight(
+        let left = crate::drain::wait_in_flight(
             &state.db,
-            crate::control::Scope::Steps(id, deleted_steps.clone()),
+            crate::drain::Scope::Steps(id, deleted_steps.clone()),
             state.drain_timeout,
         )
         .await?;
-        warnings.extend(crate::control::in_flight_warning(left, state.drain_timeout));
+        warnings.extend(crate::drain::in_flight_warning(left, state.drain_timeout));
     }
     for step in before
         .steps

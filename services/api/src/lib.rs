@@ -7,6 +7,7 @@
 //! handlers. It schedules only through the shared rules and never sends mail.
 
 mod control;
+mod drain;
 mod edit;
 mod enrollments;
 pub mod hub;

@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use crate::{
     ApiState,
-    control::{Scope, audit, in_flight_warning, wait_in_flight},
+    control::audit,
+    drain::{Scope, in_flight_warning, wait_in_flight},
 };
 
 /// Enrollments ended per transaction.
