@@ -66,20 +66,6 @@ pub fn dkim_key(private_key: &str) -> Result<DkimSigningKey, String> {
     }
 }
 
-/// The domain a workspace DKIM key signs for, canonical (lower case, IDNA).
-pub fn dkim_domain(raw: &str) -> Result<String, String> {
-    let email = crate::domain::validate::address(
-        &format!("postmaster@{}", raw.trim()),
-        crate::domain::validate::AddressPolicy::default(),
-    )
-    .map_err(|_| format!("{raw:?} is not a domain name"))?;
-    Ok(email
-        .canonical
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_owned())
-        .unwrap_or_default())
-}
-
 /// A DKIM selector: one DNS label.
 pub fn dkim_selector(selector: &str) -> Result<String, String> {
     let s = selector.trim();

@@ -31,7 +31,9 @@ impl Entry {
             (Some(e), None) => validate::email(e)
                 .map(Entry::Email)
                 .map_err(|m| ("email", m)),
-            (None, Some(d)) => domain_name(d).map(Entry::Domain).map_err(|m| ("domain", m)),
+            (None, Some(d)) => validate::domain(d)
+                .map(Entry::Domain)
+                .map_err(|m| ("domain", m)),
             _ => Err(("email", "give either email or domain".into())),
         }
     }
@@ -58,16 +60,6 @@ impl Entry {
             Entry::Email(v) | Entry::Domain(v) => v,
         }
     }
-}
-
-/// A domain name, canonical (lower case, IDNA).
-pub fn domain_name(raw: &str) -> Result<String, String> {
-    let email = validate::address(
-        &format!("postmaster@{}", raw.trim()),
-        validate::AddressPolicy::default(),
-    )
-    .map_err(|_| format!("{raw:?} is not a domain name"))?;
-    Ok(domain_of(&email.canonical).to_owned())
 }
 
 /// The domain of a canonical address.

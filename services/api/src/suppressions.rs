@@ -5,6 +5,7 @@
 
 use axum::{Json, extract::State, http::StatusCode};
 use pulse_shared::{
+    domain::validate,
     http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth},
     model::{
         AddSuppressions, EnrollmentStatus, Suppression, SuppressionList, SuppressionReason,
@@ -230,7 +231,7 @@ pub async fn list(
     let domain = f
         .domain
         .as_deref()
-        .map(|d| suppression::domain_name(d).map_err(|m| ApiError::invalid("domain", m)))
+        .map(|d| validate::domain(d).map_err(|m| ApiError::invalid("domain", m)))
         .transpose()?;
     let email_domain = email
         .as_ref()

@@ -4,6 +4,7 @@
 
 use axum::{Json, extract::State};
 use pulse_shared::{
+    domain::validate,
     http::{ApiError, ApiJson, ApiResult, Auth},
     mailbox,
 };
@@ -78,8 +79,8 @@ pub async fn patch(
     if let Some(dkim) = &req.dkim {
         let checked = match dkim {
             Some(d) => {
-                let domain = mailbox::dkim_domain(&d.domain)
-                    .map_err(|m| ApiError::invalid("dkim.domain", m))?;
+                let domain =
+                    validate::domain(&d.domain).map_err(|m| ApiError::invalid("dkim.domain", m))?;
                 let selector = mailbox::dkim_selector(&d.selector)
                     .map_err(|m| ApiError::invalid("dkim.selector", m))?;
                 mailbox::dkim_key(&d.private_key)

@@ -220,6 +220,21 @@ pub fn mailbox(raw: &str) -> Result<lettre::message::Mailbox, String> {
         .map_err(|e| format!("{raw:?} is not a valid sender (\"Name <address>\"): {e}"))
 }
 
+/// A domain name, canonical as an address's domain is (lower case, IDNA): what suppressions
+/// and DKIM keys are stored by.
+pub fn domain(raw: &str) -> Result<String, String> {
+    let email = address(
+        &format!("postmaster@{}", raw.trim()),
+        AddressPolicy::default(),
+    )
+    .map_err(|_| format!("{raw:?} is not a domain name"))?;
+    Ok(email
+        .canonical
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_owned())
+        .unwrap_or_default())
+}
+
 /// An IANA time zone name such as `Europe/Paris`.
 pub fn timezone(raw: &str) -> Result<chrono_tz::Tz, String> {
     text(raw, limits::TEXT_BYTES)?;
