@@ -56,6 +56,26 @@ pub struct Settings {
     pub owner_timeout: Duration,
     pub scheduler: SchedulerSettings,
     pub sender: SenderSettings,
+    pub inbound: InboundSettings,
+}
+
+/// The inbound role: the SMTP listener that reads replies, bounces and complaints.
+#[derive(Clone, Debug)]
+pub struct InboundSettings {
+    /// `PULSE_INBOUND_SMTP_ADDR`: where it listens (the MX of the bounce domain).
+    pub smtp_addr: SocketAddr,
+    /// `PULSE_BOUNCE_DOMAIN`: with it, every send's envelope sender is a VERP address at this
+    /// domain (`verp`) and the listener takes mail for any address there. Unset: the envelope
+    /// sender is the From address, as before, and bounces are matched by Message-ID only.
+    pub bounce_domain: Option<String>,
+    /// `PULSE_INBOUND_MAX_BYTES`: the largest message taken (bigger: 552).
+    pub max_bytes: usize,
+    /// `PULSE_INBOUND_MAX_CONNECTIONS`: connections served at once (more: 421).
+    pub max_connections: usize,
+    /// `PULSE_INBOUND_COMMAND_TIMEOUT_MS`: the longest wait for one command or the message body.
+    pub command_timeout: Duration,
+    /// `PULSE_SOFT_BOUNCE_LIMIT`: transient bounces in a row that suppress an address.
+    pub soft_bounce_limit: i32,
 }
 
 #[derive(Clone, Debug)]
@@ -170,6 +190,15 @@ impl Settings {
                 idempotency_header: non_empty("PULSE_SMTP_IDEMPOTENCY_HEADER")
                     .map(|h| h.trim().to_owned()),
             },
+            inbound: InboundSettings {
+                smtp_addr: parse(&lookup, "PULSE_INBOUND_SMTP_ADDR", "127.0.0.1:2525")?,
+                bounce_domain: non_empty("PULSE_BOUNCE_DOMAIN")
+                    .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase()),
+                max_bytes: parse(&lookup, "PULSE_INBOUND_MAX_BYTES", "10485760")?,
+                max_connections: parse(&lookup, "PULSE_INBOUND_MAX_CONNECTIONS", "100")?,
+                command_timeout: millis(&lookup, "PULSE_INBOUND_COMMAND_TIMEOUT_MS", "60000")?,
+                soft_bounce_limit: parse(&lookup, "PULSE_SOFT_BOUNCE_LIMIT", "3")?,
+            },
         }
         .validated()
     }
@@ -217,6 +246,27 @@ impl Settings {
         positive("PULSE_SENDER_DB_BATCH", self.sender.db_batch > 0)?;
         positive("PULSE_SEND_MAX_ATTEMPTS", self.sender.max_attempts > 0)?;
         positive("PULSE_OWNER_TIMEOUT_MS", !self.owner_timeout.is_zero())?;
+        positive("PULSE_INBOUND_MAX_BYTES", self.inbound.max_bytes > 0)?;
+        positive(
+            "PULSE_INBOUND_MAX_CONNECTIONS",
+            self.inbound.max_connections > 0,
+        )?;
+        positive(
+            "PULSE_INBOUND_COMMAND_TIMEOUT_MS",
+            !self.inbound.command_timeout.is_zero(),
+        )?;
+        positive(
+            "PULSE_SOFT_BOUNCE_LIMIT",
+            self.inbound.soft_bounce_limit > 0,
+        )?;
+        if let Some(domain) = &self.inbound.bounce_domain
+            && crate::domain::validate::domain(domain).is_err()
+        {
+            return Err(ConfigError {
+                var: "PULSE_BOUNCE_DOMAIN",
+                reason: format!("{domain:?} is not a domain name"),
+            });
+        }
         let url = url::Url::parse(&self.public_url).ok();
         if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()) {
             return Err(ConfigError {

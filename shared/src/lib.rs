@@ -2,11 +2,13 @@
 //! database, messaging, pause flags, the send ledger and HTTP plumbing. Nothing here runs a loop
 //! or owns a route; the services do.
 
+pub mod audit;
 pub mod batch;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod enroll;
+pub mod feedback;
 pub mod health;
 pub mod http;
 pub mod identity;
@@ -23,6 +25,7 @@ pub mod suppression;
 pub mod telemetry;
 pub mod transitions;
 pub mod unsubscribe;
+pub mod verp;
 pub mod workers;
 
 pub use config::Settings;

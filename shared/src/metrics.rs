@@ -135,6 +135,11 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabel {
     queue: String,
 }
@@ -192,6 +197,7 @@ struct Inner {
     reconnects: Family<PartLabel, Counter>,
     ready: Family<PartLabel, Gauge>,
     resident_memory: Gauge,
+    inbound: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -315,6 +321,13 @@ impl Metrics {
             "Sends recorded for a paused sequence after its pause settled; must be zero",
             paused_sends.clone(),
         );
+        let inbound = Family::<KindLabel, Counter>::default();
+        r.register(
+            "inbound_messages",
+            "Messages recorded by the inbound role and reported through the API, by kind: reply, \
+             auto_reply, bounce, soft_bounce, complaint, unsubscribe, other",
+            inbound.clone(),
+        );
         let consumed = Counter::default();
         r.register(
             "sender_messages_consumed",
@@ -401,6 +414,7 @@ impl Metrics {
             reconnects,
             ready,
             resident_memory,
+            inbound,
         }));
         // Outcomes start at zero, so a rate over them exists before the first one happens.
         for o in SendOutcome::ALL {
@@ -442,6 +456,11 @@ impl Metrics {
                 status,
             })
             .inc();
+    }
+
+    /// A message came back (`feedback::Kind::as_str`).
+    pub fn inbound(&self, kind: &'static str) {
+        self.0.inbound.get_or_create(&KindLabel { kind }).inc();
     }
 
     /// An event was processed (`duplicate` when its id had been seen before).

@@ -163,6 +163,10 @@ states! {
         Failed = "FAILED",
         /// The body may have reached the relay and no answer was recorded.
         Unknown = "UNKNOWN",
+        /// Sent, then bounced for good (a DSN, a provider's report): the address is suppressed.
+        Bounced = "BOUNCED",
+        /// Sent, then reported as spam by its recipient: the address is suppressed.
+        Complained = "COMPLAINED",
     }
 }
 
@@ -180,7 +184,9 @@ mod tests {
         let err = "queued".parse::<LedgerState>().err().map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
-            Some("\"queued\" is not one of SENDING, SENT, DEFERRED, FAILED, UNKNOWN")
+            Some(
+                "\"queued\" is not one of SENDING, SENT, DEFERRED, FAILED, UNKNOWN, BOUNCED, COMPLAINED"
+            )
         );
     }
 }

@@ -1,18 +1,29 @@
 //! The suppression list: addresses and whole domains a workspace never mails again. Owns what an
 //! entry is (its canonical value: the address as leads are stored, the domain in lower case and
-//! IDNA), and the one lookup enrollment makes before enrolling. The sender's re-check is in its
-//! snapshot query (`ledger::snapshot`); ending the enrollments a new entry reaches is the api's
-//! (`services/api/src/suppressions.rs`). Tokens for one-click unsubscribe are `unsubscribe`'s.
+//! IDNA), adding entries with the enrollments they end ([`add`], for the api and the inbound
+//! role), and the one lookup enrollment makes before enrolling. The sender's re-check is in its
+//! snapshot query (`ledger::snapshot`); waiting for sends already claimed is the api's
+//! (`services/api/src/drain.rs`). Tokens for one-click unsubscribe are `unsubscribe`'s.
 
 use std::collections::HashSet;
 
-use sqlx::PgConnection;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::{db::StoreError, domain::validate};
+use crate::{
+    audit,
+    db::StoreError,
+    domain::validate,
+    model::{EnrollmentStatus, SuppressionReason},
+    transitions,
+};
 
 /// Most entries added in one call.
 pub const MAX_PER_CALL: usize = 10_000;
+
+/// Enrollments ended per transaction.
+const CHUNK: i64 = 1000;
 
 /// An address or a domain, canonical.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,6 +71,138 @@ impl Entry {
             Entry::Email(v) | Entry::Domain(v) => v,
         }
     }
+}
+
+/// What [`add`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Added {
+    /// Entries new to the list.
+    pub added: usize,
+    /// Entries that were on it already.
+    pub already: usize,
+    /// ACTIVE enrollments of the suppressed leads, now CANCELLED with the entry's reason.
+    pub ended: usize,
+    /// Their leads, sorted, each once.
+    pub leads: Vec<Uuid>,
+}
+
+/// Adds `entries` to `workspace`'s list (one already there is left as it is), then ends, in
+/// chunks in id order, every ACTIVE enrollment of the leads they reach: CANCELLED, the reason
+/// the entry's, audited as `actor`'s. `source` says where the entries came from. Sends already
+/// claimed are not waited for: callers that promise "nothing more goes out" wait for `leads`.
+pub async fn add(
+    db: &PgPool,
+    workspace: Uuid,
+    actor: &str,
+    source: &str,
+    mut entries: Vec<(Entry, SuppressionReason)>,
+) -> Result<Added, StoreError> {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|a, b| a.0 == b.0);
+    let kinds: Vec<&str> = entries.iter().map(|(e, _)| e.kind()).collect();
+    let values: Vec<&str> = entries.iter().map(|(e, _)| e.value()).collect();
+    let reasons: Vec<&str> = entries.iter().map(|(_, r)| r.as_str()).collect();
+    let added = sqlx::query(
+        "INSERT INTO suppressions (workspace_id, kind, value, reason, source)
+         SELECT $1, k, v, r, $5 FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(k, v, r)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(workspace)
+    .bind(&kinds)
+    .bind(&values)
+    .bind(&reasons)
+    .bind(source)
+    .execute(db)
+    .await?
+    .rows_affected() as usize;
+    let mut out = Added {
+        added,
+        already: entries.len() - added,
+        ..Added::default()
+    };
+    // An address's own reason wins over its domain's: addresses first.
+    for reason in SuppressionReason::ALL {
+        let (emails, domains): (Vec<&Entry>, Vec<&Entry>) = entries
+            .iter()
+            .filter(|(_, r)| *r == reason)
+            .map(|(e, _)| e)
+            .partition(|e| matches!(e, Entry::Email(_)));
+        for group in [emails, domains] {
+            if !group.is_empty() {
+                end_reached(db, workspace, actor, &group, reason, &mut out).await?;
+            }
+        }
+    }
+    out.leads.sort_unstable();
+    out.leads.dedup();
+    Ok(out)
+}
+
+/// Ends, in chunks of [`CHUNK`] in id order, the ACTIVE enrollments of the leads `entries`
+/// (all addresses or all domains) reach, counting them and their leads into `out`.
+async fn end_reached(
+    db: &PgPool,
+    workspace: Uuid,
+    actor: &str,
+    entries: &[&Entry],
+    reason: SuppressionReason,
+    out: &mut Added,
+) -> Result<(), StoreError> {
+    let values: Vec<&str> = entries.iter().map(|e| e.value()).collect();
+    // Addresses by the (workspace, email) index; domains by the lead's address's domain.
+    let matches = match entries.first() {
+        Some(Entry::Domain(_)) => "split_part(l.email, '@', 2) = ANY($2)",
+        _ => "l.email = ANY($2)",
+    };
+    let mut last = None::<Uuid>;
+    loop {
+        let mut tx = db.begin().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT e.id, e.sequence_id, e.lead_id FROM enrollments e
+             JOIN leads l ON l.id = e.lead_id
+             WHERE l.workspace_id = $1 AND {matches} AND e.status = 'ACTIVE'
+               AND ($3::uuid IS NULL OR e.id > $3)
+             ORDER BY e.id LIMIT $4
+             FOR UPDATE OF e"
+        ))
+        .bind(workspace)
+        .bind(&values)
+        .bind(last)
+        .bind(CHUNK)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            break;
+        }
+        last = rows.last().map(|r| r.get("id"));
+        let ends: Vec<(Uuid, String)> = rows
+            .iter()
+            .map(|r| (r.get("id"), reason.as_str().to_owned()))
+            .collect();
+        let done =
+            transitions::end_enrollments(&mut tx, EnrollmentStatus::Cancelled, &ends).await?;
+        for row in &rows {
+            let (id, sequence, lead): (Uuid, Uuid, Uuid) =
+                (row.get("id"), row.get("sequence_id"), row.get("lead_id"));
+            if done.binary_search(&id).is_ok() {
+                out.ended += 1;
+                out.leads.push(lead);
+                audit::record(
+                    &mut tx,
+                    workspace,
+                    sequence,
+                    Some(id),
+                    actor,
+                    "enrollment_cancelled",
+                    Some(json!({"status": EnrollmentStatus::Active})),
+                    Some(json!({"status": EnrollmentStatus::Cancelled, "reason": reason.as_str()})),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 /// The domain of a canonical address.

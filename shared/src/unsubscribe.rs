@@ -1,5 +1,6 @@
 //! One-click unsubscribe (RFC 8058): the signed token that names a (workspace, lead, sequence),
-//! the URL and the headers every message carries. Owns the token format and its keys: HMAC-SHA256
+//! the URL and the headers every message carries. Its keys also sign the VERP bounce addresses
+//! (`verp`). Owns the token format and its keys: HMAC-SHA256
 //! keyed by `PULSE_UNSUBSCRIBE_SECRET` (the previous key still verifies, for rotation) or, when
 //! it is unset, by a random key made once and kept in `unsubscribe_keys`. Tokens never expire.
 //! Acting on a token (suppressing the address) is the api's (`services/api/src/unsubscribe.rs`).
@@ -136,6 +137,13 @@ impl Unsubscribe {
             lead: id(1)?,
             sequence: id(2)?,
         })
+    }
+}
+
+impl Unsubscribe {
+    /// The keys, current first: the VERP bounce addresses (`verp`) are signed with them too.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &[u8; 32]> {
+        std::iter::once(&self.current).chain(self.previous.as_ref())
     }
 }
 

@@ -40,6 +40,7 @@ pub fn isolated_settings(tag: &str) -> Settings {
     s.http_addr = "127.0.0.1:0"
         .parse()
         .unwrap_or_else(|e| panic!("addr: {e}"));
+    s.inbound.smtp_addr = s.http_addr;
     s.scheduler.poll_interval = Duration::from_millis(50);
     s.sender.retry_base = Duration::from_millis(200);
     s.sender.retry_max = Duration::from_secs(2);
@@ -76,6 +77,8 @@ pub struct TestEnv {
     pub settings: Settings,
     pub db: PgPool,
     pub base: String,
+    /// The inbound role's SMTP address, when it runs.
+    pub inbound: Option<std::net::SocketAddr>,
     pub key: String,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
@@ -93,13 +96,18 @@ impl TestEnv {
         let mut settings = isolated_settings(tag);
         tweak(&mut settings);
         let db = create_database(&settings).await?;
-        let listener = pulse::bind(settings.http_addr).await?;
-        let base = format!("http://{}", listener.local_addr()?);
+        let listeners = pulse::bind(&settings, roles).await?;
+        let base = format!("http://{}", listeners.http.local_addr()?);
+        let inbound = listeners
+            .inbound
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(pulse::serve(
             settings.clone(),
             roles.to_vec(),
-            listener,
+            listeners,
             shutdown.clone(),
         ));
         let key = settings.api_key.clone().unwrap_or_default();
@@ -107,6 +115,7 @@ impl TestEnv {
             settings,
             db,
             base,
+            inbound,
             key,
             http: reqwest::Client::new(),
             shutdown,

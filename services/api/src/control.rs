@@ -31,7 +31,7 @@ use crate::{
     sequences::{load_one, lock_status},
 };
 
-/// Records a control action.
+/// Records a control action (`pulse_shared::audit`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn audit(
     conn: &mut PgConnection,
@@ -43,20 +43,11 @@ pub(crate) async fn audit(
     before: Option<Value>,
     after: Option<Value>,
 ) -> Result<(), ApiError> {
-    sqlx::query(
-        "INSERT INTO audit_events (workspace_id, sequence_id, enrollment_id, actor, action, before, after)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    pulse_shared::audit::record(
+        conn, workspace, sequence, enrollment, actor, action, before, after,
     )
-    .bind(workspace)
-    .bind(sequence)
-    .bind(enrollment)
-    .bind(actor)
-    .bind(action)
-    .bind(before)
-    .bind(after)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .await
+    .map_err(Into::into)
 }
 
 async fn set_flag(state: &ApiState, sequence: Uuid, status: SequenceStatus) {

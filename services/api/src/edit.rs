@@ -100,6 +100,7 @@ pub async fn edit(
              end_date = CASE WHEN $7 THEN $8 ELSE end_date END,
              max_sends_per_minute = CASE WHEN $9 THEN $10 ELSE max_sends_per_minute END,
              sender_reply_to = CASE WHEN $12 THEN $11 ELSE sender_reply_to END,
+             exit_on_reply = COALESCE($14, exit_on_reply),
              version = version + 1, updated_at = now()
          WHERE id = $1",
     )
@@ -123,6 +124,7 @@ pub async fn edit(
     .bind(sender.as_ref().and_then(|s| s.reply_to.as_ref()))
     .bind(sender.is_some())
     .bind(sender.as_ref().and_then(|s| s.mailboxes.as_ref()))
+    .bind(req.exit_on_reply.map(|e| e.as_str()))
     .execute(&mut *tx)
     .await?;
 

@@ -20,7 +20,7 @@ use crate::{ApiState, Page};
 const SEND_QUERY: &str = "SELECT sl.idempotency_key, sl.enrollment_id, sl.sequence_id,
         l.email AS lead_email, sl.step_id, sl.position AS step_position, sl.generation, sl.state,
         sl.message_id, sl.smtp_code, sl.smtp_reply, sl.attempts, sr.sequence_version, sl.sent_at,
-        sl.updated_at, sr.from_addr, sr.mailbox_id
+        sl.updated_at, sr.from_addr, sr.mailbox_id, sl.feedback_at, sl.feedback
     FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id JOIN step_runs sr ON sr.id = sl.step_run_id
     WHERE sl.workspace_id = $1";
 

@@ -7,8 +7,8 @@ use pulse_shared::{
     domain::{limits, template, validate, window::SendWindow},
     http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
     model::{
-        CreateSequence, SenderIdentity, Sequence, SequenceList, SequenceStats, SequenceStatsList,
-        SequenceStatus, Step, StepInput, Timing, TriggerSpec,
+        CreateSequence, ExitOnReply, SenderIdentity, Sequence, SequenceList, SequenceStats,
+        SequenceStatsList, SequenceStatus, Step, StepInput, Timing, TriggerSpec,
     },
 };
 use sqlx::{PgConnection, PgPool, Row};
@@ -46,8 +46,9 @@ pub async fn create(
     let sender = check_sender(&mut tx, auth.workspace, &req.sender).await?;
     sqlx::query(
         "INSERT INTO sequences (id, workspace_id, name, timezone, sender_from, send_window,
-                                end_date, max_sends_per_minute, sender_reply_to, sender_mailboxes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                end_date, max_sends_per_minute, sender_reply_to, sender_mailboxes,
+                                exit_on_reply)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(id)
     .bind(auth.workspace)
@@ -59,6 +60,7 @@ pub async fn create(
     .bind(req.max_sends_per_minute)
     .bind(&sender.reply_to)
     .bind(&sender.mailboxes)
+    .bind(req.exit_on_reply.unwrap_or_default().as_str())
     .execute(&mut *tx)
     .await?;
     for (i, step) in req.steps.iter().enumerate() {
@@ -131,7 +133,7 @@ pub async fn stats(
          CROSS JOIN LATERAL (
              SELECT count(*) AS sends_today FROM send_ledger l
              WHERE l.sequence_id = s.id AND l.created_at >= d.midnight - interval '1 day'
-               AND l.state = 'SENT' AND l.sent_at >= d.midnight) t
+               AND l.state IN ('SENT', 'BOUNCED', 'COMPLAINED') AND l.sent_at >= d.midnight) t
          WHERE s.workspace_id = $1
          ORDER BY s.created_at DESC, s.id LIMIT 1000",
     )
@@ -426,7 +428,7 @@ pub(crate) async fn load(
         "SELECT id, name, status, timezone, sender_from, sender_reply_to, sender_mailboxes,
                 version, send_window,
                 end_date,
-                max_sends_per_minute, created_at, updated_at
+                max_sends_per_minute, exit_on_reply, created_at, updated_at
          FROM sequences WHERE workspace_id = $1 AND id = ANY($2)",
     )
     .bind(workspace)
@@ -512,6 +514,7 @@ pub(crate) async fn load(
                 .map_err(|e| corrupt(format!("send window: {e}")))?,
             end_date: row.get("end_date"),
             max_sends_per_minute: row.get("max_sends_per_minute"),
+            exit_on_reply: ExitOnReply::from_stored(row.get("exit_on_reply")),
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),
         });

@@ -1,32 +1,24 @@
-//! `/v1/suppressions`: the workspace's suppression list. Owns adding entries (and ending, in
-//! batches, every ACTIVE enrollment of the leads they reach, returning only once nothing more can
-//! go out to them: the guarantee pause gives), listing them and lifting one (recorded with who
-//! and why). What an entry is, and the check at enrollment, are `pulse_shared::suppression`'s.
+//! `/v1/suppressions`: the workspace's suppression list. Owns the API of adding entries
+//! (returning only once nothing more can go out to the leads they reach: the guarantee pause
+//! gives), listing them and lifting one (recorded with who and why). What an entry is, adding
+//! one with the enrollments it ends, and the check at enrollment are
+//! `pulse_shared::suppression`'s.
 
 use axum::{Json, extract::State, http::StatusCode};
 use pulse_shared::{
     domain::validate,
     http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth},
-    model::{
-        AddSuppressions, EnrollmentStatus, Suppression, SuppressionList, SuppressionReason,
-        SuppressionsAdded,
-    },
+    model::{AddSuppressions, Suppression, SuppressionList, SuppressionReason, SuppressionsAdded},
     suppression::{self, Entry},
-    transitions,
 };
 use serde::Deserialize;
-use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::{
     ApiState,
-    control::audit,
     drain::{Scope, in_flight_warning, wait_in_flight},
 };
-
-/// Enrollments ended per transaction.
-const CHUNK: i64 = 1000;
 
 /// Add addresses or domains to the suppression list; ends every ACTIVE enrollment of the leads
 /// they reach.
@@ -64,131 +56,30 @@ pub async fn add(
     ))
 }
 
-/// Adds `entries` (idempotent), then ends the ACTIVE enrollments they reach and waits for sends
-/// already claimed. Shared by the API and the one-click endpoint.
+/// Adds `entries` (idempotent), then ends the ACTIVE enrollments they reach
+/// (`suppression::add`) and waits for sends already claimed. Shared by the API and the one-click
+/// endpoint.
 pub(crate) async fn suppress(
     state: &ApiState,
     workspace: Uuid,
     actor: &str,
     source: &str,
-    mut entries: Vec<(Entry, SuppressionReason)>,
+    entries: Vec<(Entry, SuppressionReason)>,
 ) -> Result<SuppressionsAdded, ApiError> {
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    entries.dedup_by(|a, b| a.0 == b.0);
-    let kinds: Vec<&str> = entries.iter().map(|(e, _)| e.kind()).collect();
-    let values: Vec<&str> = entries.iter().map(|(e, _)| e.value()).collect();
-    let reasons: Vec<&str> = entries.iter().map(|(_, r)| r.as_str()).collect();
-    let added = sqlx::query(
-        "INSERT INTO suppressions (workspace_id, kind, value, reason, source)
-         SELECT $1, k, v, r, $5 FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(k, v, r)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(workspace)
-    .bind(&kinds)
-    .bind(&values)
-    .bind(&reasons)
-    .bind(source)
-    .execute(&state.db)
-    .await?
-    .rows_affected() as usize;
+    let done = suppression::add(&state.db, workspace, actor, source, entries).await?;
     let mut out = SuppressionsAdded {
-        added,
-        already: entries.len() - added,
-        enrollments_cancelled: 0,
+        added: done.added,
+        already: done.already,
+        enrollments_cancelled: done.ended,
         warnings: Vec::new(),
     };
-    let mut leads = Vec::new();
-    // An address's own reason wins over its domain's: addresses first.
-    for reason in SuppressionReason::ALL {
-        let (emails, domains): (Vec<&Entry>, Vec<&Entry>) = entries
-            .iter()
-            .filter(|(_, r)| *r == reason)
-            .map(|(e, _)| e)
-            .partition(|e| matches!(e, Entry::Email(_)));
-        for group in [emails, domains] {
-            if group.is_empty() {
-                continue;
-            }
-            let (n, mut hit) = end_enrollments(state, workspace, actor, &group, reason).await?;
-            out.enrollments_cancelled += n;
-            leads.append(&mut hit);
-        }
-    }
-    leads.sort_unstable();
-    leads.dedup();
-    if !leads.is_empty() {
-        let left = wait_in_flight(&state.db, Scope::Leads(leads), state.drain_timeout).await?;
+    if !done.leads.is_empty() {
+        let left = wait_in_flight(&state.db, Scope::Leads(done.leads), state.drain_timeout).await?;
         out.warnings
             .extend(in_flight_warning(left, state.drain_timeout));
     }
     tracing::info!(%workspace, %actor, added = out.added, cancelled = out.enrollments_cancelled, "suppressions added");
     Ok(out)
-}
-
-/// Ends, in chunks of [`CHUNK`] in id order, the ACTIVE enrollments of the leads `entries`
-/// (all addresses or all domains) reach. Returns how many, and their leads.
-async fn end_enrollments(
-    state: &ApiState,
-    workspace: Uuid,
-    actor: &str,
-    entries: &[&Entry],
-    reason: SuppressionReason,
-) -> Result<(usize, Vec<Uuid>), ApiError> {
-    let values: Vec<&str> = entries.iter().map(|e| e.value()).collect();
-    // Addresses by the (workspace, email) index; domains by the lead's address's domain.
-    let matches = match entries.first() {
-        Some(Entry::Domain(_)) => "split_part(l.email, '@', 2) = ANY($2)",
-        _ => "l.email = ANY($2)",
-    };
-    let (mut ended, mut leads, mut last) = (0, Vec::new(), None::<Uuid>);
-    loop {
-        let mut tx = state.db.begin().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT e.id, e.sequence_id, e.lead_id FROM enrollments e
-             JOIN leads l ON l.id = e.lead_id
-             WHERE l.workspace_id = $1 AND {matches} AND e.status = 'ACTIVE'
-               AND ($3::uuid IS NULL OR e.id > $3)
-             ORDER BY e.id LIMIT $4
-             FOR UPDATE OF e"
-        ))
-        .bind(workspace)
-        .bind(&values)
-        .bind(last)
-        .bind(CHUNK)
-        .fetch_all(&mut *tx)
-        .await?;
-        if rows.is_empty() {
-            break;
-        }
-        last = rows.last().map(|r| r.get("id"));
-        let ends: Vec<(Uuid, String)> = rows
-            .iter()
-            .map(|r| (r.get("id"), reason.as_str().to_owned()))
-            .collect();
-        let done =
-            transitions::end_enrollments(&mut tx, EnrollmentStatus::Cancelled, &ends).await?;
-        for row in &rows {
-            let (id, sequence, lead): (Uuid, Uuid, Uuid) =
-                (row.get("id"), row.get("sequence_id"), row.get("lead_id"));
-            if done.binary_search(&id).is_ok() {
-                ended += 1;
-                leads.push(lead);
-                audit(
-                    &mut tx,
-                    workspace,
-                    sequence,
-                    Some(id),
-                    actor,
-                    "enrollment_cancelled",
-                    Some(json!({"status": EnrollmentStatus::Active})),
-                    Some(json!({"status": EnrollmentStatus::Cancelled, "reason": reason.as_str()})),
-                )
-                .await?;
-            }
-        }
-        tx.commit().await?;
-    }
-    Ok((ended, leads))
 }
 
 /// Filters and cursor of the suppression list.

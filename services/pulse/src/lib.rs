@@ -49,6 +49,8 @@ pub enum Role {
     Scheduler,
     Sender,
     Api,
+    /// The SMTP listener for replies, bounces and complaints.
+    Inbound,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +69,13 @@ pub enum ServeError {
 /// The roles to run, with `All` expanded.
 fn expand(roles: &[Role]) -> Vec<Role> {
     if roles.is_empty() || roles.contains(&Role::All) {
-        vec![Role::Ingest, Role::Scheduler, Role::Sender, Role::Api]
+        vec![
+            Role::Ingest,
+            Role::Scheduler,
+            Role::Sender,
+            Role::Api,
+            Role::Inbound,
+        ]
     } else {
         roles.to_vec()
     }
@@ -104,21 +112,44 @@ pub async fn prepare(settings: &Settings) -> Result<PgPool, ServeError> {
     Ok(pool)
 }
 
-/// Binds the HTTP listener early so callers learn the real address (port 0 in tests).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+/// The sockets Pulse listens on, bound before it starts so callers learn the real addresses
+/// (port 0 in tests).
+pub struct Listeners {
+    pub http: TcpListener,
+    /// The inbound role's SMTP listener, when that role runs.
+    pub inbound: Option<TcpListener>,
+}
+
+/// Binds the HTTP listener and, when `roles` include the inbound role, its SMTP listener.
+pub async fn bind(settings: &Settings, roles: &[Role]) -> Result<Listeners, ServeError> {
+    let listen = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })
+    };
+    let inbound = if expand(roles).contains(&Role::Inbound) {
+        Some(listen(settings.inbound.smtp_addr).await?)
+    } else {
+        None
+    };
+    Ok(Listeners {
+        http: listen(settings.http_addr).await?,
+        inbound,
+    })
 }
 
 /// Runs `roles` until `shutdown` is cancelled, then drains them. Returns the first role failure.
 pub async fn serve(
     settings: Settings,
     roles: Vec<Role>,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let roles = expand(&roles);
+    let Listeners {
+        http: listener,
+        inbound,
+    } = listeners;
     let db = prepare(&settings).await?;
     let mut tasks: JoinSet<Result<(), ServeError>> = JoinSet::new();
     let health = Health::default();
@@ -156,6 +187,22 @@ pub async fn serve(
     }
     if roles.contains(&Role::Ingest) {
         app = app.merge(pulse_ingest::router(db.clone(), metrics.clone()));
+    }
+    if let Some(inbound) = inbound.filter(|_| roles.contains(&Role::Inbound)) {
+        let (s, d, m, t) = (
+            settings.clone(),
+            db.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            pulse_inbound::run(s, inbound, d, m, t)
+                .await
+                .map_err(|e| ServeError::Role {
+                    role: "inbound",
+                    message: e.to_string(),
+                })
+        });
     }
     let probe = Probe {
         db,

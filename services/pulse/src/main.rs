@@ -109,8 +109,8 @@ async fn main() -> anyhow::Result<()> {
             let settings = Settings::from_env().context("reading configuration")?;
             let shutdown = CancellationToken::new();
             pulse::cancel_on_signal(shutdown.clone());
-            let listener = pulse::bind(settings.http_addr).await?;
-            let served = pulse::serve(settings, roles, listener, shutdown).await;
+            let listeners = pulse::bind(&settings, &roles).await?;
+            let served = pulse::serve(settings, roles, listeners, shutdown).await;
             // Spans of the last sends are still buffered: export them before exiting.
             telemetry.shutdown();
             served?;

@@ -653,7 +653,7 @@ pub async fn observe(
          CROSS JOIN LATERAL (SELECT max(a.at) AS at FROM audit_events a
                              WHERE a.sequence_id = s.id AND a.action = 'paused') p
          JOIN send_ledger l ON l.sequence_id = s.id AND l.created_at > p.at - interval '1 day'
-         WHERE s.status = 'PAUSED' AND l.state = 'SENT'
+         WHERE s.status = 'PAUSED' AND l.state IN ('SENT', 'BOUNCED', 'COMPLAINED')
            AND l.sent_at > p.at + make_interval(secs => $1)",
     )
     .bind(pause_grace.as_secs_f64())

@@ -34,8 +34,10 @@ pub struct Context {
     pub transport: Transport,
     /// The relays and DKIM keys of the mailboxes sends come from.
     pub mailboxes: Arc<Mailboxes>,
-    /// Signs the one-click unsubscribe link of every message.
+    /// Signs the one-click unsubscribe link of every message, and its VERP bounce address.
     pub unsubscribe: Unsubscribe,
+    /// `PULSE_BOUNCE_DOMAIN`: with it, each message's envelope sender is its VERP address.
+    pub bounce_domain: Option<String>,
     pub settings: SenderSettings,
     pub metrics: Metrics,
     pub(crate) batches: Batches,
@@ -170,6 +172,7 @@ impl Context {
         let unsubscribe = Unsubscribe::load(&db, settings).await?;
         Ok(Self {
             unsubscribe,
+            bounce_domain: settings.inbound.bounce_domain.clone(),
             mailboxes: Arc::new(Mailboxes::new(s.smtp_timeout, ca)),
             batches: Batches::spawn(&db, settings, worker),
             worker,

@@ -467,6 +467,10 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         return Ok(());
     };
     let followup = snap.followup;
+    let return_path = ctx
+        .bounce_domain
+        .as_deref()
+        .and_then(|domain| pulse_shared::verp::address(&ctx.unsubscribe, &snap.message_id, domain));
     let mail = Outgoing {
         workspace: msg.workspace_id,
         from: snap.from_addr,
@@ -485,6 +489,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
             .map(|name| (name, msg.key.clone())),
         dkim,
         list_unsubscribe: Some(ctx.unsubscribe.list_unsubscribe(snap.unsubscribe)),
+        return_path,
     };
     // The wire mark: only a claim that still holds its key once the body is out may send the
     // final dot.

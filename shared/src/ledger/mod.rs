@@ -104,9 +104,11 @@ pub async fn claim(
         }
         // DEFERRED but the step run is not QUEUED: a stale duplicate delivery.
         LedgerState::Deferred => Ok(Claim::StaleMessage),
-        LedgerState::Sent | LedgerState::Failed | LedgerState::Unknown => {
-            Ok(Claim::Settled { state })
-        }
+        LedgerState::Sent
+        | LedgerState::Failed
+        | LedgerState::Unknown
+        | LedgerState::Bounced
+        | LedgerState::Complained => Ok(Claim::Settled { state }),
     }
 }
 

@@ -44,6 +44,41 @@ pub struct CreateSequence {
     /// Most sends of this sequence per minute, enforced when sending (also paces a resume).
     #[serde(default)]
     pub max_sends_per_minute: Option<i32>,
+    /// What a reply from a lead ends; default `enrollment`.
+    #[serde(default)]
+    pub exit_on_reply: Option<ExitOnReply>,
+}
+
+/// What a lead's reply to one of a sequence's messages ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitOnReply {
+    /// The enrollment the reply answers (`COMPLETED`, `replied`).
+    #[default]
+    Enrollment,
+    /// Every ACTIVE enrollment of the lead, in every sequence of the workspace.
+    AllSequences,
+    /// Nothing: the reply is only recorded.
+    None,
+}
+
+impl ExitOnReply {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enrollment => "enrollment",
+            Self::AllSequences => "all_sequences",
+            Self::None => "none",
+        }
+    }
+
+    /// The stored value; anything unknown reads as the default.
+    pub fn from_stored(raw: &str) -> Self {
+        match raw {
+            "all_sequences" => Self::AllSequences,
+            "none" => Self::None,
+            _ => Self::Enrollment,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -107,6 +142,8 @@ pub struct EditSequence {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i32>)]
     pub max_sends_per_minute: Option<Option<i32>>,
+    #[serde(default)]
+    pub exit_on_reply: Option<ExitOnReply>,
 }
 
 /// Tells a field given as `null` (`Some(None)`) from a field left out (`None`).
@@ -338,6 +375,7 @@ pub struct Sequence {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_date: Option<DateTime<Utc>>,
     pub max_sends_per_minute: Option<i32>,
+    pub exit_on_reply: ExitOnReply,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -554,7 +592,8 @@ pub struct Send {
     pub step_id: Uuid,
     pub step_position: i32,
     pub generation: i32,
-    /// `DEFERRED`: a transient failure, tried again when due.
+    /// `DEFERRED`: a transient failure, tried again when due. `BOUNCED`, `COMPLAINED`: sent,
+    /// then a bounce or a complaint came back.
     pub state: LedgerState,
     pub message_id: String,
     pub smtp_code: Option<i32>,
@@ -568,6 +607,13 @@ pub struct Send {
     pub from_addr: Option<String>,
     /// The mailbox it went out from, when its sequence sends from mailboxes.
     pub mailbox_id: Option<Uuid>,
+    /// When a bounce or complaint came back for it (it is then `BOUNCED` or `COMPLAINED`;
+    /// `sent_at` and the relay's reply are kept).
+    #[serde(default)]
+    pub feedback_at: Option<DateTime<Utc>>,
+    /// What came back, naming the inbound message (`GET /v1/inbound/{id}`).
+    #[serde(default)]
+    pub feedback: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

@@ -8,6 +8,7 @@ mod dkim;
 mod faults;
 mod hub;
 mod identity;
+mod inbound;
 mod ingest;
 mod ledger;
 mod mailboxes;

@@ -15,8 +15,8 @@ use pulse_shared::{
     http::{ApiError, ApiJson, ApiPath, ApiQuery, MaybeJson},
     model::{
         AuditEvent, CancelManyRequest, CancelRequest, EditSequence, Enrollment, EnrollmentStatus,
-        LedgerState, ReenrollRequest, ResolveSend, SenderIdentity, Sequence, SequenceChange,
-        SequenceStats, SequenceStatus, StepInput, TriggerSpec,
+        ExitOnReply, LedgerState, ReenrollRequest, ResolveSend, SenderIdentity, Sequence,
+        SequenceChange, SequenceStats, SequenceStatus, StepInput, TriggerSpec,
     },
 };
 use serde::Deserialize;
@@ -386,6 +386,7 @@ pub async fn sequence(
                 dt { "Send window" } dd { @match &s.send_window { Some(w) => { (serde_json::to_string(w).unwrap_or_default()) }, None => { "any time" } } }
                 dt { "End date" } dd { (when_opt(&s.end_date)) }
                 dt { "Rate limit" } dd { @match s.max_sends_per_minute { Some(r) => { (r) " sends per minute" }, None => { "none" } } }
+                dt { "A reply ends" } dd { (reply_scope(s.exit_on_reply)) }
                 dt { "Version" } dd { (s.version) " (updated " (when(&s.updated_at)) ")" }
             }
         }
@@ -588,6 +589,12 @@ pub async fn edit_form(
             label for="max_sends_per_minute" { "Most sends per minute (empty: no limit)" }
             input #max_sends_per_minute name="max_sends_per_minute" inputmode="numeric"
                 value=(s.max_sends_per_minute.map(|r| r.to_string()).unwrap_or_default());
+            label for="exit_on_reply" { "A lead's reply ends" }
+            select #exit_on_reply name="exit_on_reply" {
+                @for scope in [ExitOnReply::Enrollment, ExitOnReply::AllSequences, ExitOnReply::None] {
+                    option value=(scope.as_str()) selected[scope == s.exit_on_reply] { (reply_scope(scope)) }
+                }
+            }
             label for="end_date" { "End date (RFC 3339, empty: none)" }
             input #end_date name="end_date" value=(s.end_date.map(|d| d.to_rfc3339()).unwrap_or_default());
             label for="send_window" { "Send window (JSON, empty: any time)" }
@@ -781,7 +788,23 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
             })?),
             None => None,
         }),
+        exit_on_reply: match opt("exit_on_reply") {
+            Some(raw) => Some(
+                serde_json::from_value(serde_json::Value::String(raw.to_owned()))
+                    .map_err(|_| bad("a reply ends", format!("{raw:?} is not a choice")))?,
+            ),
+            None => None,
+        },
     })
+}
+
+/// What a reply ends, in words.
+fn reply_scope(scope: ExitOnReply) -> &'static str {
+    match scope {
+        ExitOnReply::Enrollment => "the lead's enrollment in this sequence",
+        ExitOnReply::AllSequences => "the lead's enrollments in every sequence",
+        ExitOnReply::None => "nothing (the reply is only recorded)",
+    }
 }
 
 pub async fn edit(

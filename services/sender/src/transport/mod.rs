@@ -26,7 +26,8 @@ pub use pool::{ConnectError, Connection, SmtpPool};
 pub use tls::TlsSetupError;
 
 use lettre::{
-    Message,
+    Address, Message,
+    address::Envelope,
     message::{
         Mailbox, MultiPart,
         header::{ContentType, HeaderName, HeaderValue},
@@ -60,6 +61,9 @@ pub struct Outgoing {
     /// `List-Unsubscribe`'s value: with it the message also says `List-Unsubscribe-Post:
     /// List-Unsubscribe=One-Click` (RFC 8058).
     pub list_unsubscribe: Option<String>,
+    /// The envelope sender (`MAIL FROM`), when it is not the From address: the send's VERP
+    /// bounce address (`pulse_shared::verp`).
+    pub return_path: Option<String>,
 }
 
 /// Why a send did not go through.
@@ -157,7 +161,16 @@ fn build(mail: &Outgoing) -> Result<Message, SendError> {
         .to
         .parse()
         .map_err(|e| SendError::permanent(format!("bad recipient {:?}: {e}", mail.to)))?;
-    let mut builder = Message::builder()
+    let mut builder = Message::builder();
+    if let Some(bounce) = &mail.return_path {
+        let bounce: Address = bounce
+            .parse()
+            .map_err(|e| SendError::permanent(format!("bad bounce address {bounce:?}: {e}")))?;
+        let envelope = Envelope::new(Some(bounce), vec![to.email.clone()])
+            .map_err(|e| SendError::permanent(format!("cannot build the envelope: {e}")))?;
+        builder = builder.envelope(envelope);
+    }
+    let mut builder = builder
         .from(from)
         .to(to)
         .subject(mail.subject.clone())

@@ -1,0 +1,263 @@
+//! The inbound role: an SMTP listener that reads what comes back after a send, the MX of the
+//! bounce domain and of the addresses workspaces send from.
+//!
+//! * `session`: one SMTP conversation and its bounds.
+//! * `classify`: what a message is (reply, auto-reply, bounce, complaint) and what it names.
+//! * here: which recipients are taken ([`Room::accepts`]: any address at `PULSE_BOUNCE_DOMAIN`,
+//!   and every address a workspace sends from or asks replies to; others get 550), recording a
+//!   message before it is answered 250 (`pulse_shared::feedback::record`), the connection limit
+//!   (over it: 421), and the processor, which does what each recorded message means
+//!   (`feedback::process`) right after it is recorded and, for anything left by a crash or a
+//!   failure, at every sweep.
+//!
+//! It never sends mail and never touches a message's send beyond what `feedback` does.
+
+pub mod classify;
+pub mod session;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use pulse_shared::{
+    Settings,
+    config::InboundSettings,
+    db::StoreError,
+    feedback::{self, Report},
+    metrics::Metrics,
+    unsubscribe::Unsubscribe,
+    verp,
+};
+use sqlx::PgPool;
+use tokio::{
+    io::AsyncWriteExt,
+    net::TcpListener,
+    sync::{Semaphore, mpsc},
+};
+use tokio_util::sync::CancellationToken;
+
+pub use session::{Envelope, Limits, Mailroom};
+
+/// How often recorded messages left unprocessed are looked for.
+const SWEEP: Duration = Duration::from_secs(5);
+/// Messages processed per sweep.
+const SWEEP_BATCH: i64 = 500;
+/// The longest one session may last.
+const SESSION: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where the listener's mail goes: the database, through `feedback`.
+pub struct Room {
+    db: PgPool,
+    keys: Unsubscribe,
+    bounce_domain: Option<String>,
+    metrics: Metrics,
+    /// Tells the processor a message was recorded.
+    recorded: mpsc::UnboundedSender<i64>,
+}
+
+impl Room {
+    fn verp_hash(&self, rcpt: &str) -> Option<String> {
+        verp::verify(&self.keys, rcpt)
+    }
+}
+
+impl Mailroom for Room {
+    async fn accepts(&self, rcpt: &str) -> Result<Option<Option<String>>, String> {
+        let rcpt = rcpt.trim();
+        let domain = rcpt
+            .rsplit_once('@')
+            .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
+        if let (Some(ours), Some(domain)) = (&self.bounce_domain, domain)
+            && *ours == domain
+        {
+            // The token is case-sensitive (base64): verified as received.
+            return Ok(Some(self.verp_hash(rcpt)));
+        }
+        sending_address(&self.db, &rcpt.to_lowercase())
+            .await
+            .map(|known| known.then_some(None))
+            .map_err(|e| e.to_string())
+    }
+
+    async fn deliver(&self, envelope: Envelope, raw: Vec<u8>) -> Result<i64, String> {
+        let c = classify::classify(
+            &raw,
+            envelope.mail_from.as_deref(),
+            envelope.verp.as_deref(),
+        );
+        let report = Report {
+            source: "smtp",
+            kind: c.kind,
+            mail_from: envelope.mail_from,
+            rcpt_to: envelope.rcpt_to,
+            raw: Some(raw),
+            payload: Vec::new(),
+            workspace: None,
+            hashes: c.hashes,
+            address: c.address,
+            detail: c.detail,
+        };
+        let (id, matched) = feedback::record(&self.db, &report)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.metrics.inbound(report.kind.as_str());
+        tracing::info!(
+            id,
+            kind = report.kind.as_str(),
+            matched = matched.key.is_some(),
+            "inbound message recorded"
+        );
+        // A lost notice is picked up by the next sweep.
+        let _ = self.recorded.send(id);
+        Ok(id)
+    }
+}
+
+/// Whether `address` (lower case) is one a workspace sends from or asks replies to: a
+/// sequence's `from` or `reply_to`, a live mailbox's address or `reply_to`.
+async fn sending_address(db: &PgPool, address: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        r"SELECT EXISTS (
+              SELECT 1 FROM sequences s, LATERAL (VALUES (s.sender_from), (s.sender_reply_to)) v(a)
+              WHERE s.status <> 'DELETED' AND v.a IS NOT NULL
+                AND lower(coalesce(substring(v.a from '<([^<>]*)>\s*$'), v.a)) = $1)
+          OR EXISTS (
+              SELECT 1 FROM mailboxes m, LATERAL (VALUES (m.address), (m.reply_to)) v(a)
+              WHERE m.deleted_at IS NULL AND v.a IS NOT NULL
+                AND lower(coalesce(substring(v.a from '<([^<>]*)>\s*$'), v.a)) = $1)",
+    )
+    .bind(address)
+    .fetch_one(db)
+    .await?)
+}
+
+/// Runs the inbound role on `listener` until `shutdown`: sessions, and the processor.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    db: PgPool,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), InboundError> {
+    let keys = Unsubscribe::load(&db, &settings).await?;
+    let inbound = settings.inbound.clone();
+    let (recorded, notices) = mpsc::unbounded_channel();
+    let room = Arc::new(Room {
+        db: db.clone(),
+        keys,
+        bounce_domain: inbound.bounce_domain.clone(),
+        metrics,
+        recorded,
+    });
+    let processor = tokio::spawn(process_loop(
+        db,
+        inbound.soft_bounce_limit,
+        notices,
+        shutdown.clone(),
+    ));
+    let limits = Arc::new(Limits {
+        max_bytes: inbound.max_bytes,
+        command_timeout: inbound.command_timeout,
+        session_timeout: SESSION,
+        hostname: inbound
+            .bounce_domain
+            .clone()
+            .unwrap_or_else(|| "localhost".into()),
+    });
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, bounce_domain = ?inbound.bounce_domain, "inbound SMTP listening");
+    accept_loop(listener, room, limits, &inbound, shutdown).await;
+    // The processor stops with the shutdown; what it leaves is swept at the next start.
+    let _ = processor.await;
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    room: Arc<Room>,
+    limits: Arc<Limits>,
+    inbound: &InboundSettings,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(inbound.max_connections));
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (mut stream, peer): (_, SocketAddr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound connection not accepted");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+                    .await;
+            });
+            continue;
+        };
+        let (room, limits) = (room.clone(), limits.clone());
+        sessions.spawn(async move {
+            let _slot = slot;
+            let _ = stream.set_nodelay(true);
+            if let Err(e) = session::serve(stream, room.as_ref(), &limits).await {
+                tracing::debug!(%peer, error = %e, "inbound session ended with an error");
+            }
+        });
+        while sessions.try_join_next().is_some() {}
+    }
+    // Sessions under way get a moment to finish their message; then they are dropped (a client
+    // that got no 250 sends again).
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Processes each message as it is recorded, and sweeps for any left unprocessed.
+async fn process_loop(
+    db: PgPool,
+    soft_bounce_limit: i32,
+    mut notices: mpsc::UnboundedReceiver<i64>,
+    shutdown: CancellationToken,
+) {
+    let mut sweep = tokio::time::interval(SWEEP);
+    loop {
+        let ids = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(id) = notices.recv() => vec![id],
+            _ = sweep.tick() => match feedback::pending(&db, SWEEP_BATCH).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unprocessed inbound messages not read; trying again at the next sweep");
+                    continue;
+                }
+            },
+        };
+        for id in ids {
+            match feedback::process(&db, id, soft_bounce_limit).await {
+                Ok(Some(done)) => tracing::info!(
+                    id,
+                    kind = done.kind.as_str(),
+                    ended = done.ended,
+                    outcome = %done.outcome,
+                    "inbound message processed"
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "inbound message not processed; trying again at the next sweep")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The audit trail (`audit_events`): who did what to a sequence or an enrollment, with the
+//! before and after. Every role that changes one on someone's behalf (the api for an operator,
+//! the inbound role for a reply or a bounce) records it here, in the transaction of the change.
+
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::db::StoreError;
+
+/// Records `action` by `actor` on `sequence` (and `enrollment`), in the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+pub async fn record(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    sequence: Uuid,
+    enrollment: Option<Uuid>,
+    actor: &str,
+    action: &str,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_events (workspace_id, sequence_id, enrollment_id, actor, action, before, after)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(workspace)
+    .bind(sequence)
+    .bind(enrollment)
+    .bind(actor)
+    .bind(action)
+    .bind(before)
+    .bind(after)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! The inbound role end to end: real mail, sent with Python's smtplib into the listener, after
+//! real sends through a real SMTP server. A reply ends its enrollment before the next step; an
+//! out-of-office does not; postfix and Exchange bounces, an ARF complaint and repeated soft
+//! bounces suppress the address and mark the send; strangers and oversize mail are refused; a
+//! message recorded before a crash is processed after it.
+
+use std::{net::SocketAddr, time::Duration};
+
+use pulse::Role;
+use pulse_shared::feedback::{self, Kind, Report};
+use pulse_tests::{SmtpServer, TestEnv, count, eventually, smtp::Received};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+const BOUNCES: &str = "bounces.pulse.test";
+
+fn fixture(name: &str, message_id: &str) -> Vec<u8> {
+    let raw = match name {
+        "postfix-dsn" => include_str!("../../../services/inbound/fixtures/postfix-dsn.eml"),
+        "exchange-dsn" => include_str!("../../../services/inbound/fixtures/exchange-dsn.eml"),
+        "delayed-dsn" => include_str!("../../../services/inbound/fixtures/delayed-dsn.eml"),
+        "arf-complaint" => include_str!("../../../services/inbound/fixtures/arf-complaint.eml"),
+        "out-of-office" => include_str!("../../../services/inbound/fixtures/out-of-office.eml"),
+        "reply" => include_str!("../../../services/inbound/fixtures/reply.eml"),
+        other => panic!("no fixture {other}"),
+    };
+    raw.replace("MESSAGE_ID", message_id).into_bytes()
+}
+
+/// Sends `raw` with Python's smtplib; the listener's answer (code 0: the connection closed).
+async fn smtp_send(
+    addr: SocketAddr,
+    mail_from: &str,
+    rcpts: &[&str],
+    raw: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/smtp_send.py");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(mail_from)
+        .arg(rcpts.join(","))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    stdin.write_all(raw).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    let answer: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "smtp_send.py said {:?}: {e}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    Ok((
+        answer["code"].as_u64().unwrap_or_default() as u16,
+        answer["text"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+fn two_steps(tag: &str, second: &str) -> Value {
+    json!({"name": tag, "sender": {"from": "Rep <rep@sales.test>"},
+           "triggers": [{"type": "tag_applied", "tag": tag}],
+           "steps": [{"subject": "Quick question", "body": "Hi {{ lead.first_name }}",
+                      "timing": {"type": "immediately"}},
+                     {"subject": "", "thread": true, "body": "Bumping this up",
+                      "timing": {"type": "delay", "delay": second}}]})
+}
+
+fn event(id: &str, email: &str, tag: &str) -> Value {
+    json!({"id": id, "type": "tag_applied", "tag": tag, "lead": {"email": email, "first_name": "X"}})
+}
+
+async fn start(tag: &str, smtp: &SmtpServer) -> anyhow::Result<TestEnv> {
+    let url = smtp.url();
+    TestEnv::start(tag, &[Role::All], |s| {
+        s.smtp_url = Some(url);
+        s.inbound.bounce_domain = Some(BOUNCES.into());
+        s.inbound.soft_bounce_limit = 2;
+    })
+    .await
+}
+
+fn sent_to<'a>(received: &'a [Received], to: &str) -> Vec<&'a Received> {
+    received
+        .iter()
+        .filter(|m| m.rcpt_to.iter().any(|r| r == to))
+        .collect()
+}
+
+async fn status_of(env: &TestEnv, email: &str) -> anyhow::Result<(String, Option<String>)> {
+    Ok(sqlx::query_as(
+        "SELECT e.status, e.end_reason FROM enrollments e JOIN leads l ON l.id = e.lead_id
+         WHERE l.email = $1",
+    )
+    .bind(email)
+    .fetch_one(&env.db)
+    .await?)
+}
+
+#[tokio::test]
+async fn a_reply_ends_the_enrollment_before_step_two_and_an_out_of_office_does_not()
+-> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let env = start("inbound_reply", &smtp).await?;
+    let inbound = env
+        .inbound
+        .ok_or_else(|| anyhow::anyhow!("no inbound listener"))?;
+    env.create_sequence(two_steps("go", "PT8S")).await?;
+    env.post(
+        "/v1/events",
+        json!({"events": [event("1", "ada@example.org", "go"), event("2", "bob@example.org", "go")]}),
+    )
+    .await?;
+    let first = smtp.wait_for(2, Duration::from_secs(20)).await?;
+    for m in &first {
+        // Every send's envelope sender is its VERP bounce address.
+        assert!(
+            m.mail_from.starts_with("bounce+") && m.mail_from.ends_with(BOUNCES),
+            "{}",
+            m.mail_from
+        );
+    }
+    let id_of = |to: &str| {
+        sent_to(&first, to)
+            .first()
+            .and_then(|m| m.message_id.clone())
+            .unwrap_or_default()
+    };
+    // Ada answers, to the rep's address; Bob's mailbox answers that he is away.
+    let (code, text) = smtp_send(
+        inbound,
+        "ada@example.org",
+        &["rep@sales.test"],
+        &fixture("reply", &id_of("ada@example.org")),
+    )
+    .await?;
+    assert_eq!(code, 250, "{text}");
+    let (code, _) = smtp_send(
+        inbound,
+        "",
+        &["rep@sales.test"],
+        &fixture("out-of-office", &id_of("bob@example.org")),
+    )
+    .await?;
+    assert_eq!(code, 250);
+
+    eventually(Duration::from_secs(10), "Ada's enrollment ends", || async {
+        let s = status_of(&env, "ada@example.org").await?;
+        Ok((s.0 == "COMPLETED").then_some(s))
+    })
+    .await
+    .map(|s| assert_eq!(s.1.as_deref(), Some("replied")))?;
+    // Bob's step 2 goes out; Ada's never does.
+    let all = smtp.wait_for(3, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = if smtp.count() > all.len() {
+        smtp.received()
+    } else {
+        all
+    };
+    assert_eq!(sent_to(&all, "ada@example.org").len(), 1);
+    assert_eq!(sent_to(&all, "bob@example.org").len(), 2);
+    assert_eq!(
+        status_of(&env, "bob@example.org").await?.1.as_deref(),
+        Some("all steps sent")
+    );
+    // The reply is kept with the enrollment: what it said, and that it ended it.
+    let (kind, outcome, excerpt): (String, String, String) = sqlx::query_as(
+        "SELECT m.kind, m.outcome, m.detail->>'excerpt' FROM inbound_messages m
+         JOIN leads l ON l.id = m.lead_id WHERE l.email = 'ada@example.org'",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(kind, "reply");
+    assert!(outcome.contains("ended 1"), "{outcome}");
+    assert!(excerpt.starts_with("Thanks Sam"), "{excerpt}");
+    let ooo = count(
+        &env.db,
+        "SELECT count(*) FROM inbound_messages WHERE kind = 'auto_reply' AND processed_at IS NOT NULL",
+    )
+    .await?;
+    assert_eq!(ooo, 1);
+    let audited = count(
+        &env.db,
+        "SELECT count(*) FROM audit_events WHERE action = 'enrollment_replied' AND actor = 'inbound'",
+    )
+    .await?;
+    assert_eq!(audited, 1);
+    env.stop().await
+}
+
+#[tokio::test]
+async fn bounces_and_complaints_suppress_the_address_and_mark_the_send() -> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let env = start("inbound_bounce", &smtp).await?;
+    let inbound = env
+        .inbound
+        .ok_or_else(|| anyhow::anyhow!("no inbound listener"))?;
+    env.create_sequence(two_steps("go", "P1D")).await?;
+    let leads = [
+        "nobody@example.org",
+        "ghost@contoso.example",
+        "angry@hotmail.example",
+        "slow@example.org",
+    ];
+    let events: Vec<Value> = leads
+        .iter()
+        .enumerate()
+        .map(|(i, e)| event(&i.to_string(), e, "go"))
+        .collect();
+    env.post("/v1/events", json!({"events": events})).await?;
+    let sent = smtp.wait_for(4, Duration::from_secs(20)).await?;
+    let to = |lead: &str| sent_to(&sent, lead)[0].clone();
+
+    // Postfix, to the VERP address it was sent from.
+    let m = to("nobody@example.org");
+    let (code, text) = smtp_send(
+        inbound,
+        "",
+        &[&m.mail_from],
+        &fixture("postfix-dsn", &m.message_id.clone().unwrap_or_default()),
+    )
+    .await?;
+    assert_eq!(code, 250, "{text}");
+    // Exchange, to the rep: matched by the original message it returns.
+    let m = to("ghost@contoso.example");
+    let (code, _) = smtp_send(
+        inbound,
+        "",
+        &["rep@sales.test"],
+        &fixture("exchange-dsn", &m.message_id.clone().unwrap_or_default()),
+    )
+    .await?;
+    assert_eq!(code, 250);
+    // An ARF complaint.
+    let m = to("angry@hotmail.example");
+    let (code, _) = smtp_send(
+        inbound,
+        "staff@hotmail.example",
+        &[&m.mail_from],
+        &fixture("arf-complaint", &m.message_id.clone().unwrap_or_default()),
+    )
+    .await?;
+    assert_eq!(code, 250);
+    // Soft bounces: the limit is 2 in this test.
+    let m = to("slow@example.org");
+    for _ in 0..2 {
+        let (code, _) = smtp_send(
+            inbound,
+            "",
+            &[&m.mail_from],
+            &fixture("delayed-dsn", &m.message_id.clone().unwrap_or_default()),
+        )
+        .await?;
+        assert_eq!(code, 250);
+    }
+
+    let expected = [
+        ("nobody@example.org", "bounced", "BOUNCED"),
+        ("ghost@contoso.example", "bounced", "BOUNCED"),
+        ("angry@hotmail.example", "complained", "COMPLAINED"),
+        ("slow@example.org", "bounced", "SENT"),
+    ];
+    for (lead, reason, ledger) in expected {
+        let found: (String, String) = eventually(Duration::from_secs(10), lead, || async {
+            Ok(sqlx::query_as(
+                "SELECT s.reason, l.state FROM suppressions s, send_ledger l
+                 JOIN leads ld ON ld.id = l.lead_id
+                 WHERE s.value = $1 AND ld.email = $1",
+            )
+            .bind(lead)
+            .fetch_optional(&env.db)
+            .await?)
+        })
+        .await?;
+        assert_eq!(found, (reason.to_owned(), ledger.to_owned()), "{lead}");
+        let (status, end_reason) = status_of(&env, lead).await?;
+        assert_eq!(
+            (status.as_str(), end_reason.as_deref()),
+            ("CANCELLED", Some(reason)),
+            "{lead}"
+        );
+    }
+    // The send history shows the bounce.
+    let (status, sends) = env.get("/v1/sends?state=BOUNCED").await?;
+    assert_eq!(status, 200, "{sends}");
+    assert_eq!(sends["sends"].as_array().map(Vec::len), Some(2), "{sends}");
+    env.stop().await
+}
+
+#[tokio::test]
+async fn strangers_and_oversize_mail_are_refused() -> anyhow::Result<()> {
+    let env = TestEnv::start("inbound_limits", &[Role::Api, Role::Inbound], |s| {
+        s.inbound.bounce_domain = Some(BOUNCES.into());
+    })
+    .await?;
+    let inbound = env
+        .inbound
+        .ok_or_else(|| anyhow::anyhow!("no inbound listener"))?;
+    let small = b"Subject: hi\r\n\r\nHello.\r\n";
+    let (code, _) = smtp_send(inbound, "a@example.org", &["someone@elsewhere.test"], small).await?;
+    assert_eq!(code, 550);
+    // Any address at the bounce domain is taken (recorded as about nothing Pulse sent).
+    let (code, _) = smtp_send(
+        inbound,
+        "a@example.org",
+        &[&format!("postmaster@{BOUNCES}")],
+        small,
+    )
+    .await?;
+    assert_eq!(code, 250);
+    // 10 MiB + 1 byte: 552, and nothing recorded.
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    let limit = env.settings.inbound.max_bytes;
+    assert_eq!(limit, 10 * 1024 * 1024);
+    let line = [b'x'; 998];
+    while big.len() + 1000 <= limit {
+        big.extend_from_slice(&line);
+        big.extend_from_slice(b"\r\n");
+    }
+    big.resize(limit + 1, b'y');
+    let (code, text) =
+        smtp_send(inbound, "a@example.org", &[&format!("x@{BOUNCES}")], &big).await?;
+    assert_eq!(code, 552, "{text}");
+    let recorded = count(&env.db, "SELECT count(*) FROM inbound_messages").await?;
+    assert_eq!(recorded, 1);
+    env.stop().await
+}
+
+#[tokio::test]
+async fn a_message_recorded_before_a_crash_is_processed_after_it() -> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    // Everything but the inbound role.
+    let env = TestEnv::start(
+        "inbound_crash",
+        &[Role::Api, Role::Ingest, Role::Scheduler, Role::Sender],
+        |s| s.smtp_url = Some(url),
+    )
+    .await?;
+    env.create_sequence(two_steps("go", "P1D")).await?;
+    env.post(
+        "/v1/events",
+        json!({"events": [event("1", "ada@example.org", "go")]}),
+    )
+    .await?;
+    let sent = smtp.wait_for(1, Duration::from_secs(20)).await?;
+    let id = sent[0].message_id.clone().unwrap_or_default();
+    // What a listener does before its 250; then it died.
+    let raw = fixture("reply", &id);
+    let c = pulse_inbound::classify::classify(&raw, Some("ada@example.org"), None);
+    assert_eq!(c.kind, Kind::Reply);
+    let (recorded, matched) = feedback::record(
+        &env.db,
+        &Report {
+            source: "smtp",
+            kind: c.kind,
+            mail_from: Some("ada@example.org".into()),
+            rcpt_to: vec!["rep@sales.test".into()],
+            raw: Some(raw),
+            payload: Vec::new(),
+            workspace: None,
+            hashes: c.hashes,
+            address: c.address,
+            detail: c.detail,
+        },
+    )
+    .await?;
+    assert!(matched.enrollment.is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status_of(&env, "ada@example.org").await?.0, "ACTIVE");
+
+    // The inbound role starts again: the message is processed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let stop = CancellationToken::new();
+    let role = tokio::spawn(pulse_inbound::run(
+        env.settings.clone(),
+        listener,
+        env.db.clone(),
+        Default::default(),
+        stop.clone(),
+    ));
+    eventually(
+        Duration::from_secs(15),
+        "the reply is processed",
+        || async {
+            let s = status_of(&env, "ada@example.org").await?;
+            Ok((s.1.as_deref() == Some("replied")).then_some(()))
+        },
+    )
+    .await?;
+    let processed = count(
+        &env.db,
+        &format!("SELECT count(*) FROM inbound_messages WHERE id = {recorded} AND processed_at IS NOT NULL"),
+    )
+    .await?;
+    assert_eq!(processed, 1);
+    // Processing it again changes nothing.
+    assert_eq!(feedback::process(&env.db, recorded, 3).await?, None);
+    stop.cancel();
+    role.await??;
+    env.stop().await
+}
