@@ -248,6 +248,8 @@ pub async fn process(
                 lead_id: Some(lead),
                 enrollments: outcomes,
                 error: None,
+                outcome: None,
+                inbound_message: None,
             },
         );
     }

@@ -13,6 +13,7 @@
 //! It never sends or schedules beyond an enrollment's first step.
 
 mod batch;
+mod feedback;
 
 use axum::{Json, Router, extract::FromRef, extract::State, routing::post};
 use pulse_shared::{
@@ -32,6 +33,8 @@ pub const MAX_BATCH: usize = 1000;
 pub struct IngestState {
     pub db: PgPool,
     pub metrics: Metrics,
+    /// Transient bounces in a row that suppress an address (`PULSE_SOFT_BOUNCE_LIMIT`).
+    pub soft_bounce_limit: i32,
 }
 
 impl FromRef<IngestState> for PgPool {
@@ -41,10 +44,10 @@ impl FromRef<IngestState> for PgPool {
 }
 
 /// The ingest routes, ready to merge into a server.
-pub fn router(db: PgPool, metrics: Metrics) -> Router {
+pub fn router(state: IngestState) -> Router {
     Router::new()
         .route("/v1/events", post(ingest_events))
-        .with_state(IngestState { db, metrics })
+        .with_state(state)
 }
 
 #[derive(utoipa::OpenApi)]
@@ -92,7 +95,16 @@ pub async fn ingest_events(
     let mut valid_at = Vec::with_capacity(batch.events.len());
     let mut answers: Vec<Option<EventResult>> = Vec::with_capacity(batch.events.len());
     for (i, e) in batch.events.iter().enumerate() {
-        match ValidEvent::parse(e, &format!("events[{i}]"), auth.addresses) {
+        let at = format!("events[{i}]");
+        // What came back after a send: recorded and acted on now; it enrolls nobody.
+        if e.kind.is_feedback() {
+            answers.push(Some(match feedback::parse(e, &at) {
+                Ok(v) => feedback::report(&state, auth.workspace, v).await?,
+                Err(err) => rejected(e, err),
+            }));
+            continue;
+        }
+        match ValidEvent::parse(e, &at, auth.addresses) {
             Ok(v) => {
                 valid.push(v);
                 valid_at.push(i);
@@ -181,6 +193,8 @@ fn rejected(e: &TriggerEvent, err: FieldError) -> EventResult {
             field: err.field,
             message: err.message,
         }),
+        outcome: None,
+        inbound_message: None,
     }
 }
 
@@ -205,14 +219,7 @@ impl ValidEvent {
         at: &str,
         addresses: validate::AddressPolicy,
     ) -> Result<Self, FieldError> {
-        let id = e.id.trim();
-        if id.is_empty() || id.len() > 200 {
-            return Err(FieldError::new(
-                format!("{at}.id"),
-                "must be 1 to 200 characters",
-            ));
-        }
-        validate::no_control(id).map_err(|m| FieldError::new(format!("{at}.id"), m))?;
+        let id = event_id(e, at)?;
         let lead = ValidLead::parse(&e.lead, &format!("{at}.lead"), addresses)?;
         let text = |v: &Option<String>, name: &str| -> Result<String, FieldError> {
             match v.as_deref().map(str::trim) {
@@ -254,11 +261,32 @@ impl ValidEvent {
                         FieldError::new(format!("{at}.score"), "score is required")
                     })?)
                 }
+                // Answered by `feedback` before this parse is reached.
+                EventType::Replied
+                | EventType::Bounced
+                | EventType::Complained
+                | EventType::Unsubscribed => {
+                    return Err(FieldError::new(
+                        format!("{at}.type"),
+                        "a feedback event is not a trigger",
+                    ));
+                }
             };
-        Ok(ValidEvent {
-            id: id.to_owned(),
-            lead,
-            change,
-        })
+        stray(e.message_id.is_some(), "message_id")?;
+        stray(e.reason.is_some(), "reason")?;
+        Ok(ValidEvent { id, lead, change })
     }
+}
+
+/// An event's id, checked: 1 to 200 characters, no control character.
+fn event_id(e: &TriggerEvent, at: &str) -> Result<String, FieldError> {
+    let id = e.id.trim();
+    if id.is_empty() || id.len() > 200 {
+        return Err(FieldError::new(
+            format!("{at}.id"),
+            "must be 1 to 200 characters",
+        ));
+    }
+    validate::no_control(id).map_err(|m| FieldError::new(format!("{at}.id"), m))?;
+    Ok(id.to_owned())
 }

@@ -186,7 +186,11 @@ pub async fn serve(
             .merge(pulse_api::router(api));
     }
     if roles.contains(&Role::Ingest) {
-        app = app.merge(pulse_ingest::router(db.clone(), metrics.clone()));
+        app = app.merge(pulse_ingest::router(pulse_ingest::IngestState {
+            db: db.clone(),
+            metrics: metrics.clone(),
+            soft_bounce_limit: settings.inbound.soft_bounce_limit,
+        }));
     }
     if let Some(inbound) = inbound.filter(|_| roles.contains(&Role::Inbound)) {
         let (s, d, m, t) = (

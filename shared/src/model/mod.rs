@@ -448,6 +448,24 @@ pub enum EventType {
     TagApplied,
     ListAdded,
     LeadScoreChanged,
+    /// The lead answered (seen by a CRM or a shared inbox): like a reply the inbound role reads.
+    Replied,
+    /// The lead's address bounced for good: it is suppressed.
+    Bounced,
+    /// The lead reported a message as spam: the address is suppressed.
+    Complained,
+    /// The lead asked to hear no more: the address is suppressed.
+    Unsubscribed,
+}
+
+impl EventType {
+    /// What comes back after a send, rather than a trigger: it enrolls nobody.
+    pub fn is_feedback(self) -> bool {
+        matches!(
+            self,
+            Self::Replied | Self::Bounced | Self::Complained | Self::Unsubscribed
+        )
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -467,6 +485,14 @@ pub struct TriggerEvent {
     /// For `lead_score_changed`.
     #[serde(default)]
     pub score: Option<i32>,
+    /// For `replied`, `bounced`, `complained`: the Message-ID of the send it answers
+    /// (`<pulse.…@…>`); without it a reply ends the lead's enrollments in every sequence whose
+    /// `exit_on_reply` is not `none`.
+    #[serde(default)]
+    pub message_id: Option<String>,
+    /// For the feedback types: why, kept with the record (e.g. the bounce's diagnostic).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -495,6 +521,12 @@ pub struct EventResult {
     /// Why a `rejected` event was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<EventError>,
+    /// For a feedback event: what it did (`replied; ended 1 enrollment(s)`, `bounce; address
+    /// suppressed`) and the inbound message that records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_message: Option<i64>,
 }
 
 /// The field of a rejected event that is wrong, and why (the same as a 422's `error`).

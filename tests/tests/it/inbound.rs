@@ -408,3 +408,81 @@ async fn a_message_recorded_before_a_crash_is_processed_after_it() -> anyhow::Re
     role.await??;
     env.stop().await
 }
+
+#[tokio::test]
+async fn replies_bounces_and_opt_outs_reported_through_events_act_like_mail() -> anyhow::Result<()>
+{
+    // The capture outbox: no relay needed.
+    let env = TestEnv::start("inbound_events", &[Role::All], |_| {}).await?;
+    env.create_sequence(two_steps("go", "P1D")).await?;
+    env.post(
+        "/v1/events",
+        json!({"events": [event("1", "ada@example.org", "go"), event("2", "bob@example.org", "go")]}),
+    )
+    .await?;
+    let ada_id: String = eventually(Duration::from_secs(20), "Ada's first send", || async {
+        Ok(sqlx::query_scalar(
+            "SELECT sl.message_id FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id
+             WHERE l.email = 'ada@example.org' AND sl.state = 'SENT'",
+        )
+        .fetch_optional(&env.db)
+        .await?)
+    })
+    .await?;
+    let feedback = json!({"events": [
+        {"id": "r1", "type": "replied", "lead": {"email": "ADA@example.org"}, "message_id": ada_id},
+        {"id": "b1", "type": "bounced", "lead": {"email": "bob@example.org"},
+         "reason": "550 5.1.1 user unknown"},
+        {"id": "u1", "type": "unsubscribed", "lead": {"email": "never@example.org"}},
+        {"id": "x1", "type": "replied", "lead": {"email": "ada@example.org"},
+         "message_id": "<someone.else@example.org>"},
+        {"id": "x2", "type": "bounced", "lead": {"email": "ada@example.org"}, "tag": "go"},
+    ]});
+    let (status, r) = env.post("/v1/events", feedback.clone()).await?;
+    assert_eq!(status, 200, "{r}");
+    let results = r["results"].as_array().cloned().unwrap_or_default();
+    let status_of_event = |i: usize| results[i]["status"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(status_of_event(0), "processed", "{r}");
+    assert!(
+        results[0]["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ended 1"),
+        "{r}"
+    );
+    assert_eq!(status_of_event(1), "processed");
+    assert_eq!(status_of_event(2), "processed");
+    assert_eq!(status_of_event(3), "rejected");
+    assert_eq!(results[3]["error"]["field"], "events[3].message_id");
+    assert_eq!(results[4]["error"]["field"], "events[4].tag");
+    assert_eq!(
+        status_of(&env, "ada@example.org").await?,
+        ("COMPLETED".to_owned(), Some("replied".to_owned()))
+    );
+    assert_eq!(
+        status_of(&env, "bob@example.org").await?,
+        ("CANCELLED".to_owned(), Some("bounced".to_owned()))
+    );
+    let suppressed: Vec<(String, String)> =
+        sqlx::query_as("SELECT value, reason FROM suppressions ORDER BY value")
+            .fetch_all(&env.db)
+            .await?;
+    assert_eq!(
+        suppressed,
+        vec![
+            ("bob@example.org".to_owned(), "bounced".to_owned()),
+            ("never@example.org".to_owned(), "unsubscribed".to_owned()),
+        ]
+    );
+    // Sent again: answered from the first time, nothing recorded twice.
+    let (_, again) = env.post("/v1/events", feedback).await?;
+    assert_eq!(again["results"][0]["status"], "duplicate_event", "{again}");
+    assert_eq!(again["results"][0]["outcome"], results[0]["outcome"]);
+    let recorded = count(
+        &env.db,
+        "SELECT count(*) FROM inbound_messages WHERE source = 'api'",
+    )
+    .await?;
+    assert_eq!(recorded, 3);
+    env.stop().await
+}
