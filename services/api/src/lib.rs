@@ -11,6 +11,7 @@ mod drain;
 mod edit;
 mod enrollments;
 pub mod hub;
+mod inbound;
 mod mailboxes;
 mod outbox;
 mod sends;
@@ -108,6 +109,8 @@ pub fn router(state: ApiState) -> Router {
             get(suppressions::list).post(suppressions::add),
         )
         .route("/v1/suppressions/{value}", delete(suppressions::lift))
+        .route("/v1/inbound", get(inbound::list))
+        .route("/v1/inbound/{id}", get(inbound::get_one))
         .route(
             "/u/{token}",
             get(unsubscribe::confirm_page).post(unsubscribe::one_click),
@@ -129,6 +132,7 @@ pub fn router(state: ApiState) -> Router {
         workspace::get_one, workspace::patch, outbox::list,
         mailboxes::create, mailboxes::list, mailboxes::get_one, mailboxes::edit, mailboxes::delete,
         suppressions::add, suppressions::list, suppressions::lift,
+        inbound::list, inbound::get_one,
         unsubscribe::confirm_page, unsubscribe::one_click,
     ),
     modifiers(&BearerAuth)

@@ -8,8 +8,10 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+mod inbound;
 mod mailbox;
 mod suppression;
+pub use inbound::{InboundList, InboundMessage};
 pub use mailbox::{CreateMailbox, DkimInput, EditMailbox, Mailbox, MailboxList};
 pub use suppression::{
     AddSuppressions, Suppression, SuppressionInput, SuppressionList, SuppressionReason,

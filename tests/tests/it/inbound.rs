@@ -181,6 +181,31 @@ async fn a_reply_ends_the_enrollment_before_step_two_and_an_out_of_office_does_n
     assert_eq!(kind, "reply");
     assert!(outcome.contains("ended 1"), "{outcome}");
     assert!(excerpt.starts_with("Thanks Sam"), "{excerpt}");
+    // The operator reads it through the API, with the message as received.
+    let (status, listed) = env
+        .get("/v1/inbound?kind=reply&address=Ada@Example.org")
+        .await?;
+    assert_eq!(status, 200, "{listed}");
+    let reply = &listed["messages"][0];
+    assert_eq!(
+        reply["outcome"], "replied; ended 1 enrollment(s)",
+        "{listed}"
+    );
+    assert!(reply["enrollment_id"].is_string());
+    let raw = env
+        .http
+        .get(format!("{}/v1/inbound/{}?raw=true", env.base, reply["id"]))
+        .bearer_auth(&env.key)
+        .send()
+        .await?;
+    assert_eq!(raw.status().as_u16(), 200);
+    assert!(raw.text().await?.contains("Can we talk on Tuesday?"));
+    let (status, err) = env.get("/v1/inbound?kind=spam").await?;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (422, Some("kind"))
+    );
+    assert_eq!(env.get("/v1/inbound/999999").await?.0, 404);
     let ooo = count(
         &env.db,
         "SELECT count(*) FROM inbound_messages WHERE kind = 'auto_reply' AND processed_at IS NOT NULL",

@@ -1,0 +1,143 @@
+//! `/v1/inbound`: what came back, as the operator reads it. Lists the workspace's recorded
+//! replies, auto-replies, bounces, complaints and reported opt-outs (newest first, filtered by
+//! enrollment, sequence, lead address or kind), and shows one with its raw message. Recording
+//! and acting on them are `pulse_shared::feedback`'s; reading mail is the inbound role's.
+
+use axum::{
+    Json,
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+};
+use pulse_shared::{
+    feedback::Kind,
+    http::{ApiError, ApiPath, ApiQuery, ApiResult, Auth},
+    model::{InboundList, InboundMessage},
+};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::ApiState;
+
+const COLUMNS: &str = "id, received_at, source, kind, mail_from, idempotency_key, enrollment_id,
+    sequence_id, lead_id, address, detail, processed_at, outcome, digest";
+
+/// Filters and cursor of the inbound list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InboundFilter {
+    pub enrollment_id: Option<Uuid>,
+    pub sequence_id: Option<Uuid>,
+    /// The address it is about (a lead's).
+    pub address: Option<String>,
+    /// `reply`, `auto_reply`, `bounce`, `soft_bounce`, `complaint`, `unsubscribe`, `other`.
+    pub kind: Option<String>,
+    /// Only messages older than this id (the previous page's `next`).
+    pub before: Option<i64>,
+    /// Most returned (1–1000, default 100).
+    pub limit: Option<i64>,
+}
+
+/// What came back to the workspace's sends, newest first.
+#[utoipa::path(
+    get, path = "/v1/inbound", tag = "inbound",
+    params(InboundFilter),
+    responses(
+        (status = 200, body = InboundList),
+        (status = 401, body = pulse_shared::http::ErrorBody),
+        (status = 422, body = pulse_shared::http::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiQuery(f): ApiQuery<InboundFilter>,
+) -> ApiResult<Json<InboundList>> {
+    let limit = crate::Page { limit: f.limit }.limit()?;
+    if let Some(kind) = &f.kind
+        && Kind::parse(kind).is_none()
+    {
+        let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        return Err(ApiError::invalid(
+            "kind",
+            format!("{kind:?} is not one of {}", kinds.join(", ")),
+        ));
+    }
+    let address = f.address.as_deref().map(|a| a.trim().to_lowercase());
+    let mut messages: Vec<InboundMessage> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM inbound_messages
+         WHERE workspace_id = $1
+           AND ($2::uuid IS NULL OR enrollment_id = $2)
+           AND ($3::uuid IS NULL OR sequence_id = $3)
+           AND ($4::text IS NULL OR lower(address) = $4)
+           AND ($5::text IS NULL OR kind = $5)
+           AND ($6::bigint IS NULL OR id < $6)
+         ORDER BY id DESC LIMIT $7"
+    ))
+    .bind(auth.workspace)
+    .bind(f.enrollment_id)
+    .bind(f.sequence_id)
+    .bind(&address)
+    .bind(&f.kind)
+    .bind(f.before)
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let next = if messages.len() as i64 > limit {
+        messages.truncate(limit as usize);
+        messages.last().map(|m| m.id)
+    } else {
+        None
+    };
+    Ok(Json(InboundList { messages, next }))
+}
+
+/// One message that came back; `?raw=true` answers the message as received
+/// (`message/rfc822`), when the inbound listener received it.
+#[utoipa::path(
+    get, path = "/v1/inbound/{id}", tag = "inbound",
+    params(("id" = i64, Path), RawParam),
+    responses(
+        (status = 200, body = InboundMessage),
+        (status = 401, body = pulse_shared::http::ErrorBody),
+        (status = 404, body = pulse_shared::http::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_one(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(raw): ApiQuery<RawParam>,
+) -> ApiResult<Response> {
+    if raw.raw.unwrap_or(false) {
+        let bytes: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+            "SELECT raw FROM inbound_messages WHERE workspace_id = $1 AND id = $2",
+        )
+        .bind(auth.workspace)
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?;
+        let bytes = bytes
+            .ok_or(ApiError::NotFound("inbound message"))?
+            .ok_or(ApiError::NotFound("raw message (reported through the API)"))?;
+        return Ok(([(header::CONTENT_TYPE, "message/rfc822")], bytes).into_response());
+    }
+    let message: InboundMessage = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM inbound_messages WHERE workspace_id = $1 AND id = $2"
+    ))
+    .bind(auth.workspace)
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or(ApiError::NotFound("inbound message"))?;
+    Ok(Json(message).into_response())
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RawParam {
+    /// Answer the message as received.
+    pub raw: Option<bool>,
+}
