@@ -49,6 +49,7 @@ pub const NAMES: &[&str] = &[
     "pulse_reconnects",
     "pulse_ready",
     "pulse_process_resident_memory_bytes",
+    "pulse_inbound_messages",
 ];
 
 /// Content type of [`Metrics::render`].
