@@ -76,6 +76,15 @@ pub struct InboundSettings {
     pub command_timeout: Duration,
     /// `PULSE_SOFT_BOUNCE_LIMIT`: transient bounces in a row that suppress an address.
     pub soft_bounce_limit: i32,
+    /// `PULSE_SES_SNS_CERT_FILE`: the PEM certificate Amazon SNS signs its messages with; with
+    /// it, `POST /v1/inbound/ses` takes SES bounce and complaint notifications.
+    pub ses_sns_cert_file: Option<std::path::PathBuf>,
+    /// `PULSE_SES_TOPIC_ARNS`: the SNS topics accepted (comma-separated); empty: any topic the
+    /// certificate signs for.
+    pub ses_topic_arns: Vec<String>,
+    /// `PULSE_SENDGRID_WEBHOOK_KEY`: SendGrid's Event Webhook verification key (base64 of the
+    /// public key's DER); with it, `POST /v1/inbound/sendgrid` takes its events.
+    pub sendgrid_webhook_key: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -198,6 +207,16 @@ impl Settings {
                 max_connections: parse(&lookup, "PULSE_INBOUND_MAX_CONNECTIONS", "100")?,
                 command_timeout: millis(&lookup, "PULSE_INBOUND_COMMAND_TIMEOUT_MS", "60000")?,
                 soft_bounce_limit: parse(&lookup, "PULSE_SOFT_BOUNCE_LIMIT", "3")?,
+                ses_sns_cert_file: non_empty("PULSE_SES_SNS_CERT_FILE").map(Into::into),
+                ses_topic_arns: lookup("PULSE_SES_TOPIC_ARNS")
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                sendgrid_webhook_key: non_empty("PULSE_SENDGRID_WEBHOOK_KEY")
+                    .map(|k| k.trim().to_owned()),
             },
         }
         .validated()

@@ -205,6 +205,18 @@ pub async fn record(db: &PgPool, report: &Report) -> Result<(i64, Matched), Stor
     Ok((id, matched))
 }
 
+/// Records `report` and processes it at once: what an API report or a provider's webhook does
+/// (the inbound listener answers its client in between, so it calls the two apart).
+pub async fn record_and_process(
+    db: &PgPool,
+    report: &Report,
+    soft_bounce_limit: i32,
+) -> Result<(i64, Matched, Option<Processed>), StoreError> {
+    let (id, matched) = record(db, report).await?;
+    let done = process(db, id, soft_bounce_limit).await?;
+    Ok((id, matched, done))
+}
+
 /// The recorded messages not processed yet, oldest first (at most `limit`).
 pub async fn pending(db: &PgPool, limit: i64) -> Result<Vec<i64>, StoreError> {
     Ok(sqlx::query_scalar(

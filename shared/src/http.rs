@@ -31,6 +31,15 @@ pub enum ApiError {
     Invalid(#[from] FieldError),
     #[error("missing or invalid API key")]
     Unauthorized,
+    /// A provider's webhook whose signature does not verify (401, with why).
+    #[error("{0}")]
+    Unverified(String),
+    /// Authenticated, but not allowed (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A service Pulse called on the caller's behalf failed (502).
+    #[error("{0}")]
+    Upstream(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -49,8 +58,8 @@ pub struct ErrorBody {
 
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable machine-readable code: `malformed`, `invalid`, `unauthorized`, `not_found`,
-    /// `conflict`, `too_large`, `internal`.
+    /// Stable machine-readable code: `malformed`, `invalid`, `unauthorized`, `forbidden`,
+    /// `not_found`, `conflict`, `too_large`, `upstream`, `internal`.
     pub code: &'static str,
     pub message: String,
     /// JSON path of the offending field, when one is to blame.
@@ -63,6 +72,11 @@ impl ApiError {
         ApiError::Invalid(FieldError::new(field, message))
     }
 
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, Option<String>) {
         match self {
             ApiError::Malformed { field, .. } => {
@@ -73,7 +87,11 @@ impl ApiError {
                 "invalid",
                 Some(e.field.clone()),
             ),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::Unauthorized | ApiError::Unverified(_) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized", None)
+            }
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
+            ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", None),

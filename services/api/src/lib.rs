@@ -14,12 +14,14 @@ pub mod hub;
 mod inbound;
 mod mailboxes;
 mod outbox;
+mod providers;
 mod sends;
 mod sequences;
 mod suppressions;
 mod unsubscribe;
 mod workspace;
 
+pub use providers::Providers;
 pub use unsubscribe::OneClick;
 
 use std::time::Duration;
@@ -44,6 +46,8 @@ pub struct ApiState {
     pub drain_timeout: Duration,
     /// The one-click unsubscribe keys and the per-client limit of its public endpoint.
     pub unsubscribe: std::sync::Arc<OneClick>,
+    /// The keys that verify provider webhooks (`/v1/inbound/ses`, `/v1/inbound/sendgrid`).
+    pub providers: std::sync::Arc<Providers>,
 }
 
 impl FromRef<ApiState> for PgPool {
@@ -111,6 +115,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/suppressions/{value}", delete(suppressions::lift))
         .route("/v1/inbound", get(inbound::list))
         .route("/v1/inbound/{id}", get(inbound::get_one))
+        .route("/v1/inbound/ses", post(providers::ses))
+        .route("/v1/inbound/sendgrid", post(providers::sendgrid))
         .route(
             "/u/{token}",
             get(unsubscribe::confirm_page).post(unsubscribe::one_click),
@@ -132,7 +138,7 @@ pub fn router(state: ApiState) -> Router {
         workspace::get_one, workspace::patch, outbox::list,
         mailboxes::create, mailboxes::list, mailboxes::get_one, mailboxes::edit, mailboxes::delete,
         suppressions::add, suppressions::list, suppressions::lift,
-        inbound::list, inbound::get_one,
+        inbound::list, inbound::get_one, providers::ses, providers::sendgrid,
         unsubscribe::confirm_page, unsubscribe::one_click,
     ),
     modifiers(&BearerAuth)

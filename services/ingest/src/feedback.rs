@@ -121,11 +121,10 @@ pub(crate) async fn report(
         address: Some(v.email),
         detail,
     };
-    let (message, matched) = feedback::record(&state.db, &report).await?;
+    let (message, matched, done) =
+        feedback::record_and_process(&state.db, &report, state.soft_bounce_limit).await?;
     state.metrics.inbound(v.kind.as_str());
-    let outcome = feedback::process(&state.db, message, state.soft_bounce_limit)
-        .await?
-        .map(|p| p.outcome);
+    let outcome = done.map(|p| p.outcome);
     let result = EventResult {
         event_id: v.id.clone(),
         status: "processed".into(),

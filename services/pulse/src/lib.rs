@@ -180,6 +180,12 @@ pub async fn serve(
             flags: flags.clone(),
             drain_timeout: settings.pause_drain_timeout(),
             unsubscribe: std::sync::Arc::new(pulse_api::OneClick::new(unsubscribe)),
+            providers: std::sync::Arc::new(pulse_api::Providers::load(&settings.inbound).map_err(
+                |message| ServeError::Role {
+                    role: "startup",
+                    message,
+                },
+            )?),
         };
         app = app
             .merge(pulse_api::hub::router(api.clone()))

@@ -16,6 +16,7 @@ mod message;
 mod model;
 mod observability;
 mod optout;
+mod providers;
 mod recovery;
 mod relay;
 mod send_path;

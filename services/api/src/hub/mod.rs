@@ -60,15 +60,7 @@ impl HubError {
             HubError::SignIn { .. } => StatusCode::UNAUTHORIZED,
             HubError::Csrf => StatusCode::FORBIDDEN,
             HubError::BadForm(_) => StatusCode::BAD_REQUEST,
-            HubError::Api(e) => match e {
-                ApiError::Malformed { .. } => StatusCode::BAD_REQUEST,
-                ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-                ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-                ApiError::Conflict(_) => StatusCode::CONFLICT,
-                ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            },
+            HubError::Api(e) => e.status(),
         }
     }
 
