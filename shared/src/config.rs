@@ -76,6 +76,10 @@ pub struct InboundSettings {
     pub command_timeout: Duration,
     /// `PULSE_SOFT_BOUNCE_LIMIT`: transient bounces in a row that suppress an address.
     pub soft_bounce_limit: i32,
+    /// `PULSE_INBOUND_TLS_CERT_FILE` and `PULSE_INBOUND_TLS_KEY_FILE`: the listener's certificate
+    /// chain and key (PEM); with them it offers STARTTLS.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// `PULSE_SES_SNS_CERT_FILE`: the PEM certificate Amazon SNS signs its messages with; with
     /// it, `POST /v1/inbound/ses` takes SES bounce and complaint notifications.
     pub ses_sns_cert_file: Option<std::path::PathBuf>,
@@ -207,6 +211,8 @@ impl Settings {
                 max_connections: parse(&lookup, "PULSE_INBOUND_MAX_CONNECTIONS", "100")?,
                 command_timeout: millis(&lookup, "PULSE_INBOUND_COMMAND_TIMEOUT_MS", "60000")?,
                 soft_bounce_limit: parse(&lookup, "PULSE_SOFT_BOUNCE_LIMIT", "3")?,
+                tls_cert_file: non_empty("PULSE_INBOUND_TLS_CERT_FILE").map(Into::into),
+                tls_key_file: non_empty("PULSE_INBOUND_TLS_KEY_FILE").map(Into::into),
                 ses_sns_cert_file: non_empty("PULSE_SES_SNS_CERT_FILE").map(Into::into),
                 ses_topic_arns: lookup("PULSE_SES_TOPIC_ARNS")
                     .unwrap_or_default()
@@ -278,6 +284,12 @@ impl Settings {
             "PULSE_SOFT_BOUNCE_LIMIT",
             self.inbound.soft_bounce_limit > 0,
         )?;
+        if self.inbound.tls_cert_file.is_some() != self.inbound.tls_key_file.is_some() {
+            return Err(ConfigError {
+                var: "PULSE_INBOUND_TLS_CERT_FILE",
+                reason: "set it and PULSE_INBOUND_TLS_KEY_FILE together, or neither".into(),
+            });
+        }
         if let Some(domain) = &self.inbound.bounce_domain
             && crate::domain::validate::domain(domain).is_err()
         {

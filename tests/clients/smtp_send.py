@@ -1,13 +1,17 @@
 """Sends one message with Python's smtplib, a real SMTP client, for Pulse's inbound tests.
 
 Usage: smtp_send.py HOST PORT MAIL_FROM RCPT[,RCPT...] < message
-MAIL_FROM may be empty (the null sender). Prints one JSON line: {"code": 250, "text": "..."}
-for an accepted message, else the code and text of the refusal (a refused recipient, a
-refused message, a closed connection: code 0).
+MAIL_FROM may be empty (the null sender). With SMTP_CAFILE set, the client upgrades with
+STARTTLS first and verifies the server's certificate against that CA ("tls": true in the
+answer). Prints one JSON line: {"code": 250, "text": "..."} for an accepted message, else the
+code and text of the refusal (a refused recipient, a refused message, a closed connection:
+code 0).
 """
 
 import json
+import os
 import smtplib
+import ssl
 import sys
 
 
@@ -17,6 +21,10 @@ def main() -> None:
     try:
         with smtplib.SMTP(host, port, timeout=60) as client:
             client.ehlo("tests.example")
+            cafile = os.environ.get("SMTP_CAFILE")
+            if cafile:
+                client.starttls(context=ssl.create_default_context(cafile=cafile))
+                client.ehlo("tests.example")
             code, text = client.mail(mail_from)
             if code != 250:
                 raise smtplib.SMTPSenderRefused(code, text, mail_from)
@@ -26,7 +34,8 @@ def main() -> None:
                     print(json.dumps({"code": code, "text": text.decode(errors="replace")}))
                     return
             code, text = client.data(message)
-            print(json.dumps({"code": code, "text": text.decode(errors="replace")}))
+            tls = client.sock is not None and isinstance(client.sock, ssl.SSLSocket)
+            print(json.dumps({"code": code, "text": text.decode(errors="replace"), "tls": tls}))
     except smtplib.SMTPResponseException as e:
         print(json.dumps({"code": e.smtp_code, "text": e.smtp_error.decode(errors="replace")}))
     except (smtplib.SMTPServerDisconnected, ConnectionError) as e:

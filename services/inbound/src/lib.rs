@@ -32,14 +32,23 @@ use tokio::{
     net::TcpListener,
     sync::{Semaphore, mpsc},
 };
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    },
+};
 use tokio_util::sync::CancellationToken;
 
-pub use session::{Envelope, Limits, Mailroom};
+pub use session::{Ended, Envelope, Limits, Mailroom};
 
 /// How often recorded messages left unprocessed are looked for.
 const SWEEP: Duration = Duration::from_secs(5);
 /// Messages processed per sweep.
 const SWEEP_BATCH: i64 = 500;
+/// Messages processed at once.
+const PROCESSORS: usize = 8;
 /// The longest one session may last.
 const SESSION: Duration = Duration::from_secs(600);
 
@@ -47,6 +56,32 @@ const SESSION: Duration = Duration::from_secs(600);
 pub enum InboundError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the inbound TLS certificate or key: {0}")]
+    Tls(String),
+}
+
+/// The STARTTLS acceptor of `PULSE_INBOUND_TLS_CERT_FILE` and `…_KEY_FILE`, if they are set.
+fn acceptor(inbound: &InboundSettings) -> Result<Option<TlsAcceptor>, InboundError> {
+    let (Some(cert), Some(key)) = (&inbound.tls_cert_file, &inbound.tls_key_file) else {
+        return Ok(None);
+    };
+    let tls = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        InboundError::Tls(format!("{}: {e}", what.display()))
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(cert, &e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls(key, &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls(cert, &e))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key_der)
+    .map_err(|e| tls(cert, &e))?;
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
 /// Where the listener's mail goes: the database, through `feedback`.
@@ -145,6 +180,7 @@ pub async fn run(
 ) -> Result<(), InboundError> {
     let keys = Unsubscribe::load(&db, &settings).await?;
     let inbound = settings.inbound.clone();
+    let tls = acceptor(&inbound)?;
     let (recorded, notices) = mpsc::unbounded_channel();
     let room = Arc::new(Room {
         db: db.clone(),
@@ -167,10 +203,11 @@ pub async fn run(
             .bounce_domain
             .clone()
             .unwrap_or_else(|| "localhost".into()),
+        starttls: tls.is_some(),
     });
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, bounce_domain = ?inbound.bounce_domain, "inbound SMTP listening");
-    accept_loop(listener, room, limits, &inbound, shutdown).await;
+    accept_loop(listener, room, limits, tls, &inbound, shutdown).await;
     // The processor stops with the shutdown; what it leaves is swept at the next start.
     let _ = processor.await;
     Ok(())
@@ -180,6 +217,7 @@ async fn accept_loop(
     listener: TcpListener,
     room: Arc<Room>,
     limits: Arc<Limits>,
+    tls: Option<TlsAcceptor>,
     inbound: &InboundSettings,
     shutdown: CancellationToken,
 ) {
@@ -206,11 +244,23 @@ async fn accept_loop(
             });
             continue;
         };
-        let (room, limits) = (room.clone(), limits.clone());
+        let (room, limits, tls) = (room.clone(), limits.clone(), tls.clone());
         sessions.spawn(async move {
             let _slot = slot;
             let _ = stream.set_nodelay(true);
-            if let Err(e) = session::serve(stream, room.as_ref(), &limits).await {
+            let ended = match session::serve(stream, room.as_ref(), &limits, false).await {
+                Ok(Ended::StartTls(plain)) => match tls {
+                    Some(tls) => match tls.accept(plain).await {
+                        Ok(secured) => session::serve(secured, room.as_ref(), &limits, true)
+                            .await
+                            .map(|_| ()),
+                        Err(e) => Err(e),
+                    },
+                    None => Ok(()),
+                },
+                other => other.map(|_| ()),
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "inbound session ended with an error");
             }
         });
@@ -224,17 +274,20 @@ async fn accept_loop(
     .await;
 }
 
-/// Processes each message as it is recorded, and sweeps for any left unprocessed.
+/// Processes each message as it is recorded, and sweeps for any left unprocessed; up to
+/// [`PROCESSORS`] at once (each in its own transactions; two never take the same message).
 async fn process_loop(
     db: PgPool,
     soft_bounce_limit: i32,
     mut notices: mpsc::UnboundedReceiver<i64>,
     shutdown: CancellationToken,
 ) {
+    let slots = Arc::new(Semaphore::new(PROCESSORS));
+    let mut running = tokio::task::JoinSet::new();
     let mut sweep = tokio::time::interval(SWEEP);
     loop {
         let ids = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             Some(id) = notices.recv() => vec![id],
             _ = sweep.tick() => match feedback::pending(&db, SWEEP_BATCH).await {
                 Ok(ids) => ids,
@@ -245,19 +298,36 @@ async fn process_loop(
             },
         };
         for id in ids {
-            match feedback::process(&db, id, soft_bounce_limit).await {
-                Ok(Some(done)) => tracing::info!(
-                    id,
-                    kind = done.kind.as_str(),
-                    ended = done.ended,
-                    outcome = %done.outcome,
-                    "inbound message processed"
-                ),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(id, error = %e, "inbound message not processed; trying again at the next sweep")
-                }
-            }
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let db = db.clone();
+            running.spawn(async move {
+                let _slot = slot;
+                process_one(&db, id, soft_bounce_limit).await;
+            });
+            while running.try_join_next().is_some() {}
+        }
+    }
+    // What is under way finishes (each is a few statements); the rest waits for the next start.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+async fn process_one(db: &PgPool, id: i64, soft_bounce_limit: i32) {
+    match feedback::process(db, id, soft_bounce_limit).await {
+        Ok(Some(done)) => tracing::info!(
+            id,
+            kind = done.kind.as_str(),
+            ended = done.ended,
+            outcome = %done.outcome,
+            "inbound message processed"
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(id, error = %e, "inbound message not processed; trying again at the next sweep")
         }
     }
 }

@@ -1,5 +1,7 @@
 //! One SMTP session of the inbound listener, server side (RFC 5321): greeting, EHLO, MAIL, RCPT,
-//! DATA, RSET, NOOP, QUIT, with PIPELINING. Commands and the dot-terminated body are parsed by
+//! DATA, RSET, NOOP, QUIT, with PIPELINING, and STARTTLS (RFC 3207) when a certificate is
+//! configured: the session hands its stream back to be wrapped in TLS ([`Ended::StartTls`]),
+//! dropping whatever the client pipelined after the command, and starts afresh over TLS. Commands and the dot-terminated body are parsed by
 //! `smtp-proto`; this module holds the session's state and its answers, and the bounds: the size
 //! of a message (552, the rest of the body read and dropped), the recipients of one message, the
 //! wait for each command, the session's length, and the bad commands it tolerates.
@@ -58,6 +60,18 @@ pub struct Limits {
     pub session_timeout: Duration,
     /// The name in the greeting.
     pub hostname: String,
+    /// Whether STARTTLS is offered (a certificate is configured).
+    pub starttls: bool,
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum Ended<S> {
+    /// QUIT, a timeout, too many errors, or the client went away.
+    Closed,
+    /// The client asked for TLS and was told to go ahead: wrap the stream and serve it again
+    /// (`secured`).
+    StartTls(S),
 }
 
 enum Mode {
@@ -66,17 +80,28 @@ enum Mode {
     Data(DataReceiver, Option<DummyDataReceiver>),
 }
 
-/// Serves one connection until QUIT, a timeout, too many errors, or its end.
-pub async fn serve<S, M>(mut stream: S, room: &M, limits: &Limits) -> std::io::Result<()>
+/// Serves one connection until QUIT, a timeout, too many errors, its end, or STARTTLS.
+/// `secured`: the stream is already TLS (no greeting: the client says EHLO again).
+pub async fn serve<S, M>(
+    mut stream: S,
+    room: &M,
+    limits: &Limits,
+    secured: bool,
+) -> std::io::Result<Ended<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     M: Mailroom,
 {
     let deadline = Instant::now() + limits.session_timeout;
-    stream
-        .write_all(format!("220 {} ESMTP Pulse inbound\r\n", limits.hostname).as_bytes())
-        .await?;
-    let mut session = Session::default();
+    if !secured {
+        stream
+            .write_all(format!("220 {} ESMTP Pulse inbound\r\n", limits.hostname).as_bytes())
+            .await?;
+    }
+    let mut session = Session {
+        secured,
+        ..Session::default()
+    };
     let mut requests = RequestReceiver::default();
     let mut mode = Mode::Command;
     let mut body = Vec::new();
@@ -94,14 +119,14 @@ where
                 .command_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
-                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(0)) => return Ok(Ended::Closed),
                 Ok(Ok(n)) => pending.extend_from_slice(&chunk[..n]),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     stream
                         .write_all(b"421 4.4.2 Timeout, closing the connection\r\n")
                         .await?;
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
             }
         }
@@ -128,7 +153,14 @@ where
                             out.push_str(&r);
                             out.push_str("\r\n");
                             stream.write_all(out.as_bytes()).await?;
-                            return Ok(());
+                            return Ok(Ended::Closed);
+                        }
+                        Step::StartTls => {
+                            // Anything pipelined after STARTTLS is plaintext an attacker may
+                            // have injected: dropped, never read as commands over TLS.
+                            out.push_str("220 2.0.0 Ready to start TLS\r\n");
+                            stream.write_all(out.as_bytes()).await?;
+                            return Ok(Ended::StartTls(stream));
                         }
                     },
                 };
@@ -137,7 +169,7 @@ where
                 if session.errors >= MAX_ERRORS {
                     out.push_str("421 4.7.0 Too many errors, closing the connection\r\n");
                     stream.write_all(out.as_bytes()).await?;
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
             }
             Mode::Data(receiver, discard) => {
@@ -176,10 +208,13 @@ enum Step {
     Reply(String),
     Data,
     Close(String),
+    StartTls,
 }
 
 #[derive(Default)]
 struct Session {
+    /// Over TLS already.
+    secured: bool,
     greeted: bool,
     mail: Option<Envelope>,
     errors: u32,
@@ -201,8 +236,13 @@ impl Session {
             Request::Ehlo { .. } => {
                 self.greeted = true;
                 self.reset();
+                let tls = if limits.starttls && !self.secured {
+                    "250-STARTTLS\r\n"
+                } else {
+                    ""
+                };
                 Step::Reply(format!(
-                    "250-{}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-SIZE {}\r\n250 ENHANCEDSTATUSCODES",
+                    "250-{}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n{tls}250-SIZE {}\r\n250 ENHANCEDSTATUSCODES",
                     limits.hostname, limits.max_bytes
                 ))
             }
@@ -275,7 +315,12 @@ impl Session {
             Request::Quit => Step::Close("221 2.0.0 Bye".to_owned()),
             Request::Vrfy { .. } => reply("252 2.1.5 Cannot verify the user, but will take mail"),
             Request::Help { .. } => reply("214 2.0.0 See RFC 5321"),
-            Request::StartTls => reply("454 4.7.0 TLS not available"),
+            Request::StartTls if self.secured => {
+                self.errors += 1;
+                reply("503 5.5.1 TLS is already active")
+            }
+            Request::StartTls if !limits.starttls => reply("454 4.7.0 TLS not available"),
+            Request::StartTls => Step::StartTls,
             // The chunk's bytes follow the command: without CHUNKING they cannot be told apart
             // from commands, so the session ends.
             Request::Bdat { .. } => Step::Close("502 5.5.1 CHUNKING is not offered".to_owned()),

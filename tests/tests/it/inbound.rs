@@ -35,8 +35,26 @@ async fn smtp_send(
     rcpts: &[&str],
     raw: &[u8],
 ) -> anyhow::Result<(u16, String)> {
+    smtp_send_with(addr, mail_from, rcpts, raw, None)
+        .await
+        .map(|(code, text, _)| (code, text))
+}
+
+/// [`smtp_send`], upgraded with STARTTLS and verified against `ca` when given; also says
+/// whether the message went over TLS.
+async fn smtp_send_with(
+    addr: SocketAddr,
+    mail_from: &str,
+    rcpts: &[&str],
+    raw: &[u8],
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<(u16, String, bool)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/smtp_send.py");
-    let mut child = tokio::process::Command::new("python3")
+    let mut command = tokio::process::Command::new("python3");
+    if let Some(ca) = ca {
+        command.env("SMTP_CAFILE", ca);
+    }
+    let mut child = command
         .arg(script)
         .arg(addr.ip().to_string())
         .arg(addr.port().to_string())
@@ -61,6 +79,7 @@ async fn smtp_send(
     Ok((
         answer["code"].as_u64().unwrap_or_default() as u16,
         answer["text"].as_str().unwrap_or_default().to_owned(),
+        answer["tls"].as_bool().unwrap_or(false),
     ))
 }
 
@@ -356,6 +375,41 @@ async fn strangers_and_oversize_mail_are_refused() -> anyhow::Result<()> {
     assert_eq!(code, 552, "{text}");
     let recorded = count(&env.db, "SELECT count(*) FROM inbound_messages").await?;
     assert_eq!(recorded, 1);
+    env.stop().await
+}
+
+#[tokio::test]
+async fn starttls_is_offered_with_a_certificate_and_plain_mail_still_arrives() -> anyhow::Result<()>
+{
+    let ca = pulse_tests::tls::TestCa::generate()?;
+    let (cert, key) = (ca.cert_path(), ca.key_path());
+    let env = TestEnv::start("inbound_tls", &[Role::Api, Role::Inbound], |s| {
+        s.inbound.bounce_domain = Some(BOUNCES.into());
+        s.inbound.tls_cert_file = Some(cert);
+        s.inbound.tls_key_file = Some(key);
+    })
+    .await?;
+    let inbound = env
+        .inbound
+        .ok_or_else(|| anyhow::anyhow!("no inbound listener"))?;
+    let mail = b"Subject: over TLS\r\n\r\nHello.\r\n";
+    let rcpt = format!("postmaster@{BOUNCES}");
+    let (code, text, tls) = smtp_send_with(
+        inbound,
+        "a@example.org",
+        &[&rcpt],
+        mail,
+        Some(&ca.ca_path()),
+    )
+    .await?;
+    assert_eq!((code, tls), (250, true), "{text}");
+    // A client that does not ask for TLS is still served (STARTTLS is offered, not required).
+    let (code, _, tls) = smtp_send_with(inbound, "a@example.org", &[&rcpt], mail, None).await?;
+    assert_eq!((code, tls), (250, false));
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM inbound_messages").await?,
+        2
+    );
     env.stop().await
 }
 

@@ -35,6 +35,7 @@ fn limits(max_bytes: usize) -> Limits {
         command_timeout: Duration::from_millis(300),
         session_timeout: Duration::from_secs(5),
         hostname: "mx.here.example".into(),
+        starttls: false,
     }
 }
 
@@ -67,13 +68,62 @@ async fn session(room: &Room, limits: Limits, script: impl AsyncFnOnce(&mut Clie
     let mut client = Client {
         io: BufReader::new(client),
     };
-    let served = serve(server, room, &limits);
+    let served = serve(server, room, &limits, false);
     let talk = async {
         assert!(client.reply().await.starts_with("220 mx.here.example"));
         script(&mut client).await;
     };
     let (served, ()) = tokio::join!(served, talk);
-    served.unwrap();
+    assert!(matches!(served.unwrap(), Ended::Closed));
+}
+
+#[tokio::test]
+async fn starttls_hands_the_stream_back_and_drops_what_was_pipelined_after_it() {
+    let room = Room::default();
+    let mut limits = limits(1000);
+    limits.starttls = true;
+    let (server, client) = tokio::io::duplex(64 * 1024);
+    let mut c = Client {
+        io: BufReader::new(client),
+    };
+    let talk = async {
+        c.reply().await;
+        c.send(b"EHLO c\r\n").await;
+        let mut ehlo = Vec::new();
+        loop {
+            let mut line = String::new();
+            c.io.read_line(&mut line).await.unwrap();
+            ehlo.push(line.trim_end().to_owned());
+            if line.as_bytes().get(3) == Some(&b' ') {
+                break;
+            }
+        }
+        assert!(ehlo.iter().any(|l| l == "250-STARTTLS"), "{ehlo:?}");
+        // An injected command rides along with STARTTLS.
+        c.send(b"STARTTLS\r\nMAIL FROM:<evil@example.org>\r\n")
+            .await;
+        assert_eq!(c.reply().await, "220 2.0.0 Ready to start TLS");
+    };
+    let (served, ()) = tokio::join!(serve(server, &room, &limits, false), talk);
+    let Ok(Ended::StartTls(stream)) = served else {
+        panic!("STARTTLS did not hand the stream back");
+    };
+    // "Over TLS" (the same stream, in this test): no greeting, no STARTTLS offered again, and
+    // the injected MAIL was never taken.
+    let talk = async {
+        c.send(b"EHLO c\r\nRCPT TO:<x@here.example>\r\nSTARTTLS\r\nQUIT\r\n")
+            .await;
+        assert!(c.reply().await.starts_with("250 ENHANCEDSTATUSCODES"));
+        assert!(c.reply().await.starts_with("503 5.5.1 MAIL first"));
+        assert!(
+            c.reply()
+                .await
+                .starts_with("503 5.5.1 TLS is already active")
+        );
+        assert_eq!(c.reply().await, "221 2.0.0 Bye");
+    };
+    let (served, ()) = tokio::join!(serve(stream, &room, &limits, true), talk);
+    assert!(matches!(served.unwrap(), Ended::Closed));
 }
 
 #[tokio::test]
@@ -220,7 +270,7 @@ proptest! {
                 let mut sink = Vec::new();
                 let _ = client.read_to_end(&mut sink).await;
             };
-            let (served, ()) = tokio::join!(serve(server, &room, &limits), talk);
+            let (served, ()) = tokio::join!(serve(server, &room, &limits, false), talk);
             let _ = served;
         });
     }

@@ -9,6 +9,8 @@
 //! * end to end — N enrollments all due now, sends/s until the SMTP sink accepted every one (with
 //!   1 and 2 senders), checked exactly once;
 //! * latency — due → accepted p50/p99 at a fixed offered rate below saturation;
+//! * inbound — replies into the inbound role over SMTP: accepted (recorded) and processed per
+//!   second, next to the bare SMTP client (`inbound`);
 //! * memory — peak RSS of each role process.
 //!
 //! Roles run as separate release processes (`PULSE_BIN`, default `target/release/pulse`); the SMTP
@@ -21,6 +23,8 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+
+mod inbound;
 
 use anyhow::Context;
 use futures::{StreamExt, stream};
@@ -555,6 +559,24 @@ async fn main() -> anyhow::Result<()> {
     let peak = rss.entry("sender".into()).or_default();
     *peak = peak.max(r);
     rss.insert("scheduler".into(), scheduler.stop().unwrap_or_default());
+
+    // ---- inbound: replies over SMTP into the inbound role
+    let replies = o.sends.min(10_000);
+    let m = inbound::phase(&o.bin, &s, &db, replies).await?;
+    println!(
+        "inbound    {replies} replies accepted (recorded) {:>8.0} /s  ({:.2} of the bare SMTP client)",
+        m.accepted_per_s,
+        m.accepted_per_s / smtp_ref
+    );
+    println!(
+        "inbound    replies processed                {:>8.0} /s",
+        m.processed_per_s
+    );
+    results.insert(
+        "inbound",
+        json!({"replies": replies, "accepted_per_s": m.accepted_per_s, "processed_per_s": m.processed_per_s, "of_bare_smtp": m.accepted_per_s / smtp_ref}),
+    );
+    rss.insert("inbound".into(), m.peak_rss_mib);
 
     // ---- claim time as the schedule table grows
     let mut claims = BTreeMap::new();
