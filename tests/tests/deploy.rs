@@ -266,6 +266,7 @@ fn compose_runs_every_part_with_settings_the_binary_accepts() {
         "api",
         "scheduler",
         "sender",
+        "inbound",
     ] {
         assert!(names.contains(wanted), "compose lacks {wanted}");
     }
@@ -464,7 +465,7 @@ fn kubernetes_manifests_are_complete_and_honoured_by_the_binary() {
         }
         deployments.insert(name, labels.clone());
     }
-    for role in ["pulse-api", "pulse-scheduler", "pulse-sender"] {
+    for role in ["pulse-api", "pulse-scheduler", "pulse-sender", "pulse-inbound"] {
         assert!(deployments.contains_key(role), "no Deployment {role}");
     }
     // Every Deployment has a disruption budget selecting its pods.
