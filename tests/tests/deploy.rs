@@ -465,7 +465,12 @@ fn kubernetes_manifests_are_complete_and_honoured_by_the_binary() {
         }
         deployments.insert(name, labels.clone());
     }
-    for role in ["pulse-api", "pulse-scheduler", "pulse-sender", "pulse-inbound"] {
+    for role in [
+        "pulse-api",
+        "pulse-scheduler",
+        "pulse-sender",
+        "pulse-inbound",
+    ] {
         assert!(deployments.contains_key(role), "no Deployment {role}");
     }
     // Every Deployment has a disruption budget selecting its pods.

@@ -15,6 +15,7 @@ use pulse_shared::{
     model::{InboundList, InboundMessage},
 };
 use serde::Deserialize;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::ApiState;
@@ -112,27 +113,42 @@ pub async fn get_one(
     ApiQuery(raw): ApiQuery<RawParam>,
 ) -> ApiResult<Response> {
     if raw.raw.unwrap_or(false) {
-        let bytes: Option<Option<Vec<u8>>> = sqlx::query_scalar(
-            "SELECT raw FROM inbound_messages WHERE workspace_id = $1 AND id = $2",
-        )
-        .bind(auth.workspace)
-        .bind(id)
-        .fetch_optional(&state.db)
-        .await?;
-        let bytes = bytes
-            .ok_or(ApiError::NotFound("inbound message"))?
+        let bytes = load_raw(&state.db, auth.workspace, id)
+            .await?
             .ok_or(ApiError::NotFound("raw message (reported through the API)"))?;
         return Ok(([(header::CONTENT_TYPE, "message/rfc822")], bytes).into_response());
     }
-    let message: InboundMessage = sqlx::query_as(&format!(
+    Ok(Json(load(&state.db, auth.workspace, id).await?).into_response())
+}
+
+/// One message of `workspace`.
+pub(crate) async fn load(
+    db: &PgPool,
+    workspace: Uuid,
+    id: i64,
+) -> Result<InboundMessage, ApiError> {
+    sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM inbound_messages WHERE workspace_id = $1 AND id = $2"
     ))
-    .bind(auth.workspace)
+    .bind(workspace)
     .bind(id)
-    .fetch_optional(&state.db)
+    .fetch_optional(db)
     .await?
-    .ok_or(ApiError::NotFound("inbound message"))?;
-    Ok(Json(message).into_response())
+    .ok_or(ApiError::NotFound("inbound message"))
+}
+
+/// The bytes of one message of `workspace` as received (`None`: reported through the API).
+pub(crate) async fn load_raw(
+    db: &PgPool,
+    workspace: Uuid,
+    id: i64,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    sqlx::query_scalar("SELECT raw FROM inbound_messages WHERE workspace_id = $1 AND id = $2")
+        .bind(workspace)
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .ok_or(ApiError::NotFound("inbound message"))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

@@ -1,7 +1,8 @@
 //! What a received message is: a reply, an auto-reply, a bounce (permanent or transient), a
 //! complaint, or something else; which Pulse sends it names; the address it is about; and what
 //! the operator is shown. A pure function of the bytes (and the VERP token the listener already
-//! verified), so it is fuzzed directly (`tests` below, and `fuzz/` for cargo-fuzz).
+//! verified), so it is fuzzed directly: `classify/tests.rs` runs proptest over mutations of the
+//! real-world messages in `fixtures/` (the corpus) and over random bytes, in every `make test`.
 //!
 //! MIME is `mail-parser`'s. The field blocks of a delivery-status report (RFC 3464) and of a
 //! feedback report (ARF, RFC 5965) have header syntax, so each block is read with

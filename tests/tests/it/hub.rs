@@ -598,3 +598,90 @@ async fn the_suppressions_page_adds_searches_and_lifts_with_a_reason() -> anyhow
     assert_eq!(lifted, 1);
     env.stop().await
 }
+
+#[tokio::test]
+async fn what_came_back_lists_replies_and_bounces_and_shows_one_as_received() -> anyhow::Result<()>
+{
+    let env = TestEnv::start("hub_inbound", &[Role::All], |_| {}).await?;
+    env.create_sequence(json!({"name": "Q", "sender": {"from": "rep@sales.test"},
+        "triggers": [{"type": "tag_applied", "tag": "go"}],
+        "steps": [{"subject": "Hi", "body": "One", "timing": {"type": "immediately"}},
+                  {"subject": "Two", "body": "Two", "timing": {"type": "delay", "delay": "P1D"}}]}))
+        .await?;
+    env.post(
+        "/v1/events",
+        json!({"events": [
+        {"id": "1", "type": "tag_applied", "tag": "go", "lead": {"email": "ada@example.org"}},
+        {"id": "2", "type": "tag_applied", "tag": "go", "lead": {"email": "bob@example.org"}}]}),
+    )
+    .await?;
+    let ada_id: String = pulse_tests::eventually(Duration::from_secs(20), "Ada's send", || async {
+        Ok(sqlx::query_scalar(
+            "SELECT sl.message_id FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id
+             WHERE l.email = 'ada@example.org' AND sl.state = 'SENT'",
+        )
+        .fetch_optional(&env.db)
+        .await?)
+    })
+    .await?;
+    // Ada's reply, as the listener records it; Bob bounced, as a CRM reports it.
+    let raw = format!(
+        "From: Ada <ada@example.org>\r\nSubject: Re: Hi <yes>\r\nIn-Reply-To: {ada_id}\r\n\r\nLet's talk Tuesday.\r\n"
+    );
+    let c = pulse_inbound::classify::classify(raw.as_bytes(), Some("ada@example.org"), None);
+    let report = pulse_shared::feedback::Report {
+        source: "smtp",
+        kind: c.kind,
+        mail_from: Some("ada@example.org".into()),
+        rcpt_to: vec!["rep@sales.test".into()],
+        raw: Some(raw.clone().into_bytes()),
+        payload: Vec::new(),
+        workspace: None,
+        hashes: c.hashes,
+        address: c.address,
+        detail: c.detail,
+    };
+    let (reply, _, _) = pulse_shared::feedback::record_and_process(&env.db, &report, 3).await?;
+    env.post(
+        "/v1/events",
+        json!({"events": [
+        {"id": "b", "type": "bounced", "lead": {"email": "bob@example.org"}}]}),
+    )
+    .await?;
+
+    let hub = Hub::sign_in(&env, &env.key).await?;
+    let (status, list) = hub.get("/hub/inbound").await?;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(list.contains("replied; ended 1 enrollment(s)"), "{list}");
+    assert!(list.contains("bounce; address suppressed"), "{list}");
+    let (_, bounces) = hub.get("/hub/inbound?kind=bounce").await?;
+    assert!(bounces.contains("bob@example.org") && !bounces.contains("ada@example.org"));
+    let (status, one) = hub.get(&format!("/hub/inbound/{reply}")).await?;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert!(
+        one.contains("Let&#39;s talk Tuesday.") || one.contains("Let's talk Tuesday."),
+        "{one}"
+    );
+    // The raw message is shown as text, never as markup.
+    assert!(one.contains("Re: Hi &lt;yes&gt;"), "{one}");
+    assert_eq!(
+        hub.get("/hub/inbound/abc").await?.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        hub.get("/hub/inbound/999999").await?.0,
+        StatusCode::NOT_FOUND
+    );
+    // The enrollment a reply ended links to it.
+    let seq = sqlx::query_scalar::<_, Uuid>("SELECT id FROM sequences")
+        .fetch_one(&env.db)
+        .await?;
+    let (_, enrollments) = hub
+        .get(&format!("/hub/sequences/{seq}/enrollments"))
+        .await?;
+    assert!(
+        enrollments.contains("/hub/inbound?enrollment="),
+        "{enrollments}"
+    );
+    env.stop().await
+}

@@ -7,6 +7,7 @@
 //! signed-in operator's workspace: the Hub adds no rule of its own. It owns its routes, its
 //! layout and its sign-in (`session`); it never touches the database except for sessions.
 
+mod inbound;
 mod pages;
 pub mod session;
 mod suppressions;
@@ -201,6 +202,7 @@ pub fn layout(title: &str, user: Option<&HubUser>, flash: Option<&Flash>, body: 
                         nav {
                             a href="/hub/sequences" { "Sequences" }
                             a href="/hub/sends" { "Send history" }
+                            a href="/hub/inbound" { "What came back" }
                             a href="/hub/suppressions" { "Suppressions" }
                             a href="/hub/outbox" { "Dev outbox" }
                         }
@@ -308,6 +310,8 @@ pub fn router(api: ApiState) -> Router {
         .route("/hub/sends", get(pages::sends))
         .route("/hub/sends/{key}/resolve", post(pages::resolve))
         .route("/hub/outbox", get(pages::outbox))
+        .route("/hub/inbound", get(inbound::list))
+        .route("/hub/inbound/{id}", get(inbound::one))
         .route("/hub/suppressions", get(suppressions::list))
         .route("/hub/suppressions/add", post(suppressions::add))
         .route("/hub/suppressions/lift", post(suppressions::lift))

@@ -1014,7 +1014,9 @@ pub async fn enrollments(
                         td { @if e.status == EnrollmentStatus::Active { input type="checkbox" name="ids" value=(e.id) aria-label=(format!("Select {}", e.lead_email)); } }
                         td { (e.lead_email) }
                         td { span class=(format!("badge {}", e.status.as_str().to_lowercase())) { (e.status) }
-                             @if let Some(r) = &e.end_reason { br; span.muted { (r) } } }
+                             @if let Some(r) = &e.end_reason { br; span.muted { (r) }
+                                 @if r == "replied" || r == "bounced" || r == "complained" {
+                                     " · " a href=(format!("/hub/inbound?enrollment={}", e.id)) { "what came back" } } } }
                         td.num { (e.current_step) }
                         td { (when_opt(&e.next_due_at)) }
                         td { (sent_summary(e)) }
