@@ -13,6 +13,7 @@ run: services
 	@echo "Pulse API:   http://$(PULSE_HTTP_ADDR)   (OpenAPI: http://$(PULSE_HTTP_ADDR)/openapi.json)"
 	@echo "Dev API key: $(PULSE_API_KEY)"
 	@echo "Mail goes to the dev outbox: curl -H 'Authorization: Bearer $(PULSE_API_KEY)' http://$(PULSE_HTTP_ADDR)/v1/dev/outbox"
+	@echo "Replies and bounces: SMTP on $${PULSE_INBOUND_SMTP_ADDR:-127.0.0.1:2525} (docs/inbound.md)"
 	@echo
 	./target/release/pulse serve all
 

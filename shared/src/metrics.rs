@@ -672,6 +672,7 @@ mod tests {
         m.set_queue_messages("q", 1);
         m.reconnect("sender");
         m.set_ready("postgres", true);
+        m.inbound("reply");
         let mut rendered: Vec<&str> = Vec::new();
         let text = m.render();
         for line in text.lines() {

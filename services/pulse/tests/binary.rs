@@ -21,6 +21,8 @@ fn command(settings: &Settings) -> Command {
         .env("PULSE_AMQP_URL", &settings.amqp_url)
         .env("PULSE_REDIS_URL", &settings.redis_url)
         .env("PULSE_HTTP_ADDR", settings.http_addr.to_string())
+        // `serve all` includes the inbound listener: any free port, so tests never collide.
+        .env("PULSE_INBOUND_SMTP_ADDR", "127.0.0.1:0")
         .env("PULSE_QUEUE", &settings.queue)
         .env("PULSE_REDIS_PREFIX", &settings.redis_prefix)
         .env(
