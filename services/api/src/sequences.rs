@@ -104,7 +104,8 @@ pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<S
     }))
 }
 
-/// Enrollment counts and today's sends of each of the workspace's sequences, newest first.
+/// Enrollment counts (with those a reply, a bounce or a complaint ended) and today's sends of
+/// each of the workspace's sequences, newest first.
 #[utoipa::path(
     get, path = "/v1/sequences/stats", tag = "sequences",
     responses((status = 200, body = SequenceStatsList)),
@@ -119,7 +120,8 @@ pub async fn stats(
     // first claimed at most a few hours earlier: retries back off to an hour, 8 attempts).
     let sequences: Vec<SequenceStats> = sqlx::query_as(
         "SELECT s.id AS sequence_id, s.status,
-                e.enrolled, e.active, e.completed, e.cancelled, t.sends_today
+                e.enrolled, e.active, e.completed, e.cancelled, t.sends_today,
+                e.replied, e.bounced, e.complained
          FROM sequences s
          CROSS JOIN LATERAL (
              SELECT date_trunc('day', now() AT TIME ZONE s.timezone) AT TIME ZONE s.timezone
@@ -128,7 +130,10 @@ pub async fn stats(
              SELECT count(*) AS enrolled,
                     count(*) FILTER (WHERE status = 'ACTIVE') AS active,
                     count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
-                    count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled
+                    count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled,
+                    count(*) FILTER (WHERE end_reason = 'replied') AS replied,
+                    count(*) FILTER (WHERE end_reason = 'bounced') AS bounced,
+                    count(*) FILTER (WHERE end_reason = 'complained') AS complained
              FROM enrollments WHERE sequence_id = s.id) e
          CROSS JOIN LATERAL (
              SELECT count(*) AS sends_today FROM send_ledger l

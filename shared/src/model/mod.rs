@@ -412,6 +412,11 @@ pub struct SequenceStats {
     pub cancelled: i64,
     /// Sends the relay accepted since midnight in the sequence's time zone.
     pub sends_today: i64,
+    /// Enrollments a reply ended (`end_reason` `replied`): over `enrolled`, the reply rate.
+    pub replied: i64,
+    /// Enrollments ended because the lead's address bounced or complained.
+    pub bounced: i64,
+    pub complained: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

@@ -225,6 +225,14 @@ async fn a_reply_ends_the_enrollment_before_step_two_and_an_out_of_office_does_n
         (422, Some("kind"))
     );
     assert_eq!(env.get("/v1/inbound/999999").await?.0, 404);
+    // The sequence's reply rate: one of two enrollments.
+    let (_, stats) = env.get("/v1/sequences/stats").await?;
+    let st = &stats["sequences"][0];
+    assert_eq!(
+        (st["replied"].as_i64(), st["enrolled"].as_i64()),
+        (Some(1), Some(2)),
+        "{stats}"
+    );
     let ooo = count(
         &env.db,
         "SELECT count(*) FROM inbound_messages WHERE kind = 'auto_reply' AND processed_at IS NOT NULL",
@@ -332,6 +340,17 @@ async fn bounces_and_complaints_suppress_the_address_and_mark_the_send() -> anyh
             "{lead}"
         );
     }
+    let (_, stats) = env.get("/v1/sequences/stats").await?;
+    let st = &stats["sequences"][0];
+    assert_eq!(
+        (
+            st["bounced"].as_i64(),
+            st["complained"].as_i64(),
+            st["replied"].as_i64()
+        ),
+        (Some(3), Some(1), Some(0)),
+        "{stats}"
+    );
     // The send history shows the bounce.
     let (status, sends) = env.get("/v1/sends?state=BOUNCED").await?;
     assert_eq!(status, 200, "{sends}");

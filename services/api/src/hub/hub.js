@@ -54,9 +54,10 @@
   function apply(stats) {
     stats.forEach((s) => {
       document.querySelectorAll(`[data-sequence="${s.sequence_id}"]`).forEach((row) => {
-        ["enrolled", "active", "completed", "sends_today"].forEach((f) => {
+        const shown = { ...s, bounced: s.bounced + s.complained };
+        ["enrolled", "active", "completed", "sends_today", "replied", "bounced"].forEach((f) => {
           const cell = row.querySelector(`[data-field="${f}"]`);
-          if (cell && cell.textContent !== String(s[f])) cell.textContent = String(s[f]);
+          if (cell && cell.textContent !== String(shown[f])) cell.textContent = String(shown[f]);
         });
       });
       document.querySelectorAll(`[data-sequence="${s.sequence_id}"] [data-field="status"], h1 [data-field="status"]`)

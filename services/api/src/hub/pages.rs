@@ -263,6 +263,8 @@ fn count_cells(s: Option<&SequenceStats>) -> Markup {
         td.num data-field="active" { (n(|s| s.active)) }
         td.num data-field="completed" { (n(|s| s.completed)) }
         td.num data-field="sends_today" { (n(|s| s.sends_today)) }
+        td.num data-field="replied" { (n(|s| s.replied)) }
+        td.num data-field="bounced" { (n(|s| s.bounced + s.complained)) }
     }
 }
 
@@ -285,7 +287,8 @@ pub async fn sequences(
             table.list data-live="/hub/sequences/live" {
                 thead { tr {
                     th { "Name" } th { "Status" } th.num { "Enrolled" } th.num { "Active" }
-                    th.num { "Completed" } th.num { "Sends today" } th { "Active/Paused" } th {}
+                    th.num { "Completed" } th.num { "Sends today" } th.num { "Replied" }
+                    th.num title="Bounced or complained" { "Bounced" } th { "Active/Paused" } th {}
                 } }
                 tbody {
                     @for s in &list.sequences {
@@ -375,7 +378,7 @@ pub async fn sequence(
             }
         }
         table.counts data-live="/hub/sequences/live" {
-            thead { tr { th.num { "Enrolled" } th.num { "Active" } th.num { "Completed" } th.num { "Sends today" } } }
+            thead { tr { th.num { "Enrolled" } th.num { "Active" } th.num { "Completed" } th.num { "Sends today" } th.num { "Replied" } th.num title="Bounced or complained" { "Bounced" } } }
             tbody { tr data-sequence=(s.id) { (count_cells(st)) } }
         }
         section {
