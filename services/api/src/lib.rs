@@ -48,6 +48,8 @@ pub struct ApiState {
     pub unsubscribe: std::sync::Arc<OneClick>,
     /// The keys that verify provider webhooks (`/v1/inbound/ses`, `/v1/inbound/sendgrid`).
     pub providers: std::sync::Arc<Providers>,
+    /// Counts what the webhooks record (`pulse_inbound_messages_total`).
+    pub metrics: pulse_shared::metrics::Metrics,
 }
 
 impl FromRef<ApiState> for PgPool {

@@ -396,6 +396,7 @@ async fn record(state: &ApiState, reports: &[Report]) -> Result<usize, ApiError>
         let (id, matched, _) =
             feedback::record_and_process(&state.db, report, state.providers.soft_bounce_limit)
                 .await?;
+        state.metrics.inbound(report.kind.as_str());
         tracing::info!(
             id,
             source = report.source,

@@ -186,6 +186,7 @@ pub async fn serve(
                     message,
                 },
             )?),
+            metrics: metrics.clone(),
         };
         app = app
             .merge(pulse_api::hub::router(api.clone()))
