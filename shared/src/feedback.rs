@@ -3,7 +3,8 @@
 //! provider webhooks. Owns the two steps every one of them takes:
 //!
 //! 1. [`record`]: match it to the send it answers (by the hash of a Pulse Message-ID, which a
-//!    VERP bounce address carries too) and write it to `inbound_messages`. The listener answers
+//!    VERP bounce address carries too; or, for a lead who writes anew, [`find_unthreaded`]) and
+//!    write it to `inbound_messages`. The listener answers
 //!    250 only after this commits.
 //! 2. [`process`]: do what it means, once (`processed_at`). A reply ends its enrollment
 //!    (`COMPLETED`, `replied`; how far is the sequence's `exit_on_reply`); a bounce or complaint
@@ -110,6 +111,8 @@ pub struct Report {
     pub address: Option<String>,
     /// What the operator is shown: status, diagnostic, subject, an excerpt.
     pub detail: Value,
+    /// Set when the caller matched it already ([`find_unthreaded`]); [`find`] is then skipped.
+    pub matched: Option<Matched>,
 }
 
 /// The send a report answers, or only its lead (an API report without a Message-ID).
@@ -125,6 +128,9 @@ pub struct Matched {
 /// Finds the send `report` answers: the first of its hashes that names a send (in its
 /// workspace, when that is known); else, in a known workspace, the lead with its address.
 pub async fn find(db: &PgPool, report: &Report) -> Result<Matched, StoreError> {
+    if let Some(m) = &report.matched {
+        return Ok(m.clone());
+    }
     if !report.hashes.is_empty() {
         let prefixes: Vec<String> = report
             .hashes
@@ -171,6 +177,48 @@ pub async fn find(db: &PgPool, report: &Report) -> Result<Matched, StoreError> {
         lead,
         ..Matched::default()
     })
+}
+
+/// The lead's latest ACTIVE enrollment that mails from (or asks replies to) one of `rcpts`:
+/// what a message from `address` to those addresses answers when it names no Pulse message (a
+/// lead who writes anew instead of replying). Workspaces are found by the recipient first, so
+/// the lead is looked up by its (workspace, email) index.
+pub async fn find_unthreaded(
+    db: &PgPool,
+    address: &str,
+    rcpts: &[String],
+) -> Result<Option<Matched>, StoreError> {
+    let rcpts: Vec<String> = rcpts.iter().map(|r| r.trim().to_lowercase()).collect();
+    let row = sqlx::query(
+        r"WITH sender AS (
+              SELECT s.id AS sequence_id, NULL::uuid AS mailbox_id, s.workspace_id
+              FROM sequences s, LATERAL (VALUES (s.sender_from), (s.sender_reply_to)) v(a)
+              WHERE s.status <> 'DELETED' AND v.a IS NOT NULL
+                AND lower(coalesce(substring(v.a from '<([^<>]*)>\s*$'), v.a)) = ANY($2)
+              UNION
+              SELECT NULL, m.id, m.workspace_id
+              FROM mailboxes m, LATERAL (VALUES (m.address), (m.reply_to)) v(a)
+              WHERE m.deleted_at IS NULL AND v.a IS NOT NULL
+                AND lower(coalesce(substring(v.a from '<([^<>]*)>\s*$'), v.a)) = ANY($2))
+          SELECT e.id, e.sequence_id, e.lead_id, l.workspace_id
+          FROM (SELECT DISTINCT workspace_id FROM sender) w
+          JOIN leads l ON l.workspace_id = w.workspace_id AND l.email = $1
+          JOIN enrollments e ON e.lead_id = l.id AND e.status = 'ACTIVE'
+          WHERE EXISTS (SELECT 1 FROM sender x
+                        WHERE x.sequence_id = e.sequence_id OR x.mailbox_id = e.mailbox_id)
+          ORDER BY e.created_at DESC LIMIT 1",
+    )
+    .bind(address)
+    .bind(&rcpts)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| Matched {
+        workspace: r.get("workspace_id"),
+        key: None,
+        enrollment: r.get("id"),
+        sequence: r.get("sequence_id"),
+        lead: r.get("lead_id"),
+    }))
 }
 
 /// Matches `report` to its send and writes it down. Returns its id and what it matched. Once

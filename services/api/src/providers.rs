@@ -308,6 +308,7 @@ fn provider_report(
         hashes: hash.into_iter().collect(),
         address: address.and_then(|a| validate::email(a).ok()),
         detail,
+        matched: None,
     }
 }
 

@@ -108,19 +108,17 @@ pub fn classify(raw: &[u8], mail_from: Option<&str>, verp_hash: Option<&str>) ->
             detail: detail.into(),
         };
     }
-    if !hashes.is_empty() {
-        if let Some(text) = msg.body_text(0) {
-            detail.insert("excerpt".into(), excerpt(&text).into());
-        }
-        return Classified {
-            kind: Kind::Reply,
-            hashes,
-            address,
-            detail: detail.into(),
-        };
+    // A reply's own words, or those of a message that may turn out to be one (a lead writing
+    // anew, matched by address by the listener).
+    if let Some(text) = msg.body_text(0) {
+        detail.insert("excerpt".into(), excerpt(&text).into());
     }
     Classified {
-        kind: Kind::Other,
+        kind: if hashes.is_empty() {
+            Kind::Other
+        } else {
+            Kind::Reply
+        },
         hashes,
         address,
         detail: detail.into(),

@@ -21,7 +21,7 @@ use pulse_shared::{
     Settings,
     config::InboundSettings,
     db::StoreError,
-    feedback::{self, Report},
+    feedback::{self, Kind, Report},
     metrics::Metrics,
     unsubscribe::Unsubscribe,
     verp,
@@ -119,12 +119,28 @@ impl Mailroom for Room {
     }
 
     async fn deliver(&self, envelope: Envelope, raw: Vec<u8>) -> Result<i64, String> {
-        let c = classify::classify(
+        let mut c = classify::classify(
             &raw,
             envelope.mail_from.as_deref(),
             envelope.verp.as_deref(),
         );
+        // A lead who writes anew to the rep instead of replying: matched by address.
+        let mut matched = None;
+        if c.kind == Kind::Other
+            && c.hashes.is_empty()
+            && envelope.verp.is_none()
+            && let Some(address) = &c.address
+        {
+            matched = feedback::find_unthreaded(&self.db, address, &envelope.rcpt_to)
+                .await
+                .map_err(|e| e.to_string())?;
+            if matched.is_some() {
+                c.kind = Kind::Reply;
+                c.detail["matched_by"] = "address".into();
+            }
+        }
         let report = Report {
+            matched,
             source: "smtp",
             kind: c.kind,
             mail_from: envelope.mail_from,

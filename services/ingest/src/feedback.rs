@@ -120,6 +120,7 @@ pub(crate) async fn report(
         hashes: v.hash.into_iter().collect(),
         address: Some(v.email),
         detail,
+        matched: None,
     };
     let (message, matched, done) =
         feedback::record_and_process(&state.db, &report, state.soft_bounce_limit).await?;

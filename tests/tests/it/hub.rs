@@ -640,6 +640,7 @@ async fn what_came_back_lists_replies_and_bounces_and_shows_one_as_received() ->
         hashes: c.hashes,
         address: c.address,
         detail: c.detail,
+        matched: None,
     };
     let (reply, _, _) = pulse_shared::feedback::record_and_process(&env.db, &report, 3).await?;
     env.post(

@@ -134,10 +134,11 @@ async fn a_reply_ends_the_enrollment_before_step_two_and_an_out_of_office_does_n
     env.create_sequence(two_steps("go", "PT8S")).await?;
     env.post(
         "/v1/events",
-        json!({"events": [event("1", "ada@example.org", "go"), event("2", "bob@example.org", "go")]}),
+        json!({"events": [event("1", "ada@example.org", "go"), event("2", "bob@example.org", "go"),
+                          event("3", "cy@example.org", "go")]}),
     )
     .await?;
-    let first = smtp.wait_for(2, Duration::from_secs(20)).await?;
+    let first = smtp.wait_for(3, Duration::from_secs(20)).await?;
     for m in &first {
         // Every send's envelope sender is its VERP bounce address.
         assert!(
@@ -169,15 +170,35 @@ async fn a_reply_ends_the_enrollment_before_step_two_and_an_out_of_office_does_n
     )
     .await?;
     assert_eq!(code, 250);
+    // Cy writes anew to the rep (no In-Reply-To): her address and the rep's match her
+    // enrollment. A stranger writing to the rep ends nothing.
+    let anew = b"From: Cy <Cy@Example.org>\r\nTo: rep@sales.test\r\nSubject: Question\r\n\r\nCan you call me?\r\n";
+    let (code, _) = smtp_send(inbound, "cy@example.org", &["rep@sales.test"], anew).await?;
+    assert_eq!(code, 250);
+    let stranger = b"From: Someone <someone@elsewhere.test>\r\nSubject: Hello\r\n\r\nHi.\r\n";
+    let (code, _) = smtp_send(
+        inbound,
+        "someone@elsewhere.test",
+        &["rep@sales.test"],
+        stranger,
+    )
+    .await?;
+    assert_eq!(code, 250);
 
+    eventually(Duration::from_secs(10), "Cy's enrollment ends", || async {
+        let s = status_of(&env, "cy@example.org").await?;
+        Ok((s.0 == "COMPLETED").then_some(s))
+    })
+    .await
+    .map(|s| assert_eq!(s.1.as_deref(), Some("replied")))?;
     eventually(Duration::from_secs(10), "Ada's enrollment ends", || async {
         let s = status_of(&env, "ada@example.org").await?;
         Ok((s.0 == "COMPLETED").then_some(s))
     })
     .await
     .map(|s| assert_eq!(s.1.as_deref(), Some("replied")))?;
-    // Bob's step 2 goes out; Ada's never does.
-    let all = smtp.wait_for(3, Duration::from_secs(30)).await?;
+    // Bob's step 2 goes out; Ada's and Cy's never do.
+    let all = smtp.wait_for(4, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let all = if smtp.count() > all.len() {
         smtp.received()
@@ -185,6 +206,13 @@ async fn a_reply_ends_the_enrollment_before_step_two_and_an_out_of_office_does_n
         all
     };
     assert_eq!(sent_to(&all, "ada@example.org").len(), 1);
+    assert_eq!(sent_to(&all, "cy@example.org").len(), 1);
+    let others = count(
+        &env.db,
+        "SELECT count(*) FROM inbound_messages WHERE kind = 'other' AND address = 'someone@elsewhere.test'",
+    )
+    .await?;
+    assert_eq!(others, 1);
     assert_eq!(sent_to(&all, "bob@example.org").len(), 2);
     assert_eq!(
         status_of(&env, "bob@example.org").await?.1.as_deref(),
@@ -225,12 +253,12 @@ async fn a_reply_ends_the_enrollment_before_step_two_and_an_out_of_office_does_n
         (422, Some("kind"))
     );
     assert_eq!(env.get("/v1/inbound/999999").await?.0, 404);
-    // The sequence's reply rate: one of two enrollments.
+    // The sequence's reply rate: two of three enrollments.
     let (_, stats) = env.get("/v1/sequences/stats").await?;
     let st = &stats["sequences"][0];
     assert_eq!(
         (st["replied"].as_i64(), st["enrolled"].as_i64()),
-        (Some(1), Some(2)),
+        (Some(2), Some(3)),
         "{stats}"
     );
     let ooo = count(
@@ -244,7 +272,7 @@ async fn a_reply_ends_the_enrollment_before_step_two_and_an_out_of_office_does_n
         "SELECT count(*) FROM audit_events WHERE action = 'enrollment_replied' AND actor = 'inbound'",
     )
     .await?;
-    assert_eq!(audited, 1);
+    assert_eq!(audited, 2);
     env.stop().await
 }
 
@@ -468,6 +496,7 @@ async fn a_message_recorded_before_a_crash_is_processed_after_it() -> anyhow::Re
             hashes: c.hashes,
             address: c.address,
             detail: c.detail,
+            matched: None,
         },
     )
     .await?;
