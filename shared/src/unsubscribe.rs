@@ -110,9 +110,11 @@ impl Unsubscribe {
         format!("{}/u/{}", self.base, self.token(s))
     }
 
-    /// `List-Unsubscribe`'s value: the URL, and a `mailto:` when one is configured.
-    pub fn list_unsubscribe(&self, s: Subject) -> String {
-        match &self.mailto {
+    /// `List-Unsubscribe`'s value: the URL, and a `mailto:`: the configured one
+    /// (`PULSE_UNSUBSCRIBE_MAILTO`), else `read` (the send's `unsubscribe+TOKEN@` address at the
+    /// bounce domain, which the inbound role reads), else none.
+    pub fn list_unsubscribe(&self, s: Subject, read: Option<&str>) -> String {
+        match self.mailto.as_deref().or(read) {
             Some(to) => format!("<{}>, <mailto:{to}?subject=unsubscribe>", self.url(s)),
             None => format!("<{}>", self.url(s)),
         }

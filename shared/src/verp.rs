@@ -1,6 +1,9 @@
 //! VERP bounce addresses: the envelope sender (`MAIL FROM`, the Return-Path) of every send when
 //! `PULSE_BOUNCE_DOMAIN` is set, `bounce+TOKEN@DOMAIN`, so a bounce names the send it is about
-//! even when the reporting MTA quotes nothing of the original message.
+//! even when the reporting MTA quotes nothing of the original message. The same kind of address,
+//! `unsubscribe+TOKEN@DOMAIN`, is the `mailto:` of `List-Unsubscribe`: mail to it unsubscribes
+//! the lead the send went to. The purpose is part of what is signed, so one token is never good
+//! for the other.
 //!
 //! TOKEN is base64url (no padding) of the 16-byte hash in the send's Message-ID
 //! (`<pulse.HASH@…>`, `ledger::message_id`) and the first 8 bytes of an HMAC-SHA256 over it,
@@ -17,10 +20,44 @@ use crate::unsubscribe::Unsubscribe;
 const HASH: usize = 16;
 const TAG: usize = 8;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-/// Keeps these MACs apart from unsubscribe tokens made with the same keys.
-const CONTEXT: &[u8] = b"pulse-verp-v1";
 
-/// The local part's prefix: `bounce+TOKEN`.
+/// What a tagged address is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// `bounce+TOKEN`: the envelope sender; what comes to it is a bounce or an auto-reply.
+    Bounce,
+    /// `unsubscribe+TOKEN`: the `mailto:` of `List-Unsubscribe`.
+    Unsubscribe,
+}
+
+impl Purpose {
+    const ALL: [Purpose; 2] = [Purpose::Bounce, Purpose::Unsubscribe];
+
+    /// The local part's prefix.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Purpose::Bounce => "bounce+",
+            Purpose::Unsubscribe => "unsubscribe+",
+        }
+    }
+
+    /// Keeps these MACs apart from each other and from unsubscribe links made with the keys.
+    fn context(self) -> &'static [u8] {
+        match self {
+            Purpose::Bounce => b"pulse-verp-v1",
+            Purpose::Unsubscribe => b"pulse-unsubscribe-mailto-v1",
+        }
+    }
+}
+
+/// A verified tagged address: what it is for, and the send (its Message-ID hash, hex).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub purpose: Purpose,
+    pub hash: String,
+}
+
+/// The bounce address's prefix.
 pub const PREFIX: &str = "bounce+";
 
 /// The hash of a Pulse Message-ID (`<pulse.HEX@domain>`), as hex; `None` for any other id.
@@ -33,20 +70,42 @@ pub fn message_hash(message_id: &str) -> Option<&str> {
 /// The bounce address of the send with `message_id`, at `domain`; `None` if the id is not
 /// Pulse's.
 pub fn address(keys: &Unsubscribe, message_id: &str, domain: &str) -> Option<String> {
-    let hash = decode_hex(message_hash(message_id)?)?;
-    let mut raw = hash.to_vec();
-    raw.extend_from_slice(&tag(keys.keys().next()?, &hash));
-    Some(format!("{PREFIX}{}@{domain}", B64.encode(raw)))
+    tagged(keys, Purpose::Bounce, message_id, domain)
 }
 
-/// The Message-ID hash (hex) a bounce address names, if one of the keys signed it. Takes the
-/// whole address or its local part; the `bounce+` prefix is matched without regard to case.
+/// The address `purpose` gives the send with `message_id`, at `domain`.
+pub fn tagged(
+    keys: &Unsubscribe,
+    purpose: Purpose,
+    message_id: &str,
+    domain: &str,
+) -> Option<String> {
+    let hash = decode_hex(message_hash(message_id)?)?;
+    let mut raw = hash.to_vec();
+    raw.extend_from_slice(&tag(keys.keys().next()?, purpose, &hash));
+    Some(format!("{}{}@{domain}", purpose.prefix(), B64.encode(raw)))
+}
+
+/// The Message-ID hash (hex) a bounce address names, if one of the keys signed it.
 pub fn verify(keys: &Unsubscribe, address: &str) -> Option<String> {
+    verify_token(keys, address)
+        .filter(|t| t.purpose == Purpose::Bounce)
+        .map(|t| t.hash)
+}
+
+/// What a tagged address is for and the send it names, if one of the keys signed it for that
+/// purpose. Takes the whole address or its local part; the prefix is matched without regard
+/// to case.
+pub fn verify_token(keys: &Unsubscribe, address: &str) -> Option<Token> {
     let local = address.rsplit_once('@').map_or(address, |(l, _)| l);
-    let token = local
-        .get(..PREFIX.len())
-        .filter(|p| p.eq_ignore_ascii_case(PREFIX))
-        .and_then(|_| local.get(PREFIX.len()..))?;
+    let (purpose, token) = Purpose::ALL.into_iter().find_map(|p| {
+        let prefix = p.prefix();
+        local
+            .get(..prefix.len())
+            .filter(|x| x.eq_ignore_ascii_case(prefix))
+            .and_then(|_| local.get(prefix.len()..))
+            .map(|t| (p, t))
+    })?;
     let raw = B64.decode(token).ok()?;
     if raw.len() != HASH + TAG {
         return None;
@@ -56,18 +115,21 @@ pub fn verify(keys: &Unsubscribe, address: &str) -> Option<String> {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(k) else {
             return false;
         };
-        mac.update(CONTEXT);
+        mac.update(purpose.context());
         mac.update(hash);
         mac.verify_truncated_left(given).is_ok()
     });
-    signed.then(|| hash.iter().map(|b| format!("{b:02x}")).collect())
+    signed.then(|| Token {
+        purpose,
+        hash: hash.iter().map(|b| format!("{b:02x}")).collect(),
+    })
 }
 
-fn tag(key: &[u8; 32], hash: &[u8]) -> [u8; TAG] {
+fn tag(key: &[u8; 32], purpose: Purpose, hash: &[u8]) -> [u8; TAG] {
     let mut out = [0u8; TAG];
     // HMAC takes a key of any length: this cannot fail.
     if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) {
-        mac.update(CONTEXT);
+        mac.update(purpose.context());
         mac.update(hash);
         out.copy_from_slice(&mac.finalize().into_bytes()[..TAG]);
     }
@@ -111,5 +173,25 @@ mod tests {
         assert_eq!(verify(&keys, "ada@example.com"), None);
         assert_eq!(address(&keys, "<other@example.com>", "b.example"), None);
         assert_eq!(message_hash("<pulse.zz@x>"), None);
+    }
+
+    #[test]
+    fn an_unsubscribe_address_is_good_for_that_only() {
+        let id = message_id("e:s:2", "example.com");
+        let keys = Unsubscribe::with_key("k", None, "http://x");
+        let unsub = tagged(&keys, Purpose::Unsubscribe, &id, "b.example").unwrap();
+        assert!(unsub.starts_with("unsubscribe+"));
+        assert!(unsub.split('@').next().unwrap().len() <= 64);
+        let token = verify_token(&keys, &unsub).unwrap();
+        assert_eq!(token.purpose, Purpose::Unsubscribe);
+        assert_eq!(Some(token.hash.as_str()), message_hash(&id));
+        // Not a bounce address; and a bounce token moved under the other prefix verifies as
+        // neither.
+        assert_eq!(verify(&keys, &unsub), None);
+        let bounce = address(&keys, &id, "b.example").unwrap();
+        let moved = bounce.replacen("bounce+", "unsubscribe+", 1);
+        assert_eq!(verify_token(&keys, &moved), None);
+        let moved = unsub.replacen("unsubscribe+", "bounce+", 1);
+        assert_eq!(verify_token(&keys, &moved), None);
     }
 }

@@ -24,7 +24,7 @@ use pulse_shared::{
     feedback::{self, Kind, Report},
     metrics::Metrics,
     unsubscribe::Unsubscribe,
-    verp,
+    verp::{self, Purpose, Token},
 };
 use sqlx::PgPool;
 use tokio::{
@@ -94,14 +94,8 @@ pub struct Room {
     recorded: mpsc::UnboundedSender<i64>,
 }
 
-impl Room {
-    fn verp_hash(&self, rcpt: &str) -> Option<String> {
-        verp::verify(&self.keys, rcpt)
-    }
-}
-
 impl Mailroom for Room {
-    async fn accepts(&self, rcpt: &str) -> Result<Option<Option<String>>, String> {
+    async fn accepts(&self, rcpt: &str) -> Result<Option<Option<Token>>, String> {
         let rcpt = rcpt.trim();
         let domain = rcpt
             .rsplit_once('@')
@@ -110,7 +104,7 @@ impl Mailroom for Room {
             && *ours == domain
         {
             // The token is case-sensitive (base64): verified as received.
-            return Ok(Some(self.verp_hash(rcpt)));
+            return Ok(Some(verp::verify_token(&self.keys, rcpt)));
         }
         sending_address(&self.db, &rcpt.to_lowercase())
             .await
@@ -119,11 +113,23 @@ impl Mailroom for Room {
     }
 
     async fn deliver(&self, envelope: Envelope, raw: Vec<u8>) -> Result<i64, String> {
-        let mut c = classify::classify(
-            &raw,
-            envelope.mail_from.as_deref(),
-            envelope.verp.as_deref(),
-        );
+        let bounce = envelope
+            .verp
+            .as_ref()
+            .filter(|t| t.purpose == Purpose::Bounce)
+            .map(|t| t.hash.as_str());
+        let mut c = classify::classify(&raw, envelope.mail_from.as_deref(), bounce);
+        // Mail to a send's `unsubscribe+…` address (the `mailto:` of List-Unsubscribe)
+        // unsubscribes the lead it went to, whatever it says.
+        if let Some(Token {
+            purpose: Purpose::Unsubscribe,
+            hash,
+        }) = &envelope.verp
+        {
+            c.kind = Kind::Unsubscribe;
+            c.hashes = vec![hash.clone()];
+            c.address = None;
+        }
         // A lead who writes anew to the rep instead of replying: matched by address.
         let mut matched = None;
         if c.kind == Kind::Other

@@ -11,6 +11,7 @@
 
 use std::{future::Future, time::Duration};
 
+use pulse_shared::verp::Token;
 use smtp_proto::{
     Error as ProtoError, Request,
     request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver},
@@ -25,12 +26,12 @@ const MAX_ERRORS: u32 = 20;
 
 /// What a session answers for: where mail goes.
 pub trait Mailroom: Send + Sync {
-    /// Whether mail for `rcpt` is taken here: `Ok(Some(verp))` with the Message-ID hash a VERP
-    /// bounce address carries (if it is one), `Ok(None)` for a stranger (550).
+    /// Whether mail for `rcpt` is taken here: `Ok(Some(token))` with what a tagged address
+    /// (`bounce+…`, `unsubscribe+…`) names, if it is one; `Ok(None)` for a stranger (550).
     fn accepts(
         &self,
         rcpt: &str,
-    ) -> impl Future<Output = Result<Option<Option<String>>, String>> + Send;
+    ) -> impl Future<Output = Result<Option<Option<Token>>, String>> + Send;
 
     /// Records one message durably; an error answers 451 (the client tries again).
     fn deliver(
@@ -46,8 +47,8 @@ pub struct Envelope {
     /// `None`: the null sender `<>` (bounces and auto-replies).
     pub mail_from: Option<String>,
     pub rcpt_to: Vec<String>,
-    /// The Message-ID hash of the first VERP bounce address among the recipients.
-    pub verp: Option<String>,
+    /// What the first tagged address among the recipients names (`pulse_shared::verp`).
+    pub verp: Option<Token>,
 }
 
 /// The bounds of a session.

@@ -56,7 +56,9 @@ use pulse_shared::{
     metrics::{Metrics, SendOutcome},
     pause::{Gate, PauseError},
     state::{EnrollmentStatus, SequenceStatus},
-    telemetry, workers,
+    telemetry,
+    verp::{self, Purpose},
+    workers,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -467,10 +469,13 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         return Ok(());
     };
     let followup = snap.followup;
-    let return_path = ctx
-        .bounce_domain
-        .as_deref()
-        .and_then(|domain| pulse_shared::verp::address(&ctx.unsubscribe, &snap.message_id, domain));
+    // With a bounce domain, the envelope sender and the unsubscribe mailto name this send.
+    let tagged = |purpose| {
+        let domain = ctx.bounce_domain.as_deref()?;
+        verp::tagged(&ctx.unsubscribe, purpose, &snap.message_id, domain)
+    };
+    let return_path = tagged(Purpose::Bounce);
+    let unsubscribe_mailto = tagged(Purpose::Unsubscribe);
     let mail = Outgoing {
         workspace: msg.workspace_id,
         from: snap.from_addr,
@@ -488,7 +493,10 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
             .clone()
             .map(|name| (name, msg.key.clone())),
         dkim,
-        list_unsubscribe: Some(ctx.unsubscribe.list_unsubscribe(snap.unsubscribe)),
+        list_unsubscribe: Some(
+            ctx.unsubscribe
+                .list_unsubscribe(snap.unsubscribe, unsubscribe_mailto.as_deref()),
+        ),
         return_path,
     };
     // The wire mark: only a claim that still holds its key once the body is out may send the

@@ -289,6 +289,7 @@ async fn bounces_and_complaints_suppress_the_address_and_mark_the_send() -> anyh
         "ghost@contoso.example",
         "angry@hotmail.example",
         "slow@example.org",
+        "quit@example.org",
     ];
     let events: Vec<Value> = leads
         .iter()
@@ -296,7 +297,7 @@ async fn bounces_and_complaints_suppress_the_address_and_mark_the_send() -> anyh
         .map(|(i, e)| event(&i.to_string(), e, "go"))
         .collect();
     env.post("/v1/events", json!({"events": events})).await?;
-    let sent = smtp.wait_for(4, Duration::from_secs(20)).await?;
+    let sent = smtp.wait_for(5, Duration::from_secs(20)).await?;
     let to = |lead: &str| sent_to(&sent, lead)[0].clone();
 
     // Postfix, to the VERP address it was sent from.
@@ -341,12 +342,54 @@ async fn bounces_and_complaints_suppress_the_address_and_mark_the_send() -> anyh
         .await?;
         assert_eq!(code, 250);
     }
+    // Mail to the List-Unsubscribe mailto, a tagged address at the bounce domain.
+    let m = to("quit@example.org");
+    let headers = m
+        .data
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .replace("\r\n ", " ");
+    let list = headers
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("list-unsubscribe:"))
+        .unwrap_or_default()
+        .to_owned();
+    let mailto = list
+        .split("<mailto:")
+        .nth(1)
+        .and_then(|r| r.split('?').next())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        mailto.starts_with("unsubscribe+") && mailto.ends_with(BOUNCES),
+        "{list}"
+    );
+    let (code, _) = smtp_send(
+        inbound,
+        "quit@example.org",
+        &[&mailto],
+        b"Subject: unsubscribe\r\n\r\n\r\n",
+    )
+    .await?;
+    assert_eq!(code, 250);
+    // The same token under the bounce prefix names nothing.
+    let forged = mailto.replacen("unsubscribe+", "bounce+", 1);
+    let (code, _) = smtp_send(
+        inbound,
+        "x@example.org",
+        &[&forged],
+        b"Subject: x\r\n\r\nx\r\n",
+    )
+    .await?;
+    assert_eq!(code, 250, "any address at the bounce domain is taken");
 
     let expected = [
         ("nobody@example.org", "bounced", "BOUNCED"),
         ("ghost@contoso.example", "bounced", "BOUNCED"),
         ("angry@hotmail.example", "complained", "COMPLAINED"),
         ("slow@example.org", "bounced", "SENT"),
+        ("quit@example.org", "unsubscribed", "SENT"),
     ];
     for (lead, reason, ledger) in expected {
         let found: (String, String) = eventually(Duration::from_secs(10), lead, || async {
@@ -379,6 +422,14 @@ async fn bounces_and_complaints_suppress_the_address_and_mark_the_send() -> anyh
         (Some(3), Some(1), Some(0)),
         "{stats}"
     );
+    let forged_named: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inbound_messages WHERE $1 = ANY(rcpt_to) AND workspace_id IS NULL
+           AND kind = 'other'",
+    )
+    .bind(&forged)
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(forged_named, 1, "a moved token names no send");
     // The send history shows the bounce.
     let (status, sends) = env.get("/v1/sends?state=BOUNCED").await?;
     assert_eq!(status, 200, "{sends}");

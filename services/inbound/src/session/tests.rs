@@ -12,13 +12,15 @@ struct Room {
 }
 
 impl Mailroom for Room {
-    async fn accepts(&self, rcpt: &str) -> Result<Option<Option<String>>, String> {
+    async fn accepts(&self, rcpt: &str) -> Result<Option<Option<Token>>, String> {
         if self.fail {
             return Err("down".into());
         }
         Ok(rcpt.ends_with("@here.example").then(|| {
-            rcpt.strip_prefix("bounce+")
-                .map(|t| t.split('@').next().unwrap_or_default().to_owned())
+            rcpt.strip_prefix("bounce+").map(|t| Token {
+                purpose: pulse_shared::verp::Purpose::Bounce,
+                hash: t.split('@').next().unwrap_or_default().to_owned(),
+            })
         }))
     }
 
@@ -148,7 +150,7 @@ async fn a_pipelined_transaction_is_recorded_with_its_dots_unstuffed() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].0.mail_from, None);
     assert_eq!(d[0].0.rcpt_to, vec!["bounce+abc@here.example"]);
-    assert_eq!(d[0].0.verp.as_deref(), Some("abc"));
+    assert_eq!(d[0].0.verp.as_ref().map(|t| t.hash.as_str()), Some("abc"));
     assert_eq!(d[0].1, b"Subject: hi\r\n\r\n.dotted\r\nline\r\n".to_vec());
 }
 
