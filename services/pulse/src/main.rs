@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use pulse::{
     Role,
     cli::{
-        self, Client, Enrollments, Mailboxes, ReenrollArgs, Request, ResolveArgs, SendsFilter,
-        Sequences, Suppressions,
+        self, Client, Enrollments, Inbound, Mailboxes, ReenrollArgs, Request, ResolveArgs,
+        SendsFilter, Sequences, Suppressions,
     },
 };
 use pulse_shared::{Settings, db, telemetry};
@@ -56,6 +56,13 @@ enum Command {
         client: Client,
         #[command(subcommand)]
         action: Suppressions,
+    },
+    /// What came back: replies, bounces, complaints (list, or show one).
+    Inbound {
+        #[command(flatten)]
+        client: Client,
+        #[command(subcommand)]
+        action: Inbound,
     },
     /// List enrollments or cancel one.
     Enrollments {
@@ -130,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Sequences { client, action } => (client, Request::Sequences(action)),
         Command::Mailboxes { client, action } => (client, Request::Mailboxes(action)),
         Command::Suppressions { client, action } => (client, Request::Suppressions(action)),
+        Command::Inbound { client, action } => (client, Request::Inbound(action)),
         Command::Enrollments { client, action } => (client, Request::Enrollments(action)),
         Command::ReEnroll { client, args } => (client, Request::Reenroll(args)),
         Command::Sends { client, filter } => (client, Request::Sends(filter)),

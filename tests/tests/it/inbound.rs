@@ -662,5 +662,56 @@ async fn replies_bounces_and_opt_outs_reported_through_events_act_like_mail() ->
     )
     .await?;
     assert_eq!(recorded, 3);
+    // The operator's command line reads the same.
+    let client = pulse::cli::Client {
+        url: env.base.clone(),
+        key: Some(env.key.clone()),
+        json: false,
+    };
+    let listed = pulse::cli::run(
+        &client,
+        pulse::cli::Request::Inbound(pulse::cli::Inbound::List {
+            kind: Some("bounce".into()),
+            address: None,
+            enrollment: None,
+            sequence: None,
+            before: None,
+            limit: None,
+        }),
+    )
+    .await
+    .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+    assert!(listed.contains("WHAT IT DID"), "{listed}");
+    assert!(
+        listed.contains("bob@example.org") && listed.contains("address suppressed"),
+        "{listed}"
+    );
+    assert!(!listed.contains("ada@example.org"), "{listed}");
+    let id = results[1]["inbound_message"].as_i64().unwrap_or_default();
+    let shown = pulse::cli::run(
+        &client,
+        pulse::cli::Request::Inbound(pulse::cli::Inbound::Show { id, raw: false }),
+    )
+    .await
+    .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+    assert!(shown.contains("550 5.1.1 user unknown"), "{shown}");
+    let bad = pulse::cli::run(
+        &client,
+        pulse::cli::Request::Inbound(pulse::cli::Inbound::List {
+            kind: Some("spam".into()),
+            address: None,
+            enrollment: None,
+            sequence: None,
+            before: None,
+            limit: None,
+        }),
+    )
+    .await
+    .err()
+    .map(|f| (f.code, f.message));
+    assert!(
+        matches!(&bad, Some((1, m)) if m.contains("kind")),
+        "{bad:?}"
+    );
     env.stop().await
 }

@@ -9,8 +9,10 @@
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+mod inbound;
 mod render;
 mod suppressions;
+pub use inbound::Inbound;
 use render::render;
 pub use suppressions::Suppressions;
 
@@ -199,6 +201,7 @@ pub enum Request {
     Sequences(Sequences),
     Mailboxes(Mailboxes),
     Suppressions(Suppressions),
+    Inbound(Inbound),
     Enrollments(Enrollments),
     Reenroll(ReenrollArgs),
     Sends(SendsFilter),
@@ -255,6 +258,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
     use reqwest::Method;
     let (method, path, body) = match &request {
         Request::Suppressions(action) => return suppressions::run(client, action).await,
+        Request::Inbound(action) => return inbound::run(client, action).await,
         Request::Sequences(Sequences::List) => (Method::GET, "/v1/sequences".to_owned(), None),
         Request::Sequences(Sequences::Show { id }) => {
             (Method::GET, format!("/v1/sequences/{}", encode(id)), None)

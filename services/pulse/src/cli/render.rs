@@ -149,8 +149,8 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
             format!("mailbox {} added: {}", s(&v["id"]), s(&v["address"]))
         }
         Request::Mailboxes(Mailboxes::Rm { id }) => format!("mailbox {id} deleted"),
-        // Printed by `suppressions::run` itself.
-        Request::Suppressions(_) => String::new(),
+        // Printed by `suppressions::run` and `inbound::run` themselves.
+        Request::Suppressions(_) | Request::Inbound(_) => String::new(),
         Request::Enrollments(Enrollments::List { .. }) => {
             let mut out = table(
                 &[
