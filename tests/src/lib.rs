@@ -244,6 +244,24 @@ pub async fn cleanup_redis(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Message-ID of the first send to `email` once it is SENT (waiting up to 20 s).
+pub async fn sent_message_id(db: &PgPool, email: &str) -> anyhow::Result<String> {
+    eventually(
+        Duration::from_secs(20),
+        &format!("a send to {email}"),
+        || async {
+            Ok(sqlx::query_scalar(
+                "SELECT sl.message_id FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id
+             WHERE l.email = $1 AND sl.state = 'SENT' ORDER BY sl.position LIMIT 1",
+            )
+            .bind(email)
+            .fetch_optional(db)
+            .await?)
+        },
+    )
+    .await
+}
+
 /// Waits until `check` returns `Some`, polling every 20 ms, or fails after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where

@@ -615,15 +615,7 @@ async fn what_came_back_lists_replies_and_bounces_and_shows_one_as_received() ->
         {"id": "2", "type": "tag_applied", "tag": "go", "lead": {"email": "bob@example.org"}}]}),
     )
     .await?;
-    let ada_id: String = pulse_tests::eventually(Duration::from_secs(20), "Ada's send", || async {
-        Ok(sqlx::query_scalar(
-            "SELECT sl.message_id FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id
-             WHERE l.email = 'ada@example.org' AND sl.state = 'SENT'",
-        )
-        .fetch_optional(&env.db)
-        .await?)
-    })
-    .await?;
+    let ada_id = pulse_tests::sent_message_id(&env.db, "ada@example.org").await?;
     // Ada's reply, as the listener records it; Bob bounced, as a CRM reports it.
     let raw = format!(
         "From: Ada <ada@example.org>\r\nSubject: Re: Hi <yes>\r\nIn-Reply-To: {ada_id}\r\n\r\nLet's talk Tuesday.\r\n"

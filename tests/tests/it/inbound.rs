@@ -598,15 +598,7 @@ async fn replies_bounces_and_opt_outs_reported_through_events_act_like_mail() ->
         json!({"events": [event("1", "ada@example.org", "go"), event("2", "bob@example.org", "go")]}),
     )
     .await?;
-    let ada_id: String = eventually(Duration::from_secs(20), "Ada's first send", || async {
-        Ok(sqlx::query_scalar(
-            "SELECT sl.message_id FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id
-             WHERE l.email = 'ada@example.org' AND sl.state = 'SENT'",
-        )
-        .fetch_optional(&env.db)
-        .await?)
-    })
-    .await?;
+    let ada_id = pulse_tests::sent_message_id(&env.db, "ada@example.org").await?;
     let feedback = json!({"events": [
         {"id": "r1", "type": "replied", "lead": {"email": "ADA@example.org"}, "message_id": ada_id},
         {"id": "b1", "type": "bounced", "lead": {"email": "bob@example.org"},
@@ -668,19 +660,22 @@ async fn replies_bounces_and_opt_outs_reported_through_events_act_like_mail() ->
         key: Some(env.key.clone()),
         json: false,
     };
-    let listed = pulse::cli::run(
-        &client,
-        pulse::cli::Request::Inbound(pulse::cli::Inbound::List {
-            kind: Some("bounce".into()),
-            address: None,
-            enrollment: None,
-            sequence: None,
-            before: None,
-            limit: None,
-        }),
-    )
-    .await
-    .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+    let list = |kind: &str| {
+        pulse::cli::run(
+            &client,
+            pulse::cli::Request::Inbound(pulse::cli::Inbound::List {
+                kind: Some(kind.to_owned()),
+                address: None,
+                enrollment: None,
+                sequence: None,
+                before: None,
+                limit: None,
+            }),
+        )
+    };
+    let listed = list("bounce")
+        .await
+        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
     assert!(listed.contains("WHAT IT DID"), "{listed}");
     assert!(
         listed.contains("bob@example.org") && listed.contains("address suppressed"),
@@ -695,20 +690,7 @@ async fn replies_bounces_and_opt_outs_reported_through_events_act_like_mail() ->
     .await
     .map_err(|f| anyhow::anyhow!("{}", f.message))?;
     assert!(shown.contains("550 5.1.1 user unknown"), "{shown}");
-    let bad = pulse::cli::run(
-        &client,
-        pulse::cli::Request::Inbound(pulse::cli::Inbound::List {
-            kind: Some("spam".into()),
-            address: None,
-            enrollment: None,
-            sequence: None,
-            before: None,
-            limit: None,
-        }),
-    )
-    .await
-    .err()
-    .map(|f| (f.code, f.message));
+    let bad = list("spam").await.err().map(|f| (f.code, f.message));
     assert!(
         matches!(&bad, Some((1, m)) if m.contains("kind")),
         "{bad:?}"

@@ -10,12 +10,11 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
 use base64::Engine as _;
 use pulse::Role;
-use pulse_tests::{TestEnv, count, eventually};
+use pulse_tests::{TestEnv, count, sent_message_id};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -166,6 +165,17 @@ async fn post_raw(
     Ok((status, resp.json().await.unwrap_or(Value::Null)))
 }
 
+/// The ledger state of the send to `email`, and the reason its address is suppressed.
+async fn send_and_suppression(env: &TestEnv, email: &str) -> anyhow::Result<(String, String)> {
+    Ok(sqlx::query_as(
+        "SELECT sl.state, s.reason FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id
+         JOIN suppressions s ON s.value = l.email WHERE l.email = $1",
+    )
+    .bind(email)
+    .fetch_one(&env.db)
+    .await?)
+}
+
 /// A one-route HTTP server counting the GETs it answers (SNS's SubscribeURL).
 async fn confirmation_server() -> anyhow::Result<(String, Arc<AtomicUsize>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -207,24 +217,9 @@ async fn ses_and_sendgrid_reports_act_only_when_their_signatures_verify() -> any
         json!({"id": i.to_string(), "type": "tag_applied", "tag": "go", "lead": {"email": e}})
     }).collect();
     env.post("/v1/events", json!({"events": events})).await?;
-    let id_of = |lead: &'static str| {
-        let db = env.db.clone();
-        async move {
-            eventually(Duration::from_secs(20), lead, || async {
-                Ok(sqlx::query_scalar::<_, String>(
-                    "SELECT sl.message_id FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id
-                     WHERE l.email = $1 AND sl.state = 'SENT'",
-                )
-                .bind(lead)
-                .fetch_optional(&db)
-                .await?)
-            })
-            .await
-        }
-    };
     let (ada, bob) = (
-        id_of("ada@example.org").await?,
-        id_of("bob@example.org").await?,
+        sent_message_id(&env.db, "ada@example.org").await?,
+        sent_message_id(&env.db, "bob@example.org").await?,
     );
     let recorded = || count(&env.db, "SELECT count(*) FROM inbound_messages");
 
@@ -280,13 +275,10 @@ async fn ses_and_sendgrid_reports_act_only_when_their_signatures_verify() -> any
         (200, Some(1)),
         "{body}"
     );
-    let (state, reason): (String, String) = sqlx::query_as(
-        "SELECT sl.state, s.reason FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id
-         JOIN suppressions s ON s.value = l.email WHERE l.email = 'ada@example.org'",
-    )
-    .fetch_one(&env.db)
-    .await?;
-    assert_eq!((state.as_str(), reason.as_str()), ("BOUNCED", "bounced"));
+    assert_eq!(
+        send_and_suppression(&env, "ada@example.org").await?,
+        ("BOUNCED".to_owned(), "bounced".to_owned())
+    );
 
     // A subscription is confirmed by visiting its SubscribeURL once the message verifies.
     let (url, hits) = confirmation_server().await?;
@@ -372,15 +364,9 @@ async fn ses_and_sendgrid_reports_act_only_when_their_signatures_verify() -> any
         (200, Some(1)),
         "{body}"
     );
-    let (state, reason): (String, String) = sqlx::query_as(
-        "SELECT sl.state, s.reason FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id
-         JOIN suppressions s ON s.value = l.email WHERE l.email = 'bob@example.org'",
-    )
-    .fetch_one(&env.db)
-    .await?;
     assert_eq!(
-        (state.as_str(), reason.as_str()),
-        ("COMPLAINED", "complained")
+        send_and_suppression(&env, "bob@example.org").await?,
+        ("COMPLAINED".to_owned(), "complained".to_owned())
     );
     let _ = std::fs::remove_dir_all(&dir);
     env.stop().await
