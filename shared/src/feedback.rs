@@ -189,17 +189,8 @@ pub async fn find_unthreaded(
     rcpts: &[String],
 ) -> Result<Option<Matched>, StoreError> {
     let rcpts: Vec<String> = rcpts.iter().map(|r| r.trim().to_lowercase()).collect();
-    let row = sqlx::query(
-        r"WITH sender AS (
-              SELECT s.id AS sequence_id, NULL::uuid AS mailbox_id, s.workspace_id
-              FROM sequences s, LATERAL (VALUES (s.sender_from), (s.sender_reply_to)) v(a)
-              WHERE s.status <> 'DELETED' AND v.a IS NOT NULL
-                AND lower(coalesce(substring(v.a from '<([^<>]*)>\s*$'), v.a)) = ANY($2)
-              UNION
-              SELECT NULL, m.id, m.workspace_id
-              FROM mailboxes m, LATERAL (VALUES (m.address), (m.reply_to)) v(a)
-              WHERE m.deleted_at IS NULL AND v.a IS NOT NULL
-                AND lower(coalesce(substring(v.a from '<([^<>]*)>\s*$'), v.a)) = ANY($2))
+    let row = sqlx::query(&format!(
+        "WITH {}
           SELECT e.id, e.sequence_id, e.lead_id, l.workspace_id
           FROM (SELECT DISTINCT workspace_id FROM sender) w
           JOIN leads l ON l.workspace_id = w.workspace_id AND l.email = $1
@@ -207,7 +198,8 @@ pub async fn find_unthreaded(
           WHERE EXISTS (SELECT 1 FROM sender x
                         WHERE x.sequence_id = e.sequence_id OR x.mailbox_id = e.mailbox_id)
           ORDER BY e.created_at DESC LIMIT 1",
-    )
+        senders("$2")
+    ))
     .bind(address)
     .bind(&rcpts)
     .fetch_optional(db)
@@ -219,6 +211,36 @@ pub async fn find_unthreaded(
         sequence: r.get("sequence_id"),
         lead: r.get("lead_id"),
     }))
+}
+
+/// A CTE named `sender`: the sequences (`sequence_id`) and live mailboxes (`mailbox_id`), with
+/// their workspace, that send from or ask replies to one of the lower-case addresses in the
+/// text-array parameter `param`. A stored sender may be `Name <address>`.
+fn senders(param: &str) -> String {
+    format!(
+        r"sender AS (
+              SELECT s.id AS sequence_id, NULL::uuid AS mailbox_id, s.workspace_id
+              FROM sequences s, LATERAL (VALUES (s.sender_from), (s.sender_reply_to)) v(a)
+              WHERE s.status <> 'DELETED' AND v.a IS NOT NULL
+                AND lower(coalesce(substring(v.a from '<([^<>]*)>\s*$'), v.a)) = ANY({param})
+              UNION
+              SELECT NULL, m.id, m.workspace_id
+              FROM mailboxes m, LATERAL (VALUES (m.address), (m.reply_to)) v(a)
+              WHERE m.deleted_at IS NULL AND v.a IS NOT NULL
+                AND lower(coalesce(substring(v.a from '<([^<>]*)>\s*$'), v.a)) = ANY({param}))"
+    )
+}
+
+/// Whether some workspace sends from, or asks replies to, `address`: mail to it is taken by
+/// the inbound role.
+pub async fn is_sending_address(db: &PgPool, address: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(&format!(
+        "WITH {} SELECT EXISTS (SELECT 1 FROM sender)",
+        senders("$1")
+    ))
+    .bind([address.trim().to_lowercase()])
+    .fetch_one(db)
+    .await?)
 }
 
 /// Matches `report` to its send and writes it down. Returns its id and what it matched. Once

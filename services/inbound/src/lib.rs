@@ -4,7 +4,8 @@
 //! * `session`: one SMTP conversation and its bounds.
 //! * `classify`: what a message is (reply, auto-reply, bounce, complaint) and what it names.
 //! * here: which recipients are taken ([`Room::accepts`]: any address at `PULSE_BOUNCE_DOMAIN`,
-//!   and every address a workspace sends from or asks replies to; others get 550), recording a
+//!   and every address a workspace sends from or asks replies to, per
+//!   `feedback::is_sending_address`; others get 550), recording a
 //!   message before it is answered 250 (`pulse_shared::feedback::record`), the connection limit
 //!   (over it: 421), and the processor, which does what each recorded message means
 //!   (`feedback::process`) right after it is recorded and, for anything left by a crash or a
@@ -106,7 +107,7 @@ impl Mailroom for Room {
             // The token is case-sensitive (base64): verified as received.
             return Ok(Some(verp::verify_token(&self.keys, rcpt)));
         }
-        sending_address(&self.db, &rcpt.to_lowercase())
+        feedback::is_sending_address(&self.db, rcpt)
             .await
             .map(|known| known.then_some(None))
             .map_err(|e| e.to_string())
@@ -172,24 +173,6 @@ impl Mailroom for Room {
         let _ = self.recorded.send(id);
         Ok(id)
     }
-}
-
-/// Whether `address` (lower case) is one a workspace sends from or asks replies to: a
-/// sequence's `from` or `reply_to`, a live mailbox's address or `reply_to`.
-async fn sending_address(db: &PgPool, address: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar(
-        r"SELECT EXISTS (
-              SELECT 1 FROM sequences s, LATERAL (VALUES (s.sender_from), (s.sender_reply_to)) v(a)
-              WHERE s.status <> 'DELETED' AND v.a IS NOT NULL
-                AND lower(coalesce(substring(v.a from '<([^<>]*)>\s*$'), v.a)) = $1)
-          OR EXISTS (
-              SELECT 1 FROM mailboxes m, LATERAL (VALUES (m.address), (m.reply_to)) v(a)
-              WHERE m.deleted_at IS NULL AND v.a IS NOT NULL
-                AND lower(coalesce(substring(v.a from '<([^<>]*)>\s*$'), v.a)) = $1)",
-    )
-    .bind(address)
-    .fetch_one(db)
-    .await?)
 }
 
 /// Runs the inbound role on `listener` until `shutdown`: sessions, and the processor.
