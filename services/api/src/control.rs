@@ -21,7 +21,7 @@ use pulse_shared::{
     schedule::{self, Planned},
     transitions::{self, Replan},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
@@ -31,24 +31,8 @@ use crate::{
     sequences::{load_one, lock_status},
 };
 
-/// Records a control action (`pulse_shared::audit`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn audit(
-    conn: &mut PgConnection,
-    workspace: Uuid,
-    sequence: Uuid,
-    enrollment: Option<Uuid>,
-    actor: &str,
-    action: &str,
-    before: Option<Value>,
-    after: Option<Value>,
-) -> Result<(), ApiError> {
-    pulse_shared::audit::record(
-        conn, workspace, sequence, enrollment, actor, action, before, after,
-    )
-    .await
-    .map_err(Into::into)
-}
+/// Records a control action in the audit trail (its error converts to `ApiError` with `?`).
+pub(crate) use pulse_shared::audit::record as audit;
 
 async fn set_flag(state: &ApiState, sequence: Uuid, status: SequenceStatus) {
     // PostgreSQL already holds the new status and senders re-check it after claiming, so a
@@ -380,7 +364,8 @@ async fn cancel_locked(
         Some(json!({"status": EnrollmentStatus::Active})),
         Some(json!({"status": EnrollmentStatus::Cancelled, "reason": reason})),
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// Cancel one enrollment: nothing more is sent to that lead from this sequence, not even a step
