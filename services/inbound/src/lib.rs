@@ -146,19 +146,7 @@ impl Mailroom for Room {
                 c.detail["matched_by"] = "address".into();
             }
         }
-        let report = Report {
-            matched,
-            source: "smtp",
-            kind: c.kind,
-            mail_from: envelope.mail_from,
-            rcpt_to: envelope.rcpt_to,
-            raw: Some(raw),
-            payload: Vec::new(),
-            workspace: None,
-            hashes: c.hashes,
-            address: c.address,
-            detail: c.detail,
-        };
+        let report = report(c, envelope, raw, matched);
         let (id, matched) = feedback::record(&self.db, &report)
             .await
             .map_err(|e| e.to_string())?;
@@ -172,6 +160,28 @@ impl Mailroom for Room {
         // A lost notice is picked up by the next sweep.
         let _ = self.recorded.send(id);
         Ok(id)
+    }
+}
+
+/// What the listener records for a message received with `envelope` and classified as `c`.
+pub fn report(
+    c: classify::Classified,
+    envelope: Envelope,
+    raw: Vec<u8>,
+    matched: Option<feedback::Matched>,
+) -> Report {
+    Report {
+        matched,
+        source: "smtp",
+        kind: c.kind,
+        mail_from: envelope.mail_from,
+        rcpt_to: envelope.rcpt_to,
+        raw: Some(raw),
+        payload: Vec::new(),
+        workspace: None,
+        hashes: c.hashes,
+        address: c.address,
+        detail: c.detail,
     }
 }
 

@@ -621,19 +621,12 @@ async fn what_came_back_lists_replies_and_bounces_and_shows_one_as_received() ->
         "From: Ada <ada@example.org>\r\nSubject: Re: Hi <yes>\r\nIn-Reply-To: {ada_id}\r\n\r\nLet's talk Tuesday.\r\n"
     );
     let c = pulse_inbound::classify::classify(raw.as_bytes(), Some("ada@example.org"), None);
-    let report = pulse_shared::feedback::Report {
-        source: "smtp",
-        kind: c.kind,
+    let envelope = pulse_inbound::Envelope {
         mail_from: Some("ada@example.org".into()),
         rcpt_to: vec!["rep@sales.test".into()],
-        raw: Some(raw.clone().into_bytes()),
-        payload: Vec::new(),
-        workspace: None,
-        hashes: c.hashes,
-        address: c.address,
-        detail: c.detail,
-        matched: None,
+        verp: None,
     };
+    let report = pulse_inbound::report(c, envelope, raw.clone().into_bytes(), None);
     let (reply, _, _) = pulse_shared::feedback::record_and_process(&env.db, &report, 3).await?;
     env.post(
         "/v1/events",

@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use pulse::Role;
-use pulse_shared::feedback::{self, Kind, Report};
+use pulse_shared::feedback::{self, Kind};
 use pulse_tests::{SmtpServer, TestEnv, count, eventually, smtp::Received};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -534,23 +534,13 @@ async fn a_message_recorded_before_a_crash_is_processed_after_it() -> anyhow::Re
     let raw = fixture("reply", &id);
     let c = pulse_inbound::classify::classify(&raw, Some("ada@example.org"), None);
     assert_eq!(c.kind, Kind::Reply);
-    let (recorded, matched) = feedback::record(
-        &env.db,
-        &Report {
-            source: "smtp",
-            kind: c.kind,
-            mail_from: Some("ada@example.org".into()),
-            rcpt_to: vec!["rep@sales.test".into()],
-            raw: Some(raw),
-            payload: Vec::new(),
-            workspace: None,
-            hashes: c.hashes,
-            address: c.address,
-            detail: c.detail,
-            matched: None,
-        },
-    )
-    .await?;
+    let envelope = pulse_inbound::Envelope {
+        mail_from: Some("ada@example.org".into()),
+        rcpt_to: vec!["rep@sales.test".into()],
+        verp: None,
+    };
+    let report = pulse_inbound::report(c, envelope, raw, None);
+    let (recorded, matched) = feedback::record(&env.db, &report).await?;
     assert!(matched.enrollment.is_some());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(status_of(&env, "ada@example.org").await?.0, "ACTIVE");
