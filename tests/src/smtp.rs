@@ -64,6 +64,9 @@ struct State {
     after_data: HashMap<String, (AfterData, Option<usize>)>,
     /// Wait this long before answering the end of DATA (a slow relay).
     data_delay: Duration,
+    /// Wait this long before the 354 that lets the body come (a send mid-transaction, before
+    /// its gate).
+    go_ahead_delay: Duration,
     /// DATA blocks received, answered or not (a send in flight shows here first).
     data_started: usize,
     /// The Message-ID of every message whose body began to arrive (its Message-ID header was
@@ -137,6 +140,12 @@ impl SmtpServer {
     /// Makes the server wait `delay` before answering each message's final dot.
     pub fn delay_data_reply(&self, delay: Duration) {
         self.lock().data_delay = delay;
+    }
+
+    /// Makes the server wait `delay` before its 354 to each DATA: the client is mid-transaction
+    /// and its body not yet sent.
+    pub fn delay_go_ahead(&self, delay: Duration) {
+        self.lock().go_ahead_delay = delay;
     }
 
     /// The Message-IDs of every message whose body began to arrive, complete or not.
@@ -316,6 +325,11 @@ async fn session(
             if rcpts.is_empty() {
                 "503 no valid recipients\r\n".into()
             } else {
+                let wait = state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .go_ahead_delay;
+                tokio::time::sleep(wait).await;
                 conn.write_all(b"354 go ahead\r\n").await?;
                 let mut data = String::new();
                 loop {

@@ -1,7 +1,7 @@
 //! What a sender holds for its whole life: its connections (PostgreSQL, Redis, the relay or the
 //! capture outbox, the mailboxes' relays), its unsubscribe key, and the batchers that share one
-//! ledger statement among the deliveries that want it at the same moment (claims, re-check
-//! snapshots, wire marks, sent records). Built once by [`Context::build`]; it sends nothing.
+//! ledger statement among the deliveries that want it at the same moment (snapshots, the gate's
+//! claim and re-check, sent records). Built once by [`Context::build`]; it sends nothing.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,7 +10,7 @@ use pulse_shared::{
     batch::{BatchOp, Batcher},
     config::SenderSettings,
     db::{self, StoreError},
-    ledger::{self, Claim, ClaimRequest, Fence, SentRecord, Settled, Snapshot},
+    ledger::{self, ClaimRequest, Gated, SentRecord, Settled, Snapshot},
     metrics::Metrics,
     pause::PauseFlags,
     smtp_url::{Secret, SmtpUrl},
@@ -44,12 +44,12 @@ pub struct Context {
 }
 
 /// The ledger statements every send makes, each shared by the deliveries that want it at the
-/// same moment (see `pulse_shared::batch`): claims, re-check snapshots and sent records.
+/// same moment (see `pulse_shared::batch`): snapshots, gates (claim, then re-check) and sent
+/// records.
 #[derive(Clone)]
 pub(crate) struct Batches {
-    pub(crate) claims: Batcher<Claims>,
     pub(crate) snapshots: Batcher<Snapshots>,
-    pub(crate) wires: Batcher<Wires>,
+    pub(crate) gates: Batcher<Gates>,
     pub(crate) sent: Batcher<Sent>,
 }
 
@@ -61,8 +61,8 @@ impl Batches {
     fn spawn(db: &PgPool, settings: &Settings, worker: Uuid) -> Self {
         let s = &settings.sender;
         Self {
-            claims: Batcher::spawn(
-                Claims {
+            gates: Batcher::spawn(
+                Gates {
                     db: db.clone(),
                     leases: ledger::Leases::new(settings),
                     worker,
@@ -71,44 +71,31 @@ impl Batches {
                 BATCHES_IN_FLIGHT,
             ),
             snapshots: Batcher::spawn(Snapshots(db.clone()), s.db_batch, BATCHES_IN_FLIGHT),
-            wires: Batcher::spawn(Wires(db.clone()), s.db_batch, BATCHES_IN_FLIGHT),
             sent: Batcher::spawn(Sent(db.clone()), s.db_batch, BATCHES_IN_FLIGHT),
         }
     }
 }
 
-pub(crate) struct Claims {
+pub(crate) struct Gates {
     db: PgPool,
     leases: ledger::Leases,
     worker: Uuid,
 }
 
-impl BatchOp for Claims {
+impl BatchOp for Gates {
     type Item = ClaimRequest;
-    type Output = Claim;
+    type Output = Gated;
     async fn many(
         &self,
         items: &[ClaimRequest],
-    ) -> Result<Vec<Result<Claim, StoreError>>, StoreError> {
-        ledger::claim_many(&self.db, items, &self.leases, self.worker).await
+    ) -> Result<Vec<Result<Gated, StoreError>>, StoreError> {
+        ledger::gate_many(&self.db, items, &self.leases, self.worker).await
     }
-    async fn one(&self, r: &ClaimRequest) -> Result<Claim, StoreError> {
-        ledger::claim(&self.db, r.step_run, &r.key, &self.leases, self.worker).await
-    }
-}
-
-pub(crate) struct Wires(PgPool);
-
-impl BatchOp for Wires {
-    type Item = Fence;
-    type Output = Settled;
-    async fn many(&self, fences: &[Fence]) -> Result<Vec<Result<Settled, StoreError>>, StoreError> {
-        ledger::mark_on_wire_many(&self.0, fences).await
-    }
-    async fn one(&self, fence: &Fence) -> Result<Settled, StoreError> {
-        let mut one = ledger::mark_on_wire_many(&self.0, std::slice::from_ref(fence)).await?;
+    async fn one(&self, r: &ClaimRequest) -> Result<Gated, StoreError> {
+        let mut one =
+            ledger::gate_many(&self.db, std::slice::from_ref(r), &self.leases, self.worker).await?;
         one.pop()
-            .unwrap_or_else(|| Err(StoreError::Corrupt("no mark result".into())))
+            .unwrap_or_else(|| Err(StoreError::Corrupt("no gate result".into())))
     }
 }
 

@@ -4,24 +4,26 @@
 //! 1. the Redis pause flag — paused: the step run goes back to SCHEDULED (held, not lost); and
 //!    the sequence's sending rate — over it: the step run is due again in a later minute with
 //!    room, moved into the send window;
-//! 2. the ledger claim — only the worker that claims the key may send it, and every write that
-//!    settles the send names the claim (a claim taken over meanwhile is not overwritten);
-//! 3. the re-check of enrollment, sequence, lead and send window, read after the claim
-//!    committed;
-//! 4. a relay connection from the pool within [`CONNECTION_WAIT`] — else the claim is given
-//!    back and the step is due again shortly, so a send never goes out long after its
-//!    re-check and a pause or cancel never waits on sends queued behind a slow relay;
-//! 5. the SMTP send, with the key's deterministic Message-ID; once the body is out, the claim
-//!    is marked on the wire (batched, fenced), and only then does the final dot follow;
-//! 6. one transaction recording the outcome and scheduling the next step; then the ack.
+//! 2. the snapshot: the run's content and the state of its enrollment, sequence and lead, and
+//!    the send window. A refusal settles the run alone: nothing is claimed before the gate;
+//! 3. a relay connection from the pool within [`CONNECTION_WAIT`] — else the step is due again
+//!    shortly;
+//! 4. the SMTP transaction, with the key's deterministic Message-ID, up to the body; then **the
+//!    gate**: with the body out and the final dot held, the ledger claim (batched, marked on the
+//!    wire), and after it committed, the re-check of the run's state. Only a claim that passes
+//!    lets the dot follow; any other verdict sends no dot, so the relay accepts nothing;
+//! 5. one transaction recording the outcome and scheduling the next step; then the ack. A
+//!    failure before the gate (no connection, MAIL/RCPT/DATA refused) records the run as
+//!    deferred or failed with no claim: nothing reached the relay.
+//!
+//! So a claim exists only for a message the relay may have: if its sender dies, the sweep turns
+//! it into UNKNOWN, and nothing else needs an operator. A sender that dies before its gate
+//! leaves only an unacked message, which the broker delivers again.
 //!
 //! Each sender registers itself as a worker and heartbeats (`pulse_shared::workers`); its claims
-//! name it. If it dies, the sweep gives its unmarked claims back at once (sent again by another
-//! sender) and turns only its marked ones, which may have reached the relay, into UNKNOWN.
-//!
-//! Workers are stateless. The sender never delays a message by holding it unacked: a retry is a
-//! new due time in PostgreSQL. It never sends without a claim, and never releases a claim it
-//! cannot prove unsent.
+//! name it. Workers are stateless. The sender never delays a message by holding it unacked: a
+//! retry is a new due time in PostgreSQL. It never sends without a claim, and never releases a
+//! claim it cannot prove unsent.
 
 mod context;
 #[cfg(feature = "failpoints")]
@@ -51,11 +53,12 @@ use pulse_shared::{
     config::SenderSettings,
     db::{self, StoreError},
     health::{Health, supervise},
-    ledger::{self, Claim, ClaimRequest, Fence, Release, Reply, SentRecord, Settled},
+    ledger::{
+        self, Claim, ClaimRequest, Failure, Fence, Gated, Release, Reply, SentRecord, Settled,
+    },
     messaging::{self, MessagingError, SendMessage},
     metrics::{Metrics, SendOutcome},
     pause::{Gate, PauseError},
-    state::{EnrollmentStatus, SequenceStatus},
     telemetry,
     verp::{self, Purpose},
     workers,
@@ -341,6 +344,54 @@ async fn forward(
     }
 }
 
+/// What the gate decided for one send ([`open_gate`]).
+enum Verdict {
+    /// Claimed and re-checked: the final dot follows, and every outcome names this claim.
+    Open(Fence),
+    /// Claimed, but the re-check refused: the claim is released, no dot.
+    Refused {
+        fence: Fence,
+        how: Release,
+        reason: String,
+    },
+    /// Claimed, but the re-check could not be read: the claim is given back, no dot, and the
+    /// message is delivered again.
+    Unchecked { fence: Fence, error: String },
+    /// Not claimed: another delivery owns the key, or it is settled. No dot.
+    NotClaimed(Claim),
+    /// The claim statement failed: nothing was claimed, no dot; delivered again.
+    Failed(StoreError),
+}
+
+/// The gate: the body is out and the final dot held. Claims the key (on the wire) and re-reads
+/// the run's state after the claim committed ([`ledger::gate_many`]); only an open verdict lets
+/// the dot follow.
+async fn open_gate(ctx: &Context, msg: &SendMessage) -> Verdict {
+    let request = ClaimRequest {
+        step_run: msg.step_run_id,
+        key: msg.key.clone(),
+    };
+    match ctx.batches.gates.call(request).await {
+        Ok(Gated::Claimed { fence, status }) => match status.refusal() {
+            None => Verdict::Open(fence),
+            Some((how, reason)) => Verdict::Refused { fence, how, reason },
+        },
+        Ok(Gated::Unchecked { fence, error }) => Verdict::Unchecked { fence, error },
+        Ok(Gated::NotClaimed(claim)) => Verdict::NotClaimed(claim),
+        Err(e) => Verdict::Failed(e),
+    }
+}
+
+/// The metric outcome of a run that is not sent, by what becomes of it.
+fn unsent_outcome(how: Release) -> SendOutcome {
+    match how {
+        Release::Leave => SendOutcome::DuplicateSuppressed,
+        Release::Hold(None) => SendOutcome::HeldByPause,
+        Release::Hold(Some(_)) => SendOutcome::HeldByWindow,
+        Release::Cancel | Release::Skip => SendOutcome::Released,
+    }
+}
+
 /// Handles one due-send message. `Ok` means the message is done with and can be acked.
 async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     let msg: SendMessage =
@@ -367,76 +418,17 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         return Ok(());
     }
 
-    let request = ClaimRequest {
-        step_run: run,
-        key: msg.key.clone(),
-    };
-    let (attempts, fence) = match ctx.batches.claims.call(request).await? {
-        Claim::Claimed { attempts, claim } => (
-            attempts,
-            Fence {
-                key: msg.key.clone(),
-                claim,
-            },
-        ),
-        Claim::BecameUnknown => {
-            m.send(SendOutcome::Unknown);
-            tracing::warn!(key = %msg.key, "a stale claim was found; its send is UNKNOWN");
-            return Ok(());
-        }
-        other => {
-            if matches!(other, Claim::InFlight | Claim::StaleMessage) {
-                m.claim_conflict();
-            }
-            m.send(SendOutcome::DuplicateSuppressed);
-            tracing::debug!(key = %msg.key, claim = ?other, "not sending: key not claimable");
-            return Ok(());
-        }
-    };
-
-    let snap = match ctx.batches.snapshots.call(run).await {
-        Ok(snap) => snap,
-        Err(e) => {
-            // Nothing was sent: give the claim back so the next delivery can take it (retried
-            // like an outcome, so a database restart does not turn it into an UNKNOWN).
-            if let Err(undo) = record_with_retries(|| ledger::unclaim(&ctx.db, &fence)).await {
-                tracing::warn!(key = %msg.key, error = %undo, "claim not given back; it becomes UNKNOWN after the lease");
-            }
-            return Err(e.into());
-        }
-    };
-    let now = Utc::now();
-    let refusal = if snap.sequence_status == SequenceStatus::Paused {
-        Some((Release::Hold(None), "sequence paused".to_owned()))
-    } else if snap.sequence_status != SequenceStatus::Active {
-        Some((
-            Release::Cancel,
-            format!("sequence {}", snap.sequence_status.as_str().to_lowercase()),
-        ))
-    } else if snap.enrollment_status != EnrollmentStatus::Active {
-        Some((
-            Release::Cancel,
-            format!(
-                "enrollment {}",
-                snap.enrollment_status.as_str().to_lowercase()
-            ),
-        ))
-    } else if snap.lead_suppressed {
-        Some((Release::Skip, "lead suppressed".to_owned()))
-    } else {
+    // Nothing is claimed yet: a refusal here settles the run alone.
+    let snap = ctx.batches.snapshots.call(run).await?;
+    let refusal = snap.status.refusal().or_else(|| {
         snap.followup
-            .window_opens_after(now)
+            .window_opens_after(Utc::now())
             .map(|opens| (Release::Hold(Some(opens)), "send window closed".to_owned()))
-    };
+    });
     if let Some((how, reason)) = refusal {
-        let settled =
-            record_with_retries(|| ledger::release(&ctx.db, &fence, run, how, &reason)).await?;
-        m.send(match how {
-            Release::Hold(None) => SendOutcome::HeldByPause,
-            Release::Hold(Some(_)) => SendOutcome::HeldByWindow,
-            _ => SendOutcome::Released,
-        });
-        tracing::info!(key = %msg.key, %reason, ?settled, "send released unsent");
+        record_with_retries(|| ledger::settle_unsent(&ctx.db, run, how, Some(&reason))).await?;
+        m.send(unsent_outcome(how));
+        tracing::debug!(key = %msg.key, %reason, "not sending");
         return Ok(());
     }
 
@@ -448,7 +440,6 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         &snap.from_addr,
         &ctx.transport,
     );
-    // A bounded wait for a connection keeps the re-check valid for the send (see `transport`).
     let (session, dkim) = match route {
         Ok(route) => (
             route.transport.connect_within(CONNECTION_WAIT).await,
@@ -460,14 +451,15 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     let Some(session) = session else {
         let retry_at = Utc::now() + chrono::Duration::seconds(1);
         let reason = "no relay connection free in time; due again shortly";
-        let settled = record_with_retries(|| {
-            ledger::release(&ctx.db, &fence, run, Release::Hold(Some(retry_at)), reason)
+        record_with_retries(|| {
+            ledger::settle_unsent(&ctx.db, run, Release::Hold(Some(retry_at)), Some(reason))
         })
         .await?;
         m.send(SendOutcome::PoolBusy);
-        tracing::debug!(key = %msg.key, ?settled, "{reason}");
+        tracing::debug!(key = %msg.key, "{reason}");
         return Ok(());
     };
+    let attempts = snap.attempts + 1;
     let followup = snap.followup;
     // With a bounce domain, the envelope sender and the unsubscribe mailto name this send.
     let tagged = |purpose| {
@@ -499,17 +491,14 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         ),
         return_path,
     };
-    // The wire mark: only a claim that still holds its key once the body is out may send the
-    // final dot.
+    // The gate: once the body is out, the key is claimed and the run re-checked; only an open
+    // verdict lets the final dot follow.
+    let verdict = std::sync::OnceLock::new();
     let on_wire = async {
-        match ctx.batches.wires.call(fence.clone()).await {
-            Ok(Settled::Recorded) => true,
-            Ok(Settled::ClaimLost) => false,
-            Err(e) => {
-                tracing::warn!(key = %msg.key, error = %e, "the claim could not be marked on the wire; not sending");
-                false
-            }
-        }
+        let v = open_gate(ctx, &msg).await;
+        let open = matches!(v, Verdict::Open(_));
+        let _ = verdict.set(v);
+        open
     };
     let started = Instant::now();
     let answer = session
@@ -517,6 +506,15 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         .instrument(tracing::info_span!("smtp"))
         .await;
     m.smtp_answered(started.elapsed().as_secs_f64());
+    let fence = match verdict.into_inner() {
+        Some(Verdict::Open(fence)) => Some(fence),
+        Some(closed) => return settle_closed_gate(ctx, &msg, closed).await,
+        None => None,
+    };
+    let Some(fence) = fence else {
+        // The gate was never reached: nothing went to the relay and nothing was claimed.
+        return record_before_gate(ctx, &msg, answer, attempts).await;
+    };
     let (settled, outcome) = match answer {
         Ok(reply) => {
             #[cfg(feature = "failpoints")]
@@ -543,14 +541,22 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
             (settled, SendOutcome::Retried)
         }
         Err(SendError::Transient(reply)) => {
-            let reply = Reply {
-                code: reply.code,
-                text: format!("gave up after {attempts} attempts: {}", reply.text),
-            };
+            let reply = gave_up(reply, attempts);
             let settled =
                 record_with_retries(|| ledger::record_failed(&ctx.db, &fence, run, &reply)).await?;
             tracing::warn!(key = %msg.key, attempts, reply = %reply.text, "send failed");
             (settled, SendOutcome::Failed)
+        }
+        Err(SendError::Withheld) => {
+            // The transport shut the gate after all: no dot went out. The run is due again.
+            let retry_at = Utc::now() + chrono::Duration::seconds(1);
+            let reason = "not sent: the gate was shut before the final dot; due again shortly";
+            let settled = record_with_retries(|| {
+                ledger::release(&ctx.db, &fence, run, Release::Hold(Some(retry_at)), reason)
+            })
+            .await?;
+            tracing::info!(key = %msg.key, ?settled, "{reason}");
+            (settled, SendOutcome::Released)
         }
         Err(SendError::Unknown(reply)) => {
             let settled =
@@ -558,18 +564,6 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
                     .await?;
             tracing::warn!(key = %msg.key, reply = %reply.text, "send outcome unknown; left for an operator");
             (settled, SendOutcome::Unknown)
-        }
-        Err(SendError::Withheld) => {
-            // Nothing went out. A claim that was taken meanwhile is someone else's (the release
-            // changes nothing); one that is still ours goes back, due again shortly.
-            let retry_at = Utc::now() + chrono::Duration::seconds(1);
-            let reason = "not sent: the claim could not be marked on the wire; due again shortly";
-            let settled = record_with_retries(|| {
-                ledger::release(&ctx.db, &fence, run, Release::Hold(Some(retry_at)), reason)
-            })
-            .await?;
-            tracing::info!(key = %msg.key, ?settled, "{reason}");
-            (Settled::Recorded, SendOutcome::Released)
         }
         Err(SendError::Permanent(reply)) => {
             let settled =
@@ -583,6 +577,109 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         m.claim_conflict();
         tracing::warn!(key = %msg.key, ?outcome, "the claim expired and was taken over before this outcome was recorded; it changed nothing");
     }
+    Ok(())
+}
+
+/// A transient failure that used up the attempts, as the reply that fails the run.
+fn gave_up(reply: Reply, attempts: i32) -> Reply {
+    Reply {
+        code: reply.code,
+        text: format!("gave up after {attempts} attempts: {}", reply.text),
+    }
+}
+
+/// Settles a send whose gate stayed shut (no dot was sent): a refused claim is released and its
+/// run settled as the re-check said; an unreadable re-check gives the claim back and the message
+/// is delivered again; a key another delivery owns is left to it.
+async fn settle_closed_gate(
+    ctx: &Context,
+    msg: &SendMessage,
+    verdict: Verdict,
+) -> Result<(), HandleError> {
+    let (m, run) = (&ctx.metrics, msg.step_run_id);
+    match verdict {
+        Verdict::Open(_) => Ok(()),
+        Verdict::Refused { fence, how, reason } => {
+            let settled =
+                record_with_retries(|| ledger::release(&ctx.db, &fence, run, how, &reason)).await?;
+            m.send(unsent_outcome(how));
+            tracing::info!(key = %msg.key, %reason, ?settled, "refused at the gate; nothing sent");
+            Ok(())
+        }
+        Verdict::Unchecked { fence, error } => {
+            if let Err(undo) = record_with_retries(|| ledger::unclaim(&ctx.db, &fence)).await {
+                tracing::warn!(key = %msg.key, error = %undo, "claim not given back; it becomes UNKNOWN after the lease");
+            }
+            Err(StoreError::Corrupt(format!("the gate's re-check failed: {error}")).into())
+        }
+        Verdict::NotClaimed(Claim::BecameUnknown) => {
+            m.send(SendOutcome::Unknown);
+            tracing::warn!(key = %msg.key, "a stale claim was found; its send is UNKNOWN");
+            Ok(())
+        }
+        Verdict::NotClaimed(claim) => {
+            if matches!(claim, Claim::InFlight | Claim::StaleMessage) {
+                m.claim_conflict();
+            }
+            m.send(SendOutcome::DuplicateSuppressed);
+            tracing::debug!(key = %msg.key, ?claim, "not sending: key not claimable");
+            Ok(())
+        }
+        Verdict::Failed(e) => Err(e.into()),
+    }
+}
+
+/// Records a send that failed before its gate: nothing reached the relay and nothing was
+/// claimed, so the run settles alone ([`ledger::record_unclaimed`]).
+async fn record_before_gate(
+    ctx: &Context,
+    msg: &SendMessage,
+    answer: Result<Reply, SendError>,
+    attempts: i32,
+) -> Result<(), HandleError> {
+    let transient = match answer {
+        Err(SendError::Transient(reply)) => reply,
+        // Neither can happen before the gate (both need it); nothing went out either way.
+        Err(SendError::Unknown(reply)) => reply,
+        Err(SendError::Withheld) => Reply::from_relay(None, "not sent: the gate was never reached"),
+        Err(SendError::Permanent(reply)) => {
+            return record_unclaimed(ctx, msg, reply, Failure::Failed, SendOutcome::Failed).await;
+        }
+        Ok(reply) => {
+            // A relay cannot accept a message whose dot was never sent; the transport's promise.
+            tracing::error!(key = %msg.key, code = ?reply.code, "a send was answered without passing its gate; left for the queued lease");
+            return Ok(());
+        }
+    };
+    if attempts < ctx.settings.max_attempts {
+        let retry_at = Utc::now() + backoff(&ctx.settings, attempts);
+        record_unclaimed(
+            ctx,
+            msg,
+            transient,
+            Failure::Deferred(retry_at),
+            SendOutcome::Retried,
+        )
+        .await
+    } else {
+        let reply = gave_up(transient, attempts);
+        record_unclaimed(ctx, msg, reply, Failure::Failed, SendOutcome::Failed).await
+    }
+}
+
+async fn record_unclaimed(
+    ctx: &Context,
+    msg: &SendMessage,
+    reply: Reply,
+    failure: Failure,
+    outcome: SendOutcome,
+) -> Result<(), HandleError> {
+    let applied = record_with_retries(|| {
+        ledger::record_unclaimed(&ctx.db, msg.step_run_id, &msg.key, &reply, failure)
+    })
+    .await?;
+    ctx.metrics.send(outcome);
+    tracing::warn!(key = %msg.key, applied, reply = %reply.text, ?failure, "not sent: the relay or the connection failed before the message");
     Ok(())
 }
 

@@ -1,20 +1,24 @@
 //! The send ledger: one row per idempotency key `(enrollment, step, generation)`, the
 //! server-side record of what actually went out. Owns the ledger protocol of `docs/send-path.md`:
 //!
-//! 1. `claim` — insert the key as SENDING (or take over a DEFERRED one), naming the worker
-//!    that owns it. Commits on its own, *before* the sender re-checks the enrollment, so a
-//!    pause or cancel that commits first is always seen by the re-check, and one that commits
-//!    later can find the SENDING claim.
-//! 2. `release` — nothing was sent (the re-check said no): remove the claim.
-//! 3. `mark_on_wire_many` — once the message body is out, before its final dot, the claim is
-//!    marked (`wire_at`), fenced like every settling write; a sender whose mark does not take
-//!    sends nothing. Only a marked claim can have reached the relay.
-//! 4. `record_sent` / `record_deferred` / `record_failed` — one transaction each, with the
-//!    step run and, for a send, the next step or the enrollment's completion.
+//! 1. Before the send, nothing is written: the sender reads the run's [`snapshot`] and checks it
+//!    ([`Status::refusal`]); a refused run is settled unclaimed (`unclaimed`).
+//! 2. `claim` — at the gate, once the message body is out and before its final dot: insert the
+//!    key as SENDING (or take over a DEFERRED one), naming the worker that owns it and marked as
+//!    on the wire (`wire_at`). It commits on its own, *before* the sender re-checks the run
+//!    ([`recheck_many`]), so a pause or cancel that commits first is always seen by the
+//!    re-check, and one that commits later finds the SENDING claim and waits for it. Only then
+//!    does the final dot follow. A claim is therefore made only when the relay may receive the
+//!    message: the window RFC 1047 describes.
+//! 3. `release` — the re-check said no: remove the claim; no dot is sent.
+//! 4. `record_sent` / `record_deferred` / `record_failed` / `record_unknown` — one transaction
+//!    each, with the step run and, for a send, the next step or the enrollment's completion.
 //!
-//! A stale SENDING claim ([`Leases`]: its owner stopped heartbeating, or a lease ran out) is
-//! given back if unmarked (sent again, no operator needed), and becomes UNKNOWN if marked (never
-//! sent again automatically). Rows are never deleted except by `release` and a give-back.
+//! A stale SENDING claim ([`Leases`]: its owner stopped heartbeating, or a lease ran out) becomes
+//! UNKNOWN, never sent again automatically. A claim without a wire mark was made by a sender of
+//! an earlier version (which claimed before connecting) and sent nothing yet: it is given back
+//! (sent again, no operator needed), so a rolling upgrade strands nothing. Rows are never
+//! deleted except by `release` and a give-back.
 //!
 //! **Claims are fenced.** Each claim gets its own `claim_id`, and every write that settles a
 //! claim (sent, deferred, failed, unknown, release, unclaim) names it and applies only while
@@ -22,15 +26,18 @@
 //! and was taken over (UNKNOWN, an operator's resend, a new claim) changes nothing and is told
 //! so ([`Settled::ClaimLost`]).
 //!
-//! The module is in three parts: this one (keys, claims, the sweep and an operator's
-//! resolve), `snapshot` (what a sender re-checks after claiming) and `settle` (every write
-//! that settles a claim, and holds before one).
+//! The module is in four parts: this one (keys, claims, the sweep and an operator's resolve),
+//! `snapshot` (what a sender reads before sending and re-checks after claiming), `settle`
+//! (every write that settles a claim) and `unclaimed` (what settles a run no claim was made
+//! for: held, cancelled, deferred or failed before the gate).
 
 mod settle;
 mod snapshot;
+mod unclaimed;
 
 pub use settle::*;
 pub use snapshot::*;
+pub use unclaimed::*;
 
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
@@ -68,7 +75,8 @@ pub enum Claim {
 }
 
 /// Claims `key` for the QUEUED step run `step_run`, on behalf of worker `owner`
-/// (`crate::workers`). A stale claim found on the key is settled first ([`Leases`]).
+/// (`crate::workers`), marked as on the wire: a sender claims at the gate, with the body out
+/// and the final dot held. A stale claim found on the key is settled first ([`Leases`]).
 pub async fn claim(
     db: &PgPool,
     step_run: Uuid,
@@ -119,7 +127,8 @@ pub struct ClaimRequest {
     pub key: String,
 }
 
-/// The claim statement, for one run or many: inserts each key as SENDING for worker `owner`
+/// The claim statement, for one run or many: inserts each key as SENDING, on the wire, for
+/// worker `owner`
 /// (or takes over a DEFERRED one) where its run is QUEUED. Each run is locked by id alone, in id
 /// order: the lock waits for a scheduler that published the run but has not committed QUEUED
 /// yet and returns the committed row; only then is the state checked (a state predicate inside
@@ -137,16 +146,16 @@ async fn insert_claims(
                       ORDER BY sr.id FOR SHARE OF sr)
          INSERT INTO send_ledger (enrollment_id, step_id, generation, idempotency_key, workspace_id,
                                   sequence_id, lead_id, step_run_id, position, state, message_id,
-                                  claim_id, claimed_at, owner_id)
+                                  claim_id, claimed_at, owner_id, wire_at)
          SELECT sr.enrollment_id, sr.step_id, sr.generation, sr.claim_key, sr.workspace_id,
                 sr.sequence_id, e.lead_id, sr.id, sr.position, 'SENDING', sr.message_id,
-                gen_random_uuid(), clock_timestamp(), $3
+                gen_random_uuid(), clock_timestamp(), $3, clock_timestamp()
          FROM run sr JOIN enrollments e ON e.id = sr.enrollment_id
          WHERE sr.state = 'QUEUED' AND sr.message_id IS NOT NULL
          ON CONFLICT (enrollment_id, step_id, generation) DO UPDATE
              SET state = 'SENDING', attempts = send_ledger.attempts + 1,
                  claimed_at = EXCLUDED.claimed_at, claim_id = EXCLUDED.claim_id,
-                 owner_id = EXCLUDED.owner_id, wire_at = NULL,
+                 owner_id = EXCLUDED.owner_id, wire_at = EXCLUDED.wire_at,
                  updated_at = now(), step_run_id = EXCLUDED.step_run_id
              WHERE send_ledger.state = 'DEFERRED'
          RETURNING idempotency_key, attempts, claim_id",
@@ -198,23 +207,91 @@ pub async fn claim_many(
     Ok(out)
 }
 
-/// When a SENDING claim is stale, and what becomes of it. A claim without a wire mark sent
-/// nothing and is given back (its step run due again at once; its sender, should it be alive
-/// after all, cannot mark it and sends nothing); a claim with one may have reached the relay and
-/// becomes UNKNOWN, for an operator.
+/// What the gate found for one send ([`gate_many`]).
+#[derive(Debug)]
+pub enum Gated {
+    /// This worker owns the send; `status` is the run's state read after the claim committed:
+    /// the final dot may follow only if [`Status::refusal`] says nothing.
+    Claimed { fence: Fence, status: Status },
+    /// Claimed, but the re-check could not be read: the caller gives the claim back
+    /// ([`unclaim`]) and sends no dot.
+    Unchecked { fence: Fence, error: String },
+    /// Not claimed ([`claim`]'s answer): this delivery sends nothing.
+    NotClaimed(Claim),
+}
+
+/// The gate, for many sends whose bodies are out and whose final dots are held: claims each key
+/// ([`claim_many`]), which commits, and only then reads the claimed runs' state again
+/// ([`recheck_many`]), so a pause, cancel or suppression that committed before the re-check is
+/// seen, and one that commits after it finds the claim and waits for it. One result per request,
+/// in order. `Err` means nothing was claimed; once claims are made, a failed re-check is
+/// reported per claim ([`Gated::Unchecked`]), never as `Err`.
+pub async fn gate_many(
+    db: &PgPool,
+    requests: &[ClaimRequest],
+    leases: &Leases,
+    owner: Uuid,
+) -> Result<Vec<Result<Gated, StoreError>>, StoreError> {
+    let claims = claim_many(db, requests, leases, owner).await?;
+    let claimed: Vec<Uuid> = requests
+        .iter()
+        .zip(&claims)
+        .filter(|(_, c)| matches!(c, Ok(Claim::Claimed { .. })))
+        .map(|(r, _)| r.step_run)
+        .collect();
+    let mut rechecked = if claimed.is_empty() {
+        Ok(Vec::new())
+    } else {
+        recheck_many(db, &claimed).await
+    }
+    .map(|statuses| statuses.into_iter());
+    Ok(requests
+        .iter()
+        .zip(claims)
+        .map(|(r, c)| {
+            let claim = match c? {
+                Claim::Claimed { claim, .. } => claim,
+                other => return Ok(Gated::NotClaimed(other)),
+            };
+            let fence = Fence {
+                key: r.key.clone(),
+                claim,
+            };
+            let status = match &mut rechecked {
+                Ok(statuses) => match statuses.next() {
+                    Some(Ok(status)) => Ok(status),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("no re-check for a claimed run".to_owned()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            Ok(match status {
+                Ok(status) => Gated::Claimed { fence, status },
+                Err(error) => Gated::Unchecked { fence, error },
+            })
+        })
+        .collect())
+}
+
+/// When a SENDING claim is stale, and what becomes of it. Every claim this version makes is on
+/// the wire: it may have reached the relay and becomes UNKNOWN, for an operator. A claim without
+/// a wire mark (made by an earlier version, which claimed before connecting) sent nothing and is
+/// given back (its step run due again at once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Leases {
     /// Any claim this old belongs to a worker that is hung or gone (`PULSE_SENDING_LEASE_MS`).
     pub sending: Duration,
-    /// An unmarked claim this old is given back even though its owner heartbeats: a sender
-    /// marks within [`crate::config::SenderSettings::unmarked_lease`] of claiming, or never.
+    /// An unmarked claim (an earlier version's) this old is given back even though its owner
+    /// heartbeats: such a sender marked within
+    /// [`crate::config::SenderSettings::unmarked_lease`] of claiming, or never.
     pub unmarked: Duration,
     /// A worker that has not heartbeaten for this long is dead (`PULSE_OWNER_TIMEOUT_MS`): its
-    /// unmarked claims go back at once, and so do the runs a dead scheduler may not have
+    /// claims are settled at once (UNKNOWN once [`Leases::answer`] has passed; unmarked ones
+    /// given back), and so are the runs a dead scheduler may not have
     /// published. `None` judges nobody dead (the sweeping worker's own heartbeats are not
     /// steady yet, see [`crate::workers::Registration::steady`]); the leases still apply.
     pub owner: Option<Duration>,
-    /// A dead worker's marked claim becomes UNKNOWN once its mark is this old (one SMTP
+    /// A dead worker's claim becomes UNKNOWN once its mark is this old (one SMTP
     /// timeout and a margin: a sender that was only cut off from PostgreSQL has recorded its
     /// answer by then).
     pub answer: Duration,

@@ -1,6 +1,6 @@
 //! Every write that settles a claim — sent (with the next step), deferred, failed, unknown,
-//! released unsent, given back — each fenced by the claim's id, and the hold of a step run
-//! before any claim (pause, rate). It never claims.
+//! released unsent, given back — each fenced by the claim's id. It never claims, and never
+//! writes a run no claim was made for (`unclaimed` does).
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
@@ -10,12 +10,15 @@ use super::Followup;
 use crate::{
     db::StoreError,
     schedule::{self, Target},
-    state::{EnrollmentStatus, LedgerState, StepRunState},
+    state::{EnrollmentStatus, LedgerState},
 };
 
-/// What to do with a step run whose claim is released unsent.
+/// What to do with a step run that is not sent (its claim released, or never made).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Release {
+    /// The run is no longer QUEUED: it is someone else's (sent, held, cancelled, a duplicate
+    /// delivery), and is left as it is.
+    Leave,
     /// Back to SCHEDULED: the sequence is paused (due as before; resume picks it up), or the
     /// send window is closed (due at its next opening).
     Hold(Option<DateTime<Utc>>),
@@ -57,41 +60,6 @@ async fn own(conn: &mut sqlx::PgConnection, fence: &Fence) -> Result<bool, Store
     .is_some())
 }
 
-/// Marks claims as going on the wire (`wire_at`), before their messages' final dots are sent:
-/// one statement for all. For each fence, `Recorded` when the claim still held its key and is
-/// now marked, `ClaimLost` when it was given back or taken over meanwhile; that sender must
-/// not send. Marks commit on their own, so a crash after a mark leaves a claim that may have
-/// reached the relay (UNKNOWN), and before it one that did not (given back and sent again).
-pub async fn mark_on_wire_many(
-    db: &PgPool,
-    fences: &[Fence],
-) -> Result<Vec<Result<Settled, StoreError>>, StoreError> {
-    let keys: Vec<&str> = fences.iter().map(|f| f.key.as_str()).collect();
-    let claims: Vec<Uuid> = fences.iter().map(|f| f.claim).collect();
-    let marked: std::collections::HashSet<Uuid> = sqlx::query_scalar(
-        "UPDATE send_ledger sl SET wire_at = clock_timestamp()
-         FROM UNNEST($1::text[], $2::uuid[]) AS f(key, claim)
-         WHERE sl.idempotency_key = f.key AND sl.claim_id = f.claim AND sl.state = 'SENDING'
-         RETURNING sl.claim_id",
-    )
-    .bind(&keys)
-    .bind(&claims)
-    .fetch_all(db)
-    .await?
-    .into_iter()
-    .collect();
-    Ok(fences
-        .iter()
-        .map(|f| {
-            Ok(if marked.contains(&f.claim) {
-                Settled::Recorded
-            } else {
-                Settled::ClaimLost
-            })
-        })
-        .collect())
-}
-
 /// Undoes a claim that was not sent (see [`unclaim`]), and settles the step run as `how` says.
 pub async fn release(
     db: &PgPool,
@@ -100,27 +68,12 @@ pub async fn release(
     how: Release,
     reason: &str,
 ) -> Result<Settled, StoreError> {
-    let (state, until) = match how {
-        Release::Hold(until) => (StepRunState::Scheduled, until),
-        Release::Cancel => (StepRunState::Cancelled, None),
-        Release::Skip => (StepRunState::Skipped, None),
-    };
     let mut tx = db.begin().await?;
     if !own(&mut tx, fence).await? {
         return Ok(Settled::ClaimLost);
     }
     unclaim_in(&mut tx, &fence.key).await?;
-    sqlx::query(
-        "UPDATE step_runs SET state = $2, last_error = $3, due_at = COALESCE($4, due_at),
-             updated_at = now()
-         WHERE id = $1 AND state = 'QUEUED'",
-    )
-    .bind(step_run)
-    .bind(state)
-    .bind(reason)
-    .bind(until)
-    .execute(&mut *tx)
-    .await?;
+    super::unclaimed::set_unsent(&mut tx, step_run, how, Some(reason)).await?;
     tx.commit().await?;
     Ok(Settled::Recorded)
 }
@@ -150,73 +103,6 @@ async fn unclaim_in(conn: &mut sqlx::PgConnection, key: &str) -> Result<(), Stor
     .bind(key)
     .execute(conn)
     .await?;
-    Ok(())
-}
-
-/// Puts a step run back to SCHEDULED without touching the ledger, before any claim was made: a
-/// paused sequence (`until` None: due as before) or a spent rate budget (`until` the minute
-/// with room). A later time goes through the one rule for due times ([`schedule::plan`]): it is
-/// moved into the send window, and a step that can then no longer go out before an end date is
-/// skipped and its enrollment ends.
-///
-/// The message may arrive before the scheduler has committed QUEUED. The row lock waits for
-/// that commit, and the update, a later statement, then sees it; a single `UPDATE … WHERE state =
-/// 'QUEUED'` would judge the old snapshot, change nothing, and leave the run QUEUED for ever.
-pub async fn hold(
-    db: &PgPool,
-    step_run: Uuid,
-    until: Option<DateTime<Utc>>,
-) -> Result<(), StoreError> {
-    let mut tx = db.begin().await?;
-    let row = sqlx::query(
-        "SELECT sr.state, sr.enrollment_id, sr.sequence_id, sr.position, e.lead_id,
-                st.end_date AS step_end
-         FROM step_runs sr JOIN enrollments e ON e.id = sr.enrollment_id
-         JOIN sequence_steps st ON st.id = sr.step_id
-         WHERE sr.id = $1 FOR UPDATE OF sr",
-    )
-    .bind(step_run)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        return Ok(());
-    };
-    if row.try_get::<StepRunState, _>("state")? != StepRunState::Queued {
-        return Ok(());
-    }
-    let mut due = None;
-    if let Some(until) = until {
-        let (rules, lead_tz) = schedule::load_rules(
-            &mut tx,
-            row.try_get("sequence_id")?,
-            row.try_get("lead_id")?,
-        )
-        .await?;
-        match schedule::plan(
-            until,
-            &rules,
-            lead_tz,
-            row.try_get("position")?,
-            row.try_get("step_end")?,
-        ) {
-            schedule::Planned::At(at) => due = Some(at),
-            schedule::Planned::Expired(reason) => {
-                let skip = [(step_run, row.try_get("enrollment_id")?, reason)];
-                crate::transitions::skip_and_end(&mut tx, &skip).await?;
-                tx.commit().await?;
-                return Ok(());
-            }
-        }
-    }
-    sqlx::query(
-        "UPDATE step_runs SET state = 'SCHEDULED', due_at = COALESCE($2, due_at), updated_at = now()
-         WHERE id = $1",
-    )
-    .bind(step_run)
-    .bind(due)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -540,16 +426,7 @@ pub async fn record_deferred(
         return Ok(Settled::ClaimLost);
     }
     set_outcome(&mut tx, &fence.key, LedgerState::Deferred, reply).await?;
-    sqlx::query(
-        "UPDATE step_runs SET state = 'SCHEDULED', due_at = $2, attempts = attempts + 1,
-             last_error = $3, updated_at = now()
-         WHERE id = $1",
-    )
-    .bind(step_run)
-    .bind(retry_at)
-    .bind(&reply.text)
-    .execute(&mut *tx)
-    .await?;
+    defer_run(&mut tx, step_run, reply, retry_at).await?;
     tx.commit().await?;
     Ok(Settled::Recorded)
 }
@@ -591,6 +468,37 @@ pub async fn record_failed(
         return Ok(Settled::ClaimLost);
     }
     set_outcome(&mut tx, &fence.key, LedgerState::Failed, reply).await?;
+    fail_run(&mut tx, step_run, reply).await?;
+    tx.commit().await?;
+    Ok(Settled::Recorded)
+}
+
+/// A transient failure's effect on the run: SCHEDULED again at `retry_at`, one more attempt.
+pub(super) async fn defer_run(
+    conn: &mut sqlx::PgConnection,
+    step_run: Uuid,
+    reply: &Reply,
+    retry_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE step_runs SET state = 'SCHEDULED', due_at = $2, attempts = attempts + 1,
+             last_error = $3, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(step_run)
+    .bind(retry_at)
+    .bind(&reply.text)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A permanent failure's effect: the run and its enrollment FAILED with the reply.
+pub(super) async fn fail_run(
+    conn: &mut sqlx::PgConnection,
+    step_run: Uuid,
+    reply: &Reply,
+) -> Result<(), StoreError> {
     let enrollment: Uuid = sqlx::query_scalar(
         "UPDATE step_runs SET state = 'FAILED', attempts = attempts + 1, last_error = $2,
              updated_at = now()
@@ -598,7 +506,7 @@ pub async fn record_failed(
     )
     .bind(step_run)
     .bind(&reply.text)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
     sqlx::query(
         "UPDATE enrollments SET status = 'FAILED', end_reason = $2, ended_at = now(),
@@ -607,8 +515,7 @@ pub async fn record_failed(
     )
     .bind(enrollment)
     .bind(format!("send failed: {}", reply.text))
-    .execute(&mut *tx)
+    .execute(conn)
     .await?;
-    tx.commit().await?;
-    Ok(Settled::Recorded)
+    Ok(())
 }

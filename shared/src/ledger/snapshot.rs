@@ -1,19 +1,82 @@
-//! What a sender re-checks after claiming: the claimed step run's content snapshot, the state
-//! of its enrollment, sequence and lead, and what follows it (for the one-statement record). It
-//! only reads.
+//! What a sender reads about a step run: before sending, its content snapshot, the state of
+//! its enrollment, sequence and lead, and what follows it (for the one-statement record); at the
+//! gate, after its claim committed, only the state again ([`recheck_many`]). One rule,
+//! [`Status::refusal`], says from either reading whether the send may go on. It only reads.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use super::Release;
 use crate::{
     db::StoreError,
     schedule::{self, Rules, StepSpec},
     smtp_url::Secret,
+    state::{EnrollmentStatus, SequenceStatus, StepRunState},
 };
 
-/// The claimed step run's content snapshot and the state of everything it depends on, read
-/// after the claim committed.
+/// The state of a step run and of everything its send depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub run: StepRunState,
+    pub enrollment: EnrollmentStatus,
+    pub sequence: SequenceStatus,
+    /// The lead's address or domain is on the suppression list (or the lead was marked
+    /// unsubscribed or bounced).
+    pub lead_suppressed: bool,
+}
+
+impl Status {
+    /// Why the send must not go on, and what becomes of its run; `None`: it may. A run that is
+    /// no longer QUEUED is someone else's (sent, held, cancelled, a duplicate delivery):
+    /// `Release::Leave`.
+    pub fn refusal(&self) -> Option<(Release, String)> {
+        if self.run != StepRunState::Queued {
+            Some((
+                Release::Leave,
+                format!("step run {}", self.run.as_str().to_lowercase()),
+            ))
+        } else if self.sequence == SequenceStatus::Paused {
+            Some((Release::Hold(None), "sequence paused".to_owned()))
+        } else if self.sequence != SequenceStatus::Active {
+            Some((
+                Release::Cancel,
+                format!("sequence {}", self.sequence.as_str().to_lowercase()),
+            ))
+        } else if self.enrollment != EnrollmentStatus::Active {
+            Some((
+                Release::Cancel,
+                format!("enrollment {}", self.enrollment.as_str().to_lowercase()),
+            ))
+        } else if self.lead_suppressed {
+            Some((Release::Skip, "lead suppressed".to_owned()))
+        } else {
+            None
+        }
+    }
+
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            run: row.try_get("state")?,
+            enrollment: row.try_get("enrollment_status")?,
+            sequence: row.try_get("sequence_status")?,
+            lead_suppressed: row.try_get("suppressed")?,
+        })
+    }
+}
+
+/// The columns [`Status::from_row`] reads, for a query over `step_runs sr`, `enrollments e`,
+/// `sequences s` and `leads l`.
+const STATUS_COLUMNS: &str = "sr.state, e.status AS enrollment_status, s.status AS sequence_status,
+     (l.unsubscribed_at IS NOT NULL OR l.bounced_at IS NOT NULL
+      OR EXISTS (SELECT 1 FROM suppressions sp WHERE sp.workspace_id = sr.workspace_id
+                   AND sp.kind = 'email' AND sp.value = l.email)
+      OR EXISTS (SELECT 1 FROM suppressions sp WHERE sp.workspace_id = sr.workspace_id
+                   AND sp.kind = 'domain' AND sp.value = split_part(l.email, '@', 2)))
+         AS suppressed";
+
+/// A step run's content snapshot and the state of everything it depends on, read before the
+/// send (the claim comes later, at the gate).
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub subject: String,
@@ -30,11 +93,9 @@ pub struct Snapshot {
     pub mailbox: Option<MailboxRoute>,
     /// The workspace's DKIM key, when it has one.
     pub workspace_dkim: Option<WorkspaceDkim>,
-    pub enrollment_status: crate::state::EnrollmentStatus,
-    pub sequence_status: crate::state::SequenceStatus,
-    /// The lead's address or domain is on the suppression list (or the lead was marked
-    /// unsubscribed or bounced).
-    pub lead_suppressed: bool,
+    pub status: Status,
+    /// Failed attempts so far (deferrals); this one is `attempts + 1`.
+    pub attempts: i32,
     /// Whom the message's unsubscribe link names.
     pub unsubscribe: crate::unsubscribe::Subject,
     /// What follows this step, read in the same query, for [`super::record_sent`]'s fast path.
@@ -90,7 +151,7 @@ impl Followup {
     }
 }
 
-/// Loads the snapshot of a claimed step run.
+/// Loads the snapshot of a step run.
 pub async fn snapshot(db: &PgPool, step_run: Uuid) -> Result<Snapshot, StoreError> {
     let mut all = snapshot_many(db, &[step_run]).await?;
     all.pop().unwrap_or_else(|| {
@@ -100,22 +161,15 @@ pub async fn snapshot(db: &PgPool, step_run: Uuid) -> Result<Snapshot, StoreErro
     })
 }
 
-/// Loads the snapshots of many claimed step runs in one query, one result per id, in order.
+/// Loads the snapshots of many step runs in one query, one result per id, in order.
 pub async fn snapshot_many(
     db: &PgPool,
     step_runs: &[Uuid],
 ) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
-    let rows = sqlx::query(
+    let sql = format!(
         "SELECT sr.id, sr.workspace_id, sr.subject, sr.body, sr.html, sr.reply_to, sr.in_reply_to, sr.thread_refs,
-                sr.from_addr, sr.to_addr, sr.message_id, sr.sequence_id,
-                e.status AS enrollment_status, s.status AS sequence_status,
-                e.lead_id,
-                (l.unsubscribed_at IS NOT NULL OR l.bounced_at IS NOT NULL
-                 OR EXISTS (SELECT 1 FROM suppressions sp WHERE sp.workspace_id = sr.workspace_id
-                              AND sp.kind = 'email' AND sp.value = l.email)
-                 OR EXISTS (SELECT 1 FROM suppressions sp WHERE sp.workspace_id = sr.workspace_id
-                              AND sp.kind = 'domain' AND sp.value = split_part(l.email, '@', 2)))
-                    AS suppressed,
+                sr.from_addr, sr.to_addr, sr.message_id, sr.sequence_id, sr.attempts,
+                e.lead_id, {STATUS_COLUMNS},
                 s.version AS sequence_version, s.timezone, s.send_window, s.end_date,
                 l.timezone AS lead_tz, nx.id AS next_id, nx.position AS next_position,
                 nx.timing AS next_timing, nx.end_date AS next_end_date, nx.version AS next_version,
@@ -138,28 +192,60 @@ pub async fn snapshot_many(
                AND NOT EXISTS (SELECT 1 FROM step_runs r WHERE r.enrollment_id = sr.enrollment_id
                                AND r.generation = sr.generation AND r.step_id = st.id)
              ORDER BY st.position LIMIT 1) nx ON true
-         WHERE sr.id = ANY($1)",
-    )
-    .bind(step_runs)
-    .fetch_all(db)
-    .await?;
+         WHERE sr.id = ANY($1)"
+    );
+    let rows = sqlx::query(&sql).bind(step_runs).fetch_all(db).await?;
+    in_order(step_runs, rows, snapshot_from_row)
+}
+
+/// Reads the state of many step runs again, in one query (the gate's re-check, made after the
+/// claim committed): one result per id, in order.
+pub async fn recheck_many(
+    db: &PgPool,
+    step_runs: &[Uuid],
+) -> Result<Vec<Result<Status, StoreError>>, StoreError> {
+    let sql = format!(
+        "SELECT sr.id, {STATUS_COLUMNS}
+         FROM step_runs sr
+         JOIN enrollments e ON e.id = sr.enrollment_id
+         JOIN sequences s ON s.id = sr.sequence_id
+         JOIN leads l ON l.id = e.lead_id
+         WHERE sr.id = ANY($1)"
+    );
+    let rows = sqlx::query(&sql).bind(step_runs).fetch_all(db).await?;
+    in_order(step_runs, rows, |row, _| Status::from_row(row))
+}
+
+/// One result per id of `ids`, in order, from rows keyed by their `id` column.
+fn in_order<T>(
+    ids: &[Uuid],
+    rows: Vec<sqlx::postgres::PgRow>,
+    read: impl Fn(&sqlx::postgres::PgRow, Uuid) -> Result<T, StoreError>,
+) -> Result<Vec<Result<T, StoreError>>, StoreError> {
     let mut by_id = std::collections::HashMap::with_capacity(rows.len());
     for row in rows {
         by_id.insert(row.try_get::<Uuid, _>("id")?, row);
     }
-    Ok(step_runs
+    Ok(ids
         .iter()
         .map(|id| match by_id.get(id) {
-            Some(row) => snapshot_from_row(row, *id),
+            Some(row) => read(row, *id),
             None => Err(StoreError::Corrupt(format!("step run {id} not found"))),
         })
         .collect())
 }
 
 fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snapshot, StoreError> {
+    let status = Status::from_row(row)?;
+    // A run that is not QUEUED is not sent (`Status::refusal`), whatever its content.
     let text = |col: &str| -> Result<String, StoreError> {
-        row.try_get::<Option<String>, _>(col)?
-            .ok_or_else(|| StoreError::Corrupt(format!("queued step run {step_run} has no {col}")))
+        match row.try_get::<Option<String>, _>(col)? {
+            Some(text) => Ok(text),
+            None if status.run != StepRunState::Queued => Ok(String::new()),
+            None => Err(StoreError::Corrupt(format!(
+                "queued step run {step_run} has no {col}"
+            ))),
+        }
     };
     let next = match row.try_get::<Option<Uuid>, _>("next_id")? {
         None => None,
@@ -219,9 +305,8 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
         from_addr: text("from_addr")?,
         to_addr: text("to_addr")?,
         message_id: text("message_id")?,
-        enrollment_status: row.try_get("enrollment_status")?,
-        sequence_status: row.try_get("sequence_status")?,
-        lead_suppressed: row.try_get("suppressed")?,
+        status,
+        attempts: row.try_get("attempts")?,
         unsubscribe: crate::unsubscribe::Subject {
             workspace: row.try_get("workspace_id")?,
             lead: row.try_get("lead_id")?,

@@ -277,9 +277,10 @@ async fn a_stale_claim_goes_back_or_becomes_unknown_and_a_deferred_one_is_retake
     sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
     assert_eq!(plain(claim(&env.db, run, &key).await?), claimed(2));
 
-    // The worker stalls before its body went out: after the lease the claim is given back
-    // (DEFERRED as before it, this non-attempt not counted) and its step is due again.
-    sqlx::query("UPDATE send_ledger SET claimed_at = now() - interval '1 hour'")
+    // A claim of an earlier version (made before connecting, so with no wire mark) whose worker
+    // stalled: after the lease it is given back (DEFERRED as before it, this non-attempt not
+    // counted) and its step is due again.
+    sqlx::query("UPDATE send_ledger SET claimed_at = now() - interval '1 hour', wire_at = NULL")
         .execute(&env.db)
         .await?;
     assert_eq!(claim(&env.db, run, &key).await?, Claim::StaleMessage);
@@ -294,12 +295,10 @@ async fn a_stale_claim_goes_back_or_becomes_unknown_and_a_deferred_one_is_retake
         ("DEFERRED", 1, "SCHEDULED")
     );
 
-    // The worker dies mid-send, its body on the wire: after the lease the claim is UNKNOWN,
-    // never resent.
+    // The worker dies mid-send: its claim (made at the gate, so on the wire) becomes UNKNOWN
+    // after the lease, never resent.
     sqlx::query(QUEUE_IT).bind(run).execute(&env.db).await?;
     assert_eq!(plain(claim(&env.db, run, &key).await?), claimed(2));
-    let fence = fence_of(&env.db, &key).await?;
-    ledger::mark_on_wire_many(&env.db, &[fence]).await?;
     sqlx::query("UPDATE send_ledger SET claimed_at = now() - interval '1 hour'")
         .execute(&env.db)
         .await?;
@@ -692,9 +691,7 @@ async fn a_late_writer_after_a_lease_expiry_changes_nothing() -> anyhow::Result<
     sqlx::query("UPDATE send_ledger SET claimed_at = now() - interval '1 hour'")
         .execute(&env.db)
         .await?;
-    // It had marked its claim on the wire: the relay may have it.
-    let marked = ledger::mark_on_wire_many(&env.db, std::slice::from_ref(&late)).await?;
-    assert!(matches!(marked[..], [Ok(ledger::Settled::Recorded)]));
+    // Its claim was made at the gate: the relay may have the message.
     let swept = ledger::sweep(&env.db, &LEASES).await?;
     assert_eq!(swept.unknown, 1);
     let resolved = ledger::resolve(

@@ -5,6 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use lapin::{BasicProperties, options::BasicPublishOptions};
 use pulse::Role;
 use pulse_shared::{Settings, messaging::SendMessage, pause::PauseFlags};
@@ -622,5 +623,111 @@ async fn a_quorum_queue_carries_sends_exactly_once() -> anyhow::Result<()> {
     let classic = messaging::declare(&ch, &env.settings.queue, QueueType::Classic).await;
     assert!(classic.is_err(), "the queue was declared classic");
     let _ = conn.close(200, "done".into()).await;
+    env.stop().await
+}
+
+/// A cancel or a pause that commits while a send is mid-transaction (its snapshot read, its body
+/// not yet out) is seen by the gate's re-check: the claim is released, no final dot is sent, and
+/// the relay accepts nothing. A held send goes out once, after the resume.
+#[tokio::test]
+async fn a_cancel_or_pause_committed_mid_transaction_is_honoured_at_the_gate() -> anyhow::Result<()>
+{
+    let (env, smtp) = start_with_smtp("gate", &[Role::Api, Role::Ingest, Role::Scheduler]).await?;
+    let seq = env
+        .create_sequence(sequence_body(
+            "G",
+            &[("One", "1", json!({"type": "immediately"}))],
+            "t",
+        ))
+        .await?;
+    let seq = seq["id"].as_str().context("sequence id")?.to_owned();
+    let token = CancellationToken::new();
+    let sender = spawn_sender(&env.settings, &token);
+    // Each send now waits at DATA, its snapshot read and nothing claimed.
+    smtp.delay_go_ahead(Duration::from_millis(1500));
+    let mid_transaction = |lead: &'static str| {
+        let smtp = &smtp;
+        eventually(
+            Duration::from_secs(10),
+            "the send mid-transaction",
+            move || async move { Ok((smtp.rcpt_attempts(lead) == 1).then_some(())) },
+        )
+    };
+    let run_of = |lead: &'static str| {
+        let db = env.db.clone();
+        async move {
+            let row: (String, i64) = sqlx::query_as(
+                "SELECT sr.state, (SELECT count(*) FROM send_ledger sl WHERE sl.step_run_id = sr.id)
+                 FROM step_runs sr JOIN enrollments e ON e.id = sr.enrollment_id
+                 JOIN leads l ON l.id = e.lead_id WHERE l.email = $1",
+            )
+            .bind(lead)
+            .fetch_one(&db)
+            .await?;
+            anyhow::Ok(row)
+        }
+    };
+
+    // Cancel.
+    env.post(
+        "/v1/events",
+        json!({"events": [tag_event("a", "a@example.com", "A", "t")]}),
+    )
+    .await?;
+    mid_transaction("a@example.com").await?;
+    let enrollment: Uuid = sqlx::query_scalar("SELECT id FROM enrollments")
+        .fetch_one(&env.db)
+        .await?;
+    let (status, body) = env
+        .post(&format!("/v1/enrollments/{enrollment}/cancel"), json!({}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        Duration::from_secs(10),
+        "the cancelled send settled",
+        || async { Ok((run_of("a@example.com").await?.0 == "CANCELLED").then_some(())) },
+    )
+    .await?;
+    assert_eq!(
+        run_of("a@example.com").await?,
+        ("CANCELLED".into(), 0),
+        "the claim was released"
+    );
+    assert_eq!(smtp.body_seen().len(), 1, "its body reached the relay");
+    assert_eq!(
+        (smtp.data_started(), smtp.count()),
+        (0, 0),
+        "without its dot"
+    );
+
+    // Pause, then resume.
+    env.post(
+        "/v1/events",
+        json!({"events": [tag_event("b", "b@example.com", "B", "t")]}),
+    )
+    .await?;
+    mid_transaction("b@example.com").await?;
+    let (status, body) = env
+        .post(&format!("/v1/sequences/{seq}/pause"), json!({}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    eventually(Duration::from_secs(10), "the paused send held", || async {
+        Ok((run_of("b@example.com").await?.0 == "SCHEDULED").then_some(()))
+    })
+    .await?;
+    assert_eq!(run_of("b@example.com").await?, ("SCHEDULED".into(), 0));
+    assert_eq!((smtp.body_seen().len(), smtp.count()), (2, 0));
+    smtp.delay_go_ahead(Duration::ZERO);
+    let (status, body) = env
+        .post(&format!("/v1/sequences/{seq}/resume"), json!({}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let got = smtp.wait_for(1, Duration::from_secs(10)).await?;
+    assert_eq!(got[0].rcpt_to, vec!["b@example.com".to_owned()]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.count(), 1, "sent once, after the resume");
+    assert_eq!(run_of("b@example.com").await?, ("SENT".into(), 1));
+    token.cancel();
+    sender.await?;
     env.stop().await
 }
