@@ -329,7 +329,9 @@ async fn session(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .go_ahead_delay;
-                tokio::time::sleep(wait).await;
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 conn.write_all(b"354 go ahead\r\n").await?;
                 let mut data = String::new();
                 loop {

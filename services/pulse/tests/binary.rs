@@ -359,3 +359,207 @@ async fn a_crash_between_smtp_acceptance_and_the_ledger_is_unknown_and_never_res
     assert!(wait_exit(&mut child, Duration::from_secs(20))?.success());
     pulse_tests::cleanup(&settings).await
 }
+
+/// A sender killed mid-transaction, before its gate, claimed nothing and the relay accepted
+/// nothing: the broker delivers the unacked message again and the next process sends it, with
+/// no UNKNOWN, no operator and no lease to wait for (the shipped defaults: 10 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_killed_before_its_gate_leaves_nothing_in_doubt_and_the_send_goes_out_again()
+-> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    // The relay holds every DATA before its 354: the send waits mid-transaction, body unsent.
+    smtp.delay_go_ahead(Duration::from_secs(60));
+    let mut settings = isolated_settings("killgate");
+    settings.http_addr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    settings.smtp_url = Some(smtp.url());
+    let out = command(&settings).arg("migrate").output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serve = || {
+        command(&settings)
+            .args(["serve", "all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    let base = format!("http://{}", settings.http_addr);
+    let http = reqwest::Client::new();
+    let key = settings.api_key.clone().unwrap_or_default();
+    let get = |path: &str| {
+        let request = http.get(format!("{base}{path}")).bearer_auth(&key);
+        async move { anyhow::Ok(request.send().await?.json::<serde_json::Value>().await?) }
+    };
+
+    let mut child = serve()?;
+    wait_ready(&http, &base).await?;
+    let seq = sequence_body("Gate", &[("One", "1", json!({"type": "immediately"}))], "t");
+    let resp = http
+        .post(format!("{base}/v1/sequences"))
+        .bearer_auth(&key)
+        .json(&seq)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 201);
+    let event = json!({"events": [{"id": "e1", "type": "tag_applied", "tag": "t", "lead": {"email": "ada@example.com"}}]});
+    http.post(format!("{base}/v1/events"))
+        .bearer_auth(&key)
+        .json(&event)
+        .send()
+        .await?;
+    let started = Instant::now();
+    while smtp.rcpt_attempts("ada@example.com") == 0 {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get("/v1/sends").await?["sends"],
+        json!([]),
+        "nothing claimed before the gate"
+    );
+    child.kill()?;
+    child.wait()?;
+
+    smtp.delay_go_ahead(Duration::ZERO);
+    let mut child = serve()?;
+    wait_ready(&http, &base).await?;
+    let got = smtp.wait_for(1, Duration::from_secs(30)).await?;
+    assert_eq!(got[0].rcpt_to, vec!["ada@example.com".to_owned()]);
+    let mut state = serde_json::Value::Null;
+    for _ in 0..200 {
+        state = get("/v1/sends").await?["sends"][0]["state"].clone();
+        if state == "SENT" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "SENT");
+    assert_eq!(get("/v1/sends?state=UNKNOWN").await?["sends"], json!([]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.count(), 1, "sent once");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(wait_exit(&mut child, Duration::from_secs(20))?.success());
+    pulse_tests::cleanup(&settings).await
+}
+
+/// No lead address leaves the process: with a relay that echoes the recipient in its refusal
+/// (`550 <address> refused …`, as Postfix does), neither the OTLP export, nor the log lines (the
+/// roles' own at debug level), nor `/metrics` holds a lead's address or its local part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lead_address_leaves_the_process_in_traces_logs_or_metrics() -> anyhow::Result<()> {
+    const LEADS: [&str; 2] = ["kept-lead-ada@example.com", "echoed-lead-bob@example.com"];
+    let smtp = SmtpServer::start().await?;
+    smtp.refuse(LEADS[1], 550, None);
+    let mut settings = isolated_settings("leak");
+    settings.http_addr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    settings.smtp_url = Some(smtp.url());
+    let out = command(&settings).arg("migrate").output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (collector, exports) = fake_collector().await?;
+    let log_path = std::env::temp_dir().join(format!("pulse-leak-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = command(&settings)
+        .env(
+            "PULSE_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector}"),
+        )
+        .env(
+            "RUST_LOG",
+            "info,pulse=debug,pulse_api=debug,pulse_ingest=debug,pulse_scheduler=debug,\
+             pulse_sender=debug,pulse_shared=debug,pulse_inbound=debug",
+        )
+        .args(["serve", "all"])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let base = format!("http://{}", settings.http_addr);
+    let http = reqwest::Client::new();
+    let key = settings.api_key.clone().unwrap_or_default();
+    wait_ready(&http, &base).await?;
+    let seq = sequence_body(
+        "Leak",
+        &[("Hello", "Hi", json!({"type": "immediately"}))],
+        "t",
+    );
+    let resp = http
+        .post(format!("{base}/v1/sequences"))
+        .bearer_auth(&key)
+        .json(&seq)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 201);
+    let events: Vec<_> = LEADS
+        .iter()
+        .enumerate()
+        .map(|(i, email)| json!({"id": format!("e{i}"), "type": "tag_applied", "tag": "t", "lead": {"email": email}}))
+        .collect();
+    let resp = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(&key)
+        .json(&json!({ "events": events }))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    smtp.wait_for(1, Duration::from_secs(15)).await?;
+    let mut failed = Vec::new();
+    for _ in 0..300 {
+        let list: serde_json::Value = http
+            .get(format!("{base}/v1/sends?state=FAILED"))
+            .bearer_auth(&key)
+            .send()
+            .await?
+            .json()
+            .await?;
+        failed = list["sends"].as_array().cloned().unwrap_or_default();
+        if !failed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(failed.len(), 1, "the refused send failed");
+    let reply = failed[0]["smtp_reply"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reply.contains("550") && reply.contains("addr:"),
+        "redacted: {reply}"
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(wait_exit(&mut child, Duration::from_secs(20))?.success());
+
+    let logs = std::fs::read(&log_path)?;
+    let _ = std::fs::remove_file(&log_path);
+    let exports = exports.lock().map(|g| g.clone()).unwrap_or_default();
+    let spans: Vec<u8> = exports.into_iter().flat_map(|(_, _, body)| body).collect();
+    let has = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has(&spans, "smtp"), "no SMTP span was exported");
+    assert!(has(&logs, "addr:"), "the refusal was logged, redacted");
+    for lead in LEADS {
+        let local = lead.split('@').next().unwrap_or(lead);
+        for (what, hay) in [
+            ("OTLP", &spans),
+            ("logs", &logs),
+            ("/metrics", &metrics.as_bytes().to_vec()),
+        ] {
+            assert!(!has(hay, local), "{lead} leaked into {what}");
+        }
+    }
+    pulse_tests::cleanup(&settings).await
+}
