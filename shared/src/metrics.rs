@@ -70,7 +70,7 @@ pub enum SendOutcome {
     RateLimited,
     /// The send window closed before it went out: due at the next opening.
     HeldByWindow,
-    /// No relay connection freed up in time after the claim: given back, due again shortly.
+    /// No relay connection freed up in time: due again shortly.
     PoolBusy,
     /// The key was already settled (a redelivery or a second copy): not sent again.
     DuplicateSuppressed,
@@ -188,7 +188,7 @@ struct Inner {
     backlog_age: Gauge<f64, AtomicU64>,
     held: Gauge,
     unknown_outstanding: Gauge,
-    paused_sends: Gauge,
+    paused_sends: Counter,
     consumed: Counter,
     sends: Family<OutcomeLabel, Counter>,
     smtp_duration: Histogram,
@@ -286,7 +286,7 @@ impl Metrics {
         r.register(
             "sweep_stale",
             "Stale work found by the sweep: unknown (a stale claim that was on the wire), \
-             given_back (a stale claim that sent nothing, sent again) or requeued (a QUEUED run \
+             given_back (an earlier version's unmarked claim, sent again) or requeued (a QUEUED run \
              whose message was lost)",
             stale.clone(),
         );
@@ -316,10 +316,11 @@ impl Metrics {
             "Sends whose outcome is unknown and that no operator has settled yet, read on scrape",
             unknown_outstanding.clone(),
         );
-        let paused_sends = Gauge::default();
+        let paused_sends = Counter::default();
         r.register(
             "paused_sequence_sends",
-            "Sends recorded for a paused sequence after its pause settled; must be zero",
+            "Sends recorded for a sequence while it was paused, after its pause settled, ever \
+             (kept in PostgreSQL, read on scrape by the scheduler role); must stay zero",
             paused_sends.clone(),
         );
         let inbound = Family::<KindLabel, Counter>::default();
@@ -417,12 +418,37 @@ impl Metrics {
             resident_memory,
             inbound,
         }));
-        // Outcomes start at zero, so a rate over them exists before the first one happens.
+        // Every closed label set starts at zero, so a panel or a rate over it shows 0 before
+        // the first event instead of "No data".
         for o in SendOutcome::ALL {
             m.0.sends
                 .get_or_create(&OutcomeLabel {
                     outcome: o.as_str(),
                 })
+                .inc_by(0);
+        }
+        for kind in crate::feedback::Kind::ALL {
+            m.0.inbound
+                .get_or_create(&KindLabel {
+                    kind: kind.as_str(),
+                })
+                .inc_by(0);
+        }
+        for status in ["processed", "duplicate_event"] {
+            m.0.events.get_or_create(&StatusLabel { status }).inc_by(0);
+        }
+        for state in ["unknown", "given_back", "requeued"] {
+            m.0.stale.get_or_create(&StateLabel { state }).inc_by(0);
+        }
+        for reason in [
+            "expired",
+            "unrenderable",
+            "enrollment_ended",
+            "outside_window",
+            "step_deleted",
+        ] {
+            m.0.not_queued
+                .get_or_create(&ReasonLabel { reason })
                 .inc_by(0);
         }
         m
@@ -554,8 +580,13 @@ impl Metrics {
         self.0.unknown_outstanding.set(n);
     }
 
-    pub fn set_paused_sends(&self, n: i64) {
-        self.0.paused_sends.set(n);
+    /// Brings the violations counter up to `total`, the number PostgreSQL keeps (it only grows).
+    pub fn observe_paused_sends(&self, total: i64) {
+        let total = u64::try_from(total).unwrap_or(0);
+        let seen = self.0.paused_sends.get();
+        if total > seen {
+            self.0.paused_sends.inc_by(total - seen);
+        }
     }
 
     pub fn consumed(&self) {
@@ -662,7 +693,7 @@ mod tests {
             requeued: 1,
         });
         m.set_backlog(1, 1, 1.0, 1);
-        m.set_paused_sends(0);
+        m.observe_paused_sends(0);
         m.set_unknown_outstanding(0);
         m.consumed();
         m.send(SendOutcome::Sent);

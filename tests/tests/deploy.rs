@@ -185,13 +185,26 @@ fn dashboards_parse_and_query_only_what_pulse_emits() {
             uids.insert(d["uid"].as_str().unwrap_or_default().to_owned()),
             "{name}: uid"
         );
+        // The data source is a variable (any Prometheus, whatever its uid), whose default is
+        // the one the compose setup provisions.
+        let vars = d["templating"]["list"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            vars.iter().any(|v| v["name"] == "datasource"
+                && v["type"] == "datasource"
+                && v["query"] == "prometheus"
+                && v["current"]["value"].as_str() == Some(uid.as_str())),
+            "{name}: no datasource variable defaulting to {uid}"
+        );
         let panels = d["panels"].as_array().cloned().unwrap_or_default();
         assert!(!panels.is_empty(), "{name} has no panels");
         for p in panels {
             let what = format!("{name}: {}", p["title"]);
             assert_eq!(
                 p["datasource"]["uid"].as_str(),
-                Some(uid.as_str()),
+                Some("${datasource}"),
                 "{what}"
             );
             let targets = p["targets"].as_array().cloned().unwrap_or_default();
@@ -221,6 +234,9 @@ fn alert_rules_parse_and_cover_what_must_page_someone() {
             let name = text(&rule["alert"]);
             let expr = text(&rule["expr"]);
             assert_queries_emitted(&name, &expr);
+            // The Operator names jobs `<namespace>/<podmonitor>`, compose `pulse`: a rule keyed
+            // on `job` is silent on one of them. Rules match `role`, which both set.
+            assert!(!expr.contains("job="), "{name} matches on job: `{expr}`");
             let severity = text(s(rule, &["labels", "severity"]));
             assert!(
                 ["warning", "critical"].contains(&severity.as_str()),
@@ -237,7 +253,12 @@ fn alert_rules_parse_and_cover_what_must_page_someone() {
         ("PulseBacklogGrowing", "pulse_backlog_oldest_age_seconds"),
         ("PulseSendFailuresRising", "pulse_sender_sends_total"),
         ("PulseUnknownSends", "pulse_unknown_sends_outstanding"),
-        ("PulsePausedSequenceSending", "pulse_paused_sequence_sends"),
+        (
+            "PulsePausedSequenceSending",
+            "pulse_paused_sequence_sends_total",
+        ),
+        ("PulseBacklogStalled", "pulse_backlog_oldest_age_seconds"),
+        ("PulseBacklogNotReported", "pulse_backlog_steps"),
         ("PulseRoleNotReady", "pulse_ready"),
     ] {
         let expr = alerts

@@ -6,7 +6,10 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry::{
+    Value,
+    trace::{SpanId, SpanKind, Status, TraceId},
+};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use pulse::Role;
 use pulse_tests::{SmtpServer, TestEnv, eventually, sequence_body};
@@ -49,7 +52,7 @@ async fn one_trace_spans_a_send_from_trigger_to_smtp() -> anyhow::Result<()> {
     smtp.wait_for(1, Duration::from_secs(15)).await?;
 
     let trace = TraceId::from_hex(TRACE)?;
-    let names = ["request", "enroll", "publish", "send", "smtp"];
+    let names = ["POST /v1/events", "enroll", "publish", "send", "smtp"];
     let spans: HashMap<String, SpanData> =
         eventually(Duration::from_secs(10), "the send span to end", || async {
             let finished = exporter.get_finished_spans()?;
@@ -63,14 +66,73 @@ async fn one_trace_spans_a_send_from_trigger_to_smtp() -> anyhow::Result<()> {
         .await?;
     // Each span is the child of the one before it, whatever process or queue lay between.
     let id = |name: &str| spans[name].span_context.span_id();
-    assert_eq!(
-        spans["request"].parent_span_id,
-        SpanId::from_hex(CALLER_SPAN)?
-    );
-    assert_eq!(spans["enroll"].parent_span_id, id("request"));
+    let request = &spans["POST /v1/events"];
+    assert_eq!(request.parent_span_id, SpanId::from_hex(CALLER_SPAN)?);
+    assert_eq!(spans["enroll"].parent_span_id, id("POST /v1/events"));
     assert_eq!(spans["publish"].parent_span_id, id("enroll"));
     assert_eq!(spans["send"].parent_span_id, id("publish"));
     assert_eq!(spans["smtp"].parent_span_id, id("send"));
+    // Kinds and attributes as OpenTelemetry's conventions name them.
+    let attr = |span: &SpanData, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    };
+    assert_eq!(request.span_kind, SpanKind::Server);
+    assert_eq!(attr(request, "http.route"), Some(Value::from("/v1/events")));
+    assert_eq!(
+        attr(request, "http.response.status_code"),
+        Some(Value::I64(200))
+    );
+    assert_eq!(spans["publish"].span_kind, SpanKind::Producer);
+    assert_eq!(spans["send"].span_kind, SpanKind::Consumer);
+    assert_eq!(
+        attr(&spans["send"], "messaging.system"),
+        Some(Value::from("rabbitmq"))
+    );
+    assert_eq!(spans["smtp"].span_kind, SpanKind::Client);
+    assert_eq!(spans["send"].status, Status::Unset);
+
+    // A send the relay refuses for good is an error in its trace: the send and its SMTP
+    // exchange carry `Error` status.
+    smtp.refuse("refused@example.com", 550, None);
+    const FAILED_TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let resp = env
+        .http
+        .post(format!("{}/v1/events", env.base))
+        .bearer_auth(&env.key)
+        .header("traceparent", format!("00-{FAILED_TRACE}-{CALLER_SPAN}-01"))
+        .json(&json!({"events": [{"id": "t-2", "type": "tag_applied",
+                                  "lead": {"email": "refused@example.com"}, "tag": "traced"}]}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let failed_trace = TraceId::from_hex(FAILED_TRACE)?;
+    let failed: HashMap<String, SpanData> = eventually(
+        Duration::from_secs(10),
+        "the failed send's spans",
+        || async {
+            let finished = exporter.get_finished_spans()?;
+            let mine: HashMap<String, SpanData> = finished
+                .into_iter()
+                .filter(|s| s.span_context.trace_id() == failed_trace)
+                .map(|s| (s.name.to_string(), s))
+                .collect();
+            Ok(["send", "smtp"]
+                .iter()
+                .all(|n| mine.contains_key(*n))
+                .then_some(mine))
+        },
+    )
+    .await?;
+    for name in ["send", "smtp"] {
+        assert!(
+            matches!(failed[name].status, Status::Error { .. }),
+            "{name}: {:?}",
+            failed[name].status
+        );
+    }
     env.stop().await?;
     telemetry.shutdown();
     Ok(())

@@ -400,6 +400,15 @@ async fn record_http(State(m): State<Metrics>, req: Request, next: Next) -> Resp
         .map(|p| p.as_str().to_owned());
     let started = Instant::now();
     let response = next.run(req).await;
+    // The request span (`request_span`) is the current one here.
+    let span = tracing::Span::current();
+    span.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     m.http_request(
         method.as_str(),
         route.as_deref(),
@@ -409,13 +418,26 @@ async fn record_http(State(m): State<Metrics>, req: Request, next: Next) -> Resp
     response
 }
 
-/// The span of one request, continuing the caller's trace when it sends a `traceparent`.
+/// The span of one request (an OpenTelemetry server span named `METHOD route`, with its status
+/// recorded by `record_http`), continuing the caller's trace when it sends a `traceparent`.
+/// Probes and scrapes get none: each would be a trace of its own, several a minute.
 fn request_span(req: &axum::http::Request<Body>) -> tracing::Span {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str);
-    let span = tracing::info_span!("request", method = %req.method(), route);
+    if matches!(route, "/metrics" | "/healthz" | "/readyz") {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {route}", req.method()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %req.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
     let parent = req
         .headers()
         .get(telemetry::TRACEPARENT)

@@ -178,7 +178,8 @@ async fn claim_loop(
                 next_depth = tokio::time::Instant::now() + QUEUE_DEPTH_EVERY;
             }
             let claimed = claim(db, batch, worker.id, unsubscribe, metrics)
-                .instrument(tracing::info_span!("claim_batch", batch))
+                // Debug level: an idle poll, several a second, is no trace of its own.
+                .instrument(tracing::debug_span!("claim_batch", limit = batch))
                 .await?;
             if let Some(previous) = publishing.take() {
                 finish(previous).await?;
@@ -526,7 +527,14 @@ async fn publish(
         let payload = serde_json::to_vec(&r.message)?;
         // One span per step, continuing the trace of the request that created the run; its
         // context rides in the message for the sender to continue.
-        let span = tracing::info_span!("publish", key = %r.message.key);
+        let span = tracing::info_span!(
+            "publish",
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.operation = "publish",
+            messaging.destination.name = queue,
+            key = %r.message.key,
+        );
         telemetry::continue_trace(&span, r.trace_parent.as_deref());
         let mut headers = FieldTable::default();
         telemetry::inject_amqp(&span, &mut headers);
@@ -607,8 +615,9 @@ async fn skip_deleted_step(
 /// Reads what the database says about the schedule into `metrics` (on each scrape of
 /// `/metrics` where this role runs): enrollments by status; the due, unsent runs of ACTIVE
 /// sequences and the age of the oldest; the due runs held by paused sequences; and sends
-/// recorded for a paused sequence more than `pause_grace` after it was paused (a send claimed
-/// before the pause may finish within the pause's drain; anything later must never happen).
+/// recorded while a sequence was paused, more than `pause_grace` after the pause (a send claimed
+/// before the pause may finish within the pause's drain; anything later must never happen),
+/// each kept in `pause_violations` for good so the counter never forgets it.
 ///
 /// Each count is bounded by an index: due runs per sequence, QUEUED runs, and ledger rows of
 /// paused sequences created from a day before their pause (retries never span more). The
@@ -648,18 +657,42 @@ pub async fn observe(
         backlog.get::<f64, _>("oldest_age").max(0.0),
         backlog.get("held"),
     );
-    let after_pause: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM sequences s
-         CROSS JOIN LATERAL (SELECT max(a.at) AS at FROM audit_events a
-                             WHERE a.sequence_id = s.id AND a.action = 'paused') p
-         JOIN send_ledger l ON l.sequence_id = s.id AND l.created_at > p.at - interval '1 day'
-         WHERE s.status = 'PAUSED' AND l.state IN ('SENT', 'BOUNCED', 'COMPLAINED')
-           AND l.sent_at > p.at + make_interval(secs => $1)",
+    // Pauses of the last day, and the current one of each paused sequence, each until its
+    // resume (or now); a send recorded inside one after the grace is kept for good.
+    let violations: i64 = sqlx::query_scalar(
+        "WITH pauses AS (
+             SELECT a.sequence_id, a.at FROM audit_events a
+             WHERE a.action = 'paused' AND a.at > now() - interval '1 day'
+             UNION
+             SELECT s.id, p.at FROM sequences s
+             CROSS JOIN LATERAL (SELECT max(a.at) AS at FROM audit_events a
+                                 WHERE a.sequence_id = s.id AND a.action = 'paused') p
+             WHERE s.status = 'PAUSED' AND p.at IS NOT NULL),
+         spans AS (
+             SELECT p.sequence_id, p.at AS paused_at,
+                    (SELECT min(r.at) FROM audit_events r
+                     WHERE r.sequence_id = p.sequence_id AND r.action IN ('resumed', 'deleted')
+                       AND r.at > p.at) AS until
+             FROM pauses p),
+         found AS (
+             INSERT INTO pause_violations (idempotency_key, sequence_id, paused_at, sent_at)
+             SELECT DISTINCT ON (l.idempotency_key) l.idempotency_key, l.sequence_id,
+                    sp.paused_at, l.sent_at
+             FROM spans sp
+             JOIN send_ledger l ON l.sequence_id = sp.sequence_id
+                               AND l.created_at > sp.paused_at - interval '1 day'
+             WHERE l.state IN ('SENT', 'BOUNCED', 'COMPLAINED')
+               AND l.sent_at > sp.paused_at + make_interval(secs => $1)
+               AND (sp.until IS NULL OR l.sent_at < sp.until)
+             ORDER BY l.idempotency_key
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM pause_violations) + (SELECT count(*) FROM found)",
     )
     .bind(pause_grace.as_secs_f64())
     .fetch_one(db)
     .await?;
-    metrics.set_paused_sends(after_pause);
+    metrics.observe_paused_sends(violations);
     // By the partial index of UNKNOWN entries: never a read of the ledger.
     let unknown: i64 =
         sqlx::query_scalar("SELECT count(*) FROM send_ledger WHERE state = 'UNKNOWN'")

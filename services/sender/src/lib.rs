@@ -236,12 +236,26 @@ fn delivery_number(delivery: &Delivery) -> u32 {
 async fn handle(ctx: &Context, channel: &Channel, queue: &str, delivery: Delivery) {
     ctx.metrics.consumed();
     // The send continues the trace the scheduler's publish put in the message.
-    let span = tracing::info_span!("send", key = tracing::field::Empty);
+    // An OpenTelemetry consumer span; failed and UNKNOWN sends set its status to ERROR.
+    let span = tracing::info_span!(
+        "send",
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation = "process",
+        messaging.destination.name = queue,
+        key = tracing::field::Empty,
+    );
     telemetry::continue_trace(
         &span,
         telemetry::amqp_traceparent(delivery.properties.headers().as_ref()).as_deref(),
     );
-    let processed = process(ctx, &delivery.data).instrument(span).await;
+    let processed = process(ctx, &delivery.data).instrument(span.clone()).await;
+    if let Err(e) = &processed {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_message", e.to_string());
+    }
     let settled = match processed {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
         Err(HandleError::Poison(reason)) => {
@@ -501,10 +515,21 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         open
     };
     let started = Instant::now();
+    let smtp_span = tracing::info_span!(
+        "smtp",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+    );
     let answer = session
         .send(&mail, on_wire)
-        .instrument(tracing::info_span!("smtp"))
+        .instrument(smtp_span.clone())
         .await;
+    if let Err(e) = &answer {
+        // The reply text is redacted (`Reply::from_relay`): no address leaves in a span.
+        smtp_span.record("otel.status_code", "ERROR");
+        smtp_span.record("otel.status_message", e.to_string());
+    }
     m.smtp_answered(started.elapsed().as_secs_f64());
     let fence = match verdict.into_inner() {
         Some(Verdict::Open(fence)) => Some(fence),
@@ -573,11 +598,21 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         }
     };
     m.send(outcome);
+    failed_span(outcome);
     if settled == Settled::ClaimLost {
         m.claim_conflict();
         tracing::warn!(key = %msg.key, ?outcome, "the claim expired and was taken over before this outcome was recorded; it changed nothing");
     }
     Ok(())
+}
+
+/// Marks the current `send` span as failed when the send ended FAILED or UNKNOWN.
+fn failed_span(outcome: SendOutcome) {
+    if matches!(outcome, SendOutcome::Failed | SendOutcome::Unknown) {
+        let span = tracing::Span::current();
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_message", outcome.as_str());
+    }
 }
 
 /// A transient failure that used up the attempts, as the reply that fails the run.
@@ -614,6 +649,7 @@ async fn settle_closed_gate(
         }
         Verdict::NotClaimed(Claim::BecameUnknown) => {
             m.send(SendOutcome::Unknown);
+            failed_span(SendOutcome::Unknown);
             tracing::warn!(key = %msg.key, "a stale claim was found; its send is UNKNOWN");
             Ok(())
         }
@@ -679,6 +715,7 @@ async fn record_unclaimed(
     })
     .await?;
     ctx.metrics.send(outcome);
+    failed_span(outcome);
     tracing::warn!(key = %msg.key, applied, reply = %reply.text, ?failure, "not sent: the relay or the connection failed before the message");
     Ok(())
 }

@@ -105,7 +105,7 @@ async fn metrics_count_ingest_schedule_and_sends_and_never_name_a_lead() -> anyh
         ("pulse_backlog_steps{state=\"queued\"}", 0.0),
         ("pulse_held_steps", 0.0),
         ("pulse_unknown_sends_outstanding", 0.0),
-        ("pulse_paused_sequence_sends", 0.0),
+        ("pulse_paused_sequence_sends_total", 0.0),
         ("pulse_ready{part=\"postgres\"}", 1.0),
         ("pulse_ready{part=\"redis\"}", 1.0),
         ("pulse_ready{part=\"rabbitmq_scheduler\"}", 1.0),
@@ -143,9 +143,9 @@ async fn metrics_count_ingest_schedule_and_sends_and_never_name_a_lead() -> anyh
     let (_, s) = scrape(&env).await?;
     assert_eq!(get(&s, "pulse_held_steps"), 3.0);
     assert_eq!(get(&s, "pulse_backlog_steps{state=\"scheduled\"}"), 0.0);
-    assert_eq!(get(&s, "pulse_paused_sequence_sends"), 0.0);
+    assert_eq!(get(&s, "pulse_paused_sequence_sends_total"), 0.0);
 
-    // A send recorded long after the pause settled is what the alert exists for: the gauge
+    // A send recorded long after the pause settled is what the alert exists for: the counter
     // must see it (simulated by moving one recorded send past the pause's drain time).
     sqlx::query(
         "UPDATE send_ledger SET sent_at = now() + interval '1 hour'
@@ -154,7 +154,17 @@ async fn metrics_count_ingest_schedule_and_sends_and_never_name_a_lead() -> anyh
     .execute(&env.db)
     .await?;
     let (_, s) = scrape(&env).await?;
-    assert_eq!(get(&s, "pulse_paused_sequence_sends"), 1.0);
+    assert_eq!(get(&s, "pulse_paused_sequence_sends_total"), 1.0);
+
+    // Resuming does not forget it, and a later scrape does not count it twice.
+    let (status, _) = env
+        .post(&format!("/v1/sequences/{sid}/resume"), json!({}))
+        .await?;
+    assert_eq!(status, 200);
+    for _ in 0..2 {
+        let (_, s) = scrape(&env).await?;
+        assert_eq!(get(&s, "pulse_paused_sequence_sends_total"), 1.0);
+    }
     env.stop().await
 }
 
