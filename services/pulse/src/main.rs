@@ -96,12 +96,14 @@ enum Command {
     Audit {
         #[command(flatten)]
         client: Client,
+        /// The sequence: its id or its exact name.
         sequence: String,
     },
     /// What resuming a paused sequence now would send, and what it would skip.
     ResumePreview {
         #[command(flatten)]
         client: Client,
+        /// The sequence: its id or its exact name.
         sequence: String,
     },
 }

@@ -130,12 +130,17 @@ async fn operators_take_control_from_the_command_line() -> anyhow::Result<()> {
     assert!(out.stderr.contains("irreversible"));
     let out = pulse(&env, &["sequences", "show", "not-a-uuid"]).await?;
     assert_eq!(out.code, 1);
-    assert!(out.stderr.starts_with("error: 400"), "{}", out.stderr);
-    let out = pulse(&env, &["enrollments", "list", &id, "--status", "DONE"]).await?;
-    assert_eq!(out.code, 1);
     assert!(
-        out.stderr.contains("(status)"),
-        "the field is named: {}",
+        out.stderr.contains("no sequence is named \"not-a-uuid\""),
+        "{}",
+        out.stderr
+    );
+    // A value outside an option's list is a usage error, before any request, naming the list.
+    let out = pulse(&env, &["enrollments", "list", &id, "--status", "DONE"]).await?;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("possible values") && out.stderr.contains("ACTIVE"),
+        "the allowed values are listed: {}",
         out.stderr
     );
     let out = pulse(&env, &["sequences", "delete", &id, "--yes"]).await?;
@@ -235,5 +240,96 @@ async fn unknown_sends_are_listed_by_message_id_and_settled_in_bulk() -> anyhow:
         .fetch_one(&env.db)
         .await?;
     assert_eq!(sent, 2);
+    env.stop().await
+}
+
+/// Operators name a sequence by its name and an enrollment by the lead's email; a name that
+/// matches nothing or several sequences, and an email where an id must be, say what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_are_named_by_name_and_enrollments_by_the_leads_email() -> anyhow::Result<()> {
+    let env = TestEnv::start("cli", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let body =
+        |name: &str| sequence_body(name, &[("Hi", "x", json!({"type": "immediately"}))], "t");
+    let seq = env.create_sequence(body("Welcome")).await?;
+    let id = seq["id"].as_str().unwrap_or_default().to_owned();
+    env.create_sequence(body("Twin")).await?;
+    env.create_sequence(body("Twin")).await?;
+    let (status, _) = env
+        .post(
+            "/v1/events",
+            json!({"events": [{"id": "n1", "type": "tag_applied", "tag": "t",
+                               "lead": {"email": "eve@example.com"}}]}),
+        )
+        .await?;
+    assert_eq!(status, 200);
+
+    let out = pulse(&env, &["sequences", "pause", "Welcome"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (_, shown) = env.get(&format!("/v1/sequences/{id}")).await?;
+    assert_eq!(shown["status"], "PAUSED");
+
+    // An email where an enrollment id must be: a usage error with the way to say it.
+    let out = pulse(&env, &["enrollments", "cancel", "eve@example.com"]).await?;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--lead EMAIL"), "{}", out.stderr);
+
+    let out = pulse(
+        &env,
+        &[
+            "enrollments",
+            "cancel",
+            "Welcome",
+            "--lead",
+            "eve@example.com",
+            "--reason",
+            "asked",
+        ],
+    )
+    .await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (_, list) = env
+        .get(&format!(
+            "/v1/sequences/{id}/enrollments?lead=eve@example.com"
+        ))
+        .await?;
+    assert_eq!(list["enrollments"][0]["status"], "CANCELLED", "{list}");
+    let out = pulse(
+        &env,
+        &[
+            "enrollments",
+            "cancel",
+            "Welcome",
+            "--lead",
+            "eve@example.com",
+        ],
+    )
+    .await?;
+    assert_eq!(out.code, 1, "nothing ACTIVE is left: {}", out.stderr);
+    assert!(
+        out.stderr.contains("no ACTIVE enrollment"),
+        "{}",
+        out.stderr
+    );
+
+    // Names that match nothing, or more than one sequence.
+    let out = pulse(&env, &["sequences", "show", "Welcom"]).await?;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("Welcome") && out.stderr.contains("Twin"),
+        "{}",
+        out.stderr
+    );
+    let out = pulse(&env, &["enrollments", "list", "Twin"]).await?;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("2 sequences are named"),
+        "{}",
+        out.stderr
+    );
+    let out = pulse(&env, &["sends", "--sequence", "Welcome"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = pulse(&env, &["audit", "Welcome"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("paused"), "{}", out.stdout);
     env.stop().await
 }

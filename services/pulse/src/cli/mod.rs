@@ -2,6 +2,8 @@
 //! `pulse resolve`, `pulse audit`, `pulse resume-preview`. A thin client of the HTTP API (the same routes a script
 //! would use): base URL from `--url`/`PULSE_URL`, key from `--key`/`PULSE_API_KEY`, the acting
 //! user from `$USER` for the audit trail. Human-readable tables by default, `--json` for scripts.
+//! A sequence is given by id or exact name, an enrollment by id or by sequence and `--lead`
+//! (`names`).
 //!
 //! Exit codes: 0 done; 1 the API refused the request (4xx, message printed); 2 bad usage;
 //! 3 Pulse could not be reached or failed (5xx).
@@ -10,6 +12,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 mod inbound;
+mod names;
 mod render;
 mod suppressions;
 pub use inbound::Inbound;
@@ -39,13 +42,23 @@ pub enum Sequences {
     /// List sequences.
     List,
     /// Show one sequence: steps, triggers, settings.
-    Show { id: String },
+    Show {
+        /// The sequence: its id or its exact name.
+        id: String,
+    },
     /// Pause: nothing is sent from the moment this returns.
-    Pause { id: String },
+    Pause {
+        /// The sequence: its id or its exact name.
+        id: String,
+    },
     /// Resume a paused sequence (see resume-preview first).
-    Resume { id: String },
+    Resume {
+        /// The sequence: its id or its exact name.
+        id: String,
+    },
     /// Delete permanently (irreversible; prefer pause). Needs --yes.
     Delete {
+        /// The sequence: its id or its exact name.
         id: String,
         /// Confirm that deleting is irreversible.
         #[arg(long)]
@@ -90,9 +103,10 @@ pub enum Mailboxes {
 pub enum Enrollments {
     /// The enrollments of a sequence: who got what, and when.
     List {
+        /// The sequence: its id or its exact name.
         sequence: String,
-        /// ACTIVE, COMPLETED, CANCELLED, FAILED or INELIGIBLE.
-        #[arg(long)]
+        /// Only enrollments in this status.
+        #[arg(long, value_parser = ["ACTIVE", "COMPLETED", "CANCELLED", "FAILED", "INELIGIBLE"])]
         status: Option<String>,
         /// Only enrollments on the step at this position.
         #[arg(long)]
@@ -108,20 +122,33 @@ pub enum Enrollments {
         after: Option<String>,
     },
     /// Cancel one enrollment: nothing more is sent to that lead from this sequence.
+    ///
+    /// By id (`pulse enrollments cancel ENROLLMENT_ID`) or by the lead's email
+    /// (`pulse enrollments cancel "Welcome" --lead eve@example.com`).
     Cancel {
+        /// The enrollment's id; with --lead, the sequence (id or exact name).
         enrollment: String,
+        /// The lead whose ACTIVE enrollment in that sequence to cancel (its email).
+        #[arg(long)]
+        lead: Option<String>,
+        /// Why, for the audit trail and the enrollment's end reason.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Cancel many enrollments of a sequence: `--id` (repeatable), or `--all-active --yes`.
     CancelMany {
+        /// The sequence: its id or its exact name.
         sequence: String,
+        /// An enrollment id (repeatable).
         #[arg(long = "id")]
         ids: Vec<String>,
+        /// Every ACTIVE enrollment of the sequence (needs --yes).
         #[arg(long)]
         all_active: bool,
+        /// Confirm --all-active.
         #[arg(long)]
         yes: bool,
+        /// Why, for the audit trail and the enrollments' end reason.
         #[arg(long)]
         reason: Option<String>,
     },
@@ -130,16 +157,19 @@ pub enum Enrollments {
 /// Filters of `pulse sends`.
 #[derive(Args, Debug)]
 pub struct SendsFilter {
+    /// Only this sequence's sends: its id or its exact name.
     #[arg(long)]
     pub sequence: Option<String>,
+    /// Only this lead's sends (its email).
     #[arg(long)]
     pub lead: Option<String>,
-    #[arg(long)]
+    /// Only sends in this state.
+    #[arg(long, value_parser = ["SENDING", "SENT", "DEFERRED", "FAILED", "UNKNOWN", "BOUNCED", "COMPLAINED"])]
     pub state: Option<String>,
-    /// RFC 3339 time.
+    /// Only sends first attempted at or after this RFC 3339 time (2026-11-30T08:00:00Z).
     #[arg(long)]
     pub since: Option<String>,
-    /// RFC 3339 time.
+    /// Only sends first attempted before this RFC 3339 time.
     #[arg(long)]
     pub until: Option<String>,
     /// Rows per page (1 to 1000, default 100).
@@ -156,6 +186,7 @@ pub struct SendsFilter {
 /// Arguments of `pulse re-enroll`.
 #[derive(Args, Debug)]
 pub struct ReenrollArgs {
+    /// The sequence: its id or its exact name.
     pub sequence: String,
     /// A lead's email (repeatable).
     #[arg(long = "lead")]
@@ -173,7 +204,7 @@ pub struct ResolveArgs {
     /// settle in bulk. (Its own id: `key` is the API key's.)
     #[arg(id = "send_key", value_name = "KEY")]
     pub key: Option<String>,
-    /// Bulk: the UNKNOWN sends of this sequence.
+    /// Bulk: the UNKNOWN sends of this sequence (its id or its exact name).
     #[arg(long)]
     pub sequence: Option<String>,
     /// Bulk: those first attempted at or after this RFC 3339 time.
@@ -191,6 +222,7 @@ pub struct ResolveArgs {
     /// It did not go out: send it again.
     #[arg(long)]
     pub resend: bool,
+    /// What the relay's log showed, for the audit trail.
     #[arg(long)]
     pub note: Option<String>,
 }
@@ -253,9 +285,43 @@ fn encode(v: &str) -> String {
         .collect()
 }
 
+/// `request` with every sequence and enrollment it names replaced by its id (`names`).
+async fn with_ids(client: &Client, mut request: Request) -> Result<Request, Failure> {
+    match &mut request {
+        Request::Sequences(
+            Sequences::Show { id }
+            | Sequences::Pause { id }
+            | Sequences::Resume { id }
+            | Sequences::Delete { id, .. },
+        ) => *id = names::sequence(client, id).await?,
+        Request::Enrollments(
+            Enrollments::List { sequence, .. } | Enrollments::CancelMany { sequence, .. },
+        )
+        | Request::Reenroll(ReenrollArgs { sequence, .. })
+        | Request::Audit { sequence }
+        | Request::ResumePreview { sequence } => {
+            *sequence = names::sequence(client, sequence).await?
+        }
+        Request::Enrollments(Enrollments::Cancel {
+            enrollment, lead, ..
+        }) => *enrollment = names::enrollment(client, enrollment, lead.as_deref()).await?,
+        Request::Sends(SendsFilter {
+            sequence: Some(sequence),
+            ..
+        })
+        | Request::Resolve(ResolveArgs {
+            sequence: Some(sequence),
+            ..
+        }) => *sequence = names::sequence(client, sequence).await?,
+        _ => {}
+    }
+    Ok(request)
+}
+
 /// Runs one operator command; returns what to print.
 pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
     use reqwest::Method;
+    let request = with_ids(client, request).await?;
     let (method, path, body) = match &request {
         Request::Suppressions(action) => return suppressions::run(client, action).await,
         Request::Inbound(action) => return inbound::run(client, action).await,
@@ -308,7 +374,9 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             ),
             None,
         ),
-        Request::Enrollments(Enrollments::Cancel { enrollment, reason }) => (
+        Request::Enrollments(Enrollments::Cancel {
+            enrollment, reason, ..
+        }) => (
             Method::POST,
             format!("/v1/enrollments/{}/cancel", encode(enrollment)),
             Some(json!({"reason": reason})),
