@@ -1,7 +1,7 @@
 //! `pulse`: the one binary. `pulse serve [ROLE…]` runs roles (all by default), `pulse migrate`
 //! applies migrations, and the operator commands (`sequences`, `mailboxes`, `suppressions`,
-//! `enrollments`, `re-enroll`,
-//! `sends`, `audit`, `resume-preview`) call the API. Services are configured by `PULSE_*`
+//! `inbound`, `enrollments`, `enroll`, `events`, `re-enroll`, `sends`, `resolve`, `audit`,
+//! `resume-preview`, `outbox`) call the API. Services are configured by `PULSE_*`
 //! environment variables.
 
 use anyhow::Context;
@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use pulse::{
     Role,
     cli::{
-        self, Client, Enrollments, Inbound, Mailboxes, ReenrollArgs, Request, ResolveArgs,
-        SendsFilter, Sequences, Suppressions,
+        self, Client, EnrollArgs, Enrollments, Events, Inbound, Mailboxes, ReenrollArgs, Request,
+        ResolveArgs, SendsFilter, Sequences, Suppressions,
     },
 };
 use pulse_shared::{Settings, db, telemetry};
@@ -64,7 +64,29 @@ enum Command {
         #[command(subcommand)]
         action: Inbound,
     },
-    /// List enrollments or cancel one.
+    /// Enroll one lead in a sequence by hand (as a trigger would).
+    Enroll {
+        #[command(flatten)]
+        client: Client,
+        #[command(flatten)]
+        args: EnrollArgs,
+    },
+    /// Send trigger events from a file.
+    Events {
+        #[command(flatten)]
+        client: Client,
+        #[command(subcommand)]
+        action: Events,
+    },
+    /// The dev outbox: what would have been sent when no relay is configured.
+    Outbox {
+        #[command(flatten)]
+        client: Client,
+        /// How many, newest first (1 to 1000, default 100).
+        #[arg(long)]
+        limit: Option<i64>,
+    },
+    /// List, show or cancel enrollments.
     Enrollments {
         #[command(flatten)]
         client: Client,
@@ -142,6 +164,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Inbound { client, action } => (client, Request::Inbound(action)),
         Command::Enrollments { client, action } => (client, Request::Enrollments(action)),
         Command::ReEnroll { client, args } => (client, Request::Reenroll(args)),
+        Command::Enroll { client, args } => (client, Request::Enroll(args)),
+        Command::Events { client, action } => (client, Request::Events(action)),
+        Command::Outbox { client, limit } => (client, Request::Outbox { limit }),
         Command::Sends { client, filter } => (client, Request::Sends(filter)),
         Command::Audit { client, sequence } => (client, Request::Audit { sequence }),
         Command::Resolve { client, args } => (client, Request::Resolve(args)),

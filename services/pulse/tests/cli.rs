@@ -3,8 +3,9 @@
 use std::process::Command;
 
 use pulse::Role;
-use pulse_tests::{TestEnv, sequence_body};
+use pulse_tests::{TestEnv, eventually, sequence_body};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pulse");
 
@@ -331,5 +332,109 @@ async fn sequences_are_named_by_name_and_enrollments_by_the_leads_email() -> any
     let out = pulse(&env, &["audit", "Welcome"]).await?;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("paused"), "{}", out.stdout);
+    env.stop().await
+}
+
+/// The rest of the help page's reading and enrolling, without curl: a manual enrollment, events
+/// from a file, the outbox, one enrollment with what was sent for it, the stats and the
+/// versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolling_sending_events_and_reading_the_records_from_the_command_line()
+-> anyhow::Result<()> {
+    // No relay: mail goes to the dev outbox.
+    let env = TestEnv::start("cli", &[Role::All], |_| {}).await?;
+    env.create_sequence(sequence_body(
+        "Records",
+        &[(
+            "Hi {{ lead.first_name }}",
+            "x",
+            json!({"type": "immediately"}),
+        )],
+        "t",
+    ))
+    .await?;
+    let out = pulse(
+        &env,
+        &[
+            "enroll",
+            "Records",
+            "--lead",
+            "ada@example.com",
+            "--first-name",
+            "Ada",
+        ],
+    )
+    .await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("ada@example.com") && out.stdout.contains("ACTIVE"),
+        "{}",
+        out.stdout
+    );
+
+    let file = std::env::temp_dir().join(format!("pulse-events-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &file,
+        json!([
+            {"id": "f1", "type": "tag_applied", "tag": "t", "lead": {"email": "bob@example.com"}},
+            {"id": "f2", "type": "tag_applied", "tag": "t", "lead": {"email": "not an address"}}
+        ])
+        .to_string(),
+    )?;
+    let path = file.display().to_string();
+    let out = pulse(&env, &["events", "send", "-f", &path]).await?;
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let line = |id: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line("f1").contains("processed") && line("f1").contains("created"),
+        "{}",
+        out.stdout
+    );
+    assert!(line("f2").contains("rejected"), "{}", out.stdout);
+    let out = pulse(&env, &["events", "send", "-f", "/nonexistent/events.json"]).await?;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    let outbox = eventually(Duration::from_secs(15), "both in the outbox", || async {
+        let out = pulse(&env, &["outbox"]).await?;
+        Ok((out.code == 0 && out.stdout.lines().count() == 3).then_some(out.stdout))
+    })
+    .await?;
+    assert!(
+        outbox.contains("Hi Ada") && outbox.contains("bob@example.com"),
+        "{outbox}"
+    );
+
+    // Ada's one step went out, so her enrollment is COMPLETED: show reads the latest one.
+    let out = eventually(Duration::from_secs(10), "Ada's send recorded", || async {
+        let out = pulse(
+            &env,
+            &[
+                "enrollments",
+                "show",
+                "Records",
+                "--lead",
+                "ada@example.com",
+            ],
+        )
+        .await?;
+        Ok((out.code == 0 && out.stdout.contains("COMPLETED")).then_some(out))
+    })
+    .await?;
+    assert!(out.stdout.contains("SENT"), "{}", out.stdout);
+
+    let out = pulse(&env, &["sequences", "stats"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("SEQUENCE"), "{}", out.stdout);
+    let out = pulse(&env, &["sequences", "versions", "Records"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("VERSION"), "{}", out.stdout);
+    assert_eq!(out.stdout.lines().count(), 2, "one version: {}", out.stdout);
     env.stop().await
 }

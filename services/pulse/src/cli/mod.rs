@@ -41,6 +41,14 @@ pub struct Client {
 pub enum Sequences {
     /// List sequences.
     List,
+    /// Each sequence's enrollments (enrolled, active, completed, cancelled, replied, bounced,
+    /// complained) and today's sends.
+    Stats,
+    /// A sequence's saved versions: who changed it, when, and how many steps it had.
+    Versions {
+        /// The sequence: its id or its exact name.
+        id: String,
+    },
     /// Show one sequence: steps, triggers, settings.
     Show {
         /// The sequence: its id or its exact name.
@@ -101,6 +109,14 @@ pub enum Mailboxes {
 
 #[derive(Subcommand, Debug)]
 pub enum Enrollments {
+    /// One enrollment and everything sent for it.
+    Show {
+        /// The enrollment's id; with --lead, the sequence (id or exact name).
+        enrollment: String,
+        /// The lead whose latest enrollment in that sequence to show (its email).
+        #[arg(long)]
+        lead: Option<String>,
+    },
     /// The enrollments of a sequence: who got what, and when.
     List {
         /// The sequence: its id or its exact name.
@@ -227,9 +243,40 @@ pub struct ResolveArgs {
     pub note: Option<String>,
 }
 
+/// Arguments of `pulse enroll`.
+#[derive(Args, Debug)]
+pub struct EnrollArgs {
+    /// The sequence: its id or its exact name.
+    pub sequence: String,
+    /// The lead's email (created if new).
+    #[arg(long)]
+    pub lead: String,
+    /// The lead's first name, for templates.
+    #[arg(long)]
+    pub first_name: Option<String>,
+}
+
+/// `pulse events …`.
+#[derive(Subcommand, Debug)]
+pub enum Events {
+    /// Send trigger events from a JSON file: `{"events": [...]}` or a bare array, as
+    /// `POST /v1/events` takes them (up to 1,000). Each event's outcome is printed.
+    Send {
+        /// The JSON file; `-` reads standard input.
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+    },
+}
+
 /// What an operator command asks the API.
 #[derive(Debug)]
 pub enum Request {
+    Enroll(EnrollArgs),
+    Events(Events),
+    /// The dev outbox: mail captured when no relay is configured.
+    Outbox {
+        limit: Option<i64>,
+    },
     Sequences(Sequences),
     Mailboxes(Mailboxes),
     Suppressions(Suppressions),
@@ -237,9 +284,13 @@ pub enum Request {
     Enrollments(Enrollments),
     Reenroll(ReenrollArgs),
     Sends(SendsFilter),
-    Audit { sequence: String },
+    Audit {
+        sequence: String,
+    },
     Resolve(ResolveArgs),
-    ResumePreview { sequence: String },
+    ResumePreview {
+        sequence: String,
+    },
 }
 
 /// A failed command: the message for the operator and the exit code.
@@ -265,6 +316,22 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     } else {
         format!("?{}", q.join("&"))
     }
+}
+
+/// A JSON file of events as `POST /v1/events` takes it: `{"events": [...]}`, or a bare array.
+fn events_file(path: &std::path::Path) -> Result<Value, Failure> {
+    let text = if path == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| fail(2, format!("cannot read {}: {e}", path.display())))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| fail(2, format!("{} is not JSON: {e}", path.display())))?;
+    Ok(match value {
+        Value::Array(events) => json!({ "events": events }),
+        other => other,
+    })
 }
 
 /// A secret from a file, without its final newline.
@@ -298,13 +365,22 @@ async fn with_ids(client: &Client, mut request: Request) -> Result<Request, Fail
             Enrollments::List { sequence, .. } | Enrollments::CancelMany { sequence, .. },
         )
         | Request::Reenroll(ReenrollArgs { sequence, .. })
+        | Request::Enroll(EnrollArgs { sequence, .. })
+        | Request::Sequences(Sequences::Versions { id: sequence })
         | Request::Audit { sequence }
         | Request::ResumePreview { sequence } => {
             *sequence = names::sequence(client, sequence).await?
         }
         Request::Enrollments(Enrollments::Cancel {
             enrollment, lead, ..
-        }) => *enrollment = names::enrollment(client, enrollment, lead.as_deref()).await?,
+        }) => {
+            *enrollment =
+                names::enrollment(client, enrollment, lead.as_deref(), names::Which::Active).await?
+        }
+        Request::Enrollments(Enrollments::Show { enrollment, lead }) => {
+            *enrollment =
+                names::enrollment(client, enrollment, lead.as_deref(), names::Which::Latest).await?
+        }
         Request::Sends(SendsFilter {
             sequence: Some(sequence),
             ..
@@ -323,6 +399,52 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
     use reqwest::Method;
     let request = with_ids(client, request).await?;
     let (method, path, body) = match &request {
+        Request::Enrollments(Enrollments::Show { enrollment, .. }) => {
+            let id = encode(enrollment);
+            let one = call(client, Method::GET, &format!("/v1/enrollments/{id}"), None).await?;
+            let sends = call(
+                client,
+                Method::GET,
+                &format!("/v1/enrollments/{id}/sends"),
+                None,
+            )
+            .await?;
+            let value = json!({"enrollment": one, "sends": sends["sends"]});
+            if client.json {
+                return Ok(serde_json::to_string_pretty(&value).unwrap_or_default());
+            }
+            return Ok(render(&request, &value));
+        }
+        Request::Sequences(Sequences::Stats) => {
+            (Method::GET, "/v1/sequences/stats".to_owned(), None)
+        }
+        Request::Sequences(Sequences::Versions { id }) => (
+            Method::GET,
+            format!("/v1/sequences/{}/versions", encode(id)),
+            None,
+        ),
+        Request::Enroll(EnrollArgs {
+            sequence,
+            lead,
+            first_name,
+        }) => (
+            Method::POST,
+            format!("/v1/sequences/{}/enrollments", encode(sequence)),
+            Some(json!({"lead": {"email": lead, "first_name": first_name}})),
+        ),
+        Request::Outbox { limit } => (
+            Method::GET,
+            format!(
+                "/v1/dev/outbox{}",
+                query(&[("limit", limit.map(|l| l.to_string()))])
+            ),
+            None,
+        ),
+        Request::Events(Events::Send { file }) => (
+            Method::POST,
+            "/v1/events".to_owned(),
+            Some(events_file(file)?),
+        ),
         Request::Suppressions(action) => return suppressions::run(client, action).await,
         Request::Inbound(action) => return inbound::run(client, action).await,
         Request::Sequences(Sequences::List) => (Method::GET, "/v1/sequences".to_owned(), None),

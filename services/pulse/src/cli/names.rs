@@ -54,12 +54,22 @@ pub(super) async fn sequence(client: &Client, given: &str) -> Result<String, Fai
     }
 }
 
+/// Which of a lead's enrollments in a sequence `--lead` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Which {
+    /// The ACTIVE one (to act on it).
+    Active,
+    /// The latest: the ACTIVE one, else the highest generation (to read it).
+    Latest,
+}
+
 /// The id of the enrollment `given` names: itself when it is an id; with `lead`, `given` is the
-/// sequence (id or name) and the enrollment is that lead's ACTIVE one there.
+/// sequence (id or name) and the enrollment is that lead's there, as `which` says.
 pub(super) async fn enrollment(
     client: &Client,
     given: &str,
     lead: Option<&str>,
+    which: Which,
 ) -> Result<String, Failure> {
     let Some(lead) = lead else {
         if Uuid::parse_str(given).is_ok() {
@@ -69,26 +79,37 @@ pub(super) async fn enrollment(
             2,
             format!(
                 "{given:?} is not an enrollment id. To name it by the lead's email: \
-                 pulse enrollments cancel SEQUENCE --lead EMAIL \
+                 pulse enrollments cancel|show SEQUENCE --lead EMAIL \
                  ('pulse enrollments list SEQUENCE --lead EMAIL' shows its enrollments)"
             ),
         ));
     };
     let sequence = sequence(client, given).await?;
     let path = format!(
-        "/v1/sequences/{}/enrollments?status=ACTIVE&lead={}",
+        "/v1/sequences/{}/enrollments?lead={}{}",
         encode(&sequence),
-        encode(lead)
+        encode(lead),
+        if which == Which::Active {
+            "&status=ACTIVE"
+        } else {
+            ""
+        }
     );
     let list = call(client, Method::GET, &path, None).await?;
-    match list["enrollments"].as_array().map(Vec::as_slice) {
-        Some([one]) => Ok(one["id"].as_str().unwrap_or_default().to_owned()),
-        _ => Err(fail(
+    let found = list["enrollments"].as_array().and_then(|all| {
+        all.iter()
+            .find(|e| e["status"] == "ACTIVE")
+            .or_else(|| all.iter().max_by_key(|e| e["generation"].as_i64()))
+    });
+    match found {
+        Some(one) => Ok(one["id"].as_str().unwrap_or_default().to_owned()),
+        None if which == Which::Active => Err(fail(
             1,
             format!(
                 "{lead} has no ACTIVE enrollment in {given:?} \
                  ('pulse enrollments list {given:?} --lead {lead}' shows its history)"
             ),
         )),
+        None => Err(fail(1, format!("{lead} was never enrolled in {given:?}"))),
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{Enrollments, Mailboxes, Request, Sequences};
+use super::{Enrollments, Events, Mailboxes, Request, Sequences};
 
 fn s(v: &Value) -> String {
     match v {
@@ -122,7 +122,9 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
                 s(&v["timezone"])
             )
         }
-        Request::Sequences(_) => format!("{}{}", sequence_line(&v["sequence"]), warnings(v)),
+        Request::Sequences(
+            Sequences::Pause { .. } | Sequences::Resume { .. } | Sequences::Delete { .. },
+        ) => format!("{}{}", sequence_line(&v["sequence"]), warnings(v)),
         Request::Mailboxes(Mailboxes::List) => table(
             &["ID", "ADDRESS", "NAME", "RELAY", "DKIM"],
             items("mailboxes")
@@ -245,34 +247,124 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
             out
         }
         Request::Sends(_) | Request::Resolve(_) => {
-            let mut out = table(
-                &[
-                    "SENT AT",
-                    "LEAD",
-                    "STEP",
-                    "GEN",
-                    "STATE",
-                    "SMTP",
-                    "MESSAGE-ID",
-                ],
-                items("sends")
-                    .iter()
-                    .map(|x| {
-                        vec![
-                            s(&x["sent_at"]),
-                            s(&x["lead_email"]),
-                            s(&x["step_position"]),
-                            s(&x["generation"]),
-                            s(&x["state"]),
-                            format!("{} {}", s(&x["smtp_code"]), s(&x["smtp_reply"])),
-                            s(&x["message_id"]),
-                        ]
-                    })
-                    .collect(),
-            );
+            let mut out = sends_table(&items("sends"));
             out.push_str(&more(v));
             out
         }
+        Request::Enrollments(Enrollments::Show { .. }) => {
+            let e = &v["enrollment"];
+            format!(
+                "{} {} in sequence {} (generation {}): {}{}, on step {}, next due {}\n\n{}",
+                s(&e["id"]),
+                s(&e["lead_email"]),
+                s(&e["sequence_id"]),
+                s(&e["generation"]),
+                s(&e["status"]),
+                e["end_reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                s(&e["current_step"]),
+                s(&e["next_due_at"]),
+                sends_table(&items("sends"))
+            )
+        }
+        Request::Sequences(Sequences::Stats) => table(
+            &[
+                "SEQUENCE",
+                "STATUS",
+                "ENROLLED",
+                "ACTIVE",
+                "COMPLETED",
+                "CANCELLED",
+                "REPLIED",
+                "BOUNCED",
+                "COMPLAINED",
+                "SENT TODAY",
+            ],
+            items("sequences")
+                .iter()
+                .map(|q| {
+                    [
+                        "sequence_id",
+                        "status",
+                        "enrolled",
+                        "active",
+                        "completed",
+                        "cancelled",
+                        "replied",
+                        "bounced",
+                        "complained",
+                        "sends_today",
+                    ]
+                    .iter()
+                    .map(|k| s(&q[*k]))
+                    .collect()
+                })
+                .collect(),
+        ),
+        Request::Sequences(Sequences::Versions { .. }) => table(
+            &["VERSION", "BY", "AT", "STEPS"],
+            items("versions")
+                .iter()
+                .map(|x| {
+                    vec![
+                        s(&x["version"]),
+                        s(&x["actor"]),
+                        s(&x["created_at"]),
+                        x["snapshot"]["steps"]
+                            .as_array()
+                            .map_or(0, Vec::len)
+                            .to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Enroll(_) => format!(
+            "{} ({}) is {} in sequence {} (generation {})",
+            s(&v["id"]),
+            s(&v["lead_email"]),
+            s(&v["status"]),
+            s(&v["sequence_id"]),
+            s(&v["generation"])
+        ),
+        Request::Outbox { .. } => table(
+            &["ACCEPTED AT", "TO", "SUBJECT", "MESSAGE-ID"],
+            items("messages")
+                .iter()
+                .map(|m| {
+                    vec![
+                        s(&m["accepted_at"]),
+                        s(&m["rcpt_to"]),
+                        s(&m["subject"]),
+                        s(&m["message_id"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Events(Events::Send { .. }) => table(
+            &["EVENT", "STATUS", "ENROLLMENTS", "ERROR"],
+            items("results")
+                .iter()
+                .map(|r| {
+                    let enrollments: Vec<String> = r["enrollments"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|e| format!("{}:{}", s(&e["sequence_id"]), s(&e["outcome"])))
+                        .collect();
+                    vec![
+                        s(&r["event_id"]),
+                        s(&r["status"]),
+                        enrollments.join(" "),
+                        r["error"]["message"]
+                            .as_str()
+                            .map(|m| format!("{} ({})", m, s(&r["error"]["field"])))
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect(),
+        ),
         Request::Audit { .. } => table(
             &["AT", "ACTOR", "ACTION", "ENROLLMENT"],
             items("events")
@@ -311,4 +403,33 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
             )
         ),
     }
+}
+
+/// The send-ledger table of `pulse sends` and `pulse enrollments show`.
+fn sends_table(sends: &[Value]) -> String {
+    table(
+        &[
+            "SENT AT",
+            "LEAD",
+            "STEP",
+            "GEN",
+            "STATE",
+            "SMTP",
+            "MESSAGE-ID",
+        ],
+        sends
+            .iter()
+            .map(|x| {
+                vec![
+                    s(&x["sent_at"]),
+                    s(&x["lead_email"]),
+                    s(&x["step_position"]),
+                    s(&x["generation"]),
+                    s(&x["state"]),
+                    format!("{} {}", s(&x["smtp_code"]), s(&x["smtp_reply"])),
+                    s(&x["message_id"]),
+                ]
+            })
+            .collect(),
+    )
 }
