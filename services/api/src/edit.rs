@@ -32,7 +32,7 @@
 use axum::{Json, extract::State};
 use pulse_shared::{
     http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
-    model::{EditSequence, SequenceChange, SequenceStatus, SequenceVersion, VersionList},
+    model::{EditSequence, Sequence, SequenceChange, SequenceStatus, SequenceVersion, VersionList},
     schedule::{self, Target},
 };
 use serde_json::json;
@@ -66,6 +66,25 @@ pub async fn edit(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<EditSequence>,
 ) -> ApiResult<Json<SequenceChange>> {
+    apply(&state, &auth, id, |_| Ok(req)).await.map(Json)
+}
+
+/// The one way a sequence is edited: `build` turns the sequence as it is, read with its row
+/// locked for the whole transaction, into the edit to make (the step-level routes in `steps`
+/// edit one step of the list they are given, so a concurrent edit is never overwritten).
+pub(crate) async fn apply(
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    build: impl FnOnce(&Sequence) -> Result<EditSequence, ApiError>,
+) -> ApiResult<SequenceChange> {
+    let mut tx = state.db.begin().await?;
+    let status = lock_status(&mut tx, auth.workspace, id).await?;
+    if status == SequenceStatus::Deleted {
+        return Err(ApiError::Conflict("the sequence is deleted".into()));
+    }
+    let before = load_one(&mut tx, auth.workspace, id).await?;
+    let req = build(&before)?;
     let name = req.name.as_deref().map(check_name).transpose()?;
     let timezone = req.timezone.as_deref().map(check_timezone).transpose()?;
     if let Some(steps) = &req.steps {
@@ -78,17 +97,10 @@ pub async fn edit(
         req.send_window.as_ref().and_then(Option::as_ref),
         req.max_sends_per_minute.flatten(),
     )?;
-
-    let mut tx = state.db.begin().await?;
-    let status = lock_status(&mut tx, auth.workspace, id).await?;
     let sender = match &req.sender {
         Some(s) => Some(check_sender(&mut tx, auth.workspace, s).await?),
         None => None,
     };
-    if status == SequenceStatus::Deleted {
-        return Err(ApiError::Conflict("the sequence is deleted".into()));
-    }
-    let before = load_one(&mut tx, auth.workspace, id).await?;
 
     sqlx::query(
         "UPDATE sequences SET
@@ -299,10 +311,10 @@ pub async fn edit(
         warnings.extend(crate::sequences::unsubscribe_link_note(&after.steps));
     }
     tracing::info!(sequence = %id, version = after.version, actor = %auth.actor, "sequence edited");
-    Ok(Json(SequenceChange {
+    Ok(SequenceChange {
         sequence: after,
         warnings,
-    }))
+    })
 }
 
 /// Skips the runs of deleted steps that no sender has claimed (SCHEDULED, or QUEUED with the

@@ -17,6 +17,7 @@ mod outbox;
 mod providers;
 mod sends;
 mod sequences;
+mod steps;
 mod suppressions;
 mod unsubscribe;
 mod workspace;
@@ -29,7 +30,7 @@ use std::time::Duration;
 use axum::{
     Json, Router,
     extract::FromRef,
-    routing::{delete, get, post},
+    routing::{delete, get, patch, post},
 };
 use pulse_shared::pause::PauseFlags;
 use sqlx::PgPool;
@@ -73,6 +74,12 @@ pub fn router(state: ApiState) -> Router {
                 .delete(control::delete),
         )
         .route("/v1/sequences/{id}/versions", get(edit::versions))
+        .route("/v1/sequences/{id}/steps", post(steps::add))
+        .route("/v1/sequences/{id}/steps/order", post(steps::order))
+        .route(
+            "/v1/sequences/{id}/steps/{step_id}",
+            patch(steps::patch).delete(steps::delete),
+        )
         .route("/v1/sequences/{id}/pause", post(control::pause))
         .route("/v1/sequences/{id}/resume", post(control::resume))
         .route(
@@ -133,6 +140,7 @@ pub fn router(state: ApiState) -> Router {
     info(title = "Pulse", description = "Multi-step email sequences you can take control of."),
     paths(
         sequences::create, sequences::list, sequences::stats, sequences::get_one, edit::edit, edit::versions,
+        steps::patch, steps::add, steps::delete, steps::order,
         control::pause, control::resume, control::resume_preview, control::delete,
         control::cancel, control::cancel_many, control::reenroll, control::audit_list,
         enrollments::create, enrollments::list, enrollments::get_one,

@@ -1,5 +1,5 @@
 //! `pulse`: the one binary. `pulse serve [ROLE…]` runs roles (all by default), `pulse migrate`
-//! applies migrations, and the operator commands (`sequences`, `mailboxes`, `suppressions`,
+//! applies migrations, and the operator commands (`sequences`, `steps`, `mailboxes`, `suppressions`,
 //! `inbound`, `enrollments`, `enroll`, `events`, `re-enroll`, `sends`, `resolve`, `audit`,
 //! `resume-preview`, `outbox`) call the API. Services are configured by `PULSE_*`
 //! environment variables.
@@ -10,7 +10,7 @@ use pulse::{
     Role,
     cli::{
         self, Client, EnrollArgs, Enrollments, Events, Inbound, Mailboxes, ReenrollArgs, Request,
-        ResolveArgs, SendsFilter, Sequences, Suppressions,
+        ResolveArgs, SendsFilter, Sequences, Steps, Suppressions,
     },
 };
 use pulse_shared::{Settings, db, telemetry};
@@ -42,6 +42,13 @@ enum Command {
         client: Client,
         #[command(subcommand)]
         action: Sequences,
+    },
+    /// Change, add, delete or move one step of a sequence.
+    Steps {
+        #[command(flatten)]
+        client: Client,
+        #[command(subcommand)]
+        action: Steps,
     },
     /// List, add or delete sender mailboxes.
     Mailboxes {
@@ -160,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Sequences { client, action } => (client, Request::Sequences(action)),
         Command::Mailboxes { client, action } => (client, Request::Mailboxes(action)),
+        Command::Steps { client, action } => (client, Request::Steps(action)),
         Command::Suppressions { client, action } => (client, Request::Suppressions(action)),
         Command::Inbound { client, action } => (client, Request::Inbound(action)),
         Command::Enrollments { client, action } => (client, Request::Enrollments(action)),

@@ -438,3 +438,161 @@ async fn enrolling_sending_events_and_reading_the_records_from_the_command_line(
     assert_eq!(out.stdout.lines().count(), 2, "one version: {}", out.stdout);
     env.stop().await
 }
+
+/// The help page end to end with `pulse` alone: create, enroll, pause, preview, cancel by email,
+/// edit one step, resume, re-enroll, delete, and read the records. No HTTP call but the CLI's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_help_page_walked_through_with_pulse_commands_only() -> anyhow::Result<()> {
+    // No relay: what goes out lands in the dev outbox, which `pulse outbox` reads.
+    let env = TestEnv::start("walk", &[Role::All], |_| {}).await?;
+    let ok = |out: &Out| {
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    };
+    let file = std::env::temp_dir().join(format!("pulse-walk-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &file,
+        sequence_body(
+            "Walk",
+            &[
+                ("First", "1", json!({"type": "immediately"})),
+                ("Second", "2", json!({"type": "delay", "delay": "PT1H"})),
+            ],
+            "t",
+        )
+        .to_string(),
+    )?;
+    let out = pulse(
+        &env,
+        &["sequences", "create", "-f", &file.display().to_string()],
+    )
+    .await?;
+    let _ = std::fs::remove_file(&file);
+    ok(&out);
+    assert!(out.stdout.contains("Walk is ACTIVE"), "{}", out.stdout);
+    for lead in ["ada@example.com", "bob@example.com"] {
+        ok(&pulse(&env, &["enroll", "Walk", "--lead", lead]).await?);
+    }
+    let outbox = |subject: &'static str, to: &'static str| {
+        let env = &env;
+        async move {
+            let out = pulse(env, &["outbox"]).await?;
+            anyhow::Ok(
+                out.stdout
+                    .lines()
+                    .filter(|l| l.contains(to) && l.contains(subject))
+                    .count(),
+            )
+        }
+    };
+    eventually(Duration::from_secs(15), "step 1 to both", || async {
+        Ok(
+            (outbox("First", "ada@").await? == 1 && outbox("First", "bob@").await? == 1)
+                .then_some(()),
+        )
+    })
+    .await?;
+
+    let out = pulse(&env, &["sequences", "pause", "Walk"]).await?;
+    ok(&out);
+    assert!(out.stdout.contains("is PAUSED"), "{}", out.stdout);
+    let out = pulse(&env, &["resume-preview", "Walk"]).await?;
+    ok(&out);
+    assert!(
+        out.stdout.contains("ada@example.com") && out.stdout.contains("bob@example.com"),
+        "{}",
+        out.stdout
+    );
+    let out = pulse(
+        &env,
+        &[
+            "enrollments",
+            "cancel",
+            "Walk",
+            "--lead",
+            "bob@example.com",
+            "--reason",
+            "asked",
+        ],
+    )
+    .await?;
+    ok(&out);
+    assert!(out.stdout.contains("CANCELLED"), "{}", out.stdout);
+    let out = pulse(
+        &env,
+        &[
+            "steps",
+            "edit",
+            "Walk",
+            "2",
+            "--subject",
+            "Second, edited",
+            "--immediately",
+        ],
+    )
+    .await?;
+    ok(&out);
+    assert!(out.stdout.contains("Second, edited"), "{}", out.stdout);
+    ok(&pulse(&env, &["sequences", "resume", "Walk"]).await?);
+    eventually(
+        Duration::from_secs(15),
+        "the edited step 2 to Ada",
+        || async { Ok((outbox("Second, edited", "ada@").await? == 1).then_some(())) },
+    )
+    .await?;
+    assert_eq!(outbox("Second", "bob@").await?, 0, "Bob was cancelled");
+
+    let out = pulse(&env, &["re-enroll", "Walk", "--lead", "bob@example.com"]).await?;
+    ok(&out);
+    assert!(out.stdout.contains("re-enrolled 1"), "{}", out.stdout);
+    eventually(
+        Duration::from_secs(15),
+        "Bob's second generation",
+        || async {
+            Ok((outbox("First", "bob@").await? == 2
+                && outbox("Second, edited", "bob@").await? == 1)
+                .then_some(()))
+        },
+    )
+    .await?;
+    let out = pulse(
+        &env,
+        &["enrollments", "show", "Walk", "--lead", "bob@example.com"],
+    )
+    .await?;
+    ok(&out);
+    assert!(out.stdout.contains("generation 2"), "{}", out.stdout);
+
+    let id = pulse(&env, &["sequences", "list"])
+        .await?
+        .stdout
+        .lines()
+        .find(|l| l.contains("Walk"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
+    let out = pulse(&env, &["sequences", "delete", "Walk", "--yes"]).await?;
+    ok(&out);
+    assert!(out.stdout.contains("is DELETED"), "{}", out.stdout);
+    // The records stay, by id once the name is gone.
+    let out = pulse(&env, &["sends", "--sequence", &id]).await?;
+    ok(&out);
+    assert_eq!(
+        out.stdout.lines().filter(|l| l.contains(" SENT ")).count(),
+        5,
+        "{}",
+        out.stdout
+    );
+    let out = pulse(&env, &["audit", &id]).await?;
+    ok(&out);
+    for action in [
+        "paused",
+        "enrollment_cancelled",
+        "edited",
+        "resumed",
+        "re_enrolled",
+        "deleted",
+    ] {
+        assert!(out.stdout.contains(action), "{action}: {}", out.stdout);
+    }
+    env.stop().await
+}

@@ -148,6 +148,34 @@ pub struct EditSequence {
     pub exit_on_reply: Option<ExitOnReply>,
 }
 
+/// `PATCH /v1/sequences/{id}/steps/{step_id}`: the fields of one step to change; those left
+/// out stay as they are, and `null` clears `html` or `end_date`.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepPatch {
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub html: Option<Option<String>>,
+    #[serde(default)]
+    pub thread: Option<bool>,
+    #[serde(default)]
+    pub timing: Option<Timing>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_date: Option<Option<DateTime<Utc>>>,
+}
+
+/// `POST /v1/sequences/{id}/steps/order`: every live step's id, once each, in the new order.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepOrder {
+    pub step_ids: Vec<Uuid>,
+}
+
 /// Tells a field given as `null` (`Some(None)`) from a field left out (`None`).
 pub fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
     d: D,

@@ -20,5 +20,6 @@ mod providers;
 mod recovery;
 mod relay;
 mod send_path;
+mod steps;
 mod tls_clients;
 mod traffic;

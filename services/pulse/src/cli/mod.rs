@@ -14,9 +14,11 @@ use serde_json::{Value, json};
 mod inbound;
 mod names;
 mod render;
+mod steps;
 mod suppressions;
 pub use inbound::Inbound;
 use render::render;
+pub use steps::Steps;
 pub use suppressions::Suppressions;
 
 #[derive(Args, Debug)]
@@ -41,6 +43,12 @@ pub struct Client {
 pub enum Sequences {
     /// List sequences.
     List,
+    /// Create a sequence from a JSON file, as `POST /v1/sequences` takes it (name, sender,
+    /// steps, triggers, settings); `-` reads standard input.
+    Create {
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+    },
     /// Each sequence's enrollments (enrolled, active, completed, cancelled, replied, bounced,
     /// complained) and today's sends.
     Stats,
@@ -271,6 +279,7 @@ pub enum Events {
 /// What an operator command asks the API.
 #[derive(Debug)]
 pub enum Request {
+    Steps(Steps),
     Enroll(EnrollArgs),
     Events(Events),
     /// The dev outbox: mail captured when no relay is configured.
@@ -318,17 +327,20 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     }
 }
 
-/// A JSON file of events as `POST /v1/events` takes it: `{"events": [...]}`, or a bare array.
-fn events_file(path: &std::path::Path) -> Result<Value, Failure> {
+/// A JSON file (`-`: standard input); a usage error (exit 2) when it cannot be read or parsed.
+fn json_file(path: &std::path::Path) -> Result<Value, Failure> {
     let text = if path == std::path::Path::new("-") {
         std::io::read_to_string(std::io::stdin())
     } else {
         std::fs::read_to_string(path)
     }
     .map_err(|e| fail(2, format!("cannot read {}: {e}", path.display())))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| fail(2, format!("{} is not JSON: {e}", path.display())))?;
-    Ok(match value {
+    serde_json::from_str(&text).map_err(|e| fail(2, format!("{} is not JSON: {e}", path.display())))
+}
+
+/// A JSON file of events as `POST /v1/events` takes it: `{"events": [...]}`, or a bare array.
+fn events_file(path: &std::path::Path) -> Result<Value, Failure> {
+    Ok(match json_file(path)? {
         Value::Array(events) => json!({ "events": events }),
         other => other,
     })
@@ -415,6 +427,11 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             }
             return Ok(render(&request, &value));
         }
+        Request::Sequences(Sequences::Create { file }) => (
+            Method::POST,
+            "/v1/sequences".to_owned(),
+            Some(json_file(file)?),
+        ),
         Request::Sequences(Sequences::Stats) => {
             (Method::GET, "/v1/sequences/stats".to_owned(), None)
         }
@@ -446,6 +463,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             Some(events_file(file)?),
         ),
         Request::Suppressions(action) => return suppressions::run(client, action).await,
+        Request::Steps(action) => return steps::run(client, action).await,
         Request::Inbound(action) => return inbound::run(client, action).await,
         Request::Sequences(Sequences::List) => (Method::GET, "/v1/sequences".to_owned(), None),
         Request::Sequences(Sequences::Show { id }) => {

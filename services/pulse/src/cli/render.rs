@@ -125,6 +125,9 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
         Request::Sequences(
             Sequences::Pause { .. } | Sequences::Resume { .. } | Sequences::Delete { .. },
         ) => format!("{}{}", sequence_line(&v["sequence"]), warnings(v)),
+        Request::Sequences(Sequences::Create { .. }) => {
+            format!("{}{}", sequence_line(v), warnings(v))
+        }
         Request::Mailboxes(Mailboxes::List) => table(
             &["ID", "ADDRESS", "NAME", "RELAY", "DKIM"],
             items("mailboxes")
@@ -151,8 +154,8 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
             format!("mailbox {} added: {}", s(&v["id"]), s(&v["address"]))
         }
         Request::Mailboxes(Mailboxes::Rm { id }) => format!("mailbox {id} deleted"),
-        // Printed by `suppressions::run` and `inbound::run` themselves.
-        Request::Suppressions(_) | Request::Inbound(_) => String::new(),
+        // Printed by `suppressions::run`, `inbound::run` and `steps::run` themselves.
+        Request::Suppressions(_) | Request::Inbound(_) | Request::Steps(_) => String::new(),
         Request::Enrollments(Enrollments::List { .. }) => {
             let mut out = table(
                 &[

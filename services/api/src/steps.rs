@@ -1,0 +1,215 @@
+//! Step-level edits: change, add, delete or reorder one step without sending the whole list
+//! (`/v1/sequences/{id}/steps…`). Each turns the sequence as it is, read under the edit's lock,
+//! into a whole-list edit and goes through the one edit path (`edit::apply`): what it does to
+//! enrollments in flight is exactly what `PATCH /v1/sequences/{id}` does, its answer carries the
+//! same warnings (queued steps that keep the old content, deleted steps named), and an edit
+//! committed meanwhile is never overwritten. It owns no SQL.
+
+use axum::{Json, extract::State, http::StatusCode};
+use pulse_shared::{
+    http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
+    model::{EditSequence, Sequence, SequenceChange, StepInput, StepOrder, StepPatch},
+};
+use uuid::Uuid;
+
+use crate::{ApiState, edit};
+
+/// The sequence's live steps as the whole-list edit takes them, in order.
+fn inputs(seq: &Sequence) -> Vec<StepInput> {
+    seq.steps
+        .iter()
+        .map(|s| StepInput {
+            id: Some(s.id),
+            position: None,
+            subject: s.subject.clone(),
+            body: s.body.clone(),
+            html: s.html.clone(),
+            thread: s.thread,
+            timing: s.timing.clone(),
+            end_date: s.end_date,
+        })
+        .collect()
+}
+
+fn index_of(seq: &Sequence, step: Uuid) -> Result<usize, ApiError> {
+    seq.steps
+        .iter()
+        .position(|s| s.id == step)
+        .ok_or(ApiError::NotFound("step"))
+}
+
+fn with_steps(steps: Vec<StepInput>, delete_missing_steps: bool) -> EditSequence {
+    EditSequence {
+        steps: Some(steps),
+        delete_missing_steps,
+        ..Default::default()
+    }
+}
+
+/// Change one step: its content, timing or end date. Fields left out stay as they are.
+#[utoipa::path(
+    patch, path = "/v1/sequences/{id}/steps/{step_id}", tag = "sequences",
+    params(("id" = Uuid, Path, description = "Sequence id"), ("step_id" = Uuid, Path, description = "Step id")),
+    request_body = StepPatch,
+    responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn patch(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath((id, step)): ApiPath<(Uuid, Uuid)>,
+    ApiJson(change): ApiJson<StepPatch>,
+) -> ApiResult<Json<SequenceChange>> {
+    edit::apply(&state, &auth, id, |seq| {
+        let i = index_of(seq, step)?;
+        let mut steps = inputs(seq);
+        let s = &mut steps[i];
+        if let Some(subject) = change.subject {
+            s.subject = subject;
+        }
+        if let Some(body) = change.body {
+            s.body = body;
+        }
+        if let Some(html) = change.html {
+            s.html = html;
+        }
+        if let Some(thread) = change.thread {
+            s.thread = thread;
+        }
+        if let Some(timing) = change.timing {
+            s.timing = timing;
+        }
+        if let Some(end_date) = change.end_date {
+            s.end_date = end_date;
+        }
+        Ok(with_steps(steps, false))
+    })
+    .await
+    .map(Json)
+}
+
+/// Add a step at `position` (1 = first; left out: after the last). The body is a step as
+/// `steps` takes it, without an `id`.
+#[utoipa::path(
+    post, path = "/v1/sequences/{id}/steps", tag = "sequences",
+    params(("id" = Uuid, Path, description = "Sequence id")),
+    request_body = StepInput,
+    responses((status = 201, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn add(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(step): ApiJson<StepInput>,
+) -> ApiResult<(StatusCode, Json<SequenceChange>)> {
+    if step.id.is_some() {
+        return Err(ApiError::invalid(
+            "id",
+            "a new step has no id; to change a step, PATCH /v1/sequences/{id}/steps/{step_id}",
+        ));
+    }
+    let change = edit::apply(&state, &auth, id, |seq| {
+        let mut steps = inputs(seq);
+        let place = match step.position {
+            None => steps.len(),
+            Some(p) if p >= 1 && (p as usize) <= steps.len() + 1 => p as usize - 1,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "position",
+                    format!("must be from 1 to {}", steps.len() + 1),
+                ));
+            }
+        };
+        steps.insert(place, step);
+        Ok(with_steps(steps, false))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(change)))
+}
+
+/// Delete one step. Its runs no sender has claimed are skipped and their enrollments move on
+/// to the step that now follows; the answer returns once its sends already claimed settled.
+#[utoipa::path(
+    delete, path = "/v1/sequences/{id}/steps/{step_id}", tag = "sequences",
+    params(("id" = Uuid, Path, description = "Sequence id"), ("step_id" = Uuid, Path, description = "Step id")),
+    responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath((id, step)): ApiPath<(Uuid, Uuid)>,
+) -> ApiResult<Json<SequenceChange>> {
+    edit::apply(&state, &auth, id, |seq| {
+        let i = index_of(seq, step)?;
+        let mut steps = inputs(seq);
+        steps.remove(i);
+        Ok(with_steps(steps, true))
+    })
+    .await
+    .map(Json)
+}
+
+/// Reorder the steps: `step_ids` lists every live step once, in the new order.
+#[utoipa::path(
+    post, path = "/v1/sequences/{id}/steps/order", tag = "sequences",
+    params(("id" = Uuid, Path, description = "Sequence id")),
+    request_body = StepOrder,
+    responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn order(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(order): ApiJson<StepOrder>,
+) -> ApiResult<Json<SequenceChange>> {
+    edit::apply(&state, &auth, id, |seq| {
+        let mut steps: Vec<Option<StepInput>> = inputs(seq).into_iter().map(Some).collect();
+        let mut ordered = Vec::with_capacity(steps.len());
+        for (i, step) in order.step_ids.iter().enumerate() {
+            let taken = seq
+                .steps
+                .iter()
+                .position(|s| s.id == *step)
+                .and_then(|at| steps[at].take());
+            match taken {
+                Some(s) => ordered.push(s),
+                None => {
+                    return Err(ApiError::invalid(
+                        format!("step_ids[{i}]"),
+                        "not a live step of this sequence, or listed twice",
+                    ));
+                }
+            }
+        }
+        if ordered.len() != steps.len() {
+            let missing: Vec<String> = seq
+                .steps
+                .iter()
+                .zip(&steps)
+                .filter(|(_, left)| left.is_some())
+                .map(|(s, _)| s.id.to_string())
+                .collect();
+            return Err(ApiError::invalid(
+                "step_ids",
+                format!(
+                    "must list every live step once; missing: {}",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        Ok(with_steps(ordered, false))
+    })
+    .await
+    .map(Json)
+}
