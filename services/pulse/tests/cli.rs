@@ -562,6 +562,22 @@ async fn the_help_page_walked_through_with_pulse_commands_only() -> anyhow::Resu
     ok(&out);
     assert!(out.stdout.contains("generation 2"), "{}", out.stdout);
 
+    // Times in a chosen zone, with how long ago; a zone that does not exist is a usage error.
+    let out = pulse(
+        &env,
+        &["sends", "--sequence", "Walk", "--tz", "Europe/Paris"],
+    )
+    .await?;
+    ok(&out);
+    assert!(
+        out.stdout.contains(" CET (") || out.stdout.contains(" CEST ("),
+        "{}",
+        out.stdout
+    );
+    let out = pulse(&env, &["sends", "--tz", "Mars/Olympus"]).await?;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("IANA"), "{}", out.stderr);
+
     let id = pulse(&env, &["sequences", "list"])
         .await?
         .stdout

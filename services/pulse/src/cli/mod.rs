@@ -16,6 +16,7 @@ mod names;
 mod render;
 mod steps;
 mod suppressions;
+mod times;
 pub use inbound::Inbound;
 use render::render;
 pub use steps::Steps;
@@ -37,6 +38,10 @@ pub struct Client {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show times in this IANA zone (Europe/Paris). Default: the sequence's zone in a sequence's
+    /// views, else this machine's local time.
+    #[arg(long, env = "PULSE_TZ", global = true)]
+    pub tz: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -406,10 +411,49 @@ async fn with_ids(client: &Client, mut request: Request) -> Result<Request, Fail
     Ok(request)
 }
 
+/// The sequence whose zone a command's times are shown in, when `--tz` is not given.
+fn sequence_of(request: &Request) -> Option<&str> {
+    match request {
+        Request::Enrollments(Enrollments::List { sequence, .. })
+        | Request::Audit { sequence }
+        | Request::ResumePreview { sequence }
+        | Request::Sequences(
+            Sequences::Versions { id: sequence } | Sequences::Show { id: sequence },
+        )
+        | Request::Sends(SendsFilter {
+            sequence: Some(sequence),
+            ..
+        }) => Some(sequence),
+        _ => None,
+    }
+}
+
+/// How times are shown: `--tz`, else the zone of sequence `sequence` (when given), else local.
+async fn times_for(client: &Client, sequence: Option<&str>) -> Result<times::Times, Failure> {
+    if let Some(name) = &client.tz {
+        return Ok(times::Times::new(Some(times::zone(name)?)));
+    }
+    let zone = match sequence {
+        Some(id) if !client.json => {
+            let seq = call(
+                client,
+                reqwest::Method::GET,
+                &format!("/v1/sequences/{}", encode(id)),
+                None,
+            )
+            .await?;
+            seq["timezone"].as_str().and_then(|z| times::zone(z).ok())
+        }
+        _ => None,
+    };
+    Ok(times::Times::new(zone))
+}
+
 /// Runs one operator command; returns what to print.
 pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
     use reqwest::Method;
     let request = with_ids(client, request).await?;
+    let times = times_for(client, sequence_of(&request)).await?;
     let (method, path, body) = match &request {
         Request::Enrollments(Enrollments::Show { enrollment, .. }) => {
             let id = encode(enrollment);
@@ -425,7 +469,8 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             if client.json {
                 return Ok(serde_json::to_string_pretty(&value).unwrap_or_default());
             }
-            return Ok(render(&request, &value));
+            let times = times_for(client, value["enrollment"]["sequence_id"].as_str()).await?;
+            return Ok(render(&request, &value, &times));
         }
         Request::Sequences(Sequences::Create { file }) => (
             Method::POST,
@@ -691,7 +736,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
     if client.json {
         return Ok(serde_json::to_string_pretty(&value).unwrap_or_default());
     }
-    Ok(render(&request, &value))
+    Ok(render(&request, &value, &times))
 }
 
 /// One API request; the JSON answer, or the failure to print.

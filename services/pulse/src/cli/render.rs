@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{Enrollments, Events, Mailboxes, Request, Sequences};
+use super::{Enrollments, Events, Mailboxes, Request, Sequences, times::Times};
 
 fn s(v: &Value) -> String {
     match v {
@@ -66,8 +66,9 @@ fn more(v: &Value) -> String {
     }
 }
 
-pub(super) fn render(request: &Request, v: &Value) -> String {
+pub(super) fn render(request: &Request, v: &Value, times: &Times) -> String {
     let items = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+    let t = |v: &Value| times.show(v);
     match request {
         Request::Sequences(Sequences::List) => table(
             &["ID", "NAME", "STATUS", "STEPS", "VERSION"],
@@ -95,7 +96,7 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
                         let t = &st["timing"];
                         let timing = match t["type"].as_str() {
                             Some("delay") => format!("delay {}", s(&t["delay"])),
-                            Some("on_date") => format!("on {}", s(&t["at"])),
+                            Some("on_date") => format!("on {}", times.show(&t["at"])),
                             other => other.unwrap_or("-").to_owned(),
                         };
                         vec![s(&st["position"]), timing, s(&st["subject"])]
@@ -183,7 +184,7 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
                             s(&e["generation"]),
                             s(&e["status"]),
                             s(&e["current_step"]),
-                            s(&e["next_due_at"]),
+                            t(&e["next_due_at"]),
                             steps.join(" "),
                             s(&e["end_reason"]),
                         ]
@@ -250,7 +251,7 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
             out
         }
         Request::Sends(_) | Request::Resolve(_) => {
-            let mut out = sends_table(&items("sends"));
+            let mut out = sends_table(&items("sends"), times);
             out.push_str(&more(v));
             out
         }
@@ -268,8 +269,8 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default(),
                 s(&e["current_step"]),
-                s(&e["next_due_at"]),
-                sends_table(&items("sends"))
+                t(&e["next_due_at"]),
+                sends_table(&items("sends"), times)
             )
         }
         Request::Sequences(Sequences::Stats) => table(
@@ -314,7 +315,7 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
                     vec![
                         s(&x["version"]),
                         s(&x["actor"]),
-                        s(&x["created_at"]),
+                        t(&x["created_at"]),
                         x["snapshot"]["steps"]
                             .as_array()
                             .map_or(0, Vec::len)
@@ -337,7 +338,7 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
                 .iter()
                 .map(|m| {
                     vec![
-                        s(&m["accepted_at"]),
+                        t(&m["accepted_at"]),
                         s(&m["rcpt_to"]),
                         s(&m["subject"]),
                         s(&m["message_id"]),
@@ -374,7 +375,7 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
                 .iter()
                 .map(|e| {
                     vec![
-                        s(&e["at"]),
+                        t(&e["at"]),
                         s(&e["actor"]),
                         s(&e["action"]),
                         s(&e["enrollment_id"]),
@@ -388,18 +389,18 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
             s(&v["skips"]),
             s(&v["queued"]),
             table(
-                &["LEAD", "STEP", "WAS DUE", "OUTCOME", "SEND AT / REASON"],
+                &["LEAD", "STEP", "DUE", "OUTCOME", "SENDS AT / REASON"],
                 items("items")
                     .iter()
                     .map(|i| vec![
                         s(&i["lead_email"]),
                         s(&i["step_position"]),
-                        s(&i["due_at"]),
+                        t(&i["due_at"]),
                         s(&i["outcome"]),
                         if i["send_at"].is_null() {
                             s(&i["reason"])
                         } else {
-                            s(&i["send_at"])
+                            t(&i["send_at"])
                         }
                     ])
                     .collect(),
@@ -409,7 +410,8 @@ pub(super) fn render(request: &Request, v: &Value) -> String {
 }
 
 /// The send-ledger table of `pulse sends` and `pulse enrollments show`.
-fn sends_table(sends: &[Value]) -> String {
+fn sends_table(sends: &[Value], times: &Times) -> String {
+    let t = |v: &Value| times.show(v);
     table(
         &[
             "SENT AT",
@@ -424,7 +426,7 @@ fn sends_table(sends: &[Value]) -> String {
             .iter()
             .map(|x| {
                 vec![
-                    s(&x["sent_at"]),
+                    t(&x["sent_at"]),
                     s(&x["lead_email"]),
                     s(&x["step_position"]),
                     s(&x["generation"]),

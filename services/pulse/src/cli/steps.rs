@@ -10,7 +10,9 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{Client, Failure, Request, Sequences, call, encode, fail, names, render::render};
+use super::{
+    Client, Failure, Request, Sequences, call, encode, fail, names, render::render, times,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum Steps {
@@ -234,9 +236,17 @@ pub(super) async fn run(client: &Client, action: &Steps) -> Result<String, Failu
     if client.json {
         return Ok(serde_json::to_string_pretty(&change).unwrap_or_default());
     }
+    let zone = change["sequence"]["timezone"]
+        .as_str()
+        .and_then(|z| times::zone(z).ok());
+    let zone = match &client.tz {
+        Some(name) => Some(times::zone(name)?),
+        None => zone,
+    };
     let mut out = render(
         &Request::Sequences(Sequences::Show { id: sequence }),
         &change["sequence"],
+        &times::Times::new(zone),
     );
     for w in change["warnings"].as_array().into_iter().flatten() {
         out.push_str(&format!("\nwarning: {}", w.as_str().unwrap_or_default()));
