@@ -16,11 +16,39 @@ use pulse::{
 use pulse_shared::{Settings, db, telemetry};
 use tokio_util::sync::CancellationToken;
 
+/// The help page's tasks, as `pulse --help` ends with them.
+const EXAMPLES: &str = "\
+Taking control (SEQ is a sequence's id or exact name):
+  pulse sequences pause \"Welcome\"                      stop sending now
+  pulse resume-preview \"Welcome\"                       what a resume would send, and when
+  pulse sequences resume \"Welcome\"
+  pulse enrollments cancel \"Welcome\" --lead eve@example.com --reason \"asked\"
+  pulse enrollments cancel-many \"Welcome\" --all-active --yes
+  pulse steps edit \"Welcome\" 2 --subject \"New subject\" --body-file step2.txt
+  pulse steps add \"Welcome\" --subject \"Nudge\" --body \"…\" --delay P3D --position 3
+  pulse steps move \"Welcome\" 3 --to 1
+  pulse steps delete \"Welcome\" 2 --yes
+  pulse re-enroll \"Welcome\" --lead eve@example.com
+  pulse sequences delete \"Welcome\" --yes                irreversible; prefer pause
+Reading the records:
+  pulse enrollments list \"Welcome\" --status ACTIVE --all
+  pulse enrollments show \"Welcome\" --lead eve@example.com --tz Europe/Paris
+  pulse sends --sequence \"Welcome\" --state FAILED
+  pulse audit \"Welcome\"
+Settling what the relay may have accepted:
+  pulse sends --state UNKNOWN --message-ids           grep the relay's log with these
+  pulse resolve KEY --sent | --resend
+Never mail someone again:
+  pulse suppressions add eve@example.com --reason unsubscribed
+
+Exit codes: 0 done, 1 the API refused (message printed), 2 bad usage, 3 Pulse unreachable.";
+
 #[derive(Parser)]
 #[command(
     name = "pulse",
     version,
-    about = "Multi-step email sequences you can take control of"
+    about = "Multi-step email sequences you can take control of",
+    after_help = EXAMPLES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -193,5 +221,53 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("error: {}", failure.message);
             std::process::exit(failure.code);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every example `pulse --help` shows is a command the parser takes.
+    #[test]
+    fn every_help_example_parses() {
+        let mut seen = 0;
+        for line in EXAMPLES.lines() {
+            let Some(command) = line.trim_start().strip_prefix("pulse ") else {
+                continue;
+            };
+            // The description follows the command after a run of spaces; `a | b` is two.
+            let command = command.split("   ").next().unwrap_or_default();
+            for variant in command.split(" | ") {
+                let mut words = vec!["pulse".to_owned()];
+                let mut quoted: Option<String> = None;
+                for word in variant.split_whitespace() {
+                    match (&mut quoted, word.strip_prefix('"')) {
+                        (None, Some(rest)) if rest.ends_with('"') => {
+                            words.push(rest.trim_end_matches('"').to_owned())
+                        }
+                        (None, Some(rest)) => quoted = Some(rest.to_owned()),
+                        (Some(q), _) if word.ends_with('"') => {
+                            q.push(' ');
+                            q.push_str(word.trim_end_matches('"'));
+                            words.extend(quoted.take());
+                        }
+                        (Some(q), _) => {
+                            q.push(' ');
+                            q.push_str(word);
+                        }
+                        (None, None) => words.push(word.to_owned()),
+                    }
+                }
+                let mut words: Vec<String> = words;
+                // `resolve KEY --sent | --resend`: the second variant lacks the command.
+                if !matches!(words.get(1).map(String::as_str), Some(w) if !w.starts_with('-')) {
+                    words.splice(1..1, ["resolve".to_owned(), "KEY".to_owned()]);
+                }
+                Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{words:?}: {e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 18, "{seen} examples");
     }
 }

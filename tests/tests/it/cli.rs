@@ -30,15 +30,18 @@ async fn lists_say_when_there_is_more_and_an_unknown_sequence_is_an_error() -> a
         url: env.base.clone(),
         key: Some(env.key.clone()),
         json: false,
+        tz: None,
     };
-    let list = |after: Option<String>| Enrollments::List {
+    let pages = |after: Option<String>, all: bool| Enrollments::List {
         sequence: sid.clone(),
         status: None,
         step: None,
         lead: None,
         limit: Some(2),
         after,
+        all,
     };
+    let list = |after: Option<String>| pages(after, false);
     let first = cli::run(&client, Request::Enrollments(list(None)))
         .await
         .map_err(|f| anyhow::anyhow!(f.message))?;
@@ -57,6 +60,12 @@ async fn lists_say_when_there_is_more_and_an_unknown_sequence_is_an_error() -> a
     assert!(!second.contains("more:"), "{second}");
     let leads = |out: &str| out.matches("@example.com").count();
     assert_eq!(leads(&first) + leads(&second), 3);
+    // --all follows every page: all three, in pages of two, and no "more".
+    let every = cli::run(&client, Request::Enrollments(pages(None, true)))
+        .await
+        .map_err(|f| anyhow::anyhow!(f.message))?;
+    assert_eq!(leads(&every), 3, "{every}");
+    assert!(!every.contains("more:"), "{every}");
 
     let unknown = cli::run(
         &client,
@@ -69,6 +78,7 @@ async fn lists_say_when_there_is_more_and_an_unknown_sequence_is_an_error() -> a
             limit: None,
             after: None,
             message_ids: false,
+            all: false,
         }),
     )
     .await;

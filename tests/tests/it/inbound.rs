@@ -649,6 +649,7 @@ async fn replies_bounces_and_opt_outs_reported_through_events_act_like_mail() ->
         url: env.base.clone(),
         key: Some(env.key.clone()),
         json: false,
+        tz: None,
     };
     let list = |kind: &str| {
         pulse::cli::run(

@@ -399,6 +399,7 @@ async fn the_cli_imports_100000_addresses_from_csv_and_exports_them_back() -> an
         url: env.base.clone(),
         key: Some(env.key.clone()),
         json: false,
+        tz: None,
     };
     let started = Instant::now();
     let out = cli::run(

@@ -149,6 +149,9 @@ pub enum Enrollments {
         /// The next page: the id printed after "more:" on the previous one.
         #[arg(long)]
         after: Option<String>,
+        /// Every page, one after another (however many enrollments there are).
+        #[arg(long, conflicts_with = "after")]
+        all: bool,
     },
     /// Cancel one enrollment: nothing more is sent to that lead from this sequence.
     ///
@@ -207,6 +210,9 @@ pub struct SendsFilter {
     /// The next page: the key printed after "more:" on the previous one.
     #[arg(long)]
     pub after: Option<String>,
+    /// Every page, one after another.
+    #[arg(long, conflicts_with = "after")]
+    pub all: bool,
     /// Print only the Message-IDs, one a line (to grep a relay's log with).
     #[arg(long)]
     pub message_ids: bool,
@@ -544,6 +550,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             lead,
             limit,
             after,
+            all: _,
         }) => (
             Method::GET,
             format!(
@@ -625,6 +632,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             limit,
             after,
             message_ids: _,
+            all: _,
         }) => (
             Method::GET,
             format!(
@@ -732,11 +740,42 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             )
         }
     };
-    let value = call(client, method, &path, body).await?;
+    let all = match &request {
+        Request::Enrollments(Enrollments::List { all: true, .. }) => Some("enrollments"),
+        Request::Sends(SendsFilter { all: true, .. }) => Some("sends"),
+        _ => None,
+    };
+    let value = match all {
+        Some(key) => every_page(client, &path, key).await?,
+        None => call(client, method, &path, body).await?,
+    };
     if client.json {
         return Ok(serde_json::to_string_pretty(&value).unwrap_or_default());
     }
     Ok(render(&request, &value, &times))
+}
+
+/// Every page of the list `key` at `path` (a GET that pages with `after` and answers `next`),
+/// as one answer.
+async fn every_page(client: &Client, path: &str, key: &str) -> Result<Value, Failure> {
+    let mut items = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let page_path = match &next {
+            None => path.to_owned(),
+            Some(after) => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("{path}{sep}after={}", encode(after))
+            }
+        };
+        let page = call(client, reqwest::Method::GET, &page_path, None).await?;
+        items.extend(page[key].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str() {
+            Some(after) if Some(after) != next.as_deref() => next = Some(after.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(json!({ key: items }))
 }
 
 /// One API request; the JSON answer, or the failure to print.
