@@ -84,9 +84,12 @@ pub async fn claim(
     leases: &Leases,
     owner: Uuid,
 ) -> Result<Claim, StoreError> {
-    let claimed = insert_claims(db, &[step_run], &[key.to_owned()], owner)
-        .await?
-        .remove(key);
+    let claimed = match insert_claims(db, &[step_run], &[key.to_owned()], owner).await {
+        Ok(mut claimed) => claimed.remove(key),
+        // A concurrent claim of the same key won the race on its unique index.
+        Err(e) if lost_race(&e) => None,
+        Err(e) => return Err(e),
+    };
     if let Some((attempts, claim)) = claimed {
         return Ok(Claim::Claimed { attempts, claim });
     }
@@ -171,6 +174,14 @@ async fn insert_claims(
         .collect())
 }
 
+/// Whether `e` is a unique violation: two claims of one key inserted at the same moment. `ON
+/// CONFLICT` takes over a row only through its arbiter (the key's columns); the same key's
+/// second unique index (`idempotency_key`) can still refuse the loser, which then reads the
+/// winner's row like any claim that found one.
+fn lost_race(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505"))
+}
+
 /// Claims many keys in one statement, with [`claim`]'s rules (each run is locked by id, then its
 /// state is checked on the committed row). Requests the statement does not claim, and repeats
 /// of a key or run already in the batch, are then settled one by one by [`claim`], so each gets
@@ -192,7 +203,12 @@ pub async fn claim_many(
             batch_keys.push(r.key.clone());
         }
     }
-    let mut claimed = insert_claims(db, &runs, &batch_keys, owner).await?;
+    let mut claimed = match insert_claims(db, &runs, &batch_keys, owner).await {
+        Ok(claimed) => claimed,
+        // Another claim of one of these keys raced this statement: each is claimed alone.
+        Err(e) if lost_race(&e) => Default::default(),
+        Err(e) => return Err(e),
+    };
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
         // `remove`: a repeat of a claimed key is not claimed twice.
