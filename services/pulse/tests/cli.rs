@@ -612,3 +612,126 @@ async fn the_help_page_walked_through_with_pulse_commands_only() -> anyhow::Resu
     }
     env.stop().await
 }
+
+/// `pulse steps add|move|delete|edit` and `pulse mailboxes add|list|rm`, run as a user runs
+/// them, with their refusals and exit codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_and_mailboxes_from_the_command_line() -> anyhow::Result<()> {
+    let env = TestEnv::start("cli", &[Role::Api], |_| {}).await?;
+    env.create_sequence(sequence_body(
+        "Stepwise",
+        &[
+            ("A", "a", json!({"type": "immediately"})),
+            ("B", "b", json!({"type": "delay", "delay": "P1D"})),
+        ],
+        "t",
+    ))
+    .await?;
+    let order = |out: &Out| -> Vec<String> {
+        // The steps table: "#  TIMING  SUBJECT" rows.
+        out.stdout
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let n = w.next()?.parse::<u32>().ok()?;
+                Some(format!("{n}:{}", w.last()?))
+            })
+            .collect()
+    };
+    let out = pulse(
+        &env,
+        &[
+            "steps",
+            "add",
+            "Stepwise",
+            "--subject",
+            "Z",
+            "--body",
+            "z",
+            "--immediately",
+            "--position",
+            "1",
+        ],
+    )
+    .await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(order(&out), ["1:Z", "2:A", "3:B"], "{}", out.stdout);
+    let out = pulse(&env, &["steps", "move", "Stepwise", "1", "--to", "3"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(order(&out), ["1:A", "2:B", "3:Z"], "{}", out.stdout);
+    let out = pulse(&env, &["steps", "edit", "Stepwise", "2", "--delay", "PT6H"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("PT6H"), "{}", out.stdout);
+
+    let out = pulse(&env, &["steps", "delete", "Stepwise", "3"]).await?;
+    assert_eq!(out.code, 2, "deleting needs --yes: {}", out.stderr);
+    let out = pulse(&env, &["steps", "delete", "Stepwise", "3", "--yes"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(order(&out), ["1:A", "2:B"], "{}", out.stdout);
+    assert!(
+        out.stdout.contains("warning: deleted step 3"),
+        "{}",
+        out.stdout
+    );
+
+    for (args, code, says) in [
+        (
+            &["steps", "edit", "Stepwise", "9", "--subject", "x"][..],
+            1,
+            "no step 9",
+        ),
+        (
+            &["steps", "edit", "Stepwise", "1"][..],
+            2,
+            "nothing to change",
+        ),
+        (
+            &["steps", "add", "Stepwise", "--body", "x"][..],
+            2,
+            "--subject",
+        ),
+        (
+            &["steps", "move", "Stepwise", "1", "--to", "7"][..],
+            2,
+            "--to",
+        ),
+        (
+            &[
+                "steps",
+                "edit",
+                "Stepwise",
+                "1",
+                "--subject",
+                "{{ lead.nope }}",
+            ][..],
+            1,
+            "422",
+        ),
+    ] {
+        let out = pulse(&env, args).await?;
+        assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+
+    let out = pulse(
+        &env,
+        &["mailboxes", "add", "ada@example.com", "--name", "Ada"],
+    )
+    .await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = pulse(&env, &["mailboxes", "list"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("ada@example.com"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!id.is_empty(), "{}", out.stdout);
+    let out = pulse(&env, &["mailboxes", "rm", &id]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = pulse(&env, &["mailboxes", "rm", &id]).await?;
+    assert_eq!(out.code, 1, "already gone: {}", out.stderr);
+    env.stop().await
+}
