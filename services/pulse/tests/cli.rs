@@ -735,3 +735,91 @@ async fn steps_and_mailboxes_from_the_command_line() -> anyhow::Result<()> {
     assert_eq!(out.code, 1, "already gone: {}", out.stderr);
     env.stop().await
 }
+
+/// A sequence kept in a YAML file: `apply` creates it, then edits it to match the file,
+/// printing what changes; content changes go at once, structural ones need --yes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_kept_in_a_yaml_file_is_applied_with_its_diff() -> anyhow::Result<()> {
+    let env = TestEnv::start("cli", &[Role::Api], |_| {}).await?;
+    let path = std::env::temp_dir().join(format!("pulse-apply-{}.yaml", uuid::Uuid::new_v4()));
+    let file = path.display().to_string();
+    let write = |steps: &[(&str, &str, Value)]| -> anyhow::Result<()> {
+        let body = sequence_body("Kept", steps, "t");
+        std::fs::write(&path, serde_norway::to_string(&body)?)?;
+        Ok(())
+    };
+    let a = ("A", "a", json!({"type": "immediately"}));
+    let b = ("B", "b", json!({"type": "delay", "delay": "P1D"}));
+    let c = ("C", "c", json!({"type": "delay", "delay": "P2D"}));
+    let steps_now = || async {
+        let (_, list) = env.get("/v1/sequences").await?;
+        let subjects: Vec<String> = list["sequences"][0]["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["subject"].as_str().map(str::to_owned))
+            .collect();
+        anyhow::Ok(subjects)
+    };
+
+    write(&[a.clone(), b.clone()])?;
+    let out = pulse(&env, &["sequences", "apply", "-f", &file]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("created") && out.stdout.contains("(2 steps)"),
+        "{}",
+        out.stdout
+    );
+    let out = pulse(&env, &["sequences", "apply", "-f", &file]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.trim_end().ends_with("no changes"), "{}", out.stdout);
+
+    // Content: applied at once, the change printed.
+    write(&[
+        ("A, better", "a", json!({"type": "immediately"})),
+        b.clone(),
+    ])?;
+    let out = pulse(&env, &["sequences", "apply", "-f", &file]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("step 1: subject: A → A, better"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(steps_now().await?, ["A, better", "B"]);
+
+    // A step added: shown, and made only with --yes.
+    write(&[
+        ("A, better", "a", json!({"type": "immediately"})),
+        b.clone(),
+        c.clone(),
+    ])?;
+    let out = pulse(&env, &["sequences", "apply", "-f", &file]).await?;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("step 3: added: C") && out.stderr.contains("--yes"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        steps_now().await?,
+        ["A, better", "B"],
+        "nothing changed without --yes"
+    );
+    let out = pulse(&env, &["sequences", "apply", "-f", &file, "--yes"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(steps_now().await?, ["A, better", "B", "C"]);
+
+    // The file drops the last step: deleted, named.
+    write(&[("A, better", "a", json!({"type": "immediately"})), b])?;
+    let out = pulse(&env, &["sequences", "apply", "-f", &file, "--yes"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("step 3: deleted: C") && out.stdout.contains("warning: deleted step 3"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(steps_now().await?, ["A, better", "B"]);
+    let _ = std::fs::remove_file(&path);
+    env.stop().await
+}

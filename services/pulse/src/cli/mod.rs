@@ -11,6 +11,7 @@
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+mod apply;
 mod inbound;
 mod names;
 mod render;
@@ -48,11 +49,21 @@ pub struct Client {
 pub enum Sequences {
     /// List sequences.
     List,
-    /// Create a sequence from a JSON file, as `POST /v1/sequences` takes it (name, sender,
-    /// steps, triggers, settings); `-` reads standard input.
+    /// Create a sequence from a file, JSON or YAML (`.yaml`), as `POST /v1/sequences` takes it
+    /// (name, sender, steps, triggers, settings); `-` reads standard input.
     Create {
         #[arg(short = 'f', long = "file")]
         file: std::path::PathBuf,
+    },
+    /// Make the sequence named in a file (JSON or YAML) match it: created if no live sequence
+    /// has that name, else edited. Prints what changes; structural changes need --yes.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+        /// Apply structural changes too (steps added, deleted or moved, timing, triggers,
+        /// window, time zone, end date).
+        #[arg(long)]
+        yes: bool,
     },
     /// Each sequence's enrollments (enrolled, active, completed, cancelled, replied, bounced,
     /// complained) and today's sends.
@@ -481,7 +492,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
         Request::Sequences(Sequences::Create { file }) => (
             Method::POST,
             "/v1/sequences".to_owned(),
-            Some(json_file(file)?),
+            Some(apply::read(file)?),
         ),
         Request::Sequences(Sequences::Stats) => {
             (Method::GET, "/v1/sequences/stats".to_owned(), None)
@@ -515,6 +526,9 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
         ),
         Request::Suppressions(action) => return suppressions::run(client, action).await,
         Request::Steps(action) => return steps::run(client, action).await,
+        Request::Sequences(Sequences::Apply { file, yes }) => {
+            return apply::run(client, file, *yes).await;
+        }
         Request::Inbound(action) => return inbound::run(client, action).await,
         Request::Sequences(Sequences::List) => (Method::GET, "/v1/sequences".to_owned(), None),
         Request::Sequences(Sequences::Show { id }) => {

@@ -156,7 +156,10 @@ pub(super) fn render(request: &Request, v: &Value, times: &Times) -> String {
         }
         Request::Mailboxes(Mailboxes::Rm { id }) => format!("mailbox {id} deleted"),
         // Printed by `suppressions::run`, `inbound::run` and `steps::run` themselves.
-        Request::Suppressions(_) | Request::Inbound(_) | Request::Steps(_) => String::new(),
+        Request::Suppressions(_)
+        | Request::Inbound(_)
+        | Request::Steps(_)
+        | Request::Sequences(Sequences::Apply { .. }) => String::new(),
         Request::Enrollments(Enrollments::List { .. }) => {
             let mut out = table(
                 &[
