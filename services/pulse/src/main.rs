@@ -25,8 +25,8 @@ Taking control (SEQ is a sequence's id or exact name):
   pulse enrollments cancel \"Welcome\" --lead eve@example.com --reason \"asked\"
   pulse enrollments cancel-many \"Welcome\" --all-active --yes
   pulse steps edit \"Welcome\" 2 --subject \"New subject\" --body-file step2.txt
-  pulse steps add \"Welcome\" --subject \"Nudge\" --body \"…\" --delay P3D --position 3
-  pulse steps move \"Welcome\" 3 --to 1
+  pulse steps add \"Welcome\" --subject \"Nudge\" --body \"…\" --delay P3D --position 3 --yes
+  pulse steps move \"Welcome\" 3 --to 1 --yes
   pulse steps delete \"Welcome\" 2 --yes
   pulse re-enroll \"Welcome\" --lead eve@example.com
   pulse sequences delete \"Welcome\" --yes                irreversible; prefer pause

@@ -638,25 +638,33 @@ async fn steps_and_mailboxes_from_the_command_line() -> anyhow::Result<()> {
             })
             .collect()
     };
-    let out = pulse(
-        &env,
-        &[
-            "steps",
-            "add",
-            "Stepwise",
-            "--subject",
-            "Z",
-            "--body",
-            "z",
-            "--immediately",
-            "--position",
-            "1",
-        ],
-    )
-    .await?;
+    let add = [
+        "steps",
+        "add",
+        "Stepwise",
+        "--subject",
+        "Z",
+        "--body",
+        "z",
+        "--immediately",
+        "--position",
+        "1",
+    ];
+    // A change of order shows the order it would make, and waits for --yes.
+    let out = pulse(&env, &add).await?;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("1. Z  2. A  3. B"), "{}", out.stderr);
+    let out = pulse(&env, &[&add[..], &["--yes"]].concat()).await?;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(order(&out), ["1:Z", "2:A", "3:B"], "{}", out.stdout);
     let out = pulse(&env, &["steps", "move", "Stepwise", "1", "--to", "3"]).await?;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("1. A  2. B  3. Z"), "{}", out.stderr);
+    let out = pulse(
+        &env,
+        &["steps", "move", "Stepwise", "1", "--to", "3", "--yes"],
+    )
+    .await?;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(order(&out), ["1:A", "2:B", "3:Z"], "{}", out.stdout);
     let out = pulse(&env, &["steps", "edit", "Stepwise", "2", "--delay", "PT6H"]).await?;
@@ -665,6 +673,7 @@ async fn steps_and_mailboxes_from_the_command_line() -> anyhow::Result<()> {
 
     let out = pulse(&env, &["steps", "delete", "Stepwise", "3"]).await?;
     assert_eq!(out.code, 2, "deleting needs --yes: {}", out.stderr);
+    assert!(out.stderr.contains("1. A  2. B"), "{}", out.stderr);
     let out = pulse(&env, &["steps", "delete", "Stepwise", "3", "--yes"]).await?;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(order(&out), ["1:A", "2:B"], "{}", out.stdout);
@@ -691,7 +700,7 @@ async fn steps_and_mailboxes_from_the_command_line() -> anyhow::Result<()> {
             "--subject",
         ),
         (
-            &["steps", "move", "Stepwise", "1", "--to", "7"][..],
+            &["steps", "move", "Stepwise", "1", "--to", "7", "--yes"][..],
             2,
             "--to",
         ),
@@ -772,7 +781,11 @@ async fn a_sequence_kept_in_a_yaml_file_is_applied_with_its_diff() -> anyhow::Re
     );
     let out = pulse(&env, &["sequences", "apply", "-f", &file]).await?;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.trim_end().ends_with("no changes"), "{}", out.stdout);
+    assert!(
+        out.stdout.trim_end().ends_with("no changes"),
+        "{}",
+        out.stdout
+    );
 
     // Content: applied at once, the change printed.
     write(&[
@@ -821,5 +834,80 @@ async fn a_sequence_kept_in_a_yaml_file_is_applied_with_its_diff() -> anyhow::Re
     );
     assert_eq!(steps_now().await?, ["A, better", "B"]);
     let _ = std::fs::remove_file(&path);
+    env.stop().await
+}
+
+/// `pulse suppressions …` and `pulse inbound …` through the binary, with their exit codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suppressions_and_what_came_back_from_the_command_line() -> anyhow::Result<()> {
+    let env = TestEnv::start("cli", &[Role::Api], |_| {}).await?;
+    let out = pulse(
+        &env,
+        &[
+            "suppressions",
+            "add",
+            "eve@example.com",
+            "spam.example",
+            "--reason",
+            "unsubscribed",
+        ],
+    )
+    .await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = pulse(&env, &["suppressions", "list"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("eve@example.com") && out.stdout.contains("spam.example"),
+        "{}",
+        out.stdout
+    );
+    let csv = std::env::temp_dir().join(format!("pulse-supp-{}.csv", uuid::Uuid::new_v4()));
+    let path = csv.display().to_string();
+    let args = ["suppressions", "import", path.as_str()];
+    let import = || pulse(&env, &args);
+    std::fs::write(&csv, "value,reason\nbob@example.com,bounced\n")?;
+    let out = import().await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // A bad row is refused with what is wrong and where.
+    std::fs::write(&csv, "value\nnot an address\n")?;
+    let out = import().await?;
+    let _ = std::fs::remove_file(&csv);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("not an address"), "{}", out.stderr);
+    let out = pulse(&env, &["suppressions", "export"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("value,kind,reason,source,created_at"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("bob@example.com,email,bounced"),
+        "{}",
+        out.stdout
+    );
+    let out = pulse(
+        &env,
+        &[
+            "suppressions",
+            "remove",
+            "eve@example.com",
+            "--reason",
+            "asked back",
+        ],
+    )
+    .await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = pulse(&env, &["suppressions", "remove", "eve@example.com"]).await?;
+    assert_eq!(out.code, 1, "not suppressed any more: {}", out.stderr);
+    let out = pulse(&env, &["suppressions", "add", "--reason", "manual"]).await?;
+    assert_eq!(out.code, 2, "a value is required: {}", out.stderr);
+
+    let out = pulse(&env, &["inbound", "list"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = pulse(&env, &["inbound", "show", "999999"]).await?;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("404"), "{}", out.stderr);
     env.stop().await
 }

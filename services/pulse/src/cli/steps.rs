@@ -2,7 +2,8 @@
 //! routes (`/v1/sequences/{id}/steps…`), so an edit never touches the other steps. A step is
 //! given by its position (`2`) or its id; the sequence by its id or exact name. Each prints the
 //! sequence as it now is and every warning the API gave (steps already queued with the old
-//! content, the deleted step named). Deleting needs `--yes`.
+//! content, the deleted step named). A change of the steps' order (add, move, delete) first
+//! shows the order it would make and is made only with `--yes`; a content edit goes at once.
 
 use std::path::PathBuf;
 
@@ -25,7 +26,7 @@ pub enum Steps {
         #[command(flatten)]
         content: Content,
     },
-    /// Add a step (at the end, or at --position).
+    /// Add a step (at the end, or at --position). Shows the new order; needs --yes.
     Add {
         /// The sequence: its id or its exact name.
         sequence: String,
@@ -34,6 +35,9 @@ pub enum Steps {
         /// Where: 1 is first; left out, after the last.
         #[arg(long)]
         position: Option<i32>,
+        /// Make the change shown.
+        #[arg(long)]
+        yes: bool,
     },
     /// Delete one step: its runs not yet claimed are skipped and each lead moves on to the step
     /// that now follows. Needs --yes.
@@ -46,7 +50,8 @@ pub enum Steps {
         #[arg(long)]
         yes: bool,
     },
-    /// Move one step to another position; the others keep their order.
+    /// Move one step to another position; the others keep their order. Shows the new order;
+    /// needs --yes.
     Move {
         /// The sequence: its id or its exact name.
         sequence: String,
@@ -55,6 +60,9 @@ pub enum Steps {
         /// Its new position (1 is first).
         #[arg(long)]
         to: usize,
+        /// Make the change shown.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -141,6 +149,39 @@ async fn steps_of(client: &Client, id: &str) -> Result<Vec<Value>, Failure> {
     Ok(seq["steps"].as_array().cloned().unwrap_or_default())
 }
 
+/// The steps' subjects in an order, as the question before a change shows it.
+fn order_line(subjects: &[String]) -> String {
+    subjects
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{}. {s}", i + 1))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// Refuses (exit 2) a change of the steps' order not confirmed: what it would make, and how to
+/// make it.
+fn ask(yes: bool, what: String, subjects: &[String]) -> Result<(), Failure> {
+    if yes {
+        return Ok(());
+    }
+    Err(fail(
+        2,
+        format!(
+            "{what}; the steps would be: {}\nenrollments in flight follow the new order (pause \
+             first if that matters); pass --yes to make the change",
+            order_line(subjects)
+        ),
+    ))
+}
+
+fn subjects(steps: &[Value]) -> Vec<String> {
+    steps
+        .iter()
+        .map(|s| s["subject"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// The id of the step `given` names among `steps`: a position (1-based) or an id.
 fn step_id(steps: &[Value], given: &str) -> Result<String, Failure> {
     let found = match given.parse::<usize>() {
@@ -184,6 +225,7 @@ pub(super) async fn run(client: &Client, action: &Steps) -> Result<String, Failu
             sequence,
             content,
             position,
+            yes,
         } => {
             let mut fields = content.fields()?;
             if !fields.contains_key("subject") || !fields.contains_key("timing") {
@@ -196,6 +238,15 @@ pub(super) async fn run(client: &Client, action: &Steps) -> Result<String, Failu
                 fields.insert("position".into(), json!(position));
             }
             let id = names::sequence(client, sequence).await?;
+            let mut order = subjects(&steps_of(client, &id).await?);
+            let new = fields["subject"].as_str().unwrap_or_default().to_owned();
+            let at = position.map_or(order.len(), |p| (p.max(1) as usize - 1).min(order.len()));
+            order.insert(at, new.clone());
+            ask(
+                *yes,
+                format!("this adds {new:?} as step {}", at + 1),
+                &order,
+            )?;
             let path = format!("/v1/sequences/{}/steps", encode(&id));
             (id, Method::POST, path, Some(Value::Object(fields)))
         }
@@ -204,24 +255,51 @@ pub(super) async fn run(client: &Client, action: &Steps) -> Result<String, Failu
             step,
             yes,
         } => {
-            if !yes {
-                return Err(fail(
-                    2,
-                    "deleting a step skips its pending sends and moves every lead on; pass --yes",
-                ));
-            }
             let id = names::sequence(client, sequence).await?;
-            let step = step_id(&steps_of(client, &id).await?, step)?;
+            let steps = steps_of(client, &id).await?;
+            let step = step_id(&steps, step)?;
+            let at = steps
+                .iter()
+                .position(|s| s["id"] == step.as_str())
+                .unwrap_or(0);
+            let mut order = subjects(&steps);
+            let gone = order.remove(at);
+            ask(
+                *yes,
+                format!(
+                    "this deletes step {} {gone:?}: its pending sends are skipped and each lead \
+                     moves on to the step that follows",
+                    at + 1
+                ),
+                &order,
+            )?;
             let path = format!("/v1/sequences/{}/steps/{}", encode(&id), encode(&step));
             (id, Method::DELETE, path, None)
         }
-        Steps::Move { sequence, step, to } => {
+        Steps::Move {
+            sequence,
+            step,
+            to,
+            yes,
+        } => {
             let id = names::sequence(client, sequence).await?;
             let steps = steps_of(client, &id).await?;
             let moved = step_id(&steps, step)?;
             if *to == 0 || *to > steps.len() {
                 return Err(fail(2, format!("--to must be from 1 to {}", steps.len())));
             }
+            let from = steps
+                .iter()
+                .position(|s| s["id"] == moved.as_str())
+                .unwrap_or(0);
+            let mut shown = subjects(&steps);
+            let subject = shown.remove(from);
+            shown.insert(to - 1, subject.clone());
+            ask(
+                *yes,
+                format!("this moves step {} {subject:?} to {to}", from + 1),
+                &shown,
+            )?;
             let mut order: Vec<String> = steps
                 .iter()
                 .filter_map(|s| s["id"].as_str().map(str::to_owned))
