@@ -27,7 +27,8 @@ const FIELDS: [&str; 8] = [
 /// Changing these can move or end enrollments in flight: `apply` asks for `--yes`.
 const STRUCTURAL: [&str; 4] = ["triggers", "send_window", "timezone", "end_date"];
 
-/// A sequence file, JSON or YAML (`-`: standard input); a usage error when unreadable.
+/// A JSON or YAML file (`-`: standard input; YAML when it ends in `.yaml` or `.yml`, else JSON,
+/// else YAML); a usage error when unreadable.
 pub(super) fn read(path: &Path) -> Result<Value, Failure> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin())
