@@ -37,6 +37,34 @@ fn command(settings: &Settings) -> Command {
     cmd
 }
 
+/// `pulse migrate` for `settings`; it must succeed.
+fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let out = command(settings).arg("migrate").output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// POSTs `body` to the API at `base` with `key`; the status.
+async fn post(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<u16> {
+    let resp = http
+        .post(format!("{base}{path}"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await?;
+    Ok(resp.status().as_u16())
+}
+
 /// What a fake OpenTelemetry collector received: (request line, content type, body) per request.
 type Exports = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
 
@@ -136,12 +164,7 @@ async fn serves_sends_and_drains_an_in_flight_send_on_sigterm() -> anyhow::Resul
     settings.smtp_url = Some(smtp.url());
 
     // `pulse migrate` creates the database and applies the schema.
-    let out = command(&settings).arg("migrate").output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    migrate(&settings)?;
 
     let (collector, exports) = fake_collector().await?;
     let mut child = command(&settings)
@@ -163,32 +186,16 @@ async fn serves_sends_and_drains_an_in_flight_send_on_sigterm() -> anyhow::Resul
         &[("Hello", "From the binary", json!({"type": "immediately"}))],
         "t",
     );
-    let resp = http
-        .post(format!("{base}/v1/sequences"))
-        .bearer_auth(&key)
-        .json(&seq)
-        .send()
-        .await?;
-    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(post(&http, &base, &key, "/v1/sequences", &seq).await?, 201);
     let event = json!({"events": [{"id": "e1", "type": "tag_applied", "tag": "t", "lead": {"email": "ada@example.com"}}]});
-    let resp = http
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(&key)
-        .json(&event)
-        .send()
-        .await?;
-    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(post(&http, &base, &key, "/v1/events", &event).await?, 200);
     smtp.wait_for(1, Duration::from_secs(15)).await?;
 
     // A slow relay: SIGTERM arrives while a send waits for its reply; it must be finished and
     // recorded before the process exits.
     smtp.delay_data_reply(Duration::from_millis(1500));
     let event = json!({"events": [{"id": "e2", "type": "tag_applied", "tag": "t", "lead": {"email": "bob@example.com"}}]});
-    http.post(format!("{base}/v1/events"))
-        .bearer_auth(&key)
-        .json(&event)
-        .send()
-        .await?;
+    post(&http, &base, &key, "/v1/events", &event).await?;
     let deadline = Instant::now() + Duration::from_secs(15);
     while smtp.data_started() < 2 {
         anyhow::ensure!(Instant::now() < deadline, "the second send never started");
@@ -250,12 +257,7 @@ async fn a_crash_between_smtp_acceptance_and_the_ledger_is_unknown_and_never_res
     let mut settings = isolated_settings("crash");
     settings.http_addr = format!("127.0.0.1:{}", free_port()?).parse()?;
     settings.smtp_url = Some(smtp.url());
-    let out = command(&settings).arg("migrate").output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    migrate(&settings)?;
     let serve = |crash: bool| -> std::io::Result<Child> {
         let mut cmd = command(&settings);
         cmd.args(["serve", "all"])
@@ -282,19 +284,9 @@ async fn a_crash_between_smtp_acceptance_and_the_ledger_is_unknown_and_never_res
         ],
         "t",
     );
-    let resp = http
-        .post(format!("{base}/v1/sequences"))
-        .bearer_auth(&key)
-        .json(&seq)
-        .send()
-        .await?;
-    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(post(&http, &base, &key, "/v1/sequences", &seq).await?, 201);
     let event = json!({"events": [{"id": "e1", "type": "tag_applied", "tag": "t", "lead": {"email": "ada@example.com"}}]});
-    http.post(format!("{base}/v1/events"))
-        .bearer_auth(&key)
-        .json(&event)
-        .send()
-        .await?;
+    post(&http, &base, &key, "/v1/events", &event).await?;
     let exit = wait_exit(&mut child, Duration::from_secs(20))?;
     assert!(!exit.success(), "the failpoint killed the process");
     assert_eq!(
@@ -372,12 +364,7 @@ async fn a_sender_killed_before_its_gate_leaves_nothing_in_doubt_and_the_send_go
     let mut settings = isolated_settings("killgate");
     settings.http_addr = format!("127.0.0.1:{}", free_port()?).parse()?;
     settings.smtp_url = Some(smtp.url());
-    let out = command(&settings).arg("migrate").output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    migrate(&settings)?;
     let serve = || {
         command(&settings)
             .args(["serve", "all"])
@@ -396,19 +383,9 @@ async fn a_sender_killed_before_its_gate_leaves_nothing_in_doubt_and_the_send_go
     let mut child = serve()?;
     wait_ready(&http, &base).await?;
     let seq = sequence_body("Gate", &[("One", "1", json!({"type": "immediately"}))], "t");
-    let resp = http
-        .post(format!("{base}/v1/sequences"))
-        .bearer_auth(&key)
-        .json(&seq)
-        .send()
-        .await?;
-    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(post(&http, &base, &key, "/v1/sequences", &seq).await?, 201);
     let event = json!({"events": [{"id": "e1", "type": "tag_applied", "tag": "t", "lead": {"email": "ada@example.com"}}]});
-    http.post(format!("{base}/v1/events"))
-        .bearer_auth(&key)
-        .json(&event)
-        .send()
-        .await?;
+    post(&http, &base, &key, "/v1/events", &event).await?;
     let started = Instant::now();
     while smtp.rcpt_attempts("ada@example.com") == 0 {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "never sent");
@@ -457,12 +434,7 @@ async fn no_lead_address_leaves_the_process_in_traces_logs_or_metrics() -> anyho
     let mut settings = isolated_settings("leak");
     settings.http_addr = format!("127.0.0.1:{}", free_port()?).parse()?;
     settings.smtp_url = Some(smtp.url());
-    let out = command(&settings).arg("migrate").output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    migrate(&settings)?;
     let (collector, exports) = fake_collector().await?;
     let log_path = std::env::temp_dir().join(format!("pulse-leak-{}.log", std::process::id()));
     let log = std::fs::File::create(&log_path)?;
@@ -489,25 +461,23 @@ async fn no_lead_address_leaves_the_process_in_traces_logs_or_metrics() -> anyho
         &[("Hello", "Hi", json!({"type": "immediately"}))],
         "t",
     );
-    let resp = http
-        .post(format!("{base}/v1/sequences"))
-        .bearer_auth(&key)
-        .json(&seq)
-        .send()
-        .await?;
-    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(post(&http, &base, &key, "/v1/sequences", &seq).await?, 201);
     let events: Vec<_> = LEADS
         .iter()
         .enumerate()
         .map(|(i, email)| json!({"id": format!("e{i}"), "type": "tag_applied", "tag": "t", "lead": {"email": email}}))
         .collect();
-    let resp = http
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(&key)
-        .json(&json!({ "events": events }))
-        .send()
-        .await?;
-    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        post(
+            &http,
+            &base,
+            &key,
+            "/v1/events",
+            &json!({ "events": events })
+        )
+        .await?,
+        200
+    );
     smtp.wait_for(1, Duration::from_secs(15)).await?;
     let mut failed = Vec::new();
     for _ in 0..300 {
