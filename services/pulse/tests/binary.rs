@@ -65,6 +65,30 @@ async fn post(
     Ok(resp.status().as_u16())
 }
 
+/// The sends in `state`, polled until there is at least one (or 10 s pass: then none).
+async fn sends_in(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    state: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    for _ in 0..200 {
+        let list: serde_json::Value = http
+            .get(format!("{base}/v1/sends?state={state}"))
+            .bearer_auth(key)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let sends = list["sends"].as_array().cloned().unwrap_or_default();
+        if !sends.is_empty() {
+            return Ok(sends);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Vec::new())
+}
+
 /// What a fake OpenTelemetry collector received: (request line, content type, body) per request.
 type Exports = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
 
@@ -298,21 +322,7 @@ async fn a_crash_between_smtp_acceptance_and_the_ledger_is_unknown_and_never_res
     // Back up without the failpoint: the claim is found stale and reported, never resent.
     let mut child = serve(false)?;
     wait_ready(&http, &base).await?;
-    let mut unknown = Vec::new();
-    for _ in 0..200 {
-        let list: serde_json::Value = http
-            .get(format!("{base}/v1/sends?state=UNKNOWN"))
-            .bearer_auth(&key)
-            .send()
-            .await?
-            .json()
-            .await?;
-        unknown = list["sends"].as_array().cloned().unwrap_or_default();
-        if !unknown.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let unknown = sends_in(&http, &base, &key, "UNKNOWN").await?;
     assert_eq!(
         unknown.len(),
         1,
@@ -404,15 +414,7 @@ async fn a_sender_killed_before_its_gate_leaves_nothing_in_doubt_and_the_send_go
     wait_ready(&http, &base).await?;
     let got = smtp.wait_for(1, Duration::from_secs(30)).await?;
     assert_eq!(got[0].rcpt_to, vec!["ada@example.com".to_owned()]);
-    let mut state = serde_json::Value::Null;
-    for _ in 0..200 {
-        state = get("/v1/sends").await?["sends"][0]["state"].clone();
-        if state == "SENT" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(state, "SENT");
+    assert_eq!(sends_in(&http, &base, &key, "SENT").await?.len(), 1);
     assert_eq!(get("/v1/sends?state=UNKNOWN").await?["sends"], json!([]));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(smtp.count(), 1, "sent once");
@@ -479,21 +481,7 @@ async fn no_lead_address_leaves_the_process_in_traces_logs_or_metrics() -> anyho
         200
     );
     smtp.wait_for(1, Duration::from_secs(15)).await?;
-    let mut failed = Vec::new();
-    for _ in 0..300 {
-        let list: serde_json::Value = http
-            .get(format!("{base}/v1/sends?state=FAILED"))
-            .bearer_auth(&key)
-            .send()
-            .await?
-            .json()
-            .await?;
-        failed = list["sends"].as_array().cloned().unwrap_or_default();
-        if !failed.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let failed = sends_in(&http, &base, &key, "FAILED").await?;
     assert_eq!(failed.len(), 1, "the refused send failed");
     let reply = failed[0]["smtp_reply"]
         .as_str()
