@@ -153,6 +153,7 @@ pub async fn get_one(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EnrollmentFilter {
     /// Only enrollments in this status (any letter case).
     pub status: Option<String>,

@@ -180,6 +180,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 
 /// Pagination parameters shared by the list routes.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Page {
     /// Most items returned (1–1000, default 100).
     pub limit: Option<i64>,

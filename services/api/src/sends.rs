@@ -26,6 +26,7 @@ const SEND_QUERY: &str = "SELECT sl.idempotency_key, sl.enrollment_id, sl.sequen
 
 /// Filters of the send history.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SendFilter {
     /// Only this sequence's sends.
     pub sequence_id: Option<Uuid>,
@@ -108,6 +109,7 @@ pub async fn search(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SequenceSends {
     /// Most items returned (1–1000, default 100).
     pub limit: Option<i64>,

@@ -493,6 +493,10 @@ async fn openapi_describes_every_route() -> anyhow::Result<()> {
         ("/u/{token}", "get"),
         ("/u/{token}", "post"),
         ("/v1/workspace", "patch"),
+        ("/v1/sequences/{id}/steps", "post"),
+        ("/v1/sequences/{id}/steps/order", "post"),
+        ("/v1/sequences/{id}/steps/{step_id}", "patch"),
+        ("/v1/sequences/{id}/steps/{step_id}", "delete"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -500,6 +504,21 @@ async fn openapi_describes_every_route() -> anyhow::Result<()> {
         );
     }
     assert!(doc["components"]["schemas"]["CreateSequence"].is_object());
+    // A parameter is in the path only when the path names it; every other one is a query
+    // parameter (generated clients drop operations whose path parameters do not match).
+    for (path, item) in &paths {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                let name = param["name"].as_str().unwrap_or_default();
+                let in_path = path.contains(&format!("{{{name}}}"));
+                assert_eq!(
+                    param["in"].as_str(),
+                    Some(if in_path { "path" } else { "query" }),
+                    "{method} {path}: parameter {name}"
+                );
+            }
+        }
+    }
     // Every schema a document refers to is defined in it.
     let text = doc.to_string();
     for name in text.split("#/components/schemas/").skip(1) {
