@@ -288,6 +288,33 @@ fn cpu_split(
     split
 }
 
+/// The CPU time each process class spent per send over a phase: PostgreSQL, Pulse, RabbitMQ,
+/// Redis, this harness (its SMTP sink included) and the rest, in milliseconds, from a
+/// [`cpu_split`] of `secs` in which `sends` went out.
+fn cpu_ms_per_send(split: &[(String, f64)], secs: f64, sends: usize) -> Vec<(&'static str, f64)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut by: Vec<(&'static str, f64)> =
+        ["postgres", "pulse", "rabbitmq", "redis", "bench", "other"]
+            .into_iter()
+            .map(|c| (c, 0.0))
+            .collect();
+    for (command, share) in split {
+        let class = match command.as_str() {
+            "idle" => continue,
+            c if c.starts_with("postgres") => "postgres",
+            "pulse" => "pulse",
+            "beam.smp" | "erl_child_setup" | "epmd" => "rabbitmq",
+            c if c.starts_with("redis") => "redis",
+            "bench" => "bench",
+            _ => "other",
+        };
+        if let Some(slot) = by.iter_mut().find(|(c, _)| *c == class) {
+            slot.1 += share * secs * cores * 1000.0 / sends.max(1) as f64;
+        }
+    }
+    by
+}
+
 /// Rows loaded per statement by [`fill`].
 const FILL_CHUNK: i64 = 250_000;
 
@@ -452,6 +479,20 @@ async fn main() -> anyhow::Result<()> {
             .map(|(cmd, share)| format!("{cmd} {:.0}%", share * 100.0))
             .collect();
         println!("           CPU meanwhile: {}", shown.join(" · "));
+        let per_send = cpu_ms_per_send(&split, secs, o.sends);
+        let shown: Vec<String> = per_send
+            .iter()
+            .map(|(class, ms)| format!("{class} {ms:.3}"))
+            .collect();
+        println!("           CPU-ms per send: {}", shown.join(" · "));
+        results.insert(
+            if senders == 1 {
+                "cpu_ms_per_send_1_sender"
+            } else {
+                "cpu_ms_per_send_2_senders"
+            },
+            json!(per_send.into_iter().collect::<BTreeMap<_, _>>()),
+        );
         results.insert(
             if senders == 1 {
                 "cpu_end_to_end_1_sender"
@@ -930,4 +971,29 @@ async fn smtp_reference(smtp: &SmtpServer, n: usize) -> anyhow::Result<f64> {
     anyhow::ensure!(smtp.count() == before + n, "the reference lost messages");
     smtp.clear();
     Ok(per_s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_shares_become_milliseconds_per_send_by_process_class() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // Over 10 s, 1,000 sends: a share of 0.5 of all cores is 5·cores ms of CPU per send.
+        let split = vec![
+            ("postgres".to_owned(), 0.5),
+            ("beam.smp".to_owned(), 0.1),
+            ("pulse".to_owned(), 0.2),
+            ("kworker".to_owned(), 0.05),
+            ("idle".to_owned(), 0.15),
+        ];
+        let per_send: BTreeMap<_, _> = cpu_ms_per_send(&split, 10.0, 1_000).into_iter().collect();
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(near(per_send["postgres"], 5.0 * cores));
+        assert!(near(per_send["rabbitmq"], 1.0 * cores));
+        assert!(near(per_send["pulse"], 2.0 * cores));
+        assert!(near(per_send["other"], 0.5 * cores));
+        assert!(near(per_send["redis"], 0.0));
+    }
 }
