@@ -525,20 +525,20 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         .send(&mail, on_wire)
         .instrument(smtp_span.clone())
         .await;
-    if let Err(e) = &answer {
-        // The reply text is redacted (`Reply::from_relay`): no address leaves in a span.
+    // A shut gate is a decision, not a failure; the reply text is redacted
+    // (`Reply::from_relay`): no address leaves in a span.
+    if let Err(e) = &answer
+        && !matches!(e, SendError::Withheld)
+    {
         smtp_span.record("otel.status_code", "ERROR");
         smtp_span.record("otel.status_message", e.to_string());
     }
     m.smtp_answered(started.elapsed().as_secs_f64());
     let fence = match verdict.into_inner() {
-        Some(Verdict::Open(fence)) => Some(fence),
+        Some(Verdict::Open(fence)) => fence,
         Some(closed) => return settle_closed_gate(ctx, &msg, closed).await,
-        None => None,
-    };
-    let Some(fence) = fence else {
         // The gate was never reached: nothing went to the relay and nothing was claimed.
-        return record_before_gate(ctx, &msg, answer, attempts).await;
+        None => return record_before_gate(ctx, &msg, answer, attempts).await,
     };
     let (settled, outcome) = match answer {
         Ok(reply) => {

@@ -1,9 +1,9 @@
 //! The socket under every relay connection, able to hold back a message's final dot.
 //!
 //! A send is in doubt only from the moment the relay may have the whole message: the final
-//! `<CRLF>.<CRLF>` of DATA. The sender's ledger claim must be marked on the wire (durably)
-//! before that dot leaves, and should not be marked before the body has gone out, or a crash
-//! in between leaves in doubt a message the relay never saw. lettre writes the body and the dot
+//! `<CRLF>.<CRLF>` of DATA. The sender's ledger claim (which marks the send as on the wire)
+//! must be committed before that dot leaves, and should not be made before the body has gone
+//! out, or a crash in between leaves in doubt a message the relay never saw. lettre writes the body and the dot
 //! in one call ([`AsyncSmtpConnection::message_iter`]), so this module splits it from below:
 //!
 //! * [`Gated`] wraps the TCP (or TLS) stream handed to lettre. While its [`Gate`] is held,
@@ -11,8 +11,8 @@
 //!   fails every later write, so the dot never leaves and the relay discards the transaction.
 //! * [`BodyThenHold`] is the iterator given to `message_iter`. lettre asks it for the next part
 //!   only after the previous one was written and flushed, so when it is asked the second time
-//!   the body is out: it holds the gate and tells the caller, which marks the claim and gives
-//!   the verdict.
+//!   the body is out: it holds the gate and tells the caller, which claims the key, re-checks
+//!   the run and gives the verdict.
 //!
 //! Under STARTTLS the gate sits below TLS: the held write is then the TLS record carrying the
 //! dot, which is the same thing. The gate never inspects bytes; it only orders them.
@@ -89,7 +89,7 @@ impl Gate {
 fn withheld() -> io::Error {
     io::Error::new(
         io::ErrorKind::BrokenPipe,
-        "withheld: the claim was not marked on the wire",
+        "withheld: the gate stayed shut before the final dot",
     )
 }
 

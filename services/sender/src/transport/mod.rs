@@ -6,7 +6,7 @@
 //! * `pool`: the relay connections (TLS, AUTH, `TCP_NODELAY`), and one SMTP transaction phase
 //!   by phase, so a failure is classified by what the relay can have received.
 //! * `gate`: the socket under each connection, which holds the message's final dot until the
-//!   sender's claim is marked on the wire.
+//!   sender's gate opens (the claim committed, the re-check passed).
 //! * `tls`: the rustls setup shared by STARTTLS and implicit TLS.
 //! * `mailboxes`: the relays and DKIM keys of sender mailboxes, opened on first use.
 //!
@@ -79,9 +79,9 @@ pub enum SendError {
     /// relay may or may not have accepted it. Never retried automatically.
     #[error("outcome unknown: {}", .0.text)]
     Unknown(Reply),
-    /// The sender's claim could not be marked on the wire, so the body was never sent: nothing
-    /// went out, and this sender must not act on the key further.
-    #[error("not sent: the claim could not be marked on the wire")]
+    /// The gate stayed shut (the key was not claimed, or the re-check after the claim refused),
+    /// so the final dot was never sent: the relay accepted nothing.
+    #[error("not sent: the gate stayed shut before the final dot")]
     Withheld,
 }
 
@@ -112,7 +112,7 @@ impl Transport {
         }
     }
 
-    /// Connects (waiting as long as it takes) and sends one message, with no claim to mark.
+    /// Connects (waiting as long as it takes) and sends one message, with no gate to pass.
     pub async fn send(&self, mail: &Outgoing) -> Result<Reply, SendError> {
         let session = match self {
             Transport::Smtp(pool) => match pool.clone().checkout(None).await {

@@ -10,8 +10,9 @@
 //! A transaction is driven phase by phase so that a failure is classified by what the relay can
 //! have received: MAIL, RCPT or DATA refused, or the connection lost before the final dot,
 //! means nothing went out (the connection is kept after a refusal, with RSET); a lost answer
-//! after the dot leaves the outcome unknown. The dot leaves only after the sender's claim was
-//! marked on the wire, and the mark is made only once the body is out (`gate.rs`).
+//! after the dot leaves the outcome unknown. The dot leaves only after the sender's gate opened
+//! (its claim committed and its re-check passed), and the gate is asked only once the body is
+//! out (`gate.rs`).
 //!
 //! A connection that cannot be set up (TLS refused, AUTH refused, STARTTLS required but not
 //! offered) fails the send as transient, never as sent; [`SmtpPool::probe`] reports the same at
@@ -322,7 +323,7 @@ impl SmtpPool {
                 ));
             }
         }
-        // The relay said 354. The body goes out; once it is out, the claim is marked; only
+        // The relay said 354. The body goes out; once it is out, the gate is asked; only
         // then does the final dot follow (`gate.rs`).
         let (parts, body_out, verdict) = BodyThenHold::new(&bytes, open.gate.clone());
         let mark = async move {
