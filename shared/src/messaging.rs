@@ -36,6 +36,10 @@ pub enum MessagingError {
     NotConfirmed,
     #[error("the broker did not confirm a publish within {0:?}")]
     ConfirmTimeout(std::time::Duration),
+    /// The consumer's stream ended while the worker still runs: its connection or channel is
+    /// gone, and the session must start again.
+    #[error("the broker ended the consumer")]
+    ConsumerEnded,
 }
 
 /// Opens a connection to RabbitMQ (`amqp://`, or `amqps://` over rustls with the webpki roots).

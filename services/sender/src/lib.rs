@@ -190,7 +190,9 @@ async fn consume(
         let delivery = match next {
             Some(Ok(delivery)) => delivery,
             Some(Err(e)) => break Err(MessagingError::from(e).into()),
-            None => break Ok(()),
+            // Not a shutdown (that is checked above): the connection went away without an error
+            // on the stream. Start a new session, as for any broker failure.
+            None => break Err(MessagingError::ConsumerEnded.into()),
         };
         let (ctx, channel, queue) = (ctx.clone(), channel.clone(), queue.to_owned());
         tasks.spawn(async move {

@@ -601,3 +601,39 @@ async fn a_stray_run_of_an_ended_enrollment_is_cancelled_and_blocks_nothing() ->
     sender.await?;
     env.stop().await
 }
+
+/// The broker ends a sender's consumer without an error (here: its queue is deleted, and the
+/// broker cancels the consumer): the sender starts a new session, which declares the queue
+/// again, and goes on sending. It once took the stream's end for a shutdown and stopped for
+/// good, silently, after a RabbitMQ restart.
+#[tokio::test]
+async fn a_sender_whose_consumer_the_broker_ends_starts_again() -> anyhow::Result<()> {
+    let (env, smtp) = start(&[Role::All], |_| {}).await?;
+    env.create_sequence(sequence_body(
+        "C",
+        &[("One", "1", json!({"type": "immediately"}))],
+        "t",
+    ))
+    .await?;
+    let enroll = |lead: &str| {
+        let event = json!({"events": [{"id": lead, "type": "tag_applied", "tag": "t",
+                                       "lead": {"email": format!("{lead}@example.com")}}]});
+        env.post("/v1/events", event)
+    };
+    enroll("a").await?;
+    smtp.wait_for(1, Duration::from_secs(10)).await?;
+
+    let conn = messaging::connect(&env.settings.amqp_url).await?;
+    let ch = conn.create_channel().await?;
+    ch.queue_delete(
+        env.settings.queue.as_str().into(),
+        lapin::options::QueueDeleteOptions::default(),
+    )
+    .await?;
+    conn.close(200, "done".into()).await?;
+
+    enroll("b").await?;
+    let got = smtp.wait_for(2, Duration::from_secs(20)).await?;
+    assert_eq!(got[1].rcpt_to, vec!["b@example.com".to_owned()]);
+    env.stop().await
+}
