@@ -37,6 +37,17 @@ fn command(settings: &Settings) -> Command {
     cmd
 }
 
+/// Sends SIGTERM to a `pulse serve` process; it must drain and exit 0 within 20 s.
+fn stop(child: &mut Child) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -TERM failed");
+    let exit = wait_exit(child, Duration::from_secs(20))?;
+    anyhow::ensure!(exit.success(), "pulse exited with {exit}");
+    Ok(())
+}
+
 /// `pulse migrate` for `settings`; it must succeed.
 fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let out = command(settings).arg("migrate").output()?;
@@ -355,10 +366,7 @@ async fn a_crash_between_smtp_acceptance_and_the_ledger_is_unknown_and_never_res
         "the enrollment moved on"
     );
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    assert!(wait_exit(&mut child, Duration::from_secs(20))?.success());
+    stop(&mut child)?;
     pulse_tests::cleanup(&settings).await
 }
 
@@ -418,10 +426,7 @@ async fn a_sender_killed_before_its_gate_leaves_nothing_in_doubt_and_the_send_go
     assert_eq!(get("/v1/sends?state=UNKNOWN").await?["sends"], json!([]));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(smtp.count(), 1, "sent once");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    assert!(wait_exit(&mut child, Duration::from_secs(20))?.success());
+    stop(&mut child)?;
     pulse_tests::cleanup(&settings).await
 }
 
@@ -497,10 +502,7 @@ async fn no_lead_address_leaves_the_process_in_traces_logs_or_metrics() -> anyho
         .await?
         .text()
         .await?;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    assert!(wait_exit(&mut child, Duration::from_secs(20))?.success());
+    stop(&mut child)?;
 
     let logs = std::fs::read(&log_path)?;
     let _ = std::fs::remove_file(&log_path);
