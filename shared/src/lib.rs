@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod identity;
 pub mod ledger;
+pub mod limits;
 pub mod mailbox;
 pub mod messaging;
 pub mod metrics;

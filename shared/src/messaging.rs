@@ -19,9 +19,6 @@ pub struct SendMessage {
     pub enrollment_id: Uuid,
     pub sequence_id: Uuid,
     pub workspace_id: Uuid,
-    /// The sequence's `max_sends_per_minute` when it was queued, enforced by the sender.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_per_minute: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error)]

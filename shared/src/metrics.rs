@@ -66,7 +66,8 @@ pub enum SendOutcome {
     Retried,
     /// Its sequence is paused: held, not sent.
     HeldByPause,
-    /// Its sequence's sending rate was reached: moved to a later minute.
+    /// A sending limit (mailbox, domain, workspace, sequence) was reached: due when its slot
+    /// frees.
     RateLimited,
     /// The send window closed before it went out: due at the next opening.
     HeldByWindow,
@@ -78,10 +79,12 @@ pub enum SendOutcome {
     Released,
     /// The relay's answer was lost: left UNKNOWN for an operator.
     Unknown,
+    /// Redis could not be reached (pause flags, sending limits): held, due again shortly.
+    HeldWithoutRedis,
 }
 
 impl SendOutcome {
-    pub const ALL: [SendOutcome; 10] = [
+    pub const ALL: [SendOutcome; 11] = [
         Self::Sent,
         Self::Failed,
         Self::Retried,
@@ -92,6 +95,7 @@ impl SendOutcome {
         Self::DuplicateSuppressed,
         Self::Released,
         Self::Unknown,
+        Self::HeldWithoutRedis,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +110,7 @@ impl SendOutcome {
             Self::DuplicateSuppressed => "duplicate_suppressed",
             Self::Released => "released",
             Self::Unknown => "unknown",
+            Self::HeldWithoutRedis => "held_without_redis",
         }
     }
 }
@@ -340,7 +345,7 @@ impl Metrics {
         r.register(
             "sender_sends",
             "What became of each due-send message: sent, failed, retried, held_by_pause, \
-             rate_limited, duplicate_suppressed, released, unknown",
+             rate_limited, duplicate_suppressed, released, unknown, held_without_redis",
             sends.clone(),
         );
         let smtp_duration = latency();

@@ -1,5 +1,5 @@
-//! Pause flags and rate state in Redis: a cache of each sequence's status that senders read on
-//! the hot path, and per-sequence send counters for `max_sends_per_minute`.
+//! Pause flags in Redis: a cache of each sequence's status that senders read on the hot path;
+//! and the connection the sending limits' state shares (`crate::limits`).
 //!
 //! PostgreSQL is the truth; Redis may lose every key at any moment (it runs without
 //! persistence). The rules that make that safe:
@@ -16,7 +16,6 @@
 //!
 //! This module never decides what to do with a paused message; the sender does.
 
-use chrono::{DateTime, TimeZone, Utc};
 use redis::{AsyncConnectionConfig, aio::MultiplexedConnection};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -213,32 +212,20 @@ impl PauseFlags {
         Ok(Gate::from_status(Some(status)))
     }
 
-    /// Takes a send slot of `sequence` in the current minute. `None`: go ahead. `Some(t)`: the
-    /// minute's budget is spent; `t` is the start of the minute this send should move to (the
-    /// overflow is spread over the following minutes, `per_minute` each).
-    pub async fn take_send_slot(
+    /// The prefix of every key this role writes.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Runs a Lua script (the sending limits' check); a connection-level failure drops the
+    /// connection for the next call.
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &self,
-        sequence: Uuid,
-        per_minute: i32,
-        now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, PauseError> {
-        let minute = now.timestamp().div_euclid(60);
-        let key = format!("{}:rate:{sequence}:{minute}", self.prefix);
+        call: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, PauseError> {
         let mut conn = self.connection().await?;
-        let counted = redis::pipe()
-            .atomic()
-            .incr(&key, 1)
-            .expire(&key, 120)
-            .ignore()
-            .query_async(&mut conn)
-            .await;
-        let (count,): (i64,) = self.settle(counted).await?;
-        let per_minute = i64::from(per_minute.max(1));
-        if count <= per_minute {
-            return Ok(None);
-        }
-        let minutes_ahead = (count - 1) / per_minute;
-        Ok(Utc.timestamp_opt((minute + minutes_ahead) * 60, 0).single())
+        let result = call.invoke_async(&mut conn).await;
+        self.settle(result).await
     }
 
     /// Redis round trip, for readiness checks.

@@ -90,78 +90,6 @@ pub fn plan_run(
     )
 }
 
-/// Spreads sends over minutes so that no minute gets more than a sequence's
-/// `max_sends_per_minute`, each send at its next valid time. Used where many due times are set
-/// at once (resume); the senders enforce the same per-minute budget at send time.
-///
-/// `place` takes the earliest time a send may go and the rule that moves a time to the next
-/// valid one (window and zone of that lead): the answer is the first valid time whose minute
-/// still has room. A backlog bigger than what is left of a window continues at the next
-/// opening. Full minutes are skipped in near-constant time (a "next minute with room" link,
-/// path-compressed), so a backlog of n sends costs O(n), not O(n²/rate).
-#[derive(Debug)]
-pub struct Pacer {
-    per_minute: Option<i64>,
-    used: std::collections::HashMap<i64, i64>,
-    /// A full minute → a later minute that may have room.
-    next: std::collections::HashMap<i64, i64>,
-}
-
-impl Pacer {
-    pub fn new(per_minute: Option<i32>) -> Self {
-        Self {
-            per_minute: per_minute.map(|r| i64::from(r.max(1))),
-            used: Default::default(),
-            next: Default::default(),
-        }
-    }
-
-    fn room_from(&mut self, minute: i64) -> i64 {
-        let mut root = minute;
-        while let Some(&n) = self.next.get(&root) {
-            root = n;
-        }
-        let mut cur = minute;
-        while let Some(&n) = self.next.get(&cur) {
-            if n == root {
-                break;
-            }
-            self.next.insert(cur, root);
-            cur = n;
-        }
-        root
-    }
-
-    /// The send time for one more send that may go at `earliest`, moved by `valid`.
-    pub fn place(
-        &mut self,
-        earliest: DateTime<Utc>,
-        valid: impl Fn(DateTime<Utc>) -> DateTime<Utc>,
-    ) -> DateTime<Utc> {
-        let mut at = valid(earliest);
-        let Some(rate) = self.per_minute else {
-            return at;
-        };
-        loop {
-            let minute = at.timestamp().div_euclid(60);
-            let free = self.room_from(minute);
-            if free != minute {
-                let Some(start) = DateTime::from_timestamp(free * 60, 0) else {
-                    return at;
-                };
-                at = valid(start);
-                continue;
-            }
-            let used = self.used.entry(minute).or_default();
-            *used += 1;
-            if *used >= rate {
-                self.next.insert(minute, minute + 1);
-            }
-            return at;
-        }
-    }
-}
-
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -464,32 +392,42 @@ mod tests {
     }
 
     #[test]
-    fn the_pacer_fills_minutes_up_to_the_rate_and_continues_at_the_next_opening() {
+    fn the_pacer_spaces_sends_by_the_rate_and_continues_at_the_next_opening() {
+        use crate::limits::{Pacer, SendLimits};
         let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let per_minute = |n| {
+            let mut l = SendLimits::new(uuid::Uuid::nil());
+            l.per_minute(uuid::Uuid::nil(), n, chrono_tz::UTC);
+            l
+        };
         // Monday 09:00–10:00 UTC only; resumed on Sunday: everything starts at Monday 09:00.
         let r = rules(None);
         let valid = |at| window::next_valid(at, r.window.as_ref(), chrono_tz::UTC);
-        let mut pacer = Pacer::new(Some(10));
+        let mut pacer = Pacer::new();
+        let ten = per_minute(10);
         let placed: Vec<_> = (0..25)
-            .map(|_| pacer.place(t("2026-01-18T12:00:00Z"), valid))
+            .map(|_| pacer.place(t("2026-01-18T12:00:00Z"), valid, &ten))
             .collect();
         assert_eq!(placed[0], t("2026-01-19T09:00:00Z"));
-        assert_eq!(placed[9], t("2026-01-19T09:00:00Z"));
-        assert_eq!(placed[10], t("2026-01-19T09:01:00Z"));
-        assert_eq!(placed[24], t("2026-01-19T09:02:00Z"));
-        // A backlog bigger than the window: 60 minutes × 2 fit, the rest go a week later.
-        let mut pacer = Pacer::new(Some(2));
+        // (60 s + a 3 s guard) / 10 apart.
+        assert_eq!(placed[10], t("2026-01-19T09:01:03Z"));
+        // A backlog bigger than the window: 115 fit 31.5 s apart, the rest go a week later.
+        let mut pacer = Pacer::new();
+        let two = per_minute(2);
         let placed: Vec<_> = (0..125)
-            .map(|_| pacer.place(t("2026-01-19T09:00:00Z"), valid))
+            .map(|_| pacer.place(t("2026-01-19T09:00:00Z"), valid, &two))
             .collect();
-        assert!(placed[..120].iter().all(|p| *p < t("2026-01-19T10:00:00Z")));
-        assert_eq!(placed[119], t("2026-01-19T09:59:00Z"));
-        assert_eq!(placed[120], t("2026-01-26T09:00:00Z"));
-        assert_eq!(placed[124], t("2026-01-26T09:02:00Z"));
-        // No rate: only the window moves a time.
-        let mut pacer = Pacer::new(None);
+        assert!(placed[..115].iter().all(|p| *p < t("2026-01-19T10:00:00Z")));
+        assert_eq!(placed[115], t("2026-01-26T09:00:00Z"));
+        assert_eq!(placed[116], t("2026-01-26T09:00:31.500Z"));
+        // No limits: only the window moves a time.
+        let mut pacer = Pacer::new();
         assert_eq!(
-            pacer.place(t("2026-01-19T09:30:10Z"), valid),
+            pacer.place(
+                t("2026-01-19T09:30:10Z"),
+                valid,
+                &SendLimits::new(uuid::Uuid::nil())
+            ),
             t("2026-01-19T09:30:10Z")
         );
     }

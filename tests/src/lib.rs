@@ -3,6 +3,7 @@
 //! `pulse::serve`, plus a real SMTP server. Tests using it can run in parallel.
 
 pub mod browser;
+pub mod proxy;
 pub mod smtp;
 pub mod tls;
 

@@ -13,6 +13,7 @@ use pulse_shared::{
     domain::{validate, window},
     enroll,
     http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, MaybeJson},
+    limits::{self, LIMIT_COLUMNS, Pacer},
     model::{
         AuditEvent, AuditList, CancelManyRequest, CancelManyResponse, CancelRequest, Enrollment,
         EnrollmentStatus, ReenrollRequest, ReenrollResponse, ReenrollResult, ResumeItem,
@@ -127,37 +128,47 @@ async fn resume_plan(
     sequence: Uuid,
     now: DateTime<Utc>,
 ) -> Result<(Vec<ResumeItem>, i64), ApiError> {
-    let seq = sqlx::query(
-        "SELECT timezone, send_window, end_date, max_sends_per_minute FROM sequences WHERE id = $1",
-    )
-    .bind(sequence)
-    .fetch_one(&mut *conn)
-    .await?;
+    let seq = sqlx::query("SELECT timezone, send_window, end_date FROM sequences WHERE id = $1")
+        .bind(sequence)
+        .fetch_one(&mut *conn)
+        .await?;
     let rules = schedule::rules_from_row(&seq)?;
-    let rate: Option<i32> = seq.get("max_sends_per_minute");
-    let rows = sqlx::query(
+    // Each step's limits as its send will see them: the enrollment's mailbox (or the one its run
+    // was frozen with), the lead's domain, the workspace and the sequence.
+    let rows = sqlx::query(&format!(
         "SELECT sr.id, sr.enrollment_id, st.position, sr.due_at, l.email, l.timezone AS lead_tz,
-                st.end_date AS step_end
+                st.end_date AS step_end, sr.workspace_id, sr.sequence_id, s.timezone,
+                {LIMIT_COLUMNS}
          FROM step_runs sr
          JOIN enrollments e ON e.id = sr.enrollment_id
          JOIN leads l ON l.id = e.lead_id
          JOIN sequence_steps st ON st.id = sr.step_id
+         JOIN sequences s ON s.id = sr.sequence_id
+         JOIN workspaces w ON w.id = sr.workspace_id
+         LEFT JOIN mailboxes mb ON mb.id = COALESCE(sr.mailbox_id, e.mailbox_id)
+         LEFT JOIN domain_limits dl ON dl.workspace_id = sr.workspace_id
+                                   AND dl.domain = split_part(l.email, '@', 2)
          WHERE sr.sequence_id = $1 AND sr.state = 'SCHEDULED' AND e.status = 'ACTIVE'
-         ORDER BY sr.due_at, sr.id",
-    )
+         ORDER BY sr.due_at, sr.id"
+    ))
     .bind(sequence)
     .fetch_all(&mut *conn)
     .await?;
     let mut items = Vec::with_capacity(rows.len());
-    // The backlog goes out at the next valid times, no minute over the rate: each send is
-    // moved into its lead's window first, then to the first minute there with room.
-    let mut pacer = schedule::Pacer::new(rate);
+    // The backlog goes out at the next valid times under the sending limits: each send is
+    // moved into its lead's window first, then to its first slot under every limit there.
+    let mut pacer = Pacer::new();
     for row in &rows {
         let due: DateTime<Utc> = row.get("due_at");
         let lead_tz = schedule::lead_zone(row.get("lead_tz"));
         let base = if due <= now {
             let zone = lead_tz.unwrap_or(rules.timezone);
-            pacer.place(now, |t| window::next_valid(t, rules.window.as_ref(), zone))
+            let limits = limits::from_row(row)?;
+            pacer.place(
+                now,
+                |t| window::next_valid(t, rules.window.as_ref(), zone),
+                &limits,
+            )
         } else {
             due
         };

@@ -101,6 +101,11 @@ pub(crate) async fn apply(
         Some(s) => Some(check_sender(&mut tx, auth.workspace, s).await?),
         None => None,
     };
+    let limits = req
+        .limits
+        .as_deref()
+        .map(|l| pulse_shared::limits::to_store("limits", l))
+        .transpose()?;
 
     sqlx::query(
         "UPDATE sequences SET
@@ -113,6 +118,7 @@ pub(crate) async fn apply(
              max_sends_per_minute = CASE WHEN $9 THEN $10 ELSE max_sends_per_minute END,
              sender_reply_to = CASE WHEN $12 THEN $11 ELSE sender_reply_to END,
              exit_on_reply = COALESCE($14, exit_on_reply),
+             limits = CASE WHEN $15 THEN $16 ELSE limits END,
              version = version + 1, updated_at = now()
          WHERE id = $1",
     )
@@ -137,6 +143,8 @@ pub(crate) async fn apply(
     .bind(sender.is_some())
     .bind(sender.as_ref().and_then(|s| s.mailboxes.as_ref()))
     .bind(req.exit_on_reply.map(|e| e.as_str()))
+    .bind(limits.is_some())
+    .bind(limits.flatten())
     .execute(&mut *tx)
     .await?;
 

@@ -1,12 +1,13 @@
 //! The api role: the control plane over HTTP. Owns the `/v1` routes for sequences (create,
 //! edit, versions), control actions (pause, resume and its preview, delete, cancel, re-enroll,
 //! audit), manual enrollment, the enrollments view, the send history (the ledger), the
-//! workspace's settings, sender mailboxes, the suppression list and the public one-click
+//! workspace's settings, sender mailboxes, limits per recipient domain, the suppression list and the public one-click
 //! unsubscribe page, the dev
 //! outbox and the OpenAPI document, and the Hub's pages (`hub`), which act through those same
 //! handlers. It schedules only through the shared rules and never sends mail.
 
 mod control;
+mod domain_limits;
 mod drain;
 mod edit;
 mod enrollments;
@@ -30,7 +31,7 @@ use std::time::Duration;
 use axum::{
     Json, Router,
     extract::FromRef,
-    routing::{delete, get, patch, post},
+    routing::{delete, get, patch, post, put},
 };
 use pulse_shared::pause::PauseFlags;
 use sqlx::PgPool;
@@ -117,6 +118,11 @@ pub fn router(state: ApiState) -> Router {
                 .patch(mailboxes::edit)
                 .delete(mailboxes::delete),
         )
+        .route("/v1/domain-limits", get(domain_limits::list))
+        .route(
+            "/v1/domain-limits/{domain}",
+            put(domain_limits::set).delete(domain_limits::remove),
+        )
         .route(
             "/v1/suppressions",
             get(suppressions::list).post(suppressions::add),
@@ -147,6 +153,7 @@ pub fn router(state: ApiState) -> Router {
         sends::search, sends::resolve, sends::resolve_many, sends::for_sequence, sends::for_enrollment,
         workspace::get_one, workspace::patch, outbox::list,
         mailboxes::create, mailboxes::list, mailboxes::get_one, mailboxes::edit, mailboxes::delete,
+        domain_limits::list, domain_limits::set, domain_limits::remove,
         suppressions::add, suppressions::list, suppressions::lift,
         inbound::list, inbound::get_one, providers::ses, providers::sendgrid,
         unsubscribe::confirm_page, unsubscribe::one_click,

@@ -5,9 +5,9 @@
 
 use axum::{Json, extract::State, http::StatusCode};
 use pulse_shared::{
-    domain::{limits, validate},
+    domain::{limits as sizes, validate},
     http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
-    mailbox,
+    limits, mailbox,
     model::{CreateMailbox, DkimInput, EditMailbox, Mailbox, MailboxList},
 };
 use sqlx::PgConnection;
@@ -16,7 +16,8 @@ use uuid::Uuid;
 use crate::ApiState;
 
 const COLUMNS: &str = "id, address, display_name, reply_to, smtp_url,
-    smtp_password IS NOT NULL AS has_smtp_password, dkim_selector, created_at, updated_at";
+    smtp_password IS NOT NULL AS has_smtp_password, dkim_selector,
+    COALESCE(limits, '[]'::jsonb) AS limits, timezone, created_at, updated_at";
 
 /// Create a sender mailbox.
 #[utoipa::path(
@@ -40,11 +41,13 @@ pub async fn create(
     let reply_to = req.reply_to.as_deref().map(check_reply_to).transpose()?;
     let (smtp_url, smtp_password) = check_relay(req.smtp_url.as_deref(), req.smtp_password)?;
     let dkim = req.dkim.as_ref().map(check_dkim).transpose()?;
+    let limits = limits::to_store("limits", &req.limits)?;
+    let timezone = req.timezone.as_deref().map(check_zone).transpose()?;
     let id = Uuid::new_v4();
     let created = sqlx::query_as::<_, Mailbox>(&format!(
         "INSERT INTO mailboxes (id, workspace_id, address, display_name, reply_to, smtp_url,
-                                smtp_password, dkim_selector, dkim_private_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                smtp_password, dkim_selector, dkim_private_key, limits, timezone)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, 'UTC'))
          ON CONFLICT DO NOTHING
          RETURNING {COLUMNS}"
     ))
@@ -57,6 +60,8 @@ pub async fn create(
     .bind(smtp_password)
     .bind(dkim.as_ref().map(|d| &d.0))
     .bind(dkim.as_ref().map(|d| &d.1))
+    .bind(limits)
+    .bind(timezone)
     .fetch_optional(&state.db)
     .await?
     .ok_or_else(|| ApiError::Conflict(format!("a mailbox for {address} exists already")))?;
@@ -137,6 +142,12 @@ pub async fn edit(
         .dkim
         .map(|d| d.as_ref().map(check_dkim).transpose())
         .transpose()?;
+    let new_limits = req
+        .limits
+        .as_deref()
+        .map(|l| limits::to_store("limits", l))
+        .transpose()?;
+    let timezone = req.timezone.as_deref().map(check_zone).transpose()?;
     let mut tx = state.db.begin().await?;
     let before = fetch(&mut tx, auth.workspace, id).await?;
     if relay.is_none()
@@ -156,6 +167,8 @@ pub async fn edit(
              smtp_password = CASE WHEN $7 THEN $9 WHEN $10 THEN $11 ELSE smtp_password END,
              dkim_selector = CASE WHEN $12 THEN $13 ELSE dkim_selector END,
              dkim_private_key = CASE WHEN $12 THEN $14 ELSE dkim_private_key END,
+             limits = CASE WHEN $15 THEN $16 ELSE limits END,
+             timezone = COALESCE($17, timezone),
              updated_at = now()
          WHERE id = $1 AND workspace_id = $2",
     )
@@ -173,6 +186,9 @@ pub async fn edit(
     .bind(dkim.is_some())
     .bind(dkim.as_ref().and_then(|d| d.as_ref().map(|d| d.0.clone())))
     .bind(dkim.as_ref().and_then(|d| d.as_ref().map(|d| d.1.clone())))
+    .bind(new_limits.is_some())
+    .bind(new_limits.flatten())
+    .bind(timezone)
     .execute(&mut *tx)
     .await?;
     let after = fetch(&mut tx, auth.workspace, id).await?;
@@ -295,8 +311,14 @@ fn check_address(raw: &str) -> Result<String, ApiError> {
     Ok(parsed.email.to_string())
 }
 
+fn check_zone(raw: &str) -> Result<String, ApiError> {
+    validate::timezone(raw)
+        .map(|z| z.name().to_owned())
+        .map_err(|m| ApiError::invalid("timezone", m))
+}
+
 fn check_name(name: &str) -> Result<String, ApiError> {
-    validate::text(name, limits::TEXT_BYTES).map_err(|m| ApiError::invalid("display_name", m))?;
+    validate::text(name, sizes::TEXT_BYTES).map_err(|m| ApiError::invalid("display_name", m))?;
     let name = name.trim();
     // It becomes part of a From header: a name lettre cannot put there is refused now.
     validate::mailbox(&format!("\"{}\" <a@example.com>", name.replace('"', "")))

@@ -40,6 +40,7 @@ pub async fn create(
     check_steps(&req.steps, false)?;
     check_triggers(&req.triggers)?;
     check_settings(req.send_window.as_ref(), req.max_sends_per_minute)?;
+    let limits = pulse_shared::limits::to_store("limits", &req.limits)?;
 
     let id = Uuid::new_v4();
     let mut tx = state.db.begin().await?;
@@ -47,8 +48,8 @@ pub async fn create(
     sqlx::query(
         "INSERT INTO sequences (id, workspace_id, name, timezone, sender_from, send_window,
                                 end_date, max_sends_per_minute, sender_reply_to, sender_mailboxes,
-                                exit_on_reply)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                                exit_on_reply, limits)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(id)
     .bind(auth.workspace)
@@ -61,6 +62,7 @@ pub async fn create(
     .bind(&sender.reply_to)
     .bind(&sender.mailboxes)
     .bind(req.exit_on_reply.unwrap_or_default().as_str())
+    .bind(limits)
     .execute(&mut *tx)
     .await?;
     for (i, step) in req.steps.iter().enumerate() {
@@ -433,7 +435,8 @@ pub(crate) async fn load(
         "SELECT id, name, status, timezone, sender_from, sender_reply_to, sender_mailboxes,
                 version, send_window,
                 end_date,
-                max_sends_per_minute, exit_on_reply, created_at, updated_at
+                max_sends_per_minute, COALESCE(limits, '[]'::jsonb) AS limits, exit_on_reply,
+                created_at, updated_at
          FROM sequences WHERE workspace_id = $1 AND id = ANY($2)",
     )
     .bind(workspace)
@@ -519,6 +522,8 @@ pub(crate) async fn load(
                 .map_err(|e| corrupt(format!("send window: {e}")))?,
             end_date: row.get("end_date"),
             max_sends_per_minute: row.get("max_sends_per_minute"),
+            limits: serde_json::from_value(row.get("limits"))
+                .map_err(|e| corrupt(format!("limits: {e}")))?,
             exit_on_reply: ExitOnReply::from_stored(row.get("exit_on_reply")),
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),

@@ -1,11 +1,12 @@
 //! `GET` and `PATCH /v1/workspace`: the caller's workspace and its settings (the address policy,
-//! the workspace's DKIM key, write-only). Owns the settings columns of `workspaces`; what each setting changes is enforced where that input enters (the
+//! the workspace's DKIM key, write-only, its sending limits). Owns the settings columns of `workspaces`; what each setting changes is enforced where that input enters (the
 //! address policy by `domain::validate::address`, through `Auth::addresses`).
 
 use axum::{Json, extract::State};
 use pulse_shared::{
     domain::validate,
     http::{ApiError, ApiJson, ApiResult, Auth},
+    limits::{self, Limit},
     mailbox,
 };
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,11 @@ pub struct Workspace {
     /// one of its own).
     pub dkim_domain: Option<String>,
     pub dkim_selector: Option<String>,
+    /// Sending limits of the whole workspace (`docs/sending-rules.md`).
+    #[sqlx(json)]
+    pub limits: Vec<Limit>,
+    /// The zone the workspace's `P1D` limit rolls over in.
+    pub timezone: String,
 }
 
 /// The settings to change; a setting left out keeps its value.
@@ -35,6 +41,10 @@ pub struct WorkspacePatch {
     #[serde(default, deserialize_with = "pulse_shared::model::present")]
     #[schema(value_type = Option<WorkspaceDkim>)]
     pub dkim: Option<Option<WorkspaceDkim>>,
+    /// The workspace's sending limits, replaced as a whole (`[]` removes them).
+    pub limits: Option<Vec<Limit>>,
+    /// IANA zone of the workspace's `P1D` limit.
+    pub timezone: Option<String>,
 }
 
 /// A DKIM key for the mail of one domain.
@@ -102,6 +112,30 @@ pub async fn patch(
         .await?;
         tracing::info!(workspace = %auth.workspace, actor = %auth.actor, dkim_domain = ?checked.as_ref().map(|c| &c.0), "workspace DKIM key changed");
     }
+    if req.limits.is_some() || req.timezone.is_some() {
+        let new_limits = req
+            .limits
+            .as_deref()
+            .map(|l| limits::to_store("limits", l))
+            .transpose()?;
+        let timezone = req
+            .timezone
+            .as_deref()
+            .map(|z| validate::timezone(z).map_err(|m| ApiError::invalid("timezone", m)))
+            .transpose()?;
+        sqlx::query(
+            "UPDATE workspaces SET limits = CASE WHEN $2 THEN $3 ELSE limits END,
+                 timezone = COALESCE($4, timezone)
+             WHERE id = $1",
+        )
+        .bind(auth.workspace)
+        .bind(new_limits.is_some())
+        .bind(new_limits.flatten())
+        .bind(timezone.map(|z| z.name()))
+        .execute(&state.db)
+        .await?;
+        tracing::info!(workspace = %auth.workspace, actor = %auth.actor, limits = ?req.limits, "workspace sending limits changed");
+    }
     if let Some(dotless) = req.allow_dotless_domains {
         sqlx::query("UPDATE workspaces SET allow_dotless_domains = $2 WHERE id = $1")
             .bind(auth.workspace)
@@ -115,8 +149,9 @@ pub async fn patch(
 
 async fn fetch(state: &ApiState, workspace: Uuid) -> Result<Workspace, ApiError> {
     sqlx::query_as(
-        "SELECT id, name, allow_dotless_domains, dkim_domain, dkim_selector FROM workspaces
-         WHERE id = $1",
+        "SELECT id, name, allow_dotless_domains, dkim_domain, dkim_selector,
+                COALESCE(limits, '[]'::jsonb) AS limits, timezone
+         FROM workspaces WHERE id = $1",
     )
     .bind(workspace)
     .fetch_optional(&state.db)

@@ -126,7 +126,6 @@ pub(crate) fn render(
             enrollment_id: enrollment,
             sequence_id: row.try_get("sequence_id").map_err(get)?,
             workspace_id: row.try_get("workspace_id").map_err(get)?,
-            max_per_minute: row.try_get("max_sends_per_minute").map_err(get)?,
         },
         content,
         from_addr,

@@ -56,6 +56,7 @@ use pulse_shared::{
     ledger::{
         self, Claim, ClaimRequest, Failure, Fence, Gated, Release, Reply, SentRecord, Settled,
     },
+    limits::{Period, Taken},
     messaging::{self, MessagingError, SendMessage},
     metrics::{Metrics, SendOutcome},
     pause::{Gate, PauseError},
@@ -408,6 +409,27 @@ fn unsent_outcome(how: Release) -> SendOutcome {
     }
 }
 
+/// How long a step waits when Redis cannot be reached, before it is tried again.
+const REDIS_DOWN_RETRY: chrono::Duration = chrono::Duration::seconds(5);
+
+/// Redis is down: the pause flag or the sending limits cannot be checked, so nothing is sent
+/// (fail closed). The step goes back to SCHEDULED, due again shortly; the message is done with.
+async fn hold_without_redis(
+    ctx: &Context,
+    run: uuid::Uuid,
+    error: &PauseError,
+) -> Result<(), HandleError> {
+    let reason = "Redis unreachable: pause flags and sending limits cannot be checked; held";
+    let until = Utc::now() + REDIS_DOWN_RETRY;
+    record_with_retries(|| {
+        ledger::settle_unsent(&ctx.db, run, Release::Hold(Some(until)), Some(reason))
+    })
+    .await?;
+    ctx.metrics.send(SendOutcome::HeldWithoutRedis);
+    tracing::warn!(step_run = %run, %error, "redis unreachable; step held");
+    Ok(())
+}
+
 /// Handles one due-send message. `Ok` means the message is done with and can be acked.
 async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     let msg: SendMessage =
@@ -416,21 +438,15 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     tracing::Span::current().record("key", msg.key.as_str());
     let m = &ctx.metrics;
 
-    if ctx.flags.gate(&ctx.db, msg.sequence_id).await? == Gate::Paused {
+    // Redis unreachable: hold the step (fail closed) and come back when it may be up again.
+    let gate = match ctx.flags.gate(&ctx.db, msg.sequence_id).await {
+        Err(e @ PauseError::Redis(_)) => return hold_without_redis(ctx, run, &e).await,
+        gate => gate?,
+    };
+    if gate == Gate::Paused {
         ledger::hold(&ctx.db, run, None).await?;
         m.send(SendOutcome::HeldByPause);
         tracing::debug!(step_run = %run, "sequence paused; step held");
-        return Ok(());
-    }
-    if let Some(limit) = msg.max_per_minute
-        && let Some(slot) = ctx
-            .flags
-            .take_send_slot(msg.sequence_id, limit, Utc::now())
-            .await?
-    {
-        ledger::hold(&ctx.db, run, Some(slot)).await?;
-        m.send(SendOutcome::RateLimited);
-        tracing::debug!(step_run = %run, %slot, "sequence rate reached; step moved to a later minute");
         return Ok(());
     }
 
@@ -446,6 +462,30 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         m.send(unsent_outcome(how));
         tracing::debug!(key = %msg.key, %reason, "not sending");
         return Ok(());
+    }
+
+    // A slot under every sending limit that applies, or the step waits for its slot.
+    let now = Utc::now();
+    match snap.limits.take(&ctx.flags, now).await {
+        Ok(Taken::Go) => {}
+        Ok(Taken::Wait { after, binding }) => {
+            let limit = &snap.limits.list[binding];
+            let mut until = now + chrono::Duration::from_std(after).unwrap_or_default();
+            if limit.rule.period == Period::Day {
+                // Spread the day's waiting sends over the first minute after midnight.
+                until += chrono::Duration::milliseconds((run.as_u128() % 60_000) as i64);
+            }
+            let reason = limit.reason(until);
+            record_with_retries(|| {
+                ledger::settle_unsent(&ctx.db, run, Release::Hold(Some(until)), Some(&reason))
+            })
+            .await?;
+            m.send(SendOutcome::RateLimited);
+            tracing::debug!(step_run = %run, %until, %reason, "sending limit reached; step waits for its slot");
+            return Ok(());
+        }
+        Err(e @ PauseError::Redis(_)) => return hold_without_redis(ctx, run, &e).await,
+        Err(e) => return Err(e.into()),
     }
 
     // A mailbox with a relay of its own sends through it; mail is signed with the mailbox's or

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::Release;
 use crate::{
     db::StoreError,
+    limits::SendLimits,
     schedule::{self, Rules, StepSpec},
     smtp_url::Secret,
     state::{EnrollmentStatus, SequenceStatus, StepRunState},
@@ -100,6 +101,9 @@ pub struct Snapshot {
     pub unsubscribe: crate::unsubscribe::Subject,
     /// What follows this step, read in the same query, for [`super::record_sent`]'s fast path.
     pub followup: Followup,
+    /// The sending limits this send needs a slot under (mailbox, recipient domain, workspace,
+    /// sequence), as they are now.
+    pub limits: SendLimits,
 }
 
 /// Where a mailbox's mail goes and how it is signed, read with the snapshot (so a change to the
@@ -166,6 +170,7 @@ pub async fn snapshot_many(
     db: &PgPool,
     step_runs: &[Uuid],
 ) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
+    use crate::limits::LIMIT_COLUMNS;
     let sql = format!(
         "SELECT sr.id, sr.workspace_id, sr.subject, sr.body, sr.html, sr.reply_to, sr.in_reply_to, sr.thread_refs,
                 sr.from_addr, sr.to_addr, sr.message_id, sr.sequence_id, sr.attempts,
@@ -173,17 +178,20 @@ pub async fn snapshot_many(
                 s.version AS sequence_version, s.timezone, s.send_window, s.end_date,
                 l.timezone AS lead_tz, nx.id AS next_id, nx.position AS next_position,
                 nx.timing AS next_timing, nx.end_date AS next_end_date, nx.version AS next_version,
-                mb.id AS mb_id, mb.updated_at AS mb_updated_at, mb.address AS mb_address,
+                mb.updated_at AS mb_updated_at,
                 mb.smtp_url AS mb_smtp_url, mb.smtp_password AS mb_smtp_password,
                 mb.dkim_selector AS mb_dkim_selector, mb.dkim_private_key AS mb_dkim_key,
                 w.dkim_domain AS ws_dkim_domain, w.dkim_selector AS ws_dkim_selector,
-                w.dkim_private_key AS ws_dkim_key, w.dkim_updated_at AS ws_dkim_updated_at
+                w.dkim_private_key AS ws_dkim_key, w.dkim_updated_at AS ws_dkim_updated_at,
+                {LIMIT_COLUMNS}
          FROM step_runs sr
          LEFT JOIN mailboxes mb ON mb.id = sr.mailbox_id
-         LEFT JOIN workspaces w ON w.id = sr.workspace_id AND w.dkim_domain IS NOT NULL
+         JOIN workspaces w ON w.id = sr.workspace_id
          JOIN enrollments e ON e.id = sr.enrollment_id
          JOIN sequences s ON s.id = sr.sequence_id
          JOIN leads l ON l.id = e.lead_id
+         LEFT JOIN domain_limits dl ON dl.workspace_id = sr.workspace_id
+                                   AND dl.domain = split_part(l.email, '@', 2)
          JOIN sequence_steps cur ON cur.id = sr.step_id
          LEFT JOIN LATERAL (
              SELECT st.id, st.position, st.timing, st.end_date, st.version FROM sequence_steps st
@@ -281,6 +289,7 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
             })
         }
     };
+    let limits = crate::limits::from_row(row)?;
     let workspace_dkim = match row.try_get::<Option<String>, _>("ws_dkim_domain")? {
         None => None,
         Some(domain) => Some(WorkspaceDkim {
@@ -312,6 +321,7 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
             lead: row.try_get("lead_id")?,
             sequence: row.try_get("sequence_id")?,
         },
+        limits,
         followup: Followup {
             sequence: row.try_get("sequence_id")?,
             sequence_version: row.try_get("sequence_version")?,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::present;
+use super::{Limit, present};
 
 /// `POST /v1/mailboxes`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -30,6 +30,13 @@ pub struct CreateMailbox {
     /// Sign this mailbox's mail with DKIM (the key is write-only).
     #[serde(default)]
     pub dkim: Option<DkimInput>,
+    /// How much this mailbox may send (`docs/sending-rules.md`), e.g.
+    /// `[{"max": 2000, "per": "P1D"}, {"max": 30, "per": "PT1M"}]`.
+    #[serde(default)]
+    pub limits: Vec<Limit>,
+    /// The IANA zone its `P1D` limit rolls over in, at midnight; default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 /// A DKIM key: the selector (`<selector>._domainkey.<domain>` holds the public key) and the
@@ -62,6 +69,11 @@ pub struct EditMailbox {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DkimInput>)]
     pub dkim: Option<Option<DkimInput>>,
+    /// The mailbox's sending limits, replaced as a whole (`[]` removes them).
+    #[serde(default)]
+    pub limits: Option<Vec<Limit>>,
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 /// A sender mailbox, without its secrets.
@@ -76,6 +88,10 @@ pub struct Mailbox {
     pub has_smtp_password: bool,
     /// Set when mail from this mailbox is DKIM-signed.
     pub dkim_selector: Option<String>,
+    #[sqlx(json)]
+    pub limits: Vec<Limit>,
+    /// The zone its `P1D` limit rolls over in.
+    pub timezone: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

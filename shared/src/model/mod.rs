@@ -20,6 +20,7 @@ pub use suppression::{
 
 pub use crate::{
     domain::{timing::Timing, window::SendWindow},
+    limits::Limit,
     state::{EnrollmentStatus, LedgerState, SequenceStatus, StepRunState},
 };
 
@@ -46,6 +47,10 @@ pub struct CreateSequence {
     /// Most sends of this sequence per minute, enforced when sending (also paces a resume).
     #[serde(default)]
     pub max_sends_per_minute: Option<i32>,
+    /// Sending limits of this sequence (`docs/sending-rules.md`); `P1D` counts the day in the
+    /// sequence's time zone.
+    #[serde(default)]
+    pub limits: Vec<Limit>,
     /// What a reply from a lead ends; default `enrollment`.
     #[serde(default)]
     pub exit_on_reply: Option<ExitOnReply>,
@@ -144,6 +149,9 @@ pub struct EditSequence {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i32>)]
     pub max_sends_per_minute: Option<Option<i32>>,
+    /// The sequence's sending limits, replaced as a whole (`[]` removes them).
+    #[serde(default)]
+    pub limits: Option<Vec<Limit>>,
     #[serde(default)]
     pub exit_on_reply: Option<ExitOnReply>,
 }
@@ -405,6 +413,7 @@ pub struct Sequence {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_date: Option<DateTime<Utc>>,
     pub max_sends_per_minute: Option<i32>,
+    pub limits: Vec<Limit>,
     pub exit_on_reply: ExitOnReply,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

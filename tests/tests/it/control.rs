@@ -286,27 +286,25 @@ async fn resume_releases_a_backlog_no_faster_than_the_rate() -> anyhow::Result<(
     let (_, preview) = env
         .get(&format!("/v1/sequences/{sid}/resume-preview"))
         .await?;
-    // Per clock minute (the minutes the senders count the rate in): 10, 10, 10, 5, starting
-    // with the minute of the resume.
+    // Spaced as the senders space them: (60 s + a 3 s guard) / 10 apart, so no minute holds
+    // more than 10, starting at the resume.
     let as_of: chrono::DateTime<chrono::Utc> =
         preview["as_of"].as_str().unwrap_or_default().parse()?;
-    let mut per_minute = std::collections::BTreeMap::<i64, usize>::new();
+    let mut times = Vec::new();
     for item in preview["items"].as_array().into_iter().flatten() {
         let at: chrono::DateTime<chrono::Utc> =
             item["send_at"].as_str().unwrap_or_default().parse()?;
-        assert!(at >= as_of);
-        *per_minute.entry(at.timestamp().div_euclid(60)).or_default() += 1;
+        times.push(at);
     }
-    let first = as_of.timestamp().div_euclid(60);
-    assert_eq!(
-        per_minute.into_iter().collect::<Vec<_>>(),
-        [
-            (first, 10),
-            (first + 1, 10),
-            (first + 2, 10),
-            (first + 3, 5)
-        ]
-    );
+    times.sort();
+    assert_eq!(times.len(), 35);
+    assert_eq!(times[0], as_of);
+    for pair in times.windows(2) {
+        assert_eq!(pair[1] - pair[0], chrono::Duration::milliseconds(6_300));
+    }
+    for eleven in times.windows(11) {
+        assert!(eleven[10] - eleven[0] > chrono::Duration::minutes(1));
+    }
     env.stop().await
 }
 
@@ -322,35 +320,43 @@ async fn the_sender_enforces_the_rate_at_send_time() -> anyhow::Result<()> {
     eventually(Duration::from_secs(15), "the sender to settle", || async {
         let busy = count(&env.db, "SELECT count(*) FROM step_runs WHERE state = 'QUEUED' OR (state = 'SCHEDULED' AND due_at <= now())").await?;
         let sent = count(&env.db, "SELECT count(*) FROM step_runs WHERE state = 'SENT'").await?;
-        Ok((busy == 0 && sent >= 5).then_some(()))
+        Ok((busy == 0 && sent >= 1).then_some(()))
     })
     .await?;
-    let sent_per_minute: Vec<i64> = sqlx::query_scalar(
-        "SELECT count(*) FROM step_runs WHERE state = 'SENT' GROUP BY date_trunc('minute', sent_at)",
-    )
-    .fetch_all(&env.db)
-    .await?;
-    assert!(
-        sent_per_minute.iter().all(|n| *n <= 5),
-        "at most 5 a minute: {sent_per_minute:?}"
-    );
-    let held: Vec<(chrono::DateTime<chrono::Utc>, i64)> = sqlx::query_as(
-        "SELECT due_at, count(*) FROM step_runs WHERE state = 'SCHEDULED' GROUP BY due_at ORDER BY due_at",
-    )
-    .fetch_all(&env.db)
-    .await?;
-    let held_total: i64 = held.iter().map(|(_, n)| n).sum();
-    assert_eq!(
-        held_total + sent_per_minute.iter().sum::<i64>(),
-        12,
-        "held, not lost"
-    );
-    assert!(held_total > 0, "the budget was reached");
-    for (due, n) in &held {
-        assert_eq!(due.timestamp() % 60, 0, "moved to a minute start");
-        assert!(*n <= 5, "spread over minutes, 5 each: {held:?}");
+    let sent: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT sent_at FROM step_runs WHERE state = 'SENT'")
+            .fetch_all(&env.db)
+            .await?;
+    let held: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT due_at FROM step_runs WHERE state = 'SCHEDULED'")
+            .fetch_all(&env.db)
+            .await?;
+    assert_eq!(held.len() + sent.len(), 12, "held, not lost");
+    assert!(!held.is_empty(), "the budget was reached");
+    // What went and what waits, together: never more than 5 in any minute.
+    let mut all: Vec<_> = sent.iter().chain(&held).copied().collect();
+    all.sort();
+    for (i, start) in all.iter().enumerate() {
+        let in_minute = all[i..]
+            .iter()
+            .take_while(|t| **t - *start < chrono::Duration::minutes(1))
+            .count();
+        assert!(
+            in_minute <= 5,
+            "{in_minute} in the minute from {start}: {all:?}"
+        );
     }
-    assert_eq!(smtp.count() as i64, sent_per_minute.iter().sum::<i64>());
+    let waits: Vec<String> =
+        sqlx::query_scalar("SELECT last_error FROM step_runs WHERE state = 'SCHEDULED'")
+            .fetch_all(&env.db)
+            .await?;
+    assert!(
+        waits
+            .iter()
+            .all(|w| w.starts_with("sequence limit (5 per PT1M) until ")),
+        "{waits:?}"
+    );
+    assert_eq!(smtp.count(), sent.len());
     env.stop().await
 }
 

@@ -124,7 +124,6 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_sender_goes_on(
         enrollment_id: enrollment,
         sequence_id: sequence,
         workspace_id: workspace,
-        max_per_minute: None,
     };
     let conn = messaging::connect(&env.settings.amqp_url).await?;
     let ch = conn.create_channel().await?;

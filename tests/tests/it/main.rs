@@ -11,6 +11,7 @@ mod identity;
 mod inbound;
 mod ingest;
 mod ledger;
+mod limits;
 mod mailboxes;
 mod message;
 mod model;

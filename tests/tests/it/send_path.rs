@@ -248,7 +248,6 @@ async fn message_for(env: &TestEnv, position: i32) -> anyhow::Result<SendMessage
         enrollment_id: enrollment,
         sequence_id: sequence,
         workspace_id: workspace,
-        max_per_minute: None,
     })
 }
 

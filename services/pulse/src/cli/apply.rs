@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::{Client, Failure, call, encode, fail};
 
 /// The fields of a sequence file that an edit takes, besides `steps`.
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 9] = [
     "name",
     "timezone",
     "sender",
@@ -21,6 +21,7 @@ const FIELDS: [&str; 8] = [
     "send_window",
     "end_date",
     "max_sends_per_minute",
+    "limits",
     "exit_on_reply",
 ];
 

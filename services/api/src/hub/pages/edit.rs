@@ -230,6 +230,8 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
             ),
             None => None,
         }),
+        // Limits are edited over the API; the form keeps them.
+        limits: None,
         max_sends_per_minute: Some(match opt("max_sends_per_minute") {
             Some(r) => Some(r.parse().map_err(|_| {
                 bad(

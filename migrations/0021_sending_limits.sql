@@ -1,0 +1,20 @@
+-- Sending limits (`docs/sending-rules.md`): lists of `{"max": N, "per": "ISO-8601 duration"}`
+-- on a mailbox, a recipient domain, a workspace and a sequence. NULL: no limit (the sender's
+-- snapshot then parses nothing). A sequence's `max_sends_per_minute` stays, as one more limit
+-- `{"max": N, "per": "PT1M"}`.
+ALTER TABLE mailboxes ADD COLUMN limits jsonb,
+                      -- The zone a `P1D` limit of this mailbox rolls over in, at midnight.
+                      ADD COLUMN timezone text NOT NULL DEFAULT 'UTC';
+ALTER TABLE workspaces ADD COLUMN limits jsonb,
+                       ADD COLUMN timezone text NOT NULL DEFAULT 'UTC';
+ALTER TABLE sequences ADD COLUMN limits jsonb;
+
+-- Limits per recipient domain (`gmail.com`), within a workspace: every send to an address at
+-- the domain needs a slot.
+CREATE TABLE domain_limits (
+    workspace_id  uuid NOT NULL REFERENCES workspaces (id),
+    domain        text NOT NULL,
+    limits        jsonb NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workspace_id, domain)
+);

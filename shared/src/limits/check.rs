@@ -1,0 +1,134 @@
+//! The check at send time: one Lua script in Redis that looks at every limit a send needs and
+//! either takes a slot under all of them or none (atomic, so concurrent senders can never share
+//! a slot). Hand-written because it is the algorithm itself: GCRA for sliding windows, a counter
+//! per local day for `P1D`; no maintained crate does several limits atomically in one round trip.
+//!
+//! Keys (with the role's Redis prefix): `limit:{workspace}:{scope}:{ms}ms` holds a sliding
+//! window's theoretical arrival time (µs, Redis clock) or a day's count (`…:day:{date}`), and
+//! `…:waiting` the slot handed to the last send that had to wait. A refused send is given the
+//! slot after the last one handed out, so a backlog over a limit comes back spread one interval
+//! apart, not all at once. Redis may lose these keys: the limits then start afresh, which can let
+//! at most one more window's worth through; it never blocks for good.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{Period, SendLimits, Spacing, day_bounds};
+use crate::pause::{PauseError, PauseFlags};
+
+/// What the check decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// A slot was taken under every limit: send now.
+    Go,
+    /// No slot was taken: the send's slot frees in `after`; `binding` is the index (in
+    /// [`SendLimits::list`]) of the limit that set the time.
+    Wait { after: Duration, binding: usize },
+}
+
+/// Times are microseconds on Redis's clock. Numbers go to Redis through `%d`: Lua's default
+/// conversion keeps 14 digits, too few for a time in microseconds.
+const SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function int(x) return string.format('%d', x) end
+local n = tonumber(ARGV[1])
+local free = now
+local binding = 0
+local blocked = {}
+for i = 1, n do
+  local kind = ARGV[3 * i - 1]
+  local a = tonumber(ARGV[3 * i])
+  local b = tonumber(ARGV[3 * i + 1])
+  local v = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local at = nil
+  if kind == 's' then
+    if v - now > b then at = v - b end
+  elseif v >= a then
+    at = math.max(b, now + 1)
+  end
+  if at then
+    blocked[i] = true
+    if binding == 0 or at > free then free = at; binding = i end
+  end
+end
+if binding == 0 then
+  for i = 1, n do
+    local a = tonumber(ARGV[3 * i])
+    local b = tonumber(ARGV[3 * i + 1])
+    if ARGV[3 * i - 1] == 's' then
+      local v = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+      local tat = math.max(v, now) + a
+      redis.call('SET', KEYS[2 * i - 1], int(tat), 'PX', int(math.ceil((tat - now + b) / 1000) + 1000))
+    else
+      redis.call('INCR', KEYS[2 * i - 1])
+      redis.call('PEXPIREAT', KEYS[2 * i - 1], int(math.floor(b / 1000) + 86400000))
+    end
+  end
+  return {'0', 0}
+end
+for i = 1, n do
+  if blocked[i] and ARGV[3 * i - 1] == 's' then
+    local h = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+    if h > free then free = h; binding = i end
+  end
+end
+for i = 1, n do
+  if blocked[i] and ARGV[3 * i - 1] == 's' then
+    local h = free + tonumber(ARGV[3 * i])
+    redis.call('SET', KEYS[2 * i], int(h), 'PX', int(math.ceil((h - now) / 1000) + 1000))
+  end
+end
+return {int(free - now), binding}
+";
+
+impl SendLimits {
+    /// Takes a slot under every limit, or none and says when to come back. `now` (this
+    /// machine's clock) only picks the local day of `P1D` limits; sliding windows run on Redis's
+    /// clock, which every sender shares. A Redis failure is an error: the caller holds the send
+    /// (fail closed).
+    pub async fn take(&self, flags: &PauseFlags, now: DateTime<Utc>) -> Result<Taken, PauseError> {
+        if self.list.is_empty() {
+            return Ok(Taken::Go);
+        }
+        let script = redis::Script::new(SCRIPT);
+        let mut call = script.prepare_invoke();
+        call.arg(self.list.len());
+        for limit in &self.list {
+            let base = format!(
+                "{}:limit:{}:{}",
+                flags.prefix(),
+                self.workspace,
+                limit.scope.key()
+            );
+            match limit.rule.period {
+                Period::Sliding { ms } => {
+                    let s = Spacing::of(ms, limit.rule.max);
+                    call.key(format!("{base}:{ms}ms"))
+                        .key(format!("{base}:{ms}ms:waiting"))
+                        .arg("s")
+                        .arg(s.interval_us)
+                        .arg(s.tolerance_us);
+                }
+                Period::Day => {
+                    let (day, ends) = day_bounds(now, limit.zone);
+                    let key = format!("{base}:day:{day}");
+                    call.key(&key)
+                        .key(format!("{key}:waiting"))
+                        .arg("d")
+                        .arg(limit.rule.max)
+                        .arg(ends.timestamp_micros());
+                }
+            }
+        }
+        let (wait_us, binding): (String, usize) = flags.invoke(&call).await?;
+        if binding == 0 {
+            return Ok(Taken::Go);
+        }
+        Ok(Taken::Wait {
+            after: Duration::from_micros(wait_us.parse().unwrap_or(0)),
+            binding: binding - 1,
+        })
+    }
+}

@@ -1,0 +1,268 @@
+//! Sending limits, from outside: mailbox limits hold on the relay's own clock while a backlog
+//! drains; a recipient domain's limit spreads its waiting sends and says why they wait; a daily
+//! limit waits for midnight in the mailbox's zone; with Redis gone nothing is sent, and
+//! everything goes out once it is back. Limits are checked when each send is about to go out.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use pulse::Role;
+use pulse_tests::{SmtpServer, TestEnv, eventually, proxy::TcpProxy, sequence_body};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+/// Enrolls `emails` through one tag event each.
+async fn enroll(env: &TestEnv, tag: &str, emails: &[String]) -> anyhow::Result<()> {
+    let events: Vec<Value> = emails
+        .iter()
+        .map(|e| {
+            json!({"id": format!("{tag}-{e}"), "type": "tag_applied", "tag": tag,
+                        "lead": {"email": e}})
+        })
+        .collect();
+    let (status, body) = env.post("/v1/events", json!({"events": events})).await?;
+    anyhow::ensure!(status == 200, "{status} {body}");
+    Ok(())
+}
+
+fn immediately(name: &str, tag: &str) -> Value {
+    sequence_body(
+        name,
+        &[("Hi {{ lead.email }}", "One", json!({"type": "immediately"}))],
+        tag,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_mailboxes_limited_to_5_per_10s_send_all_60_and_no_window_holds_more_than_5()
+-> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("limits-mailboxes", &[Role::All], |s| {
+        s.smtp_url = Some(url);
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for rep in ["a", "b", "c"] {
+        let (status, m) = env
+            .post(
+                "/v1/mailboxes",
+                json!({"address": format!("rep-{rep}@example.com"),
+                       "limits": [{"max": 5, "per": "PT10S"}]}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "{status} {m}");
+        assert_eq!(m["limits"], json!([{"max": 5, "per": "PT10S"}]));
+        ids.push(m["id"].as_str().unwrap_or_default().to_owned());
+    }
+    let mut body = immediately("Limited", "go");
+    body["sender"] = json!({"mailbox_ids": ids});
+    env.create_sequence(body).await?;
+    let leads: Vec<String> = (0..60).map(|i| format!("lead{i}@example.com")).collect();
+    enroll(&env, "go", &leads).await?;
+
+    let received = smtp.wait_for(60, Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(smtp.count(), 60, "all 60 sent, none twice");
+    let mut by_mailbox: HashMap<String, Vec<std::time::Instant>> = HashMap::new();
+    for m in &received {
+        by_mailbox
+            .entry(m.mail_from.clone())
+            .or_default()
+            .push(m.at);
+    }
+    assert_eq!(by_mailbox.len(), 3, "{:?}", by_mailbox.keys());
+    for (mailbox, mut times) in by_mailbox {
+        times.sort();
+        for (i, start) in times.iter().enumerate() {
+            let in_window = times[i..]
+                .iter()
+                .take_while(|t| t.duration_since(*start) < Duration::from_secs(10))
+                .count();
+            assert!(
+                in_window <= 5,
+                "{mailbox}: {in_window} sends in the 10 s from its send {i}"
+            );
+        }
+    }
+    env.stop().await
+}
+
+#[tokio::test]
+async fn a_domain_limit_spreads_its_waiting_sends_and_says_why_they_wait() -> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("limits-domain", &[Role::All], |s| {
+        s.smtp_url = Some(url);
+    })
+    .await?;
+    let (status, set) = env
+        .call(
+            reqwest::Method::PUT,
+            "/v1/domain-limits/Slow.Example",
+            Some(json!({"limits": [{"max": 2, "per": "PT1H"}]})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["domain"], "slow.example");
+    let (status, bad) = env
+        .call(
+            reqwest::Method::PUT,
+            "/v1/domain-limits/slow.example",
+            Some(json!({"limits": [{"max": 2, "per": "soon"}]})),
+        )
+        .await?;
+    assert_eq!(status, 422, "{bad}");
+    assert_eq!(bad["error"]["field"], "limits[0].per", "{bad}");
+
+    let seq = env.create_sequence(immediately("Domains", "go")).await?;
+    let mut leads: Vec<String> = (0..3).map(|i| format!("s{i}@slow.example")).collect();
+    leads.extend((0..5).map(|i| format!("f{i}@fast.example")));
+    enroll(&env, "go", &leads).await?;
+
+    // Every fast one, and one slow one: 2 per hour are spaced half an hour apart.
+    smtp.wait_for(6, Duration::from_secs(30)).await?;
+    let waiting = eventually(Duration::from_secs(20), "two held sends", || async {
+        let rows = sqlx::query(
+            "SELECT sr.due_at, sr.last_error FROM step_runs sr
+             JOIN enrollments e ON e.id = sr.enrollment_id JOIN leads l ON l.id = e.lead_id
+             WHERE sr.state = 'SCHEDULED' AND l.email LIKE '%@slow.example' ORDER BY sr.due_at",
+        )
+        .fetch_all(&env.db)
+        .await?;
+        Ok((rows.len() == 2).then_some(rows))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(smtp.count(), 6);
+    let slow_sent = smtp
+        .received()
+        .iter()
+        .filter(|m| m.rcpt_to.join(",").ends_with("@slow.example"))
+        .count();
+    assert_eq!(slow_sent, 1);
+    let due: Vec<DateTime<Utc>> = waiting.iter().map(|r| r.get("due_at")).collect();
+    let now = Utc::now();
+    let minutes = |d: DateTime<Utc>| (d - now).num_seconds() as f64 / 60.0;
+    assert!((28.0..32.0).contains(&minutes(due[0])), "{due:?}");
+    assert!((58.0..62.0).contains(&minutes(due[1])), "{due:?}");
+    let note: String = waiting[0].get("last_error");
+    assert!(
+        note.starts_with("domain slow.example limit (2 per PT1H) until ") && note.ends_with(" UTC"),
+        "{note}"
+    );
+    // The enrollments view says it too.
+    let (_, enrollments) = env
+        .get(&format!(
+            "/v1/sequences/{}/enrollments?status=active",
+            seq["id"].as_str().unwrap_or_default()
+        ))
+        .await?;
+    let notes = enrollments.to_string();
+    assert!(notes.contains("domain slow.example limit"), "{notes}");
+
+    let (status, _) = env
+        .call(
+            reqwest::Method::DELETE,
+            "/v1/domain-limits/slow.example",
+            None,
+        )
+        .await?;
+    assert_eq!(status, 204);
+    env.stop().await
+}
+
+#[tokio::test]
+async fn a_daily_mailbox_limit_waits_for_midnight_in_the_mailbox_zone() -> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("limits-daily", &[Role::All], |s| {
+        s.smtp_url = Some(url);
+    })
+    .await?;
+    let (status, bad) = env
+        .post(
+            "/v1/mailboxes",
+            json!({"address": "rep@example.com", "timezone": "Mars/Olympus"}),
+        )
+        .await?;
+    assert_eq!(status, 422, "{bad}");
+    let (status, m) = env
+        .post(
+            "/v1/mailboxes",
+            json!({"address": "rep@example.com", "timezone": "Europe/Paris",
+                   "limits": [{"max": 2, "per": "P1D"}]}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {m}");
+    let mut body = immediately("Daily", "go");
+    body["sender"] = json!({"mailbox_ids": [m["id"]]});
+    env.create_sequence(body).await?;
+    let leads: Vec<String> = (0..4).map(|i| format!("d{i}@example.com")).collect();
+    enroll(&env, "go", &leads).await?;
+
+    smtp.wait_for(2, Duration::from_secs(30)).await?;
+    let waiting = eventually(Duration::from_secs(20), "two held sends", || async {
+        let rows =
+            sqlx::query("SELECT due_at, last_error FROM step_runs WHERE state = 'SCHEDULED'")
+                .fetch_all(&env.db)
+                .await?;
+        Ok((rows.len() == 2).then_some(rows))
+    })
+    .await?;
+    assert_eq!(smtp.count(), 2);
+    let paris: chrono_tz::Tz = "Europe/Paris".parse()?;
+    let (_, midnight) = pulse_shared::limits::day_bounds(Utc::now(), paris);
+    for row in &waiting {
+        let due: DateTime<Utc> = row.get("due_at");
+        let after = (due - midnight).num_milliseconds();
+        assert!(
+            (0..60_000).contains(&after),
+            "due {due}, midnight in Paris {midnight}"
+        );
+        let note: String = row.get("last_error");
+        assert!(
+            note.starts_with("mailbox rep@example.com daily limit (2) until ")
+                && note.ends_with(" Europe/Paris"),
+            "{note}"
+        );
+    }
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_gone_nothing_is_sent_and_everything_goes_once_it_is_back() -> anyhow::Result<()>
+{
+    let redis = TcpProxy::start("127.0.0.1:6379".parse()?).await?;
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let redis_url = format!("redis://{}/", redis.addr);
+    let env = TestEnv::start("limits-redis", &[Role::All], |s| {
+        s.smtp_url = Some(url);
+        s.redis_url = redis_url;
+    })
+    .await?;
+    let mut body = immediately("Without Redis", "go");
+    body["limits"] = json!([{"max": 100, "per": "PT1S"}]);
+    env.create_sequence(body).await?;
+
+    redis.cut().await;
+    let leads: Vec<String> = (0..20).map(|i| format!("r{i}@example.com")).collect();
+    enroll(&env, "go", &leads).await?;
+    eventually(Duration::from_secs(30), "sends held for Redis", || async {
+        let held = pulse_tests::count(
+            &env.db,
+            "SELECT count(*) FROM step_runs WHERE last_error LIKE 'Redis unreachable%'",
+        )
+        .await?;
+        Ok((held >= 20).then_some(()))
+    })
+    .await?;
+    assert_eq!(smtp.count(), 0, "nothing is sent while Redis is gone");
+
+    redis.restore();
+    smtp.wait_for(20, Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(smtp.count(), 20, "each once");
+    env.stop().await
+}
