@@ -18,3 +18,9 @@ CREATE TABLE domain_limits (
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (workspace_id, domain)
 );
+
+-- The staleness guard: a step that cannot go out within `max_lateness` (an ISO-8601 duration)
+-- of the time it first came due is skipped, and its enrollment moves on. `first_due_at` keeps
+-- that time when a hold, a retry or a resume moves `due_at` (NULL: `due_at` is still it).
+ALTER TABLE sequence_steps ADD COLUMN max_lateness text;
+ALTER TABLE step_runs ADD COLUMN first_due_at timestamptz;

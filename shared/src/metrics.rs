@@ -81,10 +81,12 @@ pub enum SendOutcome {
     Unknown,
     /// Redis could not be reached (pause flags, sending limits): held, due again shortly.
     HeldWithoutRedis,
+    /// Later than its step's `max_lateness`: skipped, and its enrollment moved on.
+    SkippedLate,
 }
 
 impl SendOutcome {
-    pub const ALL: [SendOutcome; 11] = [
+    pub const ALL: [SendOutcome; 12] = [
         Self::Sent,
         Self::Failed,
         Self::Retried,
@@ -96,6 +98,7 @@ impl SendOutcome {
         Self::Released,
         Self::Unknown,
         Self::HeldWithoutRedis,
+        Self::SkippedLate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +114,7 @@ impl SendOutcome {
             Self::Released => "released",
             Self::Unknown => "unknown",
             Self::HeldWithoutRedis => "held_without_redis",
+            Self::SkippedLate => "skipped_late",
         }
     }
 }
@@ -345,7 +349,7 @@ impl Metrics {
         r.register(
             "sender_sends",
             "What became of each due-send message: sent, failed, retried, held_by_pause, \
-             rate_limited, duplicate_suppressed, released, unknown, held_without_redis",
+             rate_limited, duplicate_suppressed, released, unknown, held_without_redis, skipped_late",
             sends.clone(),
         );
         let smtp_duration = latency();

@@ -41,7 +41,11 @@ pub struct StepSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Planned {
     At(DateTime<Utc>),
+    /// An end date passes first: the run is skipped and the enrollment ends.
     Expired(String),
+    /// Later than the step's `max_lateness` allows: the run is skipped and the enrollment
+    /// moves on ([`skip_and_advance`]).
+    Late(String),
 }
 
 /// Moves `due` into the window and checks it against the end dates.
@@ -85,7 +89,7 @@ pub fn plan_run(
     Ok(
         match plan(due, rules, lead_tz, step.position, step.end_date) {
             Planned::At(at) => (at, None),
-            Planned::Expired(reason) => (due, Some(reason)),
+            Planned::Expired(reason) | Planned::Late(reason) => (due, Some(reason)),
         },
     )
 }
@@ -352,6 +356,57 @@ pub async fn advance(
         }
     }
     Ok(())
+}
+
+/// Skips a run that could not go out in time (its step's `max_lateness`) and moves its
+/// enrollment on: the step that follows is scheduled from `at`, or the enrollment completes.
+/// Only a run still SCHEDULED or QUEUED changes; returns whether it did. The caller holds
+/// [`lock_sequences`] (or the writer's lock) and, for a QUEUED run, knows no claim holds it.
+pub async fn skip_and_advance(
+    conn: &mut PgConnection,
+    run: Uuid,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query(
+        "UPDATE step_runs sr SET state = 'SKIPPED', last_error = $2, updated_at = now()
+         FROM enrollments e
+         WHERE sr.id = $1 AND e.id = sr.enrollment_id AND sr.state IN ('SCHEDULED', 'QUEUED')
+         RETURNING sr.workspace_id, sr.sequence_id, sr.enrollment_id, sr.step_id, sr.generation,
+                   e.lead_id",
+    )
+    .bind(run)
+    .bind(reason)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let enrollment: Uuid = row.try_get("enrollment_id")?;
+    let status: EnrollmentStatus =
+        sqlx::query_scalar("SELECT status FROM enrollments WHERE id = $1 FOR UPDATE")
+            .bind(enrollment)
+            .fetch_one(&mut *conn)
+            .await?;
+    if status == EnrollmentStatus::Active {
+        let target = Target {
+            workspace: row.try_get("workspace_id")?,
+            sequence: row.try_get("sequence_id")?,
+            enrollment,
+            lead: row.try_get("lead_id")?,
+            generation: row.try_get("generation")?,
+        };
+        advance(conn, target, row.try_get("step_id")?, at).await?;
+    }
+    Ok(true)
+}
+
+/// Why a step is skipped by its staleness guard.
+pub fn late_reason(max_lateness: &str, by: DateTime<Utc>) -> String {
+    format!(
+        "skipped: could not go out within its max_lateness {max_lateness} (by {} UTC)",
+        by.format("%Y-%m-%d %H:%M")
+    )
 }
 
 /// Moves an enrollment past a step that was deleted while it waited on it (the caller has

@@ -39,6 +39,7 @@ pub struct Applied {
 pub async fn apply_plans(conn: &mut PgConnection, plans: &[Replan]) -> Result<Applied, StoreError> {
     let (mut ids, mut dues): (Vec<Uuid>, Vec<DateTime<Utc>>) = (Vec::new(), Vec::new());
     let mut expired = Vec::new();
+    let mut late = Vec::new();
     for p in plans {
         match &p.plan {
             Planned::At(at) => {
@@ -46,11 +47,15 @@ pub async fn apply_plans(conn: &mut PgConnection, plans: &[Replan]) -> Result<Ap
                 dues.push(*at);
             }
             Planned::Expired(reason) => expired.push((p.run, p.enrollment, reason.clone())),
+            Planned::Late(reason) => late.push((p.run, reason)),
         }
     }
     if !ids.is_empty() {
         sqlx::query(
-            "UPDATE step_runs sr SET due_at = u.due, updated_at = now()
+            "UPDATE step_runs sr SET due_at = u.due, updated_at = now(),
+                 first_due_at = CASE WHEN sr.due_at <= now()
+                                     THEN COALESCE(sr.first_due_at, sr.due_at)
+                                     ELSE sr.first_due_at END
              FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, due)
              WHERE sr.id = u.id AND sr.state = 'SCHEDULED'",
         )
@@ -60,9 +65,13 @@ pub async fn apply_plans(conn: &mut PgConnection, plans: &[Replan]) -> Result<Ap
         .await?;
     }
     skip_and_end(conn, &expired).await?;
+    let now = Utc::now();
+    for (run, reason) in &late {
+        crate::schedule::skip_and_advance(conn, *run, reason, now).await?;
+    }
     Ok(Applied {
         retimed: ids.len(),
-        skipped: expired.len(),
+        skipped: expired.len() + late.len(),
     })
 }
 

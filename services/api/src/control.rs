@@ -138,6 +138,8 @@ async fn resume_plan(
     let rows = sqlx::query(&format!(
         "SELECT sr.id, sr.enrollment_id, st.position, sr.due_at, l.email, l.timezone AS lead_tz,
                 st.end_date AS step_end, sr.workspace_id, sr.sequence_id, s.timezone,
+                st.max_lateness,
+                COALESCE(sr.first_due_at, sr.due_at) + st.max_lateness::interval AS late_after,
                 {LIMIT_COLUMNS}
          FROM step_runs sr
          JOIN enrollments e ON e.id = sr.enrollment_id
@@ -161,22 +163,32 @@ async fn resume_plan(
     for row in &rows {
         let due: DateTime<Utc> = row.get("due_at");
         let lead_tz = schedule::lead_zone(row.get("lead_tz"));
+        let late_after: Option<DateTime<Utc>> = row.get("late_after");
+        let position: i32 = row.get("position");
         let base = if due <= now {
             let zone = lead_tz.unwrap_or(rules.timezone);
             let limits = limits::from_row(row)?;
-            pacer.place(
+            pacer.place_by(
                 now,
                 |t| window::next_valid(t, rules.window.as_ref(), zone),
                 &limits,
+                late_after,
             )
         } else {
-            due
+            Some(due)
         };
-        let position: i32 = row.get("position");
-        let planned = schedule::plan(base, &rules, lead_tz, position, row.get("step_end"));
+        let planned = match (base, late_after) {
+            (Some(at), _) => schedule::plan(at, &rules, lead_tz, position, row.get("step_end")),
+            (None, by) => Planned::Late(schedule::late_reason(
+                row.get::<Option<&str>, _>("max_lateness")
+                    .unwrap_or_default(),
+                by.unwrap_or(now),
+            )),
+        };
         let (outcome, send_at, reason) = match planned {
             Planned::At(t) => ("send", Some(t), None),
             Planned::Expired(r) => ("skip", None, Some(r)),
+            Planned::Late(r) => ("late", None, Some(r)),
         };
         items.push(ResumeItem {
             step_run_id: row.get("id"),
@@ -226,7 +238,7 @@ pub async fn resume_preview(
         sequence_id: id,
         as_of: now,
         sends: items.iter().filter(|i| i.outcome == "send").count(),
-        skips: items.iter().filter(|i| i.outcome == "skip").count(),
+        skips: items.iter().filter(|i| i.outcome != "send").count(),
         queued,
         items,
     }))
@@ -264,6 +276,9 @@ pub async fn resume(
                     enrollment: i.enrollment_id,
                     plan: match (i.send_at, &i.reason) {
                         (Some(at), _) => Planned::At(at),
+                        (None, Some(reason)) if i.outcome == "late" => {
+                            Planned::Late(reason.clone())
+                        }
                         (None, reason) => Planned::Expired(
                             reason
                                 .clone()

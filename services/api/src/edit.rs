@@ -222,7 +222,7 @@ pub(crate) async fn apply(
                         old.is_some_and(|o| o.timing != step.timing || o.end_date != step.end_date);
                     sqlx::query(
                         "UPDATE sequence_steps SET position = $2, subject = $3, body = $4, timing = $5,
-                             end_date = $6, html = $7, thread = $8,
+                             end_date = $6, html = $7, thread = $8, max_lateness = $9,
                              version = version + CASE WHEN subject <> $3 OR body <> $4
                                  OR timing <> $5 OR end_date IS DISTINCT FROM $6
                                  OR html IS DISTINCT FROM $7 OR thread <> $8 THEN 1 ELSE 0 END
@@ -236,6 +236,7 @@ pub(crate) async fn apply(
                     .bind(step.end_date)
                     .bind(&step.html)
                     .bind(step.thread)
+                    .bind(step.max_lateness.as_deref().map(str::trim))
                     .execute(&mut *tx)
                     .await?;
                 }

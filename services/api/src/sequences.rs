@@ -264,6 +264,10 @@ pub(crate) fn check_steps(steps: &[StepInput], editing: bool) -> Result<(), ApiE
             .map_err(|m| ApiError::invalid(format!("steps[{i}].subject"), m))?;
         validate::multiline(&step.body, limits::BODY_BYTES)
             .map_err(|m| ApiError::invalid(format!("steps[{i}].body"), m))?;
+        if let Some(lateness) = &step.max_lateness {
+            pulse_shared::limits::check_lateness(lateness)
+                .map_err(|m| ApiError::invalid(format!("steps[{i}].max_lateness"), m))?;
+        }
         if let Some(html) = &step.html {
             if html.trim().is_empty() {
                 return Err(ApiError::invalid(
@@ -340,8 +344,8 @@ pub(crate) async fn insert_step(
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO sequence_steps (id, sequence_id, position, timing, subject, body, end_date,
-                                     html, thread)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                     html, thread, max_lateness)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(id)
     .bind(sequence)
@@ -352,6 +356,7 @@ pub(crate) async fn insert_step(
     .bind(step.end_date)
     .bind(&step.html)
     .bind(step.thread)
+    .bind(step.max_lateness.as_deref().map(str::trim))
     .execute(conn)
     .await?;
     Ok(id)
@@ -444,7 +449,8 @@ pub(crate) async fn load(
     .fetch_all(&mut *conn)
     .await?;
     let steps = sqlx::query(
-        "SELECT id, sequence_id, position, subject, body, html, thread, timing, end_date
+        "SELECT id, sequence_id, position, subject, body, html, thread, timing, end_date,
+                max_lateness
          FROM sequence_steps
          WHERE sequence_id = ANY($1) AND deleted_at IS NULL ORDER BY position",
     )
@@ -480,6 +486,7 @@ pub(crate) async fn load(
                 thread: s.get("thread"),
                 timing,
                 end_date: s.get::<Option<DateTime<Utc>>, _>("end_date"),
+                max_lateness: s.get("max_lateness"),
             });
         }
         let mut seq_triggers = Vec::new();

@@ -27,6 +27,7 @@ fn inputs(seq: &Sequence) -> Vec<StepInput> {
             thread: s.thread,
             timing: s.timing.clone(),
             end_date: s.end_date,
+            max_lateness: s.max_lateness.clone(),
         })
         .collect()
 }
@@ -83,6 +84,9 @@ pub async fn patch(
         }
         if let Some(end_date) = change.end_date {
             s.end_date = end_date;
+        }
+        if let Some(max_lateness) = change.max_lateness {
+            s.max_lateness = max_lateness;
         }
         Ok(with_steps(steps, false))
     })

@@ -37,7 +37,7 @@ use std::{
 
 use tokio::{sync::Semaphore, task::JoinSet};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lapin::{
     Channel,
@@ -60,7 +60,7 @@ use pulse_shared::{
     messaging::{self, MessagingError, SendMessage},
     metrics::{Metrics, SendOutcome},
     pause::{Gate, PauseError},
-    telemetry,
+    schedule, telemetry,
     verp::{self, Purpose},
     workers,
 };
@@ -430,6 +430,14 @@ async fn hold_without_redis(
     Ok(())
 }
 
+/// Skips a step its staleness guard says is too late, moving its enrollment on.
+async fn skip_late(ctx: &Context, run: uuid::Uuid, reason: &str) -> Result<(), HandleError> {
+    record_with_retries(|| ledger::skip_late(&ctx.db, run, reason)).await?;
+    ctx.metrics.send(SendOutcome::SkippedLate);
+    tracing::info!(step_run = %run, %reason, "step skipped: too late");
+    Ok(())
+}
+
 /// Handles one due-send message. `Ok` means the message is done with and can be acked.
 async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     let msg: SendMessage =
@@ -452,20 +460,37 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
 
     // Nothing is claimed yet: a refusal here settles the run alone.
     let snap = ctx.batches.snapshots.call(run).await?;
+    let now = Utc::now();
+    // The staleness guard: a step that cannot go out by its step's `max_lateness` is skipped,
+    // and its enrollment moves on.
+    let late = |at: DateTime<Utc>| {
+        snap.late_after
+            .as_ref()
+            .filter(|(_, by)| at > *by)
+            .map(|(lateness, by)| schedule::late_reason(lateness, *by))
+    };
     let refusal = snap.status.refusal().or_else(|| {
         snap.followup
-            .window_opens_after(Utc::now())
+            .window_opens_after(now)
             .map(|opens| (Release::Hold(Some(opens)), "send window closed".to_owned()))
     });
     if let Some((how, reason)) = refusal {
+        if let Release::Hold(Some(until)) = how
+            && let Some(late) = late(until)
+        {
+            return skip_late(ctx, run, &late).await;
+        }
         record_with_retries(|| ledger::settle_unsent(&ctx.db, run, how, Some(&reason))).await?;
         m.send(unsent_outcome(how));
         tracing::debug!(key = %msg.key, %reason, "not sending");
         return Ok(());
     }
 
+    if let Some(late) = late(now) {
+        return skip_late(ctx, run, &late).await;
+    }
+
     // A slot under every sending limit that applies, or the step waits for its slot.
-    let now = Utc::now();
     match snap.limits.take(&ctx.flags, now).await {
         Ok(Taken::Go) => {}
         Ok(Taken::Wait { after, binding }) => {
@@ -474,6 +499,9 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
             if limit.rule.period == Period::Day {
                 // Spread the day's waiting sends over the first minute after midnight.
                 until += chrono::Duration::milliseconds((run.as_u128() % 60_000) as i64);
+            }
+            if let Some(late) = late(until) {
+                return skip_late(ctx, run, &late).await;
             }
             let reason = limit.reason(until);
             record_with_retries(|| {

@@ -376,6 +376,7 @@ async fn settle_stale(
              FROM unknown WHERE sr.id = unknown.step_run_id RETURNING 1),
          runs_back AS (
              UPDATE step_runs sr SET state = 'SCHEDULED', due_at = now(), updated_at = now(),
+                 first_due_at = COALESCE(sr.first_due_at, sr.due_at),
                  last_error = 'given back unsent: its sender stopped before the message went out'
              WHERE sr.state = 'QUEUED'
                AND sr.id IN (SELECT step_run_id FROM dropped
@@ -543,7 +544,8 @@ pub async fn resolve(
             .await?;
             sqlx::query(
                 "UPDATE step_runs SET state = 'SCHEDULED', due_at = now(), last_error = $2,
-                     updated_at = now() WHERE id = $1",
+                     first_due_at = COALESCE(first_due_at, due_at), updated_at = now()
+                 WHERE id = $1",
             )
             .bind(run)
             .bind(note)

@@ -482,7 +482,7 @@ pub(super) async fn defer_run(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE step_runs SET state = 'SCHEDULED', due_at = $2, attempts = attempts + 1,
-             last_error = $3, updated_at = now()
+             first_due_at = COALESCE(first_due_at, due_at), last_error = $3, updated_at = now()
          WHERE id = $1",
     )
     .bind(step_run)

@@ -104,6 +104,9 @@ pub struct Snapshot {
     /// The sending limits this send needs a slot under (mailbox, recipient domain, workspace,
     /// sequence), as they are now.
     pub limits: SendLimits,
+    /// The staleness guard: the step's `max_lateness` and the time past which it is skipped
+    /// (that long after it first came due).
+    pub late_after: Option<(String, DateTime<Utc>)>,
 }
 
 /// Where a mailbox's mail goes and how it is signed, read with the snapshot (so a change to the
@@ -183,7 +186,9 @@ pub async fn snapshot_many(
                 mb.dkim_selector AS mb_dkim_selector, mb.dkim_private_key AS mb_dkim_key,
                 w.dkim_domain AS ws_dkim_domain, w.dkim_selector AS ws_dkim_selector,
                 w.dkim_private_key AS ws_dkim_key, w.dkim_updated_at AS ws_dkim_updated_at,
-                {LIMIT_COLUMNS}
+                {LIMIT_COLUMNS},
+                cur.max_lateness,
+                COALESCE(sr.first_due_at, sr.due_at) + cur.max_lateness::interval AS late_after
          FROM step_runs sr
          LEFT JOIN mailboxes mb ON mb.id = sr.mailbox_id
          JOIN workspaces w ON w.id = sr.workspace_id
@@ -322,6 +327,9 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
             sequence: row.try_get("sequence_id")?,
         },
         limits,
+        late_after: row
+            .try_get::<Option<String>, _>("max_lateness")?
+            .zip(row.try_get::<Option<DateTime<Utc>>, _>("late_after")?),
         followup: Followup {
             sequence: row.try_get("sequence_id")?,
             sequence_version: row.try_get("sequence_version")?,

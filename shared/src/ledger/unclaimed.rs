@@ -48,6 +48,28 @@ async fn lock_unclaimed(
     Ok(row)
 }
 
+/// Skips a QUEUED step run no claim holds because it can no longer go out within its step's
+/// `max_lateness`, and moves its enrollment on (`schedule::skip_and_advance`). Takes the
+/// sequence lock first, as recording a send does.
+pub async fn skip_late(db: &PgPool, step_run: Uuid, reason: &str) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    let sequence: Option<Uuid> =
+        sqlx::query_scalar("SELECT sequence_id FROM step_runs WHERE id = $1")
+            .bind(step_run)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(sequence) = sequence else {
+        return Ok(());
+    };
+    schedule::lock_sequences(&mut tx, &[sequence]).await?;
+    if lock_unclaimed(&mut tx, step_run).await?.is_none() {
+        return Ok(());
+    }
+    schedule::skip_and_advance(&mut tx, step_run, reason, Utc::now()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Puts a QUEUED step run back to SCHEDULED: a paused sequence (`until` None: due as before) or
 /// a spent rate budget (`until` the minute with room). A later time goes through the one rule for
 /// due times ([`schedule::plan`]): it is moved into the send window, and a step that can then no
@@ -91,6 +113,11 @@ pub async fn settle_unsent(
                 row.try_get("step_end")?,
             ) {
                 schedule::Planned::At(at) => Release::Hold(Some(at)),
+                schedule::Planned::Late(reason) => {
+                    schedule::skip_and_advance(&mut tx, step_run, &reason, Utc::now()).await?;
+                    tx.commit().await?;
+                    return Ok(());
+                }
                 schedule::Planned::Expired(reason) => {
                     let skip = [(step_run, row.try_get("enrollment_id")?, reason)];
                     crate::transitions::skip_and_end(&mut tx, &skip).await?;
@@ -123,6 +150,8 @@ pub(super) async fn set_unsent(
     };
     sqlx::query(
         "UPDATE step_runs SET state = $2, last_error = COALESCE($3, last_error),
+             first_due_at = CASE WHEN $4::timestamptz IS NULL THEN first_due_at
+                                 ELSE COALESCE(first_due_at, due_at) END,
              due_at = COALESCE($4, due_at), updated_at = now()
          WHERE id = $1 AND state = 'QUEUED'",
     )

@@ -98,6 +98,16 @@ impl Limit {
     }
 }
 
+/// Checks a step's `max_lateness`: an ISO-8601 duration from one minute to a year, which
+/// PostgreSQL reads as an interval too.
+pub fn check_lateness(raw: &str) -> Result<chrono::Duration, String> {
+    let d = parse_iso_duration(raw.trim())?;
+    if d < chrono::Duration::minutes(1) || d > chrono::Duration::days(366) {
+        return Err(format!("{raw:?}: give one minute to a year"));
+    }
+    Ok(d)
+}
+
 /// Checks a list of limits as given for `field` (e.g. `limits`): each valid, at most
 /// [`MAX_PER_LIST`], no period twice. Errors name the entry (`limits[1].per`).
 pub fn check_list(field: &str, limits: &[Limit]) -> Result<Vec<Rule>, ApiError> {

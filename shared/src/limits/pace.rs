@@ -43,6 +43,34 @@ impl Pacer {
         valid: impl Fn(DateTime<Utc>) -> DateTime<Utc>,
         limits: &SendLimits,
     ) -> DateTime<Utc> {
+        let at = self.first_slot(earliest, valid, limits);
+        self.take(at, limits);
+        at
+    }
+
+    /// As [`Pacer::place`], but only when the slot comes by `deadline`: a send that would be
+    /// later takes no slot (`None`).
+    pub fn place_by(
+        &mut self,
+        earliest: DateTime<Utc>,
+        valid: impl Fn(DateTime<Utc>) -> DateTime<Utc>,
+        limits: &SendLimits,
+        deadline: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        let at = self.first_slot(earliest, valid, limits);
+        if deadline.is_some_and(|d| at > d) {
+            return None;
+        }
+        self.take(at, limits);
+        Some(at)
+    }
+
+    fn first_slot(
+        &self,
+        earliest: DateTime<Utc>,
+        valid: impl Fn(DateTime<Utc>) -> DateTime<Utc>,
+        limits: &SendLimits,
+    ) -> DateTime<Utc> {
         let mut at = valid(earliest);
         // Every pass that does not return moves `at` strictly later; the bound only guards
         // against a `valid` that does not.
@@ -63,6 +91,10 @@ impl Pacer {
                 None => break,
             }
         }
+        at
+    }
+
+    fn take(&mut self, at: DateTime<Utc>, limits: &SendLimits) {
         for a in &limits.list {
             let key = key(limits, a);
             match a.rule.period {
@@ -77,7 +109,6 @@ impl Pacer {
                 }
             }
         }
-        at
     }
 }
 

@@ -118,6 +118,12 @@ pub struct StepInput {
     #[serde(default)]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_date: Option<DateTime<Utc>>,
+    /// The staleness guard, an ISO-8601 duration (e.g. `P2D`): a step that cannot go out within
+    /// this time after it first came due (a pause, a limit, a closed window) is skipped with the
+    /// reason, and the enrollment moves on to the next step.
+    #[serde(default)]
+    #[schema(example = "P2D")]
+    pub max_lateness: Option<String>,
 }
 
 /// `PATCH /v1/sequences/{id}`: every field is optional; `null` clears a setting. `steps`, when
@@ -175,6 +181,9 @@ pub struct StepPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_date: Option<Option<DateTime<Utc>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub max_lateness: Option<Option<String>>,
 }
 
 /// `POST /v1/sequences/{id}/steps/order`: every live step's id, once each, in the new order.
@@ -269,7 +278,8 @@ pub struct ResumeItem {
     pub lead_email: String,
     pub step_position: i32,
     pub due_at: DateTime<Utc>,
-    /// `send` (at `send_at`) or `skip` (an end date passes first; the enrollment ends).
+    /// `send` (at `send_at`), `skip` (an end date passes first; the enrollment ends) or `late`
+    /// (later than the step's `max_lateness`: skipped, and the enrollment moves on).
     pub outcome: String,
     pub send_at: Option<DateTime<Utc>>,
     pub reason: Option<String>,
@@ -430,6 +440,7 @@ pub struct Step {
     pub timing: Timing,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_date: Option<DateTime<Utc>>,
+    pub max_lateness: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

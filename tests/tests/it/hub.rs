@@ -430,6 +430,7 @@ async fn every_page_renders_and_every_action_works_from_its_form() -> anyhow::Re
             ("step_thread", threads[i]),
             ("step_timing", timings[i]),
             ("step_end", ""),
+            ("step_lateness", ""),
         ]);
     }
     fields.extend([("triggers", r#"[{"type":"tag_applied","tag":"hub"}]"#)]);

@@ -266,3 +266,138 @@ async fn with_redis_gone_nothing_is_sent_and_everything_goes_once_it_is_back() -
     assert_eq!(smtp.count(), 20, "each once");
     env.stop().await
 }
+
+/// A step with `max_lateness` that a pause kept past it is skipped at resume, and the lead
+/// moves on to the next step, which goes out.
+#[tokio::test]
+async fn max_lateness_skips_a_step_held_past_it_by_a_pause_and_the_lead_moves_on()
+-> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("limits-late", &[Role::All], |s| {
+        s.smtp_url = Some(url);
+    })
+    .await?;
+    let (status, bad) = env
+        .post(
+            "/v1/sequences",
+            json!({"name": "Bad", "sender": {"from": "a@example.com"},
+                   "steps": [{"subject": "A", "body": "a", "timing": {"type": "immediately"},
+                              "max_lateness": "PT1S"}]}),
+        )
+        .await?;
+    assert_eq!(status, 422, "{bad}");
+    assert_eq!(bad["error"]["field"], "steps[0].max_lateness");
+    let mut body = sequence_body(
+        "Happy Monday",
+        &[
+            // Not due yet, so the leads enroll before the pause.
+            (
+                "Happy Monday",
+                "a",
+                json!({"type": "on_date", "at": "2099-01-01T00:00:00Z"}),
+            ),
+            ("Later", "b", json!({"type": "delay", "delay": "PT1S"})),
+        ],
+        "go",
+    );
+    body["steps"][0]["max_lateness"] = json!("PT1M");
+    let seq = env.create_sequence(body).await?;
+    assert_eq!(seq["steps"][0]["max_lateness"], "PT1M");
+    let sid = seq["id"].as_str().unwrap_or_default().to_owned();
+    let leads: Vec<String> = (0..5).map(|i| format!("m{i}@example.com")).collect();
+    enroll(&env, "go", &leads).await?;
+    eventually(Duration::from_secs(20), "five enrollments", || async {
+        let n = pulse_tests::count(&env.db, "SELECT count(*) FROM step_runs").await?;
+        Ok((n == 5).then_some(()))
+    })
+    .await?;
+    env.post(&format!("/v1/sequences/{sid}/pause"), json!({}))
+        .await?;
+    // The step came due two minutes into the pause.
+    sqlx::query("UPDATE step_runs SET due_at = now() - interval '2 minutes'")
+        .execute(&env.db)
+        .await?;
+    let (_, preview) = env
+        .get(&format!("/v1/sequences/{sid}/resume-preview"))
+        .await?;
+    assert_eq!(preview["skips"], 5, "{preview}");
+    for item in preview["items"].as_array().into_iter().flatten() {
+        assert_eq!(item["outcome"], "late", "{item}");
+        assert!(
+            item["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("max_lateness PT1M")),
+            "{item}"
+        );
+    }
+    let (status, _) = env
+        .post(&format!("/v1/sequences/{sid}/resume"), json!({}))
+        .await?;
+    assert_eq!(status, 200);
+    let got = smtp.wait_for(5, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(smtp.count(), 5);
+    assert!(
+        got.iter().all(|m| m.subject.as_deref() == Some("Later")),
+        "only the next step goes out"
+    );
+    let skipped = pulse_tests::count(
+        &env.db,
+        "SELECT count(*) FROM step_runs WHERE state = 'SKIPPED' AND position = 1
+           AND last_error LIKE 'skipped: could not go out within its max_lateness PT1M%'",
+    )
+    .await?;
+    assert_eq!(skipped, 5);
+    env.stop().await
+}
+
+/// A step a sending limit would hold past its `max_lateness` is skipped at send time instead,
+/// and the lead moves on.
+#[tokio::test]
+async fn a_limit_wait_past_max_lateness_skips_the_step_at_send_time() -> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("limits-late-send", &[Role::All], |s| {
+        s.smtp_url = Some(url);
+    })
+    .await?;
+    let mut body = sequence_body(
+        "Slow",
+        &[
+            ("First", "a", json!({"type": "immediately"})),
+            ("Second", "b", json!({"type": "delay", "delay": "P1D"})),
+        ],
+        "go",
+    );
+    body["steps"][0]["max_lateness"] = json!("PT5M");
+    body["limits"] = json!([{"max": 1, "per": "PT1H"}]);
+    env.create_sequence(body).await?;
+    let leads: Vec<String> = (0..3).map(|i| format!("w{i}@example.com")).collect();
+    enroll(&env, "go", &leads).await?;
+    smtp.wait_for(1, Duration::from_secs(20)).await?;
+    eventually(
+        Duration::from_secs(20),
+        "two late steps skipped",
+        || async {
+            let n = pulse_tests::count(
+                &env.db,
+                "SELECT count(*) FROM step_runs WHERE position = 1 AND state = 'SKIPPED'
+               AND last_error LIKE 'skipped: could not go out within its max_lateness PT5M%'",
+            )
+            .await?;
+            Ok((n == 2).then_some(()))
+        },
+    )
+    .await?;
+    // Every lead moved on to step 2, due a day from its step 1 (sent or skipped).
+    let second = pulse_tests::count(
+        &env.db,
+        "SELECT count(*) FROM step_runs WHERE position = 2 AND state = 'SCHEDULED'
+           AND due_at > now() + interval '23 hours'",
+    )
+    .await?;
+    assert_eq!(second, 3);
+    assert_eq!(smtp.count(), 1);
+    env.stop().await
+}

@@ -76,6 +76,7 @@ pub async fn edit_form(
                         (thread_select(step.thread))
                         label { "Timing (JSON)" input name="step_timing" value=(timing_json(&step.timing)); }
                         label { "End date (RFC 3339, empty: none)" input name="step_end" value=(step.end_date.map(|d| d.to_rfc3339()).unwrap_or_default()); }
+                        label { "Skip when later than (ISO-8601 duration after it came due, e.g. P2D; empty: never)" input name="step_lateness" value=(step.max_lateness.clone().unwrap_or_default()); }
                         label.check { input type="checkbox" name="step_delete" value=(step.id); " Delete this step" }
                     }
                 }
@@ -89,6 +90,7 @@ pub async fn edit_form(
                     (thread_select(false))
                     label { "Timing (JSON)" input name="step_timing" value=r#"{"type":"delay","delay":"P2D"}"#; }
                     label { "End date (RFC 3339, empty: none)" input name="step_end" value=""; }
+                    label { "Skip when later than (ISO-8601 duration after it came due, e.g. P2D; empty: never)" input name="step_lateness" value=""; }
                 }
             }
             label for="triggers" { "Triggers (JSON)" }
@@ -127,6 +129,7 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
     let threads = form.all("step_thread");
     let timings = form.all("step_timing");
     let ends = form.all("step_end");
+    let lateness = form.all("step_lateness");
     let deleted = form.all("step_delete");
     if [
         orders.len(),
@@ -136,6 +139,7 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
         threads.len(),
         timings.len(),
         ends.len(),
+        lateness.len(),
     ]
     .iter()
     .any(|n| *n != ids.len())
@@ -183,6 +187,9 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
                 thread: threads[i] == "yes",
                 timing,
                 end_date,
+                max_lateness: Some(lateness[i].trim())
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned),
             },
         ));
     }
@@ -282,8 +289,8 @@ mod tests {
     fn the_edit_form_becomes_the_api_request_in_position_order() {
         let id = Uuid::new_v4();
         let body = format!(
-            "name=N&sender=a%40b.co&step_id={id}&step_order=2&step_subject=S1&step_body=B1&step_html=%3Cp%3EHi%3C%2Fp%3E&step_thread=no&step_timing=%7B%22type%22%3A%22immediately%22%7D&step_end=2030-01-01T00%3A00%3A00Z\
-             &step_id=&step_order=1&step_subject=&step_body=B&step_html=&step_thread=yes&step_timing=%7B%22type%22%3A%22delay%22%2C%22delay%22%3A%22P1D%22%7D&step_end=\
+            "name=N&sender=a%40b.co&step_id={id}&step_order=2&step_subject=S1&step_body=B1&step_html=%3Cp%3EHi%3C%2Fp%3E&step_thread=no&step_timing=%7B%22type%22%3A%22immediately%22%7D&step_end=2030-01-01T00%3A00%3A00Z&step_lateness=P2D\
+             &step_id=&step_order=1&step_subject=&step_body=B&step_html=&step_thread=yes&step_timing=%7B%22type%22%3A%22delay%22%2C%22delay%22%3A%22P1D%22%7D&step_end=&step_lateness=\
              &triggers=&max_sends_per_minute=&end_date=&send_window="
         );
         let req = edit_request(&FormData::parse(body.as_bytes())).unwrap();
@@ -303,13 +310,15 @@ mod tests {
             "a step's end date survives the edit"
         );
         assert_eq!(steps[0].end_date, None);
+        assert_eq!(steps[1].max_lateness.as_deref(), Some("P2D"));
+        assert_eq!(steps[0].max_lateness, None);
         assert_eq!(req.max_sends_per_minute, Some(None));
         assert_eq!(req.triggers, Some(vec![]));
     }
 
     #[test]
     fn a_bad_timing_names_its_step() {
-        let body = "step_id=&step_order=1&step_subject=S&step_body=B&step_html=&step_thread=no&step_timing=nope&step_end=";
+        let body = "step_id=&step_order=1&step_subject=S&step_body=B&step_html=&step_thread=no&step_timing=nope&step_end=&step_lateness=";
         let err = edit_request(&FormData::parse(body.as_bytes())).unwrap_err();
         assert!(err.to_string().contains("step 1 timing"), "{err}");
     }
