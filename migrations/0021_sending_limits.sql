@@ -24,3 +24,6 @@ CREATE TABLE domain_limits (
 -- that time when a hold, a retry or a resume moves `due_at` (NULL: `due_at` is still it).
 ALTER TABLE sequence_steps ADD COLUMN max_lateness text;
 ALTER TABLE step_runs ADD COLUMN first_due_at timestamptz;
+
+-- Guardrails (`pulse_shared::guardrails`): when a sequence pauses itself. NULL: the defaults.
+ALTER TABLE sequences ADD COLUMN guardrails jsonb;

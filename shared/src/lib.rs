@@ -9,6 +9,7 @@ pub mod db;
 pub mod domain;
 pub mod enroll;
 pub mod feedback;
+pub mod guardrails;
 pub mod health;
 pub mod http;
 pub mod identity;

@@ -50,6 +50,7 @@ pub const NAMES: &[&str] = &[
     "pulse_ready",
     "pulse_process_resident_memory_bytes",
     "pulse_inbound_messages",
+    "pulse_guardrail_trips",
 ];
 
 /// Content type of [`Metrics::render`].
@@ -150,6 +151,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabel {
     queue: String,
 }
@@ -208,6 +214,7 @@ struct Inner {
     ready: Family<PartLabel, Gauge>,
     resident_memory: Gauge,
     inbound: Family<KindLabel, Counter>,
+    guardrail_trips: Family<RuleLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -339,6 +346,12 @@ impl Metrics {
              auto_reply, bounce, soft_bounce, complaint, unsubscribe, other",
             inbound.clone(),
         );
+        let guardrail_trips = Family::<RuleLabel, Counter>::default();
+        r.register(
+            "guardrail_trips",
+            "Sequences a guardrail paused, by rule (failures)",
+            guardrail_trips.clone(),
+        );
         let consumed = Counter::default();
         r.register(
             "sender_messages_consumed",
@@ -426,6 +439,7 @@ impl Metrics {
             ready,
             resident_memory,
             inbound,
+            guardrail_trips,
         }));
         // Every closed label set starts at zero, so a panel or a rate over it shows 0 before
         // the first event instead of "No data".
@@ -441,6 +455,11 @@ impl Metrics {
                 .get_or_create(&KindLabel {
                     kind: kind.as_str(),
                 })
+                .inc_by(0);
+        }
+        for rule in crate::guardrails::RULES {
+            m.0.guardrail_trips
+                .get_or_create(&RuleLabel { rule })
                 .inc_by(0);
         }
         for status in ["processed", "duplicate_event"] {
@@ -495,6 +514,13 @@ impl Metrics {
     }
 
     /// A message came back (`feedback::Kind::as_str`).
+    pub fn guardrail_tripped(&self, rule: &'static str) {
+        self.0
+            .guardrail_trips
+            .get_or_create(&RuleLabel { rule })
+            .inc();
+    }
+
     pub fn inbound(&self, kind: &'static str) {
         self.0.inbound.get_or_create(&KindLabel { kind }).inc();
     }

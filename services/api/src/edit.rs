@@ -106,6 +106,7 @@ pub(crate) async fn apply(
         .as_deref()
         .map(|l| pulse_shared::limits::to_store("limits", l))
         .transpose()?;
+    let guardrails = crate::sequences::check_guardrails(req.guardrails.as_ref())?;
 
     sqlx::query(
         "UPDATE sequences SET
@@ -119,6 +120,7 @@ pub(crate) async fn apply(
              sender_reply_to = CASE WHEN $12 THEN $11 ELSE sender_reply_to END,
              exit_on_reply = COALESCE($14, exit_on_reply),
              limits = CASE WHEN $15 THEN $16 ELSE limits END,
+             guardrails = COALESCE($17, guardrails),
              version = version + 1, updated_at = now()
          WHERE id = $1",
     )
@@ -145,6 +147,7 @@ pub(crate) async fn apply(
     .bind(req.exit_on_reply.map(|e| e.as_str()))
     .bind(limits.is_some())
     .bind(limits.flatten())
+    .bind(guardrails)
     .execute(&mut *tx)
     .await?;
 

@@ -7,8 +7,8 @@ use pulse_shared::{
     domain::{limits, template, validate, window::SendWindow},
     http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
     model::{
-        CreateSequence, ExitOnReply, SenderIdentity, Sequence, SequenceList, SequenceStats,
-        SequenceStatsList, SequenceStatus, Step, StepInput, Timing, TriggerSpec,
+        CreateSequence, ExitOnReply, Guardrails, SenderIdentity, Sequence, SequenceList,
+        SequenceStats, SequenceStatsList, SequenceStatus, Step, StepInput, Timing, TriggerSpec,
     },
 };
 use sqlx::{PgConnection, PgPool, Row};
@@ -41,6 +41,7 @@ pub async fn create(
     check_triggers(&req.triggers)?;
     check_settings(req.send_window.as_ref(), req.max_sends_per_minute)?;
     let limits = pulse_shared::limits::to_store("limits", &req.limits)?;
+    let guardrails = check_guardrails(req.guardrails.as_ref())?;
 
     let id = Uuid::new_v4();
     let mut tx = state.db.begin().await?;
@@ -48,8 +49,8 @@ pub async fn create(
     sqlx::query(
         "INSERT INTO sequences (id, workspace_id, name, timezone, sender_from, send_window,
                                 end_date, max_sends_per_minute, sender_reply_to, sender_mailboxes,
-                                exit_on_reply, limits)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                exit_on_reply, limits, guardrails)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(id)
     .bind(auth.workspace)
@@ -63,6 +64,7 @@ pub async fn create(
     .bind(&sender.mailboxes)
     .bind(req.exit_on_reply.unwrap_or_default().as_str())
     .bind(limits)
+    .bind(guardrails)
     .execute(&mut *tx)
     .await?;
     for (i, step) in req.steps.iter().enumerate() {
@@ -318,6 +320,18 @@ pub(crate) fn check_triggers(triggers: &[TriggerSpec]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Checks guardrail settings and returns what to store (`None`: the defaults).
+pub(crate) fn check_guardrails(
+    guardrails: Option<&Guardrails>,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let Some(g) = guardrails else {
+        return Ok(None);
+    };
+    g.check()
+        .map_err(|(field, m)| ApiError::invalid(field, m))?;
+    Ok(Some(to_json(g)?))
+}
+
 pub(crate) fn check_settings(
     window: Option<&SendWindow>,
     rate: Option<i32>,
@@ -440,7 +454,8 @@ pub(crate) async fn load(
         "SELECT id, name, status, timezone, sender_from, sender_reply_to, sender_mailboxes,
                 version, send_window,
                 end_date,
-                max_sends_per_minute, COALESCE(limits, '[]'::jsonb) AS limits, exit_on_reply,
+                max_sends_per_minute, COALESCE(limits, '[]'::jsonb) AS limits, guardrails,
+                exit_on_reply,
                 created_at, updated_at
          FROM sequences WHERE workspace_id = $1 AND id = ANY($2)",
     )
@@ -531,6 +546,7 @@ pub(crate) async fn load(
             max_sends_per_minute: row.get("max_sends_per_minute"),
             limits: serde_json::from_value(row.get("limits"))
                 .map_err(|e| corrupt(format!("limits: {e}")))?,
+            guardrails: Guardrails::from_stored(row.get("guardrails"))?,
             exit_on_reply: ExitOnReply::from_stored(row.get("exit_on_reply")),
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),

@@ -1,20 +1,24 @@
 //! The sender role: consumes due sends from RabbitMQ and turns each into exactly one email.
 //!
 //! For each message, in this order (`docs/send-path.md`):
-//! 1. the Redis pause flag — paused: the step run goes back to SCHEDULED (held, not lost); and
-//!    the sequence's sending rate — over it: the step run is due again in a later minute with
-//!    room, moved into the send window;
-//! 2. the snapshot: the run's content and the state of its enrollment, sequence and lead, and
-//!    the send window. A refusal settles the run alone: nothing is claimed before the gate;
-//! 3. a relay connection from the pool within [`CONNECTION_WAIT`] — else the step is due again
+//! 1. the Redis pause flag — paused: the step run goes back to SCHEDULED (held, not lost);
+//!    Redis unreachable: held too, due again in a few seconds (fail closed);
+//! 2. the snapshot: the run's content, the state of its enrollment, sequence and lead, the send
+//!    window and the sending limits that apply. A refusal settles the run alone: nothing is
+//!    claimed before the gate. A step past its `max_lateness` (or that a window or a limit would
+//!    hold past it) is skipped and its enrollment moves on;
+//! 3. a slot under every sending limit (`pulse_shared::limits`) — else the step is due again when
+//!    its slot frees, with the reason as its note;
+//! 4. a relay connection from the pool within [`CONNECTION_WAIT`] — else the step is due again
 //!    shortly;
-//! 4. the SMTP transaction, with the key's deterministic Message-ID, up to the body; then **the
+//! 5. the SMTP transaction, with the key's deterministic Message-ID, up to the body; then **the
 //!    gate**: with the body out and the final dot held, the ledger claim (batched, marked on the
 //!    wire), and after it committed, the re-check of the run's state. Only a claim that passes
 //!    lets the dot follow; any other verdict sends no dot, so the relay accepts nothing;
-//! 5. one transaction recording the outcome and scheduling the next step; then the ack. A
+//! 6. one transaction recording the outcome and scheduling the next step; then the ack. A
 //!    failure before the gate (no connection, MAIL/RCPT/DATA refused) records the run as
-//!    deferred or failed with no claim: nothing reached the relay.
+//!    deferred or failed with no claim: nothing reached the relay. A send that failed for good
+//!    checks the sequence's guardrails, which may pause it.
 //!
 //! So a claim exists only for a message the relay may have: if its sender dies, the sweep turns
 //! it into UNKNOWN, and nothing else needs an operator. A sender that dies before its gate
@@ -26,14 +30,19 @@
 //! claim it cannot prove unsent.
 
 mod context;
+mod delivery;
+mod outcome;
+
+use delivery::handle;
+use outcome::{
+    check_guardrails, failed_span, gave_up, hold_without_redis, record_before_gate,
+    record_with_retries, settle_closed_gate, skip_late, unsent_outcome,
+};
 #[cfg(feature = "failpoints")]
 mod failpoints;
 pub mod transport;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use tokio::{sync::Semaphore, task::JoinSet};
 
@@ -41,26 +50,20 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lapin::{
     Channel,
-    message::Delivery,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-        BasicQosOptions,
-    },
-    types::{AMQPValue, FieldTable},
+    options::{BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
 };
 use pulse_shared::{
     Settings,
     config::SenderSettings,
     db::{self, StoreError},
     health::{Health, supervise},
-    ledger::{
-        self, Claim, ClaimRequest, Failure, Fence, Gated, Release, Reply, SentRecord, Settled,
-    },
+    ledger::{self, Claim, ClaimRequest, Fence, Gated, Release, SentRecord, Settled},
     limits::{Period, Taken},
     messaging::{self, MessagingError, SendMessage},
     metrics::{Metrics, SendOutcome},
     pause::{Gate, PauseError},
-    schedule, telemetry,
+    schedule,
     verp::{self, Purpose},
     workers,
 };
@@ -219,148 +222,6 @@ enum HandleError {
     Pause(#[from] PauseError),
 }
 
-/// Header counting the deliveries of a message that failed on a dependency.
-const DELIVERY_HEADER: &str = "x-pulse-delivery";
-/// Header saying why a message was dead-lettered.
-const DEAD_REASON_HEADER: &str = "x-pulse-dead-reason";
-
-fn delivery_number(delivery: &Delivery) -> u32 {
-    delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| match h.inner().get(DELIVERY_HEADER) {
-            Some(AMQPValue::LongUInt(n)) => Some(*n),
-            _ => None,
-        })
-        .unwrap_or(1)
-}
-
-async fn handle(ctx: &Context, channel: &Channel, queue: &str, delivery: Delivery) {
-    ctx.metrics.consumed();
-    // The send continues the trace the scheduler's publish put in the message.
-    // An OpenTelemetry consumer span; failed and UNKNOWN sends set its status to ERROR.
-    let span = tracing::info_span!(
-        "send",
-        otel.kind = "consumer",
-        otel.status_code = tracing::field::Empty,
-        otel.status_message = tracing::field::Empty,
-        messaging.system = "rabbitmq",
-        messaging.operation = "process",
-        messaging.destination.name = queue,
-        key = tracing::field::Empty,
-    );
-    telemetry::continue_trace(
-        &span,
-        telemetry::amqp_traceparent(delivery.properties.headers().as_ref()).as_deref(),
-    );
-    let processed = process(ctx, &delivery.data).instrument(span.clone()).await;
-    if let Err(e) = &processed {
-        span.record("otel.status_code", "ERROR");
-        span.record("otel.status_message", e.to_string());
-    }
-    let settled = match processed {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
-        Err(HandleError::Poison(reason)) => {
-            ctx.metrics.dead_lettered();
-            dead_letter(channel, queue, &delivery, &reason).await
-        }
-        Err(e) => {
-            let n = delivery_number(&delivery);
-            // Do not spin on a dependency that is down.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if n >= ctx.settings.max_deliveries {
-                ctx.metrics.dead_lettered();
-                dead_letter(
-                    channel,
-                    queue,
-                    &delivery,
-                    &format!("failed {n} deliveries: {e}"),
-                )
-                .await
-            } else {
-                tracing::warn!(error = %e, delivery = n, "send not handled; delivering the message again");
-                redeliver(channel, queue, &delivery, n + 1).await
-            }
-        }
-    };
-    if let Err(e) = settled {
-        tracing::warn!(error = %e, "ack failed; the broker will redeliver and the ledger absorbs it");
-    }
-}
-
-/// Publishes a copy with the next delivery number, then acks the original; if the copy cannot be
-/// published the original goes back to the queue. (Should both be lost with the broker, the
-/// sweeper publishes the step again after the queued lease.)
-async fn redeliver(
-    channel: &Channel,
-    queue: &str,
-    delivery: &Delivery,
-    n: u32,
-) -> lapin::Result<()> {
-    forward(
-        channel,
-        queue,
-        delivery,
-        (DELIVERY_HEADER, AMQPValue::LongUInt(n)),
-        true,
-    )
-    .await
-}
-
-/// Moves a message to the dead-letter queue with the reason in a header, then acks it. If that
-/// publish fails, the message is rejected and the queue's dead-letter exchange takes it.
-async fn dead_letter(
-    channel: &Channel,
-    queue: &str,
-    delivery: &Delivery,
-    reason: &str,
-) -> lapin::Result<()> {
-    tracing::error!(%reason, "dead-lettering a message");
-    let dead = messaging::dead_letter_queue(queue);
-    forward(
-        channel,
-        &dead,
-        delivery,
-        (DEAD_REASON_HEADER, AMQPValue::LongString(reason.into())),
-        false,
-    )
-    .await
-}
-
-/// Publishes a copy of `delivery` to `to` with one more header and acks the original; if the
-/// copy cannot be published, nacks the original (`requeue` says where the broker puts it).
-async fn forward(
-    channel: &Channel,
-    to: &str,
-    delivery: &Delivery,
-    (name, value): (&str, AMQPValue),
-    requeue: bool,
-) -> lapin::Result<()> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(name.into(), value);
-    let props = delivery.properties.clone().with_headers(headers);
-    let copied = channel
-        .basic_publish(
-            "".into(),
-            to.into(),
-            BasicPublishOptions::default(),
-            &delivery.data,
-            props,
-        )
-        .await;
-    match copied {
-        Ok(_) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
-        Err(_) => delivery
-            .nack(BasicNackOptions {
-                requeue,
-                ..Default::default()
-            })
-            .await
-            .map(|_| ()),
-    }
-}
-
 /// What the gate decided for one send ([`open_gate`]).
 enum Verdict {
     /// Claimed and re-checked: the final dot follows, and every outcome names this claim.
@@ -397,45 +258,6 @@ async fn open_gate(ctx: &Context, msg: &SendMessage) -> Verdict {
         Ok(Gated::NotClaimed(claim)) => Verdict::NotClaimed(claim),
         Err(e) => Verdict::Failed(e),
     }
-}
-
-/// The metric outcome of a run that is not sent, by what becomes of it.
-fn unsent_outcome(how: Release) -> SendOutcome {
-    match how {
-        Release::Leave => SendOutcome::DuplicateSuppressed,
-        Release::Hold(None) => SendOutcome::HeldByPause,
-        Release::Hold(Some(_)) => SendOutcome::HeldByWindow,
-        Release::Cancel | Release::Skip => SendOutcome::Released,
-    }
-}
-
-/// How long a step waits when Redis cannot be reached, before it is tried again.
-const REDIS_DOWN_RETRY: chrono::Duration = chrono::Duration::seconds(5);
-
-/// Redis is down: the pause flag or the sending limits cannot be checked, so nothing is sent
-/// (fail closed). The step goes back to SCHEDULED, due again shortly; the message is done with.
-async fn hold_without_redis(
-    ctx: &Context,
-    run: uuid::Uuid,
-    error: &PauseError,
-) -> Result<(), HandleError> {
-    let reason = "Redis unreachable: pause flags and sending limits cannot be checked; held";
-    let until = Utc::now() + REDIS_DOWN_RETRY;
-    record_with_retries(|| {
-        ledger::settle_unsent(&ctx.db, run, Release::Hold(Some(until)), Some(reason))
-    })
-    .await?;
-    ctx.metrics.send(SendOutcome::HeldWithoutRedis);
-    tracing::warn!(step_run = %run, %error, "redis unreachable; step held");
-    Ok(())
-}
-
-/// Skips a step its staleness guard says is too late, moving its enrollment on.
-async fn skip_late(ctx: &Context, run: uuid::Uuid, reason: &str) -> Result<(), HandleError> {
-    record_with_retries(|| ledger::skip_late(&ctx.db, run, reason)).await?;
-    ctx.metrics.send(SendOutcome::SkippedLate);
-    tracing::info!(step_run = %run, %reason, "step skipped: too late");
-    Ok(())
 }
 
 /// Handles one due-send message. `Ok` means the message is done with and can be acked.
@@ -669,149 +491,14 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     };
     m.send(outcome);
     failed_span(outcome);
+    if outcome == SendOutcome::Failed {
+        check_guardrails(ctx, msg.sequence_id).await;
+    }
     if settled == Settled::ClaimLost {
         m.claim_conflict();
         tracing::warn!(key = %msg.key, ?outcome, "the claim expired and was taken over before this outcome was recorded; it changed nothing");
     }
     Ok(())
-}
-
-/// Marks the current `send` span as failed when the send ended FAILED or UNKNOWN.
-fn failed_span(outcome: SendOutcome) {
-    if matches!(outcome, SendOutcome::Failed | SendOutcome::Unknown) {
-        let span = tracing::Span::current();
-        span.record("otel.status_code", "ERROR");
-        span.record("otel.status_message", outcome.as_str());
-    }
-}
-
-/// A transient failure that used up the attempts, as the reply that fails the run.
-fn gave_up(reply: Reply, attempts: i32) -> Reply {
-    Reply {
-        code: reply.code,
-        text: format!("gave up after {attempts} attempts: {}", reply.text),
-    }
-}
-
-/// Settles a send whose gate stayed shut (no dot was sent): a refused claim is released and its
-/// run settled as the re-check said; an unreadable re-check gives the claim back and the message
-/// is delivered again; a key another delivery owns is left to it.
-async fn settle_closed_gate(
-    ctx: &Context,
-    msg: &SendMessage,
-    verdict: Verdict,
-) -> Result<(), HandleError> {
-    let (m, run) = (&ctx.metrics, msg.step_run_id);
-    match verdict {
-        Verdict::Open(_) => Ok(()),
-        Verdict::Refused { fence, how, reason } => {
-            let settled =
-                record_with_retries(|| ledger::release(&ctx.db, &fence, run, how, &reason)).await?;
-            m.send(unsent_outcome(how));
-            tracing::info!(key = %msg.key, %reason, ?settled, "refused at the gate; nothing sent");
-            Ok(())
-        }
-        Verdict::Unchecked { fence, error } => {
-            if let Err(undo) = record_with_retries(|| ledger::unclaim(&ctx.db, &fence)).await {
-                tracing::warn!(key = %msg.key, error = %undo, "claim not given back; it becomes UNKNOWN after the lease");
-            }
-            Err(StoreError::Corrupt(format!("the gate's re-check failed: {error}")).into())
-        }
-        Verdict::NotClaimed(Claim::BecameUnknown) => {
-            m.send(SendOutcome::Unknown);
-            failed_span(SendOutcome::Unknown);
-            tracing::warn!(key = %msg.key, "a stale claim was found; its send is UNKNOWN");
-            Ok(())
-        }
-        Verdict::NotClaimed(claim) => {
-            if matches!(claim, Claim::InFlight | Claim::StaleMessage) {
-                m.claim_conflict();
-            }
-            m.send(SendOutcome::DuplicateSuppressed);
-            tracing::debug!(key = %msg.key, ?claim, "not sending: key not claimable");
-            Ok(())
-        }
-        Verdict::Failed(e) => Err(e.into()),
-    }
-}
-
-/// Records a send that failed before its gate: nothing reached the relay and nothing was
-/// claimed, so the run settles alone ([`ledger::record_unclaimed`]).
-async fn record_before_gate(
-    ctx: &Context,
-    msg: &SendMessage,
-    answer: Result<Reply, SendError>,
-    attempts: i32,
-) -> Result<(), HandleError> {
-    let transient = match answer {
-        Err(SendError::Transient(reply)) => reply,
-        // Neither can happen before the gate (both need it); nothing went out either way.
-        Err(SendError::Unknown(reply)) => reply,
-        Err(SendError::Withheld) => Reply::from_relay(None, "not sent: the gate was never reached"),
-        Err(SendError::Permanent(reply)) => {
-            return record_unclaimed(ctx, msg, reply, Failure::Failed, SendOutcome::Failed).await;
-        }
-        Ok(reply) => {
-            // A relay cannot accept a message whose dot was never sent; the transport's promise.
-            tracing::error!(key = %msg.key, code = ?reply.code, "a send was answered without passing its gate; left for the queued lease");
-            return Ok(());
-        }
-    };
-    if attempts < ctx.settings.max_attempts {
-        let retry_at = Utc::now() + backoff(&ctx.settings, attempts);
-        record_unclaimed(
-            ctx,
-            msg,
-            transient,
-            Failure::Deferred(retry_at),
-            SendOutcome::Retried,
-        )
-        .await
-    } else {
-        let reply = gave_up(transient, attempts);
-        record_unclaimed(ctx, msg, reply, Failure::Failed, SendOutcome::Failed).await
-    }
-}
-
-async fn record_unclaimed(
-    ctx: &Context,
-    msg: &SendMessage,
-    reply: Reply,
-    failure: Failure,
-    outcome: SendOutcome,
-) -> Result<(), HandleError> {
-    let applied = record_with_retries(|| {
-        ledger::record_unclaimed(&ctx.db, msg.step_run_id, &msg.key, &reply, failure)
-    })
-    .await?;
-    ctx.metrics.send(outcome);
-    failed_span(outcome);
-    tracing::warn!(key = %msg.key, applied, reply = %reply.text, ?failure, "not sent: the relay or the connection failed before the message");
-    Ok(())
-}
-
-/// Recording an outcome after the relay answered is the one write that must not be lost to a
-/// passing database error, so it is retried for a while before giving up (the claim then stays
-/// SENDING and becomes UNKNOWN after the lease).
-async fn record_with_retries<T, F, Fut>(mut write: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut delay = Duration::from_millis(100);
-    let mut tries = 0;
-    loop {
-        match write().await {
-            Ok(done) => return Ok(done),
-            Err(e) if tries < 8 => {
-                tries += 1;
-                tracing::warn!(error = %e, tries, "recording a send outcome failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Exponential backoff with ±20 % jitter: `base * 2^(attempts-1)`, capped at `retry_max`.
@@ -829,6 +516,8 @@ pub fn backoff(s: &SenderSettings, attempts: i32) -> chrono::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
 
     #[test]
     fn backoff_grows_and_is_capped() {

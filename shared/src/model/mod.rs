@@ -20,6 +20,7 @@ pub use suppression::{
 
 pub use crate::{
     domain::{timing::Timing, window::SendWindow},
+    guardrails::Guardrails,
     limits::Limit,
     state::{EnrollmentStatus, LedgerState, SequenceStatus, StepRunState},
 };
@@ -51,6 +52,9 @@ pub struct CreateSequence {
     /// sequence's time zone.
     #[serde(default)]
     pub limits: Vec<Limit>,
+    /// When the sequence pauses itself (`docs/sending-rules.md`); left out: the defaults.
+    #[serde(default)]
+    pub guardrails: Option<Guardrails>,
     /// What a reply from a lead ends; default `enrollment`.
     #[serde(default)]
     pub exit_on_reply: Option<ExitOnReply>,
@@ -158,6 +162,8 @@ pub struct EditSequence {
     /// The sequence's sending limits, replaced as a whole (`[]` removes them).
     #[serde(default)]
     pub limits: Option<Vec<Limit>>,
+    #[serde(default)]
+    pub guardrails: Option<Guardrails>,
     #[serde(default)]
     pub exit_on_reply: Option<ExitOnReply>,
 }
@@ -424,6 +430,7 @@ pub struct Sequence {
     pub end_date: Option<DateTime<Utc>>,
     pub max_sends_per_minute: Option<i32>,
     pub limits: Vec<Limit>,
+    pub guardrails: Guardrails,
     pub exit_on_reply: ExitOnReply,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

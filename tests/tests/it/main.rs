@@ -6,6 +6,7 @@ mod cli;
 mod control;
 mod dkim;
 mod faults;
+mod guardrails;
 mod hub;
 mod identity;
 mod inbound;
