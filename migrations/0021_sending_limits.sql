@@ -27,3 +27,8 @@ ALTER TABLE step_runs ADD COLUMN first_due_at timestamptz;
 
 -- Guardrails (`pulse_shared::guardrails`): when a sequence pauses itself. NULL: the defaults.
 ALTER TABLE sequences ADD COLUMN guardrails jsonb;
+
+-- Priority: when limits collide, due steps of higher priority are claimed first (0–9, higher
+-- first; a step waiting longer gains a level per PULSE_PRIORITY_AGING_MS).
+ALTER TABLE sequences ADD COLUMN priority smallint NOT NULL DEFAULT 5
+    CHECK (priority BETWEEN 0 AND 9);

@@ -102,6 +102,9 @@ pub struct SchedulerSettings {
     /// A step run QUEUED this long without being handled lost its message (a broker that lost
     /// it, a dead-lettered delivery): it is published again.
     pub queued_lease: Duration,
+    /// A due step waiting this long gains one priority level in the claim (starvation-free
+    /// priorities).
+    pub priority_aging: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -188,6 +191,7 @@ impl Settings {
                 poll_interval: millis(&lookup, "PULSE_SCHEDULER_POLL_MS", "200")?,
                 sweep_interval: millis(&lookup, "PULSE_SWEEP_INTERVAL_MS", "5000")?,
                 queued_lease: millis(&lookup, "PULSE_QUEUED_LEASE_MS", "600000")?,
+                priority_aging: millis(&lookup, "PULSE_PRIORITY_AGING_MS", "600000")?,
             },
             sender: SenderSettings {
                 prefetch: parse(&lookup, "PULSE_SENDER_PREFETCH", "512")?,

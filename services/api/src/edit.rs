@@ -107,6 +107,7 @@ pub(crate) async fn apply(
         .map(|l| pulse_shared::limits::to_store("limits", l))
         .transpose()?;
     let guardrails = crate::sequences::check_guardrails(req.guardrails.as_ref())?;
+    let priority = crate::sequences::check_priority(req.priority)?;
 
     sqlx::query(
         "UPDATE sequences SET
@@ -121,6 +122,7 @@ pub(crate) async fn apply(
              exit_on_reply = COALESCE($14, exit_on_reply),
              limits = CASE WHEN $15 THEN $16 ELSE limits END,
              guardrails = COALESCE($17, guardrails),
+             priority = COALESCE($18, priority),
              version = version + 1, updated_at = now()
          WHERE id = $1",
     )
@@ -148,6 +150,7 @@ pub(crate) async fn apply(
     .bind(limits.is_some())
     .bind(limits.flatten())
     .bind(guardrails)
+    .bind(priority)
     .execute(&mut *tx)
     .await?;
 

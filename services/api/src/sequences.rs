@@ -42,6 +42,7 @@ pub async fn create(
     check_settings(req.send_window.as_ref(), req.max_sends_per_minute)?;
     let limits = pulse_shared::limits::to_store("limits", &req.limits)?;
     let guardrails = check_guardrails(req.guardrails.as_ref())?;
+    let priority = check_priority(req.priority)?.unwrap_or(5);
 
     let id = Uuid::new_v4();
     let mut tx = state.db.begin().await?;
@@ -49,8 +50,8 @@ pub async fn create(
     sqlx::query(
         "INSERT INTO sequences (id, workspace_id, name, timezone, sender_from, send_window,
                                 end_date, max_sends_per_minute, sender_reply_to, sender_mailboxes,
-                                exit_on_reply, limits, guardrails)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                                exit_on_reply, limits, guardrails, priority)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(id)
     .bind(auth.workspace)
@@ -65,6 +66,7 @@ pub async fn create(
     .bind(req.exit_on_reply.unwrap_or_default().as_str())
     .bind(limits)
     .bind(guardrails)
+    .bind(priority)
     .execute(&mut *tx)
     .await?;
     for (i, step) in req.steps.iter().enumerate() {
@@ -320,6 +322,15 @@ pub(crate) fn check_triggers(triggers: &[TriggerSpec]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Checks a sequence's priority (0–9) and returns it as stored.
+pub(crate) fn check_priority(priority: Option<i32>) -> Result<Option<i16>, ApiError> {
+    match priority {
+        None => Ok(None),
+        Some(p @ 0..=9) => Ok(Some(p as i16)),
+        Some(_) => Err(ApiError::invalid("priority", "must be 0 to 9")),
+    }
+}
+
 /// Checks guardrail settings and returns what to store (`None`: the defaults).
 pub(crate) fn check_guardrails(
     guardrails: Option<&Guardrails>,
@@ -455,6 +466,7 @@ pub(crate) async fn load(
                 version, send_window,
                 end_date,
                 max_sends_per_minute, COALESCE(limits, '[]'::jsonb) AS limits, guardrails,
+                priority::int4 AS priority,
                 exit_on_reply,
                 created_at, updated_at
          FROM sequences WHERE workspace_id = $1 AND id = ANY($2)",
@@ -547,6 +559,7 @@ pub(crate) async fn load(
             limits: serde_json::from_value(row.get("limits"))
                 .map_err(|e| corrupt(format!("limits: {e}")))?,
             guardrails: Guardrails::from_stored(row.get("guardrails"))?,
+            priority: row.get("priority"),
             exit_on_reply: ExitOnReply::from_stored(row.get("exit_on_reply")),
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),

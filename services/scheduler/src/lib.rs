@@ -177,7 +177,11 @@ async fn claim_loop(
                 queue_depth(channel, &settings.queue, metrics).await?;
                 next_depth = tokio::time::Instant::now() + QUEUE_DEPTH_EVERY;
             }
-            let claimed = claim(db, batch, worker.id, unsubscribe, metrics)
+            let claiming = Claiming {
+                batch,
+                aging: settings.scheduler.priority_aging,
+            };
+            let claimed = claim(db, claiming, worker.id, unsubscribe, metrics)
                 // Debug level: an idle poll, several a second, is no trace of its own.
                 .instrument(tracing::debug_span!("claim_batch", limit = batch))
                 .await?;
@@ -246,30 +250,57 @@ async fn finish(
     Ok(())
 }
 
-/// Locks up to `batch` due SCHEDULED runs of ACTIVE enrollments of ACTIVE sequences, oldest first
+/// How much one claim takes (`PULSE_SCHEDULER_BATCH`) and how fast a waiting step gains a
+/// priority level (`PULSE_PRIORITY_AGING_MS`); see [`lock_due`].
+#[derive(Clone, Copy, Debug)]
+pub struct Claiming {
+    pub batch: i64,
+    pub aging: Duration,
+}
+
+/// Locks up to `batch` due SCHEDULED runs of ACTIVE enrollments of ACTIVE sequences
 /// (`SKIP LOCKED`), inside the caller's transaction, and returns them with what rendering needs.
+///
+/// The order is fair, then by priority (`docs/sending-rules.md`): round-robin across workspaces,
+/// so a workspace with a million due steps and one with ten both get sends out in the same
+/// claim; within a workspace, higher priority first (a step gains a level per `aging` it has
+/// waited, so none starves), then round-robin across its sequences, then oldest first.
 ///
 /// Four statements, each with one obvious plan whatever the table statistics say (a single
 /// statement was seen to pick a 25,000-row scan of a freshly loaded sequence, 280 ms a claim):
-/// 1. candidates, per ACTIVE sequence from the `(sequence_id, due_at)` index, so a paused
-///    sequence's due backlog costs nothing;
+/// 1. candidates, at most `batch` per ACTIVE sequence from the `(sequence_id, due_at)` index,
+///    so a paused sequence's due backlog costs nothing and the work is flat in the table's
+///    size, ranked as above;
 /// 2. the edit lock on their sequences (`FOR KEY SHARE SKIP LOCKED`, see
 ///    `schedule::lock_sequences`): a sequence being edited, paused or deleted right now is
 ///    left for the next claim, and the content read below is the committed one;
 /// 3. the lock, on `step_runs` alone by primary key; the state is re-checked on the locked row
 ///    (a row another scheduler holds is skipped, one changed meanwhile is re-read first);
 /// 4. the rows with their sequence, step and lead (of ACTIVE sequences and enrollments).
-pub async fn lock_due(conn: &mut sqlx::PgConnection, batch: i64) -> Result<Due, sqlx::Error> {
+pub async fn lock_due(
+    conn: &mut sqlx::PgConnection,
+    batch: i64,
+    aging: Duration,
+) -> Result<Due, sqlx::Error> {
     let candidates: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT d.id, a.id FROM sequences a
-         CROSS JOIN LATERAL (
-             SELECT r.id, r.due_at FROM step_runs r
-             WHERE r.sequence_id = a.id AND r.state = 'SCHEDULED' AND r.due_at <= now()
-             ORDER BY r.due_at LIMIT $1) d
-         WHERE a.status = 'ACTIVE'
-         ORDER BY d.due_at LIMIT $1",
+        "SELECT id, sequence_id FROM (
+             SELECT d.id, a.id AS sequence_id, d.due_at,
+                    row_number() OVER (
+                        PARTITION BY a.workspace_id
+                        ORDER BY LEAST(9, a.priority + floor(
+                                     extract(epoch FROM now() - d.due_at) / $2)) DESC,
+                                 d.turn, d.due_at) AS turn
+             FROM sequences a
+             CROSS JOIN LATERAL (
+                 SELECT r.id, r.due_at, row_number() OVER (ORDER BY r.due_at) AS turn
+                 FROM step_runs r
+                 WHERE r.sequence_id = a.id AND r.state = 'SCHEDULED' AND r.due_at <= now()
+                 ORDER BY r.due_at LIMIT $1) d
+             WHERE a.status = 'ACTIVE') c
+         ORDER BY turn, due_at LIMIT $1",
     )
     .bind(batch)
+    .bind(aging.as_secs_f64().max(1.0))
     .fetch_all(&mut *conn)
     .await?;
     if candidates.is_empty() {
@@ -372,12 +403,12 @@ pub async fn claim_and_publish(
     db: &PgPool,
     channel: &Channel,
     queue: &str,
-    batch: i64,
+    claiming: Claiming,
     owner: Uuid,
     unsubscribe: &Unsubscribe,
     metrics: &Metrics,
 ) -> Result<usize, SchedulerError> {
-    let rendered = claim(db, batch, owner, unsubscribe, metrics).await?;
+    let rendered = claim(db, claiming, owner, unsubscribe, metrics).await?;
     publish_or_requeue(db, channel, queue, metrics, rendered).await
 }
 
@@ -418,14 +449,14 @@ async fn publish_or_requeue(
 /// rendered runs, to publish after the commit.
 async fn claim(
     db: &PgPool,
-    batch: i64,
+    Claiming { batch, aging }: Claiming,
     owner: Uuid,
     unsubscribe: &Unsubscribe,
     metrics: &Metrics,
 ) -> Result<Vec<Rendered>, SchedulerError> {
     let started = Instant::now();
     let mut tx = db.begin().await?;
-    let Due { rows, ended } = lock_due(&mut tx, batch).await?;
+    let Due { rows, ended } = lock_due(&mut tx, batch, aging).await?;
     metrics.not_queued("enrollment_ended", ended);
     if rows.is_empty() {
         // Commit: the claim may have cancelled strays.

@@ -55,6 +55,11 @@ pub struct CreateSequence {
     /// When the sequence pauses itself (`docs/sending-rules.md`); left out: the defaults.
     #[serde(default)]
     pub guardrails: Option<Guardrails>,
+    /// 0–9, default 5: when sends collide on a limit (a shared mailbox), due steps of a higher
+    /// priority are claimed first; a step waiting longer gains a level as it ages.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 9)]
+    pub priority: Option<i32>,
     /// What a reply from a lead ends; default `enrollment`.
     #[serde(default)]
     pub exit_on_reply: Option<ExitOnReply>,
@@ -164,6 +169,9 @@ pub struct EditSequence {
     pub limits: Option<Vec<Limit>>,
     #[serde(default)]
     pub guardrails: Option<Guardrails>,
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 9)]
+    pub priority: Option<i32>,
     #[serde(default)]
     pub exit_on_reply: Option<ExitOnReply>,
 }
@@ -431,6 +439,7 @@ pub struct Sequence {
     pub max_sends_per_minute: Option<i32>,
     pub limits: Vec<Limit>,
     pub guardrails: Guardrails,
+    pub priority: i32,
     pub exit_on_reply: ExitOnReply,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

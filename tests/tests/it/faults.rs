@@ -502,7 +502,10 @@ async fn a_batch_the_broker_does_not_confirm_is_due_again_and_sent_once() -> any
         &env.db,
         &ch,
         &missing,
-        10,
+        pulse_scheduler::Claiming {
+            batch: 10,
+            aging: std::time::Duration::from_secs(600),
+        },
         uuid::Uuid::new_v4(),
         &pulse_shared::unsubscribe::Unsubscribe::with_key("test", None, "http://127.0.0.1"),
         &metrics,
@@ -528,7 +531,10 @@ async fn a_batch_the_broker_does_not_confirm_is_due_again_and_sent_once() -> any
         &env.db,
         &ch,
         &env.settings.queue,
-        10,
+        pulse_scheduler::Claiming {
+            batch: 10,
+            aging: std::time::Duration::from_secs(600),
+        },
         uuid::Uuid::new_v4(),
         &pulse_shared::unsubscribe::Unsubscribe::with_key("test", None, "http://127.0.0.1"),
         &metrics,

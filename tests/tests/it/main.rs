@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod control;
 mod dkim;
+mod fairness;
 mod faults;
 mod guardrails;
 mod hub;

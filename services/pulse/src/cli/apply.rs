@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::{Client, Failure, call, encode, fail};
 
 /// The fields of a sequence file that an edit takes, besides `steps`.
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 11] = [
     "name",
     "timezone",
     "sender",
@@ -22,6 +22,8 @@ const FIELDS: [&str; 9] = [
     "end_date",
     "max_sends_per_minute",
     "limits",
+    "guardrails",
+    "priority",
     "exit_on_reply",
 ];
 

@@ -716,7 +716,7 @@ async fn claim_ms(db: &PgPool) -> anyhow::Result<f64> {
         let mut tx = db.begin().await?;
         let started = Instant::now();
         // The scheduler's own claim.
-        pulse_scheduler::lock_due(&mut tx, 500).await?;
+        pulse_scheduler::lock_due(&mut tx, 500, std::time::Duration::from_secs(600)).await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         tx.rollback().await?;
     }

@@ -240,6 +240,7 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
         // Limits are edited over the API; the form keeps them.
         limits: None,
         guardrails: None,
+        priority: None,
         max_sends_per_minute: Some(match opt("max_sends_per_minute") {
             Some(r) => Some(r.parse().map_err(|_| {
                 bad(
