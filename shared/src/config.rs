@@ -105,6 +105,10 @@ pub struct SchedulerSettings {
     /// A due step waiting this long gains one priority level in the claim (starvation-free
     /// priorities).
     pub priority_aging: Duration,
+    /// Claims pause while the send queue holds this many ready messages (0: never): the backlog
+    /// waits in PostgreSQL, where the claim's fairness and priorities order it, not in a FIFO
+    /// queue.
+    pub max_ready: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -192,6 +196,7 @@ impl Settings {
                 sweep_interval: millis(&lookup, "PULSE_SWEEP_INTERVAL_MS", "5000")?,
                 queued_lease: millis(&lookup, "PULSE_QUEUED_LEASE_MS", "600000")?,
                 priority_aging: millis(&lookup, "PULSE_PRIORITY_AGING_MS", "600000")?,
+                max_ready: parse(&lookup, "PULSE_SCHEDULER_MAX_READY", "1000")?,
             },
             sender: SenderSettings {
                 prefetch: parse(&lookup, "PULSE_SENDER_PREFETCH", "512")?,

@@ -154,6 +154,8 @@ async fn claim_loop(
     let mut next_sweep = tokio::time::Instant::now();
     let mut next_depth = tokio::time::Instant::now();
     let mut publishing: Option<tokio::task::JoinHandle<Result<usize, SchedulerError>>> = None;
+    let max_ready = settings.scheduler.max_ready;
+    let mut backlogged = false;
     let result = async {
         while !shutdown.is_cancelled() {
             if tokio::time::Instant::now() >= next_sweep {
@@ -173,9 +175,19 @@ async fn claim_loop(
                 }
                 next_sweep = tokio::time::Instant::now() + settings.scheduler.sweep_interval;
             }
-            if tokio::time::Instant::now() >= next_depth {
-                queue_depth(channel, &settings.queue, metrics).await?;
+            // With a cap, the depth is read before every claim (one round trip).
+            if max_ready > 0 || tokio::time::Instant::now() >= next_depth {
+                let ready = queue_depth(channel, &settings.queue, metrics).await?;
+                backlogged = max_ready > 0 && ready >= max_ready;
                 next_depth = tokio::time::Instant::now() + QUEUE_DEPTH_EVERY;
+            }
+            // Enough is waiting in the queue: the rest waits in PostgreSQL, in the claim's order.
+            if backlogged {
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.scheduler.poll_interval) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
             }
             let claiming = Claiming {
                 batch,
@@ -215,12 +227,14 @@ async fn claim_loop(
 }
 
 /// Reads how many messages wait in the send queue and its dead-letter queue (both declared by
-/// this session, so the passive declare cannot fail on a missing queue).
+/// this session, so the passive declare cannot fail on a missing queue); returns the send
+/// queue's.
 async fn queue_depth(
     channel: &Channel,
     queue: &str,
     metrics: &Metrics,
-) -> Result<(), SchedulerError> {
+) -> Result<u32, SchedulerError> {
+    let mut ready = 0;
     for q in [queue.to_owned(), messaging::dead_letter_queue(queue)] {
         let declared = channel
             .queue_declare(
@@ -234,8 +248,11 @@ async fn queue_depth(
             .await
             .map_err(MessagingError::from)?;
         metrics.set_queue_messages(&q, declared.message_count());
+        if q == queue {
+            ready = declared.message_count();
+        }
     }
-    Ok(())
+    Ok(ready)
 }
 
 /// Waits for a batch's publish task and passes on its error (its runs are back to SCHEDULED by

@@ -674,7 +674,8 @@ pub struct EnrollmentStep {
     pub sent_at: Option<DateTime<Utc>>,
     /// The sequence version whose content was sent.
     pub sequence_version: Option<i32>,
-    /// Why the step was skipped, cancelled, deferred or failed.
+    /// Why the step was skipped, cancelled, deferred or failed, or, while it is SCHEDULED, why
+    /// it waits (a sending limit: which one, until when).
     pub note: Option<String>,
 }
 

@@ -672,3 +672,57 @@ async fn what_came_back_lists_replies_and_bounces_and_shows_one_as_received() ->
     );
     env.stop().await
 }
+
+#[tokio::test]
+async fn the_hub_shows_a_sequences_sending_rules_and_why_a_step_waits() -> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("hub_rules", &[Role::All], |s| s.smtp_url = Some(url)).await?;
+    let mut body = sequence_body(
+        "Ruled",
+        &[("Hi", "One", json!({"type": "immediately"}))],
+        "ruled",
+    );
+    body["limits"] = json!([{"max": 1, "per": "PT1H"}]);
+    body["priority"] = json!(8);
+    body["steps"][0]["max_lateness"] = json!("P2D");
+    let seq = env.create_sequence(body).await?;
+    let sid = seq["id"].as_str().unwrap_or_default().to_owned();
+    let events: Vec<Value> = (0..2)
+        .map(|i| {
+            json!({"id": format!("r{i}"), "type": "tag_applied", "tag": "ruled",
+                        "lead": {"email": format!("r{i}@example.com")}})
+        })
+        .collect();
+    env.post("/v1/events", json!({"events": events})).await?;
+    smtp.wait_for(1, Duration::from_secs(20)).await?;
+    pulse_tests::eventually(Duration::from_secs(20), "a step waiting on the limit", || async {
+        let n = count(
+            &env.db,
+            "SELECT count(*) FROM step_runs WHERE state = 'SCHEDULED' AND last_error LIKE 'sequence limit%'",
+        )
+        .await?;
+        Ok((n == 1).then_some(()))
+    })
+    .await?;
+
+    let hub = Hub::sign_in(&env, &env.key).await?;
+    let (status, page) = hub.get(&format!("/hub/sequences/{sid}")).await?;
+    assert_eq!(status, StatusCode::OK);
+    for shown in [
+        "1 per PT1H",
+        "8 (0–9, higher first)",
+        "pauses itself when more than 10 of its last 20 sends failed",
+        "P2D after it came due",
+    ] {
+        assert!(page.contains(shown), "{shown} not on the page");
+    }
+    let (_, page) = hub
+        .get(&format!("/hub/sequences/{sid}/enrollments"))
+        .await?;
+    assert!(
+        page.contains("waiting: <span class=\"muted\">sequence limit (1 per PT1H) until"),
+        "the enrollments page says why the step waits"
+    );
+    env.stop().await
+}

@@ -20,7 +20,7 @@ use pulse_shared::{
     model::{
         AuditEvent, CancelManyRequest, CancelRequest, EditSequence, Enrollment, EnrollmentStatus,
         ExitOnReply, LedgerState, ReenrollRequest, ResolveSend, SenderIdentity, Sequence,
-        SequenceChange, SequenceStats, SequenceStatus, StepInput, TriggerSpec,
+        SequenceChange, SequenceStats, SequenceStatus, StepInput, StepRunState, TriggerSpec,
     },
 };
 use serde::Deserialize;
@@ -39,11 +39,13 @@ mod edit;
 mod enrollments;
 mod login;
 mod sends;
+mod words;
 
 pub use edit::{edit, edit_form};
 pub use enrollments::{cancel, cancel_many, enrollments};
 pub use login::{login, login_form, logout};
 pub use sends::{outbox, resolve, sends};
+use words::{guardrails_text, limits_text, timing_text, trigger_text};
 
 fn uuid(s: &str, what: &'static str) -> HubResult<Uuid> {
     s.parse()
@@ -58,29 +60,8 @@ fn when_opt(t: &Option<DateTime<Utc>>) -> String {
     t.as_ref().map_or_else(|| "—".to_owned(), when)
 }
 
-fn timing_text(t: &Timing) -> String {
-    match t {
-        Timing::Immediately => "immediately".to_owned(),
-        Timing::Delay { delay } => format!("{delay} after the previous step"),
-        Timing::OnDate { at } => format!("on {}", when(at)),
-    }
-}
-
 fn timing_json(t: &Timing) -> String {
     serde_json::to_string(t).unwrap_or_default()
-}
-
-fn trigger_text(t: &TriggerSpec) -> String {
-    match t {
-        TriggerSpec::TagApplied { tag } => format!("tag “{tag}” applied"),
-        TriggerSpec::ListAdded { list } => format!("added to list “{list}”"),
-        TriggerSpec::LeadScore { min_score, mode } => match mode {
-            pulse_shared::model::ScoreMode::Crossing => format!("lead score reaches {min_score}"),
-            pulse_shared::model::ScoreMode::Level => {
-                format!("any score event at {min_score} or above")
-            }
-        },
-    }
 }
 
 fn status_badge(status: &str) -> Markup {
@@ -304,7 +285,9 @@ pub async fn sequence(
                 dt { "Time zone" } dd { (s.timezone) }
                 dt { "Send window" } dd { @match &s.send_window { Some(w) => { (serde_json::to_string(w).unwrap_or_default()) }, None => { "any time" } } }
                 dt { "End date" } dd { (when_opt(&s.end_date)) }
-                dt { "Rate limit" } dd { @match s.max_sends_per_minute { Some(r) => { (r) " sends per minute" }, None => { "none" } } }
+                dt { "Sending limits" } dd { (limits_text(&s)) }
+                dt { "Priority" } dd { (s.priority) " (0–9, higher first)" }
+                dt { "Guardrails" } dd { (guardrails_text(&s.guardrails)) }
                 dt { "A reply ends" } dd { (reply_scope(s.exit_on_reply)) }
                 dt { "Version" } dd { (s.version) " (updated " (when(&s.updated_at)) ")" }
             }
@@ -314,7 +297,7 @@ pub async fn sequence(
         }
         section {
             h2 { "Steps" }
-            table.list { thead { tr { th { "#" } th { "Timing" } th { "Subject" } th { "Body" } th { "End date" } } }
+            table.list { thead { tr { th { "#" } th { "Timing" } th { "Subject" } th { "Body" } th { "End date" } th { "Skipped when later than" } } }
                 tbody { @for step in &s.steps { tr {
                     td.num { (step.position) }
                     td { (timing_text(&step.timing)) }
@@ -327,6 +310,7 @@ pub async fn sequence(
                         @if let Some(h) = &step.html { details { summary { "HTML part" } pre.body { (h) } } }
                     }
                     td { (when_opt(&step.end_date)) }
+                    td { @match &step.max_lateness { Some(l) => { (l) " after it came due" }, None => { "never" } } }
                 } } }
             }
         }

@@ -9,6 +9,9 @@
 //! * end to end — N enrollments all due now, sends/s until the SMTP sink accepted every one (with
 //!   1 and 2 senders), checked exactly once;
 //! * latency — due → accepted p50/p99 at a fixed offered rate below saturation;
+//! * sending rules — the limit check's cost, a 50,000-step burst over 20 limited mailboxes (the
+//!   most in any window against the limit), and a small workspace's latency beside a backlog
+//!   (`rules`);
 //! * inbound — replies into the inbound role over SMTP: accepted (recorded) and processed per
 //!   second, next to the bare SMTP client (`inbound`);
 //! * memory — peak RSS of each role process.
@@ -26,6 +29,7 @@ use std::{
 
 mod cpu;
 mod inbound;
+mod rules;
 
 use anyhow::Context;
 use cpu::{cpu_ms_per_send, cpu_split, cpu_ticks};
@@ -171,12 +175,25 @@ fn progress(what: &str, done: usize, total: usize, started: Instant) {
 
 /// Creates a one-step sequence whose subject carries the lead's email, and returns its ids.
 async fn sequence(db: &PgPool) -> anyhow::Result<(Uuid, Uuid)> {
+    sequence_in(db, DEFAULT_WORKSPACE, None).await
+}
+
+/// [`sequence`] in `workspace`, sending from `mailboxes` when given.
+async fn sequence_in(
+    db: &PgPool,
+    workspace: Uuid,
+    mailboxes: Option<&[Uuid]>,
+) -> anyhow::Result<(Uuid, Uuid)> {
     let (seq, step) = (Uuid::new_v4(), Uuid::new_v4());
-    sqlx::query("INSERT INTO sequences (id, workspace_id, name, sender_from) VALUES ($1, $2, 'bench', 'Bench <bench@example.com>')")
-        .bind(seq)
-        .bind(DEFAULT_WORKSPACE)
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "INSERT INTO sequences (id, workspace_id, name, sender_from, sender_mailboxes)
+         VALUES ($1, $2, 'bench', CASE WHEN $3::uuid[] IS NULL THEN 'Bench <bench@example.com>' END, $3)",
+    )
+    .bind(seq)
+    .bind(workspace)
+    .bind(mailboxes)
+    .execute(db)
+    .await?;
     sqlx::query(
         "INSERT INTO sequence_steps (id, sequence_id, position, timing, subject, body)
          VALUES ($1, $2, 1, '{\"type\":\"immediately\"}', 'b {{ lead.email }}', 'benchmark')",
@@ -198,6 +215,19 @@ async fn bulk_enroll(
     t0: chrono::DateTime<chrono::Utc>,
     per_second: Option<usize>,
 ) -> anyhow::Result<()> {
+    bulk_enroll_in(db, DEFAULT_WORKSPACE, seq, tag, n, t0, per_second).await
+}
+
+/// [`bulk_enroll`] in `workspace`.
+async fn bulk_enroll_in(
+    db: &PgPool,
+    workspace: Uuid,
+    seq: (Uuid, Uuid),
+    tag: &str,
+    n: usize,
+    t0: chrono::DateTime<chrono::Utc>,
+    per_second: Option<usize>,
+) -> anyhow::Result<()> {
     sqlx::query(
         "WITH l AS (
              INSERT INTO leads (id, workspace_id, email, email_given)
@@ -213,7 +243,7 @@ async fn bulk_enroll(
                     THEN split_part(split_part(l.email, '@', 1), '-', 2)::float8 / $7 ELSE 0 END)
          FROM e JOIN l ON l.id = e.lead_id",
     )
-    .bind(DEFAULT_WORKSPACE)
+    .bind(workspace)
     .bind(seq.0)
     .bind(seq.1)
     .bind(tag)
@@ -333,7 +363,12 @@ async fn main() -> anyhow::Result<()> {
     let seq = sequence(&db).await?;
     bulk_enroll(&db, seq, "sched", o.sends, chrono::Utc::now(), None).await?;
     let started = Instant::now();
-    let scheduler = Role::start(&o.bin, &["scheduler"], &env_for(&s, free_port()?, &[]))?;
+    // No cap on the ready messages here: with no sender yet, the whole batch must be queued.
+    let scheduler = Role::start(
+        &o.bin,
+        &["scheduler"],
+        &env_for(&s, free_port()?, &[("PULSE_SCHEDULER_MAX_READY", "0")]),
+    )?;
     wait_state(&db, seq.0, "QUEUED", o.sends, "queued", started).await?;
     let sched_per_s = o.sends as f64 / started.elapsed().as_secs_f64();
     println!(
@@ -510,6 +545,27 @@ async fn main() -> anyhow::Result<()> {
     let peak = rss.entry("sender".into()).or_default();
     *peak = peak.max(r);
     rss.insert("scheduler".into(), scheduler.stop().unwrap_or_default());
+
+    // ---- sending rules: the limit check's cost, a burst over mailbox limits, fairness
+    let r = rules::phase(&o, &s, &db, &smtp).await?;
+    println!(
+        "limits     end to end without limits       {:>8.0} sends/s",
+        r.without_limits_per_s
+    );
+    println!(
+        "limits     with 2 limits checked per send  {:>8.0} sends/s  ({:.2} of without)",
+        r.with_limits_per_s,
+        r.with_limits_per_s / r.without_limits_per_s
+    );
+    println!(
+        "limits     burst of {} over {} mailboxes at {} per second each: most in any 1 s window {:.2} × the limit; {:.0} sends/s ({:.2} of the limits' total)",
+        r.burst, r.mailboxes, r.per_mailbox, r.max_window_ratio, r.burst_per_s, r.burst_of_total
+    );
+    println!(
+        "fairness   small workspace beside a {}-step backlog: due → accepted p50 {:.0} ms  p99 {:.0} ms (the backlog drained in {:.1} s)",
+        r.backlog, r.small_p50_ms, r.small_p99_ms, r.backlog_secs
+    );
+    results.insert("sending_rules", serde_json::to_value(&r)?);
 
     // ---- inbound: replies over SMTP into the inbound role
     let replies = o.sends.min(10_000);

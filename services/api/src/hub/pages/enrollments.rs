@@ -14,7 +14,10 @@ fn sent_summary(e: &Enrollment) -> Markup {
         ul.steps { @for st in &e.steps { li {
             "step " (st.position) ": " span class=(format!("badge {}", st.state.as_str().to_lowercase())) { (st.state) }
             @if let Some(t) = st.sent_at { " " (when(&t)) }
-            @if let Some(n) = &st.note { " — " span.muted { (n) } }
+            @if st.state == StepRunState::Scheduled {
+                " due " (when(&st.due_at))
+                @if let Some(n) = &st.note { " — waiting: " span.muted { (n) } }
+            } @else if let Some(n) = &st.note { " — " span.muted { (n) } }
         } } }
     }
 }
