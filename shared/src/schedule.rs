@@ -201,6 +201,23 @@ pub async fn lock_sequences(
     )
 }
 
+/// Takes [`lock_sequences`] on the sequence of `step_run`, read first without a lock (a run
+/// never changes sequence); `None` when there is no such run.
+pub async fn lock_sequence_of(
+    conn: &mut PgConnection,
+    step_run: Uuid,
+) -> Result<Option<Uuid>, StoreError> {
+    let sequence: Option<Uuid> =
+        sqlx::query_scalar("SELECT sequence_id FROM step_runs WHERE id = $1")
+            .bind(step_run)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(sequence) = sequence {
+        lock_sequences(conn, &[sequence]).await?;
+    }
+    Ok(sequence)
+}
+
 /// Which SCHEDULED runs [`retime`] re-plans.
 #[derive(Clone, Copy, Debug)]
 pub enum Retime {
@@ -382,7 +399,20 @@ pub async fn skip_and_advance(
     let Some(row) = row else {
         return Ok(false);
     };
-    let enrollment: Uuid = row.try_get("enrollment_id")?;
+    advance_if_active(conn, &row, at).await?;
+    Ok(true)
+}
+
+/// Moves on the enrollment of a run that just ended (sent, or skipped as too late), while the
+/// enrollment is ACTIVE: locked here, so a concurrent cancel either came first, and nothing
+/// follows, or waits. `run` has the run's `workspace_id`, `sequence_id`, `enrollment_id`,
+/// `step_id`, `generation` and its enrollment's `lead_id`; the next step is timed from `at`.
+pub async fn advance_if_active(
+    conn: &mut PgConnection,
+    run: &sqlx::postgres::PgRow,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let enrollment: Uuid = run.try_get("enrollment_id")?;
     let status: EnrollmentStatus =
         sqlx::query_scalar("SELECT status FROM enrollments WHERE id = $1 FOR UPDATE")
             .bind(enrollment)
@@ -390,15 +420,15 @@ pub async fn skip_and_advance(
             .await?;
     if status == EnrollmentStatus::Active {
         let target = Target {
-            workspace: row.try_get("workspace_id")?,
-            sequence: row.try_get("sequence_id")?,
+            workspace: run.try_get("workspace_id")?,
+            sequence: run.try_get("sequence_id")?,
             enrollment,
-            lead: row.try_get("lead_id")?,
-            generation: row.try_get("generation")?,
+            lead: run.try_get("lead_id")?,
+            generation: run.try_get("generation")?,
         };
-        advance(conn, target, row.try_get("step_id")?, at).await?;
+        advance(conn, target, run.try_get("step_id")?, at).await?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Why a step is skipped by its staleness guard.

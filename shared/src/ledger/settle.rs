@@ -3,15 +3,11 @@
 //! writes a run no claim was made for (`unclaimed` does).
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Followup;
-use crate::{
-    db::StoreError,
-    schedule::{self, Target},
-    state::{EnrollmentStatus, LedgerState},
-};
+use crate::{db::StoreError, schedule, state::LedgerState};
 
 /// What to do with a step run that is not sent (its claim released, or never made).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,15 +149,10 @@ pub async fn record_sent(
         }
     }
     let mut tx = db.begin().await?;
-    let sequence: Option<Uuid> =
-        sqlx::query_scalar("SELECT sequence_id FROM step_runs WHERE id = $1")
-            .bind(step_run)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let sequence =
-        sequence.ok_or_else(|| StoreError::Corrupt(format!("step run {step_run} not found")))?;
     // The edit lock first: the next step is read below, after any edit has committed.
-    schedule::lock_sequences(&mut tx, &[sequence]).await?;
+    schedule::lock_sequence_of(&mut tx, step_run)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("step run {step_run} not found")))?;
     if !own(&mut tx, fence).await? {
         return Ok(Settled::ClaimLost);
     }
@@ -204,23 +195,7 @@ pub(super) async fn mark_sent_and_advance(
     .bind(at)
     .fetch_one(&mut *tx)
     .await?;
-    let enrollment: Uuid = run.get("enrollment_id");
-    let status: EnrollmentStatus =
-        sqlx::query_scalar("SELECT status FROM enrollments WHERE id = $1 FOR UPDATE")
-            .bind(enrollment)
-            .fetch_one(&mut *tx)
-            .await?;
-    if status == EnrollmentStatus::Active {
-        let target = Target {
-            workspace: run.get("workspace_id"),
-            sequence: run.get("sequence_id"),
-            enrollment,
-            lead: run.get("lead_id"),
-            generation: run.get("generation"),
-        };
-        schedule::advance(&mut *tx, target, run.get("step_id"), at).await?;
-    }
-    Ok(())
+    schedule::advance_if_active(&mut *tx, &run, at).await
 }
 
 /// A send the relay accepted, with what the snapshot read about the step after it.

@@ -53,15 +53,12 @@ async fn lock_unclaimed(
 /// sequence lock first, as recording a send does.
 pub async fn skip_late(db: &PgPool, step_run: Uuid, reason: &str) -> Result<(), StoreError> {
     let mut tx = db.begin().await?;
-    let sequence: Option<Uuid> =
-        sqlx::query_scalar("SELECT sequence_id FROM step_runs WHERE id = $1")
-            .bind(step_run)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(sequence) = sequence else {
+    if schedule::lock_sequence_of(&mut tx, step_run)
+        .await?
+        .is_none()
+    {
         return Ok(());
-    };
-    schedule::lock_sequences(&mut tx, &[sequence]).await?;
+    }
     if lock_unclaimed(&mut tx, step_run).await?.is_none() {
         return Ok(());
     }

@@ -37,6 +37,19 @@ fn events(tag: &str, prefix: &str, n: usize) -> Value {
     json!({"events": events})
 }
 
+/// Waits until `n` steps are SCHEDULED (every lead enrolled).
+async fn scheduled(env: &TestEnv, n: i64) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(20), "the due steps", || async {
+        let have = count(
+            &env.db,
+            "SELECT count(*) FROM step_runs WHERE state = 'SCHEDULED'",
+        )
+        .await?;
+        Ok((have == n).then_some(()))
+    })
+    .await
+}
+
 /// Runs a scheduler and a sender until `n` messages arrived; returns the recipients in order.
 async fn drain(env: &TestEnv, smtp: &SmtpServer, n: usize) -> anyhow::Result<Vec<String>> {
     let token = CancellationToken::new();
@@ -95,15 +108,7 @@ async fn a_small_workspace_is_not_starved_by_a_big_backlog() -> anyhow::Result<(
         )
         .await?;
     assert_eq!(status, 200);
-    eventually(Duration::from_secs(20), "305 due steps", || async {
-        let n = count(
-            &env.db,
-            "SELECT count(*) FROM step_runs WHERE state = 'SCHEDULED'",
-        )
-        .await?;
-        Ok((n == 305).then_some(()))
-    })
-    .await?;
+    scheduled(&env, 305).await?;
 
     let order = drain(&env, &smtp, 305).await?;
     let small = first_of(&order, "small");
@@ -138,15 +143,7 @@ async fn higher_priority_goes_first_and_aging_lifts_a_waiting_low_priority() -> 
     let created = env.create_sequence(high).await?;
     assert_eq!(created["priority"], 9);
     env.post("/v1/events", events("high", "high", 5)).await?;
-    eventually(Duration::from_secs(20), "205 due steps", || async {
-        let n = count(
-            &env.db,
-            "SELECT count(*) FROM step_runs WHERE state = 'SCHEDULED'",
-        )
-        .await?;
-        Ok((n == 205).then_some(()))
-    })
-    .await?;
+    scheduled(&env, 205).await?;
     let order = drain(&env, &smtp, 205).await?;
     let high = first_of(&order, "high");
     assert!(high.iter().all(|i| *i < 25), "high priority at {high:?}");
@@ -171,15 +168,7 @@ async fn higher_priority_goes_first_and_aging_lifts_a_waiting_low_priority() -> 
     let low = env.create_sequence(low).await?;
     env.post("/v1/events", events("high", "high", 200)).await?;
     env.post("/v1/events", events("low", "low", 5)).await?;
-    eventually(Duration::from_secs(20), "205 due steps", || async {
-        let n = count(
-            &env.db,
-            "SELECT count(*) FROM step_runs WHERE state = 'SCHEDULED'",
-        )
-        .await?;
-        Ok((n == 205).then_some(()))
-    })
-    .await?;
+    scheduled(&env, 205).await?;
     sqlx::query("UPDATE step_runs SET due_at = now() - interval '1 minute' WHERE sequence_id = $1")
         .bind(uuid::Uuid::parse_str(
             low["id"].as_str().unwrap_or_default(),

@@ -131,7 +131,15 @@ fn plan(current: &Value, file: &Value) -> Plan {
                         structural = true;
                         changed = true;
                     }
-                    for key in ["subject", "body", "html", "thread", "timing", "end_date"] {
+                    for key in [
+                        "subject",
+                        "body",
+                        "html",
+                        "thread",
+                        "timing",
+                        "end_date",
+                        "max_lateness",
+                    ] {
                         let new = step.get(key).cloned().unwrap_or(Value::Null);
                         let was = old.get(key).cloned().unwrap_or(Value::Null);
                         if !says(&was, &new) {

@@ -512,28 +512,8 @@ async fn main() -> anyhow::Result<()> {
     let sender = Role::start(&o.bin, &["sender"], &env_for(&s, free_port()?, &[]))?;
     smtp_wait(&smtp, before, n, Instant::now()).await?;
     let epoch = Instant::now() - (chrono::Utc::now() - t0).to_std().unwrap_or_default();
-    let mut lat: Vec<f64> = smtp
-        .received()
-        .iter()
-        .filter_map(|m| {
-            let i: f64 = m
-                .subject
-                .as_deref()?
-                .strip_prefix("b lat-")?
-                .split('@')
-                .next()?
-                .parse()
-                .ok()?;
-            let due = epoch + Duration::from_secs_f64(i / o.rate as f64);
-            Some(m.at.saturating_duration_since(due).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let lat = latencies(&smtp.received(), "b lat-", epoch, o.rate);
+    let pct = |p: f64| percentile(&lat, p);
     println!(
         "latency    due → accepted at {} /s offered   p50 {:>6.0} ms  p99 {:>6.0} ms",
         o.rate,
@@ -643,6 +623,41 @@ async fn main() -> anyhow::Result<()> {
     println!("written to {}", o.json);
     db.close().await;
     pulse_tests::cleanup(&s).await
+}
+
+/// Due → accepted, in ms and sorted, of the messages whose subject is `prefix` and a lead
+/// number `i` (due `i / per_second` seconds after `epoch`, as [`bulk_enroll`] timed them).
+fn latencies(
+    received: &[pulse_tests::smtp::Received],
+    prefix: &str,
+    epoch: Instant,
+    per_second: usize,
+) -> Vec<f64> {
+    let mut lat: Vec<f64> = received
+        .iter()
+        .filter_map(|m| {
+            let i: f64 = m
+                .subject
+                .as_deref()?
+                .strip_prefix(prefix)?
+                .split('@')
+                .next()?
+                .parse()
+                .ok()?;
+            let due = epoch + Duration::from_secs_f64(i / per_second as f64);
+            Some(m.at.saturating_duration_since(due).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    lat
+}
+
+/// The `p` quantile of sorted values (NaN when empty).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 async fn wait_ready(base: &str) -> anyhow::Result<()> {

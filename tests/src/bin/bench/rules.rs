@@ -19,7 +19,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    Options, Role, bulk_enroll, bulk_enroll_in, env_for, sequence, sequence_in, smtp_wait,
+    Options, Role, bulk_enroll, bulk_enroll_in, env_for, latencies, percentile, sequence,
+    sequence_in, smtp_wait,
 };
 
 const BURST: usize = 50_000;
@@ -151,27 +152,8 @@ pub async fn phase(
         .map_or(f64::NAN, |t| {
             t.saturating_duration_since(epoch).as_secs_f64()
         });
-    let mut lat: Vec<f64> = fresh
-        .iter()
-        .filter_map(|m| {
-            let i: f64 = m
-                .subject
-                .as_deref()?
-                .strip_prefix("b small-")?
-                .split('@')
-                .next()?
-                .parse()
-                .ok()?;
-            let due = epoch + std::time::Duration::from_secs_f64(i / SMALL_PER_S as f64);
-            Some(m.at.saturating_duration_since(due).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let lat = latencies(fresh, "b small-", epoch, SMALL_PER_S);
+    let pct = |p: f64| percentile(&lat, p);
     sender.stop();
     scheduler.stop();
     Ok(RulesResult {
