@@ -13,7 +13,7 @@ use pulse_shared::{
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::ApiState;
+use crate::{ApiState, sequences::check_timezone};
 
 const COLUMNS: &str = "id, address, display_name, reply_to, smtp_url,
     smtp_password IS NOT NULL AS has_smtp_password, dkim_selector,
@@ -42,7 +42,7 @@ pub async fn create(
     let (smtp_url, smtp_password) = check_relay(req.smtp_url.as_deref(), req.smtp_password)?;
     let dkim = req.dkim.as_ref().map(check_dkim).transpose()?;
     let limits = limits::to_store("limits", &req.limits)?;
-    let timezone = req.timezone.as_deref().map(check_zone).transpose()?;
+    let timezone = req.timezone.as_deref().map(check_timezone).transpose()?;
     let id = Uuid::new_v4();
     let created = sqlx::query_as::<_, Mailbox>(&format!(
         "INSERT INTO mailboxes (id, workspace_id, address, display_name, reply_to, smtp_url,
@@ -147,7 +147,7 @@ pub async fn edit(
         .as_deref()
         .map(|l| limits::to_store("limits", l))
         .transpose()?;
-    let timezone = req.timezone.as_deref().map(check_zone).transpose()?;
+    let timezone = req.timezone.as_deref().map(check_timezone).transpose()?;
     let mut tx = state.db.begin().await?;
     let before = fetch(&mut tx, auth.workspace, id).await?;
     if relay.is_none()
@@ -309,12 +309,6 @@ fn check_address(raw: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(parsed.email.to_string())
-}
-
-fn check_zone(raw: &str) -> Result<String, ApiError> {
-    validate::timezone(raw)
-        .map(|z| z.name().to_owned())
-        .map_err(|m| ApiError::invalid("timezone", m))
 }
 
 fn check_name(name: &str) -> Result<String, ApiError> {

@@ -121,7 +121,7 @@ pub async fn patch(
         let timezone = req
             .timezone
             .as_deref()
-            .map(|z| validate::timezone(z).map_err(|m| ApiError::invalid("timezone", m)))
+            .map(crate::sequences::check_timezone)
             .transpose()?;
         sqlx::query(
             "UPDATE workspaces SET limits = CASE WHEN $2 THEN $3 ELSE limits END,
@@ -131,7 +131,7 @@ pub async fn patch(
         .bind(auth.workspace)
         .bind(new_limits.is_some())
         .bind(new_limits.flatten())
-        .bind(timezone.map(|z| z.name()))
+        .bind(timezone)
         .execute(&state.db)
         .await?;
         tracing::info!(workspace = %auth.workspace, actor = %auth.actor, limits = ?req.limits, "workspace sending limits changed");
