@@ -45,6 +45,34 @@ pub struct RulesResult {
     pub small_p99_ms: f64,
 }
 
+impl RulesResult {
+    pub fn print(&self) {
+        let r = self;
+        println!(
+            "limits     end to end without limits       {:>8.0} sends/s",
+            r.without_limits_per_s
+        );
+        println!(
+            "limits     with 2 limits checked per send  {:>8.0} sends/s  ({:.2} of without)",
+            r.with_limits_per_s,
+            r.with_limits_per_s / r.without_limits_per_s
+        );
+        println!(
+            "limits     burst of {} over {} mailboxes at {} per second each: most in any 1 s window {:.2} × the limit; {:.0} sends/s ({:.2} of the limits' total)",
+            r.burst,
+            r.mailboxes,
+            r.per_mailbox,
+            r.max_window_ratio,
+            r.burst_per_s,
+            r.burst_of_total
+        );
+        println!(
+            "fairness   small workspace beside a {}-step backlog: due → accepted p50 {:.0} ms  p99 {:.0} ms (the backlog drained in {:.1} s)",
+            r.backlog, r.small_p50_ms, r.small_p99_ms, r.backlog_secs
+        );
+    }
+}
+
 pub async fn phase(
     o: &Options,
     s: &Settings,
