@@ -401,3 +401,71 @@ async fn a_limit_wait_past_max_lateness_skips_the_step_at_send_time() -> anyhow:
     assert_eq!(smtp.count(), 1);
     env.stop().await
 }
+
+/// Changing a sequence's limits, priority and guardrails while 300 leads are in flight loses
+/// and doubles nothing, and the new limit holds from the next check on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_tightened_under_traffic_holds_from_then_on_and_nothing_is_lost_or_doubled()
+-> anyhow::Result<()> {
+    const LEADS: usize = 300;
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("limits-race", &[Role::All], |s| {
+        s.smtp_url = Some(url);
+    })
+    .await?;
+    let mut body = immediately("Racing", "go");
+    body["limits"] = json!([{"max": 50, "per": "PT1S"}]);
+    let seq = env.create_sequence(body).await?;
+    let sid = seq["id"].as_str().unwrap_or_default().to_owned();
+    let leads: Vec<String> = (0..LEADS).map(|i| format!("race{i}@example.com")).collect();
+    enroll(&env, "go", &leads).await?;
+    eventually(Duration::from_secs(20), "the first sends", || async {
+        Ok((smtp.count() >= 20).then_some(()))
+    })
+    .await?;
+    let (status, edited) = env
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/sequences/{sid}"),
+            Some(
+                json!({"limits": [{"max": 10, "per": "PT1S"}], "priority": 2,
+                        "guardrails": {"failures": {"max_failed": 5, "of_last": 10}}}),
+            ),
+        )
+        .await?;
+    assert_eq!(status, 200, "{edited}");
+    assert_eq!(
+        edited["sequence"]["limits"],
+        json!([{"max": 10, "per": "PT1S"}])
+    );
+    assert_eq!(edited["sequence"]["priority"], 2);
+    let tightened = std::time::Instant::now();
+
+    let got = smtp.wait_for(LEADS, Duration::from_secs(150)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(smtp.count(), LEADS, "nothing doubled");
+    let distinct: std::collections::HashSet<String> =
+        got.iter().map(|m| m.rcpt_to.join(",")).collect();
+    assert_eq!(distinct.len(), LEADS, "nothing lost");
+    // Sends checked before the edit may still be on their way for a moment; from 2 s after it
+    // returned, no second holds more than 10.
+    let mut after: Vec<std::time::Instant> = got
+        .iter()
+        .map(|m| m.at)
+        .filter(|t| t.saturating_duration_since(tightened) >= Duration::from_secs(2))
+        .collect();
+    after.sort();
+    assert!(after.len() > 100, "the tightened limit spread the rest out");
+    for (i, start) in after.iter().enumerate() {
+        let in_second = after[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
+            .count();
+        assert!(
+            in_second <= 10,
+            "{in_second} sends in one second after the edit"
+        );
+    }
+    env.stop().await
+}
