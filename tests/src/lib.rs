@@ -181,6 +181,17 @@ impl TestEnv {
         self.call(reqwest::Method::GET, path, None).await
     }
 
+    /// The `/metrics` page as text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status() == 200, "/metrics answered {}", resp.status());
+        Ok(resp.text().await?)
+    }
+
     /// Creates a sequence and returns its JSON.
     pub async fn create_sequence(&self, body: Value) -> anyhow::Result<Value> {
         let (status, seq) = self.post("/v1/sequences", body).await?;

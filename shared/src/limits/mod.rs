@@ -308,41 +308,49 @@ pub const LIMIT_COLUMNS: &str = "mb.id AS mb_id, mb.address AS mb_address,
 pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<SendLimits, crate::db::StoreError> {
     use crate::db::StoreError;
     use sqlx::Row;
+    // On the send path: nothing is parsed or copied for a scope without limits.
     let zone = |col: &str| -> Result<Tz, StoreError> {
         Ok(row
             .try_get::<Option<&str>, _>(col)?
             .and_then(|z| z.parse().ok())
             .unwrap_or(Tz::UTC))
     };
-    let corrupt = StoreError::Corrupt;
-    let sequence: Uuid = row.try_get("sequence_id")?;
     let mut limits = SendLimits::new(row.try_get("workspace_id")?);
+    let mut add = |scope: &dyn Fn() -> Result<Scope, StoreError>,
+                   col: &str,
+                   zone_col: Option<&str>|
+     -> Result<(), StoreError> {
+        let Some(stored) = row.try_get::<Option<serde_json::Value>, _>(col)? else {
+            return Ok(());
+        };
+        let tz = match zone_col {
+            Some(c) => zone(c)?,
+            None => Tz::UTC,
+        };
+        limits
+            .add_stored(scope()?, Some(stored), tz)
+            .map_err(StoreError::Corrupt)
+    };
+    let sequence: Uuid = row.try_get("sequence_id")?;
     if let Some(id) = row.try_get::<Option<Uuid>, _>("mb_id")? {
-        let address: String = row.try_get("mb_address")?;
-        let scope = Scope::Mailbox { id, address };
-        limits
-            .add_stored(scope, row.try_get("mb_limits")?, zone("mb_timezone")?)
-            .map_err(corrupt)?;
+        let mailbox = || {
+            Ok(Scope::Mailbox {
+                id,
+                address: row.try_get("mb_address")?,
+            })
+        };
+        add(&mailbox, "mb_limits", Some("mb_timezone"))?;
     }
-    if let Some(domain) = row.try_get::<Option<String>, _>("dl_domain")? {
-        limits
-            .add_stored(Scope::Domain(domain), row.try_get("dl_limits")?, Tz::UTC)
-            .map_err(corrupt)?;
-    }
-    let ws_zone = zone("ws_timezone")?;
-    limits
-        .add_stored(Scope::Workspace, row.try_get("ws_limits")?, ws_zone)
-        .map_err(corrupt)?;
-    let seq_zone = zone("timezone")?;
-    limits
-        .add_stored(
-            Scope::Sequence(sequence),
-            row.try_get("seq_limits")?,
-            seq_zone,
-        )
-        .map_err(corrupt)?;
+    let domain = || Ok(Scope::Domain(row.try_get("dl_domain")?));
+    add(&domain, "dl_limits", None)?;
+    add(&|| Ok(Scope::Workspace), "ws_limits", Some("ws_timezone"))?;
+    add(
+        &|| Ok(Scope::Sequence(sequence)),
+        "seq_limits",
+        Some("timezone"),
+    )?;
     if let Some(per_minute) = row.try_get::<Option<i32>, _>("max_sends_per_minute")? {
-        limits.per_minute(sequence, per_minute, seq_zone);
+        limits.per_minute(sequence, per_minute, zone("timezone")?);
     }
     Ok(limits)
 }

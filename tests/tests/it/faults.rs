@@ -461,13 +461,7 @@ async fn every_smtp_failure_is_retried_failed_or_reported_and_never_doubled() ->
         "visible to the operator"
     );
     // Counted as outstanding on every scrape, until an operator settles them.
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = env.metrics().await?;
     assert!(
         metrics
             .lines()

@@ -123,13 +123,7 @@ async fn a_relay_refusing_everything_makes_the_sequence_pause_itself_and_the_aud
     assert!(held > 0, "the guarded sequence stopped before its end");
     assert_eq!(held + failed, LEADS as i64, "held, not lost");
 
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = env.metrics().await?;
     assert!(
         metrics.contains("pulse_guardrail_trips_total{rule=\"failures\"} 1"),
         "{}",
