@@ -109,6 +109,9 @@ pub struct SchedulerSettings {
     /// waits in PostgreSQL, where the claim's fairness and priorities order it, not in a FIFO
     /// queue.
     pub max_ready: u32,
+    /// How often the `overspeed` guardrail counts the sends against every sending limit
+    /// (`guardrails::overspeed`).
+    pub guardrail_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -194,6 +197,7 @@ impl Settings {
                 batch_size: parse(&lookup, "PULSE_SCHEDULER_BATCH", "500")?,
                 poll_interval: millis(&lookup, "PULSE_SCHEDULER_POLL_MS", "200")?,
                 sweep_interval: millis(&lookup, "PULSE_SWEEP_INTERVAL_MS", "5000")?,
+                guardrail_interval: millis(&lookup, "PULSE_GUARDRAIL_INTERVAL_MS", "10000")?,
                 queued_lease: millis(&lookup, "PULSE_QUEUED_LEASE_MS", "600000")?,
                 priority_aging: millis(&lookup, "PULSE_PRIORITY_AGING_MS", "600000")?,
                 max_ready: parse(&lookup, "PULSE_SCHEDULER_MAX_READY", "1000")?,

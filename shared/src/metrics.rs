@@ -349,7 +349,7 @@ impl Metrics {
         let guardrail_trips = Family::<RuleLabel, Counter>::default();
         r.register(
             "guardrail_trips",
-            "Sequences a guardrail paused, by rule (failures)",
+            "Sequences a guardrail paused, by rule (failures, repeats, overspeed)",
             guardrail_trips.clone(),
         );
         let consumed = Counter::default();

@@ -16,8 +16,9 @@
 //! was lost leaves runs QUEUED it never published) gives back its own unclaimed QUEUED runs when
 //! the next session starts. `PULSE_QUEUED_LEASE_MS` remains the last resort for runs whose owner
 //! is unknown or alive but hung. A step whose own or sequence end date has passed is skipped
-//! here and its enrollment ended with that reason. The scheduler never sends mail and never
-//! holds a message back as a delay: only work that is due now reaches RabbitMQ.
+//! here and its enrollment ended with that reason. Beside the claim loop, the `overspeed`
+//! guardrail counts sends against the sending limits ([`guardrail`]). The scheduler never sends
+//! mail and never holds a message back as a delay: only work that is due now reaches RabbitMQ.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+mod guardrail;
 mod render;
 use render::Rendered;
 
@@ -85,10 +87,17 @@ pub async fn run(
     else {
         return Ok(());
     };
+    let guard = tokio::spawn(guardrail::run(
+        db.clone(),
+        settings.scheduler.guardrail_interval,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     supervise("scheduler", &health, &metrics, &shutdown, || {
         session(&settings, &db, &worker, &health, &metrics, &shutdown)
     })
     .await;
+    let _ = guard.await;
     // Every publish of this session finished or was given back: nothing left to sweep for it.
     worker.stop().await;
     tracing::info!("scheduler stopped");

@@ -6,7 +6,9 @@
 //! 2. the snapshot: the run's content, the state of its enrollment, sequence and lead, the send
 //!    window and the sending limits that apply. A refusal settles the run alone: nothing is
 //!    claimed before the gate. A step past its `max_lateness` (or that a window or a limit would
-//!    hold past it) is skipped and its enrollment moves on;
+//!    hold past it) is skipped and its enrollment moves on. A step that would repeat a recent
+//!    send of the same step to the same lead pauses the sequence instead (the `repeats`
+//!    guardrail) and is held;
 //! 3. a slot under every sending limit (`pulse_shared::limits`) — else the step is due again when
 //!    its slot frees, with the reason as its note;
 //! 4. a relay connection from the pool within [`CONNECTION_WAIT`] — else the step is due again
@@ -35,7 +37,7 @@ mod outcome;
 
 use delivery::handle;
 use outcome::{
-    check_guardrails, failed_span, gave_up, hold_without_redis, record_before_gate,
+    check_guardrails, failed_span, gave_up, hold_repeat, hold_without_redis, record_before_gate,
     record_with_retries, settle_closed_gate, skip_late, unsent_outcome,
 };
 #[cfg(feature = "failpoints")]
@@ -57,6 +59,7 @@ use pulse_shared::{
     Settings,
     config::SenderSettings,
     db::{self, StoreError},
+    guardrails,
     health::{Health, supervise},
     ledger::{self, Claim, ClaimRequest, Fence, Gated, Release, SentRecord, Settled},
     limits::{Period, Taken},
@@ -306,6 +309,18 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         m.send(unsent_outcome(how));
         tracing::debug!(key = %msg.key, %reason, "not sending");
         return Ok(());
+    }
+
+    // The `repeats` guardrail: this step went to this lead recently under another enrollment.
+    // The sequence pauses, and the repeat is held with the other paused steps, never sent.
+    if let Some(earlier) = &snap.repeat_of {
+        let attempt = guardrails::repeats::Attempt {
+            sequence: msg.sequence_id,
+            key: &msg.key,
+            lead: &snap.to_addr,
+            earlier,
+        };
+        return hold_repeat(ctx, run, &attempt).await;
     }
 
     if let Some(late) = late(now) {

@@ -187,6 +187,23 @@ pub(crate) async fn check_guardrails(ctx: &Context, sequence: uuid::Uuid) {
     }
 }
 
+/// A send that would repeat a recent send of its step to its lead (the `repeats` guardrail):
+/// the sequence pauses and the step is held like every paused step. Nothing was claimed; a
+/// trip that cannot be written sends nothing either (the message is delivered again).
+pub(crate) async fn hold_repeat(
+    ctx: &Context,
+    run: uuid::Uuid,
+    attempt: &guardrails::repeats::Attempt<'_>,
+) -> Result<(), HandleError> {
+    if guardrails::repeats::tripped(&ctx.db, &ctx.flags, attempt).await? {
+        ctx.metrics.guardrail_tripped("repeats");
+    }
+    ledger::hold(&ctx.db, run, None).await?;
+    ctx.metrics.send(SendOutcome::HeldByPause);
+    tracing::warn!(key = %attempt.key, earlier = %attempt.earlier.key, "the same step went to this lead recently; sequence paused, step held");
+    Ok(())
+}
+
 /// Recording an outcome after the relay answered is the one write that must not be lost to a
 /// passing database error, so it is retried for a while before giving up (the claim then stays
 /// SENDING and becomes UNKNOWN after the lease).

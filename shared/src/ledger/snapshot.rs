@@ -107,6 +107,9 @@ pub struct Snapshot {
     /// The staleness guard: the step's `max_lateness` and the time past which it is skipped
     /// (that long after it first came due).
     pub late_after: Option<(String, DateTime<Utc>)>,
+    /// The `repeats` guardrail: a send of the same step to the same lead under another
+    /// enrollment, recently enough that this send would repeat it.
+    pub repeat_of: Option<crate::guardrails::repeats::Repeat>,
 }
 
 /// Where a mailbox's mail goes and how it is signed, read with the snapshot (so a change to the
@@ -173,7 +176,10 @@ pub async fn snapshot_many(
     db: &PgPool,
     step_runs: &[Uuid],
 ) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
-    use crate::limits::LIMIT_COLUMNS;
+    use crate::{
+        guardrails::repeats::{REPEAT_COLUMNS, REPEAT_JOIN},
+        limits::LIMIT_COLUMNS,
+    };
     let sql = format!(
         "SELECT sr.id, sr.workspace_id, sr.subject, sr.body, sr.html, sr.reply_to, sr.in_reply_to, sr.thread_refs,
                 sr.from_addr, sr.to_addr, sr.message_id, sr.sequence_id, sr.attempts,
@@ -186,7 +192,7 @@ pub async fn snapshot_many(
                 mb.dkim_selector AS mb_dkim_selector, mb.dkim_private_key AS mb_dkim_key,
                 w.dkim_domain AS ws_dkim_domain, w.dkim_selector AS ws_dkim_selector,
                 w.dkim_private_key AS ws_dkim_key, w.dkim_updated_at AS ws_dkim_updated_at,
-                {LIMIT_COLUMNS},
+                {LIMIT_COLUMNS}, {REPEAT_COLUMNS},
                 cur.max_lateness,
                 COALESCE(sr.first_due_at, sr.due_at) + cur.max_lateness::interval AS late_after
          FROM step_runs sr
@@ -205,6 +211,7 @@ pub async fn snapshot_many(
                AND NOT EXISTS (SELECT 1 FROM step_runs r WHERE r.enrollment_id = sr.enrollment_id
                                AND r.generation = sr.generation AND r.step_id = st.id)
              ORDER BY st.position LIMIT 1) nx ON true
+         {REPEAT_JOIN}
          WHERE sr.id = ANY($1)"
     );
     let rows = sqlx::query(&sql).bind(step_runs).fetch_all(db).await?;
@@ -327,6 +334,13 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
             sequence: row.try_get("sequence_id")?,
         },
         limits,
+        repeat_of: match row.try_get::<Option<String>, _>("repeat_key")? {
+            None => None,
+            Some(key) => Some(crate::guardrails::repeats::Repeat {
+                key,
+                sent_at: row.try_get("repeat_sent_at")?,
+            }),
+        },
         late_after: row
             .try_get::<Option<String>, _>("max_lateness")?
             .zip(row.try_get::<Option<DateTime<Utc>>, _>("late_after")?),

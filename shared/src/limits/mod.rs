@@ -178,7 +178,8 @@ impl Scope {
         }
     }
 
-    fn label(&self) -> String {
+    /// How messages name the scope: `mailbox ada@example.com`, `domain gmail.com`.
+    pub fn label(&self) -> String {
         match self {
             Scope::Mailbox { address, .. } => format!("mailbox {address}"),
             Scope::Domain(domain) => format!("domain {domain}"),
@@ -390,16 +391,27 @@ impl Spacing {
 pub fn day_bounds(now: DateTime<Utc>, zone: Tz) -> (chrono::NaiveDate, DateTime<Utc>) {
     let today = now.with_timezone(&zone).date_naive();
     let tomorrow = today.succ_opt().unwrap_or(today);
-    let mut at = tomorrow.and_time(NaiveTime::MIN);
-    // A zone may skip local midnight (a DST change at 00:00): the day then starts at the first
-    // local time that exists.
+    let end = first_instant(tomorrow, zone).unwrap_or(now + chrono::Duration::days(1));
+    (today, end)
+}
+
+/// The instant the local day `now` falls in within `zone` began.
+pub fn day_start(now: DateTime<Utc>, zone: Tz) -> DateTime<Utc> {
+    let today = now.with_timezone(&zone).date_naive();
+    first_instant(today, zone).unwrap_or(now - chrono::Duration::days(1))
+}
+
+/// The first instant of local `date` in `zone`: midnight, or, where a zone skips local midnight
+/// (a DST change at 00:00), the first local time that exists.
+fn first_instant(date: chrono::NaiveDate, zone: Tz) -> Option<DateTime<Utc>> {
+    let mut at = date.and_time(NaiveTime::MIN);
     for _ in 0..48 {
         if let Some(start) = zone.from_local_datetime(&at).earliest() {
-            return (today, start.with_timezone(&Utc));
+            return Some(start.with_timezone(&Utc));
         }
         at += chrono::Duration::minutes(30);
     }
-    (today, now + chrono::Duration::days(1))
+    None
 }
 
 #[cfg(test)]

@@ -712,7 +712,7 @@ async fn the_hub_shows_a_sequences_sending_rules_and_why_a_step_waits() -> anyho
     for shown in [
         "1 per PT1H",
         "8 (0–9, higher first)",
-        "pauses itself when more than 10 of its last 20 sends failed",
+        "pauses itself when more than 10 of its last 20 sends failed; or a step would go to a lead again within PT24H (not by re-enroll); or sends exceed 120 % of a sending limit",
         "P2D after it came due",
     ] {
         assert!(page.contains(shown), "{shown} not on the page");

@@ -38,12 +38,29 @@ pub(super) fn limits_text(s: &Sequence) -> String {
 }
 
 pub(super) fn guardrails_text(g: &Guardrails) -> String {
-    match g.failures {
-        Some(f) => format!(
-            "pauses itself when more than {} of its last {} sends failed",
+    let mut parts = Vec::new();
+    if let Some(f) = g.failures {
+        parts.push(format!(
+            "more than {} of its last {} sends failed",
             f.max_failed, f.of_last
-        ),
-        None => "off".to_owned(),
+        ));
+    }
+    if let Some(r) = &g.repeats {
+        parts.push(format!(
+            "a step would go to a lead again within {} (not by re-enroll)",
+            r.within
+        ));
+    }
+    if let Some(o) = g.overspeed {
+        parts.push(format!(
+            "sends exceed {} % of a sending limit",
+            o.max_percent
+        ));
+    }
+    if parts.is_empty() {
+        "off".to_owned()
+    } else {
+        format!("pauses itself when {}", parts.join("; or "))
     }
 }
 

@@ -1,14 +1,27 @@
-//! Guardrails: a sequence pauses itself when its sending looks like the help page's emergency.
+//! Guardrails: a sequence pauses itself when its sending looks like the help page's emergency,
+//! "a lead receiving the same email several times, or sends going out faster than configured".
 //! Owns each sequence's guardrail settings (`sequences.guardrails`, NULL: the defaults), the
 //! checks, and the trip: the same lossless pause an operator makes (PostgreSQL first, then the
 //! Redis flag; in-flight sends are held at their gate), recorded in the audit log with actor
 //! `guardrail` and the evidence, and counted in `pulse_guardrail_trips_total`. An operator
 //! resumes as usual.
 //!
-//! One rule today, `failures`: more than `max_failed` of the sequence's last `of_last` sends
-//! refused for good (a 5xx, or a transient failure until attempts ran out); by default more
-//! than 10 of the last 20. It is checked by the sender after each failed send, never on the
-//! path of a send that went out.
+//! Three rules, each on by default and turned off with `null`:
+//! * `failures` ([`failures`]): more than `max_failed` of the sequence's last `of_last` sends
+//!   refused for good; checked by the sender after each failed send.
+//! * `repeats` ([`repeats`]): the same step about to go to one lead again within `within` of
+//!   a send of it under another enrollment, outside an operator's re-enroll; checked by the
+//!   sender before the send, so the repeat itself is held, not sent.
+//! * `overspeed` ([`overspeed`]): more sends in a limit's period than `max_percent` % of any
+//!   sending limit that applies, counted from the ledger; checked by the scheduler's sweep.
+//!
+//! A guardrail never sends, never drops a step and never changes a limit.
+
+mod failures;
+pub mod overspeed;
+pub mod repeats;
+
+pub use failures::after_failure;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -19,21 +32,31 @@ use uuid::Uuid;
 use crate::{db::StoreError, pause::PauseFlags, state::SequenceStatus};
 
 /// Every rule's name, as the audit log and the metric label give it.
-pub const RULES: [&str; 1] = ["failures"];
+pub const RULES: [&str; 3] = ["failures", "repeats", "overspeed"];
 
-/// A sequence's guardrails. Left out on create: the defaults.
+/// A sequence's guardrails. Left out on create: the defaults; a rule left out of a given
+/// object: its default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Guardrails {
     /// Pause when too many recent sends failed for good; `null` turns it off.
     #[serde(default = "default_failures")]
     pub failures: Option<FailureGuard>,
+    /// Pause instead of sending a step to a lead again soon after it was sent to that lead
+    /// (outside an operator's re-enroll); `null` turns it off.
+    #[serde(default = "default_repeats")]
+    pub repeats: Option<RepeatGuard>,
+    /// Pause when sends outrun a sending limit that applies; `null` turns it off.
+    #[serde(default = "default_overspeed")]
+    pub overspeed: Option<OverspeedGuard>,
 }
 
 impl Default for Guardrails {
     fn default() -> Self {
         Self {
             failures: default_failures(),
+            repeats: default_repeats(),
+            overspeed: default_overspeed(),
         }
     }
 }
@@ -48,11 +71,38 @@ pub struct FailureGuard {
     pub of_last: u32,
 }
 
+/// The same step to the same lead twice within `within`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepeatGuard {
+    /// An ISO-8601 duration from one minute to 30 days.
+    #[schema(example = "PT24H")]
+    pub within: String,
+}
+
+/// More sends in a limit's period than `max_percent` % of the limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverspeedGuard {
+    #[schema(minimum = 101, maximum = 1000, example = 120)]
+    pub max_percent: u32,
+}
+
 fn default_failures() -> Option<FailureGuard> {
     Some(FailureGuard {
         max_failed: 10,
         of_last: 20,
     })
+}
+
+fn default_repeats() -> Option<RepeatGuard> {
+    Some(RepeatGuard {
+        within: "PT24H".to_owned(),
+    })
+}
+
+fn default_overspeed() -> Option<OverspeedGuard> {
+    Some(OverspeedGuard { max_percent: 120 })
 }
 
 impl Guardrails {
@@ -69,6 +119,24 @@ impl Guardrails {
                 ));
             }
         }
+        if let Some(r) = &self.repeats {
+            let d = crate::domain::timing::parse_iso_duration(r.within.trim())
+                .map_err(|m| ("guardrails.repeats.within", m))?;
+            if d < chrono::Duration::minutes(1) || d > chrono::Duration::days(30) {
+                return Err((
+                    "guardrails.repeats.within",
+                    "give one minute to 30 days".into(),
+                ));
+            }
+        }
+        if let Some(o) = self.overspeed
+            && !(101..=1000).contains(&o.max_percent)
+        {
+            return Err((
+                "guardrails.overspeed.max_percent",
+                "must be 101 to 1000".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -82,70 +150,11 @@ impl Guardrails {
     }
 }
 
-/// After a send of `sequence` failed for good: pauses the sequence if its `failures` rule is
-/// tripped. Returns the rule that tripped, if one did and the sequence was ACTIVE.
-pub async fn after_failure(
-    db: &PgPool,
-    flags: &PauseFlags,
-    sequence: Uuid,
-) -> Result<Option<&'static str>, StoreError> {
-    let Some(row) = sqlx::query("SELECT status, guardrails FROM sequences WHERE id = $1")
-        .bind(sequence)
-        .fetch_optional(db)
-        .await?
-    else {
-        return Ok(None);
-    };
-    if row.try_get::<SequenceStatus, _>("status")? != SequenceStatus::Active {
-        return Ok(None);
-    }
-    let Some(rule) = Guardrails::from_stored(row.try_get("guardrails")?)?.failures else {
-        return Ok(None);
-    };
-    let recent = sqlx::query(
-        "SELECT sl.idempotency_key, sl.state, sl.smtp_reply, l.email
-         FROM send_ledger sl JOIN leads l ON l.id = sl.lead_id
-         WHERE sl.sequence_id = $1 AND sl.state IN ('SENT', 'FAILED')
-         ORDER BY sl.created_at DESC LIMIT $2",
-    )
-    .bind(sequence)
-    .bind(i64::from(rule.of_last))
-    .fetch_all(db)
-    .await?;
-    let failed: Vec<&sqlx::postgres::PgRow> = recent
-        .iter()
-        .filter(|r| r.try_get::<&str, _>("state").ok() == Some("FAILED"))
-        .collect();
-    if recent.len() < rule.of_last as usize || failed.len() <= rule.max_failed as usize {
-        return Ok(None);
-    }
-    let examples: Vec<serde_json::Value> = failed
-        .iter()
-        .take(5)
-        .map(|r| {
-            json!({
-                "key": r.try_get::<String, _>("idempotency_key").unwrap_or_default(),
-                "lead": r.try_get::<String, _>("email").unwrap_or_default(),
-                "reply": r.try_get::<Option<String>, _>("smtp_reply").unwrap_or_default(),
-            })
-        })
-        .collect();
-    let evidence = json!({
-        "failed": failed.len(),
-        "of_last": recent.len(),
-        "max_failed": rule.max_failed,
-        "examples": examples,
-    });
-    Ok(trip(db, flags, sequence, "failures", evidence)
-        .await?
-        .then_some("failures"))
-}
-
 /// Pauses `sequence` for `rule` if it is still ACTIVE, with the evidence in the audit log.
 /// Returns whether this call paused it.
-async fn trip(
+pub(crate) async fn trip(
     db: &PgPool,
-    flags: &PauseFlags,
+    flags: Option<&PauseFlags>,
     sequence: Uuid,
     rule: &'static str,
     evidence: serde_json::Value,
@@ -176,7 +185,9 @@ async fn trip(
     tx.commit().await?;
     // PostgreSQL is the truth: a flag that cannot be written is refilled from it, and every
     // send re-checks PostgreSQL at its gate.
-    if let Err(e) = flags.set(sequence, SequenceStatus::Paused).await {
+    if let Some(flags) = flags
+        && let Err(e) = flags.set(sequence, SequenceStatus::Paused).await
+    {
         tracing::warn!(%sequence, error = %e, "guardrail pause: the Redis flag was not written");
     }
     tracing::warn!(%sequence, %rule, %evidence, "guardrail tripped; sequence paused");
@@ -193,14 +204,34 @@ mod tests {
             Guardrails::from_stored(None).unwrap(),
             Guardrails::default()
         );
-        let off = Guardrails::from_stored(Some(json!({"failures": null}))).unwrap();
-        assert_eq!(off.failures, None);
+        // Stored before a rule existed: the rule takes its default.
+        let old = Guardrails::from_stored(Some(json!({"failures": null}))).unwrap();
+        assert_eq!(old.failures, None);
+        assert_eq!(old.repeats, default_repeats());
+        assert_eq!(old.overspeed, default_overspeed());
         let bad = Guardrails {
             failures: Some(FailureGuard {
                 max_failed: 20,
                 of_last: 20,
             }),
+            ..Guardrails::default()
         };
         assert_eq!(bad.check().unwrap_err().0, "guardrails.failures.max_failed");
+        let bad = Guardrails {
+            repeats: Some(RepeatGuard {
+                within: "PT10S".into(),
+            }),
+            ..Guardrails::default()
+        };
+        assert_eq!(bad.check().unwrap_err().0, "guardrails.repeats.within");
+        let bad = Guardrails {
+            overspeed: Some(OverspeedGuard { max_percent: 100 }),
+            ..Guardrails::default()
+        };
+        assert_eq!(
+            bad.check().unwrap_err().0,
+            "guardrails.overspeed.max_percent"
+        );
+        assert_eq!(Guardrails::default().check(), Ok(()));
     }
 }
