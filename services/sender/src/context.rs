@@ -39,6 +39,9 @@ pub struct Context {
     /// `PULSE_BOUNCE_DOMAIN`: with it, each message's envelope sender is its VERP address.
     pub bounce_domain: Option<String>,
     pub settings: SenderSettings,
+    /// `PULSE_PRIORITY_AGING_MS`: a send waiting on a limit gains a priority level per this
+    /// much waiting, as in the scheduler's claim.
+    pub priority_aging: Duration,
     pub metrics: Metrics,
     pub(crate) batches: Batches,
 }
@@ -167,6 +170,7 @@ impl Context {
             flags,
             transport,
             settings: s.clone(),
+            priority_aging: settings.scheduler.priority_aging,
             metrics,
         })
     }

@@ -10,7 +10,8 @@
 //!    send of the same step to the same lead pauses the sequence instead (the `repeats`
 //!    guardrail) and is held;
 //! 3. a slot under every sending limit (`pulse_shared::limits`) — else the step is due again when
-//!    its slot frees, with the reason as its note;
+//!    its slot frees (after the waiting sends of its priority or higher), with the reason as its
+//!    note;
 //! 4. a relay connection from the pool within [`CONNECTION_WAIT`] — else the step is due again
 //!    shortly;
 //! 5. the SMTP transaction, with the key's deterministic Message-ID, up to the body; then **the
@@ -62,7 +63,7 @@ use pulse_shared::{
     guardrails,
     health::{Health, supervise},
     ledger::{self, Claim, ClaimRequest, Fence, Gated, Release, SentRecord, Settled},
-    limits::{Period, Taken},
+    limits::{self, Period, Taken},
     messaging::{self, MessagingError, SendMessage},
     metrics::{Metrics, SendOutcome},
     pause::{Gate, PauseError},
@@ -328,7 +329,8 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     }
 
     // A slot under every sending limit that applies, or the step waits for its slot.
-    match snap.limits.take(&ctx.flags, now).await {
+    let priority = limits::aged_priority(snap.priority, now - snap.first_due, ctx.priority_aging);
+    match snap.limits.take(&ctx.flags, now, priority).await {
         Ok(Taken::Go) => {}
         Ok(Taken::Wait { after, binding }) => {
             let limit = &snap.limits.list[binding];

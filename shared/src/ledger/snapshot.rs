@@ -110,6 +110,10 @@ pub struct Snapshot {
     /// The `repeats` guardrail: a send of the same step to the same lead under another
     /// enrollment, recently enough that this send would repeat it.
     pub repeat_of: Option<crate::guardrails::repeats::Repeat>,
+    /// The sequence's priority and when the step first came due: its place among sends waiting
+    /// on a limit (`limits::aged_priority`).
+    pub priority: i16,
+    pub first_due: DateTime<Utc>,
 }
 
 /// Where a mailbox's mail goes and how it is signed, read with the snapshot (so a change to the
@@ -193,7 +197,7 @@ pub async fn snapshot_many(
                 w.dkim_domain AS ws_dkim_domain, w.dkim_selector AS ws_dkim_selector,
                 w.dkim_private_key AS ws_dkim_key, w.dkim_updated_at AS ws_dkim_updated_at,
                 {LIMIT_COLUMNS}, {REPEAT_COLUMNS},
-                cur.max_lateness,
+                cur.max_lateness, s.priority, COALESCE(sr.first_due_at, sr.due_at) AS first_due,
                 COALESCE(sr.first_due_at, sr.due_at) + cur.max_lateness::interval AS late_after
          FROM step_runs sr
          LEFT JOIN mailboxes mb ON mb.id = sr.mailbox_id
@@ -334,6 +338,8 @@ fn snapshot_from_row(row: &sqlx::postgres::PgRow, step_run: Uuid) -> Result<Snap
             sequence: row.try_get("sequence_id")?,
         },
         limits,
+        priority: row.try_get("priority")?,
+        first_due: row.try_get("first_due")?,
         repeat_of: match row.try_get::<Option<String>, _>("repeat_key")? {
             None => None,
             Some(key) => Some(crate::guardrails::repeats::Repeat {

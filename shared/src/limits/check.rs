@@ -5,10 +5,14 @@
 //!
 //! Keys (with the role's Redis prefix): `limit:{workspace}:{scope}:{ms}ms` holds a sliding
 //! window's theoretical arrival time (µs, Redis clock) or a day's count (`…:day:{date}`), and
-//! `…:waiting` the slot handed to the last send that had to wait. A refused send is given the
-//! slot after the last one handed out, so a backlog over a limit comes back spread one interval
-//! apart, not all at once. Redis may lose these keys: the limits then start afresh, which can let
-//! at most one more window's worth through; it never blocks for good.
+//! `…:waits` (a hash by priority, 0–9) the slot handed to the last send of each priority that
+//! had to wait. A refused send is given the slot after the last one handed out to a send of its
+//! priority or higher, so a backlog over a limit comes back spread one interval apart, not all at
+//! once, and a higher-priority send is not queued behind lower-priority ones: it takes the next
+//! free slot, and the lower-priority send that was promised that slot finds it taken and waits
+//! again behind its own level (one extra deferral per displaced send). Redis may lose these keys:
+//! the limits then start afresh, which can let at most one more window's worth through (the
+//! `overspeed` guardrail counts that from the ledger); it never blocks for good.
 
 use std::time::Duration;
 
@@ -68,27 +72,39 @@ if binding == 0 then
   end
   return {'0', 0}
 end
+local p = tonumber(ARGV[3 * n + 2])
+local levels = {}
+for l = p, 9 do levels[#levels + 1] = tostring(l) end
 for i = 1, n do
   if blocked[i] and ARGV[3 * i - 1] == 's' then
-    local h = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-    if h > free then free = h; binding = i end
+    for _, h in ipairs(redis.call('HMGET', KEYS[2 * i], unpack(levels))) do
+      if h and tonumber(h) > free then free = tonumber(h); binding = i end
+    end
   end
 end
 for i = 1, n do
   if blocked[i] and ARGV[3 * i - 1] == 's' then
     local h = free + tonumber(ARGV[3 * i])
-    redis.call('SET', KEYS[2 * i], int(h), 'PX', int(math.ceil((h - now) / 1000) + 1000))
+    local ttl = math.ceil((h - now) / 1000) + 1000
+    redis.call('HSET', KEYS[2 * i], tostring(p), int(h))
+    if redis.call('PTTL', KEYS[2 * i]) < ttl then redis.call('PEXPIRE', KEYS[2 * i], int(ttl)) end
   end
 end
 return {int(free - now), binding}
 ";
 
 impl SendLimits {
-    /// Takes a slot under every limit, or none and says when to come back. `now` (this
-    /// machine's clock) only picks the local day of `P1D` limits; sliding windows run on Redis's
-    /// clock, which every sender shares. A Redis failure is an error: the caller holds the send
-    /// (fail closed).
-    pub async fn take(&self, flags: &PauseFlags, now: DateTime<Utc>) -> Result<Taken, PauseError> {
+    /// Takes a slot under every limit, or none and says when to come back: after the slots
+    /// already handed to waiting sends of `priority` (0–9) or higher. `now` (this machine's
+    /// clock) only picks the local day of `P1D` limits; sliding windows run on Redis's clock,
+    /// which every sender shares. A Redis failure is an error: the caller holds the send (fail
+    /// closed).
+    pub async fn take(
+        &self,
+        flags: &PauseFlags,
+        now: DateTime<Utc>,
+        priority: u8,
+    ) -> Result<Taken, PauseError> {
         if self.list.is_empty() {
             return Ok(Taken::Go);
         }
@@ -106,7 +122,7 @@ impl SendLimits {
                 Period::Sliding { ms } => {
                     let s = Spacing::of(ms, limit.rule.max);
                     call.key(format!("{base}:{ms}ms"))
-                        .key(format!("{base}:{ms}ms:waiting"))
+                        .key(format!("{base}:{ms}ms:waits"))
                         .arg("s")
                         .arg(s.interval_us)
                         .arg(s.tolerance_us);
@@ -122,6 +138,7 @@ impl SendLimits {
                 }
             }
         }
+        call.arg(priority.min(9));
         let (wait_us, binding): (String, usize) = flags.invoke(&call).await?;
         if binding == 0 {
             return Ok(Taken::Go);

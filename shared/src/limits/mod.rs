@@ -385,6 +385,14 @@ impl Spacing {
     }
 }
 
+/// A send's priority in the limits' waiting order: its sequence's `priority`, plus one level per
+/// `aging` it has waited since it first came due (as the scheduler's claim ages it), at most 9.
+pub fn aged_priority(priority: i16, waited: chrono::Duration, aging: std::time::Duration) -> u8 {
+    let aging_ms = i64::try_from(aging.as_millis()).unwrap_or(i64::MAX).max(1);
+    let gained = (waited.num_milliseconds().max(0) / aging_ms).min(9);
+    (i64::from(priority.clamp(0, 9)) + gained).min(9) as u8
+}
+
 /// The local day `now` falls in within `zone` (the key a day's count is kept under) and the
 /// instant that day ends: the next local midnight (or, where a DST change skips midnight, the
 /// first instant of the next day).
@@ -423,6 +431,18 @@ mod tests {
             max,
             per: per.to_owned(),
         }
+    }
+
+    #[test]
+    fn a_waiting_send_gains_a_level_per_aging_period_up_to_nine() {
+        let aging = std::time::Duration::from_secs(600);
+        let min = chrono::Duration::minutes;
+        assert_eq!(aged_priority(5, min(0), aging), 5);
+        assert_eq!(aged_priority(5, min(9), aging), 5);
+        assert_eq!(aged_priority(5, min(10), aging), 6);
+        assert_eq!(aged_priority(1, min(35), aging), 4);
+        assert_eq!(aged_priority(5, min(600), aging), 9);
+        assert_eq!(aged_priority(0, min(-5), aging), 0);
     }
 
     #[test]

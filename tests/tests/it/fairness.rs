@@ -1,7 +1,8 @@
 //! Who goes first when many steps are due at once: round-robin across workspaces (a big
 //! backlog never starves a small one), then priority within a workspace, with aging so a low
-//! priority is never starved. Checked on the order the relay receives the mail, with the
-//! scheduler claiming 20 at a time.
+//! priority is never starved; and under one shared limit, a higher priority takes the next free
+//! slot rather than queueing behind the lower-priority steps already waiting on it. Checked on
+//! the order the relay receives the mail.
 
 use std::time::Duration;
 
@@ -181,5 +182,66 @@ async fn higher_priority_goes_first_and_aging_lifts_a_waiting_low_priority() -> 
         aged.iter().all(|i| *i < 25),
         "aged low priority at {aged:?}"
     );
+    env.stop().await
+}
+
+#[tokio::test]
+async fn under_one_shared_limit_a_higher_priority_takes_the_next_free_slots() -> anyhow::Result<()>
+{
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("fair-limit", &[Role::All], |s| s.smtp_url = Some(url)).await?;
+    // One limit both sequences share: the workspace's, 10 a second.
+    let (status, body) = env
+        .call(
+            Method::PATCH,
+            "/v1/workspace",
+            Some(json!({"limits": [{"max": 10, "per": "PT1S"}]})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let mut low = sequence_body(
+        "Low",
+        &[("Low", "l", json!({"type": "immediately"}))],
+        "low",
+    );
+    low["priority"] = json!(1);
+    env.create_sequence(low).await?;
+    let mut high = sequence_body(
+        "High",
+        &[("High", "h", json!({"type": "immediately"}))],
+        "high",
+    );
+    high["priority"] = json!(9);
+    env.create_sequence(high).await?;
+
+    // 60 low-priority steps: most of them wait on the limit, each with a slot of its own.
+    env.post("/v1/events", events("low", "low", 60)).await?;
+    eventually(
+        Duration::from_secs(20),
+        "low steps waiting on the limit",
+        || async {
+            let waiting = count(
+                &env.db,
+                "SELECT count(*) FROM step_runs WHERE state = 'SCHEDULED'
+               AND last_error LIKE 'workspace limit%'",
+            )
+            .await?;
+            Ok((waiting >= 30).then_some(()))
+        },
+    )
+    .await?;
+    // 5 high-priority steps come due now: they take the next free slots, not the 61st.
+    env.post("/v1/events", events("high", "high", 5)).await?;
+    let mut got = smtp.wait_for(65, Duration::from_secs(60)).await?;
+    got.sort_by_key(|m| m.at);
+    let order: Vec<String> = got.into_iter().map(|m| m.rcpt_to.join(",")).collect();
+    let high = first_of(&order, "high");
+    let lows_first = order.iter().take_while(|r| r.starts_with("low")).count();
+    assert!(
+        high.iter().all(|i| *i < lows_first + 15),
+        "high priority at {high:?}, after {lows_first} low ones"
+    );
+    assert!(high.iter().all(|i| *i < 40), "high priority at {high:?}");
     env.stop().await
 }
