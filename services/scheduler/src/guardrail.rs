@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use pulse_shared::{guardrails::overspeed, metrics::Metrics};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +23,7 @@ pub(crate) async fn run(
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }
-        match overspeed::sweep(&db, None, Utc::now()).await {
+        match overspeed::sweep(&db, None).await {
             Ok(swept) => {
                 for _ in 0..swept.tripped {
                     metrics.guardrail_tripped("overspeed");

@@ -87,13 +87,13 @@ pub struct Swept {
 }
 
 /// Counts every limit that applies to an ACTIVE sequence with the rule on, and pauses the
-/// sequences whose sends outran one. The Redis flag is left to expire (`flags` is `None` on the
-/// scheduler): every send reads the status from PostgreSQL before it is claimed, and again at
-/// its gate.
+/// sequences whose sends outran one. Each count's window ends when that count starts (a sweep
+/// of many limits takes a while, and a window that ended at the sweep's start would grow by
+/// that while). The Redis flag is left to expire (`flags` is `None` on the scheduler): every
+/// send reads the status from PostgreSQL before it is claimed, and again at its gate.
 pub async fn sweep(
     db: &PgPool,
     flags: Option<&crate::pause::PauseFlags>,
-    now: DateTime<Utc>,
 ) -> Result<Swept, StoreError> {
     let checks = checks(db).await?;
     let mut swept = Swept {
@@ -101,11 +101,12 @@ pub async fn sweep(
         ..Swept::default()
     };
     for check in checks {
+        let now = Utc::now();
         let since = check.since(now);
         let Some(cap) = check.guarded.iter().map(|(_, p)| check.threshold(*p)).max() else {
             continue;
         };
-        let rows = match count(db, &check, since, cap + 1).await {
+        let rows = match count(db, &check, (since, now), cap + 1).await {
             Ok(rows) => rows,
             Err(e) => {
                 swept.skipped += 1;
@@ -144,11 +145,11 @@ pub async fn sweep(
     Ok(swept)
 }
 
-/// Up to `cap` sends (sequence, key) counted against `check` since `since`.
+/// Up to `cap` sends (sequence, key) counted against `check` within `(since, until]`.
 async fn count(
     db: &PgPool,
     check: &Check,
-    since: DateTime<Utc>,
+    (since, until): (DateTime<Utc>, DateTime<Utc>),
     cap: i64,
 ) -> Result<Vec<(Uuid, String)>, StoreError> {
     let mut tx = db.begin().await?;
@@ -161,7 +162,7 @@ async fn count(
              SELECT sl.sequence_id, sl.idempotency_key, sl.step_run_id, sl.lead_id
              FROM send_ledger sl
              WHERE sl.sequence_id = q.id AND sl.created_at > $2 - interval '10 minutes'
-               AND sl.sent_at > $2) x
+               AND sl.sent_at > $2 AND sl.sent_at <= $6) x
          WHERE ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM step_runs sr
                                              WHERE sr.id = x.step_run_id AND sr.mailbox_id = $3))
            AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM leads l WHERE l.id = x.lead_id
@@ -173,6 +174,7 @@ async fn count(
     .bind(check.mailbox)
     .bind(check.domain.as_deref())
     .bind(cap)
+    .bind(until)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
