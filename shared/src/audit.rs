@@ -35,3 +35,24 @@ pub async fn record(
     .await?;
     Ok(())
 }
+
+/// Records a workspace-level `action` by `actor` (a key made or revoked, a webhook changed),
+/// with what it concerned, in the caller's transaction.
+pub async fn record_workspace(
+    conn: &mut PgConnection,
+    workspace: Uuid,
+    actor: &str,
+    action: &str,
+    detail: Value,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_events (workspace_id, actor, action, after) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(workspace)
+    .bind(actor)
+    .bind(action)
+    .bind(detail)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

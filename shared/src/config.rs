@@ -43,6 +43,9 @@ pub struct Settings {
     pub unsubscribe_mailto: Option<String>,
     /// Provisioned at startup for the default workspace when set.
     pub api_key: Option<String>,
+    /// `PULSE_ADMIN_KEY`: the platform key that makes and lists workspaces
+    /// (`/v1/admin/workspaces`); without it those routes do not exist.
+    pub admin_key: Option<crate::smtp_url::Secret>,
     /// Name of the RabbitMQ queue carrying due sends (tests use their own).
     pub queue: String,
     /// `classic` (default) or `quorum` (production: replicated across the RabbitMQ cluster).
@@ -188,6 +191,7 @@ impl Settings {
                 .map(crate::smtp_url::Secret::new),
             unsubscribe_mailto: non_empty("PULSE_UNSUBSCRIBE_MAILTO").map(|m| m.trim().to_owned()),
             api_key: non_empty("PULSE_API_KEY"),
+            admin_key: non_empty("PULSE_ADMIN_KEY").map(crate::smtp_url::Secret::new),
             queue: get("PULSE_QUEUE", "pulse.sends"),
             queue_type: parse(&lookup, "PULSE_QUEUE_TYPE", "classic")?,
             redis_prefix: get("PULSE_REDIS_PREFIX", "pulse"),

@@ -112,31 +112,3 @@ pub async fn provision_key(
     tx.commit().await?;
     Ok(())
 }
-
-/// Who an API key belongs to.
-#[derive(Clone, Debug)]
-pub struct KeyOwner {
-    pub workspace: Uuid,
-    /// The key's label (what the audit trail names when no actor is given).
-    pub label: String,
-    /// The workspace's address policy.
-    pub addresses: crate::domain::validate::AddressPolicy,
-}
-
-/// The workspace an API key opens, if the key exists.
-pub async fn workspace_for_key(pool: &PgPool, key: &str) -> Result<Option<KeyOwner>, StoreError> {
-    let row: Option<(Uuid, String, bool)> = sqlx::query_as(
-        "SELECT k.workspace_id, k.label, w.allow_dotless_domains
-         FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id WHERE k.key_sha256 = $1",
-    )
-    .bind(key_hash(key))
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(workspace, label, dotless)| KeyOwner {
-        workspace,
-        label,
-        addresses: crate::domain::validate::AddressPolicy {
-            dotless_domains: dotless,
-        },
-    }))
-}

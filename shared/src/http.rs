@@ -234,11 +234,16 @@ pub struct ApiQuery<T>(pub T);
 
 /// The workspace of the caller's API key (`Authorization: Bearer <key>`), and who is acting:
 /// the `X-Pulse-Actor` header when a tool names its user (at most 100 characters), else the
-/// key's label. The actor is what the audit trail records.
+/// key's label. The actor is what the audit trail records. Extracting it checks the key's scope
+/// against the request ([`crate::keys::Scope::needed`]): a request outside it is refused with
+/// 403 naming the scope it needs, before any handler runs.
 #[derive(Clone, Debug)]
 pub struct Auth {
     pub workspace: Uuid,
     pub actor: String,
+    /// The key's id and scope.
+    pub key: Uuid,
+    pub scope: crate::keys::Scope,
     /// The workspace's address policy, for the routes that create leads.
     pub addresses: crate::domain::validate::AddressPolicy,
 }
@@ -260,9 +265,19 @@ where
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::Unauthorized)?;
         let pool = PgPool::from_ref(state);
-        let owner = crate::db::workspace_for_key(&pool, key)
+        let owner = crate::keys::owner(&pool, key)
             .await?
             .ok_or(ApiError::Unauthorized)?;
+        let needed = crate::keys::Scope::needed(&parts.method, parts.uri.path());
+        if owner.scope < needed {
+            return Err(ApiError::Forbidden(format!(
+                "this key's scope is {}; {} {} needs a {} key",
+                owner.scope.as_str(),
+                parts.method,
+                parts.uri.path(),
+                needed.as_str()
+            )));
+        }
         let named = parts
             .headers
             .get("x-pulse-actor")
@@ -276,6 +291,8 @@ where
         Ok(Auth {
             workspace: owner.workspace,
             actor,
+            key: owner.id,
+            scope: owner.scope,
             addresses: owner.addresses,
         })
     }

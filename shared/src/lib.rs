@@ -13,6 +13,7 @@ pub mod guardrails;
 pub mod health;
 pub mod http;
 pub mod identity;
+pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod mailbox;

@@ -1,7 +1,8 @@
 //! The api role: the control plane over HTTP. Owns the `/v1` routes for sequences (create,
 //! edit, versions), control actions (pause, resume and its preview, delete, cancel, re-enroll,
 //! audit), manual enrollment, the enrollments view, the send history (the ledger), the
-//! workspace's settings, sender mailboxes, limits per recipient domain, the suppression list and the public one-click
+//! workspace's settings, API keys and the workspace's own audit log, the platform's workspaces,
+//! sender mailboxes, limits per recipient domain, the suppression list and the public one-click
 //! unsubscribe page, the dev
 //! outbox and the OpenAPI document, and the Hub's pages (`hub`), which act through those same
 //! handlers. It schedules only through the shared rules and never sends mail.
@@ -13,6 +14,7 @@ mod edit;
 mod enrollments;
 pub mod hub;
 mod inbound;
+mod keys;
 mod mailboxes;
 mod outbox;
 mod providers;
@@ -52,6 +54,8 @@ pub struct ApiState {
     pub providers: std::sync::Arc<Providers>,
     /// Counts what the webhooks record (`pulse_inbound_messages_total`).
     pub metrics: pulse_shared::metrics::Metrics,
+    /// `PULSE_ADMIN_KEY`: opens `/v1/admin/workspaces`.
+    pub admin_key: Option<pulse_shared::smtp_url::Secret>,
 }
 
 impl FromRef<ApiState> for PgPool {
@@ -136,6 +140,13 @@ pub fn router(state: ApiState) -> Router {
             "/u/{token}",
             get(unsubscribe::confirm_page).post(unsubscribe::one_click),
         )
+        .route("/v1/keys", get(keys::list).post(keys::create))
+        .route("/v1/keys/{id}", delete(keys::revoke))
+        .route("/v1/audit", get(keys::audit_log))
+        .route(
+            "/v1/admin/workspaces",
+            get(keys::list_workspaces).post(keys::create_workspace),
+        )
         .route("/v1/dev/outbox", get(outbox::list))
         .route("/openapi.json", get(openapi_json))
         .with_state(state)
@@ -157,6 +168,8 @@ pub fn router(state: ApiState) -> Router {
         suppressions::add, suppressions::list, suppressions::lift,
         inbound::list, inbound::get_one, providers::ses, providers::sendgrid,
         unsubscribe::confirm_page, unsubscribe::one_click,
+        keys::create, keys::list, keys::revoke, keys::audit_log, keys::create_workspace,
+        keys::list_workspaces,
     ),
     modifiers(&BearerAuth)
 )]

@@ -187,6 +187,7 @@ pub async fn serve(
                 },
             )?),
             metrics: metrics.clone(),
+            admin_key: settings.admin_key.clone(),
         };
         app = app
             .merge(pulse_api::hub::router(api.clone()))

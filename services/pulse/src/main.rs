@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use pulse::{
     Role,
     cli::{
-        self, Client, EnrollArgs, Enrollments, Events, Inbound, Mailboxes, ReenrollArgs, Request,
-        ResolveArgs, SendsFilter, Sequences, Steps, Suppressions,
+        self, Admin, AdminClient, Client, EnrollArgs, Enrollments, Events, Inbound, Keys,
+        Mailboxes, ReenrollArgs, Request, ResolveArgs, SendsFilter, Sequences, Steps, Suppressions,
     },
 };
 use pulse_shared::{Settings, db, telemetry};
@@ -91,6 +91,20 @@ enum Command {
         client: Client,
         #[command(subcommand)]
         action: Suppressions,
+    },
+    /// API keys of the workspace (an admin key): create, list, revoke.
+    Keys {
+        #[command(flatten)]
+        client: Client,
+        #[command(subcommand)]
+        action: Keys,
+    },
+    /// The platform administrator's commands (`PULSE_ADMIN_KEY`): workspaces.
+    Admin {
+        #[command(flatten)]
+        client: AdminClient,
+        #[command(subcommand)]
+        action: Admin,
     },
     /// What came back: replies, bounces, complaints (list, or show one).
     Inbound {
@@ -198,6 +212,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Steps { client, action } => (client, Request::Steps(action)),
         Command::Suppressions { client, action } => (client, Request::Suppressions(action)),
         Command::Inbound { client, action } => (client, Request::Inbound(action)),
+        Command::Keys { client, action } => (client, Request::Keys(action)),
+        Command::Admin { client, action } => (client.into(), Request::Admin(action)),
         Command::Enrollments { client, action } => (client, Request::Enrollments(action)),
         Command::ReEnroll { client, args } => (client, Request::Reenroll(args)),
         Command::Enroll { client, args } => (client, Request::Enroll(args)),

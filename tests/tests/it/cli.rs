@@ -88,3 +88,72 @@ async fn lists_say_when_there_is_more_and_an_unknown_sequence_is_an_error() -> a
     }
     env.stop().await
 }
+
+#[tokio::test]
+async fn keys_and_workspaces_from_the_command_line() -> anyhow::Result<()> {
+    use cli::{Admin, Keys, Workspaces};
+    let env = TestEnv::start("cli-keys", &[Role::Api], |s| {
+        s.admin_key = Some(pulse_shared::smtp_url::Secret::new("cli-platform-key"));
+    })
+    .await?;
+    let run = |client: Client, request: Request| async move {
+        cli::run(&client, request)
+            .await
+            .map_err(|f| anyhow::anyhow!("exit {}: {}", f.code, f.message))
+    };
+    let client = |key: &str| Client {
+        url: env.base.clone(),
+        key: Some(key.to_owned()),
+        json: false,
+        tz: None,
+    };
+    let made = run(
+        client("cli-platform-key"),
+        Request::Admin(Admin::Workspaces(Workspaces::Create {
+            name: "Globex".into(),
+        })),
+    )
+    .await?;
+    let admin = made.lines().last().unwrap_or_default().to_owned();
+    assert!(admin.starts_with("pulse_"), "{made}");
+    let listed = run(
+        client("cli-platform-key"),
+        Request::Admin(Admin::Workspaces(Workspaces::List)),
+    )
+    .await?;
+    assert!(listed.contains("Globex"), "{listed}");
+
+    let made = run(
+        client(&admin),
+        Request::Keys(Keys::Create {
+            label: "board".into(),
+            scope: "read".into(),
+        }),
+    )
+    .await?;
+    let read = made.lines().last().unwrap_or_default().to_owned();
+    assert!(
+        read.starts_with("pulse_") && made.contains("board"),
+        "{made}"
+    );
+    let listed = run(client(&admin), Request::Keys(Keys::List)).await?;
+    assert!(
+        listed.contains("board") && !listed.contains(&read),
+        "{listed}"
+    );
+    // A read key cannot manage keys: the error says which scope it needs.
+    let refused = run(client(&read), Request::Keys(Keys::List)).await;
+    let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("admin"), "{message}");
+    let id = listed
+        .lines()
+        .find(|l| l.contains("board"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
+    let revoked = run(client(&admin), Request::Keys(Keys::Revoke { id })).await?;
+    assert!(revoked.starts_with("revoked board"), "{revoked}");
+    let refused = run(client(&read), Request::Sequences(cli::Sequences::List)).await;
+    assert!(refused.is_err(), "a revoked key opens nothing");
+    env.stop().await
+}

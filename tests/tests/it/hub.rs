@@ -726,3 +726,46 @@ async fn the_hub_shows_a_sequences_sending_rules_and_why_a_step_waits() -> anyho
     );
     env.stop().await
 }
+
+#[tokio::test]
+async fn a_read_key_sees_the_hub_without_acting_and_a_revoked_key_ends_its_session()
+-> anyhow::Result<()> {
+    let env = TestEnv::start("hub-read", &[Role::Api], |_| {}).await?;
+    let created = env
+        .create_sequence(sequence_body(
+            "Seen",
+            &[("Hi", "hello", json!({"type": "immediately"}))],
+            "seen",
+        ))
+        .await?;
+    let sid = created["id"].as_str().unwrap_or_default().to_owned();
+    let (status, read) = env
+        .post("/v1/keys", json!({"label": "dashboard", "scope": "read"}))
+        .await?;
+    assert_eq!(status, 201, "{read}");
+    let read_key = read["key"].as_str().unwrap_or_default().to_owned();
+
+    let hub = Hub::sign_in(&env, &read_key).await?;
+    let (status, page) = hub.get(&format!("/hub/sequences/{sid}")).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(r#"<body class="read-only">"#), "{page}");
+    assert!(page.contains("Signed in with a read key"));
+    let (status, _) = hub
+        .post(&format!("/hub/sequences/{sid}/pause"), &[])
+        .await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(sequence_status(&env, &sid).await?, "ACTIVE");
+
+    // Revoked: the session ends with the key.
+    let (status, _) = env
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/keys/{}", read["id"].as_str().unwrap_or_default()),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200);
+    let (status, _) = hub.get(&format!("/hub/sequences/{sid}")).await?;
+    assert_eq!(status, StatusCode::SEE_OTHER, "signed out");
+    env.stop().await
+}

@@ -12,6 +12,7 @@ mod hub;
 mod identity;
 mod inbound;
 mod ingest;
+mod keys;
 mod ledger;
 mod limits;
 mod mailboxes;

@@ -195,7 +195,7 @@ pub fn layout(title: &str, user: Option<&HubUser>, flash: Option<&Flash>, body: 
                 link rel="stylesheet" href="/hub/assets/hub.css";
                 script src="/hub/assets/hub.js" defer {}
             }
-            body {
+            body class=[user.filter(|u| u.auth.scope < pulse_shared::keys::Scope::Write).map(|_| "read-only")] {
                 header.top {
                     a.brand href="/hub/sequences" { "Pulse" }
                     @if let Some(u) = user {
@@ -214,6 +214,9 @@ pub fn layout(title: &str, user: Option<&HubUser>, flash: Option<&Flash>, body: 
                     }
                 }
                 main {
+                    @if user.is_some_and(|u| u.auth.scope < pulse_shared::keys::Scope::Write) {
+                        p.flash role="note" { "Signed in with a read key: the Hub shows everything and changes nothing." }
+                    }
                     @if let Some(Flash(Some((ok, message)))) = flash {
                         p class=(if *ok { "flash ok" } else { "flash error" }) role="status" { (message) }
                     }

@@ -3,7 +3,9 @@
 //! Owns the `hub_sessions` table and the two cookies. The session cookie holds a random token
 //! (only its SHA-256 is stored), `HttpOnly; Secure; SameSite=Strict; Path=/hub`, and expires
 //! after [`SESSION_HOURS`]. Each session has its own CSRF token; [`Posted`] refuses any form
-//! whose `csrf` field does not match, so no Hub action can skip the check. The sign-in form,
+//! whose `csrf` field does not match, so no Hub action can skip the check, and refuses every
+//! action but signing out to a read key's session. A session lasts while its key is not revoked.
+//! The sign-in form,
 //! which has no session yet, uses a double-submit cookie instead. This module never renders a
 //! page beyond errors.
 
@@ -13,7 +15,11 @@ use axum::{
     extract::{FromRequest, FromRequestParts, Request},
     http::{HeaderMap, Method, header, request::Parts},
 };
-use pulse_shared::{db, http::Auth};
+use pulse_shared::{
+    db::{self, StoreError},
+    http::Auth,
+    keys,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -60,19 +66,21 @@ pub fn set_cookie(name: &str, value: &str, max_age: i64) -> String {
 /// Signs in with an API key: a new session for its workspace. `None` when the key is unknown.
 /// Returns the cookie token.
 pub async fn sign_in(db: &PgPool, key: &str) -> Result<Option<String>, HubError> {
-    let Some(owner) = db::workspace_for_key(db, key.trim()).await? else {
+    let Some(owner) = keys::owner(db, key.trim()).await? else {
         return Ok(None);
     };
     let token = random_token();
     sqlx::query(
-        "INSERT INTO hub_sessions (token_sha256, workspace_id, actor, csrf_token, expires_at)
-         VALUES ($1, $2, $3, $4, now() + make_interval(hours => $5))",
+        "INSERT INTO hub_sessions (token_sha256, workspace_id, actor, csrf_token, expires_at,
+                                   key_id)
+         VALUES ($1, $2, $3, $4, now() + make_interval(hours => $5), $6)",
     )
     .bind(db::key_hash(&token))
     .bind(owner.workspace)
     .bind(format!("hub (key {})", owner.label))
     .bind(random_token())
     .bind(SESSION_HOURS as i32)
+    .bind(owner.id)
     .execute(db)
     .await?;
     // Expired sessions go whenever someone signs in.
@@ -112,15 +120,19 @@ impl FromRequestParts<HubState> for HubUser {
         });
         let signed_out = || HubError::SignIn { next: next.clone() };
         let token = cookie(&parts.headers, COOKIE).ok_or_else(signed_out)?;
-        let row: Option<(Uuid, String, String, bool)> = sqlx::query_as(
-            "SELECT s.workspace_id, s.actor, s.csrf_token, w.allow_dotless_domains
+        // A session lasts while its key does: a revoked key signs its sessions out.
+        let row: Option<(Uuid, String, String, bool, Uuid, String)> = sqlx::query_as(
+            "SELECT s.workspace_id, s.actor, s.csrf_token, w.allow_dotless_domains, k.id, k.scope
              FROM hub_sessions s JOIN workspaces w ON w.id = s.workspace_id
+             JOIN api_keys k ON k.id = s.key_id AND k.revoked_at IS NULL
              WHERE s.token_sha256 = $1 AND s.expires_at > now()",
         )
         .bind(db::key_hash(&token))
         .fetch_optional(&state.api.db)
         .await?;
-        let (workspace, actor, csrf, dotless) = row.ok_or_else(signed_out)?;
+        let (workspace, actor, csrf, dotless, key, scope) = row.ok_or_else(signed_out)?;
+        let scope = keys::Scope::parse(&scope)
+            .ok_or_else(|| StoreError::Corrupt(format!("key scope {scope:?}")))?;
         let addresses = pulse_shared::domain::validate::AddressPolicy {
             dotless_domains: dotless,
         };
@@ -128,6 +140,8 @@ impl FromRequestParts<HubState> for HubUser {
             auth: Auth {
                 workspace,
                 actor,
+                key,
+                scope,
                 addresses,
             },
             csrf,
@@ -203,9 +217,16 @@ impl FromRequest<HubState> for Posted {
             .map_err(|_| HubError::BadForm("the form is larger than 256 KiB".into()))?;
         let form = FormData::parse(&bytes);
         match form.get("csrf") {
-            Some(sent) if same_secret(sent, &user.csrf) => Ok(Posted { user, form }),
-            _ => Err(HubError::Csrf),
+            Some(sent) if same_secret(sent, &user.csrf) => {}
+            _ => return Err(HubError::Csrf),
         }
+        // Every Hub action but signing out changes something: a read key may not.
+        if user.auth.scope < keys::Scope::Write && parts.uri.path() != "/hub/logout" {
+            return Err(HubError::Api(pulse_shared::http::ApiError::Forbidden(
+                "this key's scope is read: the Hub shows, but does not act".into(),
+            )));
+        }
+        Ok(Posted { user, form })
     }
 }
 

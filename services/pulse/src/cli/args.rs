@@ -3,7 +3,7 @@
 
 use clap::{Args, Subcommand};
 
-use super::{Inbound, Steps, Suppressions};
+use super::{Admin, Inbound, Keys, Steps, Suppressions};
 
 #[derive(Args, Debug)]
 pub struct Client {
@@ -25,6 +25,31 @@ pub struct Client {
     /// views, else this machine's local time.
     #[arg(long, env = "PULSE_TZ", global = true)]
     pub tz: Option<String>,
+}
+
+/// The platform administrator's connection: the same as [`Client`], with `PULSE_ADMIN_KEY`.
+#[derive(Args, Debug)]
+pub struct AdminClient {
+    /// Base URL of the Pulse API.
+    #[arg(long, env = "PULSE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The platform key.
+    #[arg(long, env = "PULSE_ADMIN_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl From<AdminClient> for Client {
+    fn from(a: AdminClient) -> Self {
+        Client {
+            url: a.url,
+            key: a.key,
+            json: a.json,
+            tz: None,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -294,6 +319,8 @@ pub enum Request {
     Mailboxes(Mailboxes),
     Suppressions(Suppressions),
     Inbound(Inbound),
+    Keys(Keys),
+    Admin(Admin),
     Enrollments(Enrollments),
     Reenroll(ReenrollArgs),
     Sends(SendsFilter),

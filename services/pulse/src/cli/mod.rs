@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 mod apply;
 mod args;
 mod inbound;
+mod keys;
 mod names;
 mod render;
 mod steps;
@@ -20,6 +21,7 @@ mod suppressions;
 mod times;
 pub use args::*;
 pub use inbound::Inbound;
+pub use keys::{Admin, Keys, Workspaces};
 use render::render;
 pub use steps::Steps;
 pub use suppressions::Suppressions;
@@ -220,6 +222,8 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             return apply::run(client, file, *yes).await;
         }
         Request::Inbound(action) => return inbound::run(client, action).await,
+        Request::Keys(action) => return keys::run(client, action).await,
+        Request::Admin(action) => return keys::run_admin(client, action).await,
         Request::Sequences(Sequences::List) => (Method::GET, "/v1/sequences".to_owned(), None),
         Request::Sequences(Sequences::Show { id }) => {
             (Method::GET, format!("/v1/sequences/{}", encode(id)), None)

@@ -158,6 +158,8 @@ pub(super) fn render(request: &Request, v: &Value, times: &Times) -> String {
         // Printed by `suppressions::run`, `inbound::run` and `steps::run` themselves.
         Request::Suppressions(_)
         | Request::Inbound(_)
+        | Request::Keys(_)
+        | Request::Admin(_)
         | Request::Steps(_)
         | Request::Sequences(Sequences::Apply { .. }) => String::new(),
         Request::Enrollments(Enrollments::List { .. }) => {

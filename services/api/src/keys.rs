@@ -1,0 +1,309 @@
+//! Keys and workspaces over HTTP:
+//! * `/v1/keys` (an admin key of the workspace): make a key (shown once), list them (never the
+//!   key), revoke one. Every key action is in the workspace's audit log (`GET /v1/audit`).
+//! * `/v1/admin/workspaces` (the platform key, `PULSE_ADMIN_KEY`): make a workspace with its
+//!   first admin key, list workspaces. Without `PULSE_ADMIN_KEY` these answer 404.
+//!
+//! The table and the scope rule are `pulse_shared::keys`'; this module only checks input,
+//! audits, and answers. It never shows a key twice.
+
+use axum::{
+    Json,
+    extract::{FromRequestParts, State},
+    http::{HeaderMap, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use pulse_shared::{
+    audit,
+    http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth},
+    keys::{self, KeyInfo, NewKey, Scope},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::ApiState;
+
+/// A key to make.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    /// What the key is for; the audit trail names it (1–100 characters).
+    #[schema(min_length = 1, max_length = 100, example = "CRM sync")]
+    pub label: String,
+    pub scope: Scope,
+}
+
+/// The keys of the caller's workspace.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyInfo>,
+}
+
+fn check_label(label: &str) -> Result<&str, ApiError> {
+    let label = label.trim();
+    if label.is_empty() || label.chars().count() > 100 || label.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "label",
+            "give 1 to 100 characters, no control characters",
+        ));
+    }
+    Ok(label)
+}
+
+/// Make an API key in the caller's workspace. The key is in this answer only.
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys", request_body = KeyRequest,
+    responses((status = 201, body = NewKey, headers(("Location" = String, description = "The key's listing"))),
+              (status = 401, body = pulse_shared::http::ErrorBody),
+              (status = 403, description = "Not an admin key", body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<KeyRequest>,
+) -> ApiResult<Response> {
+    let label = check_label(&req.label)?;
+    let mut tx = state.db.begin().await?;
+    let made = keys::create(&mut tx, auth.workspace, label, req.scope, &auth.actor).await?;
+    audit::record_workspace(
+        &mut tx,
+        auth.workspace,
+        &auth.actor,
+        "key_created",
+        json!({"id": made.info.id, "label": made.info.label, "scope": made.info.scope}),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(key = %made.info.id, scope = made.info.scope.as_str(), actor = %auth.actor, "API key created");
+    Ok(created(&format!("/v1/keys/{}", made.info.id), made))
+}
+
+/// The keys of the caller's workspace, newest first, revoked ones included. Never the keys.
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "keys",
+    responses((status = 200, body = KeyList), (status = 401, body = pulse_shared::http::ErrorBody),
+              (status = 403, description = "Not an admin key", body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<KeyList>> {
+    Ok(Json(KeyList {
+        keys: keys::list(&state.db, auth.workspace).await?,
+    }))
+}
+
+/// Revoke a key: from the next request it opens nothing, on every API instance, and its Hub
+/// sessions end. Revoking the key that makes the request is allowed.
+#[utoipa::path(
+    delete, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = Uuid, Path, description = "Key id")),
+    responses((status = 200, body = KeyInfo), (status = 401, body = pulse_shared::http::ErrorBody),
+              (status = 403, description = "Not an admin key", body = pulse_shared::http::ErrorBody),
+              (status = 404, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn revoke(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<KeyInfo>> {
+    let mut tx = state.db.begin().await?;
+    let key = keys::revoke(&mut tx, auth.workspace, id)
+        .await?
+        .ok_or(ApiError::NotFound("key"))?;
+    audit::record_workspace(
+        &mut tx,
+        auth.workspace,
+        &auth.actor,
+        "key_revoked",
+        json!({"id": key.id, "label": key.label, "scope": key.scope}),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(key = %id, actor = %auth.actor, "API key revoked");
+    Ok(Json(key))
+}
+
+/// One workspace-level audit event (keys, webhooks).
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct WorkspaceEvent {
+    pub id: i64,
+    pub actor: String,
+    /// `key_created`, `key_revoked`, …
+    pub action: String,
+    /// What the action concerned.
+    pub detail: Option<serde_json::Value>,
+    pub at: DateTime<Utc>,
+}
+
+/// Paging of the workspace's audit log, newest first.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditPage {
+    /// Most events (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// Events older than this id (the `next` of the previous page).
+    pub before: Option<i64>,
+}
+
+/// A page of the workspace's audit log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkspaceAudit {
+    pub events: Vec<WorkspaceEvent>,
+    /// Pass as `before` for the next page; `null` when this is the last.
+    pub next: Option<i64>,
+}
+
+/// The workspace's own audit log (what belongs to no sequence: keys, webhooks), newest first.
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "keys", params(AuditPage),
+    responses((status = 200, body = WorkspaceAudit), (status = 401, body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn audit_log(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiQuery(page): ApiQuery<AuditPage>,
+) -> ApiResult<Json<WorkspaceAudit>> {
+    let limit = crate::Page { limit: page.limit }.limit()?;
+    let events: Vec<WorkspaceEvent> = sqlx::query_as(
+        "SELECT id, actor, action, after AS detail, at FROM audit_events
+         WHERE workspace_id = $1 AND sequence_id IS NULL AND ($2::int8 IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(auth.workspace)
+    .bind(page.before)
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let more = events.len() as i64 > limit;
+    let mut events = events;
+    events.truncate(limit as usize);
+    let next = more.then(|| events.last().map(|e| e.id)).flatten();
+    Ok(Json(WorkspaceAudit { events, next }))
+}
+
+/// The platform administrator: a request with `PULSE_ADMIN_KEY` as its bearer key.
+pub struct PlatformAdmin;
+
+impl FromRequestParts<ApiState> for PlatformAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let Some(expected) = state.admin_key.as_ref() else {
+            return Err(ApiError::NotFound("route"));
+        };
+        let given = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        // Compared as hashes: equal length, and no early exit on the first differing byte.
+        if pulse_shared::db::key_hash(given) == pulse_shared::db::key_hash(expected.expose()) {
+            Ok(PlatformAdmin)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// A workspace to make.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceRequest {
+    #[schema(min_length = 1, max_length = 100, example = "Acme")]
+    pub name: String,
+}
+
+/// A workspace as the platform administrator sees it.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct WorkspaceInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A new workspace and its first admin key, shown once.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NewWorkspace {
+    pub workspace: WorkspaceInfo,
+    pub key: NewKey,
+}
+
+/// Every workspace.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkspaceList {
+    pub workspaces: Vec<WorkspaceInfo>,
+}
+
+/// Make a workspace and its first admin key (`PULSE_ADMIN_KEY` only).
+#[utoipa::path(
+    post, path = "/v1/admin/workspaces", tag = "admin", request_body = WorkspaceRequest,
+    responses((status = 201, body = NewWorkspace, headers(("Location" = String, description = "The workspace list"))),
+              (status = 401, body = pulse_shared::http::ErrorBody),
+              (status = 404, description = "No PULSE_ADMIN_KEY is set", body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn create_workspace(
+    State(state): State<ApiState>,
+    _admin: PlatformAdmin,
+    ApiJson(req): ApiJson<WorkspaceRequest>,
+) -> ApiResult<Response> {
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name",
+            "give 1 to 100 characters, no control characters",
+        ));
+    }
+    let (id, created_at, key) = keys::create_workspace(&state.db, name, "platform admin").await?;
+    tracing::info!(workspace = %id, "workspace created");
+    let made = NewWorkspace {
+        workspace: WorkspaceInfo {
+            id,
+            name: name.to_owned(),
+            created_at,
+        },
+        key,
+    };
+    Ok(created("/v1/admin/workspaces", made))
+}
+
+/// Every workspace, oldest first (`PULSE_ADMIN_KEY` only).
+#[utoipa::path(
+    get, path = "/v1/admin/workspaces", tag = "admin",
+    responses((status = 200, body = WorkspaceList), (status = 401, body = pulse_shared::http::ErrorBody),
+              (status = 404, description = "No PULSE_ADMIN_KEY is set", body = pulse_shared::http::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn list_workspaces(
+    State(state): State<ApiState>,
+    _admin: PlatformAdmin,
+) -> ApiResult<Json<WorkspaceList>> {
+    let workspaces =
+        sqlx::query_as("SELECT id, name, created_at FROM workspaces ORDER BY created_at, id")
+            .fetch_all(&state.db)
+            .await?;
+    Ok(Json(WorkspaceList { workspaces }))
+}
+
+/// 201 with `Location` and the body.
+fn created(location: &str, body: impl Serialize) -> Response {
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(value) = header::HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, value);
+    }
+    resp
+}
