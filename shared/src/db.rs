@@ -75,7 +75,12 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 
 /// The SHA-256 of an API key; only the hash is stored.
 pub fn key_hash(key: &str) -> Vec<u8> {
-    Sha256::digest(key.as_bytes()).to_vec()
+    key_hash_bytes(key.as_bytes())
+}
+
+/// SHA-256 of any bytes (a request body an `Idempotency-Key` names).
+pub fn key_hash_bytes(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
 }
 
 /// Makes sure `workspace` exists and `key` opens it. Idempotent.

@@ -298,6 +298,19 @@ where
     }
 }
 
+/// `201 Created`: the JSON of what was made, and `Location`, the path that reads it.
+pub struct Created<T>(pub String, pub T);
+
+impl<T: Serialize> axum::response::IntoResponse for Created<T> {
+    fn into_response(self) -> axum::response::Response {
+        let mut resp = (StatusCode::CREATED, axum::Json(self.1)).into_response();
+        if let Ok(value) = header::HeaderValue::from_str(&self.0) {
+            resp.headers_mut().insert(header::LOCATION, value);
+        }
+        resp
+    }
+}
+
 /// JSON 404 for unknown routes.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("route")

@@ -12,12 +12,12 @@ use chrono::{DateTime, Utc};
 use pulse_shared::{
     domain::{validate, window},
     enroll,
-    http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, MaybeJson},
+    http::{ApiError, ApiJson, ApiPath, ApiResult, Auth, MaybeJson},
     limits::{self, LIMIT_COLUMNS, Pacer},
     model::{
-        AuditEvent, AuditList, CancelManyRequest, CancelManyResponse, CancelRequest, Enrollment,
-        EnrollmentStatus, ReenrollRequest, ReenrollResponse, ReenrollResult, ResumeItem,
-        ResumePreview, SequenceChange, SequenceStatus, outcome,
+        CancelManyRequest, CancelManyResponse, CancelRequest, Enrollment, EnrollmentStatus,
+        ReenrollRequest, ReenrollResponse, ReenrollResult, ResumeItem, ResumePreview,
+        SequenceChange, SequenceStatus, outcome,
     },
     schedule::{self, Planned},
     transitions::{self, Replan},
@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::drain::{Scope, in_flight_warning, wait_in_flight};
 use crate::{
-    ApiState, Page,
+    ApiState,
     sequences::{load_one, lock_status},
 };
 
@@ -714,31 +714,4 @@ pub async fn reenroll(
     tx.commit().await?;
     tracing::info!(sequence = %id, actor = %auth.actor, reenrolled = response.reenrolled, "leads re-enrolled");
     Ok(Json(response))
-}
-
-/// The sequence's audit trail, oldest first: who did what, when, before and after.
-#[utoipa::path(
-    get, path = "/v1/sequences/{id}/audit", tag = "control",
-    params(("id" = Uuid, Path, description = "Sequence id"), Page),
-    responses((status = 200, body = AuditList), (status = 404, body = pulse_shared::http::ErrorBody)),
-    security(("bearer" = []))
-)]
-pub async fn audit_list(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiQuery(page): ApiQuery<Page>,
-) -> ApiResult<Json<AuditList>> {
-    let limit = page.limit()?;
-    crate::sequences::exists(&state.db, auth.workspace, id).await?;
-    let events: Vec<AuditEvent> = sqlx::query_as(
-        "SELECT id, sequence_id, enrollment_id, actor, action, before, after, at FROM audit_events
-         WHERE workspace_id = $1 AND sequence_id = $2 ORDER BY id LIMIT $3",
-    )
-    .bind(auth.workspace)
-    .bind(id)
-    .bind(limit)
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(AuditList { events }))
 }

@@ -56,7 +56,7 @@ use crate::{
     params(("id" = Uuid, Path, description = "Sequence id")),
     request_body = EditSequence,
     responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
-              (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Deleted, or `version` is not the current one", body = pulse_shared::http::ErrorBody),
               (status = 422, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
@@ -85,6 +85,17 @@ pub(crate) async fn apply(
     }
     let before = load_one(&mut tx, auth.workspace, id).await?;
     let req = build(&before)?;
+    if req.id.is_some_and(|given| given != id) {
+        return Err(ApiError::invalid("id", "is another sequence's id"));
+    }
+    if let Some(read) = req.version
+        && read != before.version
+    {
+        return Err(ApiError::Conflict(format!(
+            "the sequence changed since it was read (version {read}; it is at {} now): read it again",
+            before.version
+        )));
+    }
     let name = req.name.as_deref().map(check_name).transpose()?;
     let timezone = req.timezone.as_deref().map(check_timezone).transpose()?;
     if let Some(steps) = &req.steps {

@@ -4,7 +4,7 @@ use axum::{Json, extract::State, http::StatusCode};
 use chrono::Utc;
 use pulse_shared::{
     enroll::{self, ValidLead},
-    http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth},
+    http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, Created},
     model::{
         Enrollment, EnrollmentList, EnrollmentStatus, EnrollmentStep, ManualEnrollment,
         SequenceStatus, outcome,
@@ -32,7 +32,8 @@ const ENROLLMENT_COLUMNS: &str = "e.id, e.sequence_id, e.lead_id, l.email AS lea
     params(("id" = Uuid, Path, description = "Sequence id")),
     request_body = ManualEnrollment,
     responses(
-        (status = 201, description = "Enrolled", body = Enrollment),
+        (status = 201, description = "Enrolled", body = Enrollment,
+         headers(("Location" = String, description = "The enrollment: /v1/enrollments/{id}"))),
         (status = 200, description = "Already enrolled (deduplicated)", body = Enrollment),
         (status = 404, body = pulse_shared::http::ErrorBody),
         (status = 409, description = "Sequence paused or deleted, or the lead's enrollment ended", body = pulse_shared::http::ErrorBody),
@@ -45,7 +46,8 @@ pub async fn create(
     auth: Auth,
     ApiPath(sequence): ApiPath<Uuid>,
     ApiJson(req): ApiJson<ManualEnrollment>,
-) -> ApiResult<(StatusCode, Json<Enrollment>)> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let lead = ValidLead::parse(&req.lead, "lead", auth.addresses)?;
     let mut tx = state.db.begin().await?;
     // FOR SHARE: a pause or delete committing meanwhile waits for this enrollment.
@@ -92,8 +94,10 @@ pub async fn create(
     let id = done.enrollment_id.ok_or(ApiError::NotFound("enrollment"))?;
     let enrollment = fetch(&state.db, auth.workspace, id).await?;
     match done.outcome {
-        outcome::CREATED => Ok((StatusCode::CREATED, Json(enrollment))),
-        outcome::ALREADY_ACTIVE => Ok((StatusCode::OK, Json(enrollment))),
+        outcome::CREATED => {
+            Ok(Created(format!("/v1/enrollments/{id}"), enrollment).into_response())
+        }
+        outcome::ALREADY_ACTIVE => Ok((StatusCode::OK, Json(enrollment)).into_response()),
         _ => Err(ApiError::Conflict(format!(
             "{} already went through this sequence (enrollment {id} is {}); use re-enroll to start again",
             lead.email, enrollment.status

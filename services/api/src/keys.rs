@@ -1,6 +1,6 @@
 //! Keys and workspaces over HTTP:
 //! * `/v1/keys` (an admin key of the workspace): make a key (shown once), list them (never the
-//!   key), revoke one. Every key action is in the workspace's audit log (`GET /v1/audit`).
+//!   key), revoke one. Every key action is in the workspace's audit log (`crate::audit`).
 //! * `/v1/admin/workspaces` (the platform key, `PULSE_ADMIN_KEY`): make a workspace with its
 //!   first admin key, list workspaces. Without `PULSE_ADMIN_KEY` these answer 404.
 //!
@@ -10,13 +10,13 @@
 use axum::{
     Json,
     extract::{FromRequestParts, State},
-    http::{HeaderMap, StatusCode, header, request::Parts},
+    http::{HeaderMap, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
 use pulse_shared::{
     audit,
-    http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth},
+    http::{ApiError, ApiJson, ApiPath, ApiResult, Auth, Created},
     keys::{self, KeyInfo, NewKey, Scope},
 };
 use serde::{Deserialize, Serialize};
@@ -79,7 +79,7 @@ pub async fn create(
     .await?;
     tx.commit().await?;
     tracing::info!(key = %made.info.id, scope = made.info.scope.as_str(), actor = %auth.actor, "API key created");
-    Ok(created(&format!("/v1/keys/{}", made.info.id), made))
+    Ok(Created(format!("/v1/keys/{}", made.info.id), made).into_response())
 }
 
 /// The keys of the caller's workspace, newest first, revoked ones included. Never the keys.
@@ -125,67 +125,6 @@ pub async fn revoke(
     tx.commit().await?;
     tracing::info!(key = %id, actor = %auth.actor, "API key revoked");
     Ok(Json(key))
-}
-
-/// One workspace-level audit event (keys, webhooks).
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct WorkspaceEvent {
-    pub id: i64,
-    pub actor: String,
-    /// `key_created`, `key_revoked`, …
-    pub action: String,
-    /// What the action concerned.
-    pub detail: Option<serde_json::Value>,
-    pub at: DateTime<Utc>,
-}
-
-/// Paging of the workspace's audit log, newest first.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AuditPage {
-    /// Most events (1–1000, default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-    /// Events older than this id (the `next` of the previous page).
-    pub before: Option<i64>,
-}
-
-/// A page of the workspace's audit log.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct WorkspaceAudit {
-    pub events: Vec<WorkspaceEvent>,
-    /// Pass as `before` for the next page; `null` when this is the last.
-    pub next: Option<i64>,
-}
-
-/// The workspace's own audit log (what belongs to no sequence: keys, webhooks), newest first.
-#[utoipa::path(
-    get, path = "/v1/audit", tag = "keys", params(AuditPage),
-    responses((status = 200, body = WorkspaceAudit), (status = 401, body = pulse_shared::http::ErrorBody),
-              (status = 422, body = pulse_shared::http::ErrorBody)),
-    security(("bearer" = []))
-)]
-pub async fn audit_log(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiQuery(page): ApiQuery<AuditPage>,
-) -> ApiResult<Json<WorkspaceAudit>> {
-    let limit = crate::Page { limit: page.limit }.limit()?;
-    let events: Vec<WorkspaceEvent> = sqlx::query_as(
-        "SELECT id, actor, action, after AS detail, at FROM audit_events
-         WHERE workspace_id = $1 AND sequence_id IS NULL AND ($2::int8 IS NULL OR id < $2)
-         ORDER BY id DESC LIMIT $3",
-    )
-    .bind(auth.workspace)
-    .bind(page.before)
-    .bind(limit + 1)
-    .fetch_all(&state.db)
-    .await?;
-    let more = events.len() as i64 > limit;
-    let mut events = events;
-    events.truncate(limit as usize);
-    let next = more.then(|| events.last().map(|e| e.id)).flatten();
-    Ok(Json(WorkspaceAudit { events, next }))
 }
 
 /// The platform administrator: a request with `PULSE_ADMIN_KEY` as its bearer key.
@@ -278,7 +217,7 @@ pub async fn create_workspace(
         },
         key,
     };
-    Ok(created("/v1/admin/workspaces", made))
+    Ok(Created("/v1/admin/workspaces".to_owned(), made).into_response())
 }
 
 /// Every workspace, oldest first (`PULSE_ADMIN_KEY` only).
@@ -297,13 +236,4 @@ pub async fn list_workspaces(
             .fetch_all(&state.db)
             .await?;
     Ok(Json(WorkspaceList { workspaces }))
-}
-
-/// 201 with `Location` and the body.
-fn created(location: &str, body: impl Serialize) -> Response {
-    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
-    if let Ok(value) = header::HeaderValue::from_str(location) {
-        resp.headers_mut().insert(header::LOCATION, value);
-    }
-    resp
 }

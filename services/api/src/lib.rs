@@ -7,12 +7,14 @@
 //! outbox and the OpenAPI document, and the Hub's pages (`hub`), which act through those same
 //! handlers. It schedules only through the shared rules and never sends mail.
 
+mod audit;
 mod control;
 mod domain_limits;
 mod drain;
 mod edit;
 mod enrollments;
 pub mod hub;
+mod idempotency;
 mod inbound;
 mod keys;
 mod mailboxes;
@@ -66,10 +68,12 @@ impl FromRef<ApiState> for PgPool {
 
 /// The control-plane routes.
 pub fn router(state: ApiState) -> Router {
+    use axum::handler::Handler;
+    let idempotent = || axum::middleware::from_fn_with_state(state.clone(), idempotency::layer);
     Router::new()
         .route(
             "/v1/sequences",
-            get(sequences::list).post(sequences::create),
+            get(sequences::list).post(sequences::create.layer(idempotent())),
         )
         .route("/v1/sequences/stats", get(sequences::stats))
         .route(
@@ -92,10 +96,10 @@ pub fn router(state: ApiState) -> Router {
             get(control::resume_preview),
         )
         .route("/v1/sequences/{id}/re-enroll", post(control::reenroll))
-        .route("/v1/sequences/{id}/audit", get(control::audit_list))
+        .route("/v1/sequences/{id}/audit", get(audit::audit_list))
         .route(
             "/v1/sequences/{id}/enrollments",
-            get(enrollments::list).post(enrollments::create),
+            get(enrollments::list).post(enrollments::create.layer(idempotent())),
         )
         .route(
             "/v1/sequences/{id}/enrollments/cancel",
@@ -142,7 +146,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/keys", get(keys::list).post(keys::create))
         .route("/v1/keys/{id}", delete(keys::revoke))
-        .route("/v1/audit", get(keys::audit_log))
+        .route("/v1/audit", get(audit::audit_log))
         .route(
             "/v1/admin/workspaces",
             get(keys::list_workspaces).post(keys::create_workspace),
@@ -159,7 +163,7 @@ pub fn router(state: ApiState) -> Router {
         sequences::create, sequences::list, sequences::stats, sequences::get_one, edit::edit, edit::versions,
         steps::patch, steps::add, steps::delete, steps::order,
         control::pause, control::resume, control::resume_preview, control::delete,
-        control::cancel, control::cancel_many, control::reenroll, control::audit_list,
+        control::cancel, control::cancel_many, control::reenroll, audit::audit_list,
         enrollments::create, enrollments::list, enrollments::get_one,
         sends::search, sends::resolve, sends::resolve_many, sends::for_sequence, sends::for_enrollment,
         workspace::get_one, workspace::patch, outbox::list,
@@ -168,7 +172,7 @@ pub fn router(state: ApiState) -> Router {
         suppressions::add, suppressions::list, suppressions::lift,
         inbound::list, inbound::get_one, providers::ses, providers::sendgrid,
         unsubscribe::confirm_page, unsubscribe::one_click,
-        keys::create, keys::list, keys::revoke, keys::audit_log, keys::create_workspace,
+        keys::create, keys::list, keys::revoke, audit::audit_log, keys::create_workspace,
         keys::list_workspaces,
     ),
     modifiers(&BearerAuth)

@@ -6,7 +6,7 @@
 use axum::{Json, extract::State, http::StatusCode};
 use pulse_shared::{
     domain::{limits as sizes, validate},
-    http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
+    http::{ApiError, ApiJson, ApiPath, ApiResult, Auth, Created},
     limits, mailbox,
     model::{CreateMailbox, DkimInput, EditMailbox, Mailbox, MailboxList},
 };
@@ -35,7 +35,7 @@ pub async fn create(
     State(state): State<ApiState>,
     auth: Auth,
     ApiJson(req): ApiJson<CreateMailbox>,
-) -> ApiResult<(StatusCode, Json<Mailbox>)> {
+) -> ApiResult<Created<Mailbox>> {
     let address = check_address(&req.address)?;
     let display_name = req.display_name.as_deref().map(check_name).transpose()?;
     let reply_to = req.reply_to.as_deref().map(check_reply_to).transpose()?;
@@ -66,7 +66,7 @@ pub async fn create(
     .await?
     .ok_or_else(|| ApiError::Conflict(format!("a mailbox for {address} exists already")))?;
     tracing::info!(workspace = %auth.workspace, actor = %auth.actor, mailbox = %id, %address, "mailbox created");
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok(Created(format!("/v1/mailboxes/{id}"), created))
 }
 
 /// The workspace's live mailboxes, by address.

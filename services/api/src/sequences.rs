@@ -1,16 +1,17 @@
 //! Creating and reading sequences, and the validation and storage of steps, triggers and
 //! settings that creating and editing share.
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use pulse_shared::{
     domain::{limits, template, validate, window::SendWindow},
-    http::{ApiError, ApiJson, ApiPath, ApiResult, Auth},
+    http::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, Created},
     model::{
         CreateSequence, ExitOnReply, Guardrails, SenderIdentity, Sequence, SequenceList,
         SequenceStats, SequenceStatsList, SequenceStatus, Step, StepInput, Timing, TriggerSpec,
     },
 };
+use serde::Deserialize;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -24,7 +25,10 @@ const MAX_STEPS: usize = 50;
     post, path = "/v1/sequences", tag = "sequences",
     request_body = CreateSequence,
     responses(
-        (status = 201, description = "Created, ACTIVE", body = Sequence),
+        (status = 201, description = "Created, ACTIVE", body = Sequence,
+         headers(("Location" = String, description = "The sequence: /v1/sequences/{id}"))),
+        (status = 401, body = pulse_shared::http::ErrorBody),
+        (status = 403, description = "A read key", body = pulse_shared::http::ErrorBody),
         (status = 400, body = pulse_shared::http::ErrorBody),
         (status = 422, body = pulse_shared::http::ErrorBody),
     ),
@@ -34,7 +38,7 @@ pub async fn create(
     State(state): State<ApiState>,
     auth: Auth,
     ApiJson(req): ApiJson<CreateSequence>,
-) -> ApiResult<(StatusCode, Json<Sequence>)> {
+) -> ApiResult<Created<Sequence>> {
     let name = check_name(&req.name)?;
     let timezone = check_timezone(req.timezone.as_deref().unwrap_or("UTC"))?;
     check_steps(&req.steps, false)?;
@@ -88,25 +92,59 @@ pub async fn create(
     .await?;
     tx.commit().await?;
     tracing::info!(sequence = %id, steps = req.steps.len(), "sequence created");
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok(Created(format!("/v1/sequences/{id}"), created))
 }
 
-/// List the workspace's sequences, newest first (deleted ones included, for audit).
+/// Paging of the sequence list, newest first.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SequencePage {
+    /// Most sequences (1–1000, default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// Sequences older than this one (the `next` of the previous page).
+    pub after: Option<Uuid>,
+}
+
+/// List the workspace's sequences, newest first (deleted ones included, for audit), a page at
+/// a time: `next` names the last one when there are more.
 #[utoipa::path(
-    get, path = "/v1/sequences", tag = "sequences",
-    responses((status = 200, body = SequenceList)),
+    get, path = "/v1/sequences", tag = "sequences", params(SequencePage),
+    responses((status = 200, body = SequenceList), (status = 401, body = pulse_shared::http::ErrorBody),
+              (status = 422, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<SequenceList>> {
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM sequences WHERE workspace_id = $1 ORDER BY created_at DESC, id LIMIT 1000",
+pub async fn list(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiQuery(page): ApiQuery<SequencePage>,
+) -> ApiResult<Json<SequenceList>> {
+    let limit = match page.limit {
+        None => 1000,
+        Some(n @ 1..=1000) => n,
+        Some(_) => return Err(ApiError::invalid("limit", "must be 1 to 1000")),
+    };
+    if let Some(after) = page.after {
+        exists(&state.db, auth.workspace, after).await?;
+    }
+    let mut ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM sequences WHERE workspace_id = $1
+           AND ($2::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM sequences
+                                                        WHERE id = $2))
+         ORDER BY created_at DESC, id DESC LIMIT $3",
     )
     .bind(auth.workspace)
+    .bind(page.after)
+    .bind(limit + 1)
     .fetch_all(&state.db)
     .await?;
+    let more = ids.len() as i64 > limit;
+    ids.truncate(limit as usize);
+    let next = if more { ids.last().copied() } else { None };
     let mut conn = state.db.acquire().await?;
     Ok(Json(SequenceList {
         sequences: load(&mut conn, auth.workspace, &ids).await?,
+        next,
     }))
 }
 

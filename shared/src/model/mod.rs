@@ -142,6 +142,25 @@ pub struct StepInput {
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditSequence {
+    /// Read-only, accepted so that what `GET /v1/sequences/{id}` answered can be sent back
+    /// whole: when given, it must be this sequence's id.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// Read-only, as `id`: when given, it must be the sequence's current version, else 409 (it
+    /// changed since it was read; read it again). Leave it out to edit whatever the version.
+    #[serde(default)]
+    pub version: Option<i32>,
+    /// Read-only, accepted and ignored (pause and resume change the status).
+    #[serde(default)]
+    pub status: Option<SequenceStatus>,
+    /// Read-only, accepted and ignored.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub created_at: Option<DateTime<Utc>>,
+    /// Read-only, accepted and ignored.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub updated_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -328,7 +347,10 @@ pub struct AuditEvent {
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditList {
+    /// Newest first.
     pub events: Vec<AuditEvent>,
+    /// Pass as `before` for the next (older) page; `null` when this is the last.
+    pub next: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
@@ -461,7 +483,10 @@ pub struct Step {
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct SequenceList {
+    /// Newest first.
     pub sequences: Vec<Sequence>,
+    /// Pass as `after` for the next page; `null` when this is the last.
+    pub next: Option<Uuid>,
 }
 
 /// How far a sequence has got: its enrollments by status and what it sent today.

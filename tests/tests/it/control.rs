@@ -138,7 +138,11 @@ async fn pause_holds_everything_including_queued_and_prefetched_then_resume_send
         .flatten()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert_eq!(actions, vec!["created", "paused", "resumed"]);
+    assert_eq!(
+        actions,
+        vec!["resumed", "paused", "created"],
+        "newest first"
+    );
     assert!(
         audit["events"][1]["actor"]
             .as_str()

@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod contract;
 mod control;
 mod dkim;
 mod fairness;

@@ -170,9 +170,13 @@ pub async fn sequences(
     user: HubUser,
     flash: Flash,
 ) -> HubResult<Response> {
-    let list = api_sequences::list(State(state.api.clone()), user.auth.clone())
-        .await?
-        .0;
+    let list = api_sequences::list(
+        State(state.api.clone()),
+        user.auth.clone(),
+        ApiQuery(Default::default()),
+    )
+    .await?
+    .0;
     let stats = all_stats(&state, &user).await?;
     let here = "/hub/sequences";
     let body = html! {
@@ -249,11 +253,14 @@ pub async fn sequence(
         .await?
         .0
         .versions;
-    let audit = control::audit_list(
+    let audit = crate::audit::audit_list(
         api(),
         user.auth.clone(),
         ApiPath(id),
-        ApiQuery(Page { limit: Some(200) }),
+        ApiQuery(crate::audit::AuditPage {
+            limit: Some(200),
+            before: None,
+        }),
     )
     .await?
     .0

@@ -196,7 +196,7 @@ pub(super) async fn run(client: &Client, path: &Path, yes: bool) -> Result<Strin
     let Some(name) = file["name"].as_str().map(str::to_owned) else {
         return Err(fail(2, format!("{} has no \"name\"", path.display())));
     };
-    let list = call(client, Method::GET, "/v1/sequences", None).await?;
+    let list = super::every_page(client, "/v1/sequences", "sequences").await?;
     let named: Vec<&Value> = list["sequences"]
         .as_array()
         .into_iter()

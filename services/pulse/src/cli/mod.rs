@@ -465,7 +465,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
 
 /// Every page of the list `key` at `path` (a GET that pages with `after` and answers `next`),
 /// as one answer.
-async fn every_page(client: &Client, path: &str, key: &str) -> Result<Value, Failure> {
+pub(super) async fn every_page(client: &Client, path: &str, key: &str) -> Result<Value, Failure> {
     let mut items = Vec::new();
     let mut next: Option<String> = None;
     loop {

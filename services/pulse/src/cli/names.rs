@@ -16,7 +16,7 @@ pub(super) async fn sequence(client: &Client, given: &str) -> Result<String, Fai
     if Uuid::parse_str(given).is_ok() {
         return Ok(given.to_owned());
     }
-    let list = call(client, Method::GET, "/v1/sequences", None).await?;
+    let list = super::every_page(client, "/v1/sequences", "sequences").await?;
     let live: Vec<&Value> = list["sequences"]
         .as_array()
         .into_iter()

@@ -37,6 +37,8 @@ pub async fn edit_form(
         }
         form.edit method="post" action=(action) {
             (form_fields(&user, &here))
+            // Saving an edit made from an older version is refused: someone changed it meanwhile.
+            input type="hidden" name="version" value=(s.version);
             label for="name" { "Name" }
             input #name name="name" value=(s.name) required maxlength="200";
             label for="sender" { "Sender (Name <address>)" }
@@ -257,6 +259,8 @@ fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
             ),
             None => None,
         },
+        version: opt("version").and_then(|v| v.parse().ok()),
+        ..Default::default()
     })
 }
 

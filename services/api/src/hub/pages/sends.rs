@@ -54,14 +54,17 @@ pub async fn sends(
     )
     .await?
     .0;
-    let names: std::collections::HashMap<Uuid, String> =
-        api_sequences::list(State(state.api.clone()), user.auth.clone())
-            .await?
-            .0
-            .sequences
-            .into_iter()
-            .map(|s| (s.id, s.name))
-            .collect();
+    let names: std::collections::HashMap<Uuid, String> = api_sequences::list(
+        State(state.api.clone()),
+        user.auth.clone(),
+        ApiQuery(Default::default()),
+    )
+    .await?
+    .0
+    .sequences
+    .into_iter()
+    .map(|s| (s.id, s.name))
+    .collect();
     let mut query = Vec::new();
     for (k, v) in [
         ("lead", &lead),
