@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PULSE_API_KEY ?= pulse-dev-key
 export PULSE_HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test services browser tools build lint fmt clean-tests bench-smtp chaos bench
+.PHONY: run test services browser tools build lint fmt clean-tests bench-smtp chaos bench contract
 
 ## Run the whole system locally (every role in one process, mail captured in the dev outbox).
 run: services
@@ -35,6 +35,10 @@ browser:
 tools:
 	@deploy/local/promtool.sh
 	@deploy/local/aiosmtpd.sh
+
+## The API contract as schemathesis (PyPI) sees it: failures still open (docs/api.md).
+contract: services
+	@deploy/local/contract.sh
 
 clean-tests:
 	@deploy/local/clean-test-leftovers.sh

@@ -29,6 +29,12 @@ pub struct AuditPage {
 
 impl AuditPage {
     fn limit(&self) -> Result<i64, pulse_shared::http::ApiError> {
+        if self.before.is_some_and(|b| b < 1) {
+            return Err(pulse_shared::http::ApiError::invalid(
+                "before",
+                "must be an event id (1 or more)",
+            ));
+        }
         crate::Page { limit: self.limit }.limit()
     }
 }

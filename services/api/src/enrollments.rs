@@ -160,12 +160,16 @@ pub async fn get_one(
 #[into_params(parameter_in = Query)]
 pub struct EnrollmentFilter {
     /// Only enrollments in this status (any letter case).
+    #[param(
+        pattern = "^(active|completed|cancelled|ineligible|failed|ACTIVE|COMPLETED|CANCELLED|INELIGIBLE|FAILED)$"
+    )]
     pub status: Option<String>,
     /// Only enrollments at this step position.
     pub step: Option<i32>,
     /// Only this lead's enrollments (email).
     pub lead: Option<String>,
     /// Most items returned (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Continue after this enrollment id (from the previous page's `next`).
     pub after: Option<Uuid>,

@@ -36,6 +36,7 @@ pub struct InboundFilter {
     /// Only messages older than this id (the previous page's `next`).
     pub before: Option<i64>,
     /// Most returned (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

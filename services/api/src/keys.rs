@@ -134,10 +134,10 @@ impl FromRequestParts<ApiState> for PlatformAdmin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let given = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let Some(expected) = state.admin_key.as_ref() else {
             return Err(ApiError::NotFound("route"));
         };
-        let given = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         // Compared as hashes: equal length, and no early exit on the first differing byte.
         if pulse_shared::db::key_hash(given) == pulse_shared::db::key_hash(expected.expose()) {
             Ok(PlatformAdmin)

@@ -191,10 +191,73 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Adds the error answers every route can give, where a route's own annotation left them out:
+/// 400 (a body or parameter that cannot be read), 422 (a value that is wrong) where the route
+/// takes input, 401 and 403 (no key, or outside its scope) where it needs a key, 404 where its
+/// path names something. Each is the one error body.
+fn standard_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{
+        ContentBuilder, Ref, RefOr, ResponseBuilder, path::Operation, path::ParameterIn,
+    };
+    let error = |why: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(why)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    let add = |op: &mut Operation| {
+        let params = op.parameters.as_deref().unwrap_or_default();
+        let in_path = params
+            .iter()
+            .any(|p| matches!(p.parameter_in, ParameterIn::Path));
+        let takes_input = op.request_body.is_some() || !params.is_empty();
+        let keyed = op.security.as_ref().is_some_and(|s| !s.is_empty());
+        let mut wanted = vec![("400", "The body or a parameter could not be read")];
+        if takes_input {
+            wanted.push(("422", "A value is wrong; `field` names it"));
+        }
+        if keyed {
+            wanted.push(("401", "No API key, or an unknown or revoked one"));
+            wanted.push(("403", "Outside the key's scope"));
+        }
+        if in_path {
+            wanted.push(("404", "Not found"));
+        }
+        for (code, why) in wanted {
+            op.responses
+                .responses
+                .entry(code.to_owned())
+                .or_insert_with(|| error(why));
+        }
+    };
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            add(op);
+        }
+    }
+}
+
 /// The OpenAPI document of every route Pulse serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(pulse_ingest::IngestApi::openapi());
+    standard_errors(&mut doc);
     doc
 }
 
@@ -207,6 +270,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 #[into_params(parameter_in = Query)]
 pub(crate) struct Page {
     /// Most items returned (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

@@ -41,6 +41,7 @@ pub struct SendFilter {
     /// Only entries first attempted before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
     /// Most items returned (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Continue after this idempotency key (from the previous page's `next`).
     pub after: Option<String>,
@@ -112,6 +113,7 @@ pub async fn search(
 #[into_params(parameter_in = Query)]
 pub struct SequenceSends {
     /// Most items returned (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Continue after this idempotency key (from the previous page's `next`).
     pub after: Option<String>,

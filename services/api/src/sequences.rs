@@ -125,7 +125,14 @@ pub async fn list(
         Some(_) => return Err(ApiError::invalid("limit", "must be 1 to 1000")),
     };
     if let Some(after) = page.after {
-        exists(&state.db, auth.workspace, after).await?;
+        exists(&state.db, auth.workspace, after)
+            .await
+            .map_err(|e| match e {
+                ApiError::NotFound(_) => {
+                    ApiError::invalid("after", "is not a sequence of this workspace")
+                }
+                other => other,
+            })?;
     }
     let mut ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM sequences WHERE workspace_id = $1

@@ -94,6 +94,7 @@ pub struct SuppressionFilter {
     /// The `next` of the previous page.
     pub after: Option<String>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

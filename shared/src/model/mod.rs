@@ -152,7 +152,7 @@ pub struct EditSequence {
     pub version: Option<i32>,
     /// Read-only, accepted and ignored (pause and resume change the status).
     #[serde(default)]
-    pub status: Option<SequenceStatus>,
+    pub status: Option<String>,
     /// Read-only, accepted and ignored.
     #[serde(default)]
     #[schema(value_type = Option<String>, format = DateTime)]
