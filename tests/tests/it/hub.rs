@@ -769,3 +769,27 @@ async fn a_read_key_sees_the_hub_without_acting_and_a_revoked_key_ends_its_sessi
     assert_eq!(status, StatusCode::SEE_OTHER, "signed out");
     env.stop().await
 }
+
+#[tokio::test]
+async fn the_mailboxes_page_shows_each_mailboxs_limits() -> anyhow::Result<()> {
+    let env = TestEnv::start("hub-mailboxes", &[Role::Api], |_| {}).await?;
+    let (status, made) = env
+        .post(
+            "/v1/mailboxes",
+            json!({"address": "ada@example.com", "display_name": "Ada",
+                   "limits": [{"max": 2000, "per": "P1D"}, {"max": 30, "per": "PT1M"}],
+                   "timezone": "Europe/Paris"}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{made}");
+    let hub = Hub::sign_in(&env, &env.key).await?;
+    let (status, page) = hub.get("/hub/mailboxes").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("ada@example.com"), "{page}");
+    assert!(
+        page.contains("2000 a day (midnight, Europe/Paris), 30 per PT1M"),
+        "{page}"
+    );
+    assert!(page.contains(r#"href="/hub/mailboxes""#));
+    env.stop().await
+}

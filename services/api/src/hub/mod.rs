@@ -8,6 +8,7 @@
 //! layout and its sign-in (`session`); it never touches the database except for sessions.
 
 mod inbound;
+mod mailboxes;
 mod pages;
 pub mod session;
 mod suppressions;
@@ -204,6 +205,7 @@ pub fn layout(title: &str, user: Option<&HubUser>, flash: Option<&Flash>, body: 
                             a href="/hub/sends" { "Send history" }
                             a href="/hub/inbound" { "What came back" }
                             a href="/hub/suppressions" { "Suppressions" }
+                            a href="/hub/mailboxes" { "Mailboxes" }
                             a href="/hub/outbox" { "Dev outbox" }
                         }
                         form.signout method="post" action="/hub/logout" {
@@ -315,6 +317,7 @@ pub fn router(api: ApiState) -> Router {
         .route("/hub/outbox", get(pages::outbox))
         .route("/hub/inbound", get(inbound::list))
         .route("/hub/inbound/{id}", get(inbound::one))
+        .route("/hub/mailboxes", get(mailboxes::list))
         .route("/hub/suppressions", get(suppressions::list))
         .route("/hub/suppressions/add", post(suppressions::add))
         .route("/hub/suppressions/lift", post(suppressions::lift))
