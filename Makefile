@@ -30,11 +30,13 @@ services:
 browser:
 	@deploy/local/browser.sh
 
-## Prometheus's promtool in target/tools, to check the alert rules and dashboard queries, and
-## aiosmtpd (PyPI) in a virtualenv there, the relay requiring TLS and AUTH of the transport tests.
+## Prometheus's promtool in target/tools, to check the alert rules and dashboard queries;
+## aiosmtpd (PyPI) in a virtualenv there, the relay requiring TLS and AUTH of the transport tests;
+## openapi-python-client (PyPI), the generated client of the contract tests.
 tools:
 	@deploy/local/promtool.sh
 	@deploy/local/aiosmtpd.sh
+	@deploy/local/pyclient.sh
 
 ## The API contract as schemathesis (PyPI) sees it: failures still open (docs/api.md).
 contract: services

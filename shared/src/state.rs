@@ -36,6 +36,9 @@ macro_rules! states {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        // The OpenAPI schema reads this (a variant's `rename` from a macro argument is lost to
+        // it); each name is its variant's in capitals, as `rename` says too.
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
         pub enum $name {
             $($(#[$vdoc])* #[serde(rename = $text)] $variant),+
         }
@@ -181,6 +184,27 @@ mod tests {
             let json = serde_json::to_string(s).unwrap_or_default();
             assert_eq!(json, format!("\"{}\"", s.as_str()));
         }
+        // The OpenAPI document lists the same names a client receives.
+        fn schema_names<T: utoipa::PartialSchema>() -> serde_json::Value {
+            serde_json::to_value(T::schema()).unwrap_or_default()["enum"].clone()
+        }
+        let names = |all: Vec<&str>| serde_json::json!(all);
+        assert_eq!(
+            schema_names::<SequenceStatus>(),
+            names(SequenceStatus::ALL.iter().map(|s| s.as_str()).collect())
+        );
+        assert_eq!(
+            schema_names::<EnrollmentStatus>(),
+            names(EnrollmentStatus::ALL.iter().map(|s| s.as_str()).collect())
+        );
+        assert_eq!(
+            schema_names::<StepRunState>(),
+            names(StepRunState::ALL.iter().map(|s| s.as_str()).collect())
+        );
+        assert_eq!(
+            schema_names::<LedgerState>(),
+            names(LedgerState::ALL.iter().map(|s| s.as_str()).collect())
+        );
         let err = "queued".parse::<LedgerState>().err().map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),

@@ -153,7 +153,7 @@ impl Sns {
 /// Amazon SES bounce and complaint notifications, through SNS.
 #[utoipa::path(
     post, path = "/v1/inbound/ses", tag = "inbound",
-    request_body(content = String, description = "An SNS message (JSON)", content_type = "text/plain"),
+    request_body(content = Object, description = "An SNS message: JSON (SNS sends it as `text/plain`, which is read the same)", content_type = "application/json"),
     responses(
         (status = 200, description = "Verified; what it recorded"),
         (status = 400, body = pulse_shared::http::ErrorBody),

@@ -1,6 +1,7 @@
 //! The API contract a client relies on: 201 answers say where the new thing is (`Location`),
-//! `Idempotency-Key` makes a retried create safe (also when the retries race), and long lists
-//! page with cursors, the audit log newest first.
+//! `Idempotency-Key` makes a retried create safe (also when the retries race), long lists page
+//! with cursors, the audit log newest first, and a client generated from the OpenAPI document
+//! by a generator nobody here wrote (openapi-python-client, PyPI) has every endpoint and works.
 
 use std::collections::HashSet;
 
@@ -236,5 +237,94 @@ async fn what_get_answers_can_be_sent_back_and_a_stale_version_is_refused() -> a
         (422, &json!("id")),
         "{wrong}"
     );
+    env.stop().await
+}
+
+#[tokio::test]
+async fn a_client_generated_from_the_document_has_every_endpoint_and_drives_the_main_path()
+-> anyhow::Result<()> {
+    use std::path::Path;
+    use tokio::process::Command;
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf);
+    let root = root.ok_or_else(|| anyhow::anyhow!("repository root"))?;
+    let tools = root.join("target/tools/openapi-client/bin");
+    anyhow::ensure!(
+        tools.join("openapi-python-client").exists(),
+        "{} is missing: run deploy/local/pyclient.sh (make test does)",
+        tools.display()
+    );
+    let env = TestEnv::start("contract-client", &[Role::All], |_| {}).await?;
+    let spec: Value = env
+        .http
+        .get(format!("{}/openapi.json", env.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let operations: usize = spec["paths"]
+        .as_object()
+        .into_iter()
+        .flat_map(|paths| paths.values())
+        .filter_map(Value::as_object)
+        .map(|item| {
+            ["get", "put", "post", "delete", "patch"]
+                .iter()
+                .filter(|m| item.contains_key(**m))
+                .count()
+        })
+        .sum();
+    let dir = std::env::temp_dir().join(format!("pulse-client-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("openapi.json"), serde_json::to_vec(&spec)?)?;
+    // No post hooks: they format the code with a tool this machine need not have.
+    std::fs::write(dir.join("config.yaml"), "post_hooks: []\n")?;
+    let generated = Command::new(tools.join("openapi-python-client"))
+        .current_dir(&dir)
+        .args([
+            "generate",
+            "--path",
+            "openapi.json",
+            "--output-path",
+            "client",
+        ])
+        .args(["--config", "config.yaml"])
+        .output()
+        .await?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&generated.stdout),
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    assert!(generated.status.success(), "{said}");
+    assert!(!said.to_lowercase().contains("warning"), "{said}");
+    let mut endpoints = 0;
+    for tag in std::fs::read_dir(dir.join("client/pulse_client/api"))? {
+        let tag = tag?.path();
+        if tag.is_dir() {
+            endpoints += std::fs::read_dir(&tag)?
+                .filter_map(Result::ok)
+                .filter(|f| f.file_name() != "__init__.py")
+                .filter(|f| f.path().extension().is_some_and(|e| e == "py"))
+                .count();
+        }
+    }
+    assert_eq!(endpoints, operations, "every operation became an endpoint");
+
+    let flow = Command::new(tools.join("python"))
+        .env("PYTHONPATH", dir.join("client"))
+        .arg(root.join("tests/contract/client_flow.py"))
+        .args([env.base.as_str(), env.key.as_str()])
+        .output()
+        .await?;
+    assert!(
+        flow.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&flow.stdout),
+        String::from_utf8_lossy(&flow.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     env.stop().await
 }
