@@ -1,6 +1,9 @@
 //! The audit trail (`audit_events`): who did what to a sequence or an enrollment, with the
 //! before and after. Every role that changes one on someone's behalf (the api for an operator,
-//! the inbound role for a reply or a bounce) records it here, in the transaction of the change.
+//! the inbound role for a reply or a bounce, a guardrail) records it here, in the transaction of
+//! the change. A sequence paused, resumed, edited or deleted is also its `sequence.*` webhook
+//! event, written here in the same transaction, so no path that records the change can forget
+//! the event.
 
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -30,9 +33,26 @@ pub async fn record(
     .bind(actor)
     .bind(action)
     .bind(before)
-    .bind(after)
-    .execute(conn)
+    .bind(&after)
+    .execute(&mut *conn)
     .await?;
+    if enrollment.is_none()
+        && let Some(event) = match action {
+            "paused" => Some("sequence.paused"),
+            "resumed" => Some("sequence.resumed"),
+            "edited" => Some("sequence.edited"),
+            "deleted" => Some("sequence.deleted"),
+            _ => None,
+        }
+    {
+        let data = crate::webhooks::sequence_data(
+            workspace,
+            sequence,
+            actor,
+            serde_json::json!({"after": after}),
+        );
+        crate::webhooks::emit(conn, workspace, event, data).await?;
+    }
     Ok(())
 }
 

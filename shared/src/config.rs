@@ -43,6 +43,8 @@ pub struct Settings {
     pub unsubscribe_mailto: Option<String>,
     /// Provisioned at startup for the default workspace when set.
     pub api_key: Option<String>,
+    /// Outbound webhooks' delivery.
+    pub webhooks: WebhookSettings,
     /// `PULSE_ADMIN_KEY`: the platform key that makes and lists workspaces
     /// (`/v1/admin/workspaces`); without it those routes do not exist.
     pub admin_key: Option<crate::smtp_url::Secret>,
@@ -115,6 +117,18 @@ pub struct SchedulerSettings {
     /// How often the `overspeed` guardrail counts the sends against every sending limit
     /// (`guardrails::overspeed`).
     pub guardrail_interval: Duration,
+}
+
+/// How the webhooks role delivers (`pulse_shared::webhooks`).
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// `PULSE_WEBHOOKS_ALLOW_PRIVATE`: let endpoints on loopback and private networks through
+    /// (development and tests only).
+    pub allow_private: bool,
+    /// First retry delay, doubled each try up to an hour; a message is retried for 24 hours.
+    pub retry_base: Duration,
+    /// Longest one delivery may take.
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -192,6 +206,11 @@ impl Settings {
             unsubscribe_mailto: non_empty("PULSE_UNSUBSCRIBE_MAILTO").map(|m| m.trim().to_owned()),
             api_key: non_empty("PULSE_API_KEY"),
             admin_key: non_empty("PULSE_ADMIN_KEY").map(crate::smtp_url::Secret::new),
+            webhooks: WebhookSettings {
+                allow_private: parse(&lookup, "PULSE_WEBHOOKS_ALLOW_PRIVATE", "false")?,
+                retry_base: millis(&lookup, "PULSE_WEBHOOK_RETRY_BASE_MS", "5000")?,
+                timeout: millis(&lookup, "PULSE_WEBHOOK_TIMEOUT_MS", "10000")?,
+            },
             queue: get("PULSE_QUEUE", "pulse.sends"),
             queue_type: parse(&lookup, "PULSE_QUEUE_TYPE", "classic")?,
             redis_prefix: get("PULSE_REDIS_PREFIX", "pulse"),

@@ -29,6 +29,7 @@ pub mod telemetry;
 pub mod transitions;
 pub mod unsubscribe;
 pub mod verp;
+pub mod webhooks;
 pub mod workers;
 
 pub use config::Settings;

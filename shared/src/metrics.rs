@@ -51,6 +51,7 @@ pub const NAMES: &[&str] = &[
     "pulse_process_resident_memory_bytes",
     "pulse_inbound_messages",
     "pulse_guardrail_trips",
+    "pulse_webhook_endpoints_disabled",
 ];
 
 /// Content type of [`Metrics::render`].
@@ -215,6 +216,7 @@ struct Inner {
     resident_memory: Gauge,
     inbound: Family<KindLabel, Counter>,
     guardrail_trips: Family<RuleLabel, Counter>,
+    webhooks_disabled: Counter,
 }
 
 impl Default for Metrics {
@@ -352,6 +354,12 @@ impl Metrics {
             "Sequences a guardrail paused, by rule (failures, repeats, overspeed)",
             guardrail_trips.clone(),
         );
+        let webhooks_disabled = Counter::default();
+        r.register(
+            "webhook_endpoints_disabled",
+            "Webhook endpoints disabled after failing for a day",
+            webhooks_disabled.clone(),
+        );
         let consumed = Counter::default();
         r.register(
             "sender_messages_consumed",
@@ -440,6 +448,7 @@ impl Metrics {
             resident_memory,
             inbound,
             guardrail_trips,
+            webhooks_disabled,
         }));
         // Every closed label set starts at zero, so a panel or a rate over it shows 0 before
         // the first event instead of "No data".
@@ -639,6 +648,10 @@ impl Metrics {
 
     pub fn smtp_answered(&self, secs: f64) {
         self.0.smtp_duration.observe(secs);
+    }
+
+    pub fn webhook_disabled(&self) {
+        self.0.webhooks_disabled.inc();
     }
 
     pub fn claim_conflict(&self) {

@@ -25,6 +25,7 @@ mod sequences;
 mod steps;
 mod suppressions;
 mod unsubscribe;
+mod webhooks;
 mod workspace;
 
 pub use providers::Providers;
@@ -58,6 +59,8 @@ pub struct ApiState {
     pub metrics: pulse_shared::metrics::Metrics,
     /// `PULSE_ADMIN_KEY`: opens `/v1/admin/workspaces`.
     pub admin_key: Option<pulse_shared::smtp_url::Secret>,
+    /// `PULSE_WEBHOOKS_ALLOW_PRIVATE`: webhook endpoints may be on private networks.
+    pub webhooks_allow_private: bool,
 }
 
 impl FromRef<ApiState> for PgPool {
@@ -144,6 +147,22 @@ pub fn router(state: ApiState) -> Router {
             "/u/{token}",
             get(unsubscribe::confirm_page).post(unsubscribe::one_click),
         )
+        .route(
+            "/v1/webhooks",
+            get(webhooks::list).post(webhooks::create.layer(idempotent())),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get_one)
+                .patch(webhooks::patch)
+                .delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/test", post(webhooks::test))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery}/replay",
+            post(webhooks::replay),
+        )
         .route("/v1/keys", get(keys::list).post(keys::create))
         .route("/v1/keys/{id}", delete(keys::revoke))
         .route("/v1/audit", get(audit::audit_log))
@@ -174,6 +193,8 @@ pub fn router(state: ApiState) -> Router {
         unsubscribe::confirm_page, unsubscribe::one_click,
         keys::create, keys::list, keys::revoke, audit::audit_log, keys::create_workspace,
         keys::list_workspaces,
+        webhooks::create, webhooks::list, webhooks::get_one, webhooks::patch, webhooks::delete,
+        webhooks::test, webhooks::deliveries, webhooks::replay,
     ),
     modifiers(&BearerAuth)
 )]

@@ -4,6 +4,7 @@
 //! the end-to-end tests both start Pulse through [`serve`].
 
 pub mod cli;
+mod webhooks;
 
 use std::{
     net::SocketAddr,
@@ -51,6 +52,8 @@ pub enum Role {
     Api,
     /// The SMTP listener for replies, bounces and complaints.
     Inbound,
+    /// Delivers outbound webhooks.
+    Webhooks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,7 @@ fn expand(roles: &[Role]) -> Vec<Role> {
             Role::Sender,
             Role::Api,
             Role::Inbound,
+            Role::Webhooks,
         ]
     } else {
         roles.to_vec()
@@ -188,6 +192,7 @@ pub async fn serve(
             )?),
             metrics: metrics.clone(),
             admin_key: settings.admin_key.clone(),
+            webhooks_allow_private: settings.webhooks.allow_private,
         };
         app = app
             .merge(pulse_api::hub::router(api.clone()))
@@ -272,6 +277,15 @@ pub async fn serve(
                     role: "scheduler",
                     message: e.to_string(),
                 })
+        });
+    }
+    if roles.contains(&Role::Webhooks) {
+        let (s, m, t) = (settings.clone(), metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            webhooks::run(s, m, t).await.map_err(|e| ServeError::Role {
+                role: "webhooks",
+                message: e.to_string(),
+            })
         });
     }
     if roles.contains(&Role::Sender) {

@@ -28,3 +28,4 @@ mod send_path;
 mod steps;
 mod tls_clients;
 mod traffic;
+mod webhooks;
