@@ -6,7 +6,9 @@
 //! * the first request runs; a 2xx answer is kept (status, `Location`, body) and replayed, with
 //!   `Idempotent-Replayed: true`, to a later request with the same key and the same body;
 //! * the same key with another body is refused (422, field `Idempotency-Key`);
-//! * the same key while the first request still runs is refused (409): retry after it;
+//! * the same key while the first request still runs is refused (409): retry after it. A key
+//!   whose first request never answered for [`ABANDONED`] (its process died) is taken over by
+//!   the next request with the same body;
 //! * a first request that failed (4xx or 5xx) keeps nothing, so a corrected retry runs.
 //!
 //! Without the header, the route runs as it always does. This layer never changes what the
@@ -26,6 +28,10 @@ use crate::ApiState;
 
 /// The header.
 pub const HEADER: &str = "idempotency-key";
+/// A key claimed this long ago whose request never answered was abandoned (the process that
+/// ran it died); the next request with the same body takes it over. Creates answer in well under
+/// a second, so this cannot cut a live request short.
+const ABANDONED: &str = "5 minutes";
 /// Largest body hashed and kept (the API's own limit is 8 MiB).
 const LIMIT: usize = 8 * 1024 * 1024;
 
@@ -118,6 +124,20 @@ async fn claim(
         ));
     }
     let Some(status) = row.try_get::<Option<i32>, _>("status")? else {
+        let taken = sqlx::query(&format!(
+            "UPDATE idempotency_keys SET created_at = now()
+             WHERE workspace_id = $1 AND route = $2 AND key = $3 AND status IS NULL
+               AND created_at < now() - interval '{ABANDONED}'"
+        ))
+        .bind(auth.workspace)
+        .bind(route)
+        .bind(key)
+        .execute(&state.db)
+        .await?
+        .rows_affected();
+        if taken == 1 {
+            return Ok(None);
+        }
         return Err(ApiError::Conflict(
             "a request with this Idempotency-Key is still running; retry when it has answered"
                 .into(),

@@ -9,7 +9,8 @@
 //! address (unless `PULSE_WEBHOOKS_ALLOW_PRIVATE`). A 2xx delivers it; anything else is retried
 //! with exponential backoff from `PULSE_WEBHOOK_RETRY_BASE_MS` for 24 hours, then FAILED. An
 //! endpoint failing for a day is disabled, with the reason, and counted
-//! (`pulse_webhook_endpoints_disabled_total`, alert `PulseWebhookDisabled`).
+//! (`pulse_webhook_endpoints_disabled_total`, alert `PulseWebhookDisabled`); a disabled
+//! endpoint's messages wait, unclaimed, until it is enabled again.
 //!
 //! Delivery is at least once: a receiver deduplicates by `webhook-id`. Messages to one endpoint
 //! go out in the order they were written while none fails; a retried one does not hold back
@@ -87,13 +88,13 @@ async fn round(
     let rows = sqlx::query(&format!(
         "WITH due AS (
              SELECT m.id FROM webhook_messages m
+             JOIN webhooks w ON w.id = m.webhook_id AND w.enabled
              WHERE m.state = 'PENDING' AND m.next_at <= now()
-             ORDER BY m.next_at, m.id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             ORDER BY m.next_at, m.id LIMIT $1 FOR UPDATE OF m SKIP LOCKED)
          UPDATE webhook_messages m SET next_at = now() + interval '{LEASE}'
          FROM due, webhooks w
          WHERE m.id = due.id AND w.id = m.webhook_id
-         RETURNING m.id, m.webhook_id, w.url, w.secret, w.enabled, m.payload, m.attempts,
-                   m.created_at"
+         RETURNING m.id, m.webhook_id, w.url, w.secret, m.payload, m.attempts, m.created_at"
     ))
     .bind(BATCH)
     .fetch_all(db)
@@ -101,13 +102,8 @@ async fn round(
     let n = rows.len();
     let mut due = Vec::with_capacity(n);
     for row in rows {
-        let id: i64 = row.try_get("id")?;
-        if !row.try_get::<bool, _>("enabled")? {
-            settle(db, id, Err((None, "the endpoint is disabled".into()))).await?;
-            continue;
-        }
         due.push(Due {
-            id,
+            id: row.try_get("id")?,
             webhook: row.try_get("webhook_id")?,
             url: row.try_get("url")?,
             secret: row.try_get("secret")?,
@@ -133,7 +129,7 @@ async fn round(
     for (d, result) in results.into_iter().flatten() {
         match result {
             Ok(status) => {
-                settle(db, d.id, Ok(status)).await?;
+                delivered(db, d.id, status).await?;
                 sqlx::query("UPDATE webhooks SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
                     .bind(d.webhook)
                     .execute(db)
@@ -159,20 +155,24 @@ async fn round(
                 .bind(next)
                 .execute(db)
                 .await?;
+                // `just_disabled` only for the update that turned it off: counted once.
                 let disabled = sqlx::query(
-                    "UPDATE webhooks SET failing_since = COALESCE(failing_since, now()),
-                         enabled = CASE WHEN failing_since < now() - interval '24 hours'
-                                        THEN false ELSE enabled END,
-                         disabled_reason = CASE WHEN failing_since < now() - interval '24 hours'
-                                                THEN 'failing for a day: ' || $2 ELSE disabled_reason END,
+                    "WITH old AS (SELECT enabled FROM webhooks WHERE id = $1 FOR UPDATE)
+                     UPDATE webhooks w SET failing_since = COALESCE(w.failing_since, now()),
+                         enabled = CASE WHEN w.failing_since < now() - interval '24 hours'
+                                        THEN false ELSE w.enabled END,
+                         disabled_reason = CASE WHEN w.failing_since < now() - interval '24 hours'
+                                                THEN 'failing for a day: ' || $2
+                                                ELSE w.disabled_reason END,
                          updated_at = now()
-                     WHERE id = $1 RETURNING enabled",
+                     FROM old WHERE w.id = $1
+                     RETURNING old.enabled AND NOT w.enabled AS just_disabled",
                 )
                 .bind(d.webhook)
                 .bind(&error)
                 .fetch_optional(db)
                 .await?;
-                if disabled.is_some_and(|r| !r.get::<bool, _>("enabled")) {
+                if disabled.is_some_and(|r| r.get::<bool, _>("just_disabled")) {
                     metrics.webhook_disabled();
                     tracing::error!(webhook = %d.webhook, "webhook endpoint failing for a day; disabled");
                 }
@@ -182,27 +182,14 @@ async fn round(
     Ok(n)
 }
 
-/// Records a message delivered (`Ok(status)`) or given up (`Err`).
-async fn settle(
-    db: &PgPool,
-    id: i64,
-    result: Result<u16, (Option<u16>, String)>,
-) -> Result<(), sqlx::Error> {
-    match result {
-        Ok(status) => sqlx::query(
-            "UPDATE webhook_messages SET state = 'DELIVERED', attempts = attempts + 1,
-                 last_status = $2, last_error = NULL, delivered_at = now() WHERE id = $1",
-        )
-        .bind(id)
-        .bind(i32::from(status)),
-        Err((status, error)) => sqlx::query(
-            "UPDATE webhook_messages SET state = 'FAILED', last_status = $2, last_error = $3
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(status.map(i32::from))
-        .bind(error),
-    }
+/// Records a message delivered.
+async fn delivered(db: &PgPool, id: i64, status: u16) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_messages SET state = 'DELIVERED', attempts = attempts + 1,
+             last_status = $2, last_error = NULL, delivered_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(i32::from(status))
     .execute(db)
     .await?;
     Ok(())

