@@ -75,24 +75,7 @@ async fn a_relay_refusing_everything_makes_the_sequence_pause_itself_and_the_aud
     let (status, _) = env.post("/v1/events", json!({"events": events})).await?;
     assert_eq!(status, 200);
 
-    eventually(
-        Duration::from_secs(60),
-        "the guarded sequence paused",
-        || async {
-            let (_, s) = env.get(&format!("/v1/sequences/{gid}")).await?;
-            Ok((s["status"] == "PAUSED").then_some(()))
-        },
-    )
-    .await?;
-    let (_, audit) = env.get(&format!("/v1/sequences/{gid}/audit")).await?;
-    let event = audit["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["action"] == "paused")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(event["actor"], "guardrail", "{audit}");
+    let event = tripped(&env, &gid).await?;
     assert_eq!(event["after"]["guardrail"], "failures", "{event}");
     let evidence = &event["after"]["evidence"];
     assert!(evidence["failed"].as_u64().unwrap_or(0) > 10, "{evidence}");
@@ -147,7 +130,7 @@ async fn a_relay_refusing_everything_makes_the_sequence_pause_itself_and_the_aud
 /// The guardrail's audit event of a sequence, once it paused.
 async fn tripped(env: &TestEnv, sequence: &str) -> anyhow::Result<Value> {
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "the sequence paused itself",
         || async {
             let (_, s) = env.get(&format!("/v1/sequences/{sequence}")).await?;
