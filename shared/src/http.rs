@@ -256,14 +256,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let key = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
+        let key = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let pool = PgPool::from_ref(state);
         let owner = crate::keys::owner(&pool, key)
             .await?
@@ -296,6 +289,17 @@ where
             addresses: owner.addresses,
         })
     }
+}
+
+/// The key of an `Authorization: Bearer <key>` header, trimmed; `None` when absent or blank.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
 }
 
 /// `201 Created`: the JSON of what was made, and `Location`, the path that reads it.

@@ -39,15 +39,6 @@ impl AuditPage {
     }
 }
 
-/// Cuts a page fetched with one row more than `limit`: the rows to show and the cursor to the
-/// next page, if there is one.
-fn page_of<T>(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<i64>) {
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next = if more { rows.last().map(id) } else { None };
-    (rows, next)
-}
-
 /// The sequence's audit trail, newest first: who did what, when, before and after.
 #[utoipa::path(
     get, path = "/v1/sequences/{id}/audit", tag = "audit",
@@ -74,7 +65,7 @@ pub async fn audit_list(
     .bind(limit + 1)
     .fetch_all(&state.db)
     .await?;
-    let (events, next) = page_of(events, limit, |e| e.id);
+    let (events, next) = crate::page_of(events, limit, |e| e.id);
     Ok(Json(AuditList { events, next }))
 }
 
@@ -121,6 +112,6 @@ pub async fn audit_log(
     .bind(limit + 1)
     .fetch_all(&state.db)
     .await?;
-    let (events, next) = page_of(events, limit, |e| e.id);
+    let (events, next) = crate::page_of(events, limit, |e| e.id);
     Ok(Json(WorkspaceAudit { events, next }))
 }

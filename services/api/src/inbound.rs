@@ -67,7 +67,7 @@ pub async fn list(
         ));
     }
     let address = f.address.as_deref().map(|a| a.trim().to_lowercase());
-    let mut messages: Vec<InboundMessage> = sqlx::query_as(&format!(
+    let messages: Vec<InboundMessage> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM inbound_messages
          WHERE workspace_id = $1
            AND ($2::uuid IS NULL OR enrollment_id = $2)
@@ -86,12 +86,7 @@ pub async fn list(
     .bind(limit + 1)
     .fetch_all(&state.db)
     .await?;
-    let next = if messages.len() as i64 > limit {
-        messages.truncate(limit as usize);
-        messages.last().map(|m| m.id)
-    } else {
-        None
-    };
+    let (messages, next) = crate::page_of(messages, limit, |m| m.id);
     Ok(Json(InboundList { messages, next }))
 }
 

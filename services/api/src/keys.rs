@@ -10,7 +10,7 @@
 use axum::{
     Json,
     extract::{FromRequestParts, State},
-    http::{HeaderMap, header, request::Parts},
+    http::request::Parts,
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
@@ -41,15 +41,16 @@ pub struct KeyList {
     pub keys: Vec<KeyInfo>,
 }
 
-fn check_label(label: &str) -> Result<&str, ApiError> {
-    let label = label.trim();
-    if label.is_empty() || label.chars().count() > 100 || label.chars().any(char::is_control) {
+/// A label or a name: 1 to 100 characters, no control characters; `field` names it in errors.
+fn check_text<'a>(field: &str, text: &'a str) -> Result<&'a str, ApiError> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > 100 || text.chars().any(char::is_control) {
         return Err(ApiError::invalid(
-            "label",
+            field,
             "give 1 to 100 characters, no control characters",
         ));
     }
-    Ok(label)
+    Ok(text)
 }
 
 /// Make an API key in the caller's workspace. The key is in this answer only.
@@ -66,7 +67,7 @@ pub async fn create(
     auth: Auth,
     ApiJson(req): ApiJson<KeyRequest>,
 ) -> ApiResult<Response> {
-    let label = check_label(&req.label)?;
+    let label = check_text("label", &req.label)?;
     let mut tx = state.db.begin().await?;
     let made = keys::create(&mut tx, auth.workspace, label, req.scope, &auth.actor).await?;
     audit::record_workspace(
@@ -134,7 +135,7 @@ impl FromRequestParts<ApiState> for PlatformAdmin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let given = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        let given = pulse_shared::http::bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let Some(expected) = state.admin_key.as_ref() else {
             return Err(ApiError::NotFound("route"));
         };
@@ -145,16 +146,6 @@ impl FromRequestParts<ApiState> for PlatformAdmin {
             Err(ApiError::Unauthorized)
         }
     }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
 }
 
 /// A workspace to make.
@@ -200,13 +191,7 @@ pub async fn create_workspace(
     _admin: PlatformAdmin,
     ApiJson(req): ApiJson<WorkspaceRequest>,
 ) -> ApiResult<Response> {
-    let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "name",
-            "give 1 to 100 characters, no control characters",
-        ));
-    }
+    let name = check_text("name", &req.name)?;
     let (id, created_at, key) = keys::create_workspace(&state.db, name, "platform admin").await?;
     tracing::info!(workspace = %id, "workspace created");
     let made = NewWorkspace {

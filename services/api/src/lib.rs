@@ -286,6 +286,19 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(openapi())
 }
 
+/// Cuts a page fetched with one row more than `limit`: the rows to show, and the cursor to the
+/// next page (`cursor` of the last row shown) when there are more.
+pub(crate) fn page_of<T, C>(
+    mut rows: Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> C,
+) -> (Vec<T>, Option<C>) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = if more { rows.last().map(cursor) } else { None };
+    (rows, next)
+}
+
 /// Pagination parameters shared by the list routes.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

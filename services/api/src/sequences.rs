@@ -134,7 +134,7 @@ pub async fn list(
                 other => other,
             })?;
     }
-    let mut ids: Vec<Uuid> = sqlx::query_scalar(
+    let ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM sequences WHERE workspace_id = $1
            AND ($2::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM sequences
                                                         WHERE id = $2))
@@ -145,9 +145,7 @@ pub async fn list(
     .bind(limit + 1)
     .fetch_all(&state.db)
     .await?;
-    let more = ids.len() as i64 > limit;
-    ids.truncate(limit as usize);
-    let next = if more { ids.last().copied() } else { None };
+    let (ids, next) = crate::page_of(ids, limit, |id| *id);
     let mut conn = state.db.acquire().await?;
     Ok(Json(SequenceList {
         sequences: load(&mut conn, auth.workspace, &ids).await?,

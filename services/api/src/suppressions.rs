@@ -158,14 +158,8 @@ pub async fn list(
             created_at: r.get("created_at"),
         });
     }
-    let next = (suppressions.len() as i64 > limit).then(|| {
-        suppressions.truncate(limit as usize);
-        suppressions.last().map(|s| s.value.clone())
-    });
-    Ok(Json(SuppressionList {
-        suppressions,
-        next: next.flatten(),
-    }))
+    let (suppressions, next) = crate::page_of(suppressions, limit, |s| s.value.clone());
+    Ok(Json(SuppressionList { suppressions, next }))
 }
 
 /// Why a suppression is lifted.

@@ -337,7 +337,7 @@ pub async fn deliveries(
             "must be a delivery id (1 or more)",
         ));
     }
-    let mut deliveries: Vec<Delivery> = sqlx::query_as(&format!(
+    let deliveries: Vec<Delivery> = sqlx::query_as(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM webhook_messages
          WHERE webhook_id = $1 AND ($2::int8 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
     ))
@@ -346,13 +346,7 @@ pub async fn deliveries(
     .bind(limit + 1)
     .fetch_all(&state.db)
     .await?;
-    let more = deliveries.len() as i64 > limit;
-    deliveries.truncate(limit as usize);
-    let next = if more {
-        deliveries.last().map(|d| d.id)
-    } else {
-        None
-    };
+    let (deliveries, next) = crate::page_of(deliveries, limit, |d| d.id);
     Ok(Json(DeliveryList { deliveries, next }))
 }
 
