@@ -263,8 +263,13 @@ where
             .ok_or(ApiError::Unauthorized)?;
         let needed = crate::keys::Scope::needed(&parts.method, parts.uri.path());
         if owner.scope < needed {
+            let article = if needed == crate::keys::Scope::Admin {
+                "an"
+            } else {
+                "a"
+            };
             return Err(ApiError::Forbidden(format!(
-                "this key's scope is {}; {} {} needs a {} key",
+                "this key's scope is {}; {} {} needs {article} {} key",
                 owner.scope.as_str(),
                 parts.method,
                 parts.uri.path(),

@@ -135,7 +135,7 @@ async fn the_platform_key_makes_workspaces_and_scoped_keys_hold() -> anyhow::Res
     assert!(
         refused["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("needs a admin key") || m.contains("admin")),
+            .is_some_and(|m| m.contains("needs an admin key")),
         "{refused}"
     );
 
