@@ -32,6 +32,7 @@ pub struct InboundFilter {
     /// The address it is about (a lead's).
     pub address: Option<String>,
     /// `reply`, `auto_reply`, `bounce`, `soft_bounce`, `complaint`, `unsubscribe`, `other`.
+    #[param(pattern = "^(reply|auto_reply|bounce|soft_bounce|complaint|unsubscribe|other)$")]
     pub kind: Option<String>,
     /// Only messages older than this id (the previous page's `next`).
     pub before: Option<i64>,

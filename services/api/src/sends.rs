@@ -350,6 +350,7 @@ pub async fn resolve_many(
 #[serde(deny_unknown_fields)]
 pub struct ResolveMany {
     /// `sent` or `resend`, for all of them.
+    #[schema(pattern = "^(sent|resend)$")]
     pub outcome: String,
     /// Only this sequence's.
     pub sequence_id: Option<Uuid>,

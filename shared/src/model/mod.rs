@@ -30,6 +30,7 @@ pub use crate::{
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSequence {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     /// IANA time zone; defaults to UTC.
     #[serde(default)]
@@ -594,6 +595,7 @@ pub struct TriggerEvent {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventBatch {
+    #[schema(min_items = 1, max_items = 1000)]
     pub events: Vec<TriggerEvent>,
 }
 
@@ -759,6 +761,7 @@ pub struct SendList {
 pub struct ResolveSend {
     /// `sent` (the relay's logs show it went out: record it and move the enrollment on) or
     /// `resend` (it did not: send it again under the same key).
+    #[schema(pattern = "^(sent|resend)$")]
     pub outcome: String,
     /// Recorded with the resolution (e.g. what the relay's log said).
     #[serde(default)]
