@@ -129,6 +129,11 @@ pub struct WebhookSettings {
     pub retry_base: Duration,
     /// Longest one delivery may take.
     pub timeout: Duration,
+    /// Requests in flight at once to one endpoint (`PULSE_WEBHOOK_CONCURRENCY`, at least 1).
+    pub concurrency: usize,
+    /// How long delivered and failed messages stay in the delivery log
+    /// (`PULSE_WEBHOOK_RETENTION_HOURS`).
+    pub retention: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -210,6 +215,11 @@ impl Settings {
                 allow_private: parse(&lookup, "PULSE_WEBHOOKS_ALLOW_PRIVATE", "false")?,
                 retry_base: millis(&lookup, "PULSE_WEBHOOK_RETRY_BASE_MS", "5000")?,
                 timeout: millis(&lookup, "PULSE_WEBHOOK_TIMEOUT_MS", "10000")?,
+                concurrency: parse::<usize>(&lookup, "PULSE_WEBHOOK_CONCURRENCY", "8")?.max(1),
+                retention: Duration::from_secs(
+                    parse::<u64>(&lookup, "PULSE_WEBHOOK_RETENTION_HOURS", "168")?
+                        .saturating_mul(3600),
+                ),
             },
             queue: get("PULSE_QUEUE", "pulse.sends"),
             queue_type: parse(&lookup, "PULSE_QUEUE_TYPE", "classic")?,

@@ -103,21 +103,18 @@ pub async fn add(
     let values: Vec<&str> = entries.iter().map(|(e, _)| e.value()).collect();
     let reasons: Vec<&str> = entries.iter().map(|(_, r)| r.as_str()).collect();
     // Each new entry is a `lead.suppressed` webhook event, written by the same statement.
-    let added: i64 = sqlx::query_scalar(
+    let (added, _events): (i64, i64) = sqlx::query_as(
         "WITH added AS (
              INSERT INTO suppressions (workspace_id, kind, value, reason, source)
              SELECT $1, k, v, r, $5 FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(k, v, r)
              ON CONFLICT DO NOTHING RETURNING kind, value, reason),
          events AS (
-             INSERT INTO webhook_messages (webhook_id, workspace_id, type, payload)
-             SELECT w.id, $1, 'lead.suppressed',
-                    jsonb_build_object('type', 'lead.suppressed', 'timestamp', now(),
-                        'data', jsonb_build_object('workspace_id', $1::uuid, 'kind', a.kind,
+             SELECT pulse_webhook_emit($1, 'lead.suppressed',
+                        jsonb_build_object('workspace_id', $1::uuid, 'kind', a.kind,
                             'value', a.value, 'reason', a.reason, 'source', $5::text,
-                            'actor', $6::text))
-             FROM added a JOIN webhooks w ON w.workspace_id = $1 AND w.enabled
-                                         AND 'lead.suppressed' = ANY(w.events))
-         SELECT count(*) FROM added",
+                            'actor', $6::text)) AS n
+             FROM added a WHERE pulse_webhook_wanted($1, 'lead.suppressed'))
+         SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM events)",
     )
     .bind(workspace)
     .bind(&kinds)

@@ -20,13 +20,29 @@ use uuid::Uuid;
 
 use crate::db::StoreError;
 
-/// Every event an endpoint can subscribe to (`webhook.test` is sent by `POST …/test` only).
-pub const EVENTS: [&str; 6] = [
+/// Every event an endpoint can subscribe to, and who writes it (`webhook.test` is sent by
+/// `POST …/test` only):
+/// * `sequence.*`: [`crate::audit::record`], through [`emit`];
+/// * `lead.suppressed`: the suppression insert's own statement (`crate::suppression::add`);
+/// * `send.*`, `enrollment.*`, `lead.replied`, `lead.bounced`: row triggers on `send_ledger`,
+///   `enrollments` and `inbound_messages` (migration `0026_webhook_events.sql`), which fire in
+///   whichever statement makes the change, batched or not. Every path then writes its event,
+///   and the cost with no endpoint is one probe of `webhooks` by workspace per change.
+///
+/// All of them go through the database function `pulse_webhook_emit`: one envelope.
+pub const EVENTS: [&str; 13] = [
+    "send.sent",
+    "send.failed",
+    "send.unknown",
+    "enrollment.created",
+    "enrollment.ended",
     "sequence.paused",
     "sequence.resumed",
     "sequence.edited",
     "sequence.deleted",
     "lead.suppressed",
+    "lead.replied",
+    "lead.bounced",
     "webhook.test",
 ];
 
@@ -38,18 +54,13 @@ pub async fn emit(
     event: &str,
     data: Value,
 ) -> Result<u64, StoreError> {
-    let done = sqlx::query(
-        "INSERT INTO webhook_messages (webhook_id, workspace_id, type, payload)
-         SELECT id, workspace_id, $2,
-                jsonb_build_object('type', $2::text, 'timestamp', now(), 'data', $3::jsonb)
-         FROM webhooks WHERE workspace_id = $1 AND enabled AND $2 = ANY(events)",
-    )
-    .bind(workspace)
-    .bind(event)
-    .bind(data)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
+    let n: i32 = sqlx::query_scalar("SELECT pulse_webhook_emit($1, $2, $3)")
+        .bind(workspace)
+        .bind(event)
+        .bind(data)
+        .fetch_one(conn)
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// The data of a `sequence.*` event.

@@ -28,4 +28,5 @@ mod send_path;
 mod steps;
 mod tls_clients;
 mod traffic;
+mod webhook_events;
 mod webhooks;

@@ -22,14 +22,14 @@ use tokio::{
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
-struct Got {
-    headers: HashMap<String, String>,
-    body: String,
-    answered: u16,
+pub(crate) struct Got {
+    pub(crate) headers: HashMap<String, String>,
+    pub(crate) body: String,
+    pub(crate) answered: u16,
 }
 
 /// A minimal HTTP receiver: answers 500 to its first `fail` requests, then 204.
-async fn receiver(fail: usize) -> anyhow::Result<(String, Arc<Mutex<Vec<Got>>>)> {
+pub(crate) async fn receiver(fail: usize) -> anyhow::Result<(String, Arc<Mutex<Vec<Got>>>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hooks", listener.local_addr()?);
     let got: Arc<Mutex<Vec<Got>>> = Arc::default();
@@ -93,7 +93,7 @@ async fn receiver(fail: usize) -> anyhow::Result<(String, Arc<Mutex<Vec<Got>>>)>
     Ok((url, got))
 }
 
-fn delivered(got: &Mutex<Vec<Got>>, kind: &str) -> Vec<Got> {
+pub(crate) fn delivered(got: &Mutex<Vec<Got>>, kind: &str) -> Vec<Got> {
     got.lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
@@ -103,7 +103,7 @@ fn delivered(got: &Mutex<Vec<Got>>, kind: &str) -> Vec<Got> {
 }
 
 /// Verifies a delivery with the `standardwebhooks` package; returns the payload it parsed.
-async fn verify(secret: &str, g: &Got) -> anyhow::Result<Value> {
+pub(crate) async fn verify(secret: &str, g: &Got) -> anyhow::Result<Value> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or_else(|| anyhow::anyhow!("repository root"))?

@@ -12,6 +12,8 @@
 //! * sending rules — the limit check's cost, a 50,000-step burst over 20 limited mailboxes (the
 //!   most in any window against the limit), and a small workspace's latency beside a backlog
 //!   (`rules`);
+//! * webhooks — the end-to-end run with an endpoint subscribed to every send and enrollment
+//!   event, next to the run without one, and the events delivered per second (`webhooks`);
 //! * inbound — replies into the inbound role over SMTP: accepted (recorded) and processed per
 //!   second, next to the bare SMTP client (`inbound`);
 //! * memory — peak RSS of each role process.
@@ -31,6 +33,7 @@ mod cpu;
 mod data;
 mod inbound;
 mod rules;
+mod webhooks;
 
 use data::{bulk_enroll, bulk_enroll_in, fill, sequence, sequence_in};
 
@@ -327,6 +330,32 @@ async fn main() -> anyhow::Result<()> {
         check_exactly_once(&[&smtp], &db, before + o.sends).await?;
     }
     results.insert("end_to_end", json!(e2e));
+
+    // ---- the same with a webhook endpoint subscribed to every send and enrollment event
+    let w = webhooks::phase(&o.bin, &s, &db, &smtp, o.sends).await?;
+    let plain_per_s = e2e.get("senders_1").copied().unwrap_or(f64::NAN);
+    println!(
+        "end to end 1 sender, webhook endpoint       {:>8.0} sends/s  ({:.2} of without)",
+        w.sends_per_s,
+        w.sends_per_s / plain_per_s
+    );
+    let shown: Vec<String> = w
+        .cpu_ms_per_send
+        .iter()
+        .map(|(class, ms)| format!("{class} {ms:.3}"))
+        .collect();
+    println!("           CPU-ms per send: {}", shown.join(" · "));
+    println!(
+        "webhooks   {} events delivered             {:>8.0} /s  (from the first send to the last event)",
+        w.events, w.events_per_s
+    );
+    results.insert(
+        "webhooks",
+        json!({"sends_per_s": w.sends_per_s, "of_without": w.sends_per_s / plain_per_s,
+               "events": w.events, "events_per_s": w.events_per_s,
+               "cpu_ms_per_send": w.cpu_ms_per_send}),
+    );
+    check_exactly_once(&[&smtp], &db, smtp.count()).await?;
 
     // ---- end to end through a relay requiring STARTTLS and AUTH, next to plaintext above
     let ca = TestCa::generate()?;
