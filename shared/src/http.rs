@@ -189,16 +189,54 @@ async fn body_bytes<S: Send + Sync>(
         })
 }
 
+/// Parses a body into `T`. A number written with a zero fraction (`45.0`, as JavaScript and
+/// JSON Schema tools write integers) is an integer: serde refuses it for an integer field, so
+/// such a body is parsed again with those numbers made integers. The first parse is the only
+/// one for every other body.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = (path != ".").then_some(path);
-        ApiError::Malformed {
-            field,
-            message: e.into_inner().to_string(),
+    let error = match serde_path_to_error::deserialize(de) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    if error
+        .inner()
+        .to_string()
+        .starts_with("invalid type: floating point")
+        && let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes)
+    {
+        integral_floats_to_integers(&mut value);
+        return serde_path_to_error::deserialize(value).map_err(malformed);
+    }
+    Err(malformed(error))
+}
+
+fn malformed<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> ApiError {
+    let path = e.path().to_string();
+    let field = (path != ".").then_some(path);
+    ApiError::Malformed {
+        field,
+        message: e.into_inner().to_string(),
+    }
+}
+
+/// Makes every float with no fraction that fits an `i64` an integer, in place.
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                && f.fract() == 0.0
+                && f >= i64::MIN as f64
+                && f < i64::MAX as f64
+            {
+                *n = serde_json::Number::from(f as i64);
+            }
         }
-    })
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
@@ -323,4 +361,47 @@ impl<T: Serialize> axum::response::IntoResponse for Created<T> {
 /// JSON 404 for unknown routes.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Limits {
+        max: i32,
+        share: f64,
+        steps: Vec<u8>,
+    }
+
+    #[test]
+    fn integers_written_with_a_zero_fraction_are_integers() {
+        let parsed: Limits = parse_json(br#"{"max": 45.0, "share": 1.5, "steps": [1, 2.0]}"#)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            parsed,
+            Limits {
+                max: 45,
+                share: 1.5,
+                steps: vec![1, 2]
+            }
+        );
+    }
+
+    #[test]
+    fn a_fraction_is_still_refused_with_its_field() {
+        match parse_json::<Limits>(br#"{"max": 45.5, "share": 1, "steps": []}"#) {
+            Err(ApiError::Malformed { field, message }) => {
+                assert_eq!(field.as_deref(), Some("max"));
+                assert!(message.contains("floating point"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_json::<Limits>(br#"{"max": 1, "share": 1, "steps": [300.0]}"#) {
+            Err(ApiError::Malformed { field, .. }) => {
+                assert_eq!(field.as_deref(), Some("steps[0]"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -47,11 +47,11 @@ impl AuditPage {
     security(("bearer" = []))
 )]
 pub async fn audit_list(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiQuery(page): ApiQuery<AuditPage>,
-) -> ApiResult<Json<AuditList>> {
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    page: AuditPage,
+) -> ApiResult<AuditList> {
     let limit = page.limit()?;
     crate::sequences::exists(&state.db, auth.workspace, id).await?;
     let events: Vec<AuditEvent> = sqlx::query_as(
@@ -66,7 +66,7 @@ pub async fn audit_list(
     .fetch_all(&state.db)
     .await?;
     let (events, next) = crate::page_of(events, limit, |e| e.id);
-    Ok(Json(AuditList { events, next }))
+    Ok(AuditList { events, next })
 }
 
 /// One workspace-level audit event (keys, webhooks).
@@ -97,10 +97,10 @@ pub struct WorkspaceAudit {
     security(("bearer" = []))
 )]
 pub async fn audit_log(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiQuery(page): ApiQuery<AuditPage>,
-) -> ApiResult<Json<WorkspaceAudit>> {
+    state: &ApiState,
+    auth: &Auth,
+    page: AuditPage,
+) -> ApiResult<WorkspaceAudit> {
     let limit = page.limit()?;
     let events: Vec<WorkspaceEvent> = sqlx::query_as(
         "SELECT id, actor, action, after AS detail, at FROM audit_events
@@ -113,5 +113,28 @@ pub async fn audit_log(
     .fetch_all(&state.db)
     .await?;
     let (events, next) = crate::page_of(events, limit, |e| e.id);
-    Ok(Json(WorkspaceAudit { events, next }))
+    Ok(WorkspaceAudit { events, next })
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn audit_list(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+        ApiQuery(page): ApiQuery<AuditPage>,
+    ) -> ApiResult<Json<AuditList>> {
+        super::audit_list(&state, &auth, id, page).await.map(Json)
+    }
+
+    pub async fn audit_log(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiQuery(page): ApiQuery<AuditPage>,
+    ) -> ApiResult<Json<WorkspaceAudit>> {
+        super::audit_log(&state, &auth, page).await.map(Json)
+    }
 }

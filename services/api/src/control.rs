@@ -48,12 +48,12 @@ async fn change(
     auth: &Auth,
     id: Uuid,
     warnings: Vec<String>,
-) -> ApiResult<Json<SequenceChange>> {
+) -> ApiResult<SequenceChange> {
     let mut conn = state.db.acquire().await?;
-    Ok(Json(SequenceChange {
+    Ok(SequenceChange {
         sequence: load_one(&mut conn, auth.workspace, id).await?,
         warnings,
-    }))
+    })
 }
 
 /// After a pause or delete has committed: the flag, then the wait for sends claimed before it,
@@ -64,7 +64,7 @@ async fn stop_sends(
     id: Uuid,
     status: SequenceStatus,
     mut warnings: Vec<String>,
-) -> ApiResult<Json<SequenceChange>> {
+) -> ApiResult<SequenceChange> {
     set_flag(state, id, status).await;
     let left = wait_in_flight(&state.db, Scope::Sequence(id), state.drain_timeout).await?;
     warnings.extend(in_flight_warning(left, state.drain_timeout));
@@ -83,11 +83,7 @@ async fn stop_sends(
               (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn pause(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<SequenceChange>> {
+pub async fn pause(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<SequenceChange> {
     let mut tx = state.db.begin().await?;
     let status = lock_status(&mut tx, auth.workspace, id).await?;
     let mut warnings = Vec::new();
@@ -116,7 +112,7 @@ pub async fn pause(
     }
     tx.commit().await?;
     tracing::info!(sequence = %id, actor = %auth.actor, "sequence paused");
-    stop_sends(&state, &auth, id, SequenceStatus::Paused, warnings).await
+    stop_sends(state, auth, id, SequenceStatus::Paused, warnings).await
 }
 
 /// Plans what resuming `sequence` at `now` does with each pending step: steps due during the
@@ -219,11 +215,7 @@ async fn resume_plan(
               (status = 409, description = "Not paused", body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn resume_preview(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<ResumePreview>> {
+pub async fn resume_preview(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<ResumePreview> {
     let mut conn = state.db.acquire().await?;
     let sequence = load_one(&mut conn, auth.workspace, id).await?;
     if sequence.status != SequenceStatus::Paused {
@@ -234,14 +226,14 @@ pub async fn resume_preview(
     }
     let now = Utc::now();
     let (items, queued) = resume_plan(&mut conn, id, now).await?;
-    Ok(Json(ResumePreview {
+    Ok(ResumePreview {
         sequence_id: id,
         as_of: now,
         sends: items.iter().filter(|i| i.outcome == "send").count(),
         skips: items.iter().filter(|i| i.outcome != "send").count(),
         queued,
         items,
-    }))
+    })
 }
 
 /// Resume a paused sequence. Pending steps pick up where they left off; steps due during the
@@ -254,11 +246,7 @@ pub async fn resume_preview(
               (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn resume(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<SequenceChange>> {
+pub async fn resume(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<SequenceChange> {
     let mut tx = state.db.begin().await?;
     let status = lock_status(&mut tx, auth.workspace, id).await?;
     let mut warnings = Vec::new();
@@ -308,9 +296,9 @@ pub async fn resume(
         _ => return Err(ApiError::Conflict("the sequence is deleted".into())),
     }
     tx.commit().await?;
-    set_flag(&state, id, SequenceStatus::Active).await;
+    set_flag(state, id, SequenceStatus::Active).await;
     tracing::info!(sequence = %id, actor = %auth.actor, "sequence resumed");
-    change(&state, &auth, id, warnings).await
+    change(state, auth, id, warnings).await
 }
 
 /// Delete a sequence, permanently: nothing unsent is ever sent, active enrollments are
@@ -321,11 +309,7 @@ pub async fn resume(
     responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn delete(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<SequenceChange>> {
+pub async fn delete(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<SequenceChange> {
     let mut tx = state.db.begin().await?;
     let status = lock_status(&mut tx, auth.workspace, id).await?;
     let mut warnings = Vec::new();
@@ -366,7 +350,7 @@ pub async fn delete(
     }
     tx.commit().await?;
     tracing::info!(sequence = %id, actor = %auth.actor, "sequence deleted");
-    stop_sends(&state, &auth, id, SequenceStatus::Deleted, warnings).await
+    stop_sends(state, auth, id, SequenceStatus::Deleted, warnings).await
 }
 
 /// Cancels an ACTIVE enrollment the caller has locked: ends it (its pending runs are cancelled)
@@ -405,11 +389,11 @@ async fn cancel_locked(
     security(("bearer" = []))
 )]
 pub async fn cancel(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-    MaybeJson(body): MaybeJson<CancelRequest>,
-) -> ApiResult<Json<Enrollment>> {
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    body: Option<CancelRequest>,
+) -> ApiResult<Enrollment> {
     let reason = body
         .and_then(|b| b.reason)
         .map(|r| r.trim().to_owned())
@@ -431,7 +415,7 @@ pub async fn cancel(
     match status {
         EnrollmentStatus::Active => {
             let reason = reason.unwrap_or_else(|| format!("cancelled by {}", auth.actor));
-            cancel_locked(&mut tx, &auth, sequence, id, &reason).await?;
+            cancel_locked(&mut tx, auth, sequence, id, &reason).await?;
         }
         EnrollmentStatus::Cancelled => {}
         other => {
@@ -446,9 +430,7 @@ pub async fn cancel(
         tracing::warn!(enrollment = %id, in_flight = left, "cancel returned with a send claimed before it still waiting for the mail server");
     }
     tracing::info!(enrollment = %id, actor = %auth.actor, "enrollment cancelled");
-    Ok(Json(
-        crate::enrollments::fetch(&state.db, auth.workspace, id).await?,
-    ))
+    crate::enrollments::fetch(&state.db, auth.workspace, id).await
 }
 
 /// Most enrollments named in one bulk cancel, and cancelled per transaction.
@@ -468,11 +450,11 @@ const CANCEL_CHUNK: i64 = 500;
     security(("bearer" = []))
 )]
 pub async fn cancel_many(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(sequence): ApiPath<Uuid>,
-    ApiJson(req): ApiJson<CancelManyRequest>,
-) -> ApiResult<Json<CancelManyResponse>> {
+    state: &ApiState,
+    auth: &Auth,
+    sequence: Uuid,
+    req: CancelManyRequest,
+) -> ApiResult<CancelManyResponse> {
     let named = match (req.enrollment_ids, req.all_active) {
         (Some(ids), None | Some(false)) if ids.is_empty() => {
             return Err(ApiError::invalid(
@@ -566,7 +548,7 @@ pub async fn cancel_many(
                 out.already_ended += 1;
                 continue;
             }
-            cancel_locked(&mut tx, &auth, sequence, id, &reason).await?;
+            cancel_locked(&mut tx, auth, sequence, id, &reason).await?;
             out.cancelled += 1;
         }
         tx.commit().await?;
@@ -575,7 +557,7 @@ pub async fn cancel_many(
     out.warnings
         .extend(in_flight_warning(left, state.drain_timeout));
     tracing::info!(%sequence, cancelled = out.cancelled, actor = %auth.actor, "enrollments cancelled in bulk");
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// Most leads named in one re-enroll call.
@@ -594,11 +576,11 @@ const MAX_REENROLL: usize = 10_000;
     security(("bearer" = []))
 )]
 pub async fn reenroll(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiJson(req): ApiJson<ReenrollRequest>,
-) -> ApiResult<Json<ReenrollResponse>> {
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    req: ReenrollRequest,
+) -> ApiResult<ReenrollResponse> {
     let emails = match (&req.lead_emails, req.all_not_active) {
         (Some(list), None | Some(false)) => {
             if list.is_empty() || list.len() > MAX_REENROLL {
@@ -713,5 +695,72 @@ pub async fn reenroll(
     }
     tx.commit().await?;
     tracing::info!(sequence = %id, actor = %auth.actor, reenrolled = response.reenrolled, "leads re-enrolled");
-    Ok(Json(response))
+    Ok(response)
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn pause(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<SequenceChange>> {
+        super::pause(&state, &auth, id).await.map(Json)
+    }
+
+    pub async fn resume_preview(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<ResumePreview>> {
+        super::resume_preview(&state, &auth, id).await.map(Json)
+    }
+
+    pub async fn resume(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<SequenceChange>> {
+        super::resume(&state, &auth, id).await.map(Json)
+    }
+
+    pub async fn delete(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<SequenceChange>> {
+        super::delete(&state, &auth, id).await.map(Json)
+    }
+
+    pub async fn cancel(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+        MaybeJson(body): MaybeJson<CancelRequest>,
+    ) -> ApiResult<Json<Enrollment>> {
+        super::cancel(&state, &auth, id, body).await.map(Json)
+    }
+
+    pub async fn cancel_many(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(sequence): ApiPath<Uuid>,
+        ApiJson(req): ApiJson<CancelManyRequest>,
+    ) -> ApiResult<Json<CancelManyResponse>> {
+        super::cancel_many(&state, &auth, sequence, req)
+            .await
+            .map(Json)
+    }
+
+    pub async fn reenroll(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+        ApiJson(req): ApiJson<ReenrollRequest>,
+    ) -> ApiResult<Json<ReenrollResponse>> {
+        super::reenroll(&state, &auth, id, req).await.map(Json)
+    }
 }

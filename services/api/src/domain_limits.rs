@@ -42,7 +42,7 @@ pub struct SetDomainLimit {
     responses((status = 200, body = DomainLimitList), (status = 401, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<DomainLimitList>> {
+pub async fn list(state: &ApiState, auth: &Auth) -> ApiResult<DomainLimitList> {
     let domain_limits = sqlx::query_as(
         "SELECT domain, limits, updated_at FROM domain_limits WHERE workspace_id = $1
          ORDER BY domain LIMIT 1000",
@@ -50,13 +50,13 @@ pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<D
     .bind(auth.workspace)
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(DomainLimitList { domain_limits }))
+    Ok(DomainLimitList { domain_limits })
 }
 
 /// Set the limits on sends to a recipient domain (replacing any it had).
 #[utoipa::path(
     put, path = "/v1/domain-limits/{domain}", tag = "sending limits",
-    params(("domain" = String, Path, description = "Recipient domain, e.g. gmail.com")),
+    params(("domain" = String, Path, description = "Recipient domain, e.g. gmail.com", max_length = 253, pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$")),
     request_body = SetDomainLimit,
     responses(
         (status = 200, body = DomainLimit),
@@ -67,11 +67,11 @@ pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<D
     security(("bearer" = []))
 )]
 pub async fn set(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(domain): ApiPath<String>,
-    ApiJson(req): ApiJson<SetDomainLimit>,
-) -> ApiResult<Json<DomainLimit>> {
+    state: &ApiState,
+    auth: &Auth,
+    domain: String,
+    req: SetDomainLimit,
+) -> ApiResult<DomainLimit> {
     let domain = check_domain(&domain)?;
     let Some(stored) = limits::to_store("limits", &req.limits)? else {
         return Err(ApiError::invalid(
@@ -90,13 +90,13 @@ pub async fn set(
     .fetch_one(&state.db)
     .await?;
     tracing::info!(workspace = %auth.workspace, actor = %auth.actor, %domain, limits = ?req.limits, "domain sending limits set");
-    Ok(Json(saved))
+    Ok(saved)
 }
 
 /// Remove the limits on a recipient domain.
 #[utoipa::path(
     delete, path = "/v1/domain-limits/{domain}", tag = "sending limits",
-    params(("domain" = String, Path, description = "Recipient domain")),
+    params(("domain" = String, Path, description = "Recipient domain", max_length = 253, pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$")),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, body = pulse_shared::http::ErrorBody),
@@ -104,11 +104,7 @@ pub async fn set(
     ),
     security(("bearer" = []))
 )]
-pub async fn remove(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(domain): ApiPath<String>,
-) -> ApiResult<StatusCode> {
+pub async fn remove(state: &ApiState, auth: &Auth, domain: String) -> ApiResult<StatusCode> {
     let domain = check_domain(&domain)?;
     let removed = sqlx::query("DELETE FROM domain_limits WHERE workspace_id = $1 AND domain = $2")
         .bind(auth.workspace)
@@ -125,4 +121,34 @@ pub async fn remove(
 
 fn check_domain(raw: &str) -> Result<String, ApiError> {
     validate::domain(raw).map_err(|m| ApiError::invalid("domain", m))
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn list(
+        State(state): State<ApiState>,
+        auth: Auth,
+    ) -> ApiResult<Json<DomainLimitList>> {
+        super::list(&state, &auth).await.map(Json)
+    }
+
+    pub async fn set(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(domain): ApiPath<String>,
+        ApiJson(req): ApiJson<SetDomainLimit>,
+    ) -> ApiResult<Json<DomainLimit>> {
+        super::set(&state, &auth, domain, req).await.map(Json)
+    }
+
+    pub async fn remove(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(domain): ApiPath<String>,
+    ) -> ApiResult<StatusCode> {
+        super::remove(&state, &auth, domain).await
+    }
 }

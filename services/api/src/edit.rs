@@ -61,12 +61,12 @@ use crate::{
     security(("bearer" = []))
 )]
 pub async fn edit(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiJson(req): ApiJson<EditSequence>,
-) -> ApiResult<Json<SequenceChange>> {
-    apply(&state, &auth, id, |_| Ok(req)).await.map(Json)
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    req: EditSequence,
+) -> ApiResult<SequenceChange> {
+    apply(state, auth, id, |_| Ok(req)).await
 }
 
 /// The one way a sequence is edited: `build` turns the sequence as it is, read with its row
@@ -398,11 +398,7 @@ async fn skip_deleted(
     responses((status = 200, body = VersionList), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn versions(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<VersionList>> {
+pub async fn versions(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<VersionList> {
     crate::sequences::exists(&state.db, auth.workspace, id).await?;
     let versions: Vec<SequenceVersion> = sqlx::query_as(
         "SELECT version, actor, snapshot, created_at FROM sequence_versions
@@ -411,5 +407,28 @@ pub async fn versions(
     .bind(id)
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(VersionList { versions }))
+    Ok(VersionList { versions })
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn edit(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+        ApiJson(req): ApiJson<EditSequence>,
+    ) -> ApiResult<Json<SequenceChange>> {
+        super::edit(&state, &auth, id, req).await.map(Json)
+    }
+
+    pub async fn versions(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<VersionList>> {
+        super::versions(&state, &auth, id).await.map(Json)
+    }
 }

@@ -42,10 +42,10 @@ const ENROLLMENT_COLUMNS: &str = "e.id, e.sequence_id, e.lead_id, l.email AS lea
     security(("bearer" = []))
 )]
 pub async fn create(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(sequence): ApiPath<Uuid>,
-    ApiJson(req): ApiJson<ManualEnrollment>,
+    state: &ApiState,
+    auth: &Auth,
+    sequence: Uuid,
+    req: ManualEnrollment,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
     let lead = ValidLead::parse(&req.lead, "lead", auth.addresses)?;
@@ -148,12 +148,8 @@ async fn attach_steps(db: &PgPool, enrollments: &mut [Enrollment]) -> Result<(),
     responses((status = 200, body = Enrollment), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn get_one(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<Enrollment>> {
-    Ok(Json(fetch(&state.db, auth.workspace, id).await?))
+pub async fn get_one(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Enrollment> {
+    fetch(&state.db, auth.workspace, id).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -167,6 +163,10 @@ pub struct EnrollmentFilter {
     /// Only enrollments at this step position.
     pub step: Option<i32>,
     /// Only this lead's enrollments (email).
+    #[param(
+        max_length = 254,
+        pattern = "^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
+    )]
     pub lead: Option<String>,
     /// Most items returned (1–1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -183,11 +183,11 @@ pub struct EnrollmentFilter {
     security(("bearer" = []))
 )]
 pub async fn list(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(sequence): ApiPath<Uuid>,
-    ApiQuery(filter): ApiQuery<EnrollmentFilter>,
-) -> ApiResult<Json<EnrollmentList>> {
+    state: &ApiState,
+    auth: &Auth,
+    sequence: Uuid,
+    filter: EnrollmentFilter,
+) -> ApiResult<EnrollmentList> {
     let status = filter
         .status
         .as_deref()
@@ -226,5 +226,37 @@ pub async fn list(
     let next = (enrollments.len() as i64 == limit)
         .then(|| enrollments.last().map(|e| e.id))
         .flatten();
-    Ok(Json(EnrollmentList { enrollments, next }))
+    Ok(EnrollmentList { enrollments, next })
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn create(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(sequence): ApiPath<Uuid>,
+        ApiJson(req): ApiJson<ManualEnrollment>,
+    ) -> ApiResult<axum::response::Response> {
+        super::create(&state, &auth, sequence, req).await
+    }
+
+    pub async fn get_one(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<Enrollment>> {
+        super::get_one(&state, &auth, id).await.map(Json)
+    }
+
+    pub async fn list(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(sequence): ApiPath<Uuid>,
+        ApiQuery(filter): ApiQuery<EnrollmentFilter>,
+    ) -> ApiResult<Json<EnrollmentList>> {
+        super::list(&state, &auth, sequence, filter).await.map(Json)
+    }
 }

@@ -52,11 +52,7 @@ pub struct InboundFilter {
     ),
     security(("bearer" = []))
 )]
-pub async fn list(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiQuery(f): ApiQuery<InboundFilter>,
-) -> ApiResult<Json<InboundList>> {
+pub async fn list(state: &ApiState, auth: &Auth, f: InboundFilter) -> ApiResult<InboundList> {
     let limit = crate::Page { limit: f.limit }.limit()?;
     if let Some(kind) = &f.kind
         && Kind::parse(kind).is_none()
@@ -88,7 +84,7 @@ pub async fn list(
     .fetch_all(&state.db)
     .await?;
     let (messages, next) = crate::page_of(messages, limit, |m| m.id);
-    Ok(Json(InboundList { messages, next }))
+    Ok(InboundList { messages, next })
 }
 
 /// One message that came back; `?raw=true` answers the message as received
@@ -103,12 +99,7 @@ pub async fn list(
     ),
     security(("bearer" = []))
 )]
-pub async fn get_one(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<i64>,
-    ApiQuery(raw): ApiQuery<RawParam>,
-) -> ApiResult<Response> {
+pub async fn get_one(state: &ApiState, auth: &Auth, id: i64, raw: RawParam) -> ApiResult<Response> {
     if raw.raw.unwrap_or(false) {
         let bytes = load_raw(&state.db, auth.workspace, id)
             .await?
@@ -153,4 +144,27 @@ pub(crate) async fn load_raw(
 pub struct RawParam {
     /// Answer the message as received.
     pub raw: Option<bool>,
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn list(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiQuery(f): ApiQuery<InboundFilter>,
+    ) -> ApiResult<Json<InboundList>> {
+        super::list(&state, &auth, f).await.map(Json)
+    }
+
+    pub async fn get_one(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<i64>,
+        ApiQuery(raw): ApiQuery<RawParam>,
+    ) -> ApiResult<Response> {
+        super::get_one(&state, &auth, id, raw).await
+    }
 }

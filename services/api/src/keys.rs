@@ -30,7 +30,12 @@ use crate::ApiState;
 #[serde(deny_unknown_fields)]
 pub struct KeyRequest {
     /// What the key is for; the audit trail names it (1–100 characters).
-    #[schema(min_length = 1, max_length = 100, example = "CRM sync")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]([^\\x00-\\x1f\\x7f-\\x9f]{0,98}[^\\s\\x00-\\x1f\\x7f-\\x9f])?$",
+        example = "CRM sync"
+    )]
     pub label: String,
     pub scope: Scope,
 }
@@ -62,11 +67,7 @@ fn check_text<'a>(field: &str, text: &'a str) -> Result<&'a str, ApiError> {
               (status = 422, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn create(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiJson(req): ApiJson<KeyRequest>,
-) -> ApiResult<Response> {
+pub async fn create(state: &ApiState, auth: &Auth, req: KeyRequest) -> ApiResult<Response> {
     let label = check_text("label", &req.label)?;
     let mut tx = state.db.begin().await?;
     let made = keys::create(&mut tx, auth.workspace, label, req.scope, &auth.actor).await?;
@@ -90,10 +91,10 @@ pub async fn create(
               (status = 403, description = "Not an admin key", body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<KeyList>> {
-    Ok(Json(KeyList {
+pub async fn list(state: &ApiState, auth: &Auth) -> ApiResult<KeyList> {
+    Ok(KeyList {
         keys: keys::list(&state.db, auth.workspace).await?,
-    }))
+    })
 }
 
 /// Revoke a key: from the next request it opens nothing, on every API instance, and its Hub
@@ -106,11 +107,7 @@ pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<K
               (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn revoke(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<KeyInfo>> {
+pub async fn revoke(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<KeyInfo> {
     let mut tx = state.db.begin().await?;
     let key = keys::revoke(&mut tx, auth.workspace, id)
         .await?
@@ -125,7 +122,7 @@ pub async fn revoke(
     .await?;
     tx.commit().await?;
     tracing::info!(key = %id, actor = %auth.actor, "API key revoked");
-    Ok(Json(key))
+    Ok(key)
 }
 
 /// The platform administrator: a request with `PULSE_ADMIN_KEY` as its bearer key.
@@ -187,9 +184,9 @@ pub struct WorkspaceList {
     security(("bearer" = []))
 )]
 pub async fn create_workspace(
-    State(state): State<ApiState>,
+    state: &ApiState,
     _admin: PlatformAdmin,
-    ApiJson(req): ApiJson<WorkspaceRequest>,
+    req: WorkspaceRequest,
 ) -> ApiResult<Response> {
     let name = check_text("name", &req.name)?;
     let (id, created_at, key) = keys::create_workspace(&state.db, name, "platform admin").await?;
@@ -212,13 +209,51 @@ pub async fn create_workspace(
               (status = 404, description = "No PULSE_ADMIN_KEY is set", body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn list_workspaces(
-    State(state): State<ApiState>,
-    _admin: PlatformAdmin,
-) -> ApiResult<Json<WorkspaceList>> {
+pub async fn list_workspaces(state: &ApiState, _admin: PlatformAdmin) -> ApiResult<WorkspaceList> {
     let workspaces =
         sqlx::query_as("SELECT id, name, created_at FROM workspaces ORDER BY created_at, id")
             .fetch_all(&state.db)
             .await?;
-    Ok(Json(WorkspaceList { workspaces }))
+    Ok(WorkspaceList { workspaces })
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn create(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiJson(req): ApiJson<KeyRequest>,
+    ) -> ApiResult<Response> {
+        super::create(&state, &auth, req).await
+    }
+
+    pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<KeyList>> {
+        super::list(&state, &auth).await.map(Json)
+    }
+
+    pub async fn revoke(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<KeyInfo>> {
+        super::revoke(&state, &auth, id).await.map(Json)
+    }
+
+    pub async fn create_workspace(
+        State(state): State<ApiState>,
+        _admin: PlatformAdmin,
+        ApiJson(req): ApiJson<WorkspaceRequest>,
+    ) -> ApiResult<Response> {
+        super::create_workspace(&state, _admin, req).await
+    }
+
+    pub async fn list_workspaces(
+        State(state): State<ApiState>,
+        _admin: PlatformAdmin,
+    ) -> ApiResult<Json<WorkspaceList>> {
+        super::list_workspaces(&state, _admin).await.map(Json)
+    }
 }

@@ -76,71 +76,71 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route(
             "/v1/sequences",
-            get(sequences::list).post(sequences::create.layer(idempotent())),
+            get(sequences::v1::list).post(sequences::v1::create.layer(idempotent())),
         )
-        .route("/v1/sequences/stats", get(sequences::stats))
+        .route("/v1/sequences/stats", get(sequences::v1::stats))
         .route(
             "/v1/sequences/{id}",
-            get(sequences::get_one)
-                .patch(edit::edit)
-                .delete(control::delete),
+            get(sequences::v1::get_one)
+                .patch(edit::v1::edit)
+                .delete(control::v1::delete),
         )
-        .route("/v1/sequences/{id}/versions", get(edit::versions))
-        .route("/v1/sequences/{id}/steps", post(steps::add))
-        .route("/v1/sequences/{id}/steps/order", post(steps::order))
+        .route("/v1/sequences/{id}/versions", get(edit::v1::versions))
+        .route("/v1/sequences/{id}/steps", post(steps::v1::add))
+        .route("/v1/sequences/{id}/steps/order", post(steps::v1::order))
         .route(
             "/v1/sequences/{id}/steps/{step_id}",
-            patch(steps::patch).delete(steps::delete),
+            patch(steps::v1::patch).delete(steps::v1::delete),
         )
-        .route("/v1/sequences/{id}/pause", post(control::pause))
-        .route("/v1/sequences/{id}/resume", post(control::resume))
+        .route("/v1/sequences/{id}/pause", post(control::v1::pause))
+        .route("/v1/sequences/{id}/resume", post(control::v1::resume))
         .route(
             "/v1/sequences/{id}/resume-preview",
-            get(control::resume_preview),
+            get(control::v1::resume_preview),
         )
-        .route("/v1/sequences/{id}/re-enroll", post(control::reenroll))
-        .route("/v1/sequences/{id}/audit", get(audit::audit_list))
+        .route("/v1/sequences/{id}/re-enroll", post(control::v1::reenroll))
+        .route("/v1/sequences/{id}/audit", get(audit::v1::audit_list))
         .route(
             "/v1/sequences/{id}/enrollments",
-            get(enrollments::list).post(enrollments::create.layer(idempotent())),
+            get(enrollments::v1::list).post(enrollments::v1::create.layer(idempotent())),
         )
         .route(
             "/v1/sequences/{id}/enrollments/cancel",
-            post(control::cancel_many),
+            post(control::v1::cancel_many),
         )
-        .route("/v1/sequences/{id}/sends", get(sends::for_sequence))
-        .route("/v1/enrollments/{id}", get(enrollments::get_one))
-        .route("/v1/enrollments/{id}/cancel", post(control::cancel))
-        .route("/v1/enrollments/{id}/sends", get(sends::for_enrollment))
-        .route("/v1/sends", get(sends::search))
-        .route("/v1/sends/resolve", post(sends::resolve_many))
-        .route("/v1/sends/{key}/resolve", post(sends::resolve))
+        .route("/v1/sequences/{id}/sends", get(sends::v1::for_sequence))
+        .route("/v1/enrollments/{id}", get(enrollments::v1::get_one))
+        .route("/v1/enrollments/{id}/cancel", post(control::v1::cancel))
+        .route("/v1/enrollments/{id}/sends", get(sends::v1::for_enrollment))
+        .route("/v1/sends", get(sends::v1::search))
+        .route("/v1/sends/resolve", post(sends::v1::resolve_many))
+        .route("/v1/sends/{key}/resolve", post(sends::v1::resolve))
         .route(
             "/v1/workspace",
-            get(workspace::get_one).patch(workspace::patch),
+            get(workspace::v1::get_one).patch(workspace::v1::patch),
         )
         .route(
             "/v1/mailboxes",
-            get(mailboxes::list).post(mailboxes::create),
+            get(mailboxes::v1::list).post(mailboxes::v1::create),
         )
         .route(
             "/v1/mailboxes/{id}",
-            get(mailboxes::get_one)
-                .patch(mailboxes::edit)
-                .delete(mailboxes::delete),
+            get(mailboxes::v1::get_one)
+                .patch(mailboxes::v1::edit)
+                .delete(mailboxes::v1::delete),
         )
-        .route("/v1/domain-limits", get(domain_limits::list))
+        .route("/v1/domain-limits", get(domain_limits::v1::list))
         .route(
             "/v1/domain-limits/{domain}",
-            put(domain_limits::set).delete(domain_limits::remove),
+            put(domain_limits::v1::set).delete(domain_limits::v1::remove),
         )
         .route(
             "/v1/suppressions",
-            get(suppressions::list).post(suppressions::add),
+            get(suppressions::v1::list).post(suppressions::v1::add),
         )
-        .route("/v1/suppressions/{value}", delete(suppressions::lift))
-        .route("/v1/inbound", get(inbound::list))
-        .route("/v1/inbound/{id}", get(inbound::get_one))
+        .route("/v1/suppressions/{value}", delete(suppressions::v1::lift))
+        .route("/v1/inbound", get(inbound::v1::list))
+        .route("/v1/inbound/{id}", get(inbound::v1::get_one))
         .route("/v1/inbound/ses", post(providers::ses))
         .route("/v1/inbound/sendgrid", post(providers::sendgrid))
         .route(
@@ -149,28 +149,31 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             "/v1/webhooks",
-            get(webhooks::list).post(webhooks::create.layer(idempotent())),
+            get(webhooks::v1::list).post(webhooks::v1::create.layer(idempotent())),
         )
         .route(
             "/v1/webhooks/{id}",
-            get(webhooks::get_one)
-                .patch(webhooks::patch)
-                .delete(webhooks::delete),
+            get(webhooks::v1::get_one)
+                .patch(webhooks::v1::patch)
+                .delete(webhooks::v1::delete),
         )
-        .route("/v1/webhooks/{id}/test", post(webhooks::test))
-        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/test", post(webhooks::v1::test))
+        .route(
+            "/v1/webhooks/{id}/deliveries",
+            get(webhooks::v1::deliveries),
+        )
         .route(
             "/v1/webhooks/{id}/deliveries/{delivery}/replay",
-            post(webhooks::replay),
+            post(webhooks::v1::replay),
         )
-        .route("/v1/keys", get(keys::list).post(keys::create))
-        .route("/v1/keys/{id}", delete(keys::revoke))
-        .route("/v1/audit", get(audit::audit_log))
+        .route("/v1/keys", get(keys::v1::list).post(keys::v1::create))
+        .route("/v1/keys/{id}", delete(keys::v1::revoke))
+        .route("/v1/audit", get(audit::v1::audit_log))
         .route(
             "/v1/admin/workspaces",
-            get(keys::list_workspaces).post(keys::create_workspace),
+            get(keys::v1::list_workspaces).post(keys::v1::create_workspace),
         )
-        .route("/v1/dev/outbox", get(outbox::list))
+        .route("/v1/dev/outbox", get(outbox::v1::list))
         .route("/openapi.json", get(openapi_json))
         .with_state(state)
 }
@@ -248,7 +251,8 @@ fn standard_errors(doc: &mut utoipa::openapi::OpenApi) {
             wanted.push(("401", "No API key, or an unknown or revoked one"));
             wanted.push(("403", "Outside the key's scope"));
         }
-        if in_path {
+        // A path's id, or a query parameter naming one (`sequence_id`), may name nothing.
+        if in_path || params.iter().any(|p| p.name.ends_with("_id")) {
             wanted.push(("404", "Not found"));
         }
         for (code, why) in wanted {

@@ -32,9 +32,9 @@ const COLUMNS: &str = "id, address, display_name, reply_to, smtp_url,
     security(("bearer" = []))
 )]
 pub async fn create(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiJson(req): ApiJson<CreateMailbox>,
+    state: &ApiState,
+    auth: &Auth,
+    req: CreateMailbox,
 ) -> ApiResult<Created<Mailbox>> {
     let address = check_address(&req.address)?;
     let display_name = req.display_name.as_deref().map(check_name).transpose()?;
@@ -75,7 +75,7 @@ pub async fn create(
     responses((status = 200, body = MailboxList), (status = 401, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<MailboxList>> {
+pub async fn list(state: &ApiState, auth: &Auth) -> ApiResult<MailboxList> {
     let mailboxes = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM mailboxes WHERE workspace_id = $1 AND deleted_at IS NULL
          ORDER BY lower(address) LIMIT 1000"
@@ -83,7 +83,7 @@ pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<M
     .bind(auth.workspace)
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(MailboxList { mailboxes }))
+    Ok(MailboxList { mailboxes })
 }
 
 /// One mailbox.
@@ -93,13 +93,9 @@ pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<M
     responses((status = 200, body = Mailbox), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn get_one(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<Mailbox>> {
+pub async fn get_one(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Mailbox> {
     let mut conn = state.db.acquire().await?;
-    Ok(Json(fetch(&mut conn, auth.workspace, id).await?))
+    fetch(&mut conn, auth.workspace, id).await
 }
 
 /// Change a mailbox. Sends already queued keep the sender they were frozen with; the relay and
@@ -116,12 +112,7 @@ pub async fn get_one(
     ),
     security(("bearer" = []))
 )]
-pub async fn edit(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiJson(req): ApiJson<EditMailbox>,
-) -> ApiResult<Json<Mailbox>> {
+pub async fn edit(state: &ApiState, auth: &Auth, id: Uuid, req: EditMailbox) -> ApiResult<Mailbox> {
     let display_name = req
         .display_name
         .map(|d| d.as_deref().map(check_name).transpose())
@@ -194,7 +185,7 @@ pub async fn edit(
     let after = fetch(&mut tx, auth.workspace, id).await?;
     tx.commit().await?;
     tracing::info!(workspace = %auth.workspace, actor = %auth.actor, mailbox = %id, "mailbox changed");
-    Ok(Json(after))
+    Ok(after)
 }
 
 /// Delete a mailbox. Refused (409) while a sequence that is not deleted sends from it; the
@@ -209,11 +200,7 @@ pub async fn edit(
     ),
     security(("bearer" = []))
 )]
-pub async fn delete(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<StatusCode> {
+pub async fn delete(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<StatusCode> {
     let mut tx = state.db.begin().await?;
     let row: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM mailboxes WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
@@ -353,4 +340,47 @@ fn check_dkim(dkim: &DkimInput) -> Result<(String, String), ApiError> {
         .map_err(|m| ApiError::invalid("dkim.selector", m))?;
     mailbox::dkim_key(&dkim.private_key).map_err(|m| ApiError::invalid("dkim.private_key", m))?;
     Ok((selector, dkim.private_key.trim().to_owned()))
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn create(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiJson(req): ApiJson<CreateMailbox>,
+    ) -> ApiResult<Created<Mailbox>> {
+        super::create(&state, &auth, req).await
+    }
+
+    pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<MailboxList>> {
+        super::list(&state, &auth).await.map(Json)
+    }
+
+    pub async fn get_one(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<Mailbox>> {
+        super::get_one(&state, &auth, id).await.map(Json)
+    }
+
+    pub async fn edit(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+        ApiJson(req): ApiJson<EditMailbox>,
+    ) -> ApiResult<Json<Mailbox>> {
+        super::edit(&state, &auth, id, req).await.map(Json)
+    }
+
+    pub async fn delete(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<StatusCode> {
+        super::delete(&state, &auth, id).await
+    }
 }

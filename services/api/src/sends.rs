@@ -31,6 +31,10 @@ pub struct SendFilter {
     /// Only this sequence's sends.
     pub sequence_id: Option<Uuid>,
     /// Only sends to this lead (email).
+    #[param(
+        max_length = 254,
+        pattern = "^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
+    )]
     pub lead: Option<String>,
     /// Only sends in this ledger state.
     pub state: Option<String>,
@@ -101,12 +105,8 @@ async fn query(state: &ApiState, workspace: Uuid, f: SendFilter) -> Result<SendL
     responses((status = 200, body = SendList), (status = 422, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn search(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiQuery(filter): ApiQuery<SendFilter>,
-) -> ApiResult<Json<SendList>> {
-    Ok(Json(query(&state, auth.workspace, filter).await?))
+pub async fn search(state: &ApiState, auth: &Auth, filter: SendFilter) -> ApiResult<SendList> {
+    query(state, auth.workspace, filter).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -127,11 +127,11 @@ pub struct SequenceSends {
     security(("bearer" = []))
 )]
 pub async fn for_sequence(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiQuery(page): ApiQuery<SequenceSends>,
-) -> ApiResult<Json<SendList>> {
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    page: SequenceSends,
+) -> ApiResult<SendList> {
     crate::sequences::exists(&state.db, auth.workspace, id).await?;
     let filter = SendFilter {
         sequence_id: Some(id),
@@ -139,7 +139,7 @@ pub async fn for_sequence(
         after: page.after,
         ..Default::default()
     };
-    Ok(Json(query(&state, auth.workspace, filter).await?))
+    query(state, auth.workspace, filter).await
 }
 
 /// What went out (or was attempted) for one enrollment, in step order.
@@ -149,11 +149,7 @@ pub async fn for_sequence(
     responses((status = 200, body = SendList), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn for_enrollment(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<SendList>> {
+pub async fn for_enrollment(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<SendList> {
     let found: Option<Uuid> =
         sqlx::query_scalar("SELECT id FROM enrollments WHERE id = $1 AND workspace_id = $2")
             .bind(id)
@@ -168,7 +164,7 @@ pub async fn for_enrollment(
     .bind(id)
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(SendList { sends, next: None }))
+    Ok(SendList { sends, next: None })
 }
 
 /// Settle an UNKNOWN send (a worker died after claiming it, so the relay may or may not have
@@ -185,13 +181,13 @@ pub async fn for_enrollment(
     security(("bearer" = []))
 )]
 pub async fn resolve(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(key): ApiPath<String>,
-    ApiJson(req): ApiJson<ResolveSend>,
-) -> ApiResult<Json<SendList>> {
+    state: &ApiState,
+    auth: &Auth,
+    key: String,
+    req: ResolveSend,
+) -> ApiResult<SendList> {
     let how = resolution(&req.outcome)?;
-    let note = resolution_note("resolved", &req.outcome, &auth, req.note.as_deref());
+    let note = resolution_note("resolved", &req.outcome, auth, req.note.as_deref());
     let current: Option<String> = sqlx::query_scalar(
         "SELECT state FROM send_ledger WHERE idempotency_key = $1 AND workspace_id = $2",
     )
@@ -200,7 +196,7 @@ pub async fn resolve(
     .fetch_optional(&state.db)
     .await?;
     let current = current.ok_or(ApiError::NotFound("send"))?;
-    if !resolve_one(&state, &auth, &key, how, &req.outcome, &note).await? {
+    if !resolve_one(state, auth, &key, how, &req.outcome, &note).await? {
         return Err(ApiError::Conflict(format!(
             "the send is {current}, not UNKNOWN"
         )));
@@ -210,7 +206,7 @@ pub async fn resolve(
         .bind(&key)
         .fetch_all(&state.db)
         .await?;
-    Ok(Json(SendList { sends, next: None }))
+    Ok(SendList { sends, next: None })
 }
 
 /// What the ledger records with a resolution: how, by whom, and the operator's note.
@@ -275,10 +271,10 @@ pub const BULK_RESOLVE_MAX: i64 = 10_000;
     security(("bearer" = []))
 )]
 pub async fn resolve_many(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiJson(req): ApiJson<ResolveMany>,
-) -> ApiResult<Json<ResolvedMany>> {
+    state: &ApiState,
+    auth: &Auth,
+    req: ResolveMany,
+) -> ApiResult<ResolvedMany> {
     let how = resolution(&req.outcome)?;
     if req.sequence_id.is_none() && req.since.is_none() && req.until.is_none() {
         return Err(ApiError::invalid(
@@ -315,11 +311,11 @@ pub async fn resolve_many(
     .bind(BULK_RESOLVE_MAX)
     .fetch_all(&state.db)
     .await?;
-    let note = resolution_note("resolved in bulk", &req.outcome, &auth, req.note.as_deref());
+    let note = resolution_note("resolved in bulk", &req.outcome, auth, req.note.as_deref());
     let mut resolved = Vec::with_capacity(keys.len());
     for key in keys {
         // A key settled meanwhile (by another operator) is skipped, not an error.
-        if resolve_one(&state, &auth, &key, how, &req.outcome, &note).await? {
+        if resolve_one(state, auth, &key, how, &req.outcome, &note).await? {
             resolved.push(key);
         }
     }
@@ -337,12 +333,12 @@ pub async fn resolve_many(
     .fetch_one(&state.db)
     .await?;
     tracing::info!(actor = %auth.actor, outcome = %req.outcome, resolved = resolved.len(), remaining, "UNKNOWN sends resolved in bulk");
-    Ok(Json(ResolvedMany {
+    Ok(ResolvedMany {
         outcome: req.outcome,
         resolved: resolved.len(),
         keys: resolved,
         remaining,
-    }))
+    })
 }
 
 /// `POST /v1/sends/resolve`: which UNKNOWN sends to settle, and how.
@@ -373,4 +369,52 @@ pub struct ResolvedMany {
     pub keys: Vec<String>,
     /// UNKNOWN sends still matching the filters (more than one call settles at once).
     pub remaining: i64,
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn search(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiQuery(filter): ApiQuery<SendFilter>,
+    ) -> ApiResult<Json<SendList>> {
+        super::search(&state, &auth, filter).await.map(Json)
+    }
+
+    pub async fn for_sequence(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+        ApiQuery(page): ApiQuery<SequenceSends>,
+    ) -> ApiResult<Json<SendList>> {
+        super::for_sequence(&state, &auth, id, page).await.map(Json)
+    }
+
+    pub async fn for_enrollment(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<SendList>> {
+        super::for_enrollment(&state, &auth, id).await.map(Json)
+    }
+
+    pub async fn resolve(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(key): ApiPath<String>,
+        ApiJson(req): ApiJson<ResolveSend>,
+    ) -> ApiResult<Json<SendList>> {
+        super::resolve(&state, &auth, key, req).await.map(Json)
+    }
+
+    pub async fn resolve_many(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiJson(req): ApiJson<ResolveMany>,
+    ) -> ApiResult<Json<ResolvedMany>> {
+        super::resolve_many(&state, &auth, req).await.map(Json)
+    }
 }

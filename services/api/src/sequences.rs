@@ -35,9 +35,9 @@ const MAX_STEPS: usize = 50;
     security(("bearer" = []))
 )]
 pub async fn create(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiJson(req): ApiJson<CreateSequence>,
+    state: &ApiState,
+    auth: &Auth,
+    req: CreateSequence,
 ) -> ApiResult<Created<Sequence>> {
     let name = check_name(&req.name)?;
     let timezone = check_timezone(req.timezone.as_deref().unwrap_or("UTC"))?;
@@ -111,26 +111,22 @@ pub struct SequencePage {
 #[utoipa::path(
     get, path = "/v1/sequences", tag = "sequences", params(SequencePage),
     responses((status = 200, body = SequenceList), (status = 401, body = pulse_shared::http::ErrorBody),
+              (status = 404, description = "`after` names no sequence of this workspace", body = pulse_shared::http::ErrorBody),
               (status = 422, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn list(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiQuery(page): ApiQuery<SequencePage>,
-) -> ApiResult<Json<SequenceList>> {
+pub async fn list(state: &ApiState, auth: &Auth, page: SequencePage) -> ApiResult<SequenceList> {
     let limit = match page.limit {
         None => 1000,
         Some(n @ 1..=1000) => n,
         Some(_) => return Err(ApiError::invalid("limit", "must be 1 to 1000")),
     };
+    // A cursor naming no sequence of this workspace is a 404, as its id in a path would be.
     if let Some(after) = page.after {
         exists(&state.db, auth.workspace, after)
             .await
             .map_err(|e| match e {
-                ApiError::NotFound(_) => {
-                    ApiError::invalid("after", "is not a sequence of this workspace")
-                }
+                ApiError::NotFound(_) => ApiError::NotFound("sequence (the `after` cursor)"),
                 other => other,
             })?;
     }
@@ -147,10 +143,10 @@ pub async fn list(
     .await?;
     let (ids, next) = crate::page_of(ids, limit, |id| *id);
     let mut conn = state.db.acquire().await?;
-    Ok(Json(SequenceList {
+    Ok(SequenceList {
         sequences: load(&mut conn, auth.workspace, &ids).await?,
         next,
-    }))
+    })
 }
 
 /// Enrollment counts (with those a reply, a bounce or a complaint ended) and today's sends of
@@ -160,10 +156,7 @@ pub async fn list(
     responses((status = 200, body = SequenceStatsList)),
     security(("bearer" = []))
 )]
-pub async fn stats(
-    State(state): State<ApiState>,
-    auth: Auth,
-) -> ApiResult<Json<SequenceStatsList>> {
+pub async fn stats(state: &ApiState, auth: &Auth) -> ApiResult<SequenceStatsList> {
     // Enrollments by the (sequence_id, status, created_at) index; today's sends by the ledger's
     // (sequence_id, created_at) index, from a day before midnight (a send recorded today was
     // first claimed at most a few hours earlier: retries back off to an hour, 8 attempts).
@@ -194,7 +187,7 @@ pub async fn stats(
     .bind(auth.workspace)
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(SequenceStatsList { sequences }))
+    Ok(SequenceStatsList { sequences })
 }
 
 /// Read one sequence with its steps, triggers and settings.
@@ -204,13 +197,9 @@ pub async fn stats(
     responses((status = 200, body = Sequence), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn get_one(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<Sequence>> {
+pub async fn get_one(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Sequence> {
     let mut conn = state.db.acquire().await?;
-    Ok(Json(load_one(&mut conn, auth.workspace, id).await?))
+    load_one(&mut conn, auth.workspace, id).await
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiError> {
@@ -637,4 +626,41 @@ pub(crate) async fn exists(db: &PgPool, workspace: Uuid, id: Uuid) -> Result<(),
             .fetch_optional(db)
             .await?;
     found.map(|_| ()).ok_or(ApiError::NotFound("sequence"))
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn create(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiJson(req): ApiJson<CreateSequence>,
+    ) -> ApiResult<Created<Sequence>> {
+        super::create(&state, &auth, req).await
+    }
+
+    pub async fn list(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiQuery(page): ApiQuery<SequencePage>,
+    ) -> ApiResult<Json<SequenceList>> {
+        super::list(&state, &auth, page).await.map(Json)
+    }
+
+    pub async fn stats(
+        State(state): State<ApiState>,
+        auth: Auth,
+    ) -> ApiResult<Json<SequenceStatsList>> {
+        super::stats(&state, &auth).await.map(Json)
+    }
+
+    pub async fn get_one(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<Sequence>> {
+        super::get_one(&state, &auth, id).await.map(Json)
+    }
 }

@@ -58,12 +58,12 @@ fn with_steps(steps: Vec<StepInput>, delete_missing_steps: bool) -> EditSequence
     security(("bearer" = []))
 )]
 pub async fn patch(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath((id, step)): ApiPath<(Uuid, Uuid)>,
-    ApiJson(change): ApiJson<StepPatch>,
-) -> ApiResult<Json<SequenceChange>> {
-    edit::apply(&state, &auth, id, |seq| {
+    state: &ApiState,
+    auth: &Auth,
+    (id, step): (Uuid, Uuid),
+    change: StepPatch,
+) -> ApiResult<SequenceChange> {
+    edit::apply(state, auth, id, |seq| {
         let i = index_of(seq, step)?;
         let mut steps = inputs(seq);
         let s = &mut steps[i];
@@ -91,7 +91,6 @@ pub async fn patch(
         Ok(with_steps(steps, false))
     })
     .await
-    .map(Json)
 }
 
 /// Add a step at `position` (1 = first; left out: after the last). The body is a step as
@@ -106,10 +105,10 @@ pub async fn patch(
     security(("bearer" = []))
 )]
 pub async fn add(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiJson(step): ApiJson<StepInput>,
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    step: StepInput,
 ) -> ApiResult<(StatusCode, Json<SequenceChange>)> {
     if step.id.is_some() {
         return Err(ApiError::invalid(
@@ -117,7 +116,7 @@ pub async fn add(
             "a new step has no id; to change a step, PATCH /v1/sequences/{id}/steps/{step_id}",
         ));
     }
-    let change = edit::apply(&state, &auth, id, |seq| {
+    let change = edit::apply(state, auth, id, |seq| {
         let mut steps = inputs(seq);
         let place = match step.position {
             None => steps.len(),
@@ -147,18 +146,17 @@ pub async fn add(
     security(("bearer" = []))
 )]
 pub async fn delete(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath((id, step)): ApiPath<(Uuid, Uuid)>,
-) -> ApiResult<Json<SequenceChange>> {
-    edit::apply(&state, &auth, id, |seq| {
+    state: &ApiState,
+    auth: &Auth,
+    (id, step): (Uuid, Uuid),
+) -> ApiResult<SequenceChange> {
+    edit::apply(state, auth, id, |seq| {
         let i = index_of(seq, step)?;
         let mut steps = inputs(seq);
         steps.remove(i);
         Ok(with_steps(steps, true))
     })
     .await
-    .map(Json)
 }
 
 /// Reorder the steps: `step_ids` lists every live step once, in the new order.
@@ -172,12 +170,12 @@ pub async fn delete(
     security(("bearer" = []))
 )]
 pub async fn order(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiJson(order): ApiJson<StepOrder>,
-) -> ApiResult<Json<SequenceChange>> {
-    edit::apply(&state, &auth, id, |seq| {
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    order: StepOrder,
+) -> ApiResult<SequenceChange> {
+    edit::apply(state, auth, id, |seq| {
         let mut steps: Vec<Option<StepInput>> = inputs(seq).into_iter().map(Some).collect();
         let mut ordered = Vec::with_capacity(steps.len());
         for (i, step) in order.step_ids.iter().enumerate() {
@@ -215,5 +213,47 @@ pub async fn order(
         Ok(with_steps(ordered, false))
     })
     .await
-    .map(Json)
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn add(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+        ApiJson(step): ApiJson<StepInput>,
+    ) -> ApiResult<(StatusCode, Json<SequenceChange>)> {
+        super::add(&state, &auth, id, step).await
+    }
+
+    pub async fn order(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+        ApiJson(order): ApiJson<StepOrder>,
+    ) -> ApiResult<Json<SequenceChange>> {
+        super::order(&state, &auth, id, order).await.map(Json)
+    }
+
+    pub async fn patch(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath((id, step)): ApiPath<(Uuid, Uuid)>,
+        ApiJson(change): ApiJson<StepPatch>,
+    ) -> ApiResult<Json<SequenceChange>> {
+        super::patch(&state, &auth, (id, step), change)
+            .await
+            .map(Json)
+    }
+
+    pub async fn delete(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath((id, step)): ApiPath<(Uuid, Uuid)>,
+    ) -> ApiResult<Json<SequenceChange>> {
+        super::delete(&state, &auth, (id, step)).await.map(Json)
+    }
 }

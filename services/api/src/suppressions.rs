@@ -34,10 +34,10 @@ use crate::{
     security(("bearer" = []))
 )]
 pub async fn add(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiJson(req): ApiJson<AddSuppressions>,
-) -> ApiResult<Json<SuppressionsAdded>> {
+    state: &ApiState,
+    auth: &Auth,
+    req: AddSuppressions,
+) -> ApiResult<SuppressionsAdded> {
     if req.entries.is_empty() || req.entries.len() > suppression::MAX_PER_CALL {
         return Err(ApiError::invalid(
             "entries",
@@ -51,9 +51,7 @@ pub async fn add(
         entries.push((entry, e.reason.unwrap_or(SuppressionReason::Manual)));
     }
     let source = format!("api:{}", auth.actor);
-    Ok(Json(
-        suppress(&state, auth.workspace, &auth.actor, &source, entries).await?,
-    ))
+    suppress(state, auth.workspace, &auth.actor, &source, entries).await
 }
 
 /// Adds `entries` (idempotent), then ends the ACTIVE enrollments they reach
@@ -87,8 +85,16 @@ pub(crate) async fn suppress(
 #[into_params(parameter_in = Query)]
 pub struct SuppressionFilter {
     /// This address (and, when its domain is suppressed, that entry).
+    #[param(
+        max_length = 254,
+        pattern = "^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
+    )]
     pub email: Option<String>,
     /// Entries of this domain: the domain itself and its addresses.
+    #[param(
+        max_length = 253,
+        pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
+    )]
     pub domain: Option<String>,
     pub reason: Option<SuppressionReason>,
     /// The `next` of the previous page.
@@ -107,10 +113,10 @@ pub struct SuppressionFilter {
     security(("bearer" = []))
 )]
 pub async fn list(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiQuery(f): ApiQuery<SuppressionFilter>,
-) -> ApiResult<Json<SuppressionList>> {
+    state: &ApiState,
+    auth: &Auth,
+    f: SuppressionFilter,
+) -> ApiResult<SuppressionList> {
     let limit = f.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be 1 to 1000"));
@@ -159,7 +165,7 @@ pub async fn list(
         });
     }
     let (suppressions, next) = crate::page_of(suppressions, limit, |s| s.value.clone());
-    Ok(Json(SuppressionList { suppressions, next }))
+    Ok(SuppressionList { suppressions, next })
 }
 
 /// Why a suppression is lifted.
@@ -174,16 +180,16 @@ pub struct LiftQuery {
 /// who lifted it and why. Enrollments it ended stay ended (re-enroll them).
 #[utoipa::path(
     delete, path = "/v1/suppressions/{value}", tag = "suppressions",
-    params(("value" = String, Path, description = "An address or a domain"), LiftQuery),
+    params(("value" = String, Path, description = "An address or a domain", max_length = 254, pattern = "^([A-Za-z0-9._%+-]{1,64}@)?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"), LiftQuery),
     responses((status = 204, description = "Lifted"), (status = 404, body = pulse_shared::http::ErrorBody),
               (status = 422, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn lift(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(value): ApiPath<String>,
-    ApiQuery(q): ApiQuery<LiftQuery>,
+    state: &ApiState,
+    auth: &Auth,
+    value: String,
+    q: LiftQuery,
 ) -> ApiResult<StatusCode> {
     let entry = Entry::parse_value(&value).map_err(|m| ApiError::invalid("value", m))?;
     let why = q
@@ -220,4 +226,35 @@ pub async fn lift(
     tx.commit().await?;
     tracing::info!(workspace = %auth.workspace, actor = %auth.actor, kind = entry.kind(), reason = %why, "suppression lifted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn add(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiJson(req): ApiJson<AddSuppressions>,
+    ) -> ApiResult<Json<SuppressionsAdded>> {
+        super::add(&state, &auth, req).await.map(Json)
+    }
+
+    pub async fn list(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiQuery(f): ApiQuery<SuppressionFilter>,
+    ) -> ApiResult<Json<SuppressionList>> {
+        super::list(&state, &auth, f).await.map(Json)
+    }
+
+    pub async fn lift(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(value): ApiPath<String>,
+        ApiQuery(q): ApiQuery<LiftQuery>,
+    ) -> ApiResult<StatusCode> {
+        super::lift(&state, &auth, value, q).await
+    }
 }

@@ -156,12 +156,8 @@ async fn fetch(state: &ApiState, auth: &Auth, id: Uuid) -> Result<Webhook, ApiEr
               (status = 403, description = "Not an admin key", body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn create(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiJson(req): ApiJson<WebhookRequest>,
-) -> ApiResult<Response> {
-    check(&state, Some(&req.url), Some(&req.events))?;
+pub async fn create(state: &ApiState, auth: &Auth, req: WebhookRequest) -> ApiResult<Response> {
+    check(state, Some(&req.url), Some(&req.events))?;
     let secret = webhooks::new_secret();
     let mut tx = state.db.begin().await?;
     let webhook: Webhook = sqlx::query_as(&format!(
@@ -193,14 +189,14 @@ pub async fn create(
     get, path = "/v1/webhooks", tag = "webhooks",
     responses((status = 200, body = WebhookList)), security(("bearer" = []))
 )]
-pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<WebhookList>> {
+pub async fn list(state: &ApiState, auth: &Auth) -> ApiResult<WebhookList> {
     let webhooks = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM webhooks WHERE workspace_id = $1 ORDER BY created_at DESC, id"
     ))
     .bind(auth.workspace)
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(WebhookList { webhooks }))
+    Ok(WebhookList { webhooks })
 }
 
 /// One endpoint.
@@ -209,12 +205,8 @@ pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<W
     params(("id" = Uuid, Path, description = "Webhook id")),
     responses((status = 200, body = Webhook)), security(("bearer" = []))
 )]
-pub async fn get_one(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<Webhook>> {
-    Ok(Json(fetch(&state, &auth, id).await?))
+pub async fn get_one(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Webhook> {
+    fetch(state, auth, id).await
 }
 
 /// Change an endpoint's URL, events, or whether it is enabled.
@@ -224,12 +216,12 @@ pub async fn get_one(
     responses((status = 200, body = Webhook)), security(("bearer" = []))
 )]
 pub async fn patch(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiJson(req): ApiJson<WebhookPatch>,
-) -> ApiResult<Json<Webhook>> {
-    check(&state, req.url.as_deref(), req.events.as_deref())?;
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    req: WebhookPatch,
+) -> ApiResult<Webhook> {
+    check(state, req.url.as_deref(), req.events.as_deref())?;
     let mut tx = state.db.begin().await?;
     let webhook: Webhook = sqlx::query_as(&format!(
         "UPDATE webhooks SET url = COALESCE($3, url), events = COALESCE($4, events),
@@ -255,7 +247,7 @@ pub async fn patch(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(webhook))
+    Ok(webhook)
 }
 
 /// Delete an endpoint and its undelivered messages.
@@ -264,11 +256,7 @@ pub async fn patch(
     params(("id" = Uuid, Path, description = "Webhook id")),
     responses((status = 200, body = Webhook)), security(("bearer" = []))
 )]
-pub async fn delete(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Json<Webhook>> {
+pub async fn delete(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Webhook> {
     let mut tx = state.db.begin().await?;
     let webhook: Webhook = sqlx::query_as(&format!(
         "DELETE FROM webhooks WHERE id = $1 AND workspace_id = $2 RETURNING {COLUMNS}"
@@ -287,7 +275,7 @@ pub async fn delete(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(webhook))
+    Ok(webhook)
 }
 
 /// Send the endpoint a `webhook.test` event (whatever it subscribes to).
@@ -296,12 +284,8 @@ pub async fn delete(
     params(("id" = Uuid, Path, description = "Webhook id")),
     responses((status = 202, body = Delivery)), security(("bearer" = []))
 )]
-pub async fn test(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-) -> ApiResult<Response> {
-    fetch(&state, &auth, id).await?;
+pub async fn test(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Response> {
+    fetch(state, auth, id).await?;
     let delivery: Delivery = sqlx::query_as(&format!(
         "INSERT INTO webhook_messages (webhook_id, workspace_id, type, payload)
          VALUES ($1, $2, 'webhook.test', jsonb_build_object('type', 'webhook.test',
@@ -324,12 +308,12 @@ pub async fn test(
     responses((status = 200, body = DeliveryList)), security(("bearer" = []))
 )]
 pub async fn deliveries(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiQuery(page): ApiQuery<DeliveryPage>,
-) -> ApiResult<Json<DeliveryList>> {
-    fetch(&state, &auth, id).await?;
+    state: &ApiState,
+    auth: &Auth,
+    id: Uuid,
+    page: DeliveryPage,
+) -> ApiResult<DeliveryList> {
+    fetch(state, auth, id).await?;
     let limit = crate::Page { limit: page.limit }.limit()?;
     if page.before.is_some_and(|b| b < 1) {
         return Err(ApiError::invalid(
@@ -347,7 +331,7 @@ pub async fn deliveries(
     .fetch_all(&state.db)
     .await?;
     let (deliveries, next) = crate::page_of(deliveries, limit, |d| d.id);
-    Ok(Json(DeliveryList { deliveries, next }))
+    Ok(DeliveryList { deliveries, next })
 }
 
 /// Deliver a message again, now (the same `webhook-id`).
@@ -357,11 +341,11 @@ pub async fn deliveries(
     responses((status = 202, body = Delivery)), security(("bearer" = []))
 )]
 pub async fn replay(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiPath((id, delivery)): ApiPath<(Uuid, i64)>,
+    state: &ApiState,
+    auth: &Auth,
+    (id, delivery): (Uuid, i64),
 ) -> ApiResult<Response> {
-    fetch(&state, &auth, id).await?;
+    fetch(state, auth, id).await?;
     let again: Delivery = sqlx::query_as(&format!(
         "UPDATE webhook_messages SET state = 'PENDING', next_at = now(), created_at = now()
          WHERE id = $1 AND webhook_id = $2 RETURNING {DELIVERY_COLUMNS}"
@@ -372,4 +356,72 @@ pub async fn replay(
     .await?
     .ok_or(ApiError::NotFound("delivery"))?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(again)).into_response())
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn create(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiJson(req): ApiJson<WebhookRequest>,
+    ) -> ApiResult<Response> {
+        super::create(&state, &auth, req).await
+    }
+
+    pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<WebhookList>> {
+        super::list(&state, &auth).await.map(Json)
+    }
+
+    pub async fn get_one(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<Webhook>> {
+        super::get_one(&state, &auth, id).await.map(Json)
+    }
+
+    pub async fn patch(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+        ApiJson(req): ApiJson<WebhookPatch>,
+    ) -> ApiResult<Json<Webhook>> {
+        super::patch(&state, &auth, id, req).await.map(Json)
+    }
+
+    pub async fn delete(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Json<Webhook>> {
+        super::delete(&state, &auth, id).await.map(Json)
+    }
+
+    pub async fn test(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+    ) -> ApiResult<Response> {
+        super::test(&state, &auth, id).await
+    }
+
+    pub async fn deliveries(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath(id): ApiPath<Uuid>,
+        ApiQuery(page): ApiQuery<DeliveryPage>,
+    ) -> ApiResult<Json<DeliveryList>> {
+        super::deliveries(&state, &auth, id, page).await.map(Json)
+    }
+
+    pub async fn replay(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiPath((id, delivery)): ApiPath<(Uuid, i64)>,
+    ) -> ApiResult<Response> {
+        super::replay(&state, &auth, (id, delivery)).await
+    }
 }

@@ -52,8 +52,16 @@ pub struct WorkspacePatch {
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceDkim {
     /// The domain whose mail is signed (`d=`), e.g. `example.com`.
+    #[schema(
+        max_length = 253,
+        pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
+    )]
     pub domain: String,
     /// `<selector>._domainkey.<domain>` holds the public key.
+    #[schema(
+        max_length = 200,
+        pattern = "^[A-Za-z0-9_-]{1,63}(\\.[A-Za-z0-9_-]{1,63})*$"
+    )]
     pub selector: String,
     /// RSA in PKCS#1 PEM (`-----BEGIN RSA PRIVATE KEY-----`), or an Ed25519 seed in base64.
     pub private_key: String,
@@ -65,8 +73,8 @@ pub struct WorkspaceDkim {
     responses((status = 200, body = Workspace), (status = 401, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn get_one(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<Workspace>> {
-    Ok(Json(fetch(&state, auth.workspace).await?))
+pub async fn get_one(state: &ApiState, auth: &Auth) -> ApiResult<Workspace> {
+    fetch(state, auth.workspace).await
 }
 
 /// Change the caller's workspace settings. Takes effect for the next request: addresses
@@ -81,11 +89,7 @@ pub async fn get_one(State(state): State<ApiState>, auth: Auth) -> ApiResult<Jso
     ),
     security(("bearer" = []))
 )]
-pub async fn patch(
-    State(state): State<ApiState>,
-    auth: Auth,
-    ApiJson(req): ApiJson<WorkspacePatch>,
-) -> ApiResult<Json<Workspace>> {
+pub async fn patch(state: &ApiState, auth: &Auth, req: WorkspacePatch) -> ApiResult<Workspace> {
     if let Some(dkim) = &req.dkim {
         let checked = match dkim {
             Some(d) => {
@@ -144,7 +148,7 @@ pub async fn patch(
             .await?;
         tracing::info!(workspace = %auth.workspace, actor = %auth.actor, allow_dotless_domains = dotless, "workspace setting changed");
     }
-    Ok(Json(fetch(&state, auth.workspace).await?))
+    fetch(state, auth.workspace).await
 }
 
 async fn fetch(state: &ApiState, workspace: Uuid) -> Result<Workspace, ApiError> {
@@ -157,4 +161,22 @@ async fn fetch(state: &ApiState, workspace: Uuid) -> Result<Workspace, ApiError>
     .fetch_optional(&state.db)
     .await?
     .ok_or(ApiError::NotFound("workspace"))
+}
+
+/// The `/v1` handlers: each takes the request apart and calls the plain function of the same
+/// name above, which the OpenAPI document describes and the Hub calls directly.
+pub mod v1 {
+    use super::*;
+
+    pub async fn get_one(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<Workspace>> {
+        super::get_one(&state, &auth).await.map(Json)
+    }
+
+    pub async fn patch(
+        State(state): State<ApiState>,
+        auth: Auth,
+        ApiJson(req): ApiJson<WorkspacePatch>,
+    ) -> ApiResult<Json<Workspace>> {
+        super::patch(&state, &auth, req).await.map(Json)
+    }
 }

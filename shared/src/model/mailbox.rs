@@ -13,6 +13,10 @@ use super::{Limit, present};
 #[serde(deny_unknown_fields)]
 pub struct CreateMailbox {
     /// The bare address mail goes out from, e.g. `ada@example.com`.
+    #[schema(
+        max_length = 254,
+        pattern = "^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
+    )]
     pub address: String,
     /// The name shown with it, e.g. `Ada Lovelace`.
     #[serde(default)]
@@ -45,6 +49,10 @@ pub struct CreateMailbox {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DkimInput {
+    #[schema(
+        max_length = 200,
+        pattern = "^[A-Za-z0-9_-]{1,63}(\\.[A-Za-z0-9_-]{1,63})*$"
+    )]
     pub selector: String,
     pub private_key: String,
 }

@@ -7,7 +7,7 @@ use axum::{
     response::Response,
 };
 use maud::html;
-use pulse_shared::{feedback::Kind, http::ApiQuery};
+use pulse_shared::feedback::Kind;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -38,19 +38,18 @@ pub async fn list(
             .filter(|q| !q.is_empty())
             .map(str::to_owned);
     let found = api::list(
-        State(state.api.clone()),
-        user.auth.clone(),
-        ApiQuery(api::InboundFilter {
+        &state.api,
+        &user.auth,
+        api::InboundFilter {
             enrollment_id: s.enrollment,
             address: q.clone(),
             kind: kind.clone(),
             before: s.before,
             limit: Some(100),
             ..Default::default()
-        }),
+        },
     )
-    .await?
-    .0;
+    .await?;
     let mut here = format!(
         "/hub/inbound?kind={}&q={}",
         encode(kind.as_deref().unwrap_or_default()),

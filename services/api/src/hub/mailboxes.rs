@@ -36,9 +36,8 @@ pub async fn list(
     user: HubUser,
     flash: Flash,
 ) -> HubResult<Response> {
-    let found = crate::mailboxes::list(State(state.api.clone()), user.auth.clone())
+    let found = crate::mailboxes::list(&state.api, &user.auth)
         .await?
-        .0
         .mailboxes;
     let body = html! {
         h1 { "Mailboxes" }

@@ -1,10 +1,11 @@
-//! The Hub's pages and actions. Each reads and acts through the `/v1` handlers with the
-//! signed-in operator's [`Auth`](pulse_shared::http::Auth), so the Hub and the API cannot
-//! disagree; this module only turns their answers into HTML and forms into their requests.
+//! The Hub's pages and actions. Each reads and acts through the api's plain functions (the
+//! ones the `/v1` handlers call: `control::pause(&state, &auth, id)`, …) with the signed-in
+//! operator's [`Auth`](pulse_shared::http::Auth), so the Hub and the API cannot disagree; this
+//! module only turns their answers into HTML and forms into their requests.
 //!
-//! This file holds the sequences list and one sequence's page with its actions (pause, resume,
-//! delete, re-enroll) and the helpers every page shares; `login`, `edit`, `enrollments` and
-//! `sends` hold the others.
+//! This file holds the sequences list, one sequence's page and the helpers every page shares;
+//! `actions` holds that page's actions (pause, resume with its preview, delete, re-enroll), and
+//! `login`, `edit`, `enrollments` and `sends` the other pages.
 
 use axum::{
     Json,
@@ -16,7 +17,7 @@ use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 use pulse_shared::{
     domain::timing::Timing,
-    http::{ApiError, ApiJson, ApiPath, ApiQuery, MaybeJson},
+    http::ApiError,
     model::{
         AuditEvent, CancelManyRequest, CancelRequest, EditSequence, Enrollment, EnrollmentStatus,
         ExitOnReply, LedgerState, ReenrollRequest, ResolveSend, SenderIdentity, Sequence,
@@ -35,12 +36,14 @@ use crate::{
     sends as api_sends, sequences as api_sequences,
 };
 
+mod actions;
 mod edit;
 mod enrollments;
 mod login;
 mod sends;
 mod words;
 
+pub use actions::{delete, delete_form, pause, reenroll, resume, resume_preview};
 pub use edit::{edit, edit_form};
 pub use enrollments::{cancel, cancel_many, enrollments};
 pub use login::{login, login_form, logout};
@@ -71,9 +74,7 @@ fn status_badge(status: &str) -> Markup {
 /// The signed-in workspace's sequence `id` (from the path), or not found.
 async fn load(state: &HubState, user: &HubUser, id: &str) -> HubResult<(Uuid, Sequence)> {
     let id = uuid(id, "sequence")?;
-    let s = api_sequences::get_one(State(state.api.clone()), user.auth.clone(), ApiPath(id))
-        .await?
-        .0;
+    let s = api_sequences::get_one(&state.api, &user.auth, id).await?;
     Ok((id, s))
 }
 
@@ -145,12 +146,9 @@ fn safe_next(next: Option<&str>) -> String {
 // ---------------------------------------------------------------- sequences
 
 async fn all_stats(state: &HubState, user: &HubUser) -> HubResult<Vec<SequenceStats>> {
-    Ok(
-        api_sequences::stats(State(state.api.clone()), user.auth.clone())
-            .await?
-            .0
-            .sequences,
-    )
+    Ok(api_sequences::stats(&state.api, &user.auth)
+        .await?
+        .sequences)
 }
 
 fn count_cells(s: Option<&SequenceStats>) -> Markup {
@@ -170,13 +168,7 @@ pub async fn sequences(
     user: HubUser,
     flash: Flash,
 ) -> HubResult<Response> {
-    let list = api_sequences::list(
-        State(state.api.clone()),
-        user.auth.clone(),
-        ApiQuery(Default::default()),
-    )
-    .await?
-    .0;
+    let list = api_sequences::list(&state.api, &user.auth, Default::default()).await?;
     let stats = all_stats(&state, &user).await?;
     let here = "/hub/sequences";
     let body = html! {
@@ -248,22 +240,18 @@ pub async fn sequence(
     Path(id): Path<String>,
 ) -> HubResult<Response> {
     let (id, s) = load(&state, &user, &id).await?;
-    let api = || State(state.api.clone());
-    let versions = api_edit::versions(api(), user.auth.clone(), ApiPath(id))
-        .await?
-        .0
-        .versions;
+    let api = || &state.api;
+    let versions = api_edit::versions(api(), &user.auth, id).await?.versions;
     let audit = crate::audit::audit_list(
         api(),
-        user.auth.clone(),
-        ApiPath(id),
-        ApiQuery(crate::audit::AuditPage {
+        &user.auth,
+        id,
+        crate::audit::AuditPage {
             limit: Some(200),
             before: None,
-        }),
+        },
     )
     .await?
-    .0
     .events;
     let stats = all_stats(&state, &user).await?;
     let st = stats.iter().find(|x| x.sequence_id == id);
@@ -362,209 +350,6 @@ pub async fn sequence(
         layout(&s.name, Some(&user), Some(&flash), body),
     ))
 }
-
-pub async fn pause(
-    State(state): State<HubState>,
-    Path(id): Path<String>,
-    posted: Posted,
-) -> Response {
-    let to = back(&posted.form, "/hub/sequences");
-    let result = async {
-        let id = uuid(&id, "sequence")?;
-        let api = State(state.api.clone());
-        Ok(control::pause(api, posted.user.auth.clone(), ApiPath(id))
-            .await?
-            .0)
-    }
-    .await;
-    reported(&to, result, |s| {
-        format!(
-            "“{}” is paused: nothing more is sent until you resume it.",
-            s.name
-        )
-    })
-}
-
-pub async fn resume_preview(
-    State(state): State<HubState>,
-    user: HubUser,
-    flash: Flash,
-    Path(id): Path<String>,
-) -> HubResult<Response> {
-    let (id, s) = load(&state, &user, &id).await?;
-    if s.status != SequenceStatus::Paused {
-        return Ok(done(
-            &format!("/hub/sequences/{id}"),
-            false,
-            &format!("“{}” is not paused.", s.name),
-        ));
-    }
-    let preview = control::resume_preview(State(state.api.clone()), user.auth.clone(), ApiPath(id))
-        .await?
-        .0;
-    let here = format!("/hub/sequences/{id}");
-    let body = html! {
-        (crumbs(&s, "resume"))
-        h1 { "Resume “" (s.name) "”?" }
-        p { "Resuming now would send " strong { (preview.sends) } " pending steps and skip " strong { (preview.skips) }
-            ". Steps whose time passed during the pause move to the next valid time"
-            @if let Some(r) = s.max_sends_per_minute { ", " (r) " per minute" } "." }
-        @if preview.queued > 0 {
-            p.warn { (preview.queued) " steps were already in the queue when the sequence was paused; they are sent right after the resume." }
-        }
-        form method="post" action=(format!("/hub/sequences/{id}/resume")) {
-            (form_fields(&user, &here))
-            button.primary type="submit" { "Resume now" }
-            " " a href=(here) { "Keep it paused" }
-        }
-        table.list { thead { tr { th { "Lead" } th { "Step" } th { "Was due" } th { "Outcome" } th { "Sends at" } th { "Why" } } }
-            tbody { @for i in preview.items.iter().take(500) { tr {
-                td { (i.lead_email) } td.num { (i.step_position) } td { (when(&i.due_at)) }
-                td { (i.outcome) } td { (when_opt(&i.send_at)) } td { (i.reason.clone().unwrap_or_default()) }
-            } } }
-        }
-        @if preview.items.len() > 500 { p.muted { "… and " (preview.items.len() - 500) " more." } }
-    };
-    Ok(page(
-        &flash,
-        layout("Resume preview", Some(&user), Some(&flash), body),
-    ))
-}
-
-pub async fn resume(
-    State(state): State<HubState>,
-    Path(id): Path<String>,
-    posted: Posted,
-) -> Response {
-    let to = back(&posted.form, "/hub/sequences");
-    let result = async {
-        let id = uuid(&id, "sequence")?;
-        let api = State(state.api.clone());
-        Ok(control::resume(api, posted.user.auth.clone(), ApiPath(id))
-            .await?
-            .0)
-    }
-    .await;
-    reported(&to, result, |s| format!("“{}” is active again.", s.name))
-}
-
-// ---------------------------------------------------------------- delete
-
-pub async fn delete_form(
-    State(state): State<HubState>,
-    user: HubUser,
-    flash: Flash,
-    Path(id): Path<String>,
-) -> HubResult<Response> {
-    let (id, s) = load(&state, &user, &id).await?;
-    let here = format!("/hub/sequences/{id}");
-    let body = html! {
-        (crumbs(&s, "delete"))
-        h1 { "Delete “" (s.name) "”?" }
-        div.danger-box {
-            p { strong { "Deletion is irreversible." } " Anything not sent yet will never be sent, and the sequence cannot be resumed. Enrollment records and the send history are kept for audit." }
-            p { strong { "Prefer pausing" } " unless you are certain you will not want to resume: pausing keeps the edit history and lets you reactivate this same sequence later." }
-            @if s.status == SequenceStatus::Active {
-                form.inline method="post" action=(format!("/hub/sequences/{id}/pause")) {
-                    (form_fields(&user, &here))
-                    button type="submit" { "Pause instead" }
-                }
-            }
-        }
-        form method="post" action=(format!("/hub/sequences/{id}/delete")) {
-            (form_fields(&user, "/hub/sequences"))
-            label for="confirm_name" { "Type the sequence's name to confirm" }
-            input #confirm_name name="confirm_name" autocomplete="off" required;
-            button.danger type="submit" { "Delete permanently" }
-            " " a href=(here) { "Keep it" }
-        }
-    };
-    Ok(page(
-        &flash,
-        layout("Delete sequence", Some(&user), Some(&flash), body),
-    ))
-}
-
-pub async fn delete(
-    State(state): State<HubState>,
-    Path(id): Path<String>,
-    posted: Posted,
-) -> Response {
-    let result = async {
-        let (id, s) = load(&state, &posted.user, &id).await?;
-        if posted.form.get("confirm_name") != Some(s.name.trim()) {
-            return Err(HubError::BadForm(
-                "the name typed does not match; nothing was deleted".into(),
-            ));
-        }
-        let api = State(state.api.clone());
-        Ok(control::delete(api, posted.user.auth.clone(), ApiPath(id))
-            .await?
-            .0)
-    }
-    .await;
-    match result {
-        Ok(change) => done(
-            "/hub/sequences",
-            true,
-            &format!(
-                "“{}” is deleted. Its records stay for audit.",
-                change.sequence.name
-            ),
-        ),
-        Err(e) => refused(&format!("/hub/sequences/{id}/delete"), e),
-    }
-}
-
-// ---------------------------------------------------------------- re-enroll
-
-pub async fn reenroll(
-    State(state): State<HubState>,
-    Path(id): Path<String>,
-    posted: Posted,
-) -> Response {
-    let to = back(&posted.form, "/hub/sequences");
-    let result = async {
-        let id = uuid(&id, "sequence")?;
-        let emails: Vec<String> = posted
-            .form
-            .raw("lead_emails")
-            .split(|c: char| c == '\n' || c == ',' || c.is_whitespace())
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let everyone = posted.form.get("all_not_active") == Some("true");
-        let req = ReenrollRequest {
-            lead_emails: (!emails.is_empty()).then_some(emails),
-            all_not_active: everyone.then_some(true),
-        };
-        Ok::<_, HubError>(
-            control::reenroll(
-                State(state.api.clone()),
-                posted.user.auth.clone(),
-                ApiPath(id),
-                ApiJson(req),
-            )
-            .await?
-            .0,
-        )
-    }
-    .await;
-    match result {
-        Ok(r) => done(
-            &to,
-            true,
-            &format!(
-                "Re-enrolled {}; already active {}; never enrolled {}; unknown {}.",
-                r.reenrolled, r.already_active, r.never_enrolled, r.unknown_lead
-            ),
-        ),
-        Err(e) => refused(&to, e),
-    }
-}
-
-// ---------------------------------------------------------------- shared by pages
 
 /// A sequence's sender in words.
 fn sender_text(sender: &SenderIdentity) -> String {

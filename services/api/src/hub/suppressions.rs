@@ -8,7 +8,6 @@ use axum::{
 };
 use maud::html;
 use pulse_shared::{
-    http::{ApiPath, ApiQuery},
     model::SuppressionReason,
     suppression::{self, Entry},
 };
@@ -47,13 +46,7 @@ pub async fn list(
         Some(v) => filter.domain = Some(v.to_owned()),
         None => {}
     }
-    let found = api::list(
-        State(state.api.clone()),
-        user.auth.clone(),
-        ApiQuery(filter),
-    )
-    .await?
-    .0;
+    let found = api::list(&state.api, &user.auth, filter).await?;
     let here = match &q {
         Some(q) => format!("/hub/suppressions?q={}", encode(q)),
         None => "/hub/suppressions".to_owned(),
@@ -180,10 +173,10 @@ pub async fn lift(State(state): State<HubState>, posted: Posted) -> Response {
     let value = posted.form.get("value").unwrap_or_default().to_owned();
     let reason = posted.form.get("reason").map(str::to_owned);
     match api::lift(
-        State(state.api.clone()),
-        posted.user.auth.clone(),
-        ApiPath(value.clone()),
-        ApiQuery(api::LiftQuery { reason }),
+        &state.api,
+        &posted.user.auth,
+        value.clone(),
+        api::LiftQuery { reason },
     )
     .await
     {

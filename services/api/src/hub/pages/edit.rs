@@ -272,12 +272,8 @@ pub async fn edit(
     let result = async {
         let id = uuid(&id, "sequence")?;
         let req = edit_request(&posted.form)?;
-        let api = State(state.api.clone());
-        Ok(
-            api_edit::edit(api, posted.user.auth.clone(), ApiPath(id), ApiJson(req))
-                .await?
-                .0,
-        )
+        let api = &state.api;
+        Ok(api_edit::edit(api, &posted.user.auth, id, req).await?)
     }
     .await;
     let to = match &result {

@@ -38,14 +38,7 @@ pub async fn enrollments(
         limit: Some(200),
         after: q.after,
     };
-    let list = api_enrollments::list(
-        State(state.api.clone()),
-        user.auth.clone(),
-        ApiPath(id),
-        ApiQuery(filter),
-    )
-    .await?
-    .0;
+    let list = api_enrollments::list(&state.api, &user.auth, id, filter).await?;
     let here = match &status {
         Some(st) => format!("/hub/sequences/{id}/enrollments?status={}", encode(st)),
         None => format!("/hub/sequences/{id}/enrollments"),
@@ -115,14 +108,7 @@ async fn cancel_one(
     let body = CancelRequest {
         reason: Some(reason.to_owned()),
     };
-    Ok(control::cancel(
-        State(state.api.clone()),
-        user.auth.clone(),
-        ApiPath(id),
-        MaybeJson(Some(body)),
-    )
-    .await?
-    .0)
+    Ok(control::cancel(&state.api, &user.auth, id, Some(body)).await?)
 }
 
 pub async fn cancel(
@@ -172,15 +158,8 @@ pub async fn cancel_many(
             all_active: everyone.then_some(true),
             reason: Some("cancelled from the Hub".into()),
         };
-        let api = State(state.api.clone());
-        Ok(control::cancel_many(
-            api,
-            posted.user.auth.clone(),
-            ApiPath(sequence),
-            ApiJson(req),
-        )
-        .await?
-        .0)
+        let api = &state.api;
+        Ok(control::cancel_many(api, &posted.user.auth, sequence, req).await?)
     }
     .await;
     match result {

@@ -47,24 +47,14 @@ pub async fn sends(
         after: blank(&q.after),
         ..Default::default()
     };
-    let list = api_sends::search(
-        State(state.api.clone()),
-        user.auth.clone(),
-        ApiQuery(filter),
-    )
-    .await?
-    .0;
-    let names: std::collections::HashMap<Uuid, String> = api_sequences::list(
-        State(state.api.clone()),
-        user.auth.clone(),
-        ApiQuery(Default::default()),
-    )
-    .await?
-    .0
-    .sequences
-    .into_iter()
-    .map(|s| (s.id, s.name))
-    .collect();
+    let list = api_sends::search(&state.api, &user.auth, filter).await?;
+    let names: std::collections::HashMap<Uuid, String> =
+        api_sequences::list(&state.api, &user.auth, Default::default())
+            .await?
+            .sequences
+            .into_iter()
+            .map(|s| (s.id, s.name))
+            .collect();
     let mut query = Vec::new();
     for (k, v) in [
         ("lead", &lead),
@@ -149,14 +139,7 @@ pub async fn resolve(
         outcome: outcome.clone(),
         note: Some("settled from the Hub".into()),
     };
-    match api_sends::resolve(
-        State(state.api.clone()),
-        posted.user.auth.clone(),
-        ApiPath(key.clone()),
-        ApiJson(req),
-    )
-    .await
-    {
+    match api_sends::resolve(&state.api, &posted.user.auth, key.clone(), req).await {
         Ok(_) => done(&to, true, &format!("{key} settled: {outcome}.")),
         Err(e) => refused(&to, e.into()),
     }
@@ -169,13 +152,7 @@ pub async fn outbox(
     user: HubUser,
     flash: Flash,
 ) -> HubResult<Response> {
-    let list = api_outbox::list(
-        State(state.api.clone()),
-        user.auth.clone(),
-        ApiQuery(Page { limit: Some(200) }),
-    )
-    .await?
-    .0;
+    let list = api_outbox::list(&state.api, &user.auth, Page { limit: Some(200) }).await?;
     let body = html! {
         h1 { "Dev outbox" }
         p.muted { "With no SMTP relay configured (" code { "PULSE_SMTP_URL" } " unset), Pulse captures mail here instead of sending it. Newest first." }
