@@ -333,27 +333,9 @@ async fn main() -> anyhow::Result<()> {
 
     // ---- the same with a webhook endpoint subscribed to every send and enrollment event
     let w = webhooks::phase(&o.bin, &s, &db, &smtp, o.sends).await?;
-    let plain_per_s = e2e.get("senders_1").copied().unwrap_or(f64::NAN);
-    println!(
-        "end to end 1 sender, webhook endpoint       {:>8.0} sends/s  ({:.2} of without)",
-        w.sends_per_s,
-        w.sends_per_s / plain_per_s
-    );
-    let shown: Vec<String> = w
-        .cpu_ms_per_send
-        .iter()
-        .map(|(class, ms)| format!("{class} {ms:.3}"))
-        .collect();
-    println!("           CPU-ms per send: {}", shown.join(" · "));
-    println!(
-        "webhooks   {} events delivered             {:>8.0} /s  (from the first send to the last event)",
-        w.events, w.events_per_s
-    );
     results.insert(
         "webhooks",
-        json!({"sends_per_s": w.sends_per_s, "of_without": w.sends_per_s / plain_per_s,
-               "events": w.events, "events_per_s": w.events_per_s,
-               "cpu_ms_per_send": w.cpu_ms_per_send}),
+        w.report(e2e.get("senders_1").copied().unwrap_or(f64::NAN)),
     );
     check_exactly_once(&[&smtp], &db, smtp.count()).await?;
 

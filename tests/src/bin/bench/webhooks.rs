@@ -33,6 +33,31 @@ pub(crate) struct Measured {
     pub cpu_ms_per_send: BTreeMap<String, f64>,
 }
 
+impl Measured {
+    /// Prints the figures next to `plain_per_s`, the rate without an endpoint, and returns them
+    /// for the JSON report.
+    pub fn report(&self, plain_per_s: f64) -> serde_json::Value {
+        println!(
+            "end to end 1 sender, webhook endpoint       {:>8.0} sends/s  ({:.2} of without)",
+            self.sends_per_s,
+            self.sends_per_s / plain_per_s
+        );
+        let shown: Vec<String> = self
+            .cpu_ms_per_send
+            .iter()
+            .map(|(class, ms)| format!("{class} {ms:.3}"))
+            .collect();
+        println!("           CPU-ms per send: {}", shown.join(" · "));
+        println!(
+            "webhooks   {} events delivered             {:>8.0} /s  (from the first send to the last event)",
+            self.events, self.events_per_s
+        );
+        serde_json::json!({"sends_per_s": self.sends_per_s, "of_without": self.sends_per_s / plain_per_s,
+                           "events": self.events, "events_per_s": self.events_per_s,
+                           "cpu_ms_per_send": self.cpu_ms_per_send})
+    }
+}
+
 /// Runs `n` sends with one sender and the webhooks role, an endpoint subscribed to everything.
 pub(crate) async fn phase(
     bin: &str,
