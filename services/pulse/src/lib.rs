@@ -6,6 +6,8 @@
 pub mod cli;
 mod webhooks;
 
+pub use webhooks::prune as prune_webhook_messages;
+
 use std::{
     net::SocketAddr,
     sync::Arc,

@@ -166,8 +166,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Deletes up to [`PRUNE_BATCH`] delivered or failed messages older than `retention`.
-async fn prune(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+/// Deletes up to [`PRUNE_BATCH`] delivered or failed messages older than `retention`; returns
+/// how many. Pending messages stay, however old (a disabled endpoint's wait for it).
+pub async fn prune(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
     let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
     let done = sqlx::query(
         "DELETE FROM webhook_messages WHERE id IN (

@@ -2,7 +2,8 @@
 //! two-step sequence while an endpoint listens. Every send, enrollment and end reaches it once
 //! (by `webhook-id`), with the ids and the lead's address, the events of one enrollment in the
 //! order they happened; a refused send is `send.failed` and its enrollment ends FAILED; a reply
-//! and a bounce reported through `/v1/events` are `lead.replied` and `lead.bounced`.
+//! and a bounce reported through `/v1/events` are `lead.replied` and `lead.bounced`. Delivered and
+//! failed messages are pruned after the retention; pending ones stay.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -195,4 +196,57 @@ async fn sends_enrollments_replies_and_bounces_reach_an_endpoint_once_each_under
     let one = delivered(&got, "send.sent").remove(0);
     assert_eq!(verify(&secret, &one).await?["type"], "send.sent");
     env.stop().await
+}
+
+#[tokio::test]
+async fn delivered_and_failed_messages_are_pruned_after_the_retention_and_pending_ones_stay()
+-> anyhow::Result<()> {
+    let settings = pulse_tests::isolated_settings("webhook_prune");
+    let db = pulse_tests::create_database(&settings).await?;
+    let ws = uuid::Uuid::new_v4();
+    sqlx::query("INSERT INTO workspaces (id, name) VALUES ($1, 'prune')")
+        .bind(ws)
+        .execute(&db)
+        .await?;
+    let hook = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO webhooks (id, workspace_id, url, events, secret)
+         VALUES ($1, $2, 'https://example.com/h', ARRAY['send.sent'], 'whsec_eA==')",
+    )
+    .bind(hook)
+    .bind(ws)
+    .execute(&db)
+    .await?;
+    for (state, age_hours) in [
+        ("DELIVERED", 3),
+        ("FAILED", 3),
+        ("PENDING", 3),
+        ("DELIVERED", 0),
+    ] {
+        sqlx::query(
+            "INSERT INTO webhook_messages (webhook_id, workspace_id, type, payload, state, created_at)
+             VALUES ($1, $2, 'send.sent', '{}', $3, now() - make_interval(hours => $4))",
+        )
+        .bind(hook)
+        .bind(ws)
+        .bind(state)
+        .bind(age_hours)
+        .execute(&db)
+        .await?;
+    }
+    let pruned = pulse::prune_webhook_messages(&db, Duration::from_secs(3600)).await?;
+    assert_eq!(pruned, 2);
+    let left: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT state, created_at > now() - interval '1 hour' FROM webhook_messages ORDER BY id",
+    )
+    .fetch_all(&db)
+    .await?;
+    assert_eq!(
+        left,
+        vec![
+            ("PENDING".to_owned(), false),
+            ("DELIVERED".to_owned(), true)
+        ]
+    );
+    pulse_tests::cleanup(&settings).await
 }
