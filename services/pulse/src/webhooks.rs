@@ -20,6 +20,8 @@
 //! once: a receiver deduplicates by `webhook-id`. It never changes what the events report.
 //!
 //! Each round's outcomes are written in two statements (delivered, retried), whatever its size.
+//! A lane starts no delivery once the round is [`LANE_BUDGET`] old; the rest go back, due now, so
+//! a slow endpoint never keeps a claimed message past its lease.
 //!
 //! PostgreSQL, not RabbitMQ, carries these: the outbox is already a table the change's
 //! transaction writes, and claiming from it is what the scheduler does for steps; a relay to
@@ -43,6 +45,10 @@ use uuid::Uuid;
 const BATCH: i64 = 500;
 /// How long a claimed message is someone's before it is due again.
 const LEASE: &str = "1 minute";
+/// A lane starts no delivery after this much of the round has passed: what it has not started
+/// goes back, due now, so no claimed message outlives its lease (a slow endpoint at the full
+/// timeout would otherwise hold a lane for minutes).
+const LANE_BUDGET: Duration = Duration::from_secs(30);
 /// A message is retried this long after it was written.
 const GIVE_UP: chrono::Duration = chrono::Duration::hours(24);
 /// How often old messages are pruned, and how many at most each time.
@@ -232,25 +238,33 @@ async fn round(
             lanes.push((target.clone(), lane));
         }
     }
+    let started = Instant::now();
     let results = futures::future::join_all(lanes.into_iter().map(|(target, lane)| async move {
-        let mut out = Vec::with_capacity(lane.len());
+        let (mut out, mut later) = (Vec::with_capacity(lane.len()), Vec::new());
         for d in lane {
+            if started.elapsed() >= LANE_BUDGET {
+                later.push(d.id);
+                continue;
+            }
             let result = match &target {
                 Ok(t) => deliver(t, &d).await,
                 Err(e) => Err((None, e.clone())),
             };
             out.push((d, result));
         }
-        out
+        (out, later)
     }))
     .await;
-    record(
-        db,
-        settings,
-        metrics,
-        results.into_iter().flatten().collect(),
-    )
-    .await?;
+    let (done, later): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+    let later: Vec<i64> = later.into_iter().flatten().collect();
+    if !later.is_empty() {
+        // Not attempted: due again now, no attempt counted.
+        sqlx::query("UPDATE webhook_messages SET next_at = now() WHERE id = ANY($1)")
+            .bind(&later)
+            .execute(db)
+            .await?;
+    }
+    record(db, settings, metrics, done.into_iter().flatten().collect()).await?;
     Ok(n)
 }
 
