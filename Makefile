@@ -18,9 +18,11 @@ run: services
 	./target/release/pulse serve all
 
 ## Run the whole test suite against the real PostgreSQL, RabbitMQ, Redis and an SMTP server,
-## and the Hub's tests in headless Chromium (screenshots land in target/hub-screenshots/).
+## and the Hub's tests in headless Chromium (screenshots land in target/hub-screenshots/); then
+## the API contract as schemathesis checks it, with a fixed seed (about a minute).
 test: services browser tools clean-tests
 	cargo test --workspace --all-targets
+	CONTRACT_SEED=1 deploy/local/contract.sh
 
 ## Start PostgreSQL, RabbitMQ and Redis when they are not running (installing them if missing).
 services:
@@ -38,7 +40,8 @@ tools:
 	@deploy/local/aiosmtpd.sh
 	@deploy/local/pyclient.sh
 
-## The API contract as schemathesis (PyPI) sees it: failures still open (docs/api.md).
+## The API contract as schemathesis (PyPI) checks it, every phase, a new seed each run
+## (MAX_EXAMPLES=N for more cases per operation; docs/api.md).
 contract: services
 	@deploy/local/contract.sh
 

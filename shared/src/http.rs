@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{db::StoreError, enroll::FieldError};
+use crate::{db::StoreError, enroll::FieldError, strict_json::Strict};
 
 /// An API failure. Client mistakes are 4xx with a message that says what to change; only a
 /// failure of Pulse itself is a 500, and its details go to the log, not the client.
@@ -139,6 +139,15 @@ impl From<StoreError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // A value PostgreSQL cannot store in text (a NUL character) that no check caught: the
+        // caller's mistake, not the server's.
+        let code = e.as_database_error().and_then(|d| d.code());
+        if matches!(code.as_deref(), Some("22021" | "22P05")) {
+            return ApiError::Malformed {
+                field: None,
+                message: "a value contains a character that cannot be stored (NUL)".into(),
+            };
+        }
         ApiError::Internal(Box::new(e))
     }
 }
@@ -192,10 +201,23 @@ async fn body_bytes<S: Send + Sync>(
 /// Parses a body into `T`. A number written with a zero fraction (`45.0`, as JavaScript and
 /// JSON Schema tools write integers) is an integer: serde refuses it for an integer field, so
 /// such a body is parsed again with those numbers made integers. The first parse is the only
-/// one for every other body.
+/// one for every other body. Every request body is a JSON object, and so is every struct in it
+/// (`strict_json`).
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let error = match serde_path_to_error::deserialize(de) {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::Malformed {
+            field: None,
+            message: "the body must be a JSON object".into(),
+        });
+    }
+    // JSON syntax first (its errors name the line and column), then the type, read strictly:
+    // a struct only from an object (`strict_json`).
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::Malformed {
+            field: None,
+            message: e.to_string(),
+        })?;
+    let error = match serde_path_to_error::deserialize(Strict(value)) {
         Ok(v) => return Ok(v),
         Err(e) => e,
     };
@@ -206,7 +228,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         && let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes)
     {
         integral_floats_to_integers(&mut value);
-        return serde_path_to_error::deserialize(value).map_err(malformed);
+        return serde_path_to_error::deserialize(Strict(value)).map_err(malformed);
     }
     Err(malformed(error))
 }
@@ -386,6 +408,18 @@ mod tests {
                 steps: vec![1, 2]
             }
         );
+    }
+
+    #[test]
+    fn a_body_is_an_object() {
+        for body in [&br#"[45, 1.5, []]"#[..], b"null", b" 7"] {
+            match parse_json::<Limits>(body) {
+                Err(ApiError::Malformed { message, .. }) => {
+                    assert!(message.contains("JSON object"), "{message}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod pause;
 pub mod schedule;
 pub mod smtp_url;
 pub mod state;
+pub mod strict_json;
 pub mod suppression;
 pub mod telemetry;
 pub mod transitions;

@@ -109,6 +109,9 @@ impl SmtpUrl {
             .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
             .filter(|h| !h.is_empty())
             .ok_or_else(|| format!("{shown}: missing host"))?;
+        if matches!(url.host(), Some(url::Host::Domain(_))) {
+            crate::domain::validate::host(host).map_err(|m| format!("{shown}: {m}"))?;
+        }
         if !matches!(url.path(), "" | "/") {
             return Err(format!("{shown}: unexpected path {:?}", url.path()));
         }

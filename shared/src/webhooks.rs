@@ -18,7 +18,7 @@ use sha2::Sha256;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::db::StoreError;
+use crate::{db::StoreError, domain::validate};
 
 /// Every event an endpoint can subscribe to, and who writes it (`webhook.test` is sent by
 /// `POST …/test` only):
@@ -134,8 +134,13 @@ pub fn check_address(ip: IpAddr, allow_private: bool) -> Result<(), String> {
 }
 
 /// Checks an endpoint URL as given: `https://` or `http://`, with a host; a literal address must
-/// pass [`check_address`]. A name is resolved, and checked, at each delivery.
+/// pass [`check_address`]. A name is a host name (`validate::host`), and a domain name when it
+/// has a dot; it is resolved, and checked, at each delivery (`localhost` is saved, and refused
+/// there).
 pub fn check_url(raw: &str, allow_private: bool) -> Result<url::Url, String> {
+    if raw.chars().count() > 2000 {
+        return Err("longer than 2000 characters".into());
+    }
     let url = url::Url::parse(raw.trim()).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(url.scheme(), "https" | "http") {
         return Err("must be https:// (or http://)".into());
@@ -144,7 +149,13 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<url::Url, String> {
         None => Err("has no host".into()),
         Some(url::Host::Ipv4(ip)) => check_address(IpAddr::V4(ip), allow_private).map(|_| url),
         Some(url::Host::Ipv6(ip)) => check_address(IpAddr::V6(ip), allow_private).map(|_| url),
-        Some(url::Host::Domain(_)) => Ok(url),
+        Some(url::Host::Domain(name)) => {
+            validate::host(name)?;
+            if name.contains('.') {
+                validate::domain(name)?;
+            }
+            Ok(url)
+        }
     }
 }
 
@@ -194,6 +205,11 @@ mod tests {
         assert!(check_url("ftp://example.com", false).is_err());
         assert!(check_url("http://127.0.0.1:9/x", false).is_err());
         assert!(check_url("https://hooks.example.com/pulse", false).is_ok());
+        // A host is a domain name: no `*`, no numeric last label; a single label only where
+        // private endpoints are allowed.
+        assert!(check_url("http://hooks.example.co*", false).is_err());
+        assert!(check_url("http://hooks.example.5", false).is_err());
+        assert!(check_url("http://localhost:8080/x", false).is_ok());
     }
 
     #[test]

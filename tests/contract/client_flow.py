@@ -8,10 +8,11 @@ import time
 
 from pulse_client import AuthenticatedClient
 from pulse_client.api.control import pause, resume
-from pulse_client.api.enrollments import create as enroll
-from pulse_client.api.enrollments import list_ as list_enrollments
+from pulse_client.api.enrollments import create_enrollment as enroll
+from pulse_client.api.enrollments import list_enrollments
 from pulse_client.api.sends import for_sequence
-from pulse_client.api.sequences import create, get_one
+from pulse_client.api.sequences import create_sequence as create
+from pulse_client.api.sequences import get_sequence as get_one
 from pulse_client.models import CreateSequence, ManualEnrollment
 
 base, key = sys.argv[1], sys.argv[2]

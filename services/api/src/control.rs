@@ -304,7 +304,7 @@ pub async fn resume(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Sequen
 /// Delete a sequence, permanently: nothing unsent is ever sent, active enrollments are
 /// cancelled, and the sequence, its enrollments and its send ledger stay readable for audit.
 #[utoipa::path(
-    delete, path = "/v1/sequences/{id}", tag = "control",
+    delete, operation_id = "delete_sequence", path = "/v1/sequences/{id}", tag = "control",
     params(("id" = Uuid, Path, description = "Sequence id")),
     responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))

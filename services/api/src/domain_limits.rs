@@ -33,12 +33,13 @@ pub struct DomainLimitList {
 #[serde(deny_unknown_fields)]
 pub struct SetDomainLimit {
     /// One to five limits, e.g. `[{"max": 20, "per": "PT1M"}]`; `P1D` counts the UTC day.
+    #[schema(min_items = 1, max_items = 5)]
     pub limits: Vec<Limit>,
 }
 
 /// The workspace's limits per recipient domain, by domain.
 #[utoipa::path(
-    get, path = "/v1/domain-limits", tag = "sending limits",
+    get, operation_id = "list_domain_limits", path = "/v1/domain-limits", tag = "sending limits",
     responses((status = 200, body = DomainLimitList), (status = 401, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
@@ -56,7 +57,7 @@ pub async fn list(state: &ApiState, auth: &Auth) -> ApiResult<DomainLimitList> {
 /// Set the limits on sends to a recipient domain (replacing any it had).
 #[utoipa::path(
     put, path = "/v1/domain-limits/{domain}", tag = "sending limits",
-    params(("domain" = String, Path, description = "Recipient domain, e.g. gmail.com", max_length = 253, pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$")),
+    params(("domain" = String, Path, description = "Recipient domain, e.g. gmail.com", format = "domain")),
     request_body = SetDomainLimit,
     responses(
         (status = 200, body = DomainLimit),
@@ -96,7 +97,7 @@ pub async fn set(
 /// Remove the limits on a recipient domain.
 #[utoipa::path(
     delete, path = "/v1/domain-limits/{domain}", tag = "sending limits",
-    params(("domain" = String, Path, description = "Recipient domain", max_length = 253, pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$")),
+    params(("domain" = String, Path, description = "Recipient domain", format = "domain")),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, body = pulse_shared::http::ErrorBody),

@@ -52,7 +52,7 @@ use crate::{
 /// steps, change triggers and settings. `null` clears a setting. See the module docs (and
 /// `docs/control.md`) for what each kind of edit does to enrollments in flight.
 #[utoipa::path(
-    patch, path = "/v1/sequences/{id}", tag = "sequences",
+    patch, operation_id = "edit_sequence", path = "/v1/sequences/{id}", tag = "sequences",
     params(("id" = Uuid, Path, description = "Sequence id")),
     request_body = EditSequence,
     responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
@@ -86,7 +86,10 @@ pub(crate) async fn apply(
     let before = load_one(&mut tx, auth.workspace, id).await?;
     let req = build(&before)?;
     if req.id.is_some_and(|given| given != id) {
-        return Err(ApiError::invalid("id", "is another sequence's id"));
+        // Another sequence's body sent to this one: it does not match what is here.
+        return Err(ApiError::Conflict(
+            "id is another sequence's: this body was read from another sequence".into(),
+        ));
     }
     if let Some(read) = req.version
         && read != before.version
@@ -172,11 +175,12 @@ pub(crate) async fn apply(
         let mut kept = Vec::new();
         for (i, step) in steps.iter().enumerate() {
             if let Some(sid) = step.id {
+                // A well-formed id that is not one of the live steps: the list was read
+                // from another sequence, or before a step was deleted.
                 if !live.contains(&sid) {
-                    return Err(ApiError::invalid(
-                        format!("steps[{i}].id"),
-                        "not a step of this sequence",
-                    ));
+                    return Err(ApiError::Conflict(format!(
+                        "steps[{i}].id is not a live step of this sequence"
+                    )));
                 }
                 if kept.contains(&sid) {
                     return Err(ApiError::invalid(format!("steps[{i}].id"), "listed twice"));
@@ -194,14 +198,12 @@ pub(crate) async fn apply(
                 .filter(|s| deleted_steps.contains(&s.id))
                 .map(|s| format!("step {} (“{}”, id {})", s.position, s.subject, s.id))
                 .collect();
-            return Err(ApiError::invalid(
-                "steps",
-                format!(
-                    "{} missing from the list; send them back to keep them, or set \
-                     \"delete_missing_steps\": true to delete them",
-                    named.join(", ")
-                ),
-            ));
+            // The list is fine on its own; it no longer matches the sequence's steps.
+            return Err(ApiError::Conflict(format!(
+                "steps: {} missing from the list; send them back to keep them, or set \
+                 \"delete_missing_steps\": true to delete them",
+                named.join(", ")
+            )));
         }
         // A deleted step keeps its place: just after the kept step that preceded it (0 when
         // none did), so "the step after it" is the one that followed it.

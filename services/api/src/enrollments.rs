@@ -28,7 +28,7 @@ const ENROLLMENT_COLUMNS: &str = "e.id, e.sequence_id, e.lead_id, l.email AS lea
 /// this sequence (deduplicated). A lead whose enrollment ended is not restarted (409): that is
 /// what re-enroll is for.
 #[utoipa::path(
-    post, path = "/v1/sequences/{id}/enrollments", tag = "enrollments",
+    post, operation_id = "create_enrollment", path = "/v1/sequences/{id}/enrollments", tag = "enrollments",
     params(("id" = Uuid, Path, description = "Sequence id")),
     request_body = ManualEnrollment,
     responses(
@@ -143,7 +143,7 @@ async fn attach_steps(db: &PgPool, enrollments: &mut [Enrollment]) -> Result<(),
 
 /// One enrollment with each step's state and time.
 #[utoipa::path(
-    get, path = "/v1/enrollments/{id}", tag = "enrollments",
+    get, operation_id = "get_enrollment", path = "/v1/enrollments/{id}", tag = "enrollments",
     params(("id" = Uuid, Path, description = "Enrollment id")),
     responses((status = 200, body = Enrollment), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
@@ -163,10 +163,7 @@ pub struct EnrollmentFilter {
     /// Only enrollments at this step position.
     pub step: Option<i32>,
     /// Only this lead's enrollments (email).
-    #[param(
-        max_length = 254,
-        pattern = "^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
-    )]
+    #[param(format = "address")]
     pub lead: Option<String>,
     /// Most items returned (1–1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -177,7 +174,7 @@ pub struct EnrollmentFilter {
 
 /// The enrollments of a sequence, oldest first, each with its steps' states and times.
 #[utoipa::path(
-    get, path = "/v1/sequences/{id}/enrollments", tag = "enrollments",
+    get, operation_id = "list_enrollments", path = "/v1/sequences/{id}/enrollments", tag = "enrollments",
     params(("id" = Uuid, Path, description = "Sequence id"), EnrollmentFilter),
     responses((status = 200, body = EnrollmentList), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))

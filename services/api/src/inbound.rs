@@ -43,7 +43,7 @@ pub struct InboundFilter {
 
 /// What came back to the workspace's sends, newest first.
 #[utoipa::path(
-    get, path = "/v1/inbound", tag = "inbound",
+    get, operation_id = "list_inbound", path = "/v1/inbound", tag = "inbound",
     params(InboundFilter),
     responses(
         (status = 200, body = InboundList),
@@ -90,7 +90,7 @@ pub async fn list(state: &ApiState, auth: &Auth, f: InboundFilter) -> ApiResult<
 /// One message that came back; `?raw=true` answers the message as received
 /// (`message/rfc822`), when the inbound listener received it.
 #[utoipa::path(
-    get, path = "/v1/inbound/{id}", tag = "inbound",
+    get, operation_id = "get_inbound_message", path = "/v1/inbound/{id}", tag = "inbound",
     params(("id" = i64, Path), RawParam),
     responses(
         (status = 200, body = InboundMessage),

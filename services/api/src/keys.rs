@@ -60,7 +60,7 @@ fn check_text<'a>(field: &str, text: &'a str) -> Result<&'a str, ApiError> {
 
 /// Make an API key in the caller's workspace. The key is in this answer only.
 #[utoipa::path(
-    post, path = "/v1/keys", tag = "keys", request_body = KeyRequest,
+    post, operation_id = "create_key", path = "/v1/keys", tag = "keys", request_body = KeyRequest,
     responses((status = 201, body = NewKey, headers(("Location" = String, description = "The key's listing"))),
               (status = 401, body = pulse_shared::http::ErrorBody),
               (status = 403, description = "Not an admin key", body = pulse_shared::http::ErrorBody),
@@ -86,7 +86,7 @@ pub async fn create(state: &ApiState, auth: &Auth, req: KeyRequest) -> ApiResult
 
 /// The keys of the caller's workspace, newest first, revoked ones included. Never the keys.
 #[utoipa::path(
-    get, path = "/v1/keys", tag = "keys",
+    get, operation_id = "list_keys", path = "/v1/keys", tag = "keys",
     responses((status = 200, body = KeyList), (status = 401, body = pulse_shared::http::ErrorBody),
               (status = 403, description = "Not an admin key", body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))

@@ -18,6 +18,7 @@ mod idempotency;
 mod inbound;
 mod keys;
 mod mailboxes;
+mod openapi;
 mod outbox;
 mod providers;
 mod sends;
@@ -28,22 +29,19 @@ mod unsubscribe;
 mod webhooks;
 mod workspace;
 
+pub use openapi::openapi;
 pub use providers::Providers;
 pub use unsubscribe::OneClick;
 
 use std::time::Duration;
 
 use axum::{
-    Json, Router,
+    Router,
     extract::FromRef,
     routing::{delete, get, patch, post, put},
 };
 use pulse_shared::pause::PauseFlags;
 use sqlx::PgPool;
-use utoipa::{
-    Modify, OpenApi,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
-};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -174,120 +172,8 @@ pub fn router(state: ApiState) -> Router {
             get(keys::v1::list_workspaces).post(keys::v1::create_workspace),
         )
         .route("/v1/dev/outbox", get(outbox::v1::list))
-        .route("/openapi.json", get(openapi_json))
+        .route("/openapi.json", get(openapi::openapi_json))
         .with_state(state)
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Pulse", description = "Multi-step email sequences you can take control of."),
-    paths(
-        sequences::create, sequences::list, sequences::stats, sequences::get_one, edit::edit, edit::versions,
-        steps::patch, steps::add, steps::delete, steps::order,
-        control::pause, control::resume, control::resume_preview, control::delete,
-        control::cancel, control::cancel_many, control::reenroll, audit::audit_list,
-        enrollments::create, enrollments::list, enrollments::get_one,
-        sends::search, sends::resolve, sends::resolve_many, sends::for_sequence, sends::for_enrollment,
-        workspace::get_one, workspace::patch, outbox::list,
-        mailboxes::create, mailboxes::list, mailboxes::get_one, mailboxes::edit, mailboxes::delete,
-        domain_limits::list, domain_limits::set, domain_limits::remove,
-        suppressions::add, suppressions::list, suppressions::lift,
-        inbound::list, inbound::get_one, providers::ses, providers::sendgrid,
-        unsubscribe::confirm_page, unsubscribe::one_click,
-        keys::create, keys::list, keys::revoke, audit::audit_log, keys::create_workspace,
-        keys::list_workspaces,
-        webhooks::create, webhooks::list, webhooks::get_one, webhooks::patch, webhooks::delete,
-        webhooks::test, webhooks::deliveries, webhooks::replay,
-    ),
-    modifiers(&BearerAuth)
-)]
-struct ApiDoc;
-
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
-/// Adds the error answers every route can give, where a route's own annotation left them out:
-/// 400 (a body or parameter that cannot be read), 422 (a value that is wrong) where the route
-/// takes input, 401 and 403 (no key, or outside its scope) where it needs a key, 404 where its
-/// path names something. Each is the one error body.
-fn standard_errors(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{
-        ContentBuilder, Ref, RefOr, ResponseBuilder, path::Operation, path::ParameterIn,
-    };
-    let error = |why: &str| {
-        RefOr::T(
-            ResponseBuilder::new()
-                .description(why)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorBody")))
-                        .build(),
-                )
-                .build(),
-        )
-    };
-    let add = |op: &mut Operation| {
-        let params = op.parameters.as_deref().unwrap_or_default();
-        let in_path = params
-            .iter()
-            .any(|p| matches!(p.parameter_in, ParameterIn::Path));
-        let takes_input = op.request_body.is_some() || !params.is_empty();
-        let keyed = op.security.as_ref().is_some_and(|s| !s.is_empty());
-        let mut wanted = vec![("400", "The body or a parameter could not be read")];
-        if takes_input {
-            wanted.push(("422", "A value is wrong; `field` names it"));
-        }
-        if keyed {
-            wanted.push(("401", "No API key, or an unknown or revoked one"));
-            wanted.push(("403", "Outside the key's scope"));
-        }
-        // A path's id, or a query parameter naming one (`sequence_id`), may name nothing.
-        if in_path || params.iter().any(|p| p.name.ends_with("_id")) {
-            wanted.push(("404", "Not found"));
-        }
-        for (code, why) in wanted {
-            op.responses
-                .responses
-                .entry(code.to_owned())
-                .or_insert_with(|| error(why));
-        }
-    };
-    for item in doc.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            add(op);
-        }
-    }
-}
-
-/// The OpenAPI document of every route Pulse serves.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    doc.merge(pulse_ingest::IngestApi::openapi());
-    standard_errors(&mut doc);
-    doc
-}
-
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi())
 }
 
 /// Cuts a page fetched with one row more than `limit`: the rows to show, and the cursor to the

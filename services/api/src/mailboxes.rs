@@ -21,7 +21,7 @@ const COLUMNS: &str = "id, address, display_name, reply_to, smtp_url,
 
 /// Create a sender mailbox.
 #[utoipa::path(
-    post, path = "/v1/mailboxes", tag = "mailboxes",
+    post, operation_id = "create_mailbox", path = "/v1/mailboxes", tag = "mailboxes",
     request_body = CreateMailbox,
     responses(
         (status = 201, body = Mailbox),
@@ -71,7 +71,7 @@ pub async fn create(
 
 /// The workspace's live mailboxes, by address.
 #[utoipa::path(
-    get, path = "/v1/mailboxes", tag = "mailboxes",
+    get, operation_id = "list_mailboxes", path = "/v1/mailboxes", tag = "mailboxes",
     responses((status = 200, body = MailboxList), (status = 401, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
@@ -88,7 +88,7 @@ pub async fn list(state: &ApiState, auth: &Auth) -> ApiResult<MailboxList> {
 
 /// One mailbox.
 #[utoipa::path(
-    get, path = "/v1/mailboxes/{id}", tag = "mailboxes",
+    get, operation_id = "get_mailbox", path = "/v1/mailboxes/{id}", tag = "mailboxes",
     params(("id" = Uuid, Path, description = "Mailbox id")),
     responses((status = 200, body = Mailbox), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
@@ -101,13 +101,14 @@ pub async fn get_one(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Mailb
 /// Change a mailbox. Sends already queued keep the sender they were frozen with; the relay and
 /// DKIM settings apply from the next send.
 #[utoipa::path(
-    patch, path = "/v1/mailboxes/{id}", tag = "mailboxes",
+    patch, operation_id = "edit_mailbox", path = "/v1/mailboxes/{id}", tag = "mailboxes",
     params(("id" = Uuid, Path, description = "Mailbox id")),
     request_body = EditMailbox,
     responses(
         (status = 200, body = Mailbox),
         (status = 400, body = pulse_shared::http::ErrorBody),
         (status = 404, body = pulse_shared::http::ErrorBody),
+        (status = 409, description = "A password alone, for a mailbox on the global relay or one whose URL names no user", body = pulse_shared::http::ErrorBody),
         (status = 422, body = pulse_shared::http::ErrorBody),
     ),
     security(("bearer" = []))
@@ -141,14 +142,21 @@ pub async fn edit(state: &ApiState, auth: &Auth, id: Uuid, req: EditMailbox) -> 
     let timezone = req.timezone.as_deref().map(check_timezone).transpose()?;
     let mut tx = state.db.begin().await?;
     let before = fetch(&mut tx, auth.workspace, id).await?;
+    // A password alone goes with the relay the mailbox has: a conflict with its state, not a
+    // wrong value, when it has none or its URL names no user.
     if relay.is_none()
-        && let Some(Some(_)) = &req.smtp_password
-        && before.smtp_url.is_none()
+        && let Some(Some(password)) = &req.smtp_password
     {
-        return Err(ApiError::invalid(
-            "smtp_password",
-            "this mailbox uses the global relay; give an smtp_url with the password",
-        ));
+        let Some(url) = &before.smtp_url else {
+            return Err(ApiError::Conflict(
+                "this mailbox uses the global relay; give an smtp_url with the password".into(),
+            ));
+        };
+        mailbox::relay_url(url, Some(password)).map_err(|m| {
+            ApiError::Conflict(format!(
+                "the mailbox's smtp_url cannot take this password: {m}"
+            ))
+        })?;
     }
     sqlx::query(
         "UPDATE mailboxes SET
@@ -191,7 +199,7 @@ pub async fn edit(state: &ApiState, auth: &Auth, id: Uuid, req: EditMailbox) -> 
 /// Delete a mailbox. Refused (409) while a sequence that is not deleted sends from it; the
 /// enrollments and sends that used it keep naming it.
 #[utoipa::path(
-    delete, path = "/v1/mailboxes/{id}", tag = "mailboxes",
+    delete, operation_id = "delete_mailbox", path = "/v1/mailboxes/{id}", tag = "mailboxes",
     params(("id" = Uuid, Path, description = "Mailbox id")),
     responses(
         (status = 204, description = "Deleted"),
@@ -267,11 +275,9 @@ pub(crate) async fn check_sequence_mailboxes(
     .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
-    if let Some(i) = ids.iter().position(|id| !live.contains(id)) {
-        return Err(ApiError::invalid(
-            format!("sender.mailbox_ids[{i}]"),
-            "no such mailbox in this workspace",
-        ));
+    // A mailbox named that is not there: like an id in a path, 404.
+    if ids.iter().any(|id| !live.contains(id)) {
+        return Err(ApiError::NotFound("mailbox"));
     }
     Ok(ids.to_vec())
 }
@@ -327,9 +333,18 @@ fn check_relay(
         }
         return Ok((None, None));
     };
+    if url.chars().count() > 2000 {
+        return Err(ApiError::invalid("smtp_url", "longer than 2000 characters"));
+    }
     let stored = mailbox::relay(url).map_err(|m| ApiError::invalid("smtp_url", m))?;
     let password = password.or(stored.password);
     // The URL with its password must make a relay: a password needs a user.
+    if password.is_some() && url::Url::parse(&stored.url).is_ok_and(|u| u.username().is_empty()) {
+        return Err(ApiError::invalid(
+            "smtp_password",
+            "a password needs an smtp_url naming the user (smtp://USER@host)",
+        ));
+    }
     mailbox::relay_url(&stored.url, password.as_deref())
         .map_err(|m| ApiError::invalid("smtp_password", m))?;
     Ok((Some(stored.url), password))

@@ -10,7 +10,7 @@ use crate::{ApiState, Page};
 
 /// Captured messages of the workspace, newest first.
 #[utoipa::path(
-    get, path = "/v1/dev/outbox", tag = "dev",
+    get, operation_id = "list_outbox", path = "/v1/dev/outbox", tag = "dev",
     params(Page),
     responses((status = 200, body = OutboxList)),
     security(("bearer" = []))

@@ -31,12 +31,12 @@ pub struct SendFilter {
     /// Only this sequence's sends.
     pub sequence_id: Option<Uuid>,
     /// Only sends to this lead (email).
-    #[param(
-        max_length = 254,
-        pattern = "^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
-    )]
+    #[param(format = "address")]
     pub lead: Option<String>,
-    /// Only sends in this ledger state.
+    /// Only sends in this ledger state (upper or lower case).
+    #[param(
+        pattern = "^(SENDING|SENT|DEFERRED|FAILED|UNKNOWN|BOUNCED|COMPLAINED|sending|sent|deferred|failed|unknown|bounced|complained)$"
+    )]
     pub state: Option<String>,
     /// Only sends of the step at this position.
     pub step: Option<i32>,
@@ -48,11 +48,15 @@ pub struct SendFilter {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Continue after this idempotency key (from the previous page's `next`).
+    #[param(format = "text")]
     pub after: Option<String>,
 }
 
 async fn query(state: &ApiState, workspace: Uuid, f: SendFilter) -> Result<SendList, ApiError> {
     let limit = Page { limit: f.limit }.limit()?;
+    if let Some(after) = &f.after {
+        validate::no_control(after).map_err(|m| ApiError::invalid("after", m))?;
+    }
     // A sequence id that names nothing is a mistake, not "nothing was sent".
     if let Some(id) = f.sequence_id {
         crate::sequences::exists(&state.db, workspace, id).await?;
@@ -116,6 +120,7 @@ pub struct SequenceSends {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Continue after this idempotency key (from the previous page's `next`).
+    #[param(format = "text")]
     pub after: Option<String>,
 }
 
@@ -281,11 +286,6 @@ pub async fn resolve_many(
             "sequence_id",
             "name a sequence_id, a since/until range, or both",
         ));
-    }
-    if let (Some(since), Some(until)) = (req.since, req.until)
-        && since >= until
-    {
-        return Err(ApiError::invalid("until", "must be after since"));
     }
     if req.confirm != Some(true) {
         return Err(ApiError::invalid(

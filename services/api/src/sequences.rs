@@ -18,11 +18,11 @@ use uuid::Uuid;
 use crate::{ApiState, control::audit};
 
 /// Most steps in one sequence.
-const MAX_STEPS: usize = 50;
+pub(crate) const MAX_STEPS: usize = 50;
 
 /// Create a sequence.
 #[utoipa::path(
-    post, path = "/v1/sequences", tag = "sequences",
+    post, operation_id = "create_sequence", path = "/v1/sequences", tag = "sequences",
     request_body = CreateSequence,
     responses(
         (status = 201, description = "Created, ACTIVE", body = Sequence,
@@ -30,6 +30,7 @@ const MAX_STEPS: usize = 50;
         (status = 401, body = pulse_shared::http::ErrorBody),
         (status = 403, description = "A read key", body = pulse_shared::http::ErrorBody),
         (status = 400, body = pulse_shared::http::ErrorBody),
+        (status = 404, description = "A mailbox `sender.mailbox_ids` names is not there", body = pulse_shared::http::ErrorBody),
         (status = 422, body = pulse_shared::http::ErrorBody),
     ),
     security(("bearer" = []))
@@ -109,7 +110,7 @@ pub struct SequencePage {
 /// List the workspace's sequences, newest first (deleted ones included, for audit), a page at
 /// a time: `next` names the last one when there are more.
 #[utoipa::path(
-    get, path = "/v1/sequences", tag = "sequences", params(SequencePage),
+    get, operation_id = "list_sequences", path = "/v1/sequences", tag = "sequences", params(SequencePage),
     responses((status = 200, body = SequenceList), (status = 401, body = pulse_shared::http::ErrorBody),
               (status = 404, description = "`after` names no sequence of this workspace", body = pulse_shared::http::ErrorBody),
               (status = 422, body = pulse_shared::http::ErrorBody)),
@@ -192,7 +193,7 @@ pub async fn stats(state: &ApiState, auth: &Auth) -> ApiResult<SequenceStatsList
 
 /// Read one sequence with its steps, triggers and settings.
 #[utoipa::path(
-    get, path = "/v1/sequences/{id}", tag = "sequences",
+    get, operation_id = "get_sequence", path = "/v1/sequences/{id}", tag = "sequences",
     params(("id" = Uuid, Path, description = "Sequence id")),
     responses((status = 200, body = Sequence), (status = 404, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
@@ -280,6 +281,12 @@ pub(crate) fn check_steps(steps: &[StepInput], editing: bool) -> Result<(), ApiE
                 "a new sequence's steps have no id",
             ));
         }
+        if step.position.is_some_and(|p| p < 1) {
+            return Err(ApiError::invalid(
+                format!("steps[{i}].position"),
+                "must be at least 1",
+            ));
+        }
         // A threaded follow-up may leave its subject empty: it goes out as `Re: <first>`.
         if step.subject.trim().is_empty() && !(step.thread && i > 0) {
             return Err(ApiError::invalid(
@@ -349,6 +356,17 @@ pub(crate) fn check_triggers(triggers: &[TriggerSpec]) -> Result<(), ApiError> {
                 format!("triggers[{i}].{field}"),
                 "must not be empty",
             ));
+        }
+        if let TriggerSpec::TagApplied { tag: name } | TriggerSpec::ListAdded { list: name } =
+            trigger
+        {
+            let field = if matches!(trigger, TriggerSpec::TagApplied { .. }) {
+                "tag"
+            } else {
+                "list"
+            };
+            validate::text(name, limits::TEXT_BYTES)
+                .map_err(|m| ApiError::invalid(format!("triggers[{i}].{field}"), m))?;
         }
     }
     Ok(())

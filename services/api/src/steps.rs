@@ -39,6 +39,18 @@ fn index_of(seq: &Sequence, step: Uuid) -> Result<usize, ApiError> {
         .ok_or(ApiError::NotFound("step"))
 }
 
+/// A threaded step after the first may have an empty subject; moved first (by a delete or a new
+/// order), it cannot: the request is fine, the steps it meets make it a conflict.
+fn first_has_a_subject(steps: &[StepInput]) -> Result<(), ApiError> {
+    match steps.first() {
+        Some(first) if first.subject.trim().is_empty() => Err(ApiError::Conflict(
+            "this would make a step with an empty subject the first; give it a subject first"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn with_steps(steps: Vec<StepInput>, delete_missing_steps: bool) -> EditSequence {
     EditSequence {
         steps: Some(steps),
@@ -49,11 +61,11 @@ fn with_steps(steps: Vec<StepInput>, delete_missing_steps: bool) -> EditSequence
 
 /// Change one step: its content, timing or end date. Fields left out stay as they are.
 #[utoipa::path(
-    patch, path = "/v1/sequences/{id}/steps/{step_id}", tag = "sequences",
+    patch, operation_id = "patch_step", path = "/v1/sequences/{id}/steps/{step_id}", tag = "sequences",
     params(("id" = Uuid, Path, description = "Sequence id"), ("step_id" = Uuid, Path, description = "Step id")),
     request_body = StepPatch,
     responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
-              (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Deleted, or the step it meets leaves it an empty subject it cannot have", body = pulse_shared::http::ErrorBody),
               (status = 422, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
@@ -88,15 +100,25 @@ pub async fn patch(
         if let Some(max_lateness) = change.max_lateness {
             s.max_lateness = max_lateness;
         }
+        // An empty subject is allowed on a threaded step after the first. Where the patch is
+        // fine on its own and the step it meets makes it wrong (the step is the first, or its
+        // stored subject is empty), that is a conflict with the sequence as it is.
+        if s.subject.trim().is_empty() && (i == 0 || !s.thread) {
+            return Err(ApiError::Conflict(if i == 0 {
+                "the first step's subject cannot be empty".into()
+            } else {
+                "this step's subject is empty: give one to send it outside the thread".into()
+            }));
+        }
         Ok(with_steps(steps, false))
     })
     .await
 }
 
-/// Add a step at `position` (1 = first; left out: after the last). The body is a step as
-/// `steps` takes it, without an `id`.
+/// Add a step at `position` (1 = first; left out, or past the end: after the last). The body is
+/// a step as `steps` takes it, without an `id`.
 #[utoipa::path(
-    post, path = "/v1/sequences/{id}/steps", tag = "sequences",
+    post, operation_id = "add_step", path = "/v1/sequences/{id}/steps", tag = "sequences",
     params(("id" = Uuid, Path, description = "Sequence id")),
     request_body = StepInput,
     responses((status = 201, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
@@ -118,15 +140,16 @@ pub async fn add(
     }
     let change = edit::apply(state, auth, id, |seq| {
         let mut steps = inputs(seq);
+        if steps.len() >= crate::sequences::MAX_STEPS {
+            return Err(ApiError::Conflict(format!(
+                "the sequence has {} steps, the most it can have",
+                crate::sequences::MAX_STEPS
+            )));
+        }
         let place = match step.position {
             None => steps.len(),
-            Some(p) if p >= 1 && (p as usize) <= steps.len() + 1 => p as usize - 1,
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "position",
-                    format!("must be from 1 to {}", steps.len() + 1),
-                ));
-            }
+            Some(p) if p >= 1 => (p as usize - 1).min(steps.len()),
+            Some(_) => return Err(ApiError::invalid("position", "must be at least 1")),
         };
         steps.insert(place, step);
         Ok(with_steps(steps, false))
@@ -138,10 +161,10 @@ pub async fn add(
 /// Delete one step. Its runs no sender has claimed are skipped and their enrollments move on
 /// to the step that now follows; the answer returns once its sends already claimed settled.
 #[utoipa::path(
-    delete, path = "/v1/sequences/{id}/steps/{step_id}", tag = "sequences",
+    delete, operation_id = "delete_step", path = "/v1/sequences/{id}/steps/{step_id}", tag = "sequences",
     params(("id" = Uuid, Path, description = "Sequence id"), ("step_id" = Uuid, Path, description = "Step id")),
     responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
-              (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Deleted, or the sequence's only step", body = pulse_shared::http::ErrorBody),
               (status = 422, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
@@ -153,19 +176,27 @@ pub async fn delete(
     edit::apply(state, auth, id, |seq| {
         let i = index_of(seq, step)?;
         let mut steps = inputs(seq);
+        if steps.len() == 1 {
+            return Err(ApiError::Conflict(
+                "this is the sequence's only step: delete the sequence instead".into(),
+            ));
+        }
         steps.remove(i);
+        first_has_a_subject(&steps)?;
         Ok(with_steps(steps, true))
     })
     .await
 }
 
-/// Reorder the steps: `step_ids` lists every live step once, in the new order.
+/// Reorder the steps: `step_ids` lists every live step once, in the new order. A list that does
+/// not match the live steps (one missing, one that is not live) is `409`: the sequence changed
+/// since it was read.
 #[utoipa::path(
     post, path = "/v1/sequences/{id}/steps/order", tag = "sequences",
     params(("id" = Uuid, Path, description = "Sequence id")),
     request_body = StepOrder,
     responses((status = 200, body = SequenceChange), (status = 404, body = pulse_shared::http::ErrorBody),
-              (status = 409, description = "Deleted", body = pulse_shared::http::ErrorBody),
+              (status = 409, description = "Deleted, or the list does not match the live steps", body = pulse_shared::http::ErrorBody),
               (status = 422, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
@@ -175,6 +206,11 @@ pub async fn order(
     id: Uuid,
     order: StepOrder,
 ) -> ApiResult<SequenceChange> {
+    if let Some(i) =
+        (1..order.step_ids.len()).find(|&i| order.step_ids[..i].contains(&order.step_ids[i]))
+    {
+        return Err(ApiError::invalid(format!("step_ids[{i}]"), "listed twice"));
+    }
     edit::apply(state, auth, id, |seq| {
         let mut steps: Vec<Option<StepInput>> = inputs(seq).into_iter().map(Some).collect();
         let mut ordered = Vec::with_capacity(steps.len());
@@ -187,10 +223,9 @@ pub async fn order(
             match taken {
                 Some(s) => ordered.push(s),
                 None => {
-                    return Err(ApiError::invalid(
-                        format!("step_ids[{i}]"),
-                        "not a live step of this sequence, or listed twice",
-                    ));
+                    return Err(ApiError::Conflict(format!(
+                        "step_ids[{i}] is not a live step of this sequence"
+                    )));
                 }
             }
         }
@@ -202,14 +237,12 @@ pub async fn order(
                 .filter(|(_, left)| left.is_some())
                 .map(|(s, _)| s.id.to_string())
                 .collect();
-            return Err(ApiError::invalid(
-                "step_ids",
-                format!(
-                    "must list every live step once; missing: {}",
-                    missing.join(", ")
-                ),
-            ));
+            return Err(ApiError::Conflict(format!(
+                "step_ids must list every live step once; missing: {}",
+                missing.join(", ")
+            )));
         }
+        first_has_a_subject(&ordered)?;
         Ok(with_steps(ordered, false))
     })
     .await

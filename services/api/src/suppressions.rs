@@ -23,7 +23,7 @@ use crate::{
 /// Add addresses or domains to the suppression list; ends every ACTIVE enrollment of the leads
 /// they reach.
 #[utoipa::path(
-    post, path = "/v1/suppressions", tag = "suppressions",
+    post, operation_id = "add_suppressions", path = "/v1/suppressions", tag = "suppressions",
     request_body = AddSuppressions,
     responses(
         (status = 200, body = SuppressionsAdded),
@@ -85,19 +85,14 @@ pub(crate) async fn suppress(
 #[into_params(parameter_in = Query)]
 pub struct SuppressionFilter {
     /// This address (and, when its domain is suppressed, that entry).
-    #[param(
-        max_length = 254,
-        pattern = "^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
-    )]
+    #[param(format = "address")]
     pub email: Option<String>,
     /// Entries of this domain: the domain itself and its addresses.
-    #[param(
-        max_length = 253,
-        pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
-    )]
+    #[param(format = "domain")]
     pub domain: Option<String>,
     pub reason: Option<SuppressionReason>,
     /// The `next` of the previous page.
+    #[param(format = "text")]
     pub after: Option<String>,
     /// 1 to 1000; default 100.
     #[param(minimum = 1, maximum = 1000)]
@@ -106,7 +101,7 @@ pub struct SuppressionFilter {
 
 /// The suppression list, by value.
 #[utoipa::path(
-    get, path = "/v1/suppressions", tag = "suppressions",
+    get, operation_id = "list_suppressions", path = "/v1/suppressions", tag = "suppressions",
     params(SuppressionFilter),
     responses((status = 200, body = SuppressionList), (status = 400, body = pulse_shared::http::ErrorBody),
               (status = 422, body = pulse_shared::http::ErrorBody)),
@@ -118,6 +113,9 @@ pub async fn list(
     f: SuppressionFilter,
 ) -> ApiResult<SuppressionList> {
     let limit = f.limit.unwrap_or(100);
+    if let Some(after) = &f.after {
+        validate::no_control(after).map_err(|m| ApiError::invalid("after", m))?;
+    }
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be 1 to 1000"));
     }
@@ -172,7 +170,8 @@ pub async fn list(
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LiftQuery {
-    /// Recorded with who lifted it.
+    /// Recorded with who lifted it (at most 500 characters).
+    #[param(format = "text", max_length = 500)]
     pub reason: Option<String>,
 }
 
@@ -180,7 +179,7 @@ pub struct LiftQuery {
 /// who lifted it and why. Enrollments it ended stay ended (re-enroll them).
 #[utoipa::path(
     delete, path = "/v1/suppressions/{value}", tag = "suppressions",
-    params(("value" = String, Path, description = "An address or a domain", max_length = 254, pattern = "^([A-Za-z0-9._%+-]{1,64}@)?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"), LiftQuery),
+    params(("value" = String, Path, description = "An address or a domain", format = "address-or-domain"), LiftQuery),
     responses((status = 204, description = "Lifted"), (status = 404, body = pulse_shared::http::ErrorBody),
               (status = 422, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
@@ -191,7 +190,8 @@ pub async fn lift(
     value: String,
     q: LiftQuery,
 ) -> ApiResult<StatusCode> {
-    let entry = Entry::parse_value(&value).map_err(|m| ApiError::invalid("value", m))?;
+    // A value that cannot be an address or a domain names no suppression.
+    let entry = Entry::parse_value(&value).map_err(|_| ApiError::NotFound("suppression"))?;
     let why = q
         .reason
         .map(|r| r.trim().to_owned())
@@ -200,6 +200,7 @@ pub async fn lift(
     if why.chars().count() > 500 {
         return Err(ApiError::invalid("reason", "at most 500 characters"));
     }
+    validate::no_control(&why).map_err(|m| ApiError::invalid("reason", m))?;
     let mut tx = state.db.begin().await?;
     let was: Option<String> = sqlx::query_scalar(
         "DELETE FROM suppressions WHERE workspace_id = $1 AND kind = $2 AND value = $3

@@ -26,10 +26,13 @@ use crate::ApiState;
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
     /// Where events are posted: `https://` (or `http://`); not a private address.
-    #[schema(example = "https://crm.example.com/hooks/pulse")]
+    #[schema(
+        example = "https://crm.example.com/hooks/pulse",
+        format = "endpoint-url"
+    )]
     pub url: String,
     /// The events it receives, e.g. `["sequence.paused", "lead.suppressed"]`.
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, format = "webhook-event")]
     pub events: Vec<String>,
 }
 
@@ -37,7 +40,9 @@ pub struct WebhookRequest {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookPatch {
+    #[schema(format = "endpoint-url")]
     pub url: Option<String>,
+    #[schema(min_items = 1, format = "webhook-event")]
     pub events: Option<Vec<String>>,
     /// `false` stops deliveries (messages wait); `true` starts them again and clears a
     /// disabled endpoint's reason.
@@ -151,7 +156,7 @@ async fn fetch(state: &ApiState, auth: &Auth, id: Uuid) -> Result<Webhook, ApiEr
 
 /// Make an endpoint. Its signing secret is in this answer only.
 #[utoipa::path(
-    post, path = "/v1/webhooks", tag = "webhooks", request_body = WebhookRequest,
+    post, operation_id = "create_webhook", path = "/v1/webhooks", tag = "webhooks", request_body = WebhookRequest,
     responses((status = 201, body = NewWebhook, headers(("Location" = String, description = "The endpoint"))),
               (status = 403, description = "Not an admin key", body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
@@ -186,7 +191,7 @@ pub async fn create(state: &ApiState, auth: &Auth, req: WebhookRequest) -> ApiRe
 
 /// The workspace's endpoints, newest first.
 #[utoipa::path(
-    get, path = "/v1/webhooks", tag = "webhooks",
+    get, operation_id = "list_webhooks", path = "/v1/webhooks", tag = "webhooks",
     responses((status = 200, body = WebhookList)), security(("bearer" = []))
 )]
 pub async fn list(state: &ApiState, auth: &Auth) -> ApiResult<WebhookList> {
@@ -201,7 +206,7 @@ pub async fn list(state: &ApiState, auth: &Auth) -> ApiResult<WebhookList> {
 
 /// One endpoint.
 #[utoipa::path(
-    get, path = "/v1/webhooks/{id}", tag = "webhooks",
+    get, operation_id = "get_webhook", path = "/v1/webhooks/{id}", tag = "webhooks",
     params(("id" = Uuid, Path, description = "Webhook id")),
     responses((status = 200, body = Webhook)), security(("bearer" = []))
 )]
@@ -211,7 +216,7 @@ pub async fn get_one(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Webho
 
 /// Change an endpoint's URL, events, or whether it is enabled.
 #[utoipa::path(
-    patch, path = "/v1/webhooks/{id}", tag = "webhooks", request_body = WebhookPatch,
+    patch, operation_id = "patch_webhook", path = "/v1/webhooks/{id}", tag = "webhooks", request_body = WebhookPatch,
     params(("id" = Uuid, Path, description = "Webhook id")),
     responses((status = 200, body = Webhook)), security(("bearer" = []))
 )]
@@ -252,7 +257,7 @@ pub async fn patch(
 
 /// Delete an endpoint and its undelivered messages.
 #[utoipa::path(
-    delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+    delete, operation_id = "delete_webhook", path = "/v1/webhooks/{id}", tag = "webhooks",
     params(("id" = Uuid, Path, description = "Webhook id")),
     responses((status = 200, body = Webhook)), security(("bearer" = []))
 )]

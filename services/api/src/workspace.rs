@@ -42,8 +42,10 @@ pub struct WorkspacePatch {
     #[schema(value_type = Option<WorkspaceDkim>)]
     pub dkim: Option<Option<WorkspaceDkim>>,
     /// The workspace's sending limits, replaced as a whole (`[]` removes them).
+    #[schema(max_items = 5)]
     pub limits: Option<Vec<Limit>>,
     /// IANA zone of the workspace's `P1D` limit.
+    #[schema(format = "timezone")]
     pub timezone: Option<String>,
 }
 
@@ -52,24 +54,19 @@ pub struct WorkspacePatch {
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceDkim {
     /// The domain whose mail is signed (`d=`), e.g. `example.com`.
-    #[schema(
-        max_length = 253,
-        pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
-    )]
+    #[schema(format = "domain")]
     pub domain: String,
     /// `<selector>._domainkey.<domain>` holds the public key.
-    #[schema(
-        max_length = 200,
-        pattern = "^[A-Za-z0-9_-]{1,63}(\\.[A-Za-z0-9_-]{1,63})*$"
-    )]
+    #[schema(format = "dkim-selector")]
     pub selector: String,
     /// RSA in PKCS#1 PEM (`-----BEGIN RSA PRIVATE KEY-----`), or an Ed25519 seed in base64.
+    #[schema(format = "dkim-key")]
     pub private_key: String,
 }
 
 /// The caller's workspace and its settings.
 #[utoipa::path(
-    get, path = "/v1/workspace", tag = "workspace",
+    get, operation_id = "get_workspace", path = "/v1/workspace", tag = "workspace",
     responses((status = 200, body = Workspace), (status = 401, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
@@ -80,7 +77,7 @@ pub async fn get_one(state: &ApiState, auth: &Auth) -> ApiResult<Workspace> {
 /// Change the caller's workspace settings. Takes effect for the next request: addresses
 /// already stored are not re-checked.
 #[utoipa::path(
-    patch, path = "/v1/workspace", tag = "workspace",
+    patch, operation_id = "patch_workspace", path = "/v1/workspace", tag = "workspace",
     request_body = WorkspacePatch,
     responses(
         (status = 200, body = Workspace),

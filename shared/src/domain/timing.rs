@@ -10,11 +10,13 @@ use utoipa::ToSchema;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Timing {
-    /// Due at enrollment (step 1) or right after the previous send.
-    Immediately,
+    /// Due at enrollment (step 1) or right after the previous send. (A struct variant: serde
+    /// denies unknown fields on those only.)
+    Immediately {},
     /// Due this long after the previous send (or the enrollment, for step 1).
     Delay {
         /// ISO-8601 duration in weeks, days, hours, minutes and seconds, e.g. `P2D`, `PT5S`.
+        #[schema(format = "duration")]
         delay: String,
     },
     /// Due at an absolute time; if that time has passed the step is due at once.
@@ -29,14 +31,14 @@ impl Timing {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Timing::Delay { delay } => parse_iso_duration(delay).map(|_| ()),
-            Timing::Immediately | Timing::OnDate { .. } => Ok(()),
+            Timing::Immediately {} | Timing::OnDate { .. } => Ok(()),
         }
     }
 
     /// The due time of a step whose predecessor (or enrollment) happened at `anchor`.
     pub fn due_after(&self, anchor: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
         match self {
-            Timing::Immediately => Ok(anchor),
+            Timing::Immediately {} => Ok(anchor),
             Timing::Delay { delay } => {
                 let d = parse_iso_duration(delay)?;
                 anchor
@@ -134,7 +136,7 @@ mod tests {
     #[test]
     fn due_times() {
         let t = Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap();
-        assert_eq!(Timing::Immediately.due_after(t).unwrap(), t);
+        assert_eq!(Timing::Immediately {}.due_after(t).unwrap(), t);
         let d = Timing::Delay {
             delay: "P2D".into(),
         };

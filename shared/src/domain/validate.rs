@@ -69,6 +69,16 @@ pub fn address(raw: &str, policy: AddressPolicy) -> Result<Email, String> {
             "{given:?} has no domain with a dot (a workspace can allow these for internal relays: allow_dotless_domains)"
         ));
     }
+    // RFC 3696 §2: a top-level domain is not all-numeric (`1.2.3.4` is an IP address).
+    if domain
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| !tld.is_empty() && tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{given:?} has a domain whose last label is a number, not a domain name"
+        ));
+    }
     let local: String = local.nfc().collect::<String>().to_ascii_lowercase();
     let canonical = format!("{local}@{domain}");
     if canonical.len() > limits::ADDRESS_BYTES {
@@ -223,16 +233,31 @@ pub fn mailbox(raw: &str) -> Result<lettre::message::Mailbox, String> {
 /// A domain name, canonical as an address's domain is (lower case, IDNA): what suppressions
 /// and DKIM keys are stored by.
 pub fn domain(raw: &str) -> Result<String, String> {
-    let email = address(
-        &format!("postmaster@{}", raw.trim()),
-        AddressPolicy::default(),
-    )
-    .map_err(|_| format!("{raw:?} is not a domain name"))?;
+    // The shortest local part: every domain an address can have passes.
+    let email = address(&format!("a@{}", raw.trim()), AddressPolicy::default())
+        .map_err(|_| format!("{raw:?} is not a domain name"))?;
     Ok(email
         .canonical
         .rsplit_once('@')
         .map(|(_, d)| d.to_owned())
         .unwrap_or_default())
+}
+
+/// A host name as a URL names a relay or an endpoint: labels of ASCII letters, digits, `-` and
+/// `_`, 1 to 63 characters each, 253 in all. A single label (`localhost`, `mailhog`) passes:
+/// whether one is allowed is the caller's rule.
+pub fn host(name: &str) -> Result<(), String> {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.len() <= 253 && name.split('.').all(label) {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a host name"))
+    }
 }
 
 /// An IANA time zone name such as `Europe/Paris`.
@@ -268,6 +293,22 @@ mod tests {
             assert!(strict(bad).is_err(), "{bad:?} accepted");
         }
         assert!(strict(&format!("{}@example.com", "a".repeat(260))).is_err());
+        // An all-numeric last label is an address, not a name (RFC 3696 §2).
+        assert!(strict("ada@10.0.0.1").is_err());
+        assert!(domain("0.5").is_err());
+    }
+
+    #[test]
+    fn a_domain_is_as_long_as_an_address_at_it_can_be() {
+        // 3 labels of 62, one of 60 and `aa`: 252 bytes, and `a@` makes 254.
+        let long = format!(
+            "{}.{}.aa",
+            vec!["0".repeat(62); 3].join("."),
+            "0".repeat(60)
+        );
+        assert_eq!(long.len(), 252);
+        assert_eq!(domain(&long).unwrap(), long);
+        assert!(domain(&format!("0{long}")).is_err());
     }
 
     #[test]

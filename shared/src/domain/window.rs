@@ -13,11 +13,16 @@ use utoipa::ToSchema;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendWindow {
-    /// Lower-case three-letter days: `mon`, `tue`, `wed`, `thu`, `fri`, `sat`, `sun`.
+    /// Lower-case three-letter days: `mon`, `tue`, `wed`, `thu`, `fri`, `sat`, `sun`: the
+    /// days the window opens on.
+    #[schema(min_items = 1, format = "weekday")]
     pub days: Vec<String>,
     /// Local opening time, `HH:MM`.
+    #[schema(format = "clock")]
     pub start: String,
-    /// Local closing time, `HH:MM`, after `start` (windows do not cross midnight).
+    /// Local closing time, `HH:MM`. At or before `start`, the window runs past midnight and
+    /// closes the next day (`22:00`–`06:00`); equal to `start`, it is open the whole day.
+    #[schema(format = "clock")]
     pub end: String,
 }
 
@@ -34,9 +39,14 @@ fn weekday(day: &str) -> Option<Weekday> {
     })
 }
 
+/// `HH:MM`, two digits each, `00:00` to `23:59`.
 fn clock(value: &str) -> Result<NaiveTime, String> {
-    NaiveTime::parse_from_str(value, "%H:%M")
-        .map_err(|_| format!("{value:?} is not a time of day HH:MM"))
+    let bad = || format!("{value:?} is not a time of day HH:MM");
+    let (h, m) = value.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    NaiveTime::parse_from_str(value, "%H:%M").map_err(|_| bad())
 }
 
 impl SendWindow {
@@ -51,14 +61,8 @@ impl SendWindow {
                 format!("{d:?} is not one of mon, tue, wed, thu, fri, sat, sun"),
             ))?;
         }
-        let start = clock(&self.start).map_err(|m| ("start", m))?;
-        let end = clock(&self.end).map_err(|m| ("end", m))?;
-        if end <= start {
-            return Err((
-                "end",
-                "must be after start (windows do not cross midnight)".into(),
-            ));
-        }
+        clock(&self.start).map_err(|m| ("start", m))?;
+        clock(&self.end).map_err(|m| ("end", m))?;
         Ok(())
     }
 
@@ -68,6 +72,9 @@ impl SendWindow {
 }
 
 /// The first moment at or after `at` inside `window` in zone `tz`; `at` when there is no window.
+/// Each allowed day's window opens at `start` that day and closes at `end` that day, or the next
+/// day when `end` is at or before `start`: windows are visited in order from yesterday's (which
+/// may still be open past midnight), and the first not yet closed gives the answer.
 pub fn next_valid(at: DateTime<Utc>, window: Option<&SendWindow>, tz: Tz) -> DateTime<Utc> {
     let Some(w) = window else {
         return at;
@@ -75,20 +82,27 @@ pub fn next_valid(at: DateTime<Utc>, window: Option<&SendWindow>, tz: Tz) -> Dat
     let (Ok(start), Ok(end)) = (clock(&w.start), clock(&w.end)) else {
         return at;
     };
-    let today = at.with_timezone(&tz).date_naive();
-    for offset in 0..=7 {
-        let Some(date) = today.checked_add_days(Days::new(offset)) else {
+    let Some(yesterday) = at.with_timezone(&tz).date_naive().pred_opt() else {
+        return at;
+    };
+    for offset in 0..=8 {
+        let Some(date) = yesterday.checked_add_days(Days::new(offset)) else {
             break;
         };
         if !w.allows(date.weekday()) {
             continue;
         }
-        let (open, close) = (local(tz, date, start), local(tz, date, end));
-        if at < open {
-            return open;
-        }
+        let closes_on = if end > start {
+            Some(date)
+        } else {
+            date.succ_opt()
+        };
+        let Some(closes_on) = closes_on else {
+            break;
+        };
+        let (open, close) = (local(tz, date, start), local(tz, closes_on, end));
         if at < close {
-            return at;
+            return open.max(at);
         }
     }
     at
@@ -200,6 +214,50 @@ mod tests {
         assert_eq!(bad(&[], "09:00", "17:00"), Err("days"));
         assert_eq!(bad(&["monday"], "09:00", "17:00"), Err("days"));
         assert_eq!(bad(&["mon"], "9am", "17:00"), Err("start"));
-        assert_eq!(bad(&["mon"], "17:00", "09:00"), Err("end"));
+        assert_eq!(bad(&["mon"], "9:00", "17:00"), Err("start"));
+        assert_eq!(bad(&["mon"], "09:00", "24:00"), Err("end"));
+        // Past midnight, and the whole day, are windows too.
+        assert_eq!(bad(&["mon"], "17:00", "09:00"), Ok(()));
+        assert_eq!(bad(&["mon"], "09:00", "09:00"), Ok(()));
+    }
+
+    #[test]
+    fn a_window_may_run_past_midnight_or_all_day() {
+        let night = |days: &[&str], start: &str, end: &str| SendWindow {
+            days: days.iter().map(|d| d.to_string()).collect(),
+            start: start.into(),
+            end: end.into(),
+        };
+        let w = night(&["mon"], "22:00", "06:00");
+        let utc_zone = chrono_tz::UTC;
+        // Monday 2026-01-12, 23:00: open. Tuesday 03:00: still Monday's window.
+        assert_eq!(
+            next_valid(utc("2026-01-12T23:00:00Z"), Some(&w), utc_zone),
+            utc("2026-01-12T23:00:00Z")
+        );
+        assert_eq!(
+            next_valid(utc("2026-01-13T03:00:00Z"), Some(&w), utc_zone),
+            utc("2026-01-13T03:00:00Z")
+        );
+        // Tuesday 07:00: closed until next Monday 22:00.
+        assert_eq!(
+            next_valid(utc("2026-01-13T07:00:00Z"), Some(&w), utc_zone),
+            utc("2026-01-19T22:00:00Z")
+        );
+        // Monday 03:00 belongs to Sunday's window, which is not open: Monday 22:00.
+        assert_eq!(
+            next_valid(utc("2026-01-12T03:00:00Z"), Some(&w), utc_zone),
+            utc("2026-01-12T22:00:00Z")
+        );
+        // Equal ends: Wednesday all day, from 09:00 to Thursday 09:00.
+        let day = night(&["wed"], "09:00", "09:00");
+        assert_eq!(
+            next_valid(utc("2026-01-15T08:59:00Z"), Some(&day), utc_zone),
+            utc("2026-01-15T08:59:00Z")
+        );
+        assert_eq!(
+            next_valid(utc("2026-01-15T09:00:00Z"), Some(&day), utc_zone),
+            utc("2026-01-21T09:00:00Z")
+        );
     }
 }

@@ -65,6 +65,7 @@ impl Default for Guardrails {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailureGuard {
+    /// Below `of_last` (else the guard could never trip, and is refused).
     #[schema(minimum = 0, example = 10)]
     pub max_failed: u32,
     #[schema(minimum = 1, maximum = 1000, example = 20)]
@@ -76,7 +77,7 @@ pub struct FailureGuard {
 #[serde(deny_unknown_fields)]
 pub struct RepeatGuard {
     /// An ISO-8601 duration from one minute to 30 days.
-    #[schema(example = "PT24H")]
+    #[schema(example = "PT24H", format = "window")]
     pub within: String,
 }
 

@@ -47,7 +47,7 @@ pub struct Limit {
     pub max: u32,
     /// The period, as an ISO-8601 duration: `P1D` is the calendar day (rolling over at local
     /// midnight); any other duration from `PT1S` to `P7D` is a sliding window.
-    #[schema(example = "PT1M")]
+    #[schema(example = "PT1M", format = "limit-period")]
     pub per: String,
 }
 
@@ -109,7 +109,9 @@ pub fn check_lateness(raw: &str) -> Result<chrono::Duration, String> {
 }
 
 /// Checks a list of limits as given for `field` (e.g. `limits`): each valid, at most
-/// [`MAX_PER_LIST`], no period twice. Errors name the entry (`limits[1].per`).
+/// [`MAX_PER_LIST`]. A period given twice (`PT1M` and `PT60S`) is kept once, with the lower
+/// max: the stricter limit is the one both entries allow. Errors name the entry
+/// (`limits[1].per`).
 pub fn check_list(field: &str, limits: &[Limit]) -> Result<Vec<Rule>, ApiError> {
     if limits.len() > MAX_PER_LIST {
         return Err(ApiError::invalid(
@@ -123,13 +125,10 @@ pub fn check_list(field: &str, limits: &[Limit]) -> Result<Vec<Rule>, ApiError> 
             let part = if m.starts_with("max") { "max" } else { "per" };
             ApiError::invalid(format!("{field}[{i}].{part}"), m)
         })?;
-        if rules.iter().any(|r| r.period == rule.period) {
-            return Err(ApiError::invalid(
-                format!("{field}[{i}].per"),
-                format!("{} is limited twice; keep the lower max", rule.per),
-            ));
+        match rules.iter_mut().find(|r| r.period == rule.period) {
+            Some(kept) => kept.max = kept.max.min(rule.max),
+            None => rules.push(rule),
         }
-        rules.push(rule);
     }
     Ok(rules)
 }
@@ -464,8 +463,13 @@ mod tests {
 
     #[test]
     fn lists_name_the_entry_at_fault() {
-        let err = check_list("limits", &[limit(5, "PT1M"), limit(3, "PT60S")]).unwrap_err();
-        assert!(err.to_string().contains("twice"), "{err}");
+        // One period twice (as written two ways) is kept once, with the lower max.
+        let rules = check_list(
+            "limits",
+            &[limit(5, "PT1M"), limit(3, "PT60S"), limit(9, "P1D")],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rules.iter().map(|r| r.max).collect::<Vec<_>>(), [3, 9]);
         let err = check_list("limits", &[limit(5, "PT1M"), limit(5, "soon")]).unwrap_err();
         let ApiError::Invalid(f) = err else {
             panic!("not a field error")

@@ -13,20 +13,20 @@ use super::{Limit, present};
 #[serde(deny_unknown_fields)]
 pub struct CreateMailbox {
     /// The bare address mail goes out from, e.g. `ada@example.com`.
-    #[schema(
-        max_length = 254,
-        pattern = "^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.[A-Za-z]{2,24}$"
-    )]
+    #[schema(format = "address")]
     pub address: String,
     /// The name shown with it, e.g. `Ada Lovelace`.
     #[serde(default)]
+    #[schema(format = "display-name")]
     pub display_name: Option<String>,
     /// Where replies go (`Reply-To`), when not to `address`.
     #[serde(default)]
+    #[schema(format = "mailbox")]
     pub reply_to: Option<String>,
     /// This mailbox's relay, e.g. `smtp://ada%40example.com:PASSWORD@smtp.example.com:587?tls=required`;
     /// left out: the global `PULSE_SMTP_URL`. A password in it is stored apart and never shown.
     #[serde(default)]
+    #[schema(format = "smtp-url")]
     pub smtp_url: Option<String>,
     /// The relay's AUTH password, when not in `smtp_url` (write-only).
     #[serde(default)]
@@ -37,9 +37,11 @@ pub struct CreateMailbox {
     /// How much this mailbox may send (`docs/sending-rules.md`), e.g.
     /// `[{"max": 2000, "per": "P1D"}, {"max": 30, "per": "PT1M"}]`.
     #[serde(default)]
+    #[schema(max_items = 5)]
     pub limits: Vec<Limit>,
     /// The IANA zone its `P1D` limit rolls over in, at midnight; default UTC.
     #[serde(default)]
+    #[schema(format = "timezone")]
     pub timezone: Option<String>,
 }
 
@@ -49,11 +51,9 @@ pub struct CreateMailbox {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DkimInput {
-    #[schema(
-        max_length = 200,
-        pattern = "^[A-Za-z0-9_-]{1,63}(\\.[A-Za-z0-9_-]{1,63})*$"
-    )]
+    #[schema(format = "dkim-selector")]
     pub selector: String,
+    #[schema(format = "dkim-key")]
     pub private_key: String,
 }
 
@@ -62,14 +62,14 @@ pub struct DkimInput {
 #[serde(deny_unknown_fields)]
 pub struct EditMailbox {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = "display-name")]
     pub display_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = "mailbox")]
     pub reply_to: Option<Option<String>>,
     /// A new relay (clears the stored password unless the URL or `smtp_password` gives one).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = "smtp-url")]
     pub smtp_url: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
@@ -79,8 +79,10 @@ pub struct EditMailbox {
     pub dkim: Option<Option<DkimInput>>,
     /// The mailbox's sending limits, replaced as a whole (`[]` removes them).
     #[serde(default)]
+    #[schema(max_items = 5)]
     pub limits: Option<Vec<Limit>>,
     #[serde(default)]
+    #[schema(format = "timezone")]
     pub timezone: Option<String>,
 }
 

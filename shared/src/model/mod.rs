@@ -34,7 +34,9 @@ pub struct CreateSequence {
     pub name: String,
     /// IANA time zone; defaults to UTC.
     #[serde(default)]
+    #[schema(format = "timezone")]
     pub timezone: Option<String>,
+    #[schema(min_items = 1, max_items = 50)]
     pub steps: Vec<StepInput>,
     #[serde(default)]
     pub triggers: Vec<TriggerSpec>,
@@ -48,10 +50,12 @@ pub struct CreateSequence {
     pub end_date: Option<DateTime<Utc>>,
     /// Most sends of this sequence per minute, enforced when sending (also paces a resume).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_sends_per_minute: Option<i32>,
     /// Sending limits of this sequence (`docs/sending-rules.md`); `P1D` counts the day in the
     /// sequence's time zone.
     #[serde(default)]
+    #[schema(max_items = 5)]
     pub limits: Vec<Limit>,
     /// When the sequence pauses itself (`docs/sending-rules.md`); left out: the defaults.
     #[serde(default)]
@@ -104,20 +108,25 @@ pub struct StepInput {
     /// Keep and edit this existing step (edits only; omit for a new step).
     #[serde(default)]
     pub id: Option<Uuid>,
-    /// Ignored: a step's place is its place in the list. Accepted so that steps read with
-    /// `GET /v1/sequences/{id}` can be sent back as they are.
+    /// In `steps`, ignored: a step's place is its place in the list (accepted so that steps
+    /// read with `GET /v1/sequences/{id}` can be sent back as they are). In
+    /// `POST /v1/sequences/{id}/steps`, where to put the new step (past the end: last).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub position: Option<i32>,
     /// Template, e.g. `Hello {{ lead.first_name }}`. May be empty on a threaded step after the
-    /// first: it then goes out as `Re: ` and the thread's first subject.
+    /// first: it then goes out as `Re: ` and the thread's first subject. At most 998 bytes.
+    #[schema(format = "text")]
     pub subject: String,
     /// The text part, a template, e.g. `Hi {{ lead.first_name | default: "there" }}, …`. May be
     /// empty when `html` is given: the text part is then derived from the HTML.
     #[serde(default)]
+    #[schema(format = "multiline")]
     pub body: String,
     /// An HTML part, a template whose lead values are HTML-escaped when rendered. With it the
     /// message is `multipart/alternative` (text and HTML).
     #[serde(default)]
+    #[schema(format = "html")]
     pub html: Option<String>,
     /// Send this step as a reply in the lead's thread: `In-Reply-To` and `References` name the
     /// enrollment's earlier messages, and an empty subject becomes `Re: <first subject>`.
@@ -132,7 +141,7 @@ pub struct StepInput {
     /// this time after it first came due (a pause, a limit, a closed window) is skipped with the
     /// reason, and the enrollment moves on to the next step.
     #[serde(default)]
-    #[schema(example = "P2D")]
+    #[schema(example = "P2D", format = "lateness")]
     pub max_lateness: Option<String>,
 }
 
@@ -165,10 +174,12 @@ pub struct EditSequence {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
+    #[schema(format = "timezone")]
     pub timezone: Option<String>,
     #[serde(default)]
     pub sender: Option<SenderIdentity>,
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 50)]
     pub steps: Option<Vec<StepInput>>,
     /// Delete the existing steps `steps` leaves out (refused otherwise).
     #[serde(default)]
@@ -182,10 +193,11 @@ pub struct EditSequence {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_date: Option<Option<DateTime<Utc>>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i32>)]
+    #[schema(value_type = Option<i32>, minimum = 1)]
     pub max_sends_per_minute: Option<Option<i32>>,
     /// The sequence's sending limits, replaced as a whole (`[]` removes them).
     #[serde(default)]
+    #[schema(max_items = 5)]
     pub limits: Option<Vec<Limit>>,
     #[serde(default)]
     pub guardrails: Option<Guardrails>,
@@ -202,11 +214,13 @@ pub struct EditSequence {
 #[serde(deny_unknown_fields)]
 pub struct StepPatch {
     #[serde(default)]
+    #[schema(format = "text")]
     pub subject: Option<String>,
     #[serde(default)]
+    #[schema(format = "multiline")]
     pub body: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = "html")]
     pub html: Option<Option<String>>,
     #[serde(default)]
     pub thread: Option<bool>,
@@ -216,7 +230,7 @@ pub struct StepPatch {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_date: Option<Option<DateTime<Utc>>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = "lateness")]
     pub max_lateness: Option<Option<String>>,
 }
 
@@ -224,6 +238,7 @@ pub struct StepPatch {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepOrder {
+    #[schema(min_items = 1)]
     pub step_ids: Vec<Uuid>,
 }
 
@@ -339,9 +354,11 @@ pub struct AuditEvent {
     pub actor: String,
     /// `created`, `edited`, `paused`, `resumed`, `deleted`, `enrollment_cancelled`, `re_enrolled`.
     pub action: String,
-    #[schema(value_type = Object)]
+    /// The state before the action (any JSON), `null` when there was none.
+    #[schema(value_type = Option<Value>)]
     pub before: Option<Value>,
-    #[schema(value_type = Object)]
+    /// The state after it, `null` when there is none (a delete).
+    #[schema(value_type = Option<Value>)]
     pub after: Option<Value>,
     pub at: DateTime<Utc>,
 }
@@ -380,6 +397,7 @@ pub struct SenderIdentity {
     pub mailbox_ids: Option<Vec<Uuid>>,
     /// Where replies go (`Reply-To`), when not to the sender (a mailbox's own `reply_to` wins).
     #[serde(default)]
+    #[schema(format = "mailbox")]
     pub reply_to: Option<String>,
 }
 
@@ -388,9 +406,11 @@ pub struct SenderIdentity {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TriggerSpec {
     TagApplied {
+        #[schema(format = "label")]
         tag: String,
     },
     ListAdded {
+        #[schema(format = "label")]
         list: String,
     },
     /// Fires when a lead's score crosses `min_score`: from below it (or from no score) to it or
@@ -519,23 +539,25 @@ pub struct SequenceStatsList {
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeadInput {
+    #[schema(format = "address")]
     pub email: String,
-    /// Left out: kept as it is; `null` or empty: cleared.
+    /// Left out: kept as it is; `null` or empty: cleared. At most 1,024 bytes.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = "text")]
     pub first_name: Option<Option<String>>,
-    /// Left out: kept as it is; `null` or empty: cleared.
+    /// Left out: kept as it is; `null` or empty: cleared. At most 1,024 bytes.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = "text")]
     pub last_name: Option<Option<String>>,
     /// IANA time zone of the lead. Left out: kept as it is; `null` or empty: cleared (the
     /// sequence's zone applies). A change re-plans the lead's scheduled steps.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = "timezone-or-empty")]
     pub timezone: Option<Option<String>>,
-    /// Free-form attributes, readable in templates as `lead.attributes.<name>`.
+    /// Free-form attributes, readable in templates as `lead.attributes.<name>`: at most 100,
+    /// each name a line of text, each value at most 4 KiB as JSON, 64 KiB in all.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub attributes: Option<Map<String, Value>>,
 }
 

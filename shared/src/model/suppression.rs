@@ -56,6 +56,7 @@ pub struct SuppressionInput {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddSuppressions {
+    #[schema(min_items = 1, max_items = 10_000)]
     pub entries: Vec<SuppressionInput>,
 }
 

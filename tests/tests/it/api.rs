@@ -582,9 +582,10 @@ async fn steps_read_with_get_can_be_sent_back_with_patch() -> anyhow::Result<()>
             Some(json!({"steps": [after[1].clone()]})),
         )
         .await?;
+    // 409: the list is fine on its own, it no longer matches the sequence's steps.
     assert_eq!(
-        (status, err["error"]["field"].as_str()),
-        (422, Some("steps")),
+        (status, err["error"]["code"].as_str()),
+        (409, Some("conflict")),
         "{err}"
     );
     let message = err["error"]["message"].as_str().unwrap_or_default();

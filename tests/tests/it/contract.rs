@@ -233,8 +233,8 @@ async fn what_get_answers_can_be_sent_back_and_a_stale_version_is_refused() -> a
         .call(Method::PATCH, &format!("/v1/sequences/{id}"), Some(other))
         .await?;
     assert_eq!(
-        (status, &wrong["error"]["field"]),
-        (422, &json!("id")),
+        (status, &wrong["error"]["code"]),
+        (409, &json!("conflict")),
         "{wrong}"
     );
     env.stop().await

@@ -769,8 +769,9 @@ async fn edits_to_timing_order_and_steps_apply_to_enrollments_in_flight() -> any
             Some(json!({"steps": [{"id": uuid::Uuid::new_v4(), "subject": "x", "body": "y", "timing": {"type": "immediately"}}]})))
         .await?;
     assert_eq!(
-        (status, err["error"]["field"].as_str()),
-        (422, Some("steps[0].id"))
+        (status, err["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{err}"
     );
     let (status, err) = env
         .call(

@@ -303,8 +303,14 @@ async fn mailbox_input_is_checked_and_secrets_are_write_only() -> anyhow::Result
                "steps": [{"subject": "s", "body": "b", "timing": {"type": "immediately"}}]})
     };
     let nobody = uuid::Uuid::new_v4().to_string();
+    // A mailbox that is not there is 404, like an id in a path.
+    let (status, err) = env.post("/v1/sequences", seq(json!([nobody]))).await?;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{err}"
+    );
     for (ids, field) in [
-        (json!([nobody]), "sender.mailbox_ids[0]"),
         (json!([id, id]), "sender.mailbox_ids[1]"),
         (json!([]), "sender.mailbox_ids"),
     ] {

@@ -11,7 +11,7 @@ use super::when;
 
 pub(super) fn timing_text(t: &Timing) -> String {
     match t {
-        Timing::Immediately => "immediately".to_owned(),
+        Timing::Immediately {} => "immediately".to_owned(),
         Timing::Delay { delay } => format!("{delay} after the previous step"),
         Timing::OnDate { at } => format!("on {}", when(at)),
     }
