@@ -163,12 +163,15 @@ enum Command {
         #[command(flatten)]
         args: ResolveArgs,
     },
-    /// Who did what to a sequence, and when.
+    /// Who did what to a sequence, and when: newest first, a page at a time.
     Audit {
         #[command(flatten)]
         client: Client,
         /// The sequence: its id or its exact name.
         sequence: String,
+        /// The next (older) page: the number printed after "more: --before".
+        #[arg(long)]
+        before: Option<i64>,
     },
     /// What resuming a paused sequence now would send, and what it would skip.
     ResumePreview {
@@ -179,34 +182,51 @@ enum Command {
     },
 }
 
+/// `pulse serve` could not start, or stopped on an error (configuration, a port, a dependency).
+const EXIT_SERVE: i32 = 4;
+/// `pulse migrate` could not create the database or apply a migration.
+const EXIT_MIGRATE: i32 = 5;
+
+/// Ends the process with `code` when `done` failed, after printing the error and its causes.
+fn exit_on(code: i32, done: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = done {
+        eprintln!("error: {e:#}");
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+async fn serve(roles: Vec<Role>) -> anyhow::Result<()> {
+    let telemetry =
+        telemetry::init(&pulse::service_name(&roles)).context("setting up telemetry")?;
+    let settings = Settings::from_env().context("reading configuration")?;
+    let shutdown = CancellationToken::new();
+    pulse::cancel_on_signal(shutdown.clone());
+    let listeners = pulse::bind(&settings, &roles).await?;
+    let served = pulse::serve(settings, roles, listeners, shutdown).await;
+    // Spans of the last sends are still buffered: export them before exiting.
+    telemetry.shutdown();
+    Ok(served?)
+}
+
+async fn migrate() -> anyhow::Result<()> {
+    telemetry::init_with_default(telemetry::DEFAULT_FILTER);
+    let settings = Settings::from_env().context("reading configuration")?;
+    db::ensure_database(&settings.database_url)
+        .await
+        .context("creating the database")?;
+    let pool = db::pool_for(&settings, 2)?;
+    db::migrate(&pool).await.context("applying migrations")?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (client, request) = match cli.command {
-        Command::Serve { roles } => {
-            let telemetry =
-                telemetry::init(&pulse::service_name(&roles)).context("setting up telemetry")?;
-            let settings = Settings::from_env().context("reading configuration")?;
-            let shutdown = CancellationToken::new();
-            pulse::cancel_on_signal(shutdown.clone());
-            let listeners = pulse::bind(&settings, &roles).await?;
-            let served = pulse::serve(settings, roles, listeners, shutdown).await;
-            // Spans of the last sends are still buffered: export them before exiting.
-            telemetry.shutdown();
-            served?;
-            return Ok(());
-        }
-        Command::Migrate => {
-            telemetry::init_with_default(telemetry::DEFAULT_FILTER);
-            let settings = Settings::from_env().context("reading configuration")?;
-            db::ensure_database(&settings.database_url)
-                .await
-                .context("creating the database")?;
-            let pool = db::pool_for(&settings, 2)?;
-            db::migrate(&pool).await.context("applying migrations")?;
-            tracing::info!("migrations applied");
-            return Ok(());
-        }
+        Command::Serve { roles } => return exit_on(EXIT_SERVE, serve(roles).await),
+        Command::Migrate => return exit_on(EXIT_MIGRATE, migrate().await),
         Command::Sequences { client, action } => (client, Request::Sequences(action)),
         Command::Mailboxes { client, action } => (client, Request::Mailboxes(action)),
         Command::Steps { client, action } => (client, Request::Steps(action)),
@@ -220,7 +240,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Events { client, action } => (client, Request::Events(action)),
         Command::Outbox { client, limit } => (client, Request::Outbox { limit }),
         Command::Sends { client, filter } => (client, Request::Sends(filter)),
-        Command::Audit { client, sequence } => (client, Request::Audit { sequence }),
+        Command::Audit {
+            client,
+            sequence,
+            before,
+        } => (client, Request::Audit { sequence, before }),
         Command::Resolve { client, args } => (client, Request::Resolve(args)),
         Command::ResumePreview { client, sequence } => {
             (client, Request::ResumePreview { sequence })

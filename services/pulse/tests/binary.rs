@@ -178,10 +178,25 @@ fn bad_configuration_is_refused_with_the_variable_named() -> anyhow::Result<()> 
         .env("PULSE_HTTP_ADDR", "not-an-address")
         .args(["serve", "all"])
         .output()?;
-    assert!(!out.status.success());
+    // `serve` failures have their own exit code (4), apart from the CLI's 1 to 3.
+    assert_eq!(out.status.code(), Some(4));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("PULSE_HTTP_ADDR"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // And `migrate` failures theirs (5): here, no PostgreSQL on that port.
+    let out = command(&settings)
+        .env(
+            "PULSE_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:9/nothing",
+        )
+        .arg("migrate")
+        .output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = command(&settings)
         .env("PULSE_SMTP_URL", "http://relay")
         .args(["serve", "all"])

@@ -36,6 +36,42 @@ async fn operators_take_control_from_the_command_line() -> anyhow::Result<()> {
         "{}",
         out.stdout
     );
+    // A page at a time: a second sequence, one per page, and the hint leads to the first.
+    env.create_sequence(sequence_body(
+        "Cli second",
+        &[("Hi", "x", json!({"type": "immediately"}))],
+        "t2",
+    ))
+    .await?;
+    let out = pulse(&env, &["sequences", "list", "--limit", "1"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let after = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("more: --after "))
+        .map(str::to_owned);
+    assert!(
+        out.stdout.contains("Cli second") && after.is_some(),
+        "{}",
+        out.stdout
+    );
+    let next = after.unwrap_or_default();
+    let out = pulse(
+        &env,
+        &["sequences", "list", "--limit", "1", "--after", &next],
+    )
+    .await?;
+    assert!(
+        out.stdout.contains("Cli welcome") && !out.stdout.contains("more:"),
+        "{}",
+        out.stdout
+    );
+    let out = pulse(&env, &["sequences", "list", "--limit", "1", "--all"]).await?;
+    assert!(
+        out.stdout.contains("Cli welcome") && out.stdout.contains("Cli second"),
+        "{}",
+        out.stdout
+    );
 
     let out = pulse(&env, &["sequences", "pause", &id]).await?;
     assert_eq!(out.code, 0, "{}", out.stderr);

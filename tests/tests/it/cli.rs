@@ -153,7 +153,15 @@ async fn keys_and_workspaces_from_the_command_line() -> anyhow::Result<()> {
         .to_owned();
     let revoked = run(client(&admin), Request::Keys(Keys::Revoke { id })).await?;
     assert!(revoked.starts_with("revoked board"), "{revoked}");
-    let refused = run(client(&read), Request::Sequences(cli::Sequences::List)).await;
+    let refused = run(
+        client(&read),
+        Request::Sequences(cli::Sequences::List {
+            limit: None,
+            after: None,
+            all: false,
+        }),
+    )
+    .await;
     assert!(refused.is_err(), "a revoked key opens nothing");
     env.stop().await
 }

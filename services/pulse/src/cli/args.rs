@@ -54,8 +54,18 @@ impl From<AdminClient> for Client {
 
 #[derive(Subcommand, Debug)]
 pub enum Sequences {
-    /// List sequences.
-    List,
+    /// List sequences, newest first, a page at a time (says "more:" when there is another).
+    List {
+        /// Rows per page (1 to 1000, default 1000).
+        #[arg(long)]
+        limit: Option<i64>,
+        /// The next page: the id printed after "more:" on the previous one.
+        #[arg(long)]
+        after: Option<String>,
+        /// Every page, one after another.
+        #[arg(long, conflicts_with = "after")]
+        all: bool,
+    },
     /// Create a sequence from a file, JSON or YAML (`.yaml`), as `POST /v1/sequences` takes it
     /// (name, sender, steps, triggers, settings); `-` reads standard input.
     Create {
@@ -326,6 +336,7 @@ pub enum Request {
     Sends(SendsFilter),
     Audit {
         sequence: String,
+        before: Option<i64>,
     },
     Resolve(ResolveArgs),
     ResumePreview {

@@ -93,7 +93,7 @@ async fn with_ids(client: &Client, mut request: Request) -> Result<Request, Fail
         | Request::Reenroll(ReenrollArgs { sequence, .. })
         | Request::Enroll(EnrollArgs { sequence, .. })
         | Request::Sequences(Sequences::Versions { id: sequence })
-        | Request::Audit { sequence }
+        | Request::Audit { sequence, .. }
         | Request::ResumePreview { sequence } => {
             *sequence = names::sequence(client, sequence).await?
         }
@@ -124,7 +124,7 @@ async fn with_ids(client: &Client, mut request: Request) -> Result<Request, Fail
 fn sequence_of(request: &Request) -> Option<&str> {
     match request {
         Request::Enrollments(Enrollments::List { sequence, .. })
-        | Request::Audit { sequence }
+        | Request::Audit { sequence, .. }
         | Request::ResumePreview { sequence }
         | Request::Sequences(
             Sequences::Versions { id: sequence } | Sequences::Show { id: sequence },
@@ -224,7 +224,17 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
         Request::Inbound(action) => return inbound::run(client, action).await,
         Request::Keys(action) => return keys::run(client, action).await,
         Request::Admin(action) => return keys::run_admin(client, action).await,
-        Request::Sequences(Sequences::List) => (Method::GET, "/v1/sequences".to_owned(), None),
+        Request::Sequences(Sequences::List { limit, after, .. }) => (
+            Method::GET,
+            format!(
+                "/v1/sequences{}",
+                query(&[
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("after", after.clone())
+                ])
+            ),
+            None,
+        ),
         Request::Sequences(Sequences::Show { id }) => {
             (Method::GET, format!("/v1/sequences/{}", encode(id)), None)
         }
@@ -357,9 +367,13 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             ),
             None,
         ),
-        Request::Audit { sequence } => (
+        Request::Audit { sequence, before } => (
             Method::GET,
-            format!("/v1/sequences/{}/audit", encode(sequence)),
+            format!(
+                "/v1/sequences/{}/audit{}",
+                encode(sequence),
+                query(&[("before", before.map(|b| b.to_string()))])
+            ),
             None,
         ),
         Request::Resolve(ResolveArgs {
@@ -451,6 +465,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
     let all = match &request {
         Request::Enrollments(Enrollments::List { all: true, .. }) => Some("enrollments"),
         Request::Sends(SendsFilter { all: true, .. }) => Some("sends"),
+        Request::Sequences(Sequences::List { all: true, .. }) => Some("sequences"),
         _ => None,
     };
     let value = match all {

@@ -70,21 +70,24 @@ pub(super) fn render(request: &Request, v: &Value, times: &Times) -> String {
     let items = |k: &str| v[k].as_array().cloned().unwrap_or_default();
     let t = |v: &Value| times.show(v);
     match request {
-        Request::Sequences(Sequences::List) => table(
-            &["ID", "NAME", "STATUS", "STEPS", "VERSION"],
-            items("sequences")
-                .iter()
-                .map(|q| {
-                    vec![
-                        s(&q["id"]),
-                        s(&q["name"]),
-                        s(&q["status"]),
-                        q["steps"].as_array().map_or(0, Vec::len).to_string(),
-                        s(&q["version"]),
-                    ]
-                })
-                .collect(),
-        ),
+        Request::Sequences(Sequences::List { .. }) => {
+            let rows = table(
+                &["ID", "NAME", "STATUS", "STEPS", "VERSION"],
+                items("sequences")
+                    .iter()
+                    .map(|q| {
+                        vec![
+                            s(&q["id"]),
+                            s(&q["name"]),
+                            s(&q["status"]),
+                            q["steps"].as_array().map_or(0, Vec::len).to_string(),
+                            s(&q["version"]),
+                        ]
+                    })
+                    .collect(),
+            );
+            format!("{rows}{}", more(v))
+        }
         Request::Sequences(Sequences::Show { .. }) => {
             let steps = table(
                 &["#", "TIMING", "SUBJECT"],
@@ -374,20 +377,27 @@ pub(super) fn render(request: &Request, v: &Value, times: &Times) -> String {
                 })
                 .collect(),
         ),
-        Request::Audit { .. } => table(
-            &["AT", "ACTOR", "ACTION", "ENROLLMENT"],
-            items("events")
-                .iter()
-                .map(|e| {
-                    vec![
-                        t(&e["at"]),
-                        s(&e["actor"]),
-                        s(&e["action"]),
-                        s(&e["enrollment_id"]),
-                    ]
-                })
-                .collect(),
-        ),
+        Request::Audit { .. } => {
+            let rows = table(
+                &["AT", "ACTOR", "ACTION", "ENROLLMENT"],
+                items("events")
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            t(&e["at"]),
+                            s(&e["actor"]),
+                            s(&e["action"]),
+                            s(&e["enrollment_id"]),
+                        ]
+                    })
+                    .collect(),
+            );
+            // Newest first: the next page is older.
+            match v["next"].as_i64() {
+                Some(next) => format!("{rows}\nmore: --before {next}"),
+                None => rows,
+            }
+        }
         Request::ResumePreview { .. } => format!(
             "resuming now would send {} and skip {} ({} already queued)\n\n{}",
             s(&v["sends"]),
