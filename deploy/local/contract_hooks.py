@@ -24,7 +24,13 @@ with open(os.environ["PULSE_CONTRACT_RSA_KEY"]) as f:
 
 
 def _in_range(v, low, high):
-    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+    # An integer, or one written with a zero fraction (`599.0`), which the API reads as one.
+    return (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and float(v).is_integer()
+        and low <= v <= high
+    )
 
 
 def _swap(value):
@@ -35,7 +41,7 @@ def _swap(value):
         }
         failed, last = value.get("max_failed"), value.get("of_last")
         if _in_range(failed, 0, 2**32 - 1) and _in_range(last, 1, 1000) and failed >= last:
-            value["max_failed"] = last - 1
+            value["max_failed"] = int(last) - 1
         return value
     if isinstance(value, list):
         return [_swap(v) for v in value]
