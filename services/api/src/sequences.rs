@@ -346,28 +346,16 @@ pub(crate) fn unsubscribe_link_note(steps: &[Step]) -> Option<String> {
 
 pub(crate) fn check_triggers(triggers: &[TriggerSpec]) -> Result<(), ApiError> {
     for (i, trigger) in triggers.iter().enumerate() {
-        let blank = match trigger {
-            TriggerSpec::TagApplied { tag } => tag.trim().is_empty().then_some("tag"),
-            TriggerSpec::ListAdded { list } => list.trim().is_empty().then_some("list"),
-            TriggerSpec::LeadScore { .. } => None,
+        let (field, name) = match trigger {
+            TriggerSpec::TagApplied { tag } => ("tag", tag),
+            TriggerSpec::ListAdded { list } => ("list", list),
+            TriggerSpec::LeadScore { .. } => continue,
         };
-        if let Some(field) = blank {
-            return Err(ApiError::invalid(
-                format!("triggers[{i}].{field}"),
-                "must not be empty",
-            ));
+        let field = format!("triggers[{i}].{field}");
+        if name.trim().is_empty() {
+            return Err(ApiError::invalid(field, "must not be empty"));
         }
-        if let TriggerSpec::TagApplied { tag: name } | TriggerSpec::ListAdded { list: name } =
-            trigger
-        {
-            let field = if matches!(trigger, TriggerSpec::TagApplied { .. }) {
-                "tag"
-            } else {
-                "list"
-            };
-            validate::text(name, limits::TEXT_BYTES)
-                .map_err(|m| ApiError::invalid(format!("triggers[{i}].{field}"), m))?;
-        }
+        validate::text(name, limits::TEXT_BYTES).map_err(|m| ApiError::invalid(field, m))?;
     }
     Ok(())
 }
