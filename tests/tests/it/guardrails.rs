@@ -184,6 +184,16 @@ async fn a_repeat_outside_an_operator_re_enroll_pauses_the_sequence_and_is_never
         .await?;
     assert_eq!(status, 200);
     smtp.wait_for(21, Duration::from_secs(30)).await?;
+    // The relay has the mail before the sender records it: the enrollments end just after.
+    eventually(Duration::from_secs(30), "the first 20 enrollments ended", || async {
+        let active = count(
+            &env.db,
+            &format!("SELECT count(*) FROM enrollments WHERE sequence_id = '{asked}' AND status = 'ACTIVE'"),
+        )
+        .await?;
+        Ok((active == 0).then_some(()))
+    })
+    .await?;
 
     // An operator's re-enroll is exempt: step 1 goes to the 20 leads again, nothing pauses.
     let (status, body) = env

@@ -249,7 +249,7 @@ async fn with_redis_gone_nothing_is_sent_and_everything_goes_once_it_is_back() -
     redis.cut().await;
     let leads: Vec<String> = (0..20).map(|i| format!("r{i}@example.com")).collect();
     enroll(&env, "go", &leads).await?;
-    eventually(Duration::from_secs(30), "sends held for Redis", || async {
+    eventually(Duration::from_secs(60), "sends held for Redis", || async {
         let held = pulse_tests::count(
             &env.db,
             "SELECT count(*) FROM step_runs WHERE last_error LIKE 'Redis unreachable%'",
