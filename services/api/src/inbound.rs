@@ -10,6 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use pulse_shared::{
+    domain::validate,
     feedback::Kind,
     http::{ApiError, ApiPath, ApiQuery, ApiResult, Auth},
     model::{InboundList, InboundMessage},
@@ -29,7 +30,8 @@ const COLUMNS: &str = "id, received_at, source, kind, mail_from, idempotency_key
 pub struct InboundFilter {
     pub enrollment_id: Option<Uuid>,
     pub sequence_id: Option<Uuid>,
-    /// The address it is about (a lead's).
+    /// The address it is about (a lead's), as written: a line of text.
+    #[param(format = "text")]
     pub address: Option<String>,
     /// `reply`, `auto_reply`, `bounce`, `soft_bounce`, `complaint`, `unsubscribe`, `other`.
     #[param(pattern = "^(reply|auto_reply|bounce|soft_bounce|complaint|unsubscribe|other)$")]
@@ -62,6 +64,9 @@ pub async fn list(state: &ApiState, auth: &Auth, f: InboundFilter) -> ApiResult<
             "kind",
             format!("{kind:?} is not one of {}", kinds.join(", ")),
         ));
+    }
+    if let Some(address) = &f.address {
+        validate::no_control(address).map_err(|m| ApiError::invalid("address", m))?;
     }
     let address = f.address.as_deref().map(|a| a.trim().to_lowercase());
     let messages: Vec<InboundMessage> = sqlx::query_as(&format!(
