@@ -33,10 +33,41 @@ pub enum MessagingError {
     NotConfirmed,
     #[error("the broker did not confirm a publish within {0:?}")]
     ConfirmTimeout(std::time::Duration),
+    /// A round trip to the broker went unanswered for [`RPC_TIMEOUT`]: the session must start
+    /// again.
+    #[error("the broker did not answer {0} within {1:?}")]
+    Unanswered(&'static str, std::time::Duration),
     /// The consumer's stream ended while the worker still runs: its connection or channel is
     /// gone, and the session must start again.
     #[error("the broker ended the consumer")]
     ConsumerEnded,
+}
+
+/// How long one round trip to the broker (connect, open a channel, declare, set QoS, consume,
+/// publish, ack) may take. lapin can leave a call unanswered for ever when the connection drops
+/// while it waits: a scheduler whose `queue.declare` was in flight as RabbitMQ restarted never
+/// returned, so it never started the session that gives back its stranded runs. Bounded, the
+/// call fails and the session starts again.
+pub const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Awaits one broker round trip named `what`, failing with [`MessagingError::Unanswered`] after
+/// [`RPC_TIMEOUT`].
+pub async fn rpc<T>(
+    what: &'static str,
+    call: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, MessagingError> {
+    within(RPC_TIMEOUT, what, call).await
+}
+
+async fn within<T>(
+    limit: std::time::Duration,
+    what: &'static str,
+    call: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, MessagingError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(MessagingError::Unanswered(what, limit)),
+    }
 }
 
 /// Opens a connection to RabbitMQ (`amqp://`, or `amqps://` over rustls with the webpki roots).
@@ -60,13 +91,12 @@ pub async fn connect_with_ca(url: &str, ca: Option<Vec<u8>>) -> Result<Connectio
         identity: None,
         cert_chain,
     };
-    Ok(Connection::connect_with_config(
-        url,
-        ConnectionProperties::default(),
-        tls,
-        lapin::runtime::default_runtime()?,
+    let runtime = lapin::runtime::default_runtime()?;
+    rpc(
+        "connection.open",
+        Connection::connect_with_config(url, ConnectionProperties::default(), tls, runtime),
     )
-    .await?)
+    .await
 }
 
 /// The dead-letter queue of `queue`: messages that cannot be parsed or handled.
@@ -116,16 +146,15 @@ pub async fn declare(
     kind: QueueType,
 ) -> Result<(), MessagingError> {
     let dead = dead_letter_queue(queue);
-    channel
-        .queue_declare(
-            dead.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            kind.arguments(),
-        )
-        .await?;
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    rpc(
+        "queue.declare",
+        channel.queue_declare(dead.as_str().into(), options, kind.arguments()),
+    )
+    .await?;
     let mut args = kind.arguments();
     args.insert(
         "x-dead-letter-exchange".into(),
@@ -135,15 +164,31 @@ pub async fn declare(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(dead.as_str().into()),
     );
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
+    rpc(
+        "queue.declare",
+        channel.queue_declare(queue.into(), options, args),
+    )
+    .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unanswered_round_trip_fails_instead_of_waiting_for_ever() {
+        let never = std::future::pending::<lapin::Result<()>>();
+        let e = within(Duration::from_millis(20), "queue.declare", never)
+            .await
+            .err();
+        assert!(
+            matches!(e, Some(MessagingError::Unanswered("queue.declare", _))),
+            "{e:?}"
+        );
+        let answered = within(Duration::from_secs(1), "basic.qos", async { Ok(7) }).await;
+        assert_eq!(answered.ok(), Some(7));
+    }
 }

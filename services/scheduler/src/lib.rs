@@ -113,12 +113,13 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<(), SchedulerError> {
     let conn = messaging::connect_for(settings).await?;
-    let channel = conn.create_channel().await.map_err(MessagingError::from)?;
+    let channel = messaging::rpc("channel.open", conn.create_channel()).await?;
     messaging::declare(&channel, &settings.queue, settings.queue_type).await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(MessagingError::from)?;
+    messaging::rpc(
+        "confirm.select",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
     // A session that failed may have committed QUEUED without learning it (a commit whose answer
     // was lost), so nothing was published for those runs: give back every run this scheduler
     // queued and nobody claimed. The first session has none.
@@ -143,7 +144,11 @@ async fn session(
         shutdown,
     )
     .await;
-    let _ = conn.close(200, "scheduler shutting down".into()).await;
+    let _ = messaging::rpc(
+        "connection.close",
+        conn.close(200, "scheduler shutting down".into()),
+    )
+    .await;
     result
 }
 
@@ -245,17 +250,15 @@ async fn queue_depth(
 ) -> Result<u32, SchedulerError> {
     let mut ready = 0;
     for q in [queue.to_owned(), messaging::dead_letter_queue(queue)] {
-        let declared = channel
-            .queue_declare(
-                q.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(MessagingError::from)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = messaging::rpc(
+            "queue.declare",
+            channel.queue_declare(q.as_str().into(), passive, FieldTable::default()),
+        )
+        .await?;
         metrics.set_queue_messages(&q, declared.message_count());
         if q == queue {
             ready = declared.message_count();
@@ -600,19 +603,15 @@ async fn publish(
             .with_content_type("application/json".into())
             .with_message_id(r.message.key.as_str().into())
             .with_headers(headers);
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &payload,
-                props,
-            )
-            .await
-            .map_err(MessagingError::from)?;
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirm = messaging::rpc(
+            "basic.publish",
+            channel.basic_publish("".into(), queue.into(), options, &payload, props),
+        )
+        .await?;
         confirms.push(confirm);
     }
     let confirmations = tokio::time::timeout(CONFIRM_TIMEOUT, try_join_all(confirms))

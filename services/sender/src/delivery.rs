@@ -56,7 +56,8 @@ pub(crate) async fn handle(ctx: &Context, channel: &Channel, queue: &str, delive
         span.record("otel.status_code", "ERROR");
         span.record("otel.status_message", e.to_string());
     }
-    let settled = match processed {
+    // Bounded: an ack on a connection that just dropped may never be answered (`messaging::rpc`).
+    let settled = messaging::rpc("basic.ack", async { match processed {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
         Err(HandleError::Poison(reason)) => {
             ctx.metrics.dead_lettered();
@@ -80,7 +81,8 @@ pub(crate) async fn handle(ctx: &Context, channel: &Channel, queue: &str, delive
                 redeliver(channel, queue, &delivery, n + 1).await
             }
         }
-    };
+    }})
+    .await;
     if let Err(e) = settled {
         tracing::warn!(error = %e, "ack failed; the broker will redeliver and the ledger absorbs it");
     }

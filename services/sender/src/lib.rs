@@ -147,25 +147,31 @@ async fn session(
         }
     }
     let conn = messaging::connect_for(settings).await?;
-    let channel = conn.create_channel().await.map_err(MessagingError::from)?;
+    let channel = messaging::rpc("channel.open", conn.create_channel()).await?;
     messaging::declare(&channel, &settings.queue, settings.queue_type).await?;
-    channel
-        .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(MessagingError::from)?;
-    let consumer = channel
-        .basic_consume(
+    messaging::rpc(
+        "basic.qos",
+        channel.basic_qos(ctx.settings.prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    let consumer = messaging::rpc(
+        "basic.consume",
+        channel.basic_consume(
             settings.queue.as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
-        )
-        .await
-        .map_err(MessagingError::from)?;
+        ),
+    )
+    .await?;
     health.ready("sender");
     tracing::info!(queue = %settings.queue, prefetch = ctx.settings.prefetch, "sender consuming");
     let result = consume(ctx, &channel, &settings.queue, consumer, shutdown).await;
-    let _ = conn.close(200, "sender shutting down".into()).await;
+    let _ = messaging::rpc(
+        "connection.close",
+        conn.close(200, "sender shutting down".into()),
+    )
+    .await;
     result
 }
 
