@@ -45,7 +45,7 @@ impl Scope {
     }
 
     /// The scope a request needs: `admin` for key management and webhooks, `read` for any
-    /// other `GET` or `HEAD`, `write` for the rest.
+    /// other `GET` or `HEAD` and for an edit preview, `write` for the rest.
     pub fn needed(method: &Method, path: &str) -> Self {
         let under = |prefix: &str| {
             path == prefix
@@ -55,7 +55,11 @@ impl Scope {
         };
         if under("/v1/keys") || under("/v1/webhooks") {
             Scope::Admin
-        } else if method == Method::GET || method == Method::HEAD {
+        } else if method == Method::GET
+            || method == Method::HEAD
+            // A preview changes nothing (its edit is rolled back).
+            || (method == Method::POST && path.ends_with("/edit-preview"))
+        {
             Scope::Read
         } else {
             Scope::Write
@@ -263,6 +267,14 @@ mod tests {
             Scope::Admin
         );
         assert_eq!(Scope::needed(&Method::GET, "/v1/keysmith"), Scope::Read);
+        assert_eq!(
+            Scope::needed(&Method::POST, "/v1/sequences/x/edit-preview"),
+            Scope::Read
+        );
+        assert_eq!(
+            Scope::needed(&Method::POST, "/v1/sequences/x/resume"),
+            Scope::Write
+        );
         assert!(Scope::Admin > Scope::Write && Scope::Write > Scope::Read);
         assert_eq!(generate().len(), 6 + 64);
     }

@@ -79,11 +79,53 @@ pub(crate) async fn apply(
     build: impl FnOnce(&Sequence) -> Result<EditSequence, ApiError>,
 ) -> ApiResult<SequenceChange> {
     let mut tx = state.db.begin().await?;
-    let status = lock_status(&mut tx, auth.workspace, id).await?;
+    let Made {
+        before,
+        after,
+        deleted_steps,
+        mut warnings,
+    } = make(&mut tx, auth, id, build).await?;
+    tx.commit().await?;
+    // Sends of deleted steps claimed before the commit: the call returns once they settled, so
+    // no deleted step goes out afterwards (any later claim finds its run SKIPPED).
+    if !deleted_steps.is_empty() {
+        let left = crate::drain::wait_in_flight(
+            &state.db,
+            crate::drain::Scope::Steps(id, deleted_steps.clone()),
+            state.drain_timeout,
+        )
+        .await?;
+        warnings.extend(crate::drain::in_flight_warning(left, state.drain_timeout));
+    }
+    tracing::info!(sequence = %id, from = before.version, version = after.version, actor = %auth.actor, "sequence edited");
+    Ok(SequenceChange {
+        sequence: after,
+        warnings,
+    })
+}
+
+/// An edit made inside a transaction not yet committed.
+pub(crate) struct Made {
+    pub before: Sequence,
+    pub after: Sequence,
+    /// Steps the edit deleted (their claimed sends are still to be waited for).
+    pub deleted_steps: Vec<Uuid>,
+    pub warnings: Vec<String>,
+}
+
+/// Makes the edit in `tx` (every check, every write, the version and the audit) and leaves the
+/// commit, or the rollback of a preview, to the caller.
+pub(crate) async fn make(
+    tx: &mut PgConnection,
+    auth: &Auth,
+    id: Uuid,
+    build: impl FnOnce(&Sequence) -> Result<EditSequence, ApiError>,
+) -> Result<Made, ApiError> {
+    let status = lock_status(&mut *tx, auth.workspace, id).await?;
     if status == SequenceStatus::Deleted {
         return Err(ApiError::Conflict("the sequence is deleted".into()));
     }
-    let before = load_one(&mut tx, auth.workspace, id).await?;
+    let before = load_one(&mut *tx, auth.workspace, id).await?;
     let req = build(&before)?;
     if req.id.is_some_and(|given| given != id) {
         // Another sequence's body sent to this one: it does not match what is here.
@@ -112,7 +154,7 @@ pub(crate) async fn apply(
         req.max_sends_per_minute.flatten(),
     )?;
     let sender = match &req.sender {
-        Some(s) => Some(check_sender(&mut tx, auth.workspace, s).await?),
+        Some(s) => Some(check_sender(&mut *tx, auth.workspace, s).await?),
         None => None,
     };
     let limits = req
@@ -260,27 +302,27 @@ pub(crate) async fn apply(
                     .await?;
                 }
                 None => {
-                    insert_step(&mut tx, id, position, step).await?;
+                    insert_step(&mut *tx, id, position, step).await?;
                 }
             }
         }
     }
     if let Some(triggers) = &req.triggers {
-        replace_triggers(&mut tx, auth.workspace, id, triggers).await?;
+        replace_triggers(&mut *tx, auth.workspace, id, triggers).await?;
     }
 
-    let skipped = skip_deleted(&mut tx, id, &deleted_steps).await?;
+    let skipped = skip_deleted(&mut *tx, id, &deleted_steps).await?;
     let rules_changed =
         timing_changed || timezone.is_some() || req.send_window.is_some() || req.end_date.is_some();
     let retimed = if rules_changed {
-        schedule::retime(&mut tx, schedule::Retime::Sequence(id)).await?
+        schedule::retime(&mut *tx, schedule::Retime::Sequence(id)).await?
     } else {
         0
     };
 
-    let after = load_one(&mut tx, auth.workspace, id).await?;
-    record_version(&mut tx, &after, &auth.actor).await?;
-    audit(&mut tx, auth.workspace, id, None, &auth.actor, "edited",
+    let after = load_one(&mut *tx, auth.workspace, id).await?;
+    record_version(&mut *tx, &after, &auth.actor).await?;
+    audit(&mut *tx, auth.workspace, id, None, &auth.actor, "edited",
         Some(to_json(&before)?),
         Some(json!({"sequence": to_json(&after)?, "steps_skipped": skipped, "steps_retimed": retimed}))).await?;
 
@@ -313,18 +355,6 @@ pub(crate) async fn apply(
             );
         }
     }
-    tx.commit().await?;
-    // Sends of deleted steps claimed before the commit: the call returns once they settled, so
-    // no deleted step goes out afterwards (any later claim finds its run SKIPPED).
-    if !deleted_steps.is_empty() {
-        let left = crate::drain::wait_in_flight(
-            &state.db,
-            crate::drain::Scope::Steps(id, deleted_steps.clone()),
-            state.drain_timeout,
-        )
-        .await?;
-        warnings.extend(crate::drain::in_flight_warning(left, state.drain_timeout));
-    }
     for step in before
         .steps
         .iter()
@@ -338,9 +368,10 @@ pub(crate) async fn apply(
     if req.steps.is_some() {
         warnings.extend(crate::sequences::unsubscribe_link_note(&after.steps));
     }
-    tracing::info!(sequence = %id, version = after.version, actor = %auth.actor, "sequence edited");
-    Ok(SequenceChange {
-        sequence: after,
+    Ok(Made {
+        before,
+        after,
+        deleted_steps,
         warnings,
     })
 }

@@ -12,6 +12,7 @@ mod control;
 mod domain_limits;
 mod drain;
 mod edit;
+mod edit_preview;
 mod enrollments;
 pub mod hub;
 mod idempotency;
@@ -84,6 +85,10 @@ pub fn router(state: ApiState) -> Router {
                 .delete(control::v1::delete),
         )
         .route("/v1/sequences/{id}/versions", get(edit::v1::versions))
+        .route(
+            "/v1/sequences/{id}/edit-preview",
+            post(edit_preview::v1::preview),
+        )
         .route("/v1/sequences/{id}/steps", post(steps::v1::add))
         .route("/v1/sequences/{id}/steps/order", post(steps::v1::order))
         .route(

@@ -11,6 +11,7 @@ use uuid::Uuid;
 mod events;
 mod inbound;
 mod mailbox;
+mod preview;
 mod suppression;
 pub use events::{
     EnrollmentOutcome, EventBatch, EventBatchResult, EventError, EventResult, EventType, LeadInput,
@@ -18,6 +19,9 @@ pub use events::{
 };
 pub use inbound::{InboundList, InboundMessage};
 pub use mailbox::{CreateMailbox, DkimInput, EditMailbox, Mailbox, MailboxList};
+pub use preview::{
+    EditPreview, PREVIEW_ITEMS, PreviewEnded, PreviewEnding, PreviewRun, PreviewRuns,
+};
 pub use suppression::{
     AddSuppressions, Suppression, SuppressionInput, SuppressionList, SuppressionReason,
     SuppressionsAdded,

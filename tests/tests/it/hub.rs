@@ -395,7 +395,7 @@ async fn every_page_renders_and_every_action_works_from_its_form() -> anyhow::Re
         .await?;
     assert_eq!(e["enrollments"].as_array().map(Vec::len), Some(0));
 
-    // Edit: rename keeps the steps; a bad timing is refused with a message, nothing saved.
+    // Edit: rename keeps the steps; a bad wait is refused next to its step, nothing saved.
     let (_, form) = hub.get(&format!("/hub/sequences/{sid}/edit")).await?;
     let step_ids: Vec<String> = form
         .match_indices(r#"name="step_id" value=""#)
@@ -412,28 +412,31 @@ async fn every_page_renders_and_every_action_works_from_its_form() -> anyhow::Re
     let mut fields = vec![
         ("name", "Onboarding v2"),
         ("sender", "Pulse <tests@example.com>"),
+        ("timezone", "UTC"),
     ];
-    let timings = [
-        r#"{"type":"immediately"}"#,
-        r#"{"type":"delay","delay":"P1D"}"#,
-    ];
-    let orders = ["1", "2"];
+    let whens = [("immediately", ""), ("after", "1")];
     let htmls = ["", "<p>Hello <b>there</b></p>"];
     let threads = ["no", "yes"];
     for (i, id) in step_ids.iter().enumerate() {
         fields.extend([
             ("step_id", id.as_str()),
-            ("step_order", orders[i]),
             ("step_subject", "Subject"),
             ("step_body", "Body"),
             ("step_html", htmls[i]),
             ("step_thread", threads[i]),
-            ("step_timing", timings[i]),
+            ("step_when", whens[i].0),
+            ("step_after_n", whens[i].1),
+            ("step_after_unit", "days"),
+            ("step_on", ""),
             ("step_end", ""),
             ("step_lateness", ""),
         ]);
     }
-    fields.extend([("triggers", r#"[{"type":"tag_applied","tag":"hub"}]"#)]);
+    fields.extend([
+        ("trigger_kind", "tag_applied"),
+        ("trigger_value", "hub"),
+        ("do", "save"),
+    ]);
     let (s, to) = hub
         .post(&format!("/hub/sequences/{sid}/edit"), &fields)
         .await?;
@@ -446,10 +449,23 @@ async fn every_page_renders_and_every_action_works_from_its_form() -> anyhow::Re
     assert_eq!(after["steps"].as_array().map(Vec::len), Some(2));
     assert_eq!(after["steps"][1]["html"], "<p>Hello <b>there</b></p>");
     assert_eq!(after["steps"][1]["thread"], true);
+    assert_eq!(
+        after["steps"][1]["timing"],
+        json!({"type": "delay", "delay": "P1D"})
+    );
     assert_eq!(after["steps"][0]["html"], Value::Null);
+    assert_eq!(
+        after["triggers"],
+        json!([{"type": "tag_applied", "tag": "hub"}])
+    );
+    let (_, page) = hub.get(&format!("/hub/sequences/{sid}")).await?;
+    assert!(
+        page.contains("1 day after the previous step"),
+        "timing in words"
+    );
     let mut broken = fields.clone();
     for f in broken.iter_mut() {
-        if f.0 == "step_timing" {
+        if f.0 == "step_after_n" && f.1 == "1" {
             f.1 = "soon";
         }
         if f.0 == "name" {
@@ -465,17 +481,53 @@ async fn every_page_renders_and_every_action_works_from_its_form() -> anyhow::Re
         .form(&with_token)
         .send()
         .await?;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // The form comes back as typed, with the reason under the step it concerns.
+    let page = r.text().await?;
+    let err = page
+        .split(r#"id="err-step-1""#)
+        .nth(1)
+        .context("an error under step 2")?;
+    assert!(err.contains("is not a whole number"), "{page}");
+    assert!(page.contains(r#"value="Never saved""#), "the draft is kept");
+    // An error the API finds names its field too: an unknown time zone.
+    let mut zoned = with_token.clone();
+    for f in zoned.iter_mut() {
+        if f.0 == "step_after_n" && f.1 == "soon" {
+            f.1 = "2";
+        }
+        if f.0 == "timezone" {
+            f.1 = "Mars/Olympus";
+        }
+    }
+    let r = hub
+        .http
+        .post(format!("{}/hub/sequences/{sid}/edit", env.base))
+        .header(header::COOKIE, &hub.cookie)
+        .form(&zoned)
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = r.text().await?;
+    assert!(page.contains(r#"id="err-timezone""#), "{page}");
+    let (_, after) = env.get(&format!("/v1/sequences/{sid}")).await?;
+    assert_eq!(after["name"], "Onboarding v2");
+    assert_eq!(after["timezone"], "UTC");
+
+    // A refused action's reason comes back on the page once (the flash cookie).
+    let r = hub
+        .http
+        .post(format!("{}/hub/sequences/{sid}/delete", env.base))
+        .header(header::COOKIE, &hub.cookie)
+        .form(&[("csrf", hub.csrf.as_str()), ("confirm_name", "nope")])
+        .send()
+        .await?;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(
-        r.headers()[header::LOCATION],
-        format!("/hub/sequences/{sid}/edit").as_str()
-    );
-    // The reason comes back on the form's page, once.
     let flash = set_cookie(&r, "pulse_hub_flash").context("a message for the next page")?;
     let flash = flash.split(';').next().unwrap_or_default();
     let r = hub
         .http
-        .get(format!("{}/hub/sequences/{sid}/edit", env.base))
+        .get(format!("{}/hub/sequences/{sid}/delete", env.base))
         .header(header::COOKIE, format!("{}; {flash}", hub.cookie))
         .send()
         .await?;
@@ -484,10 +536,6 @@ async fn every_page_renders_and_every_action_works_from_its_form() -> anyhow::Re
         cleared.contains("Max-Age=0"),
         "the message is shown once: {cleared}"
     );
-    let page = r.text().await?;
-    assert!(page.contains("step 1 timing"), "{page}");
-    let (_, after) = env.get(&format!("/v1/sequences/{sid}")).await?;
-    assert_eq!(after["name"], "Onboarding v2");
 
     // Delete asks for the name: a wrong one deletes nothing.
     let (s, to) = hub

@@ -6,6 +6,7 @@ mod cli;
 mod contract;
 mod control;
 mod dkim;
+mod edit_preview;
 mod fairness;
 mod faults;
 mod guardrails;

@@ -91,4 +91,41 @@
     };
     setInterval(() => { if (!document.hidden) refresh(); }, 3000);
   }
+
+  // The step editor: with JavaScript, cards can also be dragged into a new order. The form
+  // sends the cards in the order they stand, so a drag is saved like the move buttons.
+  const cards = document.querySelector("ol.step-cards");
+  if (cards) {
+    let dragged = null;
+    const renumber = () => {
+      const all = [...cards.querySelectorAll("li.step-card")];
+      all.forEach((card, i) => {
+        const title = card.querySelector("h3 .step-number");
+        if (title) title.textContent = `Step ${i + 1}`;
+        card.querySelectorAll('button[name="do"]').forEach((b) => {
+          const [verb] = b.value.split(":");
+          b.value = `${verb}:${i}`;
+          if (verb === "up") b.disabled = i === 0;
+          if (verb === "down") b.disabled = i === all.length - 1;
+        });
+      });
+    };
+    cards.addEventListener("dragstart", (e) => {
+      dragged = e.target.closest("li.step-card");
+      if (dragged) dragged.classList.add("dragging");
+    });
+    cards.addEventListener("dragend", () => {
+      if (dragged) dragged.classList.remove("dragging");
+      dragged = null;
+      renumber();
+    });
+    cards.addEventListener("dragover", (e) => {
+      const over = e.target.closest("li.step-card");
+      if (!dragged || !over || over === dragged) return;
+      e.preventDefault();
+      const box = over.getBoundingClientRect();
+      const after = e.clientY > box.top + box.height / 2;
+      cards.insertBefore(dragged, after ? over.nextSibling : over);
+    });
+  }
 })();

@@ -291,6 +291,10 @@ pub fn router(api: ApiState) -> Router {
         )
         .route("/hub/sequences", get(pages::sequences))
         .route("/hub/sequences/live", get(pages::live))
+        .route(
+            "/hub/sequences/new",
+            get(pages::new_form).post(pages::create),
+        )
         .route("/hub/sequences/{id}", get(pages::sequence))
         .route("/hub/sequences/{id}/pause", post(pages::pause))
         .route(

@@ -16,12 +16,11 @@ use axum::{
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 use pulse_shared::{
-    domain::timing::Timing,
     http::ApiError,
     model::{
-        AuditEvent, CancelManyRequest, CancelRequest, EditSequence, Enrollment, EnrollmentStatus,
-        ExitOnReply, LedgerState, ReenrollRequest, ResolveSend, SenderIdentity, Sequence,
-        SequenceChange, SequenceStats, SequenceStatus, StepInput, StepRunState, TriggerSpec,
+        AuditEvent, CancelManyRequest, CancelRequest, Enrollment, EnrollmentStatus, ExitOnReply,
+        LedgerState, ReenrollRequest, ResolveSend, SenderIdentity, Sequence, SequenceChange,
+        SequenceStats, SequenceStatus, StepRunState,
     },
 };
 use serde::Deserialize;
@@ -38,13 +37,14 @@ use crate::{
 
 mod actions;
 mod edit;
+mod editor;
 mod enrollments;
 mod login;
 mod sends;
 mod words;
 
 pub use actions::{delete, delete_form, pause, reenroll, resume, resume_preview};
-pub use edit::{edit, edit_form};
+pub use edit::{create, edit, edit_form, new_form};
 pub use enrollments::{cancel, cancel_many, enrollments};
 pub use login::{login, login_form, logout};
 pub use sends::{outbox, resolve, sends};
@@ -61,10 +61,6 @@ fn when(t: &DateTime<Utc>) -> String {
 
 fn when_opt(t: &Option<DateTime<Utc>>) -> String {
     t.as_ref().map_or_else(|| "—".to_owned(), when)
-}
-
-fn timing_json(t: &Timing) -> String {
-    serde_json::to_string(t).unwrap_or_default()
 }
 
 fn status_badge(status: &str) -> Markup {
@@ -173,9 +169,10 @@ pub async fn sequences(
     let here = "/hub/sequences";
     let body = html! {
         h1 { "Sequences" }
+        p.actions { a.button.primary href="/hub/sequences/new" { "New sequence" } }
         p.muted { "Pause a sequence to stop every send at once; its pending steps are held, not lost. Counts update live." }
         @if list.sequences.is_empty() {
-            p.empty { "No sequences yet. Create one with " code { "POST /v1/sequences" } " (see the README)." }
+            p.empty { "No sequences yet. Start one with “New sequence”, or over the API: " code { "POST /v1/sequences" } " (see the README)." }
         } @else {
             table.list data-live="/hub/sequences/live" {
                 thead { tr {

@@ -1,7 +1,80 @@
-//! Editing a sequence in the Hub: the form (steps as rows, timing and settings in words) and
-//! the `PATCH` it becomes, through the API's one edit path.
+//! The Hub's "New sequence" and "Edit" pages: the editor ([`super::editor`]) in a form, and what
+//! its buttons do. "Save" is the API's create or edit; "Preview changes" is the API's edit
+//! preview, shown above the same form, still editable; the editor's own buttons rearrange the
+//! draft and show it again. Nothing here decides what a sequence may be: a refusal is the API's,
+//! shown next to the field it names.
 
-use super::*;
+use axum::http::StatusCode;
+use pulse_shared::model::{EditPreview, PreviewRuns};
+
+use super::{
+    editor::{Draft, Errors, fields},
+    *,
+};
+use crate::edit_preview;
+
+// ---------------------------------------------------------------- new
+
+pub async fn new_form(user: HubUser, flash: Flash) -> Response {
+    page(
+        &flash,
+        new_page(&user, Some(&flash), &Draft::blank(), &Errors::default()),
+    )
+}
+
+fn new_page(user: &HubUser, flash: Option<&Flash>, draft: &Draft, errors: &Errors) -> Markup {
+    let body = html! {
+        p.crumbs { a href="/hub/sequences" { "Sequences" } " / new" }
+        h1 { "New sequence" }
+        p.muted { "It starts active: leads enroll as soon as a trigger matches. Enroll a lead over the API or "
+            code { "pulse" } " to try it." }
+        form.edit method="post" action="/hub/sequences/new" novalidate {
+            (form_fields(user, "/hub/sequences/new"))
+            (fields(draft, errors))
+            div.form-actions {
+                button.primary type="submit" name="do" value="save" { "Create sequence" }
+                " " a href="/hub/sequences" { "Cancel" }
+            }
+        }
+    };
+    layout("New sequence", Some(user), flash, body)
+}
+
+pub async fn create(State(state): State<HubState>, posted: Posted) -> Response {
+    let mut draft = Draft::from_form(&posted.form);
+    let user = &posted.user;
+    let action = posted.form.raw("do");
+    if draft.rearrange(action) {
+        return page(
+            &Flash(None),
+            new_page(user, None, &draft, &Errors::default()),
+        );
+    }
+    let built = match draft.to_create() {
+        Ok(b) => b,
+        Err(errors) => return unprocessable(new_page(user, None, &draft, &errors)),
+    };
+    match api_sequences::create(&state.api, &user.auth, built.body.clone()).await {
+        Ok(created) => {
+            let s = created.1;
+            done(
+                &format!("/hub/sequences/{}", s.id),
+                true,
+                &format!("Created “{}” with {} steps.", s.name, s.steps.len()),
+            )
+        }
+        Err(e) if is_input(&e) => unprocessable(new_page(user, None, &draft, &built.errors(&e))),
+        Err(e) => HubError::Api(e).into_response(),
+    }
+}
+
+/// A form shown again with what to fix: 422.
+fn unprocessable(markup: Markup) -> Response {
+    let mut resp = page(&Flash(None), markup);
+    *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    resp
+}
+
 // ---------------------------------------------------------------- edit
 
 pub async fn edit_form(
@@ -10,258 +83,123 @@ pub async fn edit_form(
     flash: Flash,
     Path(id): Path<String>,
 ) -> HubResult<Response> {
-    let (id, s) = load(&state, &user, &id).await?;
+    let (_, s) = load(&state, &user, &id).await?;
+    let draft = Draft::from_sequence(&s);
+    Ok(page(
+        &flash,
+        edit_page(&user, Some(&flash), &s, &draft, &Errors::default(), None),
+    ))
+}
+
+fn edit_page(
+    user: &HubUser,
+    flash: Option<&Flash>,
+    s: &Sequence,
+    draft: &Draft,
+    errors: &Errors,
+    preview: Option<&EditPreview>,
+) -> Markup {
+    let id = s.id;
     let here = format!("/hub/sequences/{id}");
     let action = format!("/hub/sequences/{id}/edit");
-    let triggers = serde_json::to_string_pretty(&s.triggers).unwrap_or_default();
-    let window = s
-        .send_window
-        .as_ref()
-        .map(|w| serde_json::to_string(w).unwrap_or_default())
-        .unwrap_or_default();
     let body = html! {
-        (crumbs(&s, "edit"))
+        (crumbs(s, "edit"))
         h1 { "Edit “" (s.name) "”" }
         aside.guidance {
             h2 { "Before you edit" }
             @if s.status == SequenceStatus::Active {
                 p.warn { "This sequence is active. Pause it first if the change is more than a rename or a copy fix." }
                 form.inline method="post" action=(format!("/hub/sequences/{id}/pause")) {
-                    (form_fields(&user, &action))
+                    (form_fields(user, &action))
                     button type="submit" { "Pause it now" }
                 }
             }
             p { strong { "Safe while active: " } "renaming the sequence; editing the copy of a step no lead has reached yet." }
             p { strong { "Pause first for: " } "changing a step's timing, reordering or deleting steps, adding steps, changing the triggers." }
-            p { "Only sends not yet queued pick up new content. Anything already sent stays sent, and a step due within the next minutes may already be queued with the old content. After editing, resume the sequence." }
+            p { "Only sends not yet queued pick up new content. Anything already sent stays sent, and a step due within the next minutes may already be queued with the old content. "
+                strong { "Preview changes" } " shows exactly which, before you save." }
         }
-        form.edit method="post" action=(action) {
-            (form_fields(&user, &here))
-            // Saving an edit made from an older version is refused: someone changed it meanwhile.
-            input type="hidden" name="version" value=(s.version);
-            label for="name" { "Name" }
-            input #name name="name" value=(s.name) required maxlength="200";
-            label for="sender" { "Sender (Name <address>)" }
-            @if let Some(ids) = &s.sender.mailbox_ids {
-                p.muted { "Sends from " (ids.len()) " mailboxes, one per lead (change them through the API: "
-                    code { "sender.mailbox_ids" } "). Or give one sender address here instead." }
-                input type="hidden" name="mailbox_ids" value=(ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(","));
+        @if let Some(p) = preview { (preview_section(p)) }
+        form.edit method="post" action=(action) novalidate {
+            (form_fields(user, &here))
+            (fields(draft, errors))
+            div.form-actions {
+                button type="submit" name="do" value="preview" { "Preview changes" }
+                " "
+                button.primary type="submit" name="do" value="save" { "Save changes" }
+                " " a href=(here) { "Cancel" }
             }
-            input #sender name="sender" value=(s.sender.from.clone().unwrap_or_default()) required[s.sender.mailbox_ids.is_none()];
-            label for="reply_to" { "Reply-To (empty: replies go to the sender)" }
-            input #reply_to name="reply_to" value=(s.sender.reply_to.clone().unwrap_or_default());
-            label for="timezone" { "Time zone (IANA)" }
-            input #timezone name="timezone" value=(s.timezone);
-            label for="max_sends_per_minute" { "Most sends per minute (empty: no limit)" }
-            input #max_sends_per_minute name="max_sends_per_minute" inputmode="numeric"
-                value=(s.max_sends_per_minute.map(|r| r.to_string()).unwrap_or_default());
-            label for="exit_on_reply" { "A lead's reply ends" }
-            select #exit_on_reply name="exit_on_reply" {
-                @for scope in [ExitOnReply::Enrollment, ExitOnReply::AllSequences, ExitOnReply::None] {
-                    option value=(scope.as_str()) selected[scope == s.exit_on_reply] { (reply_scope(scope)) }
-                }
-            }
-            label for="end_date" { "End date (RFC 3339, empty: none)" }
-            input #end_date name="end_date" value=(s.end_date.map(|d| d.to_rfc3339()).unwrap_or_default());
-            label for="send_window" { "Send window (JSON, empty: any time)" }
-            input #send_window name="send_window" value=(window) placeholder=r#"{"days":["mon","tue","wed","thu","fri"],"start":"09:00","end":"17:00"}"#;
-            fieldset {
-                legend { "Steps, in order" }
-                @for step in &s.steps {
-                    div.step {
-                        input type="hidden" name="step_id" value=(step.id);
-                        h3 { "Step " (step.position) }
-                        label { "Position" input name="step_order" inputmode="numeric" value=(step.position); }
-                        label { "Subject" input name="step_subject" value=(step.subject); }
-                        label { "Body (text)" textarea name="step_body" rows="4" { (step.body) } }
-                        label { "HTML (empty: text only)" textarea name="step_html" rows="3" { (step.html.clone().unwrap_or_default()) } }
-                        (thread_select(step.thread))
-                        label { "Timing (JSON)" input name="step_timing" value=(timing_json(&step.timing)); }
-                        label { "End date (RFC 3339, empty: none)" input name="step_end" value=(step.end_date.map(|d| d.to_rfc3339()).unwrap_or_default()); }
-                        label { "Skip when later than (ISO-8601 duration after it came due, e.g. P2D; empty: never)" input name="step_lateness" value=(step.max_lateness.clone().unwrap_or_default()); }
-                        label.check { input type="checkbox" name="step_delete" value=(step.id); " Delete this step" }
-                    }
-                }
-                div.step.new {
-                    input type="hidden" name="step_id" value="";
-                    h3 { "Add a step (leave subject, body and HTML empty to add none)" }
-                    label { "Position" input name="step_order" inputmode="numeric" value=(s.steps.len() + 1); }
-                    label { "Subject" input name="step_subject" value=""; }
-                    label { "Body (text)" textarea name="step_body" rows="4" {} }
-                    label { "HTML (empty: text only)" textarea name="step_html" rows="3" {} }
-                    (thread_select(false))
-                    label { "Timing (JSON)" input name="step_timing" value=r#"{"type":"delay","delay":"P2D"}"#; }
-                    label { "End date (RFC 3339, empty: none)" input name="step_end" value=""; }
-                    label { "Skip when later than (ISO-8601 duration after it came due, e.g. P2D; empty: never)" input name="step_lateness" value=""; }
-                }
-            }
-            label for="triggers" { "Triggers (JSON)" }
-            textarea #triggers name="triggers" rows="4" { (triggers) }
-            button.primary type="submit" { "Save changes" }
-            " " a href=(here) { "Cancel" }
         }
     };
-    Ok(page(
-        &flash,
-        layout("Edit sequence", Some(&user), Some(&flash), body),
-    ))
+    layout("Edit sequence", Some(user), flash, body)
 }
 
-/// Whether a step is sent as a reply in the lead's thread (a select, so every step row sends a
-/// value and the rows stay aligned).
-fn thread_select(threaded: bool) -> Markup {
+/// What the edit would do to the enrollments in flight, from the API's edit preview.
+fn preview_section(p: &EditPreview) -> Markup {
+    let untouched = p.new_content == 0
+        && p.queued_with_old_content.count == 0
+        && p.retimed.count == 0
+        && p.skipped.count == 0
+        && p.ended.count == 0;
     html! {
-        label { "Send as"
-            select name="step_thread" {
-                option value="no" selected[!threaded] { "a new message" }
-                option value="yes" selected[threaded] { "a reply in the lead's thread (Re:)" }
+        section.preview #preview aria-labelledby="preview-title" {
+            h2 #preview-title { "What saving this would do (as of " (when(&p.as_of)) ")" }
+            p.muted { "Nothing has been saved yet." }
+            @if untouched {
+                p data-preview="none" { "No enrollment in flight is affected." }
+            }
+            @if p.new_content > 0 {
+                p data-preview="new-content" { strong { (p.new_content) } " active enrollments will get the new content of step"
+                    @if p.changed_steps.len() > 1 { "s" } " "
+                    (p.changed_steps.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")) "." }
+            }
+            @if p.queued_with_old_content.count > 0 {
+                p.warn data-preview="queued" { strong { (p.queued_with_old_content.count) }
+                    " sends are already queued and go out with the old content." }
+                (runs_table(&p.queued_with_old_content, false))
+            }
+            @if p.retimed.count > 0 {
+                p data-preview="retimed" { strong { (p.retimed.count) } " waiting steps move to a new time:" }
+                (runs_table(&p.retimed, true))
+            }
+            @if p.skipped.count > 0 {
+                p.warn data-preview="skipped" { strong { (p.skipped.count) } " waiting steps would not be sent:" }
+                (runs_table(&p.skipped, false))
+            }
+            @if p.ended.count > 0 {
+                p.warn data-preview="ended" { strong { (p.ended.count) } " enrollments would end:" }
+                table.list { thead { tr { th { "Lead" } th { "Status" } th { "Why" } } }
+                    tbody { @for e in p.ended.items.iter().take(PREVIEW_ROWS) { tr {
+                        td { (e.lead_email) } td { (status_badge(&e.status)) } td { (e.reason.clone().unwrap_or_default()) }
+                    } } }
+                }
+                (more(p.ended.count, p.ended.items.len().min(PREVIEW_ROWS)))
+            }
+            @if !p.warnings.is_empty() {
+                ul.warnings { @for w in &p.warnings { li { (w) } } }
             }
         }
     }
 }
 
-/// The edit form as the API's `PATCH /v1/sequences/{id}` body.
-fn edit_request(form: &FormData) -> Result<EditSequence, HubError> {
-    let bad = |field: &str, e: String| HubError::BadForm(format!("{field}: {e}"));
-    let ids = form.all("step_id");
-    let orders = form.all("step_order");
-    let subjects = form.all("step_subject");
-    let bodies = form.all("step_body");
-    let htmls = form.all("step_html");
-    let threads = form.all("step_thread");
-    let timings = form.all("step_timing");
-    let ends = form.all("step_end");
-    let lateness = form.all("step_lateness");
-    let deleted = form.all("step_delete");
-    if [
-        orders.len(),
-        subjects.len(),
-        bodies.len(),
-        htmls.len(),
-        threads.len(),
-        timings.len(),
-        ends.len(),
-        lateness.len(),
-    ]
-    .iter()
-    .any(|n| *n != ids.len())
-    {
-        return Err(HubError::BadForm(
-            "the steps of the form are incomplete; reload the page".into(),
-        ));
-    }
-    let mut steps = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        let subject = subjects[i].trim();
-        let html = htmls[i].trim();
-        let blank = subject.is_empty() && bodies[i].trim().is_empty() && html.is_empty();
-        if (id.is_empty() && blank) || deleted.contains(id) {
-            continue;
+/// How many rows of each list the preview shows.
+const PREVIEW_ROWS: usize = 20;
+
+fn runs_table(runs: &PreviewRuns, retimed: bool) -> Markup {
+    html! {
+        table.list {
+            thead { tr { th { "Lead" } th { "Step" } th { "Due" } @if retimed { th { "Would be due" } } @else { th { "Why" } } } }
+            tbody { @for r in runs.items.iter().take(PREVIEW_ROWS) { tr {
+                td { (r.lead_email) } td.num { (r.step_position) } td { (when(&r.due_at)) }
+                @if retimed { td { (when_opt(&r.new_due_at)) } } @else { td { (r.reason.clone().unwrap_or_default()) } }
+            } } }
         }
-        let order: f64 = orders[i]
-            .trim()
-            .parse()
-            .map_err(|_| bad("position", format!("{:?} is not a number", orders[i])))?;
-        let timing: Timing = serde_json::from_str(timings[i])
-            .map_err(|e| bad(&format!("step {} timing", i + 1), e.to_string()))?;
-        let end_date = match ends[i].trim() {
-            "" => None,
-            d => Some(
-                DateTime::parse_from_rfc3339(d)
-                    .map_err(|e| bad(&format!("step {} end date", i + 1), e.to_string()))?
-                    .with_timezone(&Utc),
-            ),
-        };
-        let id = if id.is_empty() {
-            None
-        } else {
-            Some(uuid(id, "step")?)
-        };
-        steps.push((
-            order,
-            i,
-            StepInput {
-                id,
-                position: None,
-                subject: subject.to_owned(),
-                body: bodies[i].to_owned(),
-                html: (!html.is_empty()).then(|| htmls[i].to_owned()),
-                thread: threads[i] == "yes",
-                timing,
-                end_date,
-                max_lateness: Some(lateness[i].trim())
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned),
-            },
-        ));
+        (more(runs.count, runs.items.len().min(PREVIEW_ROWS)))
     }
-    steps.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let opt = |name: &str| form.get(name);
-    let triggers: Vec<TriggerSpec> = match opt("triggers") {
-        Some(t) => serde_json::from_str(t).map_err(|e| bad("triggers", e.to_string()))?,
-        None => Vec::new(),
-    };
-    Ok(EditSequence {
-        name: opt("name").map(str::to_owned),
-        timezone: opt("timezone").map(str::to_owned),
-        sender: match (opt("sender"), opt("mailbox_ids")) {
-            (Some(f), _) => Some(SenderIdentity {
-                from: Some(f.to_owned()),
-                mailbox_ids: None,
-                reply_to: opt("reply_to").map(str::to_owned),
-            }),
-            (None, Some(ids)) => Some(SenderIdentity {
-                from: None,
-                mailbox_ids: Some(
-                    ids.split(',')
-                        .map(|id| uuid(id.trim(), "mailbox"))
-                        .collect::<Result<_, _>>()?,
-                ),
-                reply_to: opt("reply_to").map(str::to_owned),
-            }),
-            (None, None) => None,
-        },
-        // The form lists every live step; one is deleted only by its checkbox.
-        delete_missing_steps: !deleted.is_empty(),
-        steps: Some(steps.into_iter().map(|(_, _, s)| s).collect()),
-        triggers: Some(triggers),
-        send_window: Some(match opt("send_window") {
-            Some(w) => {
-                Some(serde_json::from_str(w).map_err(|e| bad("send window", e.to_string()))?)
-            }
-            None => None,
-        }),
-        end_date: Some(match opt("end_date") {
-            Some(d) => Some(
-                DateTime::parse_from_rfc3339(d)
-                    .map_err(|e| bad("end date", e.to_string()))?
-                    .with_timezone(&Utc),
-            ),
-            None => None,
-        }),
-        // Limits are edited over the API; the form keeps them.
-        limits: None,
-        guardrails: None,
-        priority: None,
-        max_sends_per_minute: Some(match opt("max_sends_per_minute") {
-            Some(r) => Some(r.parse().map_err(|_| {
-                bad(
-                    "most sends per minute",
-                    format!("{r:?} is not a whole number"),
-                )
-            })?),
-            None => None,
-        }),
-        exit_on_reply: match opt("exit_on_reply") {
-            Some(raw) => Some(
-                serde_json::from_value(serde_json::Value::String(raw.to_owned()))
-                    .map_err(|_| bad("a reply ends", format!("{raw:?} is not a choice")))?,
-            ),
-            None => None,
-        },
-        version: opt("version").and_then(|v| v.parse().ok()),
-        ..Default::default()
-    })
+}
+
+fn more(count: i64, shown: usize) -> Markup {
+    html! { @if count > shown as i64 { p.muted { "… and " (count - shown as i64) " more." } } }
 }
 
 pub async fn edit(
@@ -270,58 +208,47 @@ pub async fn edit(
     posted: Posted,
 ) -> Response {
     let result = async {
-        let id = uuid(&id, "sequence")?;
-        let req = edit_request(&posted.form)?;
-        let api = &state.api;
-        Ok(api_edit::edit(api, &posted.user.auth, id, req).await?)
+        let (_, s) = load(&state, &posted.user, &id).await?;
+        Ok::<_, HubError>(s)
     }
     .await;
-    let to = match &result {
-        Ok(change) => format!("/hub/sequences/{}", change.sequence.id),
-        Err(_) => format!("/hub/sequences/{id}/edit"),
+    let s = match result {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
     };
-    reported(&to, result, |s| format!("Saved as version {}.", s.version))
+    let user = &posted.user;
+    let mut draft = Draft::from_form(&posted.form);
+    let action = posted.form.raw("do");
+    let show = |draft: &Draft, errors: &Errors, preview: Option<&EditPreview>| {
+        edit_page(user, None, &s, draft, errors, preview)
+    };
+    if draft.rearrange(action) {
+        return page(&Flash(None), show(&draft, &Errors::default(), None));
+    }
+    let built = match draft.to_edit() {
+        Ok(b) => b,
+        Err(errors) => return unprocessable(show(&draft, &errors, None)),
+    };
+    if action == "preview" {
+        return match edit_preview::preview(&state.api, &user.auth, s.id, built.body.clone()).await {
+            Ok(p) => page(&Flash(None), show(&draft, &Errors::default(), Some(&p))),
+            Err(e) if is_input(&e) => unprocessable(show(&draft, &built.errors(&e), None)),
+            Err(e) => HubError::Api(e).into_response(),
+        };
+    }
+    match api_edit::edit(&state.api, &user.auth, s.id, built.body.clone()).await {
+        Ok(change) => reported(&format!("/hub/sequences/{}", s.id), Ok(change), |s| {
+            format!("Saved as version {}.", s.version)
+        }),
+        Err(e) if is_input(&e) => unprocessable(show(&draft, &built.errors(&e), None)),
+        Err(e) => HubError::Api(e).into_response(),
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_edit_form_becomes_the_api_request_in_position_order() {
-        let id = Uuid::new_v4();
-        let body = format!(
-            "name=N&sender=a%40b.co&step_id={id}&step_order=2&step_subject=S1&step_body=B1&step_html=%3Cp%3EHi%3C%2Fp%3E&step_thread=no&step_timing=%7B%22type%22%3A%22immediately%22%7D&step_end=2030-01-01T00%3A00%3A00Z&step_lateness=P2D\
-             &step_id=&step_order=1&step_subject=&step_body=B&step_html=&step_thread=yes&step_timing=%7B%22type%22%3A%22delay%22%2C%22delay%22%3A%22P1D%22%7D&step_end=&step_lateness=\
-             &triggers=&max_sends_per_minute=&end_date=&send_window="
-        );
-        let req = edit_request(&FormData::parse(body.as_bytes())).unwrap();
-        let steps = req.steps.unwrap();
-        assert_eq!(steps.len(), 2);
-        assert_eq!(
-            steps[0].subject, "",
-            "a threaded step may leave its subject empty"
-        );
-        assert!(steps[0].thread && steps[0].html.is_none());
-        assert_eq!(steps[0].id, None);
-        assert!(!steps[1].thread);
-        assert_eq!(steps[1].html.as_deref(), Some("<p>Hi</p>"));
-        assert_eq!(steps[1].id, Some(id));
-        assert!(
-            steps[1].end_date.is_some(),
-            "a step's end date survives the edit"
-        );
-        assert_eq!(steps[0].end_date, None);
-        assert_eq!(steps[1].max_lateness.as_deref(), Some("P2D"));
-        assert_eq!(steps[0].max_lateness, None);
-        assert_eq!(req.max_sends_per_minute, Some(None));
-        assert_eq!(req.triggers, Some(vec![]));
-    }
-
-    #[test]
-    fn a_bad_timing_names_its_step() {
-        let body = "step_id=&step_order=1&step_subject=S&step_body=B&step_html=&step_thread=no&step_timing=nope&step_end=&step_lateness=";
-        let err = edit_request(&FormData::parse(body.as_bytes())).unwrap_err();
-        assert!(err.to_string().contains("step 1 timing"), "{err}");
-    }
+/// A refusal the operator can fix in the form (as opposed to a missing sequence or a failure).
+fn is_input(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::Malformed { .. } | ApiError::Invalid(_) | ApiError::Conflict(_)
+    )
 }

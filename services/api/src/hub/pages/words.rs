@@ -12,8 +12,58 @@ use super::when;
 pub(super) fn timing_text(t: &Timing) -> String {
     match t {
         Timing::Immediately {} => "immediately".to_owned(),
-        Timing::Delay { delay } => format!("{delay} after the previous step"),
+        Timing::Delay { delay } => format!("{} after the previous step", duration_text(delay)),
         Timing::OnDate { at } => format!("on {}", when(at)),
+    }
+}
+
+/// An ISO-8601 duration in words: `P2D` is "2 days", `P1DT12H` "1 day 12 hours", `PT10S`
+/// "10 seconds"; one the API would refuse is shown as written.
+pub(super) fn duration_text(iso: &str) -> String {
+    let Ok(d) = pulse_shared::domain::timing::parse_iso_duration(iso) else {
+        return iso.to_owned();
+    };
+    let mut left = d.num_seconds();
+    let mut parts = Vec::new();
+    for (unit, len) in [
+        ("week", 604_800),
+        ("day", 86_400),
+        ("hour", 3_600),
+        ("minute", 60),
+        ("second", 1),
+    ] {
+        let n = left / len;
+        left %= len;
+        if n > 0 {
+            parts.push(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }));
+        }
+    }
+    if parts.is_empty() {
+        "no time".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_words() {
+        assert_eq!(duration_text("P2D"), "2 days");
+        assert_eq!(duration_text("P1DT12H"), "1 day 12 hours");
+        assert_eq!(duration_text("PT10S"), "10 seconds");
+        assert_eq!(duration_text("PT90M"), "1 hour 30 minutes");
+        assert_eq!(duration_text("P3W"), "3 weeks");
+        assert_eq!(duration_text("PT0S"), "no time");
+        assert_eq!(duration_text("P1M"), "P1M");
+        assert_eq!(
+            timing_text(&Timing::Delay {
+                delay: "P2D".into()
+            }),
+            "2 days after the previous step"
+        );
     }
 }
 
