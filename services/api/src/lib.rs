@@ -7,6 +7,7 @@
 //! outbox and the OpenAPI document, and the Hub's pages (`hub`), which act through those same
 //! handlers. It schedules only through the shared rules and never sends mail.
 
+mod activity;
 mod audit;
 mod control;
 mod domain_limits;
@@ -85,6 +86,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(control::v1::delete),
         )
         .route("/v1/sequences/{id}/versions", get(edit::v1::versions))
+        .route("/v1/sequences/{id}/activity", get(activity::v1::activity))
         .route(
             "/v1/sequences/{id}/edit-preview",
             post(edit_preview::v1::preview),

@@ -8,11 +8,13 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+mod activity;
 mod events;
 mod inbound;
 mod mailbox;
 mod preview;
 mod suppression;
+pub use activity::{ActivityBucket, ActivityRange, FunnelStep, SequenceActivity, StatusCount};
 pub use events::{
     EnrollmentOutcome, EventBatch, EventBatchResult, EventError, EventResult, EventType, LeadInput,
     ManualEnrollment, TriggerEvent, outcome,

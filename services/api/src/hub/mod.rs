@@ -7,6 +7,7 @@
 //! signed-in operator's workspace: the Hub adds no rule of its own. It owns its routes, its
 //! layout and its sign-in (`session`); it never touches the database except for sessions.
 
+mod charts;
 mod inbound;
 mod mailboxes;
 mod pages;

@@ -36,6 +36,7 @@ use crate::{
 };
 
 mod actions;
+mod activity;
 mod edit;
 mod editor;
 mod enrollments;
@@ -48,7 +49,7 @@ pub use edit::{create, edit, edit_form, new_form};
 pub use enrollments::{cancel, cancel_many, enrollments};
 pub use login::{login, login_form, logout};
 pub use sends::{outbox, resolve, sends};
-use words::{guardrails_text, limits_text, timing_text, trigger_text};
+use words::{guardrails_text, limits_text, timing_text, trigger_text, window_text};
 
 fn uuid(s: &str, what: &'static str) -> HubResult<Uuid> {
     s.parse()
@@ -235,8 +236,17 @@ pub async fn sequence(
     user: HubUser,
     flash: Flash,
     Path(id): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> HubResult<Response> {
     let (id, s) = load(&state, &user, &id).await?;
+    let range = activity::range(query.get("range").map(String::as_str));
+    let shown = crate::activity::activity(
+        &state.api,
+        &user.auth,
+        id,
+        crate::activity::ActivityQuery { range: Some(range) },
+    )
+    .await?;
     let api = || &state.api;
     let versions = api_edit::versions(api(), &user.auth, id).await?.versions;
     let audit = crate::audit::audit_list(
@@ -270,12 +280,13 @@ pub async fn sequence(
             thead { tr { th.num { "Enrolled" } th.num { "Active" } th.num { "Completed" } th.num { "Sends today" } th.num { "Replied" } th.num title="Bounced or complained" { "Bounced" } } }
             tbody { tr data-sequence=(s.id) { (count_cells(st)) } }
         }
+        (activity::section(&shown, &here))
         section {
             h2 { "Settings" }
             dl.settings {
                 dt { "Sender" } dd { (sender_text(&s.sender)) }
                 dt { "Time zone" } dd { (s.timezone) }
-                dt { "Send window" } dd { @match &s.send_window { Some(w) => { (serde_json::to_string(w).unwrap_or_default()) }, None => { "any time" } } }
+                dt { "Send window" } dd { (window_text(s.send_window.as_ref(), &s.timezone)) }
                 dt { "End date" } dd { (when_opt(&s.end_date)) }
                 dt { "Sending limits" } dd { (limits_text(&s)) }
                 dt { "Priority" } dd { (s.priority) " (0–9, higher first)" }

@@ -24,8 +24,9 @@ use utoipa::{
 };
 
 use crate::{
-    audit, control, domain_limits, edit, edit_preview, enrollments, inbound, keys, mailboxes,
-    outbox, providers, sends, sequences, steps, suppressions, unsubscribe, webhooks, workspace,
+    activity, audit, control, domain_limits, edit, edit_preview, enrollments, inbound, keys,
+    mailboxes, outbox, providers, sends, sequences, steps, suppressions, unsubscribe, webhooks,
+    workspace,
 };
 
 #[derive(OpenApi)]
@@ -33,7 +34,7 @@ use crate::{
     info(title = "Pulse", description = "Multi-step email sequences you can take control of."),
     paths(
         sequences::create, sequences::list, sequences::stats, sequences::get_one, edit::edit, edit::versions,
-        edit_preview::preview,
+        edit_preview::preview, activity::activity,
         steps::patch, steps::add, steps::delete, steps::order,
         control::pause, control::resume, control::resume_preview, control::delete,
         control::cancel, control::cancel_many, control::reenroll, audit::audit_list,

@@ -2,7 +2,7 @@
 //! limits, guardrails. Formatting only.
 
 use pulse_shared::{
-    domain::timing::Timing,
+    domain::{timing::Timing, window::SendWindow},
     guardrails::Guardrails,
     model::{Sequence, TriggerSpec},
 };
@@ -42,28 +42,6 @@ pub(super) fn duration_text(iso: &str) -> String {
         "no time".to_owned()
     } else {
         parts.join(" ")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_in_words() {
-        assert_eq!(duration_text("P2D"), "2 days");
-        assert_eq!(duration_text("P1DT12H"), "1 day 12 hours");
-        assert_eq!(duration_text("PT10S"), "10 seconds");
-        assert_eq!(duration_text("PT90M"), "1 hour 30 minutes");
-        assert_eq!(duration_text("P3W"), "3 weeks");
-        assert_eq!(duration_text("PT0S"), "no time");
-        assert_eq!(duration_text("P1M"), "P1M");
-        assert_eq!(
-            timing_text(&Timing::Delay {
-                delay: "P2D".into()
-            }),
-            "2 days after the previous step"
-        );
     }
 }
 
@@ -114,6 +92,39 @@ pub(super) fn guardrails_text(g: &Guardrails) -> String {
     }
 }
 
+/// A send window in words: "Mon–Fri, 09:00–17:00 (Europe/Paris)"; none is "any time".
+pub(super) fn window_text(w: Option<&SendWindow>, timezone: &str) -> String {
+    let Some(w) = w else {
+        return "any time".to_owned();
+    };
+    let days = if w.days.len() == 5
+        && ["mon", "tue", "wed", "thu", "fri"]
+            .iter()
+            .all(|d| w.days.iter().any(|x| x == d))
+    {
+        "Mon–Fri".to_owned()
+    } else if w.days.len() == 7 {
+        "every day".to_owned()
+    } else {
+        w.days
+            .iter()
+            .map(|d| {
+                let mut c = d.chars();
+                c.next()
+                    .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let hours = if w.start == w.end {
+        "all day".to_owned()
+    } else {
+        format!("{}–{}", w.start, w.end)
+    };
+    format!("{days}, {hours} ({timezone})")
+}
+
 pub(super) fn trigger_text(t: &TriggerSpec) -> String {
     match t {
         TriggerSpec::TagApplied { tag } => format!("tag “{tag}” applied"),
@@ -124,5 +135,27 @@ pub(super) fn trigger_text(t: &TriggerSpec) -> String {
                 format!("any score event at {min_score} or above")
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_words() {
+        assert_eq!(duration_text("P2D"), "2 days");
+        assert_eq!(duration_text("P1DT12H"), "1 day 12 hours");
+        assert_eq!(duration_text("PT10S"), "10 seconds");
+        assert_eq!(duration_text("PT90M"), "1 hour 30 minutes");
+        assert_eq!(duration_text("P3W"), "3 weeks");
+        assert_eq!(duration_text("PT0S"), "no time");
+        assert_eq!(duration_text("P1M"), "P1M");
+        assert_eq!(
+            timing_text(&Timing::Delay {
+                delay: "P2D".into()
+            }),
+            "2 days after the previous step"
+        );
     }
 }
