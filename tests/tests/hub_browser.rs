@@ -253,3 +253,184 @@ async fn the_dev_outbox_shows_captured_mail() -> anyhow::Result<()> {
     b.quit().await?;
     env.stop().await
 }
+
+/// Clicks a button that submits the page's form and waits for the page that answers.
+async fn submit(b: &Browser, css: &str) -> anyhow::Result<()> {
+    b.script("window.__before = true").await?;
+    b.click(css).await?;
+    eventually(Duration::from_secs(10), "the next page", || async {
+        let left = b
+            .script("return window.__before !== true && document.readyState === 'complete'")
+            .await?;
+        Ok((left == json!(true)).then_some(()))
+    })
+    .await
+}
+
+/// The subjects of the editor's cards, in the order they stand.
+async fn card_subjects(b: &Browser) -> anyhow::Result<Vec<String>> {
+    let v = b
+        .script(
+            "return [...document.querySelectorAll('ol.step-cards input[name=step_subject]')]\
+             .map(i => i.value)",
+        )
+        .await?;
+    Ok(serde_json::from_value(v)?)
+}
+
+#[tokio::test]
+async fn an_operator_builds_a_sequence_in_the_hub_and_previews_an_edit() -> anyhow::Result<()> {
+    let smtp = SmtpServer::start().await?;
+    let url = smtp.url();
+    let env = TestEnv::start("hub_builder", &[Role::All], |s| s.smtp_url = Some(url)).await?;
+    let b = Browser::start(&shots()).await?;
+    sign_in(&b, &env).await?;
+
+    // New sequence: three cards, the last one moved up to second place.
+    b.click("a.button[href=\"/hub/sequences/new\"]").await?;
+    b.wait_for("ol.step-cards", Duration::from_secs(5)).await?;
+    b.type_into("#name", "Built in a browser").await?;
+    b.type_into("#sender", "Pulse <tests@example.com>").await?;
+    b.type_into(
+        "ol.step-cards li:nth-child(1) input[name=step_subject]",
+        "Welcome",
+    )
+    .await?;
+    b.type_into("input[name=trigger_value]", "browser").await?;
+    for _ in 0..2 {
+        submit(&b, "button[value=add]").await?;
+    }
+    b.type_into(
+        "ol.step-cards li:nth-child(2) input[name=step_subject]",
+        "Third one",
+    )
+    .await?;
+    b.type_into(
+        "ol.step-cards li:nth-child(2) input[name=step_after_n]",
+        "1",
+    )
+    .await?;
+    b.type_into(
+        "ol.step-cards li:nth-child(3) input[name=step_subject]",
+        "Second one",
+    )
+    .await?;
+    b.type_into(
+        "ol.step-cards li:nth-child(3) input[name=step_after_n]",
+        "2",
+    )
+    .await?;
+    b.script(
+        "document.querySelector('ol.step-cards li:nth-child(3) select[name=step_after_unit]').value = 'seconds';\
+         document.querySelectorAll('input[name=window_day]').forEach(c => c.checked = true);\
+         document.querySelector('input[name=window_start]').value = '00:00';\
+         document.querySelector('input[name=window_end]').value = '00:00';",
+    )
+    .await?;
+    submit(&b, "button[value=\"up:2\"]").await?;
+    assert_eq!(
+        card_subjects(&b).await?,
+        ["Welcome", "Second one", "Third one"],
+        "moved up without saving"
+    );
+
+    // A mistake is shown on its field, the draft kept.
+    b.type_into("#max_sends_per_minute", "lots").await?;
+    submit(&b, "button[value=save]").await?;
+    b.wait_for("#err-max_sends_per_minute", Duration::from_secs(5))
+        .await?;
+    b.screenshot("12-new-sequence-error").await?;
+    assert_eq!(card_subjects(&b).await?.len(), 3);
+    let (_, list) = env.get("/v1/sequences").await?;
+    assert_eq!(list["sequences"].as_array().map(Vec::len), Some(0));
+    b.type_into("#max_sends_per_minute", "").await?;
+    b.screenshot("13-new-sequence").await?;
+    submit(&b, "button[value=save]").await?;
+    b.wait_for("p.flash.ok", Duration::from_secs(5)).await?;
+    let id = b
+        .current_url()
+        .await?
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let (_, seq) = env.get(&format!("/v1/sequences/{id}")).await?;
+    assert_eq!(seq["steps"][1]["subject"], "Second one");
+    assert_eq!(
+        seq["steps"][1]["timing"],
+        json!({"type": "delay", "delay": "PT2S"})
+    );
+    assert_eq!(
+        seq["steps"][2]["timing"],
+        json!({"type": "delay", "delay": "P1D"})
+    );
+    assert_eq!(seq["send_window"]["days"].as_array().map(Vec::len), Some(7));
+
+    // A lead enrolled over the API gets the first two steps, in the new order.
+    let (status, body) = env
+        .post(
+            &format!("/v1/sequences/{id}/enrollments"),
+            json!({"lead": {"email": "eve@example.com"}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    let got = smtp.wait_for(2, Duration::from_secs(30)).await?;
+    let subjects: Vec<_> = got.iter().filter_map(|m| m.subject.clone()).collect();
+    assert_eq!(subjects, ["Welcome", "Second one"]);
+
+    // Its activity: two sends, one lead at each of the first two steps.
+    b.goto(&format!("{}/hub/sequences/{id}?range=1h", env.base))
+        .await?;
+    b.wait_for("figure.chart[data-chart=sends]", Duration::from_secs(5))
+        .await?;
+    let counts = b
+        .script(
+            "return [document.querySelector('[data-chart=sends]').dataset.total,\
+             ...[...document.querySelectorAll('[data-chart=funnel] g[data-item]')].map(g => g.dataset.value)]",
+        )
+        .await?;
+    assert_eq!(counts, json!(["2", "1", "1", "0"]));
+    b.script("document.getElementById('activity').scrollIntoView()")
+        .await?;
+    b.screenshot("14-activity").await?;
+
+    // Preview making the third step two days after: the waiting lead is re-timed; then save.
+    b.goto(&format!("{}/hub/sequences/{id}/edit", env.base))
+        .await?;
+    b.wait_for("ol.step-cards", Duration::from_secs(5)).await?;
+    b.type_into(
+        "ol.step-cards li:nth-child(3) input[name=step_after_n]",
+        "2",
+    )
+    .await?;
+    submit(&b, "button[value=preview]").await?;
+    b.wait_for("section.preview", Duration::from_secs(5))
+        .await?;
+    let said = b
+        .element_text(&b.find("[data-preview=retimed]").await?)
+        .await?;
+    assert!(said.contains("1 waiting steps move"), "{said}");
+    b.screenshot("15-edit-preview").await?;
+    let (_, now) = env.get(&format!("/v1/sequences/{id}")).await?;
+    assert_eq!(now["version"], seq["version"], "a preview saves nothing");
+    submit(&b, "button[value=save]").await?;
+    b.wait_for("p.flash.ok", Duration::from_secs(5)).await?;
+    let (_, now) = env.get(&format!("/v1/sequences/{id}")).await?;
+    assert_eq!(
+        now["steps"][2]["timing"],
+        json!({"type": "delay", "delay": "P2D"})
+    );
+
+    // The remaining pages, for the screenshots in docs/.
+    for (path, shot) in [
+        ("/hub/inbound", "16-what-came-back"),
+        ("/hub/suppressions", "17-suppressions"),
+        ("/hub/mailboxes", "18-mailboxes"),
+    ] {
+        b.goto(&format!("{}{path}", env.base)).await?;
+        b.wait_for("main h1", Duration::from_secs(5)).await?;
+        b.screenshot(shot).await?;
+    }
+    b.quit().await?;
+    env.stop().await
+}
