@@ -45,7 +45,7 @@ impl Scope {
     }
 
     /// The scope a request needs: `admin` for key management and webhooks, `read` for any
-    /// other `GET` or `HEAD` and for an edit preview, `write` for the rest.
+    /// other `GET` or `HEAD` and for the edit and render previews, `write` for the rest.
     pub fn needed(method: &Method, path: &str) -> Self {
         let under = |prefix: &str| {
             path == prefix
@@ -57,8 +57,9 @@ impl Scope {
             Scope::Admin
         } else if method == Method::GET
             || method == Method::HEAD
-            // A preview changes nothing (its edit is rolled back).
-            || (method == Method::POST && path.ends_with("/edit-preview"))
+            // A preview changes nothing (an edit preview's edit is rolled back).
+            || (method == Method::POST
+                && (path.ends_with("/edit-preview") || path.ends_with("/render-preview")))
         {
             Scope::Read
         } else {

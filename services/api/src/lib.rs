@@ -23,6 +23,7 @@ mod mailboxes;
 mod openapi;
 mod outbox;
 mod providers;
+mod render_preview;
 mod sends;
 mod sequences;
 mod steps;
@@ -87,6 +88,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/sequences/{id}/versions", get(edit::v1::versions))
         .route("/v1/sequences/{id}/activity", get(activity::v1::activity))
+        .route(
+            "/v1/sequences/{id}/render-preview",
+            post(render_preview::v1::render_preview),
+        )
         .route(
             "/v1/sequences/{id}/edit-preview",
             post(edit_preview::v1::preview),

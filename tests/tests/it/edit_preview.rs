@@ -270,3 +270,113 @@ async fn a_preview_refuses_what_the_edit_refuses_and_a_read_key_may_ask_for_one(
     assert_eq!(now["name"], "Refused");
     env.stop().await
 }
+
+#[tokio::test]
+async fn a_render_preview_shows_each_step_as_a_lead_would_get_it() -> anyhow::Result<()> {
+    let env = TestEnv::start("rpv", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let mut body = sequence_body(
+        "Rendered",
+        &[
+            (
+                "Hi {{ lead.first_name | default: \"there\" }}",
+                "Hello from {{ lead.attributes.company }}",
+                json!({"type": "immediately"}),
+            ),
+            (
+                "",
+                "Just checking in",
+                json!({"type": "delay", "delay": "P2D"}),
+            ),
+        ],
+        "never",
+    );
+    body["steps"][0]["html"] = json!("<p>At <b>{{ lead.attributes.company }}</b></p>");
+    body["steps"][1]["thread"] = json!(true);
+    body["sender"]["reply_to"] = json!("replies@example.com");
+    let seq = env.create_sequence(body).await?;
+    let id = seq["id"].as_str().unwrap_or_default().to_owned();
+    let path = format!("/v1/sequences/{id}/render-preview");
+
+    // A sample lead, with no body at all.
+    let (status, r) = env.post(&path, json!({})).await?;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["lead_id"], Value::Null);
+    assert_eq!(r["steps"][0]["subject"], "Hi Ada");
+    assert_eq!(
+        r["steps"][0]["text"]
+            .as_str()
+            .map(|t| t.contains("Analytical Engines")),
+        Some(true)
+    );
+    assert_eq!(
+        r["steps"][1]["subject"], "Re: Hi Ada",
+        "a threaded step answers the first"
+    );
+    let headers = |i: usize| -> BTreeMap<String, String> {
+        r["steps"][i]["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| {
+                (
+                    h["name"].as_str().unwrap_or_default().to_owned(),
+                    h["value"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(headers(0)["From"], "Pulse Tests <tests@example.com>");
+    assert_eq!(headers(0)["Reply-To"], "replies@example.com");
+    assert!(headers(1).contains_key("In-Reply-To") && !headers(0).contains_key("In-Reply-To"));
+    assert!(headers(0)["List-Unsubscribe"].contains("each-lead-gets-its-own-link"));
+
+    // Typed values: a lead's markup is escaped in the HTML part, kept as text in the text part.
+    let (status, r) = env
+        .post(
+            &path,
+            json!({"lead": {"email": "x@example.com", "first_name": "Xe",
+                            "attributes": {"company": "<script>Evil</script>"}}}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["steps"][0]["subject"], "Hi Xe");
+    let html = r["steps"][0]["html"].as_str().unwrap_or_default();
+    assert!(html.contains("&lt;script&gt;Evil&lt;/script&gt;"), "{html}");
+
+    // A real lead of the workspace, by address.
+    let (status, _) = env
+        .post(
+            "/v1/events",
+            json!({"events": [{"id": "b", "type": "tag_applied", "tag": "other",
+                               "lead": {"email": "bea@example.com", "first_name": "Bea",
+                                        "attributes": {"company": "Acme"}}}]}),
+        )
+        .await?;
+    assert_eq!(status, 200);
+    let (status, r) = env
+        .post(&path, json!({"lead_email": "BEA@example.com"}))
+        .await?;
+    assert_eq!(status, 200, "{r}");
+    assert!(r["lead_id"].is_string());
+    assert_eq!(r["steps"][0]["subject"], "Hi Bea");
+
+    // A draft's steps are checked as the edit checks them: an unknown variable, same error.
+    let mut steps = seq["steps"].clone();
+    steps[0]["subject"] = json!("Hi {{ lead.nickname }}");
+    let (status, r) = env.post(&path, json!({"steps": steps.clone()})).await?;
+    assert_eq!(status, 422, "{r}");
+    let (status, edit) = env
+        .call(
+            Method::PATCH,
+            &format!("/v1/sequences/{id}"),
+            Some(json!({"steps": steps})),
+        )
+        .await?;
+    assert_eq!(status, 422);
+    assert_eq!(r["error"], edit["error"], "the same error as saving");
+    let (status, _) = env
+        .post(&path, json!({"lead_email": "nobody@example.com"}))
+        .await?;
+    assert_eq!(status, 404);
+    env.stop().await
+}

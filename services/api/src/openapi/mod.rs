@@ -25,8 +25,8 @@ use utoipa::{
 
 use crate::{
     activity, audit, control, domain_limits, edit, edit_preview, enrollments, inbound, keys,
-    mailboxes, outbox, providers, sends, sequences, steps, suppressions, unsubscribe, webhooks,
-    workspace,
+    mailboxes, outbox, providers, render_preview, sends, sequences, steps, suppressions,
+    unsubscribe, webhooks, workspace,
 };
 
 #[derive(OpenApi)]
@@ -34,7 +34,7 @@ use crate::{
     info(title = "Pulse", description = "Multi-step email sequences you can take control of."),
     paths(
         sequences::create, sequences::list, sequences::stats, sequences::get_one, edit::edit, edit::versions,
-        edit_preview::preview, activity::activity,
+        edit_preview::preview, activity::activity, render_preview::render_preview,
         steps::patch, steps::add, steps::delete, steps::order,
         control::pause, control::resume, control::resume_preview, control::delete,
         control::cancel, control::cancel_many, control::reenroll, audit::audit_list,

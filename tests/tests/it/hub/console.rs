@@ -347,3 +347,80 @@ async fn the_sequence_page_draws_its_activity_from_the_api() -> anyhow::Result<(
     assert_eq!(status, 404);
     env.stop().await
 }
+
+#[tokio::test]
+async fn the_editor_shows_the_messages_for_a_sample_or_an_enrolled_lead() -> anyhow::Result<()> {
+    let env = TestEnv::start("hub_render", &[Role::Api, Role::Ingest], |_| {}).await?;
+    let hub = Hub::sign_in(&env, &env.key).await?;
+    // A draft not saved yet: the sample lead.
+    let mut fields = settings("UTC");
+    fields.extend(card("Hi {{ lead.first_name }}", "immediately", "", "days"));
+    fields.extend([("preview_lead", ""), ("do", "render")]);
+    let (status, page) = hub.post_page("/hub/sequences/new", &fields).await?;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("The messages for ada@example.com (sample values)"),
+        "{page}"
+    );
+    assert!(page.contains("<td>Hi Ada</td>"), "{page}");
+    let (_, list) = env.get("/v1/sequences").await?;
+    assert_eq!(
+        list["sequences"].as_array().map(Vec::len),
+        Some(0),
+        "nothing saved"
+    );
+
+    // An unknown variable: the save's error, on its card.
+    let mut bad = settings("UTC");
+    bad.extend(card("Hi {{ lead.nickname }}", "immediately", "", "days"));
+    bad.extend([("preview_lead", ""), ("do", "render")]);
+    let (status, page) = hub.post_page("/hub/sequences/new", &bad).await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let err = page.split(r#"id="err-step-0""#).nth(1).unwrap_or_default();
+    assert!(err.contains("unknown variable"), "{page}");
+
+    // A saved sequence, for a lead of the workspace; an address nobody has is refused on its field.
+    let seq = env
+        .create_sequence(sequence_body(
+            "Rendered",
+            &[(
+                "Hi {{ lead.first_name }}",
+                "B",
+                json!({"type": "immediately"}),
+            )],
+            "x",
+        ))
+        .await?;
+    let id = id_of(&seq);
+    env.post(
+        "/v1/events",
+        json!({"events": [{"id": "1", "type": "tag_applied", "tag": "y",
+                           "lead": {"email": "bea@example.com", "first_name": "Bea"}}]}),
+    )
+    .await?;
+    let step = seq["steps"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let version = seq["version"].to_string();
+    let mut edit = settings("UTC");
+    edit.push(("version", version.as_str()));
+    let mut c = card("Hi {{ lead.first_name }}", "immediately", "", "days");
+    c[0].1 = step.as_str();
+    edit.extend(c);
+    let mut asking = edit.clone();
+    asking.extend([("preview_lead", "bea@example.com"), ("do", "render")]);
+    let (status, page) = hub
+        .post_page(&format!("/hub/sequences/{id}/edit"), &asking)
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("<td>Hi Bea</td>"), "{page}");
+    let mut nobody = edit.clone();
+    nobody.extend([("preview_lead", "nobody@example.com"), ("do", "render")]);
+    let (status, page) = hub
+        .post_page(&format!("/hub/sequences/{id}/edit"), &nobody)
+        .await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains(r#"id="err-preview_lead""#), "{page}");
+    env.stop().await
+}

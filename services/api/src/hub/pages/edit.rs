@@ -5,29 +5,45 @@
 //! shown next to the field it names.
 
 use axum::http::StatusCode;
-use pulse_shared::model::{EditPreview, PreviewRuns};
+use pulse_shared::model::{EditPreview, PreviewRuns, SenderIdentity, StepInput};
 
 use super::{
     editor::{Draft, Errors, fields},
     *,
 };
-use crate::edit_preview;
+use crate::{
+    edit_preview,
+    render_preview::{RenderPreview, render_draft},
+};
 
 // ---------------------------------------------------------------- new
 
 pub async fn new_form(user: HubUser, flash: Flash) -> Response {
     page(
         &flash,
-        new_page(&user, Some(&flash), &Draft::blank(), &Errors::default()),
+        new_page(
+            &user,
+            Some(&flash),
+            &Draft::blank(),
+            &Errors::default(),
+            None,
+        ),
     )
 }
 
-fn new_page(user: &HubUser, flash: Option<&Flash>, draft: &Draft, errors: &Errors) -> Markup {
+fn new_page(
+    user: &HubUser,
+    flash: Option<&Flash>,
+    draft: &Draft,
+    errors: &Errors,
+    messages: Option<&RenderPreview>,
+) -> Markup {
     let body = html! {
         p.crumbs { a href="/hub/sequences" { "Sequences" } " / new" }
         h1 { "New sequence" }
         p.muted { "It starts active: leads enroll as soon as a trigger matches. Enroll a lead over the API or "
             code { "pulse" } " to try it." }
+        @if let Some(m) = messages { (messages_section(m)) }
         form.edit method="post" action="/hub/sequences/new" novalidate {
             (form_fields(user, "/hub/sequences/new"))
             (fields(draft, errors))
@@ -45,15 +61,27 @@ pub async fn create(State(state): State<HubState>, posted: Posted) -> Response {
     let user = &posted.user;
     let action = posted.form.raw("do");
     if draft.rearrange(action) {
-        return page(
-            &Flash(None),
-            new_page(user, None, &draft, &Errors::default()),
-        );
+        let shown = new_page(user, None, &draft, &Errors::default(), None);
+        return page(&Flash(None), shown);
     }
+    let draft = draft;
+    let show = |errors: &Errors, messages: Option<&RenderPreview>| {
+        new_page(user, None, &draft, errors, messages)
+    };
     let built = match draft.to_create() {
         Ok(b) => b,
-        Err(errors) => return unprocessable(new_page(user, None, &draft, &errors)),
+        Err(errors) => return unprocessable(show(&errors, None)),
     };
+    if action == "render" {
+        let (sender, steps) = (&built.body.sender, &built.body.steps);
+        return match render(&state, user, None, sender, steps, &draft.preview_lead).await {
+            Ok(m) => page(&Flash(None), show(&Errors::default(), Some(&m))),
+            Err(e) => match render_errors(&e, &built.errors(&e)) {
+                Some(errors) => unprocessable(show(&errors, None)),
+                None => HubError::Api(e).into_response(),
+            },
+        };
+    }
     match api_sequences::create(&state.api, &user.auth, built.body.clone()).await {
         Ok(created) => {
             let s = created.1;
@@ -63,7 +91,7 @@ pub async fn create(State(state): State<HubState>, posted: Posted) -> Response {
                 &format!("Created “{}” with {} steps.", s.name, s.steps.len()),
             )
         }
-        Err(e) if is_input(&e) => unprocessable(new_page(user, None, &draft, &built.errors(&e))),
+        Err(e) if is_input(&e) => unprocessable(show(&built.errors(&e), None)),
         Err(e) => HubError::Api(e).into_response(),
     }
 }
@@ -87,7 +115,14 @@ pub async fn edit_form(
     let draft = Draft::from_sequence(&s);
     Ok(page(
         &flash,
-        edit_page(&user, Some(&flash), &s, &draft, &Errors::default(), None),
+        edit_page(
+            &user,
+            Some(&flash),
+            &s,
+            &draft,
+            &Errors::default(),
+            Shown::Nothing,
+        ),
     ))
 }
 
@@ -97,7 +132,7 @@ fn edit_page(
     s: &Sequence,
     draft: &Draft,
     errors: &Errors,
-    preview: Option<&EditPreview>,
+    shown: Shown<'_>,
 ) -> Markup {
     let id = s.id;
     let here = format!("/hub/sequences/{id}");
@@ -119,7 +154,11 @@ fn edit_page(
             p { "Only sends not yet queued pick up new content. Anything already sent stays sent, and a step due within the next minutes may already be queued with the old content. "
                 strong { "Preview changes" } " shows exactly which, before you save." }
         }
-        @if let Some(p) = preview { (preview_section(p)) }
+        @match shown {
+            Shown::Effects(p) => { (preview_section(p)) }
+            Shown::Messages(m) => { (messages_section(m)) }
+            Shown::Nothing => {}
+        }
         form.edit method="post" action=(action) novalidate {
             (form_fields(user, &here))
             (fields(draft, errors))
@@ -219,28 +258,51 @@ pub async fn edit(
     let user = &posted.user;
     let mut draft = Draft::from_form(&posted.form);
     let action = posted.form.raw("do");
-    let show = |draft: &Draft, errors: &Errors, preview: Option<&EditPreview>| {
-        edit_page(user, None, &s, draft, errors, preview)
+    let show = |draft: &Draft, errors: &Errors, shown: Shown<'_>| {
+        edit_page(user, None, &s, draft, errors, shown)
     };
+    let nothing = || Shown::Nothing;
     if draft.rearrange(action) {
-        return page(&Flash(None), show(&draft, &Errors::default(), None));
+        return page(&Flash(None), show(&draft, &Errors::default(), nothing()));
     }
     let built = match draft.to_edit() {
         Ok(b) => b,
-        Err(errors) => return unprocessable(show(&draft, &errors, None)),
+        Err(errors) => return unprocessable(show(&draft, &errors, nothing())),
     };
     if action == "preview" {
         return match edit_preview::preview(&state.api, &user.auth, s.id, built.body.clone()).await {
-            Ok(p) => page(&Flash(None), show(&draft, &Errors::default(), Some(&p))),
-            Err(e) if is_input(&e) => unprocessable(show(&draft, &built.errors(&e), None)),
+            Ok(p) => page(
+                &Flash(None),
+                show(&draft, &Errors::default(), Shown::Effects(&p)),
+            ),
+            Err(e) if is_input(&e) => unprocessable(show(&draft, &built.errors(&e), nothing())),
             Err(e) => HubError::Api(e).into_response(),
+        };
+    }
+    if action == "render" {
+        let sender = built
+            .body
+            .sender
+            .clone()
+            .unwrap_or_else(|| s.sender.clone());
+        let steps = built.body.steps.clone().unwrap_or_default();
+        let lead = &draft.preview_lead;
+        return match render(&state, user, Some(s.id), &sender, &steps, lead).await {
+            Ok(m) => page(
+                &Flash(None),
+                show(&draft, &Errors::default(), Shown::Messages(&m)),
+            ),
+            Err(e) => match render_errors(&e, &built.errors(&e)) {
+                Some(errors) => unprocessable(show(&draft, &errors, nothing())),
+                None => HubError::Api(e).into_response(),
+            },
         };
     }
     match api_edit::edit(&state.api, &user.auth, s.id, built.body.clone()).await {
         Ok(change) => reported(&format!("/hub/sequences/{}", s.id), Ok(change), |s| {
             format!("Saved as version {}.", s.version)
         }),
-        Err(e) if is_input(&e) => unprocessable(show(&draft, &built.errors(&e), None)),
+        Err(e) if is_input(&e) => unprocessable(show(&draft, &built.errors(&e), nothing())),
         Err(e) => HubError::Api(e).into_response(),
     }
 }
@@ -251,4 +313,75 @@ fn is_input(e: &ApiError) -> bool {
         e,
         ApiError::Malformed { .. } | ApiError::Invalid(_) | ApiError::Conflict(_)
     )
+}
+
+/// What the edit page shows above its form.
+enum Shown<'a> {
+    Nothing,
+    /// What saving would do to the enrollments in flight.
+    Effects(&'a EditPreview),
+    /// The draft's steps rendered for a lead.
+    Messages(&'a RenderPreview),
+}
+
+/// Renders the draft's steps for `lead` (an enrolled lead's address; empty: a sample lead).
+async fn render(
+    state: &HubState,
+    user: &HubUser,
+    sequence: Option<Uuid>,
+    sender: &SenderIdentity,
+    steps: &[StepInput],
+    lead: &str,
+) -> Result<RenderPreview, ApiError> {
+    let lead = Some(lead.trim()).filter(|l| !l.is_empty());
+    render_draft(
+        &state.api,
+        &user.auth,
+        sequence,
+        sender,
+        steps,
+        (lead, None),
+    )
+    .await
+}
+
+/// Where a render refusal shows: an unknown lead under the lead's field, the rest where the
+/// editor places them; `None` for a failure that is not the operator's to fix.
+fn render_errors(e: &ApiError, placed: &Errors) -> Option<Errors> {
+    match e {
+        ApiError::NotFound("lead") => Some(Errors::field(
+            "preview_lead",
+            "no lead of this workspace has that address",
+        )),
+        e if is_input(e) => Some(Errors {
+            fields: placed.fields.clone(),
+            general: placed.general.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// The draft's messages as a lead would get them: subject, headers, text, and the HTML source.
+fn messages_section(m: &RenderPreview) -> Markup {
+    html! {
+        section.preview #messages aria-labelledby="messages-title" {
+            h2 #messages-title { "The messages for " (m.lead.email)
+                @if m.lead_id.is_none() { " (sample values)" } }
+            p.muted { "Rendered as the scheduler renders them when a step is queued. Nothing is saved or sent." }
+            @for step in &m.steps {
+                article.mail data-step=(step.position) {
+                    h3 { "Step " (step.position) }
+                    @if let Some(e) = &step.error {
+                        p.field-error role="alert" { "This step cannot be sent to this lead: " (e) }
+                    } @else {
+                        table.headers { tbody { @for h in &step.headers { tr { th { (h.name) } td { (h.value) } } } } }
+                        pre.body { (step.text.clone().unwrap_or_default()) }
+                        @if let Some(html) = &step.html {
+                            details { summary { "HTML part (source)" } pre.body { (html) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

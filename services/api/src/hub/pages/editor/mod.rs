@@ -91,6 +91,8 @@ pub struct Draft {
     pub triggers: Vec<DraftTrigger>,
     /// The version an edit starts from (refused if the sequence changed meanwhile).
     pub version: Option<i32>,
+    /// The lead the messages are previewed for (empty: a sample lead).
+    pub preview_lead: String,
 }
 
 /// What the API's body was made of: the request's step `i` is card `cards[i]`.
@@ -107,7 +109,7 @@ pub struct Errors {
 }
 
 impl Errors {
-    fn field(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn field(key: impl Into<String>, message: impl Into<String>) -> Self {
         let mut e = Errors::default();
         e.fields.insert(key.into(), message.into());
         e
@@ -225,6 +227,7 @@ impl Draft {
                 .collect(),
             triggers: s.triggers.iter().map(DraftTrigger::from_spec).collect(),
             version: Some(s.version),
+            preview_lead: String::new(),
         }
     }
 
@@ -291,6 +294,7 @@ impl Draft {
             steps,
             triggers,
             version: form.get("version").and_then(|v| v.parse().ok()),
+            preview_lead: text("preview_lead"),
         }
     }
 

@@ -92,6 +92,13 @@ pub fn fields(d: &Draft, errors: &Errors) -> Markup {
             (error_for(errors, "triggers"))
             button type="submit" name="do" value="add_trigger" formnovalidate { "Add a trigger" }
         }
+        fieldset.render {
+            legend { "See the messages" }
+            label for="preview_lead" { "Render for (an enrolled lead's address; empty: a sample lead)" }
+            input #preview_lead name="preview_lead" type="email" value=(d.preview_lead) aria-describedby=[described(errors, "preview_lead")];
+            (error_for(errors, "preview_lead"))
+            button type="submit" name="do" value="render" { "Preview the messages" }
+        }
     }
 }
 
