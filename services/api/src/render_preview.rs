@@ -43,7 +43,7 @@ pub struct RenderPreviewRequest {
 }
 
 /// Lead values typed for a preview.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewLead {
     #[schema(format = "address")]
@@ -58,6 +58,14 @@ pub struct PreviewLead {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub attributes: Option<Value>,
+}
+
+/// A lead of the workspace, as a preview reads it.
+#[derive(sqlx::FromRow)]
+struct LeadRow {
+    id: Uuid,
+    #[sqlx(flatten)]
+    lead: PreviewLead,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -154,24 +162,17 @@ pub(crate) async fn render_draft(
     let (lead, lead_id) = match (lead_email, typed) {
         (Some(email), _) => {
             let email = validate::email(email).map_err(|m| ApiError::invalid("lead_email", m))?;
-            let row: Option<(Uuid, Option<String>, Option<String>, Option<String>, Value)> =
-                sqlx::query_as(
-                    "SELECT id, first_name, last_name, timezone, attributes FROM leads
-                     WHERE workspace_id = $1 AND email = $2",
-                )
-                .bind(auth.workspace)
-                .bind(&email)
-                .fetch_optional(&state.db)
-                .await?;
-            let (lead_id, first_name, last_name, timezone, attributes) =
-                row.ok_or(ApiError::NotFound("lead"))?;
-            let lead = PreviewLead {
-                email,
-                first_name,
-                last_name,
-                timezone,
-                attributes: Some(attributes),
-            };
+            let (lead_id, mut lead): (Uuid, PreviewLead) = sqlx::query_as::<_, LeadRow>(
+                "SELECT id, email, first_name, last_name, timezone, attributes FROM leads
+                 WHERE workspace_id = $1 AND email = $2",
+            )
+            .bind(auth.workspace)
+            .bind(&email)
+            .fetch_optional(&state.db)
+            .await?
+            .map(|r| (r.id, r.lead))
+            .ok_or(ApiError::NotFound("lead"))?;
+            lead.email = email;
             (lead, Some(lead_id))
         }
         (None, Some(mut typed)) => {
