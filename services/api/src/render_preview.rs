@@ -32,6 +32,7 @@ pub struct RenderPreviewRequest {
     /// Draft steps to render instead of the saved ones (as `PATCH` takes them; checked the same
     /// way).
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 50)]
     pub steps: Option<Vec<StepInput>>,
     /// A lead of the workspace to render for.
     #[serde(default)]

@@ -274,6 +274,7 @@ pub(super) fn new_step(doc: &mut Value) -> Result<(), String> {
     for (component, items, first) in [
         ("CreateSequence", "NewStep", "FirstStep"),
         ("EditSequence", "StepInput", "FirstStepInput"),
+        ("RenderPreviewRequest", "StepInput", "FirstStepInput"),
     ] {
         let steps = schemas
             .get_mut(component)
