@@ -426,6 +426,8 @@ async fn an_operator_builds_a_sequence_in_the_hub_and_previews_an_edit() -> anyh
         ("/hub/inbound", "16-what-came-back"),
         ("/hub/suppressions", "17-suppressions"),
         ("/hub/mailboxes", "18-mailboxes"),
+        ("/hub/keys", "19-keys"),
+        ("/hub/webhooks", "20-webhooks"),
     ] {
         b.goto(&format!("{}{path}", env.base)).await?;
         b.wait_for("main h1", Duration::from_secs(5)).await?;

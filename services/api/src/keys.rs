@@ -67,7 +67,7 @@ fn check_text<'a>(field: &str, text: &'a str) -> Result<&'a str, ApiError> {
               (status = 422, body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn create(state: &ApiState, auth: &Auth, req: KeyRequest) -> ApiResult<Response> {
+pub async fn create(state: &ApiState, auth: &Auth, req: KeyRequest) -> ApiResult<Created<NewKey>> {
     let label = check_text("label", &req.label)?;
     let mut tx = state.db.begin().await?;
     let made = keys::create(&mut tx, auth.workspace, label, req.scope, &auth.actor).await?;
@@ -81,7 +81,7 @@ pub async fn create(state: &ApiState, auth: &Auth, req: KeyRequest) -> ApiResult
     .await?;
     tx.commit().await?;
     tracing::info!(key = %made.info.id, scope = made.info.scope.as_str(), actor = %auth.actor, "API key created");
-    Ok(Created(format!("/v1/keys/{}", made.info.id), made).into_response())
+    Ok(Created(format!("/v1/keys/{}", made.info.id), made))
 }
 
 /// The keys of the caller's workspace, newest first, revoked ones included. Never the keys.
@@ -227,7 +227,9 @@ pub mod v1 {
         auth: Auth,
         ApiJson(req): ApiJson<KeyRequest>,
     ) -> ApiResult<Response> {
-        super::create(&state, &auth, req).await
+        super::create(&state, &auth, req)
+            .await
+            .map(IntoResponse::into_response)
     }
 
     pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<KeyList>> {

@@ -161,7 +161,11 @@ async fn fetch(state: &ApiState, auth: &Auth, id: Uuid) -> Result<Webhook, ApiEr
               (status = 403, description = "Not an admin key", body = pulse_shared::http::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn create(state: &ApiState, auth: &Auth, req: WebhookRequest) -> ApiResult<Response> {
+pub async fn create(
+    state: &ApiState,
+    auth: &Auth,
+    req: WebhookRequest,
+) -> ApiResult<Created<NewWebhook>> {
     check(state, Some(&req.url), Some(&req.events))?;
     let secret = webhooks::new_secret();
     let mut tx = state.db.begin().await?;
@@ -186,7 +190,7 @@ pub async fn create(state: &ApiState, auth: &Auth, req: WebhookRequest) -> ApiRe
     .await?;
     tx.commit().await?;
     let location = format!("/v1/webhooks/{}", webhook.id);
-    Ok(Created(location, NewWebhook { webhook, secret }).into_response())
+    Ok(Created(location, NewWebhook { webhook, secret }))
 }
 
 /// The workspace's endpoints, newest first.
@@ -289,7 +293,7 @@ pub async fn delete(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Webhoo
     params(("id" = Uuid, Path, description = "Webhook id")),
     responses((status = 202, body = Delivery)), security(("bearer" = []))
 )]
-pub async fn test(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Response> {
+pub async fn test(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Delivery> {
     fetch(state, auth, id).await?;
     let delivery: Delivery = sqlx::query_as(&format!(
         "INSERT INTO webhook_messages (webhook_id, workspace_id, type, payload)
@@ -303,7 +307,7 @@ pub async fn test(state: &ApiState, auth: &Auth, id: Uuid) -> ApiResult<Response
     .bind(&auth.actor)
     .fetch_one(&state.db)
     .await?;
-    Ok((axum::http::StatusCode::ACCEPTED, Json(delivery)).into_response())
+    Ok(delivery)
 }
 
 /// The endpoint's messages, newest first: what was sent, how often, and the last answer.
@@ -349,7 +353,7 @@ pub async fn replay(
     state: &ApiState,
     auth: &Auth,
     (id, delivery): (Uuid, i64),
-) -> ApiResult<Response> {
+) -> ApiResult<Delivery> {
     fetch(state, auth, id).await?;
     let again: Delivery = sqlx::query_as(&format!(
         "UPDATE webhook_messages SET state = 'PENDING', next_at = now(), created_at = now()
@@ -360,7 +364,7 @@ pub async fn replay(
     .fetch_optional(&state.db)
     .await?
     .ok_or(ApiError::NotFound("delivery"))?;
-    Ok((axum::http::StatusCode::ACCEPTED, Json(again)).into_response())
+    Ok(again)
 }
 
 /// The `/v1` handlers: each takes the request apart and calls the plain function of the same
@@ -373,7 +377,9 @@ pub mod v1 {
         auth: Auth,
         ApiJson(req): ApiJson<WebhookRequest>,
     ) -> ApiResult<Response> {
-        super::create(&state, &auth, req).await
+        super::create(&state, &auth, req)
+            .await
+            .map(IntoResponse::into_response)
     }
 
     pub async fn list(State(state): State<ApiState>, auth: Auth) -> ApiResult<Json<WebhookList>> {
@@ -410,7 +416,8 @@ pub mod v1 {
         auth: Auth,
         ApiPath(id): ApiPath<Uuid>,
     ) -> ApiResult<Response> {
-        super::test(&state, &auth, id).await
+        let delivery = super::test(&state, &auth, id).await?;
+        Ok((axum::http::StatusCode::ACCEPTED, Json(delivery)).into_response())
     }
 
     pub async fn deliveries(
@@ -427,6 +434,7 @@ pub mod v1 {
         auth: Auth,
         ApiPath((id, delivery)): ApiPath<(Uuid, i64)>,
     ) -> ApiResult<Response> {
-        super::replay(&state, &auth, (id, delivery)).await
+        let again = super::replay(&state, &auth, (id, delivery)).await?;
+        Ok((axum::http::StatusCode::ACCEPTED, Json(again)).into_response())
     }
 }

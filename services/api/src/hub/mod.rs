@@ -7,6 +7,7 @@
 //! signed-in operator's workspace: the Hub adds no rule of its own. It owns its routes, its
 //! layout and its sign-in (`session`); it never touches the database except for sessions.
 
+mod admin;
 mod charts;
 mod inbound;
 mod mailboxes;
@@ -207,6 +208,10 @@ pub fn layout(title: &str, user: Option<&HubUser>, flash: Option<&Flash>, body: 
                             a href="/hub/inbound" { "What came back" }
                             a href="/hub/suppressions" { "Suppressions" }
                             a href="/hub/mailboxes" { "Mailboxes" }
+                            @if u.auth.scope >= pulse_shared::keys::Scope::Admin {
+                                a href="/hub/keys" { "Keys" }
+                                a href="/hub/webhooks" { "Webhooks" }
+                            }
                             a href="/hub/outbox" { "Dev outbox" }
                         }
                         form.signout method="post" action="/hub/logout" {
@@ -323,6 +328,18 @@ pub fn router(api: ApiState) -> Router {
         .route("/hub/inbound", get(inbound::list))
         .route("/hub/inbound/{id}", get(inbound::one))
         .route("/hub/mailboxes", get(mailboxes::list))
+        .route("/hub/keys", get(admin::keys).post(admin::make_key))
+        .route("/hub/keys/{id}/revoke", post(admin::revoke_key))
+        .route(
+            "/hub/webhooks",
+            get(admin::webhooks).post(admin::make_webhook),
+        )
+        .route("/hub/webhooks/{id}", get(admin::webhook))
+        .route("/hub/webhooks/{id}/{action}", post(admin::webhook_action))
+        .route(
+            "/hub/webhooks/{id}/deliveries/{delivery}/replay",
+            post(admin::replay),
+        )
         .route("/hub/suppressions", get(suppressions::list))
         .route("/hub/suppressions/add", post(suppressions::add))
         .route("/hub/suppressions/lift", post(suppressions::lift))

@@ -12,9 +12,10 @@ use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+mod admin;
 mod client;
 mod console;
-use client::{Hub, no_redirects, set_cookie};
+use client::{Hub, between, no_redirects, set_cookie};
 
 async fn sequence_status(env: &TestEnv, id: &str) -> anyhow::Result<String> {
     let (_, s) = env.get(&format!("/v1/sequences/{id}")).await?;
