@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PULSE_API_KEY ?= pulse-dev-key
 export PULSE_HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test services browser tools build lint fmt clean-tests bench-smtp chaos bench contract
+.PHONY: run test services browser tools build lint fmt clean-tests bench-smtp chaos bench bench-hub contract
 
 ## Run the whole system locally (every role in one process, mail captured in the dev outbox).
 run: services
@@ -77,3 +77,9 @@ bench: services
 	cargo build --release -q -p pulse
 	cargo build --release -q -p pulse-tests --bin bench
 	PULSE_BIN=target/release/pulse target/release/bench $(BENCH_ARGS)
+
+## The Hub's pages against 100,000 enrollments and 1,000,000 sends: each page's time next to the
+## sign-in page's (tests/src/bin/hub_pages.rs; docs/BENCHMARKS.md).
+bench-hub: services
+	cargo build --release -q -p pulse-tests --bin hub_pages
+	RUST_LOG=error target/release/hub_pages $(BENCH_HUB_ARGS)

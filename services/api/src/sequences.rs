@@ -158,6 +158,15 @@ pub async fn list(state: &ApiState, auth: &Auth, page: SequencePage) -> ApiResul
     security(("bearer" = []))
 )]
 pub async fn stats(state: &ApiState, auth: &Auth) -> ApiResult<SequenceStatsList> {
+    stats_of(state, auth, None).await
+}
+
+/// [`stats`] of every sequence, or of `only` (a sequence's own page need not count the others).
+pub(crate) async fn stats_of(
+    state: &ApiState,
+    auth: &Auth,
+    only: Option<Uuid>,
+) -> ApiResult<SequenceStatsList> {
     // Enrollments by the (sequence_id, status, created_at) index; today's sends by the ledger's
     // (sequence_id, created_at) index, from a day before midnight (a send recorded today was
     // first claimed at most a few hours earlier: retries back off to an hour, 8 attempts).
@@ -182,10 +191,11 @@ pub async fn stats(state: &ApiState, auth: &Auth) -> ApiResult<SequenceStatsList
              SELECT count(*) AS sends_today FROM send_ledger l
              WHERE l.sequence_id = s.id AND l.created_at >= d.midnight - interval '1 day'
                AND l.state IN ('SENT', 'BOUNCED', 'COMPLAINED') AND l.sent_at >= d.midnight) t
-         WHERE s.workspace_id = $1
+         WHERE s.workspace_id = $1 AND ($2::uuid IS NULL OR s.id = $2)
          ORDER BY s.created_at DESC, s.id LIMIT 1000",
     )
     .bind(auth.workspace)
+    .bind(only)
     .fetch_all(&state.db)
     .await?;
     Ok(SequenceStatsList { sequences })
