@@ -335,6 +335,10 @@ async fn the_sequence_page_draws_its_activity_from_the_api() -> anyhow::Result<(
         "{page}"
     );
     assert!(page.contains("held by the pause"));
+    // The resume preview draws when the five held steps would go out.
+    let (status, page) = hub.get(&format!("/hub/sequences/{id}/resume")).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(r#"data-chart="resume" data-total="5""#), "{page}");
 
     // A range the API does not know is a client mistake.
     let (status, body) = env

@@ -54,6 +54,7 @@ pub async fn resume_preview(
             button.primary type="submit" { "Resume now" }
             " " a href=(here) { "Keep it paused" }
         }
+        (timeline(&preview))
         table.list { thead { tr { th { "Lead" } th { "Step" } th { "Was due" } th { "Outcome" } th { "Sends at" } th { "Why" } } }
             tbody { @for i in preview.items.iter().take(500) { tr {
                 td { (i.lead_email) } td.num { (i.step_position) } td { (when(&i.due_at)) }
@@ -189,3 +190,45 @@ pub async fn reenroll(
 }
 
 // ---------------------------------------------------------------- shared by pages
+
+/// When the held steps would go out after a resume now: sends (and skips) in 24 equal slices
+/// from now to the last one.
+fn timeline(preview: &pulse_shared::model::ResumePreview) -> Markup {
+    let at = |i: &pulse_shared::model::ResumeItem| i.send_at.unwrap_or(preview.as_of);
+    let Some(last) = preview.items.iter().map(at).max() else {
+        return html! {};
+    };
+    const SLICES: i64 = 24;
+    let span = (last - preview.as_of).num_seconds().max(SLICES);
+    let width = (span + SLICES - 1) / SLICES;
+    let mut values = vec![vec![0i64; 2]; SLICES as usize];
+    for item in &preview.items {
+        let slice = ((at(item) - preview.as_of).num_seconds().max(0) / width).min(SLICES - 1);
+        let kind = usize::from(item.outcome != "send");
+        values[slice as usize][kind] += 1;
+    }
+    let labels: Vec<String> = (0..SLICES)
+        .map(|i| {
+            (preview.as_of + chrono::Duration::seconds(i * width))
+                .format("%m-%d %H:%M")
+                .to_string()
+        })
+        .collect();
+    let series = [
+        super::super::charts::Series {
+            name: "sent",
+            class: "s-sent",
+        },
+        super::super::charts::Series {
+            name: "skipped",
+            class: "s-held",
+        },
+    ];
+    super::super::charts::stacked_bars(
+        "resume",
+        "When the held steps would go out (UTC)",
+        &labels,
+        &series,
+        &values,
+    )
+}
