@@ -100,6 +100,7 @@ async fn a_sequence_is_built_rearranged_and_its_edit_previewed_in_the_hub() -> a
     fields.extend(card("First", "immediately", "", "days"));
     fields.extend(card("Second", "after", "2", "days"));
     fields.extend(card("Third", "after", "1", "hours"));
+    fields.extend([("limit_max", "500"), ("limit_per", "P1D")]);
     let mut saving = fields.clone();
     saving.push(("do", "save"));
     let (status, to) = hub.post("/hub/sequences/new", &saving).await?;
@@ -127,6 +128,7 @@ async fn a_sequence_is_built_rearranged_and_its_edit_previewed_in_the_hub() -> a
         seq["triggers"],
         json!([{"type": "tag_applied", "tag": "hubnew"}])
     );
+    assert_eq!(seq["limits"], json!([{"max": 500, "per": "P1D"}]));
     let (_, page) = hub.get(&to).await?;
     assert!(
         page.contains("2 days after the previous step"),
@@ -338,7 +340,10 @@ async fn the_sequence_page_draws_its_activity_from_the_api() -> anyhow::Result<(
     // The resume preview draws when the five held steps would go out.
     let (status, page) = hub.get(&format!("/hub/sequences/{id}/resume")).await?;
     assert_eq!(status, StatusCode::OK);
-    assert!(page.contains(r#"data-chart="resume" data-total="5""#), "{page}");
+    assert!(
+        page.contains(r#"data-chart="resume" data-total="5""#),
+        "{page}"
+    );
 
     // A range the API does not know is a client mistake.
     let (status, body) = env

@@ -5,7 +5,7 @@
 //! shown next to the field it names.
 
 use axum::http::StatusCode;
-use pulse_shared::model::{EditPreview, PreviewRuns, SenderIdentity, StepInput};
+use pulse_shared::model::{EditPreview, Mailbox, PreviewRuns, SenderIdentity, StepInput};
 
 use super::{
     editor::{Draft, Errors, fields},
@@ -18,22 +18,35 @@ use crate::{
 
 // ---------------------------------------------------------------- new
 
-pub async fn new_form(user: HubUser, flash: Flash) -> Response {
-    page(
-        &flash,
-        new_page(
-            &user,
-            Some(&flash),
-            &Draft::blank(),
-            &Errors::default(),
-            None,
-        ),
-    )
+pub async fn new_form(
+    State(state): State<HubState>,
+    user: HubUser,
+    flash: Flash,
+) -> HubResult<Response> {
+    let mailboxes = mailboxes(&state, &user).await?;
+    let blank = Draft::blank();
+    let shown = new_page(
+        &user,
+        Some(&flash),
+        &mailboxes,
+        &blank,
+        &Errors::default(),
+        None,
+    );
+    Ok(page(&flash, shown))
+}
+
+/// The workspace's mailboxes, offered as senders.
+async fn mailboxes(state: &HubState, user: &HubUser) -> HubResult<Vec<Mailbox>> {
+    Ok(crate::mailboxes::list(&state.api, &user.auth)
+        .await?
+        .mailboxes)
 }
 
 fn new_page(
     user: &HubUser,
     flash: Option<&Flash>,
+    mailboxes: &[Mailbox],
     draft: &Draft,
     errors: &Errors,
     messages: Option<&RenderPreview>,
@@ -46,7 +59,7 @@ fn new_page(
         @if let Some(m) = messages { (messages_section(m)) }
         form.edit method="post" action="/hub/sequences/new" novalidate {
             (form_fields(user, "/hub/sequences/new"))
-            (fields(draft, errors))
+            (fields(draft, errors, mailboxes))
             div.form-actions {
                 button.primary type="submit" name="do" value="save" { "Create sequence" }
                 " " a href="/hub/sequences" { "Cancel" }
@@ -59,14 +72,18 @@ fn new_page(
 pub async fn create(State(state): State<HubState>, posted: Posted) -> Response {
     let mut draft = Draft::from_form(&posted.form);
     let user = &posted.user;
+    let mailboxes = match mailboxes(&state, user).await {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
     let action = posted.form.raw("do");
     if draft.rearrange(action) {
-        let shown = new_page(user, None, &draft, &Errors::default(), None);
+        let shown = new_page(user, None, &mailboxes, &draft, &Errors::default(), None);
         return page(&Flash(None), shown);
     }
     let draft = draft;
     let show = |errors: &Errors, messages: Option<&RenderPreview>| {
-        new_page(user, None, &draft, errors, messages)
+        new_page(user, None, &mailboxes, &draft, errors, messages)
     };
     let built = match draft.to_create() {
         Ok(b) => b,
@@ -112,28 +129,42 @@ pub async fn edit_form(
     Path(id): Path<String>,
 ) -> HubResult<Response> {
     let (_, s) = load(&state, &user, &id).await?;
+    let mailboxes = mailboxes(&state, &user).await?;
     let draft = Draft::from_sequence(&s);
-    Ok(page(
-        &flash,
-        edit_page(
-            &user,
-            Some(&flash),
-            &s,
-            &draft,
-            &Errors::default(),
-            Shown::Nothing,
-        ),
-    ))
+    let frame = Frame {
+        user: &user,
+        mailboxes: &mailboxes,
+        sequence: &s,
+    };
+    let shown = edit_page(
+        &frame,
+        Some(&flash),
+        &draft,
+        &Errors::default(),
+        Shown::Nothing,
+    );
+    Ok(page(&flash, shown))
+}
+
+/// What every rendering of one sequence's edit page shares.
+struct Frame<'a> {
+    user: &'a HubUser,
+    mailboxes: &'a [Mailbox],
+    sequence: &'a Sequence,
 }
 
 fn edit_page(
-    user: &HubUser,
+    frame: &Frame<'_>,
     flash: Option<&Flash>,
-    s: &Sequence,
     draft: &Draft,
     errors: &Errors,
     shown: Shown<'_>,
 ) -> Markup {
+    let Frame {
+        user,
+        mailboxes,
+        sequence: s,
+    } = *frame;
     let id = s.id;
     let here = format!("/hub/sequences/{id}");
     let action = format!("/hub/sequences/{id}/edit");
@@ -161,7 +192,7 @@ fn edit_page(
         }
         form.edit method="post" action=(action) novalidate {
             (form_fields(user, &here))
-            (fields(draft, errors))
+            (fields(draft, errors, mailboxes))
             div.form-actions {
                 button type="submit" name="do" value="preview" { "Preview changes" }
                 " "
@@ -248,18 +279,23 @@ pub async fn edit(
 ) -> Response {
     let result = async {
         let (_, s) = load(&state, &posted.user, &id).await?;
-        Ok::<_, HubError>(s)
+        Ok::<_, HubError>((s, mailboxes(&state, &posted.user).await?))
     }
     .await;
-    let s = match result {
-        Ok(s) => s,
+    let (s, mailboxes) = match result {
+        Ok(found) => found,
         Err(e) => return e.into_response(),
     };
     let user = &posted.user;
     let mut draft = Draft::from_form(&posted.form);
     let action = posted.form.raw("do");
+    let frame = Frame {
+        user,
+        mailboxes: &mailboxes,
+        sequence: &s,
+    };
     let show = |draft: &Draft, errors: &Errors, shown: Shown<'_>| {
-        edit_page(user, None, &s, draft, errors, shown)
+        edit_page(&frame, None, draft, errors, shown)
     };
     let nothing = || Shown::Nothing;
     if draft.rearrange(action) {

@@ -72,14 +72,23 @@ pub struct DraftTrigger {
     pub value: String,
 }
 
+/// One sending-limit row as typed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DraftLimit {
+    pub max: String,
+    pub per: String,
+}
+
 /// A sequence as the editor holds it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Draft {
     pub name: String,
     pub sender: String,
     pub reply_to: String,
-    /// The sender mailboxes' ids, comma-separated (edited over the API; the form keeps them).
-    pub mailbox_ids: String,
+    /// The mailboxes ticked: the sequence sends from them, one per lead (else from `sender`).
+    pub mailbox_ids: Vec<String>,
+    /// Sending limits as rows: most sends, and per what period (an ISO-8601 duration).
+    pub limits: Vec<DraftLimit>,
     pub timezone: String,
     pub rate: String,
     pub exit_on_reply: String,
@@ -160,7 +169,9 @@ fn form_key(field: &str, cards: &[usize]) -> Option<String> {
         | "timezone"
         | "max_sends_per_minute"
         | "end_date"
-        | "exit_on_reply" => Some(head.to_owned()),
+        | "exit_on_reply"
+        | "limits" => Some(head.to_owned()),
+        "lead_email" | "lead" => Some("preview_lead".to_owned()),
         _ => None,
     }
 }
@@ -195,8 +206,15 @@ impl Draft {
                 .iter()
                 .flatten()
                 .map(Uuid::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
+                .collect(),
+            limits: s
+                .limits
+                .iter()
+                .map(|l| DraftLimit {
+                    max: l.max.to_string(),
+                    per: l.per.clone(),
+                })
+                .collect(),
             timezone: s.timezone.clone(),
             rate: s
                 .max_sends_per_minute
@@ -283,7 +301,15 @@ impl Draft {
             name: text("name"),
             sender: text("sender"),
             reply_to: text("reply_to"),
-            mailbox_ids: text("mailbox_ids"),
+            mailbox_ids: col("mailbox_id").into_iter().map(str::to_owned).collect(),
+            limits: col("limit_max")
+                .iter()
+                .zip(col("limit_per"))
+                .map(|(max, per)| DraftLimit {
+                    max: (*max).to_owned(),
+                    per: per.to_owned(),
+                })
+                .collect(),
             timezone: text("timezone"),
             rate: text("max_sends_per_minute"),
             exit_on_reply: text("exit_on_reply"),
@@ -316,6 +342,10 @@ impl Draft {
             ("add_trigger", None) => self.triggers.push(DraftTrigger {
                 kind: "tag_applied".into(),
                 value: String::new(),
+            }),
+            ("add_limit", None) => self.limits.push(DraftLimit {
+                max: String::new(),
+                per: "P1D".into(),
             }),
             ("up", Some(i)) if i > 0 && i < self.steps.len() => self.steps.swap(i - 1, i),
             ("down", Some(i)) if i + 1 < self.steps.len() => self.steps.swap(i, i + 1),
@@ -426,10 +456,11 @@ impl Draft {
         let reply_to = Some(self.reply_to.trim())
             .filter(|r| !r.is_empty())
             .map(str::to_owned);
-        if self.sender.trim().is_empty() && !self.mailbox_ids.trim().is_empty() {
+        // Mailboxes ticked win: the sequence sends from them; else from the address given.
+        if !self.mailbox_ids.is_empty() {
             let ids = self
                 .mailbox_ids
-                .split(',')
+                .iter()
                 .map(|id| id.trim().parse::<Uuid>())
                 .collect::<Result<_, _>>()
                 .map_err(|_| Errors::field("sender", "the mailbox ids are damaged; reload"))?;
@@ -446,6 +477,26 @@ impl Draft {
         })
     }
 
+    /// The limit rows with a number; a row left empty adds nothing.
+    fn limit_list(&self) -> Result<Vec<pulse_shared::limits::Limit>, Errors> {
+        self.limits
+            .iter()
+            .filter(|l| !l.max.trim().is_empty())
+            .map(|l| {
+                let max = l.max.trim().parse().map_err(|_| {
+                    Errors::field(
+                        "limits",
+                        format!("{:?} is not a whole number", l.max.trim()),
+                    )
+                })?;
+                Ok(pulse_shared::limits::Limit {
+                    max,
+                    per: l.per.trim().to_owned(),
+                })
+            })
+            .collect()
+    }
+
     /// The `POST /v1/sequences` body.
     pub fn to_create(&self) -> Result<Built<CreateSequence>, Errors> {
         let (steps, cards) = self.step_inputs()?;
@@ -459,7 +510,7 @@ impl Draft {
                 send_window: self.window(),
                 end_date: self.end_date()?,
                 max_sends_per_minute: self.rate()?,
-                limits: Vec::new(),
+                limits: self.limit_list()?,
                 guardrails: None,
                 priority: None,
                 exit_on_reply: self.exit_on_reply()?,
@@ -468,8 +519,8 @@ impl Draft {
         })
     }
 
-    /// The `PATCH /v1/sequences/{id}` body: every field the form shows (limits, guardrails
-    /// and priority are edited over the API and kept).
+    /// The `PATCH /v1/sequences/{id}` body: every field the form shows (guardrails and
+    /// priority are edited over the API and kept).
     pub fn to_edit(&self) -> Result<Built<EditSequence>, Errors> {
         let (steps, cards) = self.step_inputs()?;
         let deletes = self.steps.iter().any(|s| s.delete);
@@ -485,6 +536,7 @@ impl Draft {
                 end_date: Some(self.end_date()?),
                 max_sends_per_minute: Some(self.rate()?),
                 exit_on_reply: self.exit_on_reply()?,
+                limits: Some(self.limit_list()?),
                 version: self.version,
                 ..Default::default()
             },

@@ -3,6 +3,8 @@
 
 use maud::{Markup, html};
 
+use pulse_shared::model::Mailbox;
+
 use super::{DAYS, Draft, DraftStep, Errors, UNITS};
 
 /// A field's error, when it has one, right under it (and tied to it for screen readers).
@@ -20,8 +22,17 @@ fn described(errors: &Errors, key: &str) -> Option<String> {
         .map(|_| format!("err-{}", key.replace(':', "-")))
 }
 
-/// The editor's fields (the caller wraps them in its form, with its own buttons).
-pub fn fields(d: &Draft, errors: &Errors) -> Markup {
+/// Periods a limit row offers: (ISO-8601, in words).
+const PERIODS: [(&str, &str); 4] = [
+    ("PT1M", "a minute"),
+    ("PT1H", "an hour"),
+    ("P1D", "a day (midnight to midnight, in the time zone)"),
+    ("P7D", "7 days (sliding)"),
+];
+
+/// The editor's fields (the caller wraps them in its form, with its own buttons). `mailboxes`
+/// are the workspace's, offered as senders.
+pub fn fields(d: &Draft, errors: &Errors, mailboxes: &[Mailbox]) -> Markup {
     html! {
         @if !errors.general.is_empty() {
             div.flash.error role="alert" { @for g in &errors.general { p { (g) } } }
@@ -31,12 +42,17 @@ pub fn fields(d: &Draft, errors: &Errors) -> Markup {
         input #name name="name" value=(d.name) required maxlength="200" aria-describedby=[described(errors, "name")];
         (error_for(errors, "name"))
         label for="sender" { "Sender (Name <address>)" }
-        @if !d.mailbox_ids.is_empty() {
-            p.muted { "Sends from its mailboxes, one per lead (change them through the API: "
-                code { "sender.mailbox_ids" } "). Or give one sender address here instead." }
-            input type="hidden" name="mailbox_ids" value=(d.mailbox_ids);
+        input #sender name="sender" value=(d.sender) aria-describedby=[described(errors, "sender")];
+        @if !mailboxes.is_empty() {
+            fieldset.window {
+                legend { "Or send from these mailboxes, one per lead (ticked mailboxes win over the address above)" }
+                @for m in mailboxes {
+                    @let id = m.id.to_string();
+                    label.check { input type="checkbox" name="mailbox_id" value=(id) checked[d.mailbox_ids.contains(&id)];
+                        " " (m.display_name.clone().map(|n| format!("{n} <{}>", m.address)).unwrap_or_else(|| m.address.clone())) }
+                }
+            }
         }
-        input #sender name="sender" value=(d.sender) required[d.mailbox_ids.is_empty()] aria-describedby=[described(errors, "sender")];
         (error_for(errors, "sender"))
         label for="reply_to" { "Reply-To (empty: replies go to the sender)" }
         input #reply_to name="reply_to" value=(d.reply_to);
@@ -56,6 +72,22 @@ pub fn fields(d: &Draft, errors: &Errors) -> Markup {
         label for="max_sends_per_minute" { "Most sends per minute (empty: no limit)" }
         input #max_sends_per_minute name="max_sends_per_minute" inputmode="numeric" value=(d.rate) aria-describedby=[described(errors, "max_sends_per_minute")];
         (error_for(errors, "max_sends_per_minute"))
+        fieldset.limits {
+            legend { "Sending limits (besides the rate; mailbox, domain and workspace limits still apply)" }
+            @for l in &d.limits {
+                div.trigger-row {
+                    label { "At most " input name="limit_max" inputmode="numeric" size="7" value=(l.max); }
+                    label { " sends per "
+                        select name="limit_per" {
+                            @if !PERIODS.iter().any(|(p, _)| *p == l.per) { option value=(l.per) selected { (l.per) } }
+                            @for (p, words) in PERIODS { option value=(p) selected[l.per == p] { (words) } }
+                        }
+                    }
+                }
+            }
+            (error_for(errors, "limits"))
+            button type="submit" name="do" value="add_limit" formnovalidate { "Add a limit" }
+        }
         label for="exit_on_reply" { "A lead's reply ends" }
         select #exit_on_reply name="exit_on_reply" {
             @for (value, label) in [("enrollment", "this enrollment"), ("all_sequences", "every enrollment of the lead"), ("none", "nothing (keep sending)")] {

@@ -170,3 +170,37 @@ fn triggers_and_the_window_read_as_rows_and_days() {
         "an empty row adds nothing"
     );
 }
+
+#[test]
+fn limit_rows_and_ticked_mailboxes_become_the_api_body() {
+    let mailbox = Uuid::new_v4().to_string();
+    let mut pairs = vec![
+        ("name", "N"),
+        ("sender", "a@b.co"),
+        ("mailbox_id", mailbox.as_str()),
+        ("limit_max", "100"),
+        ("limit_per", "P1D"),
+        ("limit_max", ""),
+        ("limit_per", "PT1H"),
+    ];
+    pairs.extend(step("", "One", "immediately", "", "days", ""));
+    let built = Draft::from_form(&form(&pairs)).to_edit().unwrap().body;
+    assert_eq!(
+        built.limits,
+        Some(vec![pulse_shared::limits::Limit {
+            max: 100,
+            per: "P1D".into()
+        }]),
+        "an empty row adds nothing"
+    );
+    let sender = built.sender.unwrap();
+    assert_eq!(sender.from, None, "ticked mailboxes win over the address");
+    assert_eq!(sender.mailbox_ids.map(|m| m.len()), Some(1));
+    pairs.push(("limit_max", "lots"));
+    pairs.push(("limit_per", "P1D"));
+    let e = Draft::from_form(&form(&pairs)).to_create().err().unwrap();
+    assert!(e.fields["limits"].contains("\"lots\""), "{e:?}");
+    let mut d = Draft::blank();
+    assert!(d.rearrange("add_limit"));
+    assert_eq!(d.limits.len(), 1);
+}
