@@ -25,6 +25,7 @@ mod optout;
 mod providers;
 mod recovery;
 mod relay;
+mod send_history;
 mod send_path;
 mod steps;
 mod tls_clients;
