@@ -396,7 +396,7 @@ pub struct VersionList {
     pub versions: Vec<SequenceVersion>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SenderIdentity {
     /// `Name <address>` or a bare address. Either this or `mailbox_ids`.

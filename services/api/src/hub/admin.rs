@@ -105,24 +105,15 @@ async fn keys_page(
     Ok(layout("API keys", Some(user), flash, body))
 }
 
-#[derive(Debug, Deserialize)]
-struct KeyForm {
-    label: String,
-    scope: String,
-}
-
 pub async fn make_key(State(state): State<HubState>, posted: Posted) -> Response {
     let user = &posted.user;
     let result = async {
         admin(user)?;
-        let form = KeyForm {
-            label: posted.form.raw("label").to_owned(),
-            scope: posted.form.raw("scope").to_owned(),
-        };
-        let scope = Scope::parse(&form.scope)
-            .ok_or_else(|| HubError::BadForm(format!("{:?} is not a scope", form.scope)))?;
+        let raw = posted.form.raw("scope");
+        let scope = Scope::parse(raw)
+            .ok_or_else(|| HubError::BadForm(format!("{raw:?} is not a scope")))?;
         let req = api_keys::KeyRequest {
-            label: form.label,
+            label: posted.form.raw("label").to_owned(),
             scope,
         };
         let made = api_keys::create(&state.api, &user.auth, req).await?.1;

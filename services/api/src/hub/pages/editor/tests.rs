@@ -204,3 +204,49 @@ fn limit_rows_and_ticked_mailboxes_become_the_api_body() {
     assert!(d.rearrange("add_limit"));
     assert_eq!(d.limits.len(), 1);
 }
+
+#[test]
+fn a_form_sent_back_unchanged_but_for_its_name_edits_only_the_name() {
+    let s: Sequence = serde_json::from_value(serde_json::json!({
+        "id": Uuid::new_v4(), "name": "Old", "status": "ACTIVE", "timezone": "Europe/Paris",
+        "sender": {"from": "a@b.co", "reply_to": "r@b.co"}, "version": 3,
+        "steps": [{"id": Uuid::new_v4(), "position": 1, "subject": "S", "body": "B", "html": null,
+                   "thread": false, "timing": {"type": "delay", "delay": "P2D"},
+                   "end_date": null, "max_lateness": null}],
+        "triggers": [{"type": "tag_applied", "tag": "t"}],
+        "send_window": {"days": ["mon"], "start": "09:00", "end": "17:00"},
+        "end_date": null, "max_sends_per_minute": 10, "limits": [{"max": 5, "per": "P1D"}],
+        "guardrails": pulse_shared::guardrails::Guardrails::default(), "priority": 5,
+        "exit_on_reply": "enrollment",
+        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+    }))
+    .unwrap();
+    let mut d = Draft::from_sequence(&s);
+    d.name = "New".into();
+    let mut built = d.to_edit().unwrap();
+    built.only_changes(&s);
+    let e = &built.body;
+    assert_eq!(e.name.as_deref(), Some("New"));
+    assert!(
+        e.timezone.is_none()
+            && e.sender.is_none()
+            && e.triggers.is_none()
+            && e.send_window.is_none()
+            && e.end_date.is_none()
+            && e.max_sends_per_minute.is_none()
+            && e.limits.is_none()
+            && e.exit_on_reply.is_none(),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.steps.as_ref().map(Vec::len),
+        Some(1),
+        "the steps always go"
+    );
+    assert_eq!(
+        e.steps.as_ref().unwrap()[0].timing,
+        s.steps[0].timing,
+        "P2D read back as 2 days"
+    );
+    assert_eq!(e.version, Some(3));
+}
