@@ -121,21 +121,7 @@ pub async fn render_preview(
     };
     let steps: Vec<StepInput> = match req.steps {
         Some(steps) => steps,
-        None => seq
-            .steps
-            .iter()
-            .map(|s| StepInput {
-                id: Some(s.id),
-                position: None,
-                subject: s.subject.clone(),
-                body: s.body.clone(),
-                html: s.html.clone(),
-                thread: s.thread,
-                timing: s.timing.clone(),
-                end_date: s.end_date,
-                max_lateness: s.max_lateness.clone(),
-            })
-            .collect(),
+        None => crate::steps::inputs(&seq),
     };
     render_draft(
         state,

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::{ApiState, edit};
 
 /// The sequence's live steps as the whole-list edit takes them, in order.
-fn inputs(seq: &Sequence) -> Vec<StepInput> {
+pub(crate) fn inputs(seq: &Sequence) -> Vec<StepInput> {
     seq.steps
         .iter()
         .map(|s| StepInput {
