@@ -162,8 +162,12 @@ enum Runs<'a> {
 async fn runs(tx: &mut PgConnection, which: Runs<'_>) -> Result<PreviewRuns, sqlx::Error> {
     let condition = match which {
         Runs::QueuedWithOldContent(_) => "sr.state = 'QUEUED' AND sr.step_id = ANY($2)",
+        // A second or more: re-timing recomputes every waiting run from its anchor, and a run
+        // whose timing did not change can move by the milliseconds between its enrollment's
+        // time and the moment its due time was first written.
         Runs::Retimed => {
-            "p.state = 'SCHEDULED' AND sr.state = 'SCHEDULED' AND sr.due_at <> p.due_at"
+            "p.state = 'SCHEDULED' AND sr.state = 'SCHEDULED'
+             AND abs(extract(epoch FROM sr.due_at - p.due_at)) >= 1"
         }
         Runs::Skipped => "sr.state IN ('SKIPPED', 'CANCELLED')",
     };

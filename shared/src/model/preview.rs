@@ -29,7 +29,8 @@ pub struct EditPreview {
     /// Sends of a changed or deleted step already in RabbitMQ or being sent: they go out with
     /// the old content.
     pub queued_with_old_content: PreviewRuns,
-    /// Waiting steps whose due time moves (a timing, window, time zone or end date changed).
+    /// Waiting steps whose due time moves by a second or more (a timing, window, time zone or
+    /// end date changed).
     pub retimed: PreviewRuns,
     /// Waiting steps that would not be sent: of a deleted step (the enrollment moves on to the
     /// step that now follows), or past an end date (the enrollment ends).
