@@ -3,7 +3,7 @@
 
 use pulse::{
     Role,
-    cli::{self, Client, Enrollments, Request, SendsFilter},
+    cli::{self, Client, Enrollments, Paging, Request, SendsFilter},
 };
 use pulse_tests::{TestEnv, sequence_body};
 use serde_json::{Value, json};
@@ -37,9 +37,11 @@ async fn lists_say_when_there_is_more_and_an_unknown_sequence_is_an_error() -> a
         status: None,
         step: None,
         lead: None,
-        limit: Some(2),
-        after,
-        all,
+        paging: Paging {
+            limit: Some(2),
+            after,
+            all,
+        },
     };
     let list = |after: Option<String>| pages(after, false);
     let first = cli::run(&client, Request::Enrollments(list(None)))
@@ -75,10 +77,8 @@ async fn lists_say_when_there_is_more_and_an_unknown_sequence_is_an_error() -> a
             state: None,
             since: None,
             until: None,
-            limit: None,
-            after: None,
+            paging: Paging::default(),
             message_ids: false,
-            all: false,
         }),
     )
     .await;
@@ -156,9 +156,7 @@ async fn keys_and_workspaces_from_the_command_line() -> anyhow::Result<()> {
     let refused = run(
         client(&read),
         Request::Sequences(cli::Sequences::List {
-            limit: None,
-            after: None,
-            all: false,
+            paging: Paging::default(),
         }),
     )
     .await;

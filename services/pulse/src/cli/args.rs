@@ -52,19 +52,37 @@ impl From<AdminClient> for Client {
     }
 }
 
+/// How a list command pages: `--limit`, `--after` (the id or key printed after "more:"), or
+/// `--all` pages one after another.
+#[derive(Args, Debug, Default)]
+pub struct Paging {
+    /// Rows per page (1 to 1000; the default is the list's own).
+    #[arg(long)]
+    pub limit: Option<i64>,
+    /// The next page: what the previous one printed after "more:".
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Every page, one after another.
+    #[arg(long, conflicts_with = "after")]
+    pub all: bool,
+}
+
+impl Paging {
+    /// The query pairs of one page.
+    pub fn pairs(&self) -> [(&'static str, Option<String>); 2] {
+        [
+            ("limit", self.limit.map(|l| l.to_string())),
+            ("after", self.after.clone()),
+        ]
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Sequences {
     /// List sequences, newest first, a page at a time (says "more:" when there is another).
     List {
-        /// Rows per page (1 to 1000, default 1000).
-        #[arg(long)]
-        limit: Option<i64>,
-        /// The next page: the id printed after "more:" on the previous one.
-        #[arg(long)]
-        after: Option<String>,
-        /// Every page, one after another.
-        #[arg(long, conflicts_with = "after")]
-        all: bool,
+        #[command(flatten)]
+        paging: Paging,
     },
     /// Create a sequence from a file, JSON or YAML (`.yaml`), as `POST /v1/sequences` takes it
     /// (name, sender, steps, triggers, settings); `-` reads standard input.
@@ -171,15 +189,8 @@ pub enum Enrollments {
         /// Only this lead's enrollments (its email).
         #[arg(long)]
         lead: Option<String>,
-        /// Rows per page (1 to 1000, default 100).
-        #[arg(long)]
-        limit: Option<i64>,
-        /// The next page: the id printed after "more:" on the previous one.
-        #[arg(long)]
-        after: Option<String>,
-        /// Every page, one after another (however many enrollments there are).
-        #[arg(long, conflicts_with = "after")]
-        all: bool,
+        #[command(flatten)]
+        paging: Paging,
     },
     /// Cancel one enrollment: nothing more is sent to that lead from this sequence.
     ///
@@ -232,15 +243,8 @@ pub struct SendsFilter {
     /// Only sends first attempted before this RFC 3339 time.
     #[arg(long)]
     pub until: Option<String>,
-    /// Rows per page (1 to 1000, default 100).
-    #[arg(long)]
-    pub limit: Option<i64>,
-    /// The next page: the key printed after "more:" on the previous one.
-    #[arg(long)]
-    pub after: Option<String>,
-    /// Every page, one after another.
-    #[arg(long, conflicts_with = "after")]
-    pub all: bool,
+    #[command(flatten)]
+    pub paging: Paging,
     /// Print only the Message-IDs, one a line (to grep a relay's log with).
     #[arg(long)]
     pub message_ids: bool,

@@ -224,15 +224,9 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
         Request::Inbound(action) => return inbound::run(client, action).await,
         Request::Keys(action) => return keys::run(client, action).await,
         Request::Admin(action) => return keys::run_admin(client, action).await,
-        Request::Sequences(Sequences::List { limit, after, .. }) => (
+        Request::Sequences(Sequences::List { paging }) => (
             Method::GET,
-            format!(
-                "/v1/sequences{}",
-                query(&[
-                    ("limit", limit.map(|l| l.to_string())),
-                    ("after", after.clone())
-                ])
-            ),
+            format!("/v1/sequences{}", query(&paging.pairs())),
             None,
         ),
         Request::Sequences(Sequences::Show { id }) => {
@@ -266,9 +260,7 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             status,
             step,
             lead,
-            limit,
-            after,
-            all: _,
+            paging,
         }) => (
             Method::GET,
             format!(
@@ -278,8 +270,8 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
                     ("status", status.clone()),
                     ("step", step.map(|s| s.to_string())),
                     ("lead", lead.clone()),
-                    ("limit", limit.map(|l| l.to_string())),
-                    ("after", after.clone())
+                    ("limit", paging.limit.map(|l| l.to_string())),
+                    ("after", paging.after.clone())
                 ])
             ),
             None,
@@ -347,10 +339,8 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
             state,
             since,
             until,
-            limit,
-            after,
+            paging,
             message_ids: _,
-            all: _,
         }) => (
             Method::GET,
             format!(
@@ -361,8 +351,8 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
                     ("state", state.clone()),
                     ("since", since.clone()),
                     ("until", until.clone()),
-                    ("limit", limit.map(|l| l.to_string())),
-                    ("after", after.clone())
+                    ("limit", paging.limit.map(|l| l.to_string())),
+                    ("after", paging.after.clone())
                 ])
             ),
             None,
@@ -463,9 +453,9 @@ pub async fn run(client: &Client, request: Request) -> Result<String, Failure> {
         }
     };
     let all = match &request {
-        Request::Enrollments(Enrollments::List { all: true, .. }) => Some("enrollments"),
-        Request::Sends(SendsFilter { all: true, .. }) => Some("sends"),
-        Request::Sequences(Sequences::List { all: true, .. }) => Some("sequences"),
+        Request::Enrollments(Enrollments::List { paging, .. }) if paging.all => Some("enrollments"),
+        Request::Sends(SendsFilter { paging, .. }) if paging.all => Some("sends"),
+        Request::Sequences(Sequences::List { paging }) if paging.all => Some("sequences"),
         _ => None,
     };
     let value = match all {
