@@ -312,8 +312,15 @@ pub(crate) async fn make(
     }
 
     let skipped = skip_deleted(&mut *tx, id, &deleted_steps).await?;
-    let rules_changed =
-        timing_changed || timezone.is_some() || req.send_window.is_some() || req.end_date.is_some();
+    // A setting sent back as it was (a client writing back what it read) changes nothing:
+    // no re-timing, no warning.
+    let rules_changed = timing_changed
+        || timezone.as_ref().is_some_and(|t| *t != before.timezone)
+        || req
+            .send_window
+            .as_ref()
+            .is_some_and(|w| *w != before.send_window)
+        || req.end_date.is_some_and(|d| d != before.end_date);
     let retimed = if rules_changed {
         schedule::retime(&mut *tx, schedule::Retime::Sequence(id)).await?
     } else {
@@ -340,7 +347,7 @@ pub(crate) async fn make(
                  pause before editing if you need certainty"
             ));
         }
-        let structural = req.triggers.is_some()
+        let structural = req.triggers.as_ref().is_some_and(|t| *t != before.triggers)
             || timing_changed
             || !deleted_steps.is_empty()
             || req.steps.as_ref().is_some_and(|s| {

@@ -268,6 +268,38 @@ async fn a_preview_refuses_what_the_edit_refuses_and_a_read_key_may_ask_for_one(
     assert_eq!(status, 403, "a read key still cannot edit: {body}");
     let (_, now) = env.get(&format!("/v1/sequences/{id}")).await?;
     assert_eq!(now["name"], "Refused");
+
+    // What GET answered, sent back with a new name, is a rename: no "safer while paused"
+    // warning about the triggers, window and time zone it carries unchanged, and no re-timing.
+    let mut back = now.clone();
+    back["name"] = json!("Renamed");
+    let (status, change) = env
+        .call(Method::PATCH, &format!("/v1/sequences/{id}"), Some(back))
+        .await?;
+    assert_eq!(status, 200, "{change}");
+    assert!(
+        !change["warnings"].to_string().contains("safer made while"),
+        "{change}"
+    );
+    let retimed: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT after->'steps_retimed' FROM audit_events WHERE action = 'edited'
+         ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    assert_eq!(retimed, Some(json!(0)));
+    // A trigger that does change is still structural.
+    let (_, change) = env
+        .call(
+            Method::PATCH,
+            &format!("/v1/sequences/{id}"),
+            Some(json!({"triggers": [{"type": "tag_applied", "tag": "other"}]})),
+        )
+        .await?;
+    assert!(
+        change["warnings"].to_string().contains("safer made while"),
+        "{change}"
+    );
     env.stop().await
 }
 

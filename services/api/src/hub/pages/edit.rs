@@ -301,11 +301,10 @@ pub async fn edit(
     if draft.rearrange(action) {
         return page(&Flash(None), show(&draft, &Errors::default(), nothing()));
     }
-    let mut built = match draft.to_edit() {
+    let built = match draft.to_edit() {
         Ok(b) => b,
         Err(errors) => return unprocessable(show(&draft, &errors, nothing())),
     };
-    built.only_changes(&s);
     if action == "preview" {
         return match edit_preview::preview(&state.api, &user.auth, s.id, built.body.clone()).await {
             Ok(p) => page(

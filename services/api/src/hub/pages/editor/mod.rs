@@ -545,42 +545,6 @@ impl Draft {
     }
 }
 
-impl Built<EditSequence> {
-    /// Leaves out of the edit every setting the form sends back unchanged, so the API's answer
-    /// (its re-timing, its "safer while paused" warning) is about what the operator changed,
-    /// not about the whole form. The steps are always sent: the API compares them itself.
-    pub fn only_changes(&mut self, s: &Sequence) {
-        let e = &mut self.body;
-        if e.name.as_deref() == Some(s.name.as_str()) {
-            e.name = None;
-        }
-        if e.timezone.as_deref() == Some(s.timezone.as_str()) {
-            e.timezone = None;
-        }
-        if e.sender.as_ref() == Some(&s.sender) {
-            e.sender = None;
-        }
-        if e.triggers.as_ref() == Some(&s.triggers) {
-            e.triggers = None;
-        }
-        if e.send_window.as_ref() == Some(&s.send_window) {
-            e.send_window = None;
-        }
-        if e.end_date == Some(s.end_date) {
-            e.end_date = None;
-        }
-        if e.max_sends_per_minute == Some(s.max_sends_per_minute) {
-            e.max_sends_per_minute = None;
-        }
-        if e.limits.as_ref() == Some(&s.limits) {
-            e.limits = None;
-        }
-        if e.exit_on_reply == Some(s.exit_on_reply) {
-            e.exit_on_reply = None;
-        }
-    }
-}
-
 impl<T> Built<T> {
     /// The API's error, placed next to the card or field it names.
     pub fn errors(&self, e: &ApiError) -> Errors {
