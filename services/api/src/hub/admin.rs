@@ -15,10 +15,11 @@ use pulse_shared::{
     webhooks::EVENTS,
 };
 use serde::Deserialize;
-use uuid::Uuid;
 
 use super::{
-    Flash, HubError, HubResult, HubState, back, done, form_fields, layout, page, refused,
+    Flash, HubError, HubResult, HubState, back, done, form_fields, layout, page,
+    pages::uuid as id,
+    refused,
     session::{HubUser, Posted},
 };
 use crate::{
@@ -34,11 +35,6 @@ fn admin(user: &HubUser) -> HubResult<()> {
         ))));
     }
     Ok(())
-}
-
-fn id(raw: &str, what: &'static str) -> HubResult<Uuid> {
-    raw.parse()
-        .map_err(|_| HubError::Api(ApiError::NotFound(what)))
 }
 
 // ---------------------------------------------------------------- keys

@@ -51,7 +51,8 @@ pub use login::{login, login_form, logout};
 pub use sends::{outbox, resolve, sends};
 use words::{guardrails_text, limits_text, timing_text, trigger_text, window_text};
 
-fn uuid(s: &str, what: &'static str) -> HubResult<Uuid> {
+/// An id from a path or a form; one that does not parse names nothing (404).
+pub(super) fn uuid(s: &str, what: &'static str) -> HubResult<Uuid> {
     s.parse()
         .map_err(|_| HubError::Api(ApiError::NotFound(what)))
 }
