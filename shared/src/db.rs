@@ -34,7 +34,36 @@ pub fn pool(database_url: &str, max_connections: u32) -> Result<PgPool, StoreErr
 /// Opens the pool a role uses: `PULSE_DATABASE_URL` (its `sslmode` and `sslrootcert` as libpq
 /// reads them), trusting `PULSE_TLS_CA_FILE` too when set and the URL names no root of its own.
 pub fn pool_for(settings: &crate::Settings, max_connections: u32) -> Result<PgPool, StoreError> {
+    pool_with(settings, max_connections, Plans::Custom)
+}
+
+/// How PostgreSQL plans a pool's prepared statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plans {
+    /// PostgreSQL's default: a statement is planned again for its parameters until a generic
+    /// plan looks as cheap. Right for queries whose best plan depends on their arguments (the
+    /// API's filters).
+    Custom,
+    /// One generic plan per prepared statement, planned once per connection
+    /// (`plan_cache_mode = force_generic_plan`). For the send path's batched statements: their
+    /// parameters are arrays (`UNNEST($1::uuid[])`), which a generic plan estimates at 100
+    /// rows and a custom plan at their real few, so PostgreSQL never found the generic plan
+    /// cheap enough and planned every execution again. That planning was a third of
+    /// PostgreSQL's CPU per send (`docs/BENCHMARKS.md`, "Where a send's CPU goes"). Every
+    /// statement of the send path looks rows up by key, so its generic plan is the custom one.
+    Generic,
+}
+
+/// [`pool_for`], with the planning of `plans`.
+pub fn pool_with(
+    settings: &crate::Settings,
+    max_connections: u32,
+    plans: Plans,
+) -> Result<PgPool, StoreError> {
     let mut options: sqlx::postgres::PgConnectOptions = settings.database_url.parse()?;
+    if plans == Plans::Generic {
+        options = options.options([("plan_cache_mode", "force_generic_plan")]);
+    }
     if let Some(ca) = settings.tls_ca()?
         && !settings.database_url.contains("sslrootcert=")
     {

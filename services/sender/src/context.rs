@@ -150,7 +150,11 @@ impl Context {
         let s = &settings.sender;
         // Database work per send is short (most of a send waits on SMTP): a few connections
         // serve many concurrent sends, and several senders stay under PostgreSQL's limit.
-        let db = db::pool_for(settings, (s.concurrency as u32).min(16) + 2)?;
+        let db = db::pool_with(
+            settings,
+            (s.concurrency as u32).min(16) + 2,
+            db::Plans::Generic,
+        )?;
         let flags = PauseFlags::connect_for(settings, Duration::from_secs(30)).await?;
         let transport = match &settings.smtp_url {
             Some(url) => Transport::Smtp(Arc::new(relay_pool(settings, url)?)),
