@@ -412,7 +412,8 @@ async fn skip_deleted(
            AND (sr.state = 'SCHEDULED'
                 OR (sr.state = 'QUEUED' AND NOT EXISTS (
                         SELECT 1 FROM send_ledger sl
-                        WHERE sl.step_run_id = sr.id AND sl.state = 'SENDING')))
+                        WHERE sl.sequence_id = sr.sequence_id AND sl.step_run_id = sr.id
+                          AND sl.state = 'SENDING')))
          RETURNING sr.workspace_id, sr.enrollment_id, sr.generation, sr.step_id, e.lead_id",
     )
     .bind(&locked)

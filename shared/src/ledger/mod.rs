@@ -478,7 +478,8 @@ pub async fn requeue_unclaimed(db: &PgPool, which: Requeue<'_>) -> Result<u64, S
         "UPDATE step_runs sr SET state = 'SCHEDULED', updated_at = now(), last_error = $1
          WHERE sr.state = 'QUEUED' AND {condition}
            AND NOT EXISTS (SELECT 1 FROM send_ledger sl
-                           WHERE sl.step_run_id = sr.id AND sl.state = 'SENDING')"
+                           WHERE sl.sequence_id = sr.sequence_id AND sl.step_run_id = sr.id
+                             AND sl.state = 'SENDING')"
     );
     let query = sqlx::query(&sql).bind(reason);
     let query = match which {

@@ -40,7 +40,8 @@ async fn lock_unclaimed(
          JOIN sequence_steps st ON st.id = sr.step_id
          WHERE sr.id = $1 AND sr.state = 'QUEUED'
            AND NOT EXISTS (SELECT 1 FROM send_ledger sl
-                           WHERE sl.step_run_id = sr.id AND sl.state = 'SENDING')",
+                           WHERE sl.sequence_id = sr.sequence_id AND sl.step_run_id = sr.id
+                             AND sl.state = 'SENDING')",
     )
     .bind(step_run)
     .fetch_optional(&mut *conn)
