@@ -20,7 +20,7 @@
 //!
 //! Roles run as separate release processes (`PULSE_BIN`, default `target/release/pulse`); the SMTP
 //! sink runs in this process. Options: `--sends N`, `--rate R`, `--seconds S`, `--events N`,
-//! `--rows 10000,100000,1000000`, `--json PATH`. Loopback only, bounded, stops by itself.
+//! `--rows 10000,100000,1000000`, `--json PATH`, `--quick` (stop after the end-to-end runs). Loopback only, bounded, stops by itself.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -58,6 +58,8 @@ struct Options {
     rows: Vec<i64>,
     json: String,
     bin: String,
+    /// Stop after the end-to-end runs (`--quick`): the send path's figures in about two minutes.
+    quick: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -69,6 +71,7 @@ fn options() -> anyhow::Result<Options> {
         rows: vec![10_000, 100_000, 1_000_000],
         json: "target/bench/latest.json".into(),
         bin: std::env::var("PULSE_BIN").unwrap_or_else(|_| "target/release/pulse".into()),
+        quick: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -86,6 +89,7 @@ fn options() -> anyhow::Result<Options> {
             }
             "--json" => o.json = value()?,
             "--bin" => o.bin = value()?,
+            "--quick" => o.quick = true,
             other => anyhow::bail!("unknown option {other}; see the module docs"),
         }
     }
@@ -330,6 +334,9 @@ async fn main() -> anyhow::Result<()> {
         check_exactly_once(&[&smtp], &db, before + o.sends).await?;
     }
     results.insert("end_to_end", json!(e2e));
+    if o.quick {
+        return finish(&o, &s, db, results).await;
+    }
 
     // ---- the same with a webhook endpoint subscribed to every send and enrollment event
     let w = webhooks::phase(&o.bin, &s, &db, &smtp, o.sends).await?;
@@ -477,7 +484,16 @@ async fn main() -> anyhow::Result<()> {
         println!("memory     peak RSS {role:<11} {mib:>6.1} MiB");
     }
     results.insert("peak_rss_mib", json!(rss));
+    finish(&o, &s, db, results).await
+}
 
+/// Writes the JSON report and drops the bench's database.
+async fn finish(
+    o: &Options,
+    s: &Settings,
+    db: PgPool,
+    results: BTreeMap<&str, Value>,
+) -> anyhow::Result<()> {
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -491,7 +507,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&o.json, serde_json::to_string_pretty(&report)?)?;
     println!("written to {}", o.json);
     db.close().await;
-    pulse_tests::cleanup(&s).await
+    pulse_tests::cleanup(s).await
 }
 
 /// Due → accepted, in ms and sorted, of the messages whose subject is `prefix` and a lead
