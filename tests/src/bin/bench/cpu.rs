@@ -100,6 +100,17 @@ pub(crate) fn cpu_ms_per_send(
     by
 }
 
+/// The goal, end to end at half the bare broker loop, as a CPU budget: on this
+/// machine's cores, every process together may spend this many CPU-ms per send (the broker,
+/// PostgreSQL, Pulse, the harness and its SMTP sink all share them here).
+pub(crate) fn goal_budget_ms(broker_per_s: f64) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    cores * 1000.0 / (GOAL_OF_BROKER * broker_per_s)
+}
+
+/// The goal: end to end at this share of the bare broker loop.
+pub(crate) const GOAL_OF_BROKER: f64 = 0.5;
+
 #[cfg(test)]
 mod tests {
     use super::*;
