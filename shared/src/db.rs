@@ -50,7 +50,8 @@ pub enum Plans {
     /// rows and a custom plan at their real few, so PostgreSQL never found the generic plan
     /// cheap enough and planned every execution again. That planning was a third of
     /// PostgreSQL's CPU per send (`docs/BENCHMARKS.md`, "Where a send's CPU goes"). Every
-    /// statement of the send path looks rows up by key, so its generic plan is the custom one.
+    /// statement of the send path looks its rows up by key, so a generic plan serves it (read
+    /// with `auto_explain` during the bench; the one plan worth a better index is named there).
     Generic,
 }
 

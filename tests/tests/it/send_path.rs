@@ -730,3 +730,30 @@ async fn a_cancel_or_pause_committed_mid_transaction_is_honoured_at_the_gate() -
     sender.await?;
     env.stop().await
 }
+
+/// A pool opened with `db::Plans::Generic` (the sender's) plans its statements once per
+/// connection, and `pool_for` (every other role's) keeps PostgreSQL's default: the setting the
+/// bench's planning figures depend on reaches the server.
+#[tokio::test]
+async fn the_senders_pool_asks_for_generic_plans_and_the_others_do_not() -> anyhow::Result<()> {
+    use pulse_shared::db::{self, Plans};
+    let settings = pulse_tests::isolated_settings("plans");
+    let _db = pulse_tests::create_database(&settings).await?;
+    let mode = async |plans| -> anyhow::Result<String> {
+        let pool = db::pool_with(&settings, 1, plans)?;
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        Ok(mode)
+    };
+    assert_eq!(mode(Plans::Generic).await?, "force_generic_plan");
+    assert_eq!(mode(Plans::Custom).await?, "auto");
+    let default = db::pool_for(&settings, 1)?;
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&default)
+        .await?;
+    assert_eq!(mode, "auto", "pool_for keeps PostgreSQL's default");
+    default.close().await;
+    pulse_tests::cleanup(&settings).await
+}
