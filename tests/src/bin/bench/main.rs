@@ -25,24 +25,24 @@
 use std::{
     collections::{BTreeMap, HashSet},
     process::{Child, Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 mod cpu;
 mod data;
 mod inbound;
+mod ingest;
+mod reference;
 mod rules;
 mod webhooks;
 
 use data::{bulk_enroll, bulk_enroll_in, fill, sequence, sequence_in};
+use ingest::{INGEST_CONNECTIONS, ingest};
+use reference::{amqp_reference, smtp_reference};
 
 use anyhow::Context;
 use cpu::{cpu_ms_per_send, cpu_split, cpu_ticks};
-use futures::{StreamExt, stream};
-use lapin::{BasicProperties, options::*, types::FieldTable};
-use pulse_sender::transport::{Outgoing, SmtpPool, Transport};
-use pulse_shared::{Settings, db::DEFAULT_WORKSPACE, messaging, smtp_url::SmtpUrl};
+use pulse_shared::{Settings, db::DEFAULT_WORKSPACE};
 use pulse_tests::{
     SmtpServer, create_database, free_port, isolated_settings, smtp::Secured, tls::TestCa,
 };
@@ -692,162 +692,4 @@ async fn claim_ms(db: &PgPool) -> anyhow::Result<f64> {
         .await?;
     times.sort_by(f64::total_cmp);
     Ok(times[2])
-}
-
-/// Requests to `POST /v1/events` in flight at once (each on its own connection).
-const INGEST_CONNECTIONS: usize = 8;
-
-async fn ingest(base: &str, key: &str, n: usize) -> anyhow::Result<f64> {
-    let http = reqwest::Client::new();
-    let seq = json!({"name": "ingest bench", "steps": [{"subject": "x", "body": "y", "timing": {"type": "immediately"}}],
-        "triggers": [{"type": "tag_applied", "tag": "t"}, {"type": "list_added", "list": "l"}],
-        "sender": {"from": "bench@example.com"}});
-    http.post(format!("{base}/v1/sequences"))
-        .bearer_auth(key)
-        .json(&seq)
-        .send()
-        .await?
-        .error_for_status()?;
-    // Batches of 500; every tenth event repeats an earlier id; half the leads get both triggers.
-    let batches: Vec<Value> = (0..n)
-        .collect::<Vec<_>>()
-        .chunks(500)
-        .map(|chunk| {
-            let events: Vec<Value> = chunk.iter().map(|i| {
-                let id = if i % 10 == 9 { i - 9 } else { *i };
-                let lead = json!({"email": format!("i{}@example.com", i / 2)});
-                if i % 2 == 0 {
-                    json!({"id": format!("e{id}"), "type": "tag_applied", "tag": "t", "lead": lead})
-                } else {
-                    json!({"id": format!("e{id}"), "type": "list_added", "list": "l", "lead": lead})
-                }
-            }).collect();
-            json!({"events": events})
-        })
-        .collect();
-    let started = Instant::now();
-    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let results: Vec<anyhow::Result<()>> = stream::iter(batches)
-        .map(|b| {
-            let (http, done) = (http.clone(), done.clone());
-            async move {
-                let len = b["events"].as_array().map_or(0, Vec::len);
-                http.post(format!("{base}/v1/events"))
-                    .bearer_auth(key)
-                    .json(&b)
-                    .send()
-                    .await?
-                    .error_for_status()?;
-                let d = done.fetch_add(len, std::sync::atomic::Ordering::Relaxed) + len;
-                progress("events", d, n, started);
-                Ok(())
-            }
-        })
-        .buffer_unordered(INGEST_CONNECTIONS)
-        .collect()
-        .await;
-    eprintln!();
-    for r in results {
-        r?;
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
-}
-
-async fn amqp_reference(s: &Settings, n: usize) -> anyhow::Result<(f64, f64)> {
-    let conn = messaging::connect(&s.amqp_url).await?;
-    let ch = conn.create_channel().await?;
-    let queue = format!("{}.reference", s.queue);
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let payload = vec![b'x'; 300];
-    let started = Instant::now();
-    let mut pending = Vec::with_capacity(1000);
-    for i in 0..n {
-        pending.push(
-            ch.basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &payload,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await?,
-        );
-        if pending.len() == 1000 || i + 1 == n {
-            for c in futures::future::try_join_all(pending.drain(..)).await? {
-                anyhow::ensure!(c.is_ack(), "reference publish nacked");
-            }
-        }
-    }
-    let publish = n as f64 / started.elapsed().as_secs_f64();
-    ch.basic_qos(500, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let started = Instant::now();
-    let mut got = 0;
-    while got < n {
-        let d = consumer.next().await.context("consumer ended")??;
-        d.ack(BasicAckOptions::default()).await?;
-        got += 1;
-    }
-    let consume = n as f64 / started.elapsed().as_secs_f64();
-    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await?;
-    conn.close(200, "reference done".into()).await?;
-    Ok((publish, consume))
-}
-
-async fn smtp_reference(smtp: &SmtpServer, n: usize) -> anyhow::Result<f64> {
-    let before = smtp.count();
-    let relay = SmtpUrl::plain(smtp.addr.ip().to_string(), smtp.addr.port());
-    let pool = Transport::Smtp(Arc::new(SmtpPool::new(
-        relay,
-        32,
-        Duration::from_secs(30),
-        None,
-    )?));
-    let started = Instant::now();
-    let results: Vec<anyhow::Result<()>> = stream::iter(0..n)
-        .map(|i| {
-            let pool = pool.clone();
-            async move {
-                let mail = Outgoing {
-                    workspace: Uuid::nil(),
-                    from: "ref@example.com".into(),
-                    to: format!("ref{i}@example.com"),
-                    subject: "reference".into(),
-                    body: "reference".into(),
-                    message_id: format!("<ref.{i}@example.com>"),
-                    ..Default::default()
-                };
-                pool.send(&mail)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    for r in results {
-        r?;
-    }
-    let per_s = n as f64 / started.elapsed().as_secs_f64();
-    anyhow::ensure!(smtp.count() == before + n, "the reference lost messages");
-    smtp.clear();
-    Ok(per_s)
 }
