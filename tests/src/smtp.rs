@@ -67,6 +67,8 @@ struct State {
     /// Wait this long before the 354 that lets the body come (a send mid-transaction, before
     /// its gate).
     go_ahead_delay: Duration,
+    /// The same, for messages to one recipient (it wins over `go_ahead_delay`).
+    go_ahead_delay_for: HashMap<String, Duration>,
     /// DATA blocks received, answered or not (a send in flight shows here first).
     data_started: usize,
     /// The Message-ID of every message whose body began to arrive (its Message-ID header was
@@ -146,6 +148,14 @@ impl SmtpServer {
     /// and its body not yet sent.
     pub fn delay_go_ahead(&self, delay: Duration) {
         self.lock().go_ahead_delay = delay;
+    }
+
+    /// Makes the server wait `delay` before its 354 to each DATA of a message to `rcpt`: a slow
+    /// exchange for some sends only, so sends spaced when they set out reach the dot unevenly.
+    pub fn delay_go_ahead_for(&self, rcpt: &str, delay: Duration) {
+        self.lock()
+            .go_ahead_delay_for
+            .insert(rcpt.to_lowercase(), delay);
     }
 
     /// The Message-IDs of every message whose body began to arrive, complete or not.
@@ -325,10 +335,13 @@ async fn session(
             if rcpts.is_empty() {
                 "503 no valid recipients\r\n".into()
             } else {
-                let wait = state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .go_ahead_delay;
+                let wait = {
+                    let st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    rcpts
+                        .iter()
+                        .find_map(|r| st.go_ahead_delay_for.get(r).copied())
+                        .unwrap_or(st.go_ahead_delay)
+                };
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }

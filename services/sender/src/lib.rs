@@ -9,15 +9,17 @@
 //!    hold past it) is skipped and its enrollment moves on. A step that would repeat a recent
 //!    send of the same step to the same lead pauses the sequence instead (the `repeats`
 //!    guardrail) and is held;
-//! 3. a slot under every sending limit (`pulse_shared::limits`) — else the step is due again when
-//!    its slot frees (after the waiting sends of its priority or higher), with the reason as its
-//!    note;
-//! 4. a relay connection from the pool within [`CONNECTION_WAIT`] — else the step is due again
+//! 3. a relay connection from the pool within [`CONNECTION_WAIT`] — else the step is due again
 //!    shortly;
+//! 4. a slot under every sending limit (`pulse_shared::limits`) — else the connection goes back
+//!    unused and the step is due again when its slot frees (after the waiting sends of its
+//!    priority or higher), with the reason as its note;
 //! 5. the SMTP transaction, with the key's deterministic Message-ID, up to the body; then **the
 //!    gate**: with the body out and the final dot held, the ledger claim (batched, marked on the
-//!    wire), and after it committed, the re-check of the run's state. Only a claim that passes
-//!    lets the dot follow; any other verdict sends no dot, so the relay accepts nothing;
+//!    wire), and after it committed, the re-check of the run's state and of the slot's age (a
+//!    slot older than its limit's guard no longer keeps the window at the relay). Only a claim
+//!    that passes lets the dot follow; any other verdict sends no dot, so the relay accepts
+//!    nothing;
 //! 6. one transaction recording the outcome and scheduling the next step; then the ack. A
 //!    failure before the gate (no connection, MAIL/RCPT/DATA refused) records the run as
 //!    deferred or failed with no claim: nothing reached the relay. A send that failed for good
@@ -45,7 +47,10 @@ use outcome::{
 mod failpoints;
 pub mod transport;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::{sync::Semaphore, task::JoinSet};
 
@@ -63,7 +68,7 @@ use pulse_shared::{
     guardrails,
     health::{Health, supervise},
     ledger::{self, Claim, ClaimRequest, Fence, Gated, Release, SentRecord, Settled},
-    limits::{self, Period, Taken},
+    limits::{self, Period, SendLimits, Taken},
     messaging::{self, MessagingError, SendMessage},
     metrics::{Metrics, SendOutcome},
     pause::{Gate, PauseError},
@@ -249,12 +254,24 @@ enum Verdict {
     NotClaimed(Claim),
     /// The claim statement failed: nothing was claimed, no dot; delivered again.
     Failed(StoreError),
+    /// Not claimed: the sending limits' spacing at the gate says the dot would come too soon
+    /// after the last ones (the time since the slot was taken varied). No dot; due again when
+    /// the gate's slot frees.
+    Spaced(Duration),
+    /// Not claimed: Redis could not be reached for the gate's spacing. No dot; held (fail
+    /// closed).
+    NoRedis(PauseError),
 }
 
-/// The gate: the body is out and the final dot held. Claims the key (on the wire) and re-reads
-/// the run's state after the claim committed ([`ledger::gate_many`]); only an open verdict lets
-/// the dot follow.
-async fn open_gate(ctx: &Context, msg: &SendMessage) -> Verdict {
+/// The gate: the body is out and the final dot held. Passes the sending limits' spacing at the
+/// gate ([`SendLimits::pass_gate`]), claims the key (on the wire) and re-reads the run's state
+/// after the claim committed ([`ledger::gate_many`]); only an open verdict lets the dot follow.
+async fn open_gate(ctx: &Context, msg: &SendMessage, limits: &SendLimits) -> Verdict {
+    match limits.pass_gate(&ctx.flags).await {
+        Ok(None) => {}
+        Ok(Some(after)) => return Verdict::Spaced(after),
+        Err(e) => return Verdict::NoRedis(e),
+    }
     let request = ClaimRequest {
         step_run: msg.step_run_id,
         key: msg.key.clone(),
@@ -334,33 +351,6 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         return skip_late(ctx, run, &late).await;
     }
 
-    // A slot under every sending limit that applies, or the step waits for its slot.
-    let priority = limits::aged_priority(snap.priority, now - snap.first_due, ctx.priority_aging);
-    match snap.limits.take(&ctx.flags, now, priority).await {
-        Ok(Taken::Go) => {}
-        Ok(Taken::Wait { after, binding }) => {
-            let limit = &snap.limits.list[binding];
-            let mut until = now + chrono::Duration::from_std(after).unwrap_or_default();
-            if limit.rule.period == Period::Day {
-                // Spread the day's waiting sends over the first minute after midnight.
-                until += chrono::Duration::milliseconds((run.as_u128() % 60_000) as i64);
-            }
-            if let Some(late) = late(until) {
-                return skip_late(ctx, run, &late).await;
-            }
-            let reason = limit.reason(until);
-            record_with_retries(|| {
-                ledger::settle_unsent(&ctx.db, run, Release::Hold(Some(until)), Some(&reason))
-            })
-            .await?;
-            m.send(SendOutcome::RateLimited);
-            tracing::debug!(step_run = %run, %until, %reason, "sending limit reached; step waits for its slot");
-            return Ok(());
-        }
-        Err(e @ PauseError::Redis(_)) => return hold_without_redis(ctx, run, &e).await,
-        Err(e) => return Err(e.into()),
-    }
-
     // A mailbox with a relay of its own sends through it; mail is signed with the mailbox's or
     // the workspace's DKIM key.
     let route = ctx.mailboxes.for_send(
@@ -388,6 +378,35 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
         tracing::debug!(key = %msg.key, "{reason}");
         return Ok(());
     };
+    // A slot under every sending limit that applies, or the step waits for its slot (and the
+    // connection goes back to the pool unused). Taken once the connection is held, so that the
+    // time from slot to final dot is the SMTP exchange and the gate, not a wait for the pool.
+    let priority = limits::aged_priority(snap.priority, now - snap.first_due, ctx.priority_aging);
+    match snap.limits.take(&ctx.flags, now, priority).await {
+        Ok(Taken::Go) => {}
+        Ok(Taken::Wait { after, binding }) => {
+            let limit = &snap.limits.list[binding];
+            let mut until = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+            if limit.rule.period == Period::Day {
+                // Spread the day's waiting sends over the first minute after midnight.
+                until += chrono::Duration::milliseconds((run.as_u128() % 60_000) as i64);
+            }
+            if let Some(late) = late(until) {
+                return skip_late(ctx, run, &late).await;
+            }
+            let reason = limit.reason(until);
+            record_with_retries(|| {
+                ledger::settle_unsent(&ctx.db, run, Release::Hold(Some(until)), Some(&reason))
+            })
+            .await?;
+            m.send(SendOutcome::RateLimited);
+            tracing::debug!(step_run = %run, %until, %reason, "sending limit reached; step waits for its slot");
+            return Ok(());
+        }
+        Err(e @ PauseError::Redis(_)) => return hold_without_redis(ctx, run, &e).await,
+        Err(e) => return Err(e.into()),
+    }
+
     let attempts = snap.attempts + 1;
     let followup = snap.followup;
     // With a bounce domain, the envelope sender and the unsubscribe mailto name this send.
@@ -424,7 +443,7 @@ async fn process(ctx: &Context, data: &[u8]) -> Result<(), HandleError> {
     // verdict lets the final dot follow.
     let verdict = std::sync::OnceLock::new();
     let on_wire = async {
-        let v = open_gate(ctx, &msg).await;
+        let v = open_gate(ctx, &msg, &snap.limits).await;
         let open = matches!(v, Verdict::Open(_));
         let _ = verdict.set(v);
         open

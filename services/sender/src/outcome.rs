@@ -116,6 +116,18 @@ pub(crate) async fn settle_closed_gate(
             Ok(())
         }
         Verdict::Failed(e) => Err(e.into()),
+        Verdict::Spaced(after) => {
+            let until = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+            let reason = "not sent: too soon after the last sends under a sending limit when the final dot would follow; due again when that frees";
+            record_with_retries(|| {
+                ledger::settle_unsent(&ctx.db, run, Release::Hold(Some(until)), Some(reason))
+            })
+            .await?;
+            m.send(SendOutcome::RateLimited);
+            tracing::debug!(key = %msg.key, %until, "{reason}");
+            Ok(())
+        }
+        Verdict::NoRedis(e) => hold_without_redis(ctx, run, &e).await,
     }
 }
 

@@ -4,7 +4,8 @@
 //! per local day for `P1D`; no maintained crate does several limits atomically in one round trip.
 //!
 //! Keys (with the role's Redis prefix): `limit:{workspace}:{scope}:{ms}ms` holds a sliding
-//! window's theoretical arrival time (µs, Redis clock) or a day's count (`…:day:{date}`), and
+//! window's theoretical arrival time (µs, Redis clock) or a day's count (`…:day:{date}`),
+//! `…:{ms}ms:gate` the same time for the final dots ([`SendLimits::pass_gate`]), and
 //! `…:waits` (a hash by priority, 0–9) the slot handed to the last send of each priority that
 //! had to wait. A refused send is given the slot after the last one handed out to a send of its
 //! priority or higher, so a backlog over a limit comes back spread one interval apart, not all at
@@ -93,6 +94,29 @@ end
 return {int(free - now), binding}
 ";
 
+/// The spacing again at the gate, just before the final dot (see [`SendLimits::pass_gate`]):
+/// the same GCRA over keys of its own (`…:{ms}ms:gate`), every window or none.
+const GATE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function int(x) return string.format('%d', x) end
+local free = now
+for i = 1, #KEYS do
+  local v = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local b = tonumber(ARGV[2 * i])
+  if v - b > free then free = v - b end
+end
+if free > now then return int(free - now) end
+for i = 1, #KEYS do
+  local a = tonumber(ARGV[2 * i - 1])
+  local b = tonumber(ARGV[2 * i])
+  local v = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local tat = math.max(v, now) + a
+  redis.call('SET', KEYS[i], int(tat), 'PX', int(math.ceil((tat - now + b) / 1000) + 1000))
+end
+return '0'
+";
+
 impl SendLimits {
     /// Takes a slot under every limit, or none and says when to come back: after the slots
     /// already handed to waiting sends of `priority` (0–9) or higher. `now` (this machine's
@@ -146,6 +170,45 @@ impl SendLimits {
         Ok(Taken::Wait {
             after: Duration::from_micros(wait_us.parse().unwrap_or(0)),
             binding: binding - 1,
+        })
+    }
+
+    /// The sliding windows' spacing once more, at the gate, with the body out and the final dot
+    /// held: `None` lets the dot follow (and counts it), `Some(after)` says it would come too
+    /// soon after the last dots.
+    ///
+    /// [`SendLimits::take`] spaces the slots, but the time from a slot to its dot varies (the
+    /// SMTP exchange, the relay, the host's load), and sends whose slots were spaced can reach
+    /// the relay bunched: a burst measured 1.08 × a mailbox's limit on the relay's clock with
+    /// the slot alone. Spacing the dots too bounds what the relay sees by the time from the gate
+    /// to the dot (the claim), whatever happened before it. Slots still decide who goes: a send
+    /// refused here is one whose dot came early against the others', which is rare unless the
+    /// delays vary by more than a window's guard. Day counts are exact at the slot and are not
+    /// counted again.
+    pub async fn pass_gate(&self, flags: &PauseFlags) -> Result<Option<Duration>, PauseError> {
+        let mut call = None::<redis::ScriptInvocation<'_>>;
+        let script = redis::Script::new(GATE_SCRIPT);
+        for limit in &self.list {
+            if let Period::Sliding { ms } = limit.rule.period {
+                let s = Spacing::of(ms, limit.rule.max);
+                call.get_or_insert_with(|| script.prepare_invoke())
+                    .key(format!(
+                        "{}:limit:{}:{}:{ms}ms:gate",
+                        flags.prefix(),
+                        self.workspace,
+                        limit.scope.key()
+                    ))
+                    .arg(s.interval_us)
+                    .arg(s.tolerance_us);
+            }
+        }
+        let Some(call) = call else {
+            return Ok(None);
+        };
+        let wait_us: String = flags.invoke(&call).await?;
+        Ok(match wait_us.parse::<u64>().unwrap_or(0) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
         })
     }
 }
