@@ -56,9 +56,11 @@ pub(crate) struct Batches {
     pub(crate) sent: Batcher<Sent>,
 }
 
-/// Batches of one kind running at once: enough that one waiting on a row lock (a scheduler
-/// that has not committed yet) does not hold up the others.
-const BATCHES_IN_FLIGHT: usize = 3;
+/// Batches of one kind running at once: two, so that one waiting on a row lock (a scheduler
+/// that has not committed yet) does not hold up the sends behind it. Not more: each batch is a
+/// statement whose start-up, commit and index work are paid per batch, and with three the
+/// batches were smaller and PostgreSQL spent 20 % more CPU per send (`docs/BENCHMARKS.md`).
+const BATCHES_IN_FLIGHT: usize = 2;
 
 impl Batches {
     fn spawn(db: &PgPool, settings: &Settings, worker: Uuid) -> Self {
