@@ -16,10 +16,11 @@
 //!    priority or higher), with the reason as its note;
 //! 5. the SMTP transaction, with the key's deterministic Message-ID, up to the body; then **the
 //!    gate**: with the body out and the final dot held, the ledger claim (batched, marked on the
-//!    wire), and after it committed, the re-check of the run's state and of the slot's age (a
-//!    slot older than its limit's guard no longer keeps the window at the relay). Only a claim
-//!    that passes lets the dot follow; any other verdict sends no dot, so the relay accepts
-//!    nothing;
+//!    wire), and after it committed, the re-check of the run's state. Before the claim, the
+//!    sliding limits' spacing is applied again to the final dots (the exchange before the dot
+//!    takes longer for some sends than for others, so slots spaced when taken can reach the
+//!    relay bunched). Only a claim that passes lets the dot follow; any other verdict sends no
+//!    dot, so the relay accepts nothing;
 //! 6. one transaction recording the outcome and scheduling the next step; then the ack. A
 //!    failure before the gate (no connection, MAIL/RCPT/DATA refused) records the run as
 //!    deferred or failed with no claim: nothing reached the relay. A send that failed for good

@@ -15,7 +15,7 @@
 //! the limits then start afresh, which can let at most one more window's worth through (the
 //! `overspeed` guardrail counts that from the ledger); it never blocks for good.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use chrono::{DateTime, Utc};
 
@@ -117,6 +117,10 @@ end
 return '0'
 ";
 
+/// The scripts, hashed once (each call sends the hash; Redis loads a script it lacks).
+static TAKE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SCRIPT));
+static GATE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GATE_SCRIPT));
+
 impl SendLimits {
     /// Takes a slot under every limit, or none and says when to come back: after the slots
     /// already handed to waiting sends of `priority` (0–9) or higher. `now` (this machine's
@@ -132,8 +136,7 @@ impl SendLimits {
         if self.list.is_empty() {
             return Ok(Taken::Go);
         }
-        let script = redis::Script::new(SCRIPT);
-        let mut call = script.prepare_invoke();
+        let mut call = TAKE.prepare_invoke();
         call.arg(self.list.len());
         for limit in &self.list {
             let base = format!(
@@ -187,11 +190,10 @@ impl SendLimits {
     /// counted again.
     pub async fn pass_gate(&self, flags: &PauseFlags) -> Result<Option<Duration>, PauseError> {
         let mut call = None::<redis::ScriptInvocation<'_>>;
-        let script = redis::Script::new(GATE_SCRIPT);
         for limit in &self.list {
             if let Period::Sliding { ms } = limit.rule.period {
                 let s = Spacing::of(ms, limit.rule.max);
-                call.get_or_insert_with(|| script.prepare_invoke())
+                call.get_or_insert_with(|| GATE.prepare_invoke())
                     .key(format!(
                         "{}:limit:{}:{}:{ms}ms:gate",
                         flags.prefix(),
