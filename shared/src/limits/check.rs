@@ -19,7 +19,7 @@ use std::{sync::LazyLock, time::Duration};
 
 use chrono::{DateTime, Utc};
 
-use super::{Period, SendLimits, Spacing, day_bounds};
+use super::{Applicable, Period, SendLimits, Spacing, day_bounds};
 use crate::pause::{PauseError, PauseFlags};
 
 /// What the check decided.
@@ -139,12 +139,7 @@ impl SendLimits {
         let mut call = TAKE.prepare_invoke();
         call.arg(self.list.len());
         for limit in &self.list {
-            let base = format!(
-                "{}:limit:{}:{}",
-                flags.prefix(),
-                self.workspace,
-                limit.scope.key()
-            );
+            let base = self.key_base(flags, limit);
             match limit.rule.period {
                 Period::Sliding { ms } => {
                     let s = Spacing::of(ms, limit.rule.max);
@@ -176,6 +171,16 @@ impl SendLimits {
         })
     }
 
+    /// Where `limit`'s keys start in Redis: `{prefix}:limit:{workspace}:{scope}`.
+    fn key_base(&self, flags: &PauseFlags, limit: &Applicable) -> String {
+        format!(
+            "{}:limit:{}:{}",
+            flags.prefix(),
+            self.workspace,
+            limit.scope.key()
+        )
+    }
+
     /// The sliding windows' spacing once more, at the gate, with the body out and the final dot
     /// held: `None` lets the dot follow (and counts it), `Some(after)` says it would come too
     /// soon after the last dots.
@@ -194,12 +199,7 @@ impl SendLimits {
             if let Period::Sliding { ms } = limit.rule.period {
                 let s = Spacing::of(ms, limit.rule.max);
                 call.get_or_insert_with(|| GATE.prepare_invoke())
-                    .key(format!(
-                        "{}:limit:{}:{}:{ms}ms:gate",
-                        flags.prefix(),
-                        self.workspace,
-                        limit.scope.key()
-                    ))
+                    .key(format!("{}:{ms}ms:gate", self.key_base(flags, limit)))
                     .arg(s.interval_us)
                     .arg(s.tolerance_us);
             }
