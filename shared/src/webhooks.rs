@@ -24,10 +24,13 @@ use crate::{db::StoreError, domain::validate};
 /// `POST …/test` only):
 /// * `sequence.*`: [`crate::audit::record`], through [`emit`];
 /// * `lead.suppressed`: the suppression insert's own statement (`crate::suppression::add`);
-/// * `send.*`, `enrollment.*`, `lead.replied`, `lead.bounced`: row triggers on `send_ledger`,
-///   `enrollments` and `inbound_messages` (migration `0026_webhook_events.sql`), which fire in
-///   whichever statement makes the change, batched or not. Every path then writes its event,
-///   and the cost with no endpoint is one probe of `webhooks` by workspace per change.
+/// * `send.*`, `enrollment.*`, `lead.replied`, `lead.bounced`: triggers on `send_ledger`,
+///   `enrollments` and `inbound_messages` (migrations `0026_webhook_events.sql` and
+///   `0028_statement_webhook_triggers.sql`), which fire in whichever statement makes the change,
+///   batched or not, so every path writes its event. Updates of `send_ledger` and every change
+///   of `enrollments` are seen once per statement (transition tables): with no endpoint enabled
+///   the cost is one probe of `webhooks` per statement; a ledger row inserted already settled
+///   and a processed inbound message fire a row trigger whose `WHEN` clause is judged in C.
 ///
 /// All of them go through the database function `pulse_webhook_emit`: one envelope.
 pub const EVENTS: [&str; 13] = [

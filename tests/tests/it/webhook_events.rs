@@ -250,3 +250,90 @@ async fn delivered_and_failed_messages_are_pruned_after_the_retention_and_pendin
     );
     pulse_tests::cleanup(&settings).await
 }
+
+/// The send events say what state a send came from: a send whose answer was lost is
+/// `send.unknown` (from SENDING), and settling it as sent is `send.sent` from UNKNOWN, after
+/// which its enrollment ends. Each is written once, by the statement that made the change.
+#[tokio::test]
+async fn a_lost_answer_and_its_resolution_are_events_that_name_the_state_before()
+-> anyhow::Result<()> {
+    use pulse_tests::smtp::AfterData;
+    let (url, got) = receiver(0).await?;
+    let smtp = SmtpServer::start().await?;
+    smtp.after_data("lost@example.org", AfterData::AcceptThenDrop, Some(1));
+    let relay = smtp.url();
+    let env = TestEnv::start("webhook_previous", &[Role::All], |s| {
+        s.smtp_url = Some(relay);
+        s.webhooks.allow_private = true;
+        s.sender.smtp_timeout = Duration::from_millis(800);
+    })
+    .await?;
+    let (status, made) = env
+        .post(
+            "/v1/webhooks",
+            json!({"url": url, "events": ["send.sent", "send.unknown", "enrollment.ended"]}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{made}");
+    env.create_sequence(json!({
+        "name": "Lost", "sender": {"from": "Rep <rep@sales.test>"},
+        "triggers": [{"type": "tag_applied", "tag": "go"}],
+        "steps": [{"subject": "Hi", "body": "One", "timing": {"type": "immediately"}}]
+    }))
+    .await?;
+    let (status, r) = env
+        .post(
+            "/v1/events",
+            json!({"events": [{"id": "1", "type": "tag_applied", "tag": "go",
+                               "lead": {"email": "lost@example.org"}}]}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{r}");
+    let key: String = eventually(Duration::from_secs(30), "the send is UNKNOWN", || async {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT idempotency_key FROM send_ledger WHERE state = 'UNKNOWN'",
+        )
+        .fetch_optional(&env.db)
+        .await?)
+    })
+    .await?;
+    let (status, r) = env
+        .post(
+            &format!("/v1/sends/{key}/resolve"),
+            json!({"outcome": "sent", "note": "in the relay's log"}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{r}");
+    eventually(
+        Duration::from_secs(30),
+        "three events delivered",
+        || async {
+            Ok(["send.unknown", "send.sent", "enrollment.ended"]
+                .iter()
+                .all(|kind| !events(&got, kind).is_empty())
+                .then_some(()))
+        },
+    )
+    .await?;
+    // Nothing more arrives for this one send.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (kind, previous, outcome) in [
+        ("send.unknown", "SENDING", "UNKNOWN"),
+        ("send.sent", "UNKNOWN", "SENT"),
+    ] {
+        let seen = events(&got, kind);
+        assert_eq!(seen.len(), 1, "{kind}: {seen:?}");
+        let d = &seen[0].1["data"];
+        assert_eq!(
+            (d["previous"].as_str(), d["outcome"].as_str()),
+            (Some(previous), Some(outcome)),
+            "{d}"
+        );
+        assert_eq!(d["send_key"], key.as_str());
+        assert_eq!(d["email"], "lost@example.org");
+    }
+    let ended = events(&got, "enrollment.ended");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].1["data"]["status"], "COMPLETED");
+    env.stop().await
+}
