@@ -3,14 +3,15 @@
 //! A sender handles many deliveries at once, and each wants a few small database statements.
 //! Made one at a time, those statements (and their commits) are what limits throughput. A
 //! [`Batcher`] queues the items that arrive while a batch is running and hands them to the next
-//! run together: under load a batch grows to whatever arrived meanwhile (up to `max_batch`);
-//! with one item waiting it runs at once, so it adds no latency when idle.
+//! run together: under load a batch grows to whatever arrived meanwhile (up to `max_batch`),
+//! and, while another batch is running, to what arrives within a short `linger` more; with no
+//! other batch running it starts at once, so it adds no latency when idle.
 //!
 //! The batch function must return one result per item, in order. It owns the failure policy:
 //! the functions used here fall back to item-by-item calls when a whole batch fails, so one bad
 //! item never fails its neighbours. This module never retries and never reorders.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -55,12 +56,15 @@ impl<O: BatchOp> Clone for Batcher<O> {
 impl<O: BatchOp> Batcher<O> {
     /// Starts the batching task: at most `max_batch` items per batch, and at most `in_flight`
     /// batches running at once (more than one, so a batch waiting on a row lock does not stall
-    /// every other delivery).
-    pub fn spawn(op: O, max_batch: usize, in_flight: usize) -> Self {
+    /// every other delivery). While another batch is running, a new one waits up to `linger`
+    /// for more items before it starts (under load, fewer and larger statements); with none
+    /// running it starts at once.
+    pub fn spawn(op: O, max_batch: usize, in_flight: usize, linger: Duration) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job<O>>();
         let op = Arc::new(op);
         let max_batch = max_batch.max(1);
-        let permits = Arc::new(Semaphore::new(in_flight.max(1)));
+        let in_flight = in_flight.max(1);
+        let permits = Arc::new(Semaphore::new(in_flight));
         tokio::spawn(async move {
             loop {
                 // Wait for a free slot first, so the items that arrive meanwhile join this batch.
@@ -75,6 +79,17 @@ impl<O: BatchOp> Batcher<O> {
                     match rx.try_recv() {
                         Ok(job) => jobs.push(job),
                         Err(_) => break,
+                    }
+                }
+                // This batch holds one permit: any fewer free than the rest means another runs.
+                let busy = permits.available_permits() + 1 < in_flight;
+                if busy && !linger.is_zero() {
+                    let until = tokio::time::Instant::now() + linger;
+                    while jobs.len() < max_batch {
+                        match tokio::time::timeout_at(until, rx.recv()).await {
+                            Ok(Some(job)) => jobs.push(job),
+                            Ok(None) | Err(_) => break,
+                        }
                     }
                 }
                 let op = op.clone();
@@ -166,7 +181,7 @@ mod tests {
     async fn concurrent_calls_share_batches_and_get_their_own_results() {
         let op = Double::default();
         let sizes = op.sizes.clone();
-        let b = Batcher::spawn(op, 8, 1);
+        let b = Batcher::spawn(op, 8, 1, Duration::ZERO);
         let calls: Vec<_> = (0..20u32)
             .map(|i| {
                 let b = b.clone();
@@ -184,5 +199,61 @@ mod tests {
         let sizes = sizes.lock().unwrap().clone();
         assert!(sizes.iter().all(|&n| n <= 8), "{sizes:?}");
         assert!(sizes.len() < 20, "calls were not coalesced: {sizes:?}");
+    }
+
+    /// Records each batch's size; each batch takes `ms` milliseconds.
+    struct Slow {
+        ms: u64,
+        sizes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl BatchOp for Slow {
+        type Item = u32;
+        type Output = u32;
+        async fn many(&self, items: &[u32]) -> Result<Vec<Result<u32, StoreError>>, StoreError> {
+            self.sizes.lock().unwrap().push(items.len());
+            tokio::time::sleep(Duration::from_millis(self.ms)).await;
+            Ok(items.iter().map(|&i| Ok(i)).collect())
+        }
+        async fn one(&self, &i: &u32) -> Result<u32, StoreError> {
+            self.sizes.lock().unwrap().push(1);
+            tokio::time::sleep(Duration::from_millis(self.ms)).await;
+            Ok(i)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_lingers_only_while_another_runs_and_stops_lingering_when_full() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let op = Slow {
+            ms: 300,
+            sizes: sizes.clone(),
+        };
+        // A linger far longer than the test: any wait on it would show in the elapsed time.
+        let b = Batcher::spawn(op, 3, 2, Duration::from_secs(20));
+        let started = std::time::Instant::now();
+        // Idle: the first item starts at once.
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.call(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Busy: the next batch waits for more until it holds `max_batch` items.
+        let rest: Vec<_> = (2..=4u32)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { b.call(i).await })
+            })
+            .collect();
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        for (i, r) in (2..=4u32).zip(rest) {
+            assert_eq!(r.await.unwrap().unwrap(), i);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 3]);
     }
 }

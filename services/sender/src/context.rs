@@ -62,6 +62,9 @@ pub(crate) struct Batches {
 /// batches were smaller and PostgreSQL spent 20 % more CPU per send (`docs/BENCHMARKS.md`).
 const BATCHES_IN_FLIGHT: usize = 2;
 
+/// How long a batch waits for more items while the other one runs (`pulse_shared::batch`).
+const BATCH_LINGER: Duration = Duration::from_millis(2);
+
 impl Batches {
     fn spawn(db: &PgPool, settings: &Settings, worker: Uuid) -> Self {
         let s = &settings.sender;
@@ -74,9 +77,20 @@ impl Batches {
                 },
                 s.db_batch,
                 BATCHES_IN_FLIGHT,
+                BATCH_LINGER,
             ),
-            snapshots: Batcher::spawn(Snapshots(db.clone()), s.db_batch, BATCHES_IN_FLIGHT),
-            sent: Batcher::spawn(Sent(db.clone()), s.db_batch, BATCHES_IN_FLIGHT),
+            snapshots: Batcher::spawn(
+                Snapshots(db.clone()),
+                s.db_batch,
+                BATCHES_IN_FLIGHT,
+                BATCH_LINGER,
+            ),
+            sent: Batcher::spawn(
+                Sent(db.clone()),
+                s.db_batch,
+                BATCHES_IN_FLIGHT,
+                BATCH_LINGER,
+            ),
         }
     }
 }
