@@ -146,6 +146,10 @@ pub struct SenderSettings {
     pub smtp_pool_size: usize,
     /// Most deliveries whose ledger claims, re-checks or records share one statement.
     pub db_batch: usize,
+    /// How long a ledger batch that starts while the other of its kind runs waits for more
+    /// deliveries (`crate::batch`): larger statements under load, at most this much latency
+    /// each; zero turns it off. An idle sender never waits.
+    pub db_linger: Duration,
     /// Timeout of one SMTP command.
     pub smtp_timeout: Duration,
     /// Transient failures (4xx, connection errors) retried before a send is FAILED.
@@ -240,6 +244,7 @@ impl Settings {
                 concurrency: parse(&lookup, "PULSE_SENDER_CONCURRENCY", "256")?,
                 smtp_pool_size: parse(&lookup, "PULSE_SMTP_POOL", "32")?,
                 db_batch: parse(&lookup, "PULSE_SENDER_DB_BATCH", "128")?,
+                db_linger: millis(&lookup, "PULSE_SENDER_DB_LINGER_MS", "2")?,
                 smtp_timeout: millis(&lookup, "PULSE_SMTP_TIMEOUT_MS", "30000")?,
                 max_attempts: parse(&lookup, "PULSE_SEND_MAX_ATTEMPTS", "8")?,
                 retry_base: millis(&lookup, "PULSE_RETRY_BASE_MS", "30000")?,

@@ -62,9 +62,6 @@ pub(crate) struct Batches {
 /// batches were smaller and PostgreSQL spent 20 % more CPU per send (`docs/BENCHMARKS.md`).
 const BATCHES_IN_FLIGHT: usize = 2;
 
-/// How long a batch waits for more items while the other one runs (`pulse_shared::batch`).
-const BATCH_LINGER: Duration = Duration::from_millis(2);
-
 impl Batches {
     fn spawn(db: &PgPool, settings: &Settings, worker: Uuid) -> Self {
         let s = &settings.sender;
@@ -77,20 +74,15 @@ impl Batches {
                 },
                 s.db_batch,
                 BATCHES_IN_FLIGHT,
-                BATCH_LINGER,
+                s.db_linger,
             ),
             snapshots: Batcher::spawn(
                 Snapshots(db.clone()),
                 s.db_batch,
                 BATCHES_IN_FLIGHT,
-                BATCH_LINGER,
+                s.db_linger,
             ),
-            sent: Batcher::spawn(
-                Sent(db.clone()),
-                s.db_batch,
-                BATCHES_IN_FLIGHT,
-                BATCH_LINGER,
-            ),
+            sent: Batcher::spawn(Sent(db.clone()), s.db_batch, BATCHES_IN_FLIGHT, s.db_linger),
         }
     }
 }
