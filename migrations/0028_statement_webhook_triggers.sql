@@ -15,6 +15,25 @@
 -- `send_ledger_event_insert` stays a row trigger: its WHEN clause (a row inserted already SENT,
 -- FAILED or UNKNOWN, which no claim is) is judged in C, so it costs a claim nothing.
 
+-- The one envelope of every event, `pulse_webhook_emit`'s and the statement triggers' below:
+-- `timestamp` is when the change's transaction began.
+CREATE FUNCTION pulse_webhook_envelope(event text, data jsonb) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('type', event, 'timestamp', now(), 'data', data)
+$$;
+
+CREATE OR REPLACE FUNCTION pulse_webhook_emit(ws uuid, event text, data jsonb) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    INSERT INTO webhook_messages (webhook_id, workspace_id, type, payload)
+    SELECT id, workspace_id, event, pulse_webhook_envelope(event, data)
+    FROM webhooks WHERE workspace_id = ws AND enabled AND event = ANY(events);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
 -- The data of a `send.*` event for ledger row `sl`, whose state was `previous` (NULL: inserted).
 CREATE FUNCTION pulse_send_data(sl send_ledger, previous text) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -74,8 +93,7 @@ BEGIN
     END IF;
     INSERT INTO webhook_messages (webhook_id, workspace_id, type, payload)
     SELECT w.id, w.workspace_id, 'send.' || lower(n.state),
-           jsonb_build_object('type', 'send.' || lower(n.state), 'timestamp', now(),
-                              'data', pulse_send_data(n, o.state))
+           pulse_webhook_envelope('send.' || lower(n.state), pulse_send_data(n, o.state))
     FROM new_rows n JOIN old_rows o ON o.idempotency_key = n.idempotency_key
     JOIN webhooks w ON w.workspace_id = n.workspace_id AND w.enabled
                    AND 'send.' || lower(n.state) = ANY (w.events)
@@ -93,8 +111,7 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO webhook_messages (webhook_id, workspace_id, type, payload)
         SELECT w.id, w.workspace_id, 'enrollment.created',
-               jsonb_build_object('type', 'enrollment.created', 'timestamp', now(),
-                                  'data', pulse_enrollment_data(n))
+               pulse_webhook_envelope('enrollment.created', pulse_enrollment_data(n))
         FROM new_rows n
         JOIN webhooks w ON w.workspace_id = n.workspace_id AND w.enabled
                        AND 'enrollment.created' = ANY (w.events)
@@ -102,8 +119,7 @@ BEGIN
     ELSE
         INSERT INTO webhook_messages (webhook_id, workspace_id, type, payload)
         SELECT w.id, w.workspace_id, 'enrollment.ended',
-               jsonb_build_object('type', 'enrollment.ended', 'timestamp', now(),
-                                  'data', pulse_enrollment_data(n))
+               pulse_webhook_envelope('enrollment.ended', pulse_enrollment_data(n))
         FROM new_rows n JOIN old_rows o ON o.id = n.id
         JOIN webhooks w ON w.workspace_id = n.workspace_id AND w.enabled
                        AND 'enrollment.ended' = ANY (w.events)

@@ -32,7 +32,8 @@ use crate::{db::StoreError, domain::validate};
 ///   the cost is one probe of `webhooks` per statement; a ledger row inserted already settled
 ///   and a processed inbound message fire a row trigger whose `WHEN` clause is judged in C.
 ///
-/// All of them go through the database function `pulse_webhook_emit`: one envelope.
+/// All of them are wrapped by the database function `pulse_webhook_envelope` (through
+/// `pulse_webhook_emit`, or directly in the statement triggers): one envelope.
 pub const EVENTS: [&str; 13] = [
     "send.sent",
     "send.failed",
